@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --constraint constraints.txt
+DEMO_DIR ?= build/demo
+
+.PHONY: install test demo bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+	$(PIP) --upgrade pip setuptools
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/mixflow data demo $(DEMO_DIR)/data
+	$(BIN)/mixflow train examples/demo.yaml
+	$(BIN)/mixflow plot $(DEMO_DIR)/run
+
+bench: install
+	$(BIN)/python benchmarks/sampler.py
+
+clean:
+	rm -rf build $(VENV)

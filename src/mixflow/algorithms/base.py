@@ -1,0 +1,174 @@
+"""Base types for algorithms.
+
+Two kinds of component turn the knobs of DESIGN.md:
+
+- a :class:`DomainAlgorithm` observes per-domain statistics and produces *sampling weights* p
+  (how often each domain is drawn) and/or *domain loss weights* w (how much each domain's loss
+  counts);
+- a :class:`SampleWeighter` produces *per-sample weights* s from the per-sample losses of a batch.
+
+Both are pure math on small vectors and per-sample tensors: no torch.distributed, no
+transformers, no file I/O. The :class:`~mixflow.mixer.Mixer` does the plumbing (reductions
+across ranks, logging, checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import torch
+
+from mixflow.stats import DomainStats
+
+#: How an algorithm's sampling weights relate to the objective (DESIGN.md, "One training step").
+#: ``objective``: the batch composition itself is the weighting, c_j = s_j.
+#: ``importance``: sampling only reduces variance, c_j = (q_d / p_d) · s_j with q ∝ π ⊙ w, so the
+#: gradient stays unbiased for Σ_i π_i w_i L_i.
+Mode = Literal["objective", "importance"]
+
+
+@dataclasses.dataclass
+class AlgorithmParams:
+    """Base of every algorithm's parameter dataclass. Each field carries ``metadata={"help": ...}``."""
+
+
+def param(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its one-line documentation (shown by ``mixflow list``)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _as_distribution(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
+        raise ValueError(f"{name}: expected finite non-negative values with a positive sum, got {arr.tolist()}")
+    return arr / arr.sum()
+
+
+class DomainAlgorithm(ABC):
+    """A domain-level algorithm: per-domain statistics in, sampling and/or loss weights out.
+
+    Subclasses set the class attributes, define a ``Params`` dataclass and implement
+    :meth:`update`. They keep every piece of evolving state in attributes listed in
+    ``state_attributes`` (numpy arrays, numbers or lists) so that the default
+    :meth:`state_dict` / :meth:`load_state_dict` capture it whole.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    mode: ClassVar[Mode] = "objective"
+    #: Names of statistic providers (``mixflow.providers``) whose sums this algorithm reads from
+    #: ``DomainStats.extras``; the builder instantiates them from the same params.
+    providers: ClassVar[tuple[str, ...]] = ()
+    #: Attributes saved in checkpoints, beyond the base ones.
+    state_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        domain_names: Sequence[str],
+        params: AlgorithmParams,
+        init_weights: Sequence[float] | np.ndarray,
+        prior: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        self.domain_names = list(domain_names)
+        self.params = params
+        k = len(self.domain_names)
+        init = _as_distribution(init_weights, "init_mixture_proportions")
+        if init.size != k:
+            raise ValueError(f"init_mixture_proportions: expected {k} values (one per domain), got {init.size}")
+        self.prior = _as_distribution(prior if prior is not None else np.ones(k), "prior")
+        self._sampling = init.copy()
+        self._loss_weights = np.ones(k, dtype=np.float64)
+        self._scores = np.full(k, np.nan)
+        self.num_updates = 0
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.domain_names)
+
+    # ---- what the step reads -------------------------------------------------------------
+    @property
+    def sampling_weights(self) -> np.ndarray:
+        """p: the distribution the sampler draws domains from."""
+        return self._sampling.copy()
+
+    @property
+    def loss_weights(self) -> np.ndarray:
+        """w: per-domain loss weights (all ones when the algorithm does not weight the loss)."""
+        return self._loss_weights.copy()
+
+    @property
+    def domain_weights(self) -> np.ndarray:
+        """The weights this algorithm is about (logged as ``domain_weights``): p by default."""
+        return self.sampling_weights
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Per-domain scores of the last update (logged as ``perdomain_scores``)."""
+        return self._scores.copy()
+
+    # ---- what the step calls ---------------------------------------------------------------
+    def observe(self, stats: DomainStats, step: int) -> None:
+        """Called after every optimizer step with that step's (all-reduced) statistics."""
+
+    @abstractmethod
+    def update(self, stats: DomainStats, step: int) -> None:
+        """Called at each scheduled update with the statistics summed since the previous update."""
+
+    # ---- checkpoint state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: everything needed to continue the weight trajectory exactly."""
+        names = ("_sampling", "_loss_weights", "_scores", "num_updates", *self.state_attributes)
+        return {name: _to_plain(getattr(self, name)) for name in names}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            current = getattr(self, name, None)
+            if current is None and name not in self.state_attributes:
+                raise ValueError(f"{self.name} state: unknown entry {name!r}")
+            if isinstance(current, np.ndarray):
+                value = np.asarray(value, dtype=current.dtype)
+                if value.shape != current.shape:
+                    raise ValueError(f"{self.name} state: {name} has shape {value.shape}, expected {current.shape}")
+            setattr(self, name, value)
+
+
+class SampleWeighter(ABC):
+    """Per-sample weights s from the per-sample losses of a batch (all ranks' samples together)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
+    state_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, domain_names: Sequence[str], params: AlgorithmParams) -> None:
+        self.domain_names = list(domain_names)
+        self.params = params
+
+    @abstractmethod
+    def weights(self, losses: torch.Tensor, domain_ids: torch.Tensor, step: int) -> torch.Tensor:
+        """Weights for ``losses`` (shape [N], detached), scaled so that uniform weights are all 1."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: _to_plain(getattr(self, name)) for name in self.state_attributes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            if name not in self.state_attributes:
+                raise ValueError(f"{self.name} state: unknown entry {name!r}")
+            setattr(self, name, value)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

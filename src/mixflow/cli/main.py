@@ -1,0 +1,104 @@
+"""``mixflow``: train with a data mixture, plot a run, build the offline demo corpus, list algorithms.
+
+Every user mistake ends with one line ``mixflow: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from mixflow.config.load import ConfigError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mixflow.config.load import load_config, parse_overrides
+
+    run = load_config(args.config, parse_overrides(args.overrides))
+    from mixflow.training import format_table, run_training
+
+    metrics = run_training(run, progress=not args.quiet)
+    from mixflow import distributed
+
+    if distributed.is_main_process():
+        print(format_table(metrics))
+        print(f"outputs in {run.training['output_dir']}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mixflow.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def _cmd_data_demo(args: argparse.Namespace) -> int:
+    from mixflow.data.demo import build_demo_corpus
+
+    paths = build_demo_corpus(args.out_dir, max_bytes_per_domain=args.max_bytes, seed=args.seed, progress=not args.quiet)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from mixflow.algorithms import available_algorithms, available_weighters, describe_params
+
+    for title, table in (("algorithms (train_type dynamic_mix, mixers:)", available_algorithms()),
+                         ("weighters (train_type dynamic_weight, weighters:)", available_weighters())):
+        print(title)
+        if not table:
+            print("  (none registered)")
+        for name, cls in table.items():
+            print(f"  {name}: {cls.description}")
+            for pname, ptype, default, help_text in describe_params(cls):
+                print(f"      {pname} ({ptype}, default {default!r}): {help_text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixflow", description="Dynamic data mixing and reweighting for LM training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train as a YAML config says (key=value overrides follow it)")
+    p.add_argument("config", help="YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plot", help="PNG of weights and per-domain losses of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/<algorithm>_weights.png)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("data", help="data utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    d = data_sub.add_parser("demo", help="build the offline demo corpus (code, prose, arithmetic, random)")
+    d.add_argument("out_dir")
+    d.add_argument("--max-bytes", type=int, default=400_000, help="bytes per domain (default 400000)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_data_demo)
+
+    p = sub.add_parser("list", help="registered algorithms and weighters with their parameters")
+    p.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mixflow").setLevel(logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        message = " ".join(str(err).split())
+        print(f"mixflow: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

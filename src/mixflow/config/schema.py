@@ -1,0 +1,115 @@
+"""The ``mixflow train`` configuration: typed dataclasses, one docstring per field.
+
+Mixing keys follow the seed documentation (seeds/004): ``train_type``, ``components_cfg_file``,
+``component_name``, ``mixture_sample_rule``, ``init_mixture_proportions``, ``static_mix``,
+``warmup_step``, ``update_step``, ``update_times``. Model and training keys follow Hugging Face
+``TrainingArguments`` names and are passed through to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class DomainConfig:
+    """One data domain given inline (alternative to ``dataset`` + ``dataset_dir``)."""
+
+    name: str
+    """Domain name used in logs, metrics and plots."""
+    path: str
+    """A .jsonl/.json, .txt or .parquet file, or a directory saved with ``datasets.save_to_disk``."""
+    text_field: str = "text"
+    """Field (column) holding the text."""
+
+
+@dataclass
+class ComponentConfig:
+    """An algorithm or weighter and its parameters (an entry of the components file's sections)."""
+
+    name: str
+    """Registered name (``mixflow list`` shows them)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the component; unknown ones are errors."""
+
+
+@dataclass
+class MixingConfig:
+    """How domains are sampled and weighted (the seed's keys)."""
+
+    train_type: Literal["static", "dynamic_mix", "dynamic_weight"] = "dynamic_mix"
+    """static: a fixed mixture; dynamic_mix: a domain-level algorithm from the ``mixers`` section;
+    dynamic_weight: a sample weighter from the ``weighters`` section on top of a static mixture."""
+    components_cfg_file: str | None = None
+    """YAML file with ``mixers:`` and ``weighters:`` sections, each entry ``{name, params}``."""
+    component_name: str = "static"
+    """Entry of the components file to use (of ``mixers`` or ``weighters``, by ``train_type``)."""
+    component: ComponentConfig | None = None
+    """The component given inline instead of through ``components_cfg_file``."""
+    mixture_sample_rule: Literal["mixture", "stratified", "uniform", "temperature"] = "mixture"
+    """Initial sampling weights: mixture = init_mixture_proportions; stratified ∝ domain sizes;
+    uniform; temperature ∝ size^(1/mixture_temperature)."""
+    mixture_temperature: float = 1.0
+    """τ of the temperature rule (1 = stratified, larger flattens towards uniform)."""
+    init_mixture_proportions: list[float] | None = None
+    """Initial proportions, one per domain (normalised); null with rule mixture means uniform."""
+    static_mix: bool = False
+    """true: the weights never change (no updates); requires the static component."""
+    warmup_step: int = 0
+    """Optimizer steps with the initial weights before the first update."""
+    update_step: int = 100
+    """Optimizer steps between two updates (and weights-log lines)."""
+    update_times: int = -1
+    """Number of updates; -1: until training ends."""
+    domain_prior: list[float] | None = None
+    """π: importance of each domain in the objective (normalised); null = uniform."""
+    on_exhausted: Literal["reshuffle", "stop"] = "reshuffle"
+    """When a domain runs out of rows: reshuffle it and continue, or stop the stream."""
+
+
+@dataclass
+class DataConfig:
+    """Where the domains come from and how they are tokenized."""
+
+    dataset: list[str] | None = None
+    """Domain names in ``<dataset_dir>/dataset_info.json`` (a list or a comma-separated string)."""
+    dataset_dir: str = "data"
+    """Directory holding ``dataset_info.json`` and the files it names."""
+    domains: list[DomainConfig] | None = None
+    """Domains given inline: ``[{name, path, text_field}]``."""
+    cutoff_len: int = 1024
+    """Sequence length: packed blocks (or truncated documents) of this many tokens."""
+    packing: bool = True
+    """Concatenate documents (EOS between them) and cut into full blocks; false: one row per document."""
+    val_size: float = 0.0
+    """Held-out rows per domain: a fraction in [0, 1) or a count >= 1 (evaluated per domain)."""
+    max_samples: int | None = None
+    """Read at most this many documents per domain (quick experiments)."""
+    tokenizer: str | None = None
+    """'byte' (the shipped byte-level tokenizer) or a local tokenizer directory; default: the
+    tokenizer of ``model_name_or_path`` when it has one, else byte."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model trains."""
+
+    model_name_or_path: str | None = None
+    """A local Hugging Face model directory (nothing is downloaded)."""
+    model_config: dict[str, Any] | None = None
+    """A from-scratch model: keyword arguments of ``AutoConfig.for_model`` (``model_type`` required);
+    ``vocab_size`` defaults to the tokenizer's."""
+
+
+@dataclass
+class RunConfig:
+    """Everything ``mixflow train`` reads. ``training`` holds the TrainingArguments keys."""
+
+    mixing: MixingConfig
+    data: DataConfig
+    model: ModelConfig
+    training: dict[str, Any]
+    """Hugging Face TrainingArguments keys (``output_dir``, ``per_device_train_batch_size``, ...)."""
+    source: str = "<dict>"
+    """Where the configuration was read from (for messages)."""

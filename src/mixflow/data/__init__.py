@@ -1,0 +1,1 @@
+"""Data plumbing: the mixture sampler, tokenization and packing, the offline demo corpus."""

@@ -1,0 +1,135 @@
+"""A map-style dataset over several tokenized domains, and a collator that keeps domain ids."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import operator
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mixflow.data.packing import Rows, TokenizedDomain
+
+IGNORE_INDEX = -100
+"""Label value that ``torch.nn.CrossEntropyLoss`` (and HF models) skip."""
+
+DOMAIN_KEY = "domain_ids"
+"""Batch key carrying each sample's domain index; integrations remove it before the model's forward."""
+
+
+class MixtureDataset(Dataset):
+    """Rows of all domains, concatenated in domain order.
+
+    Global row ``i`` of domain ``d`` has index ``domain_offsets[d] + i``, which
+    is the index a mixture sampler yields for it.
+
+    Attributes: ``domain_names`` and ``domain_sizes`` (rows per domain in this
+    split), ``domain_offsets`` (global index of each domain's first row) and
+    ``global_domain_ids`` (the ``domain_ids`` value each domain reports).
+    """
+
+    def __init__(self, domains: Sequence[TokenizedDomain], split: Literal["train", "val"] = "train"):
+        if split not in ("train", "val"):
+            raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
+        if not domains:
+            raise ValueError("domains: expected at least one TokenizedDomain")
+        self.split = split
+        self._init(
+            names=[d.name for d in domains],
+            rows=[d.train if split == "train" else d.val for d in domains],
+            ids=list(range(len(domains))),
+        )
+
+    def _init(self, names: list[str], rows: list[Rows], ids: list[int]) -> None:
+        self.domain_names: list[str] = names
+        self.domain_sizes: list[int] = [len(r) for r in rows]
+        self.domain_offsets: list[int] = list(itertools.accumulate(self.domain_sizes[:-1], initial=0))
+        self.global_domain_ids: list[int] = ids
+        self._rows = rows
+        self._total = sum(self.domain_sizes)
+
+    def __len__(self) -> int:
+        return self._total
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Position of a global index: ``(domain position, row within that domain)``."""
+        i = operator.index(index)
+        if i < 0:
+            i += self._total
+        if not 0 <= i < self._total:
+            raise IndexError(f"index {index} out of range for dataset of {self._total} rows")
+        # bisect_right skips empty domains, whose offset equals the next one's.
+        position = bisect.bisect_right(self.domain_offsets, i) - 1
+        return position, i - self.domain_offsets[position]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        position, row = self.locate(index)
+        input_ids = torch.as_tensor(np.asarray(self._rows[position][row]), dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "labels": input_ids.clone(),
+            DOMAIN_KEY: self.global_domain_ids[position],
+        }
+
+    def single_domain(self, d: int) -> "MixtureDataset":
+        """A dataset with only domain ``d``'s rows, still reporting ``domain_ids == d``.
+
+        Used for per-domain evaluation.
+        """
+        if not 0 <= d < len(self.domain_names):
+            raise ValueError(f"d: expected a domain index in [0, {len(self.domain_names)}), got {d}")
+        subset = MixtureDataset.__new__(MixtureDataset)
+        subset.split = self.split
+        subset._init(
+            names=[self.domain_names[d]],
+            rows=[self._rows[d]],
+            ids=[self.global_domain_ids[d]],
+        )
+        return subset
+
+
+def _as_long(value: Any) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=torch.long).reshape(-1)
+
+
+class DomainCollator:
+    """Right-pads a list of features into a batch and keeps each sample's domain id.
+
+    ``labels`` are padded with -100 so padded positions carry no loss; when a
+    feature has no ``labels`` its ``input_ids`` are used.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
+            raise ValueError(f"pad_token_id: expected a non-negative integer, got {pad_token_id!r}")
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Batch ``features`` into ``input_ids``, ``attention_mask``, ``labels`` and ``domain_ids``."""
+        if not features:
+            raise ValueError("features: expected at least one feature to collate")
+        inputs = [_as_long(f["input_ids"]) for f in features]
+        labels = [_as_long(f["labels"]) if "labels" in f else x for f, x in zip(features, inputs)]
+        width = max(len(x) for x in inputs)
+        batch = len(features)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        label_ids = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for j, (x, y) in enumerate(zip(inputs, labels)):
+            if len(y) != len(x):
+                raise ValueError(
+                    f"features[{j}]: labels length {len(y)} must equal input_ids length {len(x)}"
+                )
+            input_ids[j, : len(x)] = x
+            label_ids[j, : len(y)] = y
+            attention_mask[j, : len(x)] = 1
+        domain_ids = torch.as_tensor([int(f[DOMAIN_KEY]) for f in features], dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": label_ids,
+            DOMAIN_KEY: domain_ids,
+        }

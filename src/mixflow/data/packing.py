@@ -1,0 +1,139 @@
+"""Tokenization, packing into fixed-length blocks, and a per-domain held-out split."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mixflow.data.sources import DomainSource, read_documents
+from mixflow.data.tokenizer import TextTokenizer
+
+Rows = Union[np.ndarray, list[np.ndarray]]
+"""Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays."""
+
+
+@dataclass
+class TokenizedDomain:
+    """One domain's token rows, split into train and held-out validation rows."""
+
+    name: str
+    """Domain name."""
+    train: Rows
+    """Training rows: 2-D int32 array when packed, list of 1-D int32 arrays otherwise."""
+    val: Rows
+    """Held-out rows, same layout as ``train``; empty when no split was asked for."""
+
+    @property
+    def num_train(self) -> int:
+        """Number of training rows."""
+        return len(self.train)
+
+    @property
+    def num_val(self) -> int:
+        """Number of held-out rows."""
+        return len(self.val)
+
+
+def tokenize_domain(
+    source: DomainSource,
+    tokenizer: TextTokenizer,
+    cutoff_len: int,
+    packing: bool = True,
+    val_size: float | int = 0.0,
+    seed: int = 0,
+    max_documents: int | None = None,
+    progress: bool = True,
+) -> TokenizedDomain:
+    """Read, tokenize and split one domain.
+
+    With ``packing`` every document gets EOS appended, all are concatenated and
+    cut into blocks of exactly ``cutoff_len`` tokens (the short tail is
+    dropped). Without it each non-empty document is one row, truncated to
+    ``cutoff_len``. ``val_size`` (a fraction in [0, 1) or a row count) rows are
+    held out by a permutation seeded with ``seed``.
+    """
+    if not (_is_int(cutoff_len) and cutoff_len >= 1):
+        raise ValueError(f"cutoff_len: expected a positive integer, got {cutoff_len!r}")
+    if max_documents is not None and not (_is_int(max_documents) and max_documents >= 1):
+        raise ValueError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
+    if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):
+        raise ValueError(f"val_size: expected a float in [0, 1) or an int >= 1, got {val_size!r}")
+
+    documents = read_documents(source)
+    if max_documents is not None:
+        documents = documents[:max_documents]
+    with tqdm(
+        documents,
+        desc=f"tokenize {source.name}",
+        unit="doc",
+        disable=None if progress else True,
+        leave=False,
+    ) as bar:
+        encoded = (tokenizer.encode(text) for text in bar)
+        if packing:
+            rows: Rows = _pack(encoded, tokenizer.eos_token_id, cutoff_len)
+        else:
+            rows = [np.asarray(ids[:cutoff_len], dtype=np.int32) for ids in encoded if ids]
+    return _split(source.name, rows, val_size, seed)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, float) and 0.0 <= value < 1.0
+
+
+def _pack(encoded: Iterable[Sequence[int]], eos_token_id: int, cutoff_len: int) -> np.ndarray:
+    # Keep only the unfinished tail between documents, so memory stays at the
+    # finished blocks plus less than one block of carry-over.
+    blocks: list[np.ndarray] = []
+    carry = np.empty(0, dtype=np.int32)
+    for ids in encoded:
+        stream = np.concatenate(
+            [carry, np.asarray(ids, dtype=np.int32), np.asarray([eos_token_id], dtype=np.int32)]
+        )
+        full = len(stream) // cutoff_len * cutoff_len
+        if full:
+            blocks.append(stream[:full].reshape(-1, cutoff_len))
+        carry = stream[full:]
+    if not blocks:
+        return np.empty((0, cutoff_len), dtype=np.int32)
+    return np.concatenate(blocks, axis=0)
+
+
+def _split(name: str, rows: Rows, val_size: float | int, seed: int) -> TokenizedDomain:
+    total = len(rows)
+    if _is_fraction(val_size):
+        num_val = int(val_size * total)
+        # Asking for a held-out fraction means per-domain evaluation is wanted,
+        # so a small domain still gets one held-out row rather than none.
+        if val_size > 0 and num_val == 0 and total > 1:
+            num_val = 1
+    else:
+        num_val = int(val_size)
+    if total - num_val < 1:
+        raise ValueError(
+            f"domain {name!r}: {total} rows leave no training rows after holding out "
+            f"{num_val} (val_size={val_size!r}); expected more data or a smaller val_size"
+        )
+    if num_val == 0:
+        return TokenizedDomain(name=name, train=rows, val=_take(rows, np.empty(0, dtype=np.int64)))
+    order = np.random.default_rng(seed).permutation(total)
+    # Sorting each side keeps rows in file order, which makes debugging easier
+    # without affecting the sampler, which draws its own permutation.
+    val_index = np.sort(order[:num_val])
+    train_index = np.sort(order[num_val:])
+    return TokenizedDomain(name=name, train=_take(rows, train_index), val=_take(rows, val_index))
+
+
+def _take(rows: Rows, index: np.ndarray) -> Rows:
+    if isinstance(rows, np.ndarray):
+        return rows[index]
+    return [rows[i] for i in index]
+

@@ -1,0 +1,1 @@
+"""Integrations with training loops: the Hugging Face Trainer and a plain PyTorch loop."""

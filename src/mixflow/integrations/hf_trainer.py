@@ -1,0 +1,132 @@
+"""Hugging Face Trainer integration.
+
+:class:`MixflowTrainer` overrides only what mixing needs: the train sampler (the Mixer's
+:class:`~mixflow.data.sampler.MixtureSampler`), ``compute_loss`` (per-sample losses from the one
+training forward, weighted by the Mixer) and ``log`` (per-domain metrics). A
+:class:`MixflowCallback` runs the Mixer's step-end bookkeeping and saves its state into every
+checkpoint. The training loop itself is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from mixflow.data.dataset import DOMAIN_KEY
+from mixflow.mixer import Mixer
+
+logger = logging.getLogger("mixflow")
+
+
+class MixflowCallback(TrainerCallback):
+    """Runs :meth:`Mixer.end_step` after every optimizer step and saves the Mixer's state with each checkpoint."""
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.mixer = mixer
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.mixer.end_step(state.global_step)
+        return control
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            # The state is taken at the boundary of global batch `global_step`: the next one to train.
+            self.mixer.save(checkpoint, batch_index=state.global_step)
+        return control
+
+
+class MixflowTrainer(Trainer):
+    """A :class:`transformers.Trainer` that trains on a domain mixture driven by a :class:`Mixer`.
+
+    The train dataset must yield the domain index of each row under ``domain_ids`` (see
+    :class:`~mixflow.data.dataset.MixtureDataset`); the ids travel with every batch and are removed
+    before the model's forward. The Mixer's sampler must be built with the *global* batch size
+    ``per_device_train_batch_size × world_size × gradient_accumulation_steps`` and rank 0 / world
+    size 1: it yields the global stream, which accelerate shards across ranks so that every rank
+    gets its own slice of the same global batch.
+    """
+
+    def __init__(self, *args: Any, mixer: Mixer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mixer = mixer
+        a = self.args
+        expected = a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps
+        if mixer.sampler.batch_size != expected:
+            raise ValueError(
+                f"sampler batch_size: expected per_device_train_batch_size × world_size × "
+                f"gradient_accumulation_steps = {expected}, got {mixer.sampler.batch_size}"
+            )
+        if mixer.sampler.world_size != 1:
+            raise ValueError("sampler world_size: expected 1 (accelerate shards the global stream across ranks)")
+        if a.max_steps is None or a.max_steps <= 0:
+            raise ValueError("max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)")
+        if not a.ignore_data_skip:
+            # The sampler restores its own position from the checkpoint; letting the Trainer also
+            # replay the skipped batches would skip them twice.
+            a.ignore_data_skip = True
+        self.add_callback(MixflowCallback(mixer))
+
+    # ---- data -------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
+        return self.mixer.sampler
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # `remove_unused_columns` keeps only the model's forward arguments; the domain ids must
+        # survive it to reach compute_loss (which removes them before the forward).
+        super()._set_signature_columns_if_needed()
+        if DOMAIN_KEY not in self._signature_columns:
+            self._signature_columns.append(DOMAIN_KEY)
+
+    # ---- loss -------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        inputs = dict(inputs)
+        domain_ids = inputs.pop(DOMAIN_KEY, None)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if not model.training:
+            loss = self.mixer.eval_loss(logits, labels)
+            return (loss, outputs) if return_outputs else loss
+        if domain_ids is None:
+            raise ValueError(f"batch: expected '{DOMAIN_KEY}' in every training batch (use MixtureDataset)")
+        # Mirror the model's own loss normalisation so that uniform mixing is the plain Trainer:
+        # normalised by `num_items_in_batch` when the Trainer passes it, else a micro-batch mean.
+        if not self.model_accepts_loss_kwargs:
+            num_items_in_batch = None
+        loss = self.mixer.training_loss(
+            logits, labels, domain_ids, num_items_in_batch, batch_index=self.state.global_step, model=model, inputs=inputs
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts all ranks' tokens while DDP averages gradients over ranks.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- logs and resume ----------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log, not an evaluation one
+            logs = {**logs, **self.mixer.metrics()}
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint: no checkpoint found in {self.args.output_dir}")
+        if resume_from_checkpoint:
+            self.mixer.load(resume_from_checkpoint)
+            logger.info("mixflow: restored mixer state from %s (step %d)", resume_from_checkpoint, self.mixer.last_step)
+        return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -1,0 +1,324 @@
+"""The Mixer: one object that ties the sampler, the algorithms and the training step together.
+
+Per micro-batch it turns logits into per-sample losses, records per-domain statistics and returns
+the weighted loss; after each optimizer step it all-reduces the statistics over data-parallel
+ranks, runs the algorithm's update when the schedule says so, hands new sampling weights to the
+sampler and appends a line to the weights log. Integrations (Hugging Face Trainer, a plain PyTorch
+loop) only call :meth:`Mixer.training_loss`, :meth:`Mixer.end_step` and the state methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mixflow import distributed
+from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
+from mixflow.data.sampler import MixtureSampler
+from mixflow.jsonlog import append_jsonl, read_jsonl, write_json_atomic
+from mixflow.loss import SampleLosses, domain_coefficients, sample_losses, weighted_loss
+from mixflow.providers import BatchContext, StatisticProvider, build_providers
+from mixflow.stats import DomainStats
+
+logger = logging.getLogger("mixflow")
+
+STATE_FILE = "mixflow_state.json"
+STATE_VERSION = 1
+
+
+@dataclass
+class UpdateSchedule:
+    """When algorithm updates happen (the seed's ``warmup_step``, ``update_step``, ``update_times``)."""
+
+    warmup_step: int = 0
+    """Optimizer steps trained with the initial weights before the first update."""
+    update_step: int = 100
+    """Steps between two updates; the first update happens at step ``max(warmup_step, update_step)``
+    when ``warmup_step`` is 0, else at ``warmup_step``."""
+    update_times: int = -1
+    """Number of updates; -1 keeps updating until training ends."""
+
+    def __post_init__(self) -> None:
+        if self.warmup_step < 0:
+            raise ValueError(f"warmup_step: expected an integer >= 0, got {self.warmup_step}")
+        if self.update_step < 1:
+            raise ValueError(f"update_step: expected an integer >= 1, got {self.update_step}")
+        if self.update_times < -1:
+            raise ValueError(f"update_times: expected -1 (until training ends) or >= 0, got {self.update_times}")
+
+    def is_update(self, step: int, updates_done: int) -> bool:
+        """Whether the step that just completed (1-based count of optimizer steps) triggers an update."""
+        if 0 <= self.update_times <= updates_done:
+            return False
+        return step >= max(self.warmup_step, 1) and (step - self.warmup_step) % self.update_step == 0
+
+
+class Mixer:
+    """Sampler + domain algorithm + optional sample weighter, wired to the loss and the logs."""
+
+    def __init__(
+        self,
+        sampler: MixtureSampler,
+        algorithm: DomainAlgorithm,
+        weighter: SampleWeighter | None = None,
+        schedule: UpdateSchedule | None = None,
+        log_dir: str | Path | None = None,
+        providers: Sequence[StatisticProvider] | None = None,
+        shift_labels: bool = True,
+        chunk_rows: int = 4096,
+    ) -> None:
+        if sampler.num_domains != algorithm.num_domains:
+            raise ValueError(
+                f"domains: the sampler has {sampler.num_domains} domains but the algorithm has {algorithm.num_domains}"
+            )
+        self.sampler = sampler
+        self.algorithm = algorithm
+        self.weighter = weighter
+        self.schedule = schedule or UpdateSchedule()
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.providers = (
+            list(providers) if providers is not None else build_providers(algorithm.providers, algorithm.params)
+        )
+        self.shift_labels = shift_labels
+        self.chunk_rows = chunk_rows
+        self.domain_names = list(algorithm.domain_names)
+        k = len(self.domain_names)
+        self._step_stats = DomainStats.zeros(k)
+        self._window_stats = DomainStats.zeros(k)
+        self._metric_stats = DomainStats.zeros(k)
+        self.last_step = 0
+        self.skipped_updates = 0
+        # The sampler starts from the algorithm's initial p (e.g. init_mixture_proportions).
+        self.sampler.set_weights(self.algorithm.sampling_weights)
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.domain_names)
+
+    @property
+    def log_path(self) -> Path | None:
+        """``<log_dir>/<algorithm>_weights.jsonl``."""
+        return None if self.log_dir is None else self.log_dir / f"{self.algorithm.name}_weights.jsonl"
+
+    # ---- per micro-batch ----------------------------------------------------------------
+    def training_loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        domain_ids: torch.Tensor,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        batch_index: int | None = None,
+        model: Any = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Weighted loss of one micro-batch; records its per-domain statistics for the step.
+
+        ``batch_index`` is the global batch (optimizer step) the micro-batch belongs to; it selects
+        the sampling weights the sampler used, which importance-mode coefficients divide by.
+        """
+        domain_ids = domain_ids.to(logits.device).long()
+        losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
+        self._record(losses, domain_ids, labels, model, inputs)
+        coefficients = self.coefficients(domain_ids, losses, batch_index)
+        return weighted_loss(losses, coefficients, num_items_in_batch)
+
+    def coefficients(
+        self, domain_ids: torch.Tensor, losses: SampleLosses, batch_index: int | None = None
+    ) -> torch.Tensor | None:
+        """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
+        device = losses.token_loss_sum.device
+        p = self.sampler.planned_weights(batch_index) if batch_index is not None else self.sampler.weights
+        c = domain_coefficients(
+            domain_ids,
+            self.algorithm.mode,
+            torch.as_tensor(p, dtype=torch.float64, device=device),
+            torch.as_tensor(self.algorithm.loss_weights, dtype=torch.float64, device=device),
+            torch.as_tensor(self.algorithm.prior, dtype=torch.float64, device=device),
+        )
+        if self.weighter is not None:
+            s = self._sample_weights(losses.mean.detach(), domain_ids, batch_index)
+            c = s if c is None else c * s
+        return c
+
+    def _sample_weights(self, losses: torch.Tensor, domain_ids: torch.Tensor, batch_index: int | None) -> torch.Tensor:
+        # Weights are a function of the whole (all ranks') batch, so every rank computes the same
+        # vector and keeps its own slice.
+        all_losses = distributed.all_gather_cat(losses.to(torch.float64))
+        all_ids = distributed.all_gather_cat(domain_ids)
+        s = self.weighter.weights(all_losses, all_ids, self.last_step if batch_index is None else batch_index)
+        n = losses.numel()
+        start = distributed.rank() * n
+        return s[start : start + n].to(device=losses.device, dtype=torch.float64)
+
+    def _record(
+        self,
+        losses: SampleLosses,
+        domain_ids: torch.Tensor,
+        labels: torch.Tensor,
+        model: Any,
+        inputs: Mapping[str, Any] | None,
+    ) -> None:
+        stats = DomainStats.from_samples(domain_ids, losses.token_loss_sum, losses.token_count, self.num_domains)
+        if self.providers:
+            ctx = BatchContext(model, inputs or {}, labels, losses, domain_ids, self.num_domains)
+            for provider in self.providers:
+                for key, value in provider.batch_statistics(ctx).items():
+                    stats.extras[key] = value.detach().to(torch.float64)
+        self._step_stats.add_(stats)
+
+    def eval_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Plain token-mean loss (evaluation is never weighted)."""
+        with torch.no_grad():
+            return weighted_loss(sample_losses(logits, labels, self.shift_labels, self.chunk_rows), None, None)
+
+    # ---- per optimizer step -------------------------------------------------------------
+    def end_step(self, step: int) -> bool:
+        """Call after optimizer step ``step`` (1-based) on every rank. Returns whether weights were updated."""
+        flat, layout = self._step_stats.pack()
+        reduced = self._step_stats.unpack_(distributed.all_reduce_sum(flat), layout)
+        self._window_stats.add_(reduced)
+        self._metric_stats.add_(reduced)
+        self.algorithm.observe(reduced, step)
+        self._step_stats = DomainStats.zeros(self.num_domains)
+        self.last_step = step
+        self.sampler.mark_consumed(step)
+        if not self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates):
+            return False
+        window, self._window_stats = self._window_stats, DomainStats.zeros(self.num_domains)
+        return self._update(window, step)
+
+    def _update(self, window: DomainStats, step: int) -> bool:
+        present = window.present
+        values = [window.token_loss_sum[present], *(v[present] for v in window.extras.values())]
+        if not all(bool(torch.isfinite(v).all()) for v in values):
+            self.skipped_updates += 1
+            logger.warning("step %d: non-finite loss statistics; skipping the %s update", step, self.algorithm.name)
+            return False
+        before = self.algorithm.state_dict()
+        self.algorithm.update(window, step)
+        p, w = self.algorithm.sampling_weights, self.algorithm.loss_weights
+        if not (_valid_distribution(p) and np.all(np.isfinite(w)) and np.all(w >= 0)):
+            self.algorithm.load_state_dict(before)
+            self.skipped_updates += 1
+            logger.warning("step %d: %s produced invalid weights; keeping the previous ones", step, self.algorithm.name)
+            return False
+        self.sampler.set_weights(p)
+        if self.log_path is not None and distributed.is_main_process():
+            append_jsonl(self.log_path, self.log_record(step))
+        return True
+
+    def log_record(self, step: int) -> dict[str, Any]:
+        """The weights-log line: the seed's DoReMi format plus sampling and loss weights."""
+        return {
+            "step": step,
+            "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "domain_names": self.domain_names,
+            "domain_weights": self.algorithm.domain_weights.tolist(),
+            "perdomain_scores": self.algorithm.scores.tolist(),
+            "sampling_weights": self.algorithm.sampling_weights.tolist(),
+            "loss_weights": self.algorithm.loss_weights.tolist(),
+        }
+
+    def metrics(self, reset: bool = True) -> dict[str, float]:
+        """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
+        out: dict[str, float] = {}
+        losses = self._metric_stats.mean_token_loss.tolist()
+        for name, loss in zip(self.domain_names, losses):
+            if not math.isnan(loss):
+                out[f"mix/loss/{name}"] = float(loss)
+        for name, p in zip(self.domain_names, self.algorithm.sampling_weights.tolist()):
+            out[f"mix/weight/{name}"] = float(p)
+        w = self.algorithm.loss_weights
+        if not np.all(w == 1):
+            for name, value in zip(self.domain_names, w.tolist()):
+                out[f"mix/loss_weight/{name}"] = float(value)
+        if reset:
+            self._metric_stats = DomainStats.zeros(self.num_domains)
+        return out
+
+    # ---- checkpoint state ---------------------------------------------------------------
+    def state_dict(self, batch_index: int | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly: sampler position at ``batch_index``, algorithm
+        state, the statistics accumulated since the last update, counters."""
+        if self._step_stats.token_count.sum() > 0:
+            raise RuntimeError("Mixer.state_dict: called in the middle of an optimizer step")
+        return {
+            "version": STATE_VERSION,
+            "domain_names": self.domain_names,
+            "algorithm_name": self.algorithm.name,
+            "step": self.last_step,
+            "skipped_updates": self.skipped_updates,
+            "sampler": self.sampler.state_dict(batch_index if batch_index is not None else self.last_step),
+            "algorithm": self.algorithm.state_dict(),
+            "weighter": self.weighter.state_dict() if self.weighter is not None else None,
+            "window_stats": self._window_stats.state_dict(),
+            "metric_stats": self._metric_stats.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+        for key, mine in (("domain_names", self.domain_names), ("algorithm_name", self.algorithm.name)):
+            if state[key] != mine:
+                raise ValueError(f"mixflow state: {key} is {state[key]!r} in the checkpoint but {mine!r} in this run")
+        self.sampler.load_state_dict(state["sampler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        if (state["weighter"] is None) != (self.weighter is None):
+            raise ValueError("mixflow state: the checkpoint and this run disagree on whether a weighter is used")
+        if self.weighter is not None:
+            self.weighter.load_state_dict(state["weighter"])
+        self._window_stats.load_state_dict(state["window_stats"])
+        self._metric_stats.load_state_dict(state["metric_stats"])
+        self.last_step = int(state["step"])
+        self.skipped_updates = int(state["skipped_updates"])
+
+    def save(self, checkpoint_dir: str | Path, batch_index: int | None = None) -> Path:
+        """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""
+        path = Path(checkpoint_dir) / STATE_FILE
+        write_json_atomic(path, self.state_dict(batch_index))
+        return path
+
+    def load(self, checkpoint_dir: str | Path) -> None:
+        """Restore from a checkpoint directory; supersede log lines written after it."""
+        path = Path(checkpoint_dir) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint_dir} has no {STATE_FILE} (not a mixflow checkpoint)")
+        with open(path, encoding="utf-8") as f:
+            self.load_state_dict(json.load(f))
+        if self.log_path is not None and distributed.is_main_process():
+            supersede_log_lines(self.log_path, self.last_step)
+
+
+def supersede_log_lines(path: Path, step: int) -> int:
+    """Move log lines of updates after ``step`` (a run resumed from an earlier checkpoint will write
+    them again) to ``<name>.superseded.jsonl``; nothing is deleted. Returns how many moved."""
+    if not path.is_file():
+        return 0
+    records = list(read_jsonl(path))
+    later = [r for r in records if r.get("step", 0) > step]
+    if not later:
+        return 0
+    for record in later:
+        append_jsonl(path.with_suffix(".superseded.jsonl"), record)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.unlink(missing_ok=True)
+    for record in records:
+        if record.get("step", 0) <= step:
+            append_jsonl(tmp, record)
+    tmp.touch()
+    tmp.replace(path)
+    logger.warning("%s: moved %d line(s) after step %d to %s", path, len(later), step, path.with_suffix(".superseded.jsonl"))
+    return len(later)
+
+
+def _valid_distribution(p: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0)
+

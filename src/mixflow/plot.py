@@ -1,0 +1,83 @@
+"""``mixflow plot RUN_DIR``: weights and per-domain losses over training steps, as one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mixflow.jsonlog import read_jsonl
+
+
+def find_weights_log(run_dir: Path) -> Path:
+    """The run's ``<algorithm>_weights.jsonl`` (exactly one is expected)."""
+    logs = sorted(p for p in run_dir.glob("*_weights.jsonl") if not p.name.endswith(".superseded.jsonl"))
+    if not logs:
+        raise FileNotFoundError(f"run_dir: no *_weights.jsonl in {run_dir} (is it a mixflow output_dir?)")
+    if len(logs) > 1:
+        raise ValueError(f"run_dir: several weights logs in {run_dir}: {[p.name for p in logs]}; keep one per run")
+    return logs[0]
+
+
+def _training_losses(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``mix/loss/<domain>`` series from the Trainer's log history, if the run saved one."""
+    candidates = [run_dir / "trainer_state.json"] + sorted(
+        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+    )
+    state_file = next((p for p in candidates if p.is_file()), None)
+    series: dict[str, list[tuple[int, float]]] = {}
+    if state_file is None:
+        return series
+    with open(state_file, encoding="utf-8") as f:
+        history = json.load(f).get("log_history", [])
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith("mix/loss/"):
+                series.setdefault(key[len("mix/loss/") :], []).append((int(entry["step"]), float(value)))
+    return series
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write a PNG of the weights log (and training losses when available); return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir: not a directory: {run_dir}")
+    log = find_weights_log(run_dir)
+    records: list[dict[str, Any]] = list(read_jsonl(log))
+    if not records:
+        raise ValueError(f"{log}: no updates logged yet")
+    names = records[-1]["domain_names"]
+    steps = [r["step"] for r in records]
+    losses = _training_losses(run_dir)
+    panels = 3 if losses else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True)
+    for i, name in enumerate(names):
+        axes[0].plot(steps, [r["domain_weights"][i] for r in records], marker="o", ms=3, label=name)
+        axes[1].plot(steps, [_num(r["perdomain_scores"][i]) for r in records], marker="o", ms=3, label=name)
+        if losses and name in losses:
+            xs, ys = zip(*losses[name])
+            axes[2].plot(xs, ys, label=name)
+    algorithm = log.name[: -len("_weights.jsonl")]
+    axes[0].set_ylabel("domain weight")
+    axes[0].set_title(f"{algorithm}: {run_dir.name}")
+    axes[1].set_ylabel("per-domain score")
+    if losses:
+        axes[2].set_ylabel("training loss (mix/loss)")
+    axes[-1].set_xlabel("training step")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    out_path = Path(out) if out is not None else run_dir / f"{algorithm}_weights.png"
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)

@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import yaml
+
+from mixflow.cli.main import main
+from mixflow.config import ConfigError, load_config, parse_overrides
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    for name in ("wiki", "code"):
+        (d / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": f"{name} {i}"}) for i in range(5)) + "\n")
+    (d / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"{n}.jsonl"} for n in ("wiki", "code")}))
+    return d
+
+
+@pytest.fixture
+def base(tmp_path, data_dir):
+    return {
+        "dataset": "wiki,code",
+        "dataset_dir": str(data_dir),
+        "model_config": {"model_type": "llama", "hidden_size": 16},
+        "output_dir": str(tmp_path / "out"),
+        "train_type": "dynamic_mix",
+        "component_name": "static",
+        "init_mixture_proportions": [0.5, 0.5],
+    }
+
+
+def write(tmp_path, cfg, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_valid_config_routes_keys(tmp_path, base):
+    run = load_config(write(tmp_path, {**base, "learning_rate": 1e-3, "update_step": 7}))
+    assert run.data.dataset == ["wiki", "code"]
+    assert run.mixing.update_step == 7
+    assert run.training["learning_rate"] == 1e-3
+    assert run.training["report_to"] == "none"  # our default
+
+
+def test_overrides_apply_and_parse_yaml_values(tmp_path, base):
+    run = load_config(write(tmp_path, base), parse_overrides(["update_step=3", "init_mixture_proportions=[0.2,0.8]"]))
+    assert run.mixing.update_step == 3 and run.mixing.init_mixture_proportions == [0.2, 0.8]
+
+
+def test_components_file_and_inline_component(tmp_path, base):
+    comp = tmp_path / "components.yaml"
+    comp.write_text(yaml.safe_dump({"mixers": {"static": {"name": "static", "params": {"proportions": [0.5, 0.5]}}}}))
+    run = load_config(write(tmp_path, {**base, "components_cfg_file": str(comp)}))
+    assert run.mixing.components_cfg_file == str(comp)
+    run = load_config(write(tmp_path, {**base, "component": {"name": "static", "params": {}}}))
+    assert run.mixing.component.name == "static"
+
+
+BAD = [
+    ({"learning_rat": 0.1}, r"learning_rat: unknown key \(did you mean 'learning_rate'\?\)"),
+    ({"cutoff_len": "long"}, r"cutoff_len: expected an integer"),
+    ({"init_mixture_proportions": [0.2, 0.3, 0.5]}, r"init_mixture_proportions: expected 2 values \(one per domain\), got 3"),
+    ({"init_mixture_proportions": [1.2, -0.2]}, r"init_mixture_proportions: expected non-negative weights"),
+    ({"train_type": "dynamic"}, r"train_type: expected one of"),
+    ({"output_dir": None}, r"output_dir: required"),
+    ({"model_name_or_path": "/nonexistent/model"}, r"model_name_or_path: expected exactly one"),
+    ({"dataset": "wiki,cod"}, r"dataset: .*cod.*did you mean 'code'"),
+    ({"update_step": 0}, r"update_step: expected an integer >= 1"),
+    ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size: expected an integer >= 1"),
+    ({"component_name": "doremix", "components_cfg_file": "COMP"}, r"component_name: 'doremix' is not in the 'mixers' section"),
+    ({"component": {"name": "static", "params": {"proportion": [1, 1]}}}, r"static.params.proportion: unknown parameter.*did you mean 'proportions'"),
+    ({"components_cfg_file": "/nonexistent/components.yaml"}, r"components_cfg_file: file not found"),
+    ({"static_mix": "yes"}, r"static_mix: expected true or false"),
+    ({"mixture_sample_rule": "stratified"}, r"init_mixture_proportions: only used with mixture_sample_rule 'mixture'"),
+    ({"model_config": {"model_type": "lama"}}, r"model_config.model_type: unknown model type 'lama' \(did you mean 'llama'\?\)"),
+    ({"learning_rate": -1.0}, r"learning_rate: expected a number >= 0"),
+    ({"val_size": 1.5}, r"val_size: expected a fraction"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD, ids=[next(iter(c)) for c, _ in BAD])
+def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, base, change, message):
+    comp = tmp_path / "components.yaml"
+    comp.write_text(yaml.safe_dump({"mixers": {"static": {"name": "static"}}}))
+    cfg = {**base, **change}
+    if cfg.get("components_cfg_file") == "COMP":
+        cfg["components_cfg_file"] = str(comp)
+    cfg = {k: v for k, v in cfg.items() if not (k == "output_dir" and v is None)}
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, cfg))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_dataset_file_is_named(tmp_path, base, data_dir):
+    (data_dir / "code.jsonl").unlink()
+    with pytest.raises(ConfigError, match=r"dataset: .*code"):
+        load_config(write(tmp_path, base))
+
+
+def test_missing_inline_domain_file(tmp_path, base):
+    cfg = {k: v for k, v in base.items() if k not in ("dataset", "dataset_dir")}
+    cfg["domains"] = [{"name": "a", "path": str(tmp_path / "missing.jsonl")}, {"name": "b", "path": str(tmp_path)}]
+    with pytest.raises(ConfigError, match=r"domains\[0\].path: file not found"):
+        load_config(write(tmp_path, cfg))
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["update_step"])
+
+
+def test_cli_prints_one_line_and_exits_2_before_loading_anything(tmp_path, base, capsys, monkeypatch):
+    import mixflow.training
+
+    def boom(*a, **k):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("data or model was loaded despite a config error")
+
+    monkeypatch.setattr(mixflow.training, "prepare_data", boom)
+    monkeypatch.setattr(mixflow.training, "build_model", boom)
+    code = main(["train", str(write(tmp_path, {**base, "warmup_stepz": 3}))])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and err.startswith("mixflow: error: warmup_stepz: unknown key")
+    assert "did you mean 'warmup_step'" in err

@@ -1,0 +1,74 @@
+"""Shared builders for tests: tiny models from a config, tiny tokenized domains, a test algorithm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.registry import register_algorithm
+from mixflow.data.packing import TokenizedDomain
+from mixflow.stats import DomainStats
+
+VOCAB = 48
+
+
+def tiny_llama(seed: int = 0, vocab: int = VOCAB):
+    """A 2-layer Llama-style causal LM small enough to train in milliseconds on CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_domains(sizes=(40, 24, 16), length=12, packed=True, seed=0) -> list[TokenizedDomain]:
+    """Domains of random tokens; domain d uses a distinct token band so losses differ by domain.
+    Unpacked domains get variable lengths, so batches need padding."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for d, n in enumerate(sizes):
+        lo, hi = 1 + d * 10, 1 + (d + 1) * 10 + d * 6
+        if packed:
+            rows = rng.integers(lo, min(hi, VOCAB), size=(n, length)).astype(np.int32)
+        else:
+            rows = [rng.integers(lo, min(hi, VOCAB), size=int(rng.integers(3, length + 1))).astype(np.int32) for _ in range(n)]
+        val = rng.integers(lo, min(hi, VOCAB), size=(4, length)).astype(np.int32)
+        out.append(TokenizedDomain(name=f"d{d}", train=rows, val=val if packed else list(val)))
+    return out
+
+
+@dataclass
+class FollowLossParams(AlgorithmParams):
+    eta: float = param(1.0, "step size")
+
+
+@register_algorithm
+class FollowLoss(DomainAlgorithm):
+    """Test algorithm: exponentiated-gradient on the window's mean loss (a DoReMi-like update without a
+    reference), so weights move every update and trajectories can be compared across runs."""
+
+    name = "test_follow_loss"
+    description = "test only"
+    Params = FollowLossParams
+    mode = "objective"
+
+    def update(self, stats: DomainStats, step: int) -> None:
+        loss = stats.mean_token_loss.numpy()
+        loss = np.where(np.isnan(loss), 0.0, loss)
+        logits = np.log(self._sampling) + self.params.eta * loss
+        p = np.exp(logits - logits.max())
+        self._sampling = 0.9 * p / p.sum() + 0.1 / self.num_domains
+        self._scores = loss
+        self.num_updates += 1

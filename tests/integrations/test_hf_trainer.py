@@ -1,0 +1,226 @@
+"""The Hugging Face Trainer integration: equivalence with the plain Trainer, metrics, resume, 2 ranks."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from mixflow.algorithms.registry import build_algorithm
+from mixflow.data.dataset import DomainCollator, MixtureDataset
+from mixflow.data.sampler import MixtureSampler
+from mixflow.integrations.hf_trainer import MixflowTrainer
+from mixflow.mixer import Mixer, UpdateSchedule
+from tests.distributed import run_distributed
+from tests.helpers import tiny_domains, tiny_llama
+
+
+def _args(out, **kw):
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _mixer(train, args, algorithm="static", log_dir=None, update_step=2):
+    batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    names = train.domain_names
+    algo = build_algorithm(algorithm, names, {}, init_weights=np.ones(len(names)) / len(names))
+    sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=3)
+    return Mixer(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
+
+
+class _ListSampler(torch.utils.data.Sampler):
+    def __init__(self, indices):
+        self.indices = list(indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class _PlainTrainer(Trainer):
+    def __init__(self, *a, indices, **k):
+        super().__init__(*a, **k)
+        self._indices = indices
+
+    def _get_train_sampler(self, train_dataset=None):
+        return _ListSampler(self._indices)
+
+
+class _GradRecorder(TrainerCallback):
+    def __init__(self):
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        self.grads.append(torch.cat([p.grad.reshape(-1).clone() for p in model.parameters() if p.grad is not None]))
+
+
+def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_path):
+    domains = tiny_domains(packed=False)  # variable lengths: padding and -100 labels are exercised
+    train = MixtureDataset(domains)
+    collator = DomainCollator(pad_token_id=0)
+    args = _args(tmp_path / "mix")
+    mixer = _mixer(train, args)
+    # The exact index stream the mixflow run will consume, from an identical sampler.
+    twin = MixtureSampler(train.domain_sizes, mixer.sampler.weights, mixer.sampler.batch_size, seed=3)
+    stream = iter(twin)
+    indices = [next(stream) for _ in range(args.max_steps * mixer.sampler.batch_size)]
+
+    rec_mix, rec_plain = _GradRecorder(), _GradRecorder()
+    model_mix = tiny_llama(seed=1)
+    t_mix = MixflowTrainer(model=model_mix, args=args, train_dataset=train, data_collator=collator, mixer=mixer,
+                           callbacks=[rec_mix])
+    t_mix.train()
+    model_plain = tiny_llama(seed=1)
+
+    def plain_collator(features):  # the plain Trainer never sees domain ids
+        batch = collator(features)
+        del batch["domain_ids"]
+        return batch
+
+    t_plain = _PlainTrainer(model=model_plain, args=_args(tmp_path / "plain", remove_unused_columns=False),
+                            train_dataset=train, data_collator=plain_collator, indices=indices, callbacks=[rec_plain])
+    t_plain.train()
+
+    assert len(rec_mix.grads) == len(rec_plain.grads) == args.max_steps
+    for g_mix, g_plain in zip(rec_mix.grads, rec_plain.grads):
+        assert torch.allclose(g_mix, g_plain, rtol=1e-5, atol=1e-7)
+    losses_mix = [h["loss"] for h in t_mix.state.log_history if "loss" in h]
+    losses_plain = [h["loss"] for h in t_plain.state.log_history if "loss" in h]
+    assert np.allclose(losses_mix, losses_plain, rtol=1e-5)
+    for p, q in zip(model_mix.parameters(), model_plain.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_per_domain_metrics_reach_the_log_history(tmp_path):
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=2)
+    mixer = _mixer(train, args, log_dir=tmp_path, update_step=1)
+    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
+                             data_collator=DomainCollator(0), mixer=mixer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    for name in train.domain_names:
+        assert all(f"mix/weight/{name}" in h for h in logs)
+        assert any(f"mix/loss/{name}" in h for h in logs)
+    lines = (tmp_path / "static_weights.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+
+
+def test_domain_ids_survive_remove_unused_columns(tmp_path):
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=1, remove_unused_columns=True)
+    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
+                             data_collator=DomainCollator(0), mixer=_mixer(train, args))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "domain_ids" in batch and batch["domain_ids"].shape == (4,)
+
+
+def test_wrong_sampler_batch_size_is_an_error(tmp_path):
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path)
+    mixer = _mixer(train, _args(tmp_path, gradient_accumulation_steps=1))
+    with pytest.raises(ValueError, match="sampler batch_size: expected"):
+        MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), mixer=mixer)
+
+
+class _BatchRecorder(TrainerCallback):
+    """Records the rows each optimizer step trained on (through the trainer's compute_loss)."""
+
+
+class _RecordingTrainer(MixflowTrainer):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.seen = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen.append((self.state.global_step, inputs["input_ids"].tolist()))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def _train_run(out, max_steps, resume=None, save_steps=3, world_size=1):
+    train = MixtureDataset(tiny_domains())
+    args = _args(out, max_steps=max_steps, save_strategy="steps", save_steps=save_steps,
+                 gradient_accumulation_steps=1, per_device_train_batch_size=4 // world_size)
+    mixer = _mixer(train, args, algorithm="test_follow_loss", log_dir=out, update_step=2)
+    trainer = _RecordingTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
+                                data_collator=DomainCollator(0), mixer=mixer)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, mixer
+
+
+def test_resume_reproduces_batches_and_weight_trajectory(tmp_path):
+    import tests.helpers  # noqa: F401  (registers test_follow_loss)
+
+    full, full_mixer = _train_run(tmp_path / "full", max_steps=6)
+    _train_run(tmp_path / "cut", max_steps=3)
+    resumed, resumed_mixer = _train_run(tmp_path / "cut", max_steps=6, resume=str(tmp_path / "cut" / "checkpoint-3"))
+
+    after = [b for b in full.seen if b[0] >= 3]
+    assert resumed.seen == after
+    assert np.allclose(full_mixer.algorithm.sampling_weights, resumed_mixer.algorithm.sampling_weights)
+    full_log = [json.loads(x) for x in (tmp_path / "full" / "test_follow_loss_weights.jsonl").read_text().splitlines()]
+    cut_log = [json.loads(x) for x in (tmp_path / "cut" / "test_follow_loss_weights.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in cut_log] == [r["step"] for r in full_log] == [2, 4, 6]
+    for a, b in zip(full_log, cut_log):
+        assert np.allclose(a["sampling_weights"], b["sampling_weights"])
+    # the weights did move, so the comparison above is not trivially true
+    assert not np.allclose(full_log[-1]["sampling_weights"], np.ones(3) / 3)
+
+
+def test_resume_from_a_non_mixflow_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint-1").mkdir()
+    with pytest.raises(FileNotFoundError, match="mixflow_state.json"):
+        _train_run(tmp_path, max_steps=2, resume=str(tmp_path / "checkpoint-1"))
+
+
+def _two_rank_run(rank, world_size, out):
+    import tests.helpers  # noqa: F401
+
+    full, mixer = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2)
+    rows = [r for _, batch in full.seen for r in batch]
+    torch.save({"rows": rows, "weights": mixer.algorithm.sampling_weights.tolist(),
+                "steps": [s for s, _ in full.seen]}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.barrier()
+    resumed, rmixer = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2,
+                                 resume=os.path.join(out, "full", "checkpoint-2"))
+    assert resumed.seen == [b for b in full.seen if b[0] >= 2]
+    assert np.allclose(rmixer.algorithm.sampling_weights, mixer.algorithm.sampling_weights)
+
+
+def test_two_ranks_hold_identical_weights_and_disjoint_slices(tmp_path):
+    import tests.helpers  # noqa: F401
+
+    run_distributed(_two_rank_run, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["steps"] == r1["steps"]
+    assert np.allclose(r0["weights"], r1["weights"])
+    assert not np.allclose(r0["weights"], np.ones(3) / 3)
+    # Per step, the two ranks' rows are disjoint slices of one global batch: together they equal the
+    # global batch a single-process sampler plans.
+    train = MixtureDataset(tiny_domains())
+    single = MixtureSampler(train.domain_sizes, np.ones(3) / 3, 4, seed=3)
+    first = next(single.iter_batches()).tolist()
+    as_rows = {tuple(train[i]["input_ids"].tolist()) for i in first}
+    step0 = [tuple(r) for r in r0["rows"][:2]] + [tuple(r) for r in r1["rows"][:2]]
+    assert set(step0) == as_rows
