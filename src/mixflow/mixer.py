@@ -135,7 +135,9 @@ class Mixer:
     ) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         device = losses.token_loss_sum.device
-        p = self.sampler.planned_weights(batch_index) if batch_index is not None else self.sampler.weights
+        p = self.sampler.weights
+        if self.algorithm.mode == "importance" and batch_index is not None:
+            p = self.sampler.planned_weights(batch_index)
         c = domain_coefficients(
             domain_ids,
             self.algorithm.mode,

@@ -1,0 +1,129 @@
+"""End-to-end: `mixflow data demo`, `mixflow train` on a tiny model, `mixflow plot`, `mixflow list`."""
+
+import json
+
+import pytest
+import yaml
+
+from mixflow.cli.main import main
+
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "data"
+    assert main(["data", "demo", str(out), "--max-bytes", "30000", "--quiet"]) == 0
+    return out
+
+
+def _config(tmp_path, demo_data, **extra):
+    cfg = {
+        "dataset": "code,prose,arithmetic,random",
+        "dataset_dir": str(demo_data),
+        "cutoff_len": 32,
+        "val_size": 4,
+        "train_type": "static",
+        "mixture_sample_rule": "mixture",
+        "init_mixture_proportions": [0.4, 0.3, 0.2, 0.1],
+        "update_step": 2,
+        "model_config": TINY_MODEL,
+        "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 6,
+        "logging_steps": 2,
+        "save_steps": 3,
+        "learning_rate": 1e-3,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        **extra,
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_then_plot(tmp_path, demo_data, capsys):
+    assert main(["train", str(_config(tmp_path, demo_data)), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for name in ("code", "prose", "arithmetic", "random"):
+        assert name in out  # the per-domain validation table
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "static_weights.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert records[0]["domain_names"] == ["code", "prose", "arithmetic", "random"]
+    assert records[0]["sampling_weights"] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    results = json.loads((run / "mixflow_results.json").read_text())
+    assert set(results["val_loss"]) == {"code", "prose", "arithmetic", "random"}
+    assert (run / "checkpoint-3" / "mixflow_state.json").is_file()
+    assert (run / "mixflow_tokenizer.json").is_file() and (run / "config.json").is_file()
+
+    assert main(["plot", str(run)]) == 0
+    png = run / "static_weights.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_through_the_cli_continues_the_log(tmp_path, demo_data):
+    cfg = _config(tmp_path, demo_data)
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    run = tmp_path / "run"
+    before = [json.loads(x)["step"] for x in (run / "static_weights.jsonl").read_text().splitlines()]
+    assert main(["train", str(cfg), f"resume_from_checkpoint={run / 'checkpoint-3'}", "--quiet"]) == 0
+    after = [json.loads(x)["step"] for x in (run / "static_weights.jsonl").read_text().splitlines()]
+    assert before == after == [2, 4, 6]  # lines after step 3 were superseded, then written again
+    moved = [json.loads(x)["step"] for x in (run / "static_weights.superseded.jsonl").read_text().splitlines()]
+    assert moved == [4, 6]
+
+
+def test_tensorboard_receives_per_domain_metrics(tmp_path, demo_data):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _config(tmp_path, demo_data, report_to="tensorboard", max_steps=2, save_strategy="no")
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    event_files = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert event_files
+    tags = set()
+    for f in event_files:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/mix/loss/code", "train/mix/weight/random"} <= tags
+
+
+def test_list_shows_algorithms_with_parameters(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "static:" in out and "proportions" in out
+
+
+def test_plot_of_a_directory_without_logs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixflow: error: run_dir: no *_weights.jsonl") and "\n" not in err
+
+
+def test_plain_pytorch_example_trains_and_resumes(tmp_path, demo_data):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("plain_example", Path(__file__).parents[2] / "examples" / "plain_pytorch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    common = ["--data-dir", str(demo_data), "--batch-size", "8", "--cutoff-len", "32", "--max-documents", "20",
+              "--out", str(tmp_path / "plain")]
+    mixer = module.main(common + ["--steps", "10"])
+    assert mixer.last_step == 10
+    resumed = module.main(common + ["--steps", "20", "--resume"])
+    assert resumed.last_step == 20
+    steps = [json.loads(x)["step"] for x in (tmp_path / "plain" / "static_weights.jsonl").read_text().splitlines()]
+    assert steps == [10, 20]

@@ -1,0 +1,253 @@
+"""The Mixer: schedule, logs, NaN handling, coefficients, weighters, providers, ranks, state."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.registry import build_algorithm
+from mixflow.data.sampler import MixtureSampler
+from mixflow.mixer import Mixer, UpdateSchedule, supersede_log_lines
+from mixflow.providers import StatisticProvider
+from mixflow.stats import DomainStats
+from tests.distributed import run_distributed
+from tests.helpers import FollowLoss  # noqa: F401  (registers test_follow_loss)
+
+K = 3
+
+
+def _mixer(algorithm="test_follow_loss", batch=6, rank=0, world=1, **kw):
+    algo = build_algorithm(algorithm, ["a", "b", "c"], {}, init_weights=np.ones(K) / K)
+    sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
+    return Mixer(sampler, algo, **kw)
+
+
+def _logits_for(domain_ids, scale=1.0, vocab=5, length=4):
+    # Deterministic logits whose loss differs by domain: domain d gets logits d*scale on token 0.
+    b = len(domain_ids)
+    logits = torch.zeros(b, length, vocab)
+    logits[:, :, 0] = torch.as_tensor(domain_ids, dtype=torch.float32)[:, None] * scale
+    labels = torch.ones(b, length, dtype=torch.long)
+    return logits, labels
+
+
+def _feed(mixer, domain_ids, step, scale=1.0):
+    # As in training, the sampler plans global batch `step` before it is trained on; the test then
+    # chooses the batch's domain ids itself to control the statistics.
+    while mixer.sampler.planned_batches <= step:
+        next(mixer.sampler.iter_batches())
+    logits, labels = _logits_for(domain_ids, scale)
+    return mixer.training_loss(logits, labels, torch.as_tensor(domain_ids), batch_index=step)
+
+
+def test_schedule_follows_the_seed_semantics():
+    s = UpdateSchedule(warmup_step=100, update_step=200, update_times=3)
+    done, updates = 0, []
+    for step in range(1, 1001):
+        if s.is_update(step, done):
+            updates.append(step)
+            done += 1
+    assert updates == [100, 300, 500]
+    assert [t for t in range(1, 31) if UpdateSchedule(0, 10, -1).is_update(t, 0)] == [10, 20, 30]
+    with pytest.raises(ValueError, match="update_step"):
+        UpdateSchedule(update_step=0)
+
+
+def test_updates_change_sampler_weights_and_log_whole_lines(tmp_path):
+    mixer = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
+    for step in range(1, 5):
+        _feed(mixer, [0, 1, 2, 2, 1, 0], step - 1)
+        mixer.end_step(step)
+    lines = (tmp_path / "test_follow_loss_weights.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [r["step"] for r in records] == [2, 4]
+    for r in records:
+        assert set(r) >= {"step", "timestamp", "domain_names", "domain_weights", "perdomain_scores",
+                          "sampling_weights", "loss_weights"}
+        assert np.isclose(sum(r["domain_weights"]), 1.0)
+    # domain c has the highest loss here (largest wrong logit), so the follow-loss rule upweights it
+    assert records[-1]["sampling_weights"][2] > records[-1]["sampling_weights"][0]
+    assert np.allclose(mixer.sampler.weights, records[-1]["sampling_weights"])
+
+
+def test_non_finite_statistics_skip_the_update_with_a_warning(caplog):
+    mixer = _mixer(schedule=UpdateSchedule(update_step=1))
+    logits, labels = _logits_for([0, 1, 2, 0, 1, 2])
+    logits[0, 0, 0] = float("nan")
+    next(mixer.sampler.iter_batches())
+    mixer.training_loss(logits, labels, torch.tensor([0, 1, 2, 0, 1, 2]), batch_index=0)
+    with caplog.at_level(logging.WARNING, logger="mixflow"):
+        assert mixer.end_step(1) is False
+    assert "non-finite" in caplog.text
+    assert np.allclose(mixer.algorithm.sampling_weights, np.ones(K) / K)
+    # the next (finite) update goes through
+    _feed(mixer, [0, 1, 2, 0, 1, 2], 1)
+    assert mixer.end_step(2) is True
+
+
+@dataclass
+class _P(AlgorithmParams):
+    pass
+
+
+class _Broken(DomainAlgorithm):
+    name = "test_broken"
+    description = "produces NaN weights"
+    Params = _P
+
+    def update(self, stats, step):
+        self._sampling = np.full(self.num_domains, np.nan)
+        self.num_updates += 1
+
+
+def test_invalid_weights_from_an_algorithm_are_rejected(caplog):
+    algo = _Broken(["a", "b", "c"], _P(), init_weights=[0.2, 0.3, 0.5])
+    mixer = Mixer(MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1))
+    _feed(mixer, [0, 1, 2, 0, 1, 2], 0)
+    with caplog.at_level(logging.WARNING, logger="mixflow"):
+        assert mixer.end_step(1) is False
+    assert "invalid weights" in caplog.text
+    assert np.allclose(mixer.algorithm.sampling_weights, [0.2, 0.3, 0.5])
+    assert algo.num_updates == 0  # state restored whole
+
+
+class _Importance(DomainAlgorithm):
+    name = "test_importance"
+    description = "uniform sampling, loss weights [1, 2, 3] (normalised), importance mode"
+    Params = _P
+    mode = "importance"
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self._loss_weights = np.array([1.0, 2.0, 3.0])
+
+    def update(self, stats, step):
+        self.num_updates += 1
+
+
+def test_importance_mode_uses_the_weights_the_batch_was_drawn_with():
+    algo = _Importance(["a", "b", "c"], _P(), init_weights=[0.5, 0.25, 0.25])
+    mixer = Mixer(MixtureSampler([40, 40, 40], algo.sampling_weights, 8), algo)
+    batch0 = next(mixer.sampler.iter_batches())  # plan batch 0 with p = (0.5, .25, .25)
+    mixer.sampler.set_weights([0.1, 0.1, 0.8])  # read-ahead: a later batch will use other weights
+    ids = torch.as_tensor(mixer.sampler.domain_ids(batch0))
+    logits, labels = _logits_for(ids.tolist())
+    loss = mixer.training_loss(logits, labels, ids, batch_index=0)
+    q = np.array([1, 2, 3]) / 6
+    c = (q / np.array([0.5, 0.25, 0.25]))[ids.numpy()]
+    from mixflow.loss import sample_losses
+
+    sl = sample_losses(logits, labels)
+    expected = (torch.as_tensor(c) * sl.token_loss_sum.double()).sum() / sl.token_count.sum()
+    assert torch.isclose(loss.double(), expected)
+
+
+class _Halves(SampleWeighter):
+    name = "test_halves"
+    description = "weight 2 for the higher-loss half of the batch, 0 for the rest"
+    Params = _P
+
+    def weights(self, losses, domain_ids, step):
+        return (losses >= losses.median()).double() * 2.0
+
+
+def test_sample_weights_multiply_the_coefficients():
+    mixer = _mixer(weighter=_Halves(["a", "b", "c"], _P()))
+    ids = [0, 1, 2, 0, 1, 2]
+    logits, labels = _logits_for(ids, scale=2.0)
+    loss = mixer.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
+    from mixflow.loss import sample_losses
+
+    sl = sample_losses(logits, labels)
+    s = (sl.mean >= sl.mean.median()).double() * 2
+    assert torch.isclose(loss.double(), (s * sl.token_loss_sum.double()).sum() / sl.token_count.sum())
+
+
+class _CountTokens(StatisticProvider):
+    name = "test_count"
+
+    def batch_statistics(self, ctx):
+        out = torch.zeros(ctx.num_domains, dtype=torch.float64)
+        return {"tokens_again": out.index_add_(0, ctx.domain_ids, ctx.losses.token_count.double())}
+
+
+class _SeesExtras(DomainAlgorithm):
+    name = "test_sees_extras"
+    description = "records the provider's statistic"
+    Params = _P
+
+    def update(self, stats, step):
+        self.seen = stats.extras["tokens_again"].tolist()
+        self.num_updates += 1
+
+
+def test_provider_statistics_reach_the_algorithm_summed_over_the_window():
+    algo = _SeesExtras(["a", "b", "c"], _P(), init_weights=np.ones(3) / 3)
+    mixer = Mixer(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=2),
+                  providers=[_CountTokens()])
+    for step in (1, 2):
+        _feed(mixer, [0, 0, 1, 2, 2, 2], step - 1)
+        mixer.end_step(step)
+    assert algo.seen == [2 * 2 * 3, 1 * 2 * 3, 3 * 2 * 3]  # samples × steps × 3 target tokens
+
+
+def test_state_roundtrip_and_mid_step_guard(tmp_path):
+    mixer = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
+    for step in (1, 2, 3):
+        _feed(mixer, [0, 1, 2, 0, 1, 2], step - 1)
+        mixer.end_step(step)
+    mixer.save(tmp_path / "ckpt", batch_index=3)
+    other = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
+    other.load(tmp_path / "ckpt")
+    assert other.last_step == 3
+    assert np.allclose(other.algorithm.sampling_weights, mixer.algorithm.sampling_weights)
+    assert other._window_stats.token_count.tolist() == mixer._window_stats.token_count.tolist()
+    _feed(mixer, [0, 1, 2, 0, 1, 2], 3)
+    with pytest.raises(RuntimeError, match="middle of an optimizer step"):
+        mixer.state_dict()
+    wrong = _mixer(algorithm="static")
+    with pytest.raises(ValueError, match="algorithm_name"):
+        wrong.load(tmp_path / "ckpt")
+
+
+def test_superseded_log_lines_are_moved_not_lost(tmp_path):
+    log = tmp_path / "x_weights.jsonl"
+    log.write_text("".join(json.dumps({"step": s}) + "\n" for s in (2, 4, 6)))
+    assert supersede_log_lines(log, 4) == 1
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [2, 4]
+    moved = tmp_path / "x_weights.superseded.jsonl"
+    assert [json.loads(x)["step"] for x in moved.read_text().splitlines()] == [6]
+
+
+def _global_batches(steps, batch=8):
+    sampler = MixtureSampler([30, 30, 30], np.ones(K) / K, batch, seed=1)
+    it = sampler.iter_batches()
+    return [next(it) for _ in range(steps)]
+
+
+def _run_ranks(rank, world, out):
+    mixer = _mixer(batch=8, rank=rank, world=world, schedule=UpdateSchedule(update_step=1))
+    it = mixer.sampler.iter_batches()
+    for step in range(1, 5):
+        rows = next(it)
+        ids = mixer.sampler.domain_ids(rows)
+        _feed(mixer, ids.tolist(), step - 1, scale=float(step))
+        mixer.end_step(step)
+    torch.save({"weights": mixer.algorithm.sampling_weights, "rows": rows}, os.path.join(out, f"r{rank}.pt"))
+
+
+def test_two_ranks_reduce_statistics_and_match_a_single_process(tmp_path):
+    run_distributed(_run_ranks, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in (0, 1))
+    assert np.array_equal(r0["weights"], r1["weights"])
+    assert not set(r0["rows"].tolist()) & set(r1["rows"].tolist())
+    # the same global batches in one process give the same weights
+    _run_ranks(0, 1, str(tmp_path))
+    single = torch.load(tmp_path / "r0.pt", weights_only=False)
+    assert np.allclose(single["weights"], r0["weights"], rtol=1e-12)
+    assert not np.allclose(single["weights"], np.ones(K) / K)
