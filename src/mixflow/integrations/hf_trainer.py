@@ -70,6 +70,7 @@ class MixflowTrainer(Trainer):
             # The sampler restores its own position from the checkpoint; letting the Trainer also
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
+            logger.info("mixflow: ignore_data_skip set to true (the mixture sampler restores its own position)")
         self.add_callback(MixflowCallback(mixer))
 
     # ---- data -------------------------------------------------------------------------
