@@ -184,7 +184,9 @@ def human_bytes(n: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=10_000_000, help="indices to draw (default 10M)")
-    parser.add_argument("--rows-per-domain", type=int, default=10_000_000, help="rows in each of the 7 domains (default 10M)")
+    parser.add_argument(
+        "--rows-per-domain", type=int, default=10_000_000, help="rows in each of the 7 domains (default 10M)"
+    )
     parser.add_argument("--batch-size", type=int, default=1024, help="global batch size (default 1024)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tracemalloc", action="store_true", help="skip the tracemalloc runs (RSS only)")
@@ -228,7 +230,10 @@ def main() -> None:
         f"\n{args.samples:,} samples, 7 domains x {args.rows_per_domain:,} rows, "
         f"global batch {args.batch_size}, proportions {PROPORTIONS}\n"
     )
-    header = f"{'method':<22} {'samples/s':>12} {'draw only/s':>12} {'setup s':>8} {'peak RSS delta':>15} {'tracemalloc peak':>17}"
+    header = (
+        f"{'method':<22} {'samples/s':>12} {'draw only/s':>12} {'setup s':>8} "
+        f"{'peak RSS delta':>15} {'tracemalloc peak':>17}"
+    )
     print(header)
     print("-" * len(header))
     for method, r in results.items():

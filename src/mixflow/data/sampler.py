@@ -6,9 +6,10 @@ gradient-accumulation micro-batches of one optimizer step) is planned:
 1. **Counts.** Each domain holds a running credit. ``p_i · B`` is added to it,
    the domain gets the floor, the slots left over go to the largest
    fractional credits, and what was given is subtracted. The carried residual
-   means a domain with a small ``p_i > 0`` gets a row at least every
-   ``~1/(p_i·B)`` batches instead of being rounded away forever. A domain with
-   ``p_i = 0`` never gets a row.
+   stays in (-1, 1), so every domain's cumulative count is within one row of
+   ``p_i · B · batches``: a domain with a small ``p_i > 0`` gets a row about
+   every ``1/(p_i·B)`` batches (never more than ``2/(p_i·B) + 1`` apart)
+   instead of being rounded away. A domain with ``p_i = 0`` never gets a row.
 2. **Rows.** Domain ``d`` is read through a keyed pseudo-random permutation of
    its rows (:mod:`mixflow.data.permutation`), keyed by ``(seed, d,
    domain epoch)``: without replacement until the domain is exhausted, then a
@@ -252,7 +253,9 @@ class MixtureSampler(Sampler[int]):
         """
         snap = self._snapshots.get(_check_int(batch_index, "batch_index"))
         if snap is None:
-            raise ValueError(f"batch_index: expected a planned batch not yet consumed ({self._kept_range()}), got {batch_index}")
+            raise ValueError(
+                f"batch_index: expected a planned batch not yet consumed ({self._kept_range()}), got {batch_index}"
+            )
         return snap.weights.copy()
 
     # --------------------------------------------------------------- control
@@ -543,13 +546,15 @@ class MixtureSampler(Sampler[int]):
         for entry in state["weight_schedule"]:
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
                 raise ValueError("state.weight_schedule: expected [batch_index, weights] pairs")
+            index = _check_int(entry[0], "state.weight_schedule batch_index", g + 1)
             validate_weights(entry[1], k, name="state.weight_schedule weights")
-            weight_changes.append((_check_int(entry[0], "state.weight_schedule batch_index", g + 1), np.array(entry[1], dtype=np.float64)))
+            weight_changes.append((index, np.array(entry[1], dtype=np.float64)))
         epoch_changes = []
         for entry in state["epoch_schedule"]:
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
                 raise ValueError("state.epoch_schedule: expected [batch_index, epoch] pairs")
-            epoch_changes.append((_check_int(entry[0], "state.epoch_schedule batch_index", g + 1), _check_int(entry[1], "state.epoch_schedule epoch", 0)))
+            index = _check_int(entry[0], "state.epoch_schedule batch_index", g + 1)
+            epoch_changes.append((index, _check_int(entry[1], "state.epoch_schedule epoch", 0)))
         for name, changes in (("state.weight_schedule", weight_changes), ("state.epoch_schedule", epoch_changes)):
             indices = [c[0] for c in changes]
             if indices != sorted(set(indices)):
