@@ -74,16 +74,17 @@ def main(argv: list[str] | None = None) -> Mixer:
     while step < args.steps:
         batch = next(batches)
         domain_ids = batch.pop("domain_ids")
+        sample_ids = batch.pop("sample_ids")  # used by per-example weighters (IMP); popped before the forward
         labels = batch.pop("labels")
         logits = model(**batch).logits  # the one forward; no labels, mixflow computes the loss
         # 2. The weighted loss step: per-sample losses from these logits, times c_j.
-        loss = mixer.training_loss(logits, labels, domain_ids, batch_index=step)
+        loss = mixer.training_loss(logits, labels, domain_ids, batch_index=step, sample_ids=sample_ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         step += 1
         # 3. Statistics all-reduced over ranks; the algorithm updates on schedule; weights log.
-        mixer.end_step(step)
+        mixer.end_step(step, model=model)
         if rank == 0 and step % 10 == 0:
             metrics = mixer.metrics()
             print(f"step {step} loss {loss.item():.3f} " + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if "loss" in k))

@@ -152,7 +152,7 @@ class _Halves(SampleWeighter):
     description = "weight 2 for the higher-loss half of the batch, 0 for the rest"
     Params = _P
 
-    def weights(self, losses, domain_ids, step):
+    def weights(self, losses, domain_ids, step, sample_ids=None):
         return (losses >= losses.median()).double() * 2.0
 
 

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from mixflow import distributed
+from mixflow import gradstats as _gradstats  # noqa: F401  (registers the built-in grad_stats provider)
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.data.sampler import MixtureSampler
 from mixflow.jsonlog import append_jsonl, read_jsonl, write_json_atomic
 from mixflow.loss import SampleLosses, domain_coefficients, sample_losses, weighted_loss
-from mixflow.providers import BatchContext, StatisticProvider, build_providers
+from mixflow.providers import BatchContext, ProviderContext, StatisticProvider, UpdateContext, build_providers
 from mixflow.stats import DomainStats
 
 logger = logging.getLogger("mixflow")
@@ -72,6 +73,7 @@ class Mixer:
         schedule: UpdateSchedule | None = None,
         log_dir: str | Path | None = None,
         providers: Sequence[StatisticProvider] | None = None,
+        provider_context: ProviderContext | None = None,
         shift_labels: bool = True,
         chunk_rows: int = 4096,
     ) -> None:
@@ -85,7 +87,9 @@ class Mixer:
         self.schedule = schedule or UpdateSchedule()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.providers = (
-            list(providers) if providers is not None else build_providers(algorithm.providers, algorithm.params)
+            list(providers)
+            if providers is not None
+            else build_providers(algorithm.providers, algorithm.params, provider_context)
         )
         self.shift_labels = shift_labels
         self.chunk_rows = chunk_rows
@@ -118,20 +122,32 @@ class Mixer:
         batch_index: int | None = None,
         model: Any = None,
         inputs: Mapping[str, Any] | None = None,
+        sample_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted loss of one micro-batch; records its per-domain statistics for the step.
 
         ``batch_index`` is the global batch (optimizer step) the micro-batch belongs to; it selects
         the sampling weights the sampler used, which importance-mode coefficients divide by.
+        ``sample_ids`` (global row indices) reach the sample weighter, for per-example weights.
         """
         domain_ids = domain_ids.to(logits.device).long()
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
-        self._record(losses, domain_ids, labels, model, inputs)
-        coefficients = self.coefficients(domain_ids, losses, batch_index)
+        step = self.last_step if batch_index is None else batch_index
+        self._record(losses, domain_ids, labels, model, inputs, step)
+        coefficients = self.coefficients(domain_ids, losses, batch_index, sample_ids)
         return weighted_loss(losses, coefficients, num_items_in_batch)
 
+    @property
+    def update_pending(self) -> bool:
+        """Whether the optimizer step now in progress will end with a scheduled update."""
+        return self.schedule.is_update(self.last_step + 1, self.algorithm.num_updates + self.skipped_updates)
+
     def coefficients(
-        self, domain_ids: torch.Tensor, losses: SampleLosses, batch_index: int | None = None
+        self,
+        domain_ids: torch.Tensor,
+        losses: SampleLosses,
+        batch_index: int | None = None,
+        sample_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         device = losses.token_loss_sum.device
@@ -146,16 +162,26 @@ class Mixer:
             torch.as_tensor(self.algorithm.prior, dtype=torch.float64, device=device),
         )
         if self.weighter is not None:
-            s = self._sample_weights(losses.mean.detach(), domain_ids, batch_index)
+            s = self._sample_weights(losses.mean.detach(), domain_ids, batch_index, sample_ids)
             c = s if c is None else c * s
         return c
 
-    def _sample_weights(self, losses: torch.Tensor, domain_ids: torch.Tensor, batch_index: int | None) -> torch.Tensor:
+    def _sample_weights(
+        self,
+        losses: torch.Tensor,
+        domain_ids: torch.Tensor,
+        batch_index: int | None,
+        sample_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
         # Weights are a function of the whole (all ranks') batch, so every rank computes the same
         # vector and keeps its own slice.
         all_losses = distributed.all_gather_cat(losses.to(torch.float64))
         all_ids = distributed.all_gather_cat(domain_ids)
-        s = self.weighter.weights(all_losses, all_ids, self.last_step if batch_index is None else batch_index)
+        all_samples = None
+        if sample_ids is not None:
+            all_samples = distributed.all_gather_cat(sample_ids.to(domain_ids.device).long())
+        step = self.last_step if batch_index is None else batch_index
+        s = self.weighter.weights(all_losses, all_ids, step, sample_ids=all_samples)
         n = losses.numel()
         start = distributed.rank() * n
         return s[start : start + n].to(device=losses.device, dtype=torch.float64)
@@ -167,10 +193,13 @@ class Mixer:
         labels: torch.Tensor,
         model: Any,
         inputs: Mapping[str, Any] | None,
+        step: int,
     ) -> None:
         stats = DomainStats.from_samples(domain_ids, losses.token_loss_sum, losses.token_count, self.num_domains)
         if self.providers:
-            ctx = BatchContext(model, inputs or {}, labels, losses, domain_ids, self.num_domains)
+            ctx = BatchContext(
+                model, inputs or {}, labels, losses, domain_ids, self.num_domains, step, self.update_pending
+            )
             for provider in self.providers:
                 for key, value in provider.batch_statistics(ctx).items():
                     stats.extras[key] = value.detach().to(torch.float64)
@@ -182,8 +211,19 @@ class Mixer:
             return weighted_loss(sample_losses(logits, labels, self.shift_labels, self.chunk_rows), None, None)
 
     # ---- per optimizer step -------------------------------------------------------------
-    def end_step(self, step: int) -> bool:
-        """Call after optimizer step ``step`` (1-based) on every rank. Returns whether weights were updated."""
+    def end_step(self, step: int, model: Any = None) -> bool:
+        """Call after optimizer step ``step`` (1-based) on every rank. Returns whether weights were updated.
+
+        ``model`` reaches providers that compute statistics at update time (held-out losses).
+        """
+        pending = self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
+        if pending:
+            ctx = UpdateContext(model, step, self.num_domains, distributed.rank(), distributed.world_size())
+            extra = DomainStats.zeros(self.num_domains)
+            for provider in self.providers:
+                for key, value in provider.update_statistics(ctx).items():
+                    extra.extras[key] = value.detach().to(torch.float64)
+            self._step_stats.add_(extra)
         flat, layout = self._step_stats.pack()
         reduced = self._step_stats.unpack_(distributed.all_reduce_sum(flat), layout)
         self._window_stats.add_(reduced)
@@ -192,7 +232,7 @@ class Mixer:
         self._step_stats = DomainStats.zeros(self.num_domains)
         self.last_step = step
         self.sampler.mark_consumed(step)
-        if not self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates):
+        if not pending:
             return False
         window, self._window_stats = self._window_stats, DomainStats.zeros(self.num_domains)
         return self._update(window, step)

@@ -1,15 +1,23 @@
-"""Statistic providers: per-batch statistics beyond the training loss (e.g. a reference model's loss).
+"""Statistic providers: statistics beyond the training loss (a reference model's loss, gradient
+statistics, held-out losses).
 
 An algorithm names the providers it needs in ``DomainAlgorithm.providers``; the builder makes them
-from the algorithm's params, and the :class:`~mixflow.mixer.Mixer` calls each one on every training
-micro-batch. What a provider returns is summed per domain and all-reduced with the other
-statistics, then reaches the algorithm as ``DomainStats.extras[name]``.
+from the algorithm's params and a :class:`ProviderContext` (held-out data, collator), and the
+:class:`~mixflow.mixer.Mixer` calls them:
+
+- :meth:`StatisticProvider.batch_statistics` on every training micro-batch (it sees the training
+  forward's losses, so it can run extra forwards or partial backwards);
+- :meth:`StatisticProvider.update_statistics` once on each rank just before a scheduled update
+  (e.g. to evaluate held-out losses).
+
+What a provider returns is a per-domain *sum* (leading dimension K). The Mixer sums it over
+micro-batches and steps and all-reduces it over ranks with the other statistics; the algorithm
+reads it as ``DomainStats.extras[key]``. Sums, not means, are what make that reduction exact.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
 import torch
@@ -18,51 +26,89 @@ from mixflow.loss import SampleLosses
 
 
 @dataclass
+class ProviderContext:
+    """What a provider may be built with, besides the algorithm's params."""
+
+    domain_names: list[str]
+    """Domain names in order."""
+    heldout: Mapping[str, Any] = field(default_factory=dict)
+    """Held-out dataset per domain name (rows never trained on), when the run has a split."""
+    collator: Callable[[list], dict] | None = None
+    """Turns a list of dataset items into a model batch."""
+    eval_batch_size: int = 8
+    """Batch size for provider-side evaluation."""
+    task: str = "causal_lm"
+    """``causal_lm`` (labels shifted by one) or ``classification``."""
+
+
+@dataclass
 class BatchContext:
-    """What a provider may look at for one micro-batch."""
+    """What a provider may look at for one training micro-batch."""
 
     model: Any
     """The model being trained (wrapped as the integration holds it), or None in pure-math tests."""
     inputs: Mapping[str, Any]
-    """The model inputs of the batch (without labels and domain ids)."""
+    """The model inputs of the batch (without labels and mixflow's keys)."""
     labels: torch.Tensor
     """The labels of the batch, -100 where ignored."""
     losses: SampleLosses
-    """The training forward's per-token and per-sample losses."""
+    """The training forward's per-token and per-sample losses (with the autograd graph)."""
     domain_ids: torch.Tensor
     """Domain index of every sample, shape [B]."""
     num_domains: int
+    step: int = 0
+    """Index of the global batch (optimizer step) this micro-batch belongs to."""
+    update_pending: bool = False
+    """Whether the optimizer step this micro-batch belongs to ends with a scheduled update."""
 
 
-class StatisticProvider(ABC):
-    """Computes extra per-domain sums for each training micro-batch."""
+@dataclass
+class UpdateContext:
+    """What a provider may look at just before an update."""
+
+    model: Any
+    """The model being trained, or None when the integration did not pass it."""
+    step: int
+    """The optimizer step that just completed (1-based)."""
+    num_domains: int
+    rank: int = 0
+    world_size: int = 1
+
+
+class StatisticProvider:
+    """Computes extra per-domain sums; override one or both hooks."""
 
     name: ClassVar[str]
 
-    @abstractmethod
     def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
-        """Per-domain *sums* (leading dimension K) over the batch; keys become ``DomainStats.extras`` keys."""
+        """Per-domain sums over one training micro-batch (default: none)."""
+        return {}
+
+    def update_statistics(self, ctx: UpdateContext) -> dict[str, torch.Tensor]:
+        """Per-domain sums computed on this rank just before an update (default: none)."""
+        return {}
 
 
-_PROVIDERS: dict[str, Callable[[Any], StatisticProvider]] = {}
+ProviderFactory = Callable[[Any, ProviderContext], StatisticProvider]
+_PROVIDERS: dict[str, ProviderFactory] = {}
 
 
-def register_provider(name: str) -> Callable[[Callable[[Any], StatisticProvider]], Callable[[Any], StatisticProvider]]:
-    """Register a factory ``params -> StatisticProvider`` under ``name``."""
+def register_provider(name: str) -> Callable[[ProviderFactory], ProviderFactory]:
+    """Register a factory ``(params, context) -> StatisticProvider`` under ``name``."""
 
-    def decorate(factory: Callable[[Any], StatisticProvider]) -> Callable[[Any], StatisticProvider]:
+    def decorate(factory: ProviderFactory) -> ProviderFactory:
         _PROVIDERS[name] = factory
         return factory
 
     return decorate
 
 
-def build_providers(names: tuple[str, ...], params: Any) -> list[StatisticProvider]:
+def build_providers(names: tuple[str, ...], params: Any, context: ProviderContext | None = None) -> list[StatisticProvider]:
     """Instantiate the named providers from an algorithm's params."""
     missing = [n for n in names if n not in _PROVIDERS]
     if missing:
         raise ValueError(f"providers: unknown statistic provider(s) {missing}; registered: {sorted(_PROVIDERS)}")
-    return [_PROVIDERS[n](params) for n in names]
+    return [_PROVIDERS[n](params, context) for n in names]
 
 
 def unregister_provider(name: str) -> None:

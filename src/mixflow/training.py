@@ -21,6 +21,7 @@ from mixflow.data.sources import DomainSource, sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer, load_tokenizer
 from mixflow.jsonlog import write_json_atomic
 from mixflow.mixer import Mixer, UpdateSchedule
+from mixflow.providers import ProviderContext
 
 logger = logging.getLogger("mixflow")
 
@@ -83,8 +84,16 @@ def global_batch_size(training: dict[str, Any], world_size: int) -> int:
     return per_device * world_size * int(training.get("gradient_accumulation_steps", 1))
 
 
-def build_mixer(run: RunConfig, train: MixtureDataset, batch_size: int, seed: int) -> Mixer:
-    """Sampler, algorithm and weighter as configured, at their initial weights."""
+def build_mixer(
+    run: RunConfig,
+    train: MixtureDataset,
+    batch_size: int,
+    seed: int,
+    heldout: dict[str, MixtureDataset] | None = None,
+    collator: Any = None,
+) -> Mixer:
+    """Sampler, algorithm and weighter as configured, at their initial weights. ``heldout`` and
+    ``collator`` reach statistic providers that evaluate held-out losses."""
     m = run.mixing
     algorithm_cfg, weighter_cfg = resolve_components(run)
     init = resolve_proportions(
@@ -97,7 +106,13 @@ def build_mixer(run: RunConfig, train: MixtureDataset, batch_size: int, seed: in
         train.domain_sizes, algorithm.sampling_weights, batch_size, seed=seed, on_exhausted=m.on_exhausted
     )
     schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
-    return Mixer(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"])
+    context = ProviderContext(
+        domain_names=names,
+        heldout=heldout or {},
+        collator=collator,
+        eval_batch_size=int(run.training.get("per_device_eval_batch_size", 8)),
+    )
+    return Mixer(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context)
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:
@@ -139,15 +154,16 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     data = prepare_data(run, progress=progress)
     args = training_arguments(run, len(data.train))
     batch = global_batch_size(run.training, args.world_size)
-    mixer = build_mixer(run, data.train, batch, seed=args.seed)
-    model = build_model(run, data.tokenizer)
     pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+    collator = DomainCollator(pad)
+    mixer = build_mixer(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
+    model = build_model(run, data.tokenizer)
     trainer = MixflowTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.val or None,
-        data_collator=DomainCollator(pad),
+        data_collator=collator,
         mixer=mixer,
     )
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))

@@ -151,8 +151,12 @@ class SampleWeighter(ABC):
         self.params = params
 
     @abstractmethod
-    def weights(self, losses: torch.Tensor, domain_ids: torch.Tensor, step: int) -> torch.Tensor:
-        """Weights for ``losses`` (shape [N], detached), scaled so that uniform weights are all 1."""
+    def weights(
+        self, losses: torch.Tensor, domain_ids: torch.Tensor, step: int, sample_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Weights for the per-sample ``losses`` of a batch (shape [N], detached, all ranks' samples in
+        rank order), scaled so that uniform weights are all 1. ``sample_ids`` are the samples' global
+        row indices when the dataset provides them (for per-example cached weights)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {name: _to_plain(getattr(self, name)) for name in self.state_attributes}

@@ -19,6 +19,13 @@ IGNORE_INDEX = -100
 DOMAIN_KEY = "domain_ids"
 """Batch key carrying each sample's domain index; integrations remove it before the model's forward."""
 
+SAMPLE_KEY = "sample_ids"
+"""Batch key carrying each sample's global row index (for per-example cached weights such as IMP's);
+removed before the model's forward like :data:`DOMAIN_KEY`."""
+
+MIXFLOW_KEYS = (DOMAIN_KEY, SAMPLE_KEY)
+"""Batch keys that belong to mixflow, never to the model."""
+
 
 class MixtureDataset(Dataset):
     """Rows of all domains, concatenated in domain order.
@@ -72,6 +79,7 @@ class MixtureDataset(Dataset):
             "input_ids": input_ids,
             "labels": input_ids.clone(),
             DOMAIN_KEY: self.global_domain_ids[position],
+            SAMPLE_KEY: self.domain_offsets[position] + row,
         }
 
     def single_domain(self, d: int) -> "MixtureDataset":
@@ -127,9 +135,12 @@ class DomainCollator:
             label_ids[j, : len(y)] = y
             attention_mask[j, : len(x)] = 1
         domain_ids = torch.as_tensor([int(f[DOMAIN_KEY]) for f in features], dtype=torch.long)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": label_ids,
             DOMAIN_KEY: domain_ids,
         }
+        if all(SAMPLE_KEY in f for f in features):
+            batch[SAMPLE_KEY] = torch.as_tensor([int(f[SAMPLE_KEY]) for f in features], dtype=torch.long)
+        return batch

@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from mixflow.data.dataset import DOMAIN_KEY
+from mixflow.data.dataset import DOMAIN_KEY, MIXFLOW_KEYS, SAMPLE_KEY
 from mixflow.mixer import Mixer
 
 logger = logging.getLogger("mixflow")
@@ -30,7 +30,7 @@ class MixflowCallback(TrainerCallback):
         self.mixer = mixer
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.mixer.end_step(state.global_step)
+        self.mixer.end_step(state.global_step, model=kwargs.get("model"))
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -81,8 +81,9 @@ class MixflowTrainer(Trainer):
         # `remove_unused_columns` keeps only the model's forward arguments; the domain ids must
         # survive it to reach compute_loss (which removes them before the forward).
         super()._set_signature_columns_if_needed()
-        if DOMAIN_KEY not in self._signature_columns:
-            self._signature_columns.append(DOMAIN_KEY)
+        for key in MIXFLOW_KEYS:
+            if key not in self._signature_columns:
+                self._signature_columns.append(key)
 
     # ---- loss -------------------------------------------------------------------------
     def compute_loss(
@@ -94,6 +95,7 @@ class MixflowTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         domain_ids = inputs.pop(DOMAIN_KEY, None)
+        sample_ids = inputs.pop(SAMPLE_KEY, None)
         labels = inputs.pop("labels", None)
         if labels is None:
             raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
@@ -109,7 +111,14 @@ class MixflowTrainer(Trainer):
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None
         loss = self.mixer.training_loss(
-            logits, labels, domain_ids, num_items_in_batch, batch_index=self.state.global_step, model=model, inputs=inputs
+            logits,
+            labels,
+            domain_ids,
+            num_items_in_batch,
+            batch_index=self.state.global_step,
+            model=model,
+            inputs=inputs,
+            sample_ids=sample_ids,
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts all ranks' tokens while DDP averages gradients over ranks.

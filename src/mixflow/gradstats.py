@@ -1,0 +1,150 @@
+"""Per-domain gradient statistics on a parameter subset (the group-split estimator of ALGORITHMS.md).
+
+PiKE and VA need, per domain k, the squared norm of the mean gradient ‖∇L_k‖² and the per-sample
+gradient variance σ_k². On the micro-batches of a step that ends with an update, the provider
+splits each domain's samples into ``grad_groups`` groups and takes the gradient of each group's
+mean loss with respect to a parameter subset (one partial backward per group, on the training
+graph, no second forward). It returns *sums* that combine exactly across micro-batches and ranks:
+
+- ``grad_sum`` [K, d]: Σ over groups of the group-mean gradient (count-sketched to d dimensions
+  when the subset is larger than ``grad_sketch_dim``: the sketch is linear, so sums stay exact,
+  and squared norms are preserved in expectation);
+- ``grad_sq_sum`` [K]: Σ over groups of the group-mean gradient's squared norm;
+- ``grad_groups`` [K] and ``grad_samples`` [K]: how many groups and samples contributed.
+
+:func:`gradient_moments` turns them into (‖∇L_k‖², σ_k²). Cost per update: ``grad_groups × K'``
+partial backward passes through the subset (K' = domains present per micro-batch), each running
+from the loss down to the earliest parameter in the subset; with the default subset (the output
+head) that is the head's matmul only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixflow.providers import BatchContext, ProviderContext, StatisticProvider, register_provider
+from mixflow.stats import DomainStats
+
+
+def _unwrap(model: Any) -> Any:
+    # DDP and similar wrappers keep the real model under `.module`.
+    return getattr(model, "module", model)
+
+
+def select_parameters(model: Any, patterns: list[str] | None) -> list[torch.nn.Parameter]:
+    """Trainable parameters whose names match any glob pattern; None: the output head."""
+    inner = _unwrap(model)
+    if patterns is None:
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        if head is None:
+            raise ValueError("grad_params: the model has no output head; give parameter name patterns")
+        return [p for p in head.parameters() if p.requires_grad]
+    chosen = [p for n, p in inner.named_parameters() if p.requires_grad and any(fnmatch.fnmatch(n, pat) for pat in patterns)]
+    if not chosen:
+        names = [n for n, _ in inner.named_parameters()][:8]
+        raise ValueError(f"grad_params: no trainable parameter matches {patterns}; names look like {names}")
+    return chosen
+
+
+class CountSketch:
+    """A fixed linear map R^D → R^d with E‖Sv‖² = ‖v‖² (identity when D ≤ d)."""
+
+    def __init__(self, dim_in: int, dim_out: int, seed: int = 0) -> None:
+        self.dim_in, self.dim_out = dim_in, dim_out
+        self.exact = dim_out <= 0 or dim_in <= dim_out
+        if not self.exact:
+            g = torch.Generator().manual_seed(seed)
+            self.bucket = torch.randint(0, dim_out, (dim_in,), generator=g)
+            self.sign = torch.randint(0, 2, (dim_in,), generator=g).to(torch.float64) * 2 - 1
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim_in if self.exact else self.dim_out
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.to(torch.float64)
+        if self.exact:
+            return v
+        out = torch.zeros(self.dim_out, dtype=torch.float64, device=v.device)
+        return out.index_add_(0, self.bucket.to(v.device), v * self.sign.to(v.device))
+
+
+class GradientStatistics(StatisticProvider):
+    """The ``grad_stats`` provider; configured by the algorithm's ``grad_params``, ``grad_groups``
+    and ``grad_sketch_dim`` params."""
+
+    name = "grad_stats"
+
+    def __init__(self, patterns: list[str] | None = None, groups: int = 2, sketch_dim: int = 4096) -> None:
+        if groups < 2:
+            raise ValueError(f"grad_groups: expected an integer >= 2 (a variance needs two groups), got {groups}")
+        self.patterns = patterns
+        self.groups = groups
+        self.sketch_dim = sketch_dim
+        self._params: list[torch.nn.Parameter] | None = None
+        self._sketch: CountSketch | None = None
+
+    def _setup(self, model: Any) -> None:
+        if self._params is None:
+            self._params = select_parameters(model, self.patterns)
+            self._sketch = CountSketch(sum(p.numel() for p in self._params), self.sketch_dim)
+
+    def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
+        if not ctx.update_pending or ctx.model is None or not torch.is_grad_enabled():
+            return {}
+        self._setup(ctx.model)
+        assert self._params is not None and self._sketch is not None
+        k, device = ctx.num_domains, ctx.losses.token_loss_sum.device
+        grad_sum = torch.zeros(k, self._sketch.out_dim, dtype=torch.float64, device=device)
+        grad_sq = torch.zeros(k, dtype=torch.float64, device=device)
+        groups = torch.zeros(k, dtype=torch.float64, device=device)
+        samples = torch.zeros(k, dtype=torch.float64, device=device)
+        per_sample = ctx.losses.mean
+        has_tokens = ctx.losses.token_count > 0
+        for d in range(k):
+            idx = torch.nonzero((ctx.domain_ids == d) & has_tokens).flatten()
+            for part in torch.tensor_split(idx, min(self.groups, idx.numel())) if idx.numel() else ():
+                grads = torch.autograd.grad(per_sample[part].mean(), self._params, retain_graph=True, allow_unused=True)
+                flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)])
+                v = self._sketch(flat)
+                grad_sum[d] += v
+                grad_sq[d] += v.square().sum()
+                groups[d] += 1
+                samples[d] += part.numel()
+        return {"grad_sum": grad_sum, "grad_sq_sum": grad_sq, "grad_groups": groups, "grad_samples": samples}
+
+
+@register_provider("grad_stats")
+def _build(params: Any, context: ProviderContext | None) -> GradientStatistics:
+    return GradientStatistics(
+        patterns=getattr(params, "grad_params", None),
+        groups=int(getattr(params, "grad_groups", 2)),
+        sketch_dim=int(getattr(params, "grad_sketch_dim", 4096)),
+    )
+
+
+def gradient_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
+    """(‖∇L_k‖², σ_k²) per domain from ``grad_stats`` sums; NaN where fewer than two groups.
+
+    ĝ_k = mean of the G group-mean gradients; s² = their sample variance (summed over coordinates);
+    σ̂_k² = (b_k / G)·s² (a group mean of b_k/G samples has variance σ²·G/b_k);
+    ‖∇L_k‖² ≈ ‖ĝ_k‖² − σ̂_k²/b_k, floored at 0 (E‖ĝ‖² = ‖∇L‖² + σ²/b).
+    """
+    if "grad_sum" not in stats.extras:
+        raise ValueError("grad_stats: no gradient statistics in this window (is the provider configured?)")
+    g_sum = stats.extras["grad_sum"].cpu().double()
+    sq = stats.extras["grad_sq_sum"].cpu().double()
+    groups = stats.extras["grad_groups"].cpu().double()
+    n = stats.extras["grad_samples"].cpu().double()
+    ok = groups >= 2
+    g = groups.clamp_min(1)
+    mean_sq = (g_sum / g[:, None]).square().sum(dim=1)
+    s2 = ((sq - g * mean_sq) / (g - 1).clamp_min(1)).clamp_min(0)
+    sigma2 = n / g * s2
+    norm_sq = (mean_sq - sigma2 / n.clamp_min(1)).clamp_min(0)
+    nan = torch.full_like(norm_sq, float("nan"))
+    return torch.where(ok, norm_sq, nan).numpy(), torch.where(ok, sigma2, nan).numpy()

@@ -1,0 +1,78 @@
+import numpy as np
+import torch
+
+from mixflow.gradstats import CountSketch, GradientStatistics, gradient_moments, select_parameters
+from mixflow.loss import sample_losses
+from mixflow.providers import BatchContext
+from mixflow.stats import DomainStats
+from tests.helpers import tiny_llama
+
+
+def _context(model, ids, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, 40, (len(ids), 6), generator=g)
+    logits = model(input_ids=x).logits
+    losses = sample_losses(logits, x)
+    return BatchContext(model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, step=0, update_pending=True), losses
+
+
+def _per_sample_grads(model, losses, params):
+    out = []
+    for j in range(losses.mean.numel()):
+        grads = torch.autograd.grad(losses.mean[j], params, retain_graph=True)
+        out.append(torch.cat([g.reshape(-1) for g in grads]).double())
+    return torch.stack(out)
+
+
+def test_one_sample_per_group_matches_exact_per_sample_moments():
+    model = tiny_llama(seed=2)
+    ids = [0, 0, 0, 1, 1, 1, 1]
+    ctx, losses = _context(model, ids)
+    provider = GradientStatistics(patterns=None, groups=100, sketch_dim=0)  # groups of one sample, no sketch
+    stats = DomainStats.zeros(2)
+    stats.extras.update(provider.batch_statistics(ctx))
+    norm_sq, sigma2 = gradient_moments(stats)
+    per = _per_sample_grads(model, losses, select_parameters(model, None))
+    for d in (0, 1):
+        gd = per[torch.tensor(ids) == d]
+        b = gd.shape[0]
+        var = gd.var(dim=0, unbiased=True).sum()
+        mean_sq = gd.mean(dim=0).square().sum()
+        assert np.isclose(sigma2[d], var.item(), rtol=1e-6)
+        assert np.isclose(norm_sq[d], max(mean_sq.item() - var.item() / b, 0.0), rtol=1e-6, atol=1e-12)
+
+
+def test_statistics_are_skipped_unless_an_update_is_pending():
+    model = tiny_llama()
+    ctx, _ = _context(model, [0, 1])
+    ctx.update_pending = False
+    assert GradientStatistics().batch_statistics(ctx) == {}
+
+
+def test_domain_with_one_group_gets_nan():
+    model = tiny_llama()
+    ctx, _ = _context(model, [0, 0, 0, 1])
+    stats = DomainStats.zeros(2)
+    stats.extras.update(GradientStatistics(groups=2).batch_statistics(ctx))
+    norm_sq, sigma2 = gradient_moments(stats)
+    assert np.isfinite(norm_sq[0]) and np.isnan(norm_sq[1]) and np.isnan(sigma2[1])
+
+
+def test_count_sketch_is_linear_and_preserves_squared_norm_on_average():
+    sketch = CountSketch(5000, 256, seed=1)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5000, generator=g), torch.randn(5000, generator=g)
+    assert torch.allclose(sketch(a.double() + b.double()), sketch(a) + sketch(b), atol=1e-9)
+    ratios = [sketch(torch.randn(5000, generator=g)).square().sum() / 5000 for _ in range(50)]
+    assert abs(float(torch.stack(ratios).mean()) - 1.0) < 0.05
+    assert CountSketch(10, 256).exact
+
+
+def test_parameter_patterns():
+    model = tiny_llama()
+    chosen = select_parameters(model, ["model.layers.1.*"])
+    assert chosen and all(any(p is q for q in model.model.layers[1].parameters()) for p in chosen)
+    import pytest
+
+    with pytest.raises(ValueError, match="grad_params: no trainable parameter matches"):
+        select_parameters(model, ["nothing.*"])
