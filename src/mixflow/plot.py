@@ -21,8 +21,11 @@ def find_weights_log(run_dir: Path) -> Path:
 
 def _training_losses(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """``mix/loss/<domain>`` series from the Trainer's log history, if the run saved one."""
+    # The run's final state first, else the newest checkpoint's (older ones hold a prefix of it).
     candidates = [run_dir / "trainer_state.json"] + sorted(
-        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+        run_dir.glob("checkpoint-*/trainer_state.json"),
+        key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1,
+        reverse=True,
     )
     state_file = next((p for p in candidates if p.is_file()), None)
     series: dict[str, list[tuple[int, float]]] = {}

@@ -168,6 +168,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     )
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
     trainer.save_model(args.output_dir)
+    trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
     if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
         data.tokenizer.save_pretrained(args.output_dir)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "steps": trainer.state.global_step}

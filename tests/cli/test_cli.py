@@ -67,6 +67,11 @@ def test_train_then_plot(tmp_path, demo_data, capsys):
     assert (run / "checkpoint-3" / "mixflow_state.json").is_file()
     assert (run / "mixflow_tokenizer.json").is_file() and (run / "config.json").is_file()
 
+    from mixflow.plot import _training_losses
+
+    series = _training_losses(run)  # the plot's loss panel covers the whole run, not a checkpoint's prefix
+    assert max(step for step, _ in series["code"]) == 6
+
     assert main(["plot", str(run)]) == 0
     png = run / "static_weights.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

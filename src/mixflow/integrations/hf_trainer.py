@@ -70,7 +70,7 @@ class MixflowTrainer(Trainer):
             # The sampler restores its own position from the checkpoint; letting the Trainer also
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
-            logger.info("mixflow: ignore_data_skip set to true (the mixture sampler restores its own position)")
+            logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
         self.add_callback(MixflowCallback(mixer))
 
     # ---- data -------------------------------------------------------------------------
@@ -138,5 +138,5 @@ class MixflowTrainer(Trainer):
                 raise ValueError(f"resume_from_checkpoint: no checkpoint found in {self.args.output_dir}")
         if resume_from_checkpoint:
             self.mixer.load(resume_from_checkpoint)
-            logger.info("mixflow: restored mixer state from %s (step %d)", resume_from_checkpoint, self.mixer.last_step)
+            logger.info("restored mixer state from %s (step %d)", resume_from_checkpoint, self.mixer.last_step)
         return super().train(resume_from_checkpoint, *args, **kwargs)
