@@ -61,7 +61,11 @@ def sample_losses(
     """Per-sample losses of a causal LM (``shift=True``: position t predicts label t+1).
 
     ``logits`` [B, T, V], ``labels`` [B, T] with -100 for ignored positions (padding, prompts).
+    A classifier's ``logits`` [B, C] with ``labels`` [B] give one cross-entropy per sample with a
+    token count of 1 (0 where the label is -100); ``shift`` does not apply to them.
     """
+    if logits.dim() == 2:
+        return classification_losses(logits, labels)
     if shift:
         logits = logits[:, :-1, :]
         labels = labels[:, 1:]
@@ -71,6 +75,22 @@ def sample_losses(
     tok = per_token_losses(logits.reshape(b * t, v), labels.reshape(b * t), chunk_rows).reshape(b, t)
     tok = tok * mask  # cross_entropy already gives 0 at ignored positions; this keeps the intent explicit
     return SampleLosses(token_loss_sum=tok.sum(dim=1), token_count=mask.sum(dim=1), token_losses=tok, token_mask=mask)
+
+
+def classification_losses(logits: torch.Tensor, labels: torch.Tensor) -> SampleLosses:
+    """Per-sample cross-entropy of a classifier: ``logits`` [B, C], ``labels`` [B] (-100: ignored).
+
+    Each sample is one "token", so ℓ_j = −log P_θ(y_j|x_j) and the token-mean machinery (statistics,
+    ``num_items_in_batch`` = number of labelled samples) applies unchanged.
+    """
+    labels = labels.to(logits.device).reshape(-1)
+    if labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels: expected one label per row of logits ({logits.shape[0]}), got shape {tuple(labels.shape)}")
+    mask = labels != IGNORE_INDEX
+    loss = _chunk_cross_entropy(logits, labels) * mask
+    return SampleLosses(
+        token_loss_sum=loss, token_count=mask.long(), token_losses=loss[:, None], token_mask=mask[:, None]
+    )
 
 
 def weighted_loss(

@@ -22,6 +22,8 @@ import torch
 
 from mixflow import distributed
 from mixflow import gradstats as _gradstats  # noqa: F401  (registers the built-in grad_stats provider)
+from mixflow import providers_reference as _providers_reference  # noqa: F401  (registers reference_loss, DoReMi)
+from mixflow import providers_heldout as _providers_heldout  # noqa: F401  (registers heldout_loss, FGLS/ERMA)
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.data.sampler import MixtureSampler
 from mixflow.jsonlog import append_jsonl, read_jsonl, write_json_atomic
@@ -100,6 +102,7 @@ class Mixer:
         self._metric_stats = DomainStats.zeros(k)
         self.last_step = 0
         self.skipped_updates = 0
+        self.algorithm.bind(sampler.batch_size)
         # The sampler starts from the algorithm's initial p (e.g. init_mixture_proportions).
         self.sampler.set_weights(self.algorithm.sampling_weights)
 
@@ -255,7 +258,14 @@ class Mixer:
         self.sampler.set_weights(p)
         if self.log_path is not None and distributed.is_main_process():
             append_jsonl(self.log_path, self.log_record(step))
+        self._write_summary(step)
         return True
+
+    def _write_summary(self, step: int) -> None:
+        """``<log_dir>/<algorithm>_summary.json`` from ``algorithm.summary()`` (main process, atomic)."""
+        summary = self.algorithm.summary()
+        if summary is not None and self.log_dir is not None and distributed.is_main_process():
+            write_json_atomic(self.log_dir / f"{self.algorithm.name}_summary.json", {"step": step, **summary})
 
     def log_record(self, step: int) -> dict[str, Any]:
         """The weights-log line: the seed's DoReMi format plus sampling and loss weights."""
@@ -337,6 +347,7 @@ class Mixer:
             self.load_state_dict(json.load(f))
         if self.log_path is not None and distributed.is_main_process():
             supersede_log_lines(self.log_path, self.last_step)
+        self._write_summary(self.last_step)  # describe the restored state, not a superseded later one
 
 
 def supersede_log_lines(path: Path, step: int) -> int:

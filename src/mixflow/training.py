@@ -111,8 +111,10 @@ def build_mixer(
         heldout=heldout or {},
         collator=collator,
         eval_batch_size=int(run.training.get("per_device_eval_batch_size", 8)),
+        task=run.data.task,
     )
-    return Mixer(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context)
+    return Mixer(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context,
+                 shift_labels=run.data.task != "classification")  # a classifier's labels are not shifted
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:
@@ -151,20 +153,44 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train as configured; returns the final metrics (also written to ``<output_dir>/mixflow_results.json``)."""
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
-    data = prepare_data(run, progress=progress)
+    classification = run.data.task == "classification"
+    if classification:  # labelled rows, a sequence classifier, loss and accuracy per evaluated set
+        from mixflow.checkers import verify_weights_cache
+        from mixflow.data.classification import (
+            ClassificationCollator,
+            accuracy_metrics,
+            build_classifier,
+            prepare_classification_data,
+        )
+
+        verify_weights_cache(run)  # a stale IMP/DIMP cache is an error before any data is tokenized
+        data = prepare_classification_data(run, progress=progress)
+    else:
+        data = prepare_data(run, progress=progress)
     args = training_arguments(run, len(data.train))
     batch = global_batch_size(run.training, args.world_size)
     pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
-    collator = DomainCollator(pad)
+    collator = ClassificationCollator(pad) if classification else DomainCollator(pad)
     mixer = build_mixer(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
-    model = build_model(run, data.tokenizer)
+    # A from-scratch model's initial weights must not depend on the process: seed before building it,
+    # as the Trainer does only later (the same seed the Trainer uses).
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    model = build_classifier(run, data.tokenizer, data.vocabulary) if classification else build_model(run, data.tokenizer)
+    eval_sets = data.evaluation if classification else data.val
+    extra: dict[str, Any] = {}
+    if classification:
+        args.prediction_loss_only = False  # accuracy needs the logits
+        extra["compute_metrics"] = accuracy_metrics
     trainer = MixflowTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
-        eval_dataset=data.val or None,
+        eval_dataset=eval_sets or None,
         data_collator=collator,
         mixer=mixer,
+        **extra,
     )
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
     trainer.save_model(args.output_dir)
@@ -172,11 +198,15 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
         data.tokenizer.save_pretrained(args.output_dir)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "steps": trainer.state.global_step}
-    if data.val:
+    if eval_sets:
         evaluation = trainer.evaluate()
         metrics["val_loss"] = {
-            name: evaluation[f"eval_{name}_loss"] for name in data.val if f"eval_{name}_loss" in evaluation
+            name: evaluation[f"eval_{name}_loss"] for name in eval_sets if f"eval_{name}_loss" in evaluation
         }
+        if classification:
+            metrics["val_accuracy"] = {
+                name: evaluation[f"eval_{name}_accuracy"] for name in eval_sets if f"eval_{name}_accuracy" in evaluation
+            }
     metrics["final_sampling_weights"] = dict(zip(mixer.domain_names, mixer.algorithm.sampling_weights.tolist()))
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
@@ -185,6 +215,10 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
 
 def format_table(metrics: dict[str, Any]) -> str:
     """A per-domain table of validation loss and final sampling weight."""
+    if "val_accuracy" in metrics:  # classification: loss and accuracy per evaluated set
+        from mixflow.data.classification import format_classification_table
+
+        return format_classification_table(metrics)
     weights = metrics.get("final_sampling_weights", {})
     val = metrics.get("val_loss", {})
     names = list(weights) or list(val)

@@ -13,6 +13,14 @@ from mixflow.algorithms.registry import (
 
 # Importing a module registers what it defines.
 from mixflow.algorithms import static as _static  # noqa: F401,E402
+from mixflow.algorithms import doremi as _doremi  # noqa: F401,E402
+from mixflow.algorithms import fgls as _fgls  # noqa: F401,E402
+from mixflow.algorithms import erma as _erma  # noqa: F401,E402
+from mixflow.algorithms import va as _va  # noqa: F401,E402
+from mixflow.algorithms import loss_reweighting as _loss_reweighting  # noqa: F401,E402
+from mixflow.algorithms import imp as _imp  # noqa: F401,E402
+from mixflow.algorithms import odm as _odm  # noqa: F401,E402
+from mixflow.algorithms import pike as _pike  # noqa: F401,E402
 
 __all__ = [
     "AlgorithmParams",

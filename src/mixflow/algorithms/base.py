@@ -34,12 +34,22 @@ Mode = Literal["objective", "importance"]
 class AlgorithmParams:
     """Base of every algorithm's parameter dataclass. Each field carries ``metadata={"help": ...}``."""
 
+    def validate(self, where: str) -> None:
+        """Cross-field and semantic checks run at config load (``build_params``), before any data or
+        model loads. Raise ``ValueError(f"{where}.<key>: expected ...")`` (one line); default: none."""
+
 
 def param(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with its one-line documentation (shown by ``mixflow list``)."""
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def required_param(help: str, expected: str) -> Any:
+    """A parameter without a default (declare it before the defaulted ones). Omitting it is the config
+    error ``<where>.<name>: required (<expected>)``."""
+    return dataclasses.field(metadata={"help": help, "required": expected})
 
 
 def _as_distribution(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -113,12 +123,25 @@ class DomainAlgorithm(ABC):
         return self._scores.copy()
 
     # ---- what the step calls ---------------------------------------------------------------
+    #: The global batch size B, once :meth:`bind` ran (None in pure-math use without a sampler).
+    batch_size: int | None = None
+
+    def bind(self, batch_size: int) -> None:
+        """Called once by the Mixer with the sampler's global batch size B (for rules that count
+        samples per batch, e.g. a floor of b_i samples). Default: store it as ``self.batch_size``."""
+        self.batch_size = int(batch_size)
+
     def observe(self, stats: DomainStats, step: int) -> None:
         """Called after every optimizer step with that step's (all-reduced) statistics."""
 
     @abstractmethod
     def update(self, stats: DomainStats, step: int) -> None:
         """Called at each scheduled update with the statistics summed since the previous update."""
+
+    def summary(self) -> dict[str, Any] | None:
+        """The algorithm's result so far (JSON-serialisable), or None. When defined, the Mixer writes it
+        atomically to ``<output_dir>/<name>_summary.json`` after each successful update."""
+        return None
 
     # ---- checkpoint state ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

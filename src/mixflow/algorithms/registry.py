@@ -57,17 +57,26 @@ def _lookup(table: Mapping[str, type], name: str, kind: str, key: str) -> type:
     return table[name]
 
 def build_params(cls: type[AlgorithmParams], params: Mapping[str, Any] | None, where: str) -> AlgorithmParams:
-    """Validate a params mapping against a params dataclass: unknown keys and wrong types are errors."""
+    """Validate a params mapping against a params dataclass: unknown keys, missing required keys, wrong
+    types and whatever the params' ``validate`` hook rejects are errors."""
     params = dict(params or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in params:
         if key not in fields:
             raise ValueError(f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}")
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if no_default and name not in params:
+            expected = f.metadata.get("required")
+            raise ValueError(f"{where}.{name}: required" + (f" ({expected})" if expected else ""))
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in params.items():
         values[key] = check_type(value, hints[key], f"{where}.{key}")
-    return cls(**values)
+    typed = cls(**values)
+    if hasattr(typed, "validate"):
+        typed.validate(where)
+    return typed
 
 def check_type(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a (simple) type hint, converting int → float where a float is expected.

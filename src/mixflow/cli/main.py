@@ -44,6 +44,39 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_classification_demo(args: argparse.Namespace) -> int:
+    from mixflow.data.classification_demo import build_classification_demo
+
+    paths = build_classification_demo(args.out_dir, synthetic_per_topic=args.per_topic, real_size=args.real_size,
+                                      test_per_topic=args.test_per_topic, seed=args.seed)
+    print(f"synthetic (training domains): {', '.join(str(p) for p in paths['synthetic'].values())}")
+    print(f"  {paths['flipped']} restaurant reviews carry a wrong 'positive' label")
+    print(f"real (real_data): {paths['real']}")
+    print(f"clean test sets (eval_data): {', '.join(str(p) for p in paths['test'].values())}")
+    return 0
+
+
+def _cmd_checkers(args: argparse.Namespace) -> int:
+    from mixflow.checkers import format_checkers_report, run_checkers
+    from mixflow.config.load import load_config, parse_overrides
+
+    run = load_config(args.config, parse_overrides(args.overrides))
+    print(format_checkers_report(run_checkers(run, progress=not args.quiet, force=args.force)))
+    return 0
+
+
+def _cmd_doremi(args: argparse.Namespace) -> int:
+    from mixflow import distributed
+    from mixflow.config.load import parse_overrides
+    from mixflow.doremi_pipeline import format_weights_table, run_pipeline
+
+    result = run_pipeline(args.config, parse_overrides(args.overrides), progress=not args.quiet)
+    if distributed.is_main_process():
+        print(format_weights_table(result))
+        print(f"outputs in {', '.join(result['output_dirs'].values())}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from mixflow.algorithms import available_algorithms, available_weighters, describe_params
 
@@ -82,9 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_data_demo)
+    d = data_sub.add_parser("classification-demo", help="build the offline IMP/DIMP text-classification demo")
+    d.add_argument("out_dir")
+    d.add_argument("--per-topic", type=int, default=500, help="synthetic training examples per topic (default 500)")
+    d.add_argument("--real-size", type=int, default=400, help="clean real examples (default 400)")
+    d.add_argument("--test-per-topic", type=int, default=150, help="clean test examples per topic (default 150)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_data_classification_demo)
+
+    p = sub.add_parser("checkers", help="train IMP/DIMP's quality and diversity checkers and cache P'(y|x), Q(y|x)")
+    p.add_argument("config", help="YAML file: a classification config with real_data")
+    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
+    p.add_argument("--force", action="store_true", help="retrain both checkers and recompute the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.set_defaults(func=_cmd_checkers)
 
     p = sub.add_parser("list", help="registered algorithms and weighters with their parameters")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("doremi", help="DoReMi's three steps (reference, proxy, target) from one YAML config")
+    p.add_argument("config", help="YAML file: shared keys plus reference:/proxy:/target:/doremi: sections")
+    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest, e.g. proxy.update_step=1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.set_defaults(func=_cmd_doremi)
     return parser
 
 

@@ -179,6 +179,7 @@ def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     _check_mixing(run, base_dir)
     _check_model(run)
     _check_training(run)
+    _check_task(run, base_dir)
     return run
 
 
@@ -314,6 +315,14 @@ def _check_mixing(run: RunConfig, base_dir: Path) -> None:
         params = build_params(table[algorithm.name].Params, algorithm.params, f"{algorithm.name}.params")
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    # Algorithms that evaluate held-out losses (FGLS, ERMA) set `needs_heldout`; a callable decides
+    # from the params (VA composed with one of them) and may return the name to report.
+    needs = getattr(table[algorithm.name], "needs_heldout", False)
+    if callable(needs):
+        needs = needs(params)
+    if needs and not run.data.val_size:
+        who = needs if isinstance(needs, str) else algorithm.name.upper()
+        raise ConfigError(f"val_size: {who} needs a held-out split per domain; set val_size > 0")
     proportions = getattr(params, "proportions", None)
     if algorithm.name == "static" and proportions is not None:
         _check_weights(proportions, "static.params.proportions", k)
@@ -331,6 +340,41 @@ def _check_mixing(run: RunConfig, base_dir: Path) -> None:
             build_params(wtable[weighter.name].Params, weighter.params, f"{weighter.name}.params")
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def _check_task(run: RunConfig, base_dir: Path) -> None:
+    """The classification keys (eval_data, real_data, num_labels) and weighters that need a task."""
+    d = run.data
+    classification = d.task == "classification"
+    names = set(domain_names(run))
+    for key in ("eval_data", "real_data"):
+        value = getattr(d, key)
+        if value is None:
+            continue
+        if not classification:
+            raise ConfigError(f"{key}: only used with task: classification")
+        resolved = []
+        for path in [value] if isinstance(value, str) else list(value):
+            full = _resolve(path, base_dir)
+            if not os.path.exists(full):
+                raise ConfigError(f"{key}: file not found: {path}")
+            stem = Path(full).stem if Path(full).suffix else Path(full).name
+            if key == "eval_data" and stem in names:
+                raise ConfigError(f"eval_data: {path} would be reported as {stem!r}, which is already a domain name")
+            if key == "eval_data":
+                names.add(stem)
+            resolved.append(full)
+        setattr(d, key, resolved)
+    if run.model.num_labels is not None:
+        if not classification:
+            raise ConfigError("num_labels: only used with task: classification")
+        if run.model.num_labels < 2:
+            raise ConfigError(f"num_labels: expected an integer >= 2, got {run.model.num_labels}")
+    _, weighter = resolve_components(run, base_dir)
+    # A weighter whose weights only mean something for one task says so in `required_task`.
+    needs = getattr(available_weighters().get(weighter.name), "required_task", None) if weighter is not None else None
+    if needs is not None and needs != d.task:
+        raise ConfigError(f"task: the {weighter.name} weighter needs task: {needs}, got {d.task}")
 
 
 def _check_model(run: RunConfig) -> None:

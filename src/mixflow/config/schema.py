@@ -89,6 +89,17 @@ class DataConfig:
     tokenizer: str | None = None
     """'byte' (the shipped byte-level tokenizer) or a local tokenizer directory; default: the
     tokenizer of ``model_name_or_path`` when it has one, else byte."""
+    task: Literal["causal_lm", "classification"] = "causal_lm"
+    """causal_lm: next-token prediction on packed or per-document rows; classification: one text and
+    one label per example (``label_field``), a sequence classifier, loss and accuracy per set."""
+    label_field: str = "label"
+    """classification: field (column) holding each example's label (integers 0..C-1 or strings)."""
+    eval_data: str | list[str] | None = None
+    """classification: extra labelled file(s) evaluated at the end, each reported under its file
+    name (e.g. a clean test set), with loss and accuracy."""
+    real_data: str | list[str] | None = None
+    """classification: the small real labelled set P′ that ``mixflow checkers`` trains IMP/DIMP's
+    quality checker on (file path or list of paths)."""
 
 
 @dataclass
@@ -100,6 +111,8 @@ class ModelConfig:
     model_config: dict[str, Any] | None = None
     """A from-scratch model: keyword arguments of ``AutoConfig.for_model`` (``model_type`` required);
     ``vocab_size`` defaults to the tokenizer's."""
+    num_labels: int | None = None
+    """classification: number of classes; default: inferred from the training labels."""
 
 
 @dataclass

@@ -1,0 +1,163 @@
+"""DoReMi step 2 (Xie et al. 2023; ALGORITHMS.md "DoReMi"; seed 004): domain loss weights α learned on
+a proxy model by exponentiated-gradient ascent on the excess loss over a reference model.
+
+Sampling stays as initialised (uniform by default, as in the seed and the paper's Algorithm 1); α
+is the *loss* weight. The algorithm runs in ``importance`` mode, so a sample of domain d gets the
+coefficient q_d / p_d with q ∝ π ⊙ α (= α for the default uniform prior): the proxy's loss is an
+unbiased Σ_i α_i L_i, and exactly Σ_i α_i · (token-mean loss of domain i) when the batch holds
+p_i·B equal-length samples of each domain. With α uniform and p uniform every coefficient is 1.
+
+Per update window (``update_step`` steps; the paper updates every step, ``update_step: 1``):
+
+    λ_i = Σ_{x∈B_i} Σ_tok max(ℓ_proxy,tok − ℓ_ref,tok, 0) / Σ_{x∈B_i} |x|     (domain absent: previous λ_i)
+    α′  = α_{t−1} ⊙ exp(η λ)
+    α_t = (1 − c) · α′ / Σα′ + c / K
+
+and the result is ᾱ = mean over updates of α_t (the paper's choice) or the last α_t
+(``output_weights``). The per-token sums come from the ``reference_loss`` provider
+(:mod:`mixflow.providers_reference`). ``reference_model_path: null`` drops the reference: λ is the
+proxy's own token-mean loss (Group DRO), which the seed allows for debugging only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param, required_param
+from mixflow.algorithms.registry import register_algorithm
+from mixflow.stats import DomainStats
+
+logger = logging.getLogger("mixflow")
+
+#: Keys of the ``reference_loss`` provider's sums in ``DomainStats.extras``.
+EXCESS_KEY = "ref_excess_sum"
+TOKENS_KEY = "ref_token_count"
+
+
+@dataclass
+class DoReMiParams(AlgorithmParams):
+    reference_model_path: str | None = required_param(
+        "Reference model directory (DoReMi step 1's output_dir or a checkpoint of it); null: no "
+        "reference, λ = the proxy's loss (Group DRO, for debugging).",
+        "a local model directory, or null to run without a reference",
+    )
+    reweight_eta: float = param(1.0, "η: step size of the exponentiated-gradient update of α (seed example: 0.1).")
+    reweight_eps: float = param(1e-3, "c: smoothing towards uniform; every α_i >= c/K (seed example: 0.01).")
+    output_weights: Literal["average", "last"] = param(
+        "average", "Weights for step 3: 'average' = mean of α over updates (the paper's ᾱ), 'last' = the final α."
+    )
+
+    def validate(self, where: str) -> None:
+        if self.reweight_eta < 0 or not np.isfinite(self.reweight_eta):
+            raise ValueError(f"{where}.reweight_eta: expected a finite number >= 0, got {self.reweight_eta}")
+        if not 0 <= self.reweight_eps <= 1:
+            raise ValueError(f"{where}.reweight_eps: expected a number in [0, 1], got {self.reweight_eps}")
+        path = self.reference_model_path
+        if path is not None:
+            if not Path(path).expanduser().is_dir():
+                raise ValueError(
+                    f"{where}.reference_model_path: expected a local model directory, not found: {path} "
+                    "(train the reference first, DoReMi step 1, or give null to run without one)"
+                )
+            if not (Path(path).expanduser() / "config.json").is_file():
+                raise ValueError(f"{where}.reference_model_path: {path} has no config.json (not a model directory)")
+
+
+@register_algorithm
+class DoReMi(DomainAlgorithm):
+    """DoReMi's proxy run: α (loss weights) by exponentiated-gradient ascent on clipped excess loss."""
+
+    name = "doremi"
+    description = "DoReMi step 2: domain loss weights from the proxy's excess loss over a reference model."
+    Params = DoReMiParams
+    mode = "importance"
+    providers = ("reference_loss",)
+    state_attributes = ("_lambda", "_average")
+
+    def __init__(
+        self,
+        domain_names: Sequence[str],
+        params: DoReMiParams,
+        init_weights: Sequence[float] | np.ndarray,
+        prior: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(domain_names, params, init_weights, prior)
+        k = self.num_domains
+        # α_0 uniform (ALGORITHMS.md defaults); the sampling weights stay at init_weights.
+        self._loss_weights = np.full(k, 1.0 / k)
+        # λ of the last update per domain: an absent domain keeps it; before any update it is 0, so an
+        # absent domain's α only moves through the normalisation.
+        self._lambda = np.zeros(k)
+        self._average = self._loss_weights.copy()
+        if params.reference_model_path is None:
+            logger.warning(
+                "doremi: reference_model_path is null: λ is the proxy's own loss (Group DRO), not DoReMi's "
+                "excess loss; use this for debugging only"
+            )
+
+    @property
+    def domain_weights(self) -> np.ndarray:
+        """α_t, the weights DoReMi learns (logged as ``domain_weights``, as in seed 004)."""
+        return self.loss_weights
+
+    @property
+    def average_weights(self) -> np.ndarray:
+        """ᾱ: mean of α_t over the updates so far (α_0 before the first update)."""
+        return self._average.copy()
+
+    @property
+    def output(self) -> np.ndarray:
+        """The weights step 3 should use (``output_weights``)."""
+        return self.average_weights if self.params.output_weights == "average" else self.loss_weights
+
+    def excess_loss(self, stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
+        """(λ of the domains present in the window, mask of those domains)."""
+        if self.params.reference_model_path is None:
+            # Group DRO: no reference, the excess is the proxy's token-mean loss itself.
+            present = stats.present.cpu().numpy()
+            return np.nan_to_num(stats.mean_token_loss.cpu().numpy()), present
+        if EXCESS_KEY not in stats.extras or TOKENS_KEY not in stats.extras:
+            raise ValueError(
+                "doremi: no reference-loss statistics in this window (is the reference_loss provider configured?)"
+            )
+        excess = stats.extras[EXCESS_KEY].cpu().double().numpy()
+        tokens = stats.extras[TOKENS_KEY].cpu().double().numpy()
+        present = tokens > 0
+        # ALGORITHMS.md step 2: per-token clipped excess summed over the domain, / its token count.
+        return np.where(present, excess / np.maximum(tokens, 1.0), 0.0), present
+
+    def update(self, stats: DomainStats, step: int) -> None:
+        lam, present = self.excess_loss(stats)
+        # A domain absent from the window keeps its previous λ.
+        self._lambda = np.where(present, lam, self._lambda)
+        k = self.num_domains
+        c = self.params.reweight_eps
+        # α′ = α ⊙ exp(η λ), in log space so a large η·λ cannot overflow.
+        log_alpha = np.log(self._loss_weights) + self.params.reweight_eta * self._lambda
+        alpha = np.exp(log_alpha - log_alpha.max())
+        # α_t = (1 − c) α′/Σα′ + c/K: the floor c/K keeps every domain in the objective.
+        alpha = (1.0 - c) * alpha / alpha.sum() + c / k
+        self._loss_weights = alpha
+        self._scores = self._lambda.copy()
+        self.num_updates += 1
+        # ᾱ = (1/T) Σ_t α_t as a running mean (exact to rounding, and resumable from the state).
+        self._average = self._average + (alpha - self._average) / self.num_updates
+
+    def summary(self) -> dict[str, Any]:
+        """What step 3 reads (``<output_dir>/doremi_summary.json``)."""
+        return {
+            "algorithm": self.name,
+            "domain_names": list(self.domain_names),
+            "average": self.average_weights.tolist(),
+            "last": self.loss_weights.tolist(),
+            "output_weights": self.params.output_weights,
+            "weights": self.output.tolist(),
+            "num_updates": self.num_updates,
+            "perdomain_scores": self.scores.tolist(),
+            "reference_model_path": self.params.reference_model_path,
+        }

@@ -1,0 +1,137 @@
+"""IMP-Loss and DIMP-Loss (Kuo et al. 2025, seed 003; ALGORITHMS.md, "IMP-Loss and DIMP-Loss").
+
+Training on a synthetic (LLM-generated) set Q with a small real set P′. A quality checker P̂′ is a
+classifier fine-tuned on P′, a diversity checker Q̂ one fine-tuned on Q (``mixflow checkers``
+trains both and caches P̂′(y_j|x_j) and Q̂(y_j|x_j) for every training example j):
+
+    IMP-Loss   −(1/N) Σ_j  P̂′(y_j|x_j) / Q̂(y_j|x_j)      · log P_θ(y_j|x_j)     (seed eq. 3; fixed weights)
+    DIMP-Loss  −(1/N) Σ_j  P̂′(y_j|x_j) / P_θt(y_j|x_j)    · log P_θ(y_j|x_j)     (seed eq. 4)
+
+The DIMP denominator comes from the current training forward, detached: for classification the
+per-sample loss is ℓ_j = −log P_θt(y_j|x_j), so P_θt = exp(−ℓ_j) and no extra forward is needed.
+
+The weights are returned raw, not renormalised, so the loss is exactly the paper's −(1/N) Σ w_j log P:
+P̂′ = Q̂ gives weights of exactly 1 and IMP-Loss is the plain cross-entropy. Both probabilities of a
+ratio are floored at ``min_prob`` (ours): a near-zero denominator cannot explode a weight, weights
+stay in [min_prob, 1/min_prob], and equal probabilities still give exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from mixflow.algorithms.base import AlgorithmParams, SampleWeighter, param, required_param
+from mixflow.algorithms.registry import register_weighter
+
+
+@dataclass
+class ImpParams(AlgorithmParams):
+    weights_cache: str = required_param(
+        "Path of the checker cache written by `mixflow checkers` (P̂′(y|x) and Q̂(y|x) per training example).",
+        "the cache written by `mixflow checkers CONFIG`",
+    )
+    min_prob: float = param(1e-3, "(ours) Floor on both probabilities of a weight ratio, in (0, 1).")
+    max_weight: float | None = param(None, "(ours) Upper bound on a weight; null: no bound beyond 1 / min_prob.")
+
+    def validate(self, where: str) -> None:
+        """One-line errors naming the key (run at config load, before any data or model loads)."""
+        if not self.weights_cache:
+            raise ValueError(f"{where}.weights_cache: required (the cache written by `mixflow checkers CONFIG`)")
+        if not Path(self.weights_cache).is_file():
+            raise ValueError(
+                f"{where}.weights_cache: file not found: {self.weights_cache} (run `mixflow checkers CONFIG` first)"
+            )
+        if not 0 < self.min_prob < 1:
+            raise ValueError(f"{where}.min_prob: expected a number in (0, 1), got {self.min_prob}")
+        if self.max_weight is not None and not self.max_weight > 0:
+            raise ValueError(f"{where}.max_weight: expected a number > 0 or null, got {self.max_weight}")
+
+
+class _CheckerWeighter(SampleWeighter):
+    """Shared part: the per-example checker probabilities, looked up by the samples' global row index."""
+
+    Params = ImpParams
+    #: The checkers' probabilities and exp(−ℓ) are class probabilities: classification only.
+    required_task: ClassVar[str] = "classification"
+
+    def __init__(self, domain_names: Sequence[str], params: ImpParams) -> None:
+        super().__init__(domain_names, params)
+        self.params: ImpParams = params
+        self._quality: torch.Tensor | None = None
+        self._diversity: torch.Tensor | None = None
+
+    def set_table(self, quality: np.ndarray | torch.Tensor, diversity: np.ndarray | torch.Tensor) -> None:
+        """P̂′(y_j|x_j) and Q̂(y_j|x_j) for every training row j (indexed like ``sample_ids``)."""
+        q = torch.as_tensor(np.asarray(quality), dtype=torch.float64).reshape(-1)
+        d = torch.as_tensor(np.asarray(diversity), dtype=torch.float64).reshape(-1)
+        for name, values in (("quality", q), ("diversity", d)):
+            if values.numel() and not bool(((values >= 0) & (values <= 1)).all()):
+                raise ValueError(f"{self.name}.params.weights_cache: {name} probabilities must lie in [0, 1]")
+        if q.shape != d.shape:
+            raise ValueError(f"{self.name}.params.weights_cache: quality and diversity tables differ in length")
+        self._quality, self._diversity = q, d
+
+    def _lookup(self, sample_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._quality is None or self._diversity is None:
+            # The cache's file format belongs to `mixflow checkers`; reading it is deferred to first use
+            # so that building the weighter stays cheap.
+            from mixflow.checkers import read_weights_cache
+
+            cache = read_weights_cache(self.params.weights_cache)
+            self.set_table(cache.quality, cache.diversity)
+        assert self._quality is not None and self._diversity is not None
+        if sample_ids is None:
+            raise ValueError(f"{self.name}: the batch has no 'sample_ids' (the dataset must yield global row indices)")
+        ids = sample_ids.detach().to("cpu", torch.long)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._quality.numel()):
+            raise ValueError(
+                f"{self.name}.params.weights_cache: sample id {int(ids.max())} is outside the cache's "
+                f"{self._quality.numel()} rows (was it computed for this training set?)"
+            )
+        return self._quality[ids], self._diversity[ids]
+
+    def _ratio(self, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+        floor = self.params.min_prob
+        w = numerator.clamp_min(floor) / denominator.clamp_min(floor)
+        if self.params.max_weight is not None:
+            w = w.clamp_max(self.params.max_weight)
+        return w
+
+
+@register_weighter
+class ImpWeighter(_CheckerWeighter):
+    """IMP-Loss: fixed weights P̂′(y|x) / Q̂(y|x) from the checker cache."""
+
+    name = "imp"
+    description = "IMP-Loss (Kuo et al. 2025): weights P'(y|x)/Q(y|x) from quality/diversity checkers (classification)."
+    Params = ImpParams
+
+    def weights(
+        self, losses: torch.Tensor, domain_ids: torch.Tensor, step: int, sample_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """P̂′(y_j|x_j) / Q̂(y_j|x_j) for every sample (raw, not renormalised; seed eq. 3)."""
+        quality, diversity = self._lookup(sample_ids)
+        return self._ratio(quality, diversity).to(losses.device)
+
+
+@register_weighter
+class DimpWeighter(_CheckerWeighter):
+    """DIMP-Loss: weights P̂′(y|x) / P_θt(y|x) with P_θt = exp(−ℓ) from the current forward."""
+
+    name = "dimp"
+    description = "DIMP-Loss (Kuo et al. 2025): weights P'(y|x)/P_theta_t(y|x), the denominator from the training forward."
+    Params = ImpParams
+
+    def weights(
+        self, losses: torch.Tensor, domain_ids: torch.Tensor, step: int, sample_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """P̂′(y_j|x_j) / exp(−ℓ_j) for every sample (raw; seed eq. 4 with P̂′ from the quality checker)."""
+        quality, _ = self._lookup(sample_ids)
+        # ℓ_j = −log P_θt(y_j|x_j) for a classifier; detached, so the weight is a constant of the step.
+        current = torch.exp(-losses.detach().to(torch.float64)).cpu()
+        return self._ratio(quality, current).to(losses.device)

@@ -1,0 +1,218 @@
+"""PiKE and Balanced-PiKE (Li et al. 2025, seed 002; ALGORITHMS.md "PiKE").
+
+Mix batches: b_k ≈ B·w_k samples of task k (the sampler's largest-remainder rounding), so the step's
+gradient is g = Σ_k (b_k/B) ḡ_k and w is the objective (``objective`` mode). Every update
+(T0 = ``update_step``), from the ``grad_stats`` provider's estimates of ‖∇L_k‖² and σ_k²:
+
+    Δ_k = ζ1·‖∇L_k‖² − (ζ2 / (2B))·σ_k²
+    w_k ← w_k · exp(Δ_k);  w ← w / Σw                                   (PiKE's update)
+
+Δ is proportional to minus the gradient, with respect to w_k, of the terms linear in w of the
+descent-lemma bound on the next step's loss,
+E L(θ − ηg) ≤ L − η Σ_k w_k ⟨∇L, ∇L_k⟩ + (Lη²/2)(‖Σ_k w_k ∇L_k‖² + Σ_k w_k σ_k²/B),
+when task gradients do not conflict (⟨∇L, ∇L_k⟩ ≥ ‖∇L_k‖²): ζ2/ζ1 plays the role of L·η
+(smoothness × learning rate).
+
+Choices marked (ours) in ALGORITHMS.md, and ours here:
+
+- **Normalised exponent (ours, default).** Gradient scales differ by orders of magnitude between
+  models and parameter subsets, so with ``normalize: true`` the exponent is divided by the mean
+  over tasks of its terms, S = mean_k(ζ1‖∇L_k‖² + (ζ2/2B)σ_k²), and multiplied by ``step_size``:
+  Δ_k ← step_size · Δ_k / S. One update then moves log-weights by O(step_size) whatever the
+  model, only the ratio ζ2/ζ1 matters, and the fixed point (Δ_k equal for all k) is unchanged.
+  ``normalize: false`` is the raw rule above with ζ1, ζ2 in the model's gradient units.
+- A task without estimates this window (absent, or fewer than 2 groups: NaN) keeps its weight
+  exactly; the others share the rest.
+- Floors: every w_k >= max(``min_weight``, ``min_samples``/B) (the smallest change that restores
+  it: floored tasks sit at the floor, the others keep their ratios). ``min_weight`` keeps every
+  task alive; ``min_samples`` (ours, default 2) keeps ~2 samples of every task in each global
+  batch, because a task with fewer has no variance estimate, would keep its weight, and could
+  never come back.
+- **Balanced-PiKE** (tilted objective (1/τ) log Σ_k exp(τ L_k)): y_k = τ·softmax(τ L)_k from the
+  window's mean token losses, then the PiKE update on the y-weighted task losses y_k·L_k, i.e.
+  ‖∇L_k‖² and σ_k² both scaled by y_k² (ours, per ALGORITHMS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.registry import register_algorithm
+from mixflow.gradstats import gradient_moments
+from mixflow.stats import DomainStats
+
+
+@dataclass
+class PiKEParams(AlgorithmParams):
+    zeta1: float = param(1.0, "ζ1: weight of the squared gradient norm ‖∇L_k‖² in the exponent")
+    zeta2: float = param(
+        1.0, "ζ2: weight of the noise term σ_k²/(2B); ζ2/ζ1 ~ smoothness × learning rate (0: ignore noise)"
+    )
+    normalize: bool = param(
+        True, "Divide the exponent by the mean over tasks of ζ1‖∇L_k‖² + ζ2σ_k²/(2B) and scale by step_size (ours)"
+    )
+    step_size: float = param(0.1, "With normalize: the size of one update in log-weight units (ours)")
+    min_weight: float = param(0.01, "Floor on every task's weight, so that no task dies (must be < 1/K)")
+    min_samples: int = param(
+        2, "Floor of min_samples/B on every weight, so each task keeps the 2 samples a variance needs (ours; 0: off)"
+    )
+    grad_params: list[str] | None = param(
+        None, "grad_stats: parameter-name globs whose gradients are measured (null: the output head)"
+    )
+    grad_groups: int = param(2, "grad_stats: groups per task and micro-batch of the group-split estimator (m >= 2)")
+    grad_sketch_dim: int = param(4096, "grad_stats: count-sketch dimension of the gradients (0: exact)")
+
+    def validate(self, where: str) -> None:
+        for key in ("zeta1", "zeta2"):
+            value = getattr(self, key)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{where}.{key}: expected a finite number >= 0, got {value}")
+        if self.zeta1 == 0 and self.zeta2 == 0:
+            raise ValueError(f"{where}.zeta1: expected zeta1 or zeta2 > 0 (both 0 never changes the weights)")
+        if not (np.isfinite(self.step_size) and self.step_size > 0):
+            raise ValueError(f"{where}.step_size: expected a finite number > 0, got {self.step_size}")
+        if not 0 <= self.min_weight < 1:
+            raise ValueError(f"{where}.min_weight: expected a number in [0, 1), got {self.min_weight}")
+        if self.min_samples < 0:
+            raise ValueError(f"{where}.min_samples: expected an integer >= 0, got {self.min_samples}")
+        if self.grad_groups < 2:
+            raise ValueError(
+                f"{where}.grad_groups: expected an integer >= 2 (a variance needs two groups), got {self.grad_groups}"
+            )
+        if self.grad_sketch_dim < 0:
+            raise ValueError(
+                f"{where}.grad_sketch_dim: expected an integer >= 0 (0: exact), got {self.grad_sketch_dim}"
+            )
+
+
+@dataclass
+class BalancedPiKEParams(PiKEParams):
+    tau: float = param(3.0, "τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5")
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if not (np.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"{where}.tau: expected a finite number > 0, got {self.tau}")
+
+
+def floor_weights(w: np.ndarray, floor: float) -> np.ndarray:
+    """The distribution closest to ``w`` (same ratios among unfloored entries) with every entry >= floor."""
+    w = w / w.sum()
+    if floor <= 0:
+        return w
+    if floor * w.size >= 1:
+        return np.full(w.size, 1.0 / w.size)
+    fixed = np.zeros(w.size, dtype=bool)
+    while True:
+        free = ~fixed
+        scale = (1.0 - floor * fixed.sum()) / w[free].sum()
+        below = free & (w * scale < floor)
+        if not below.any():
+            return np.where(fixed, floor, w * scale)
+        fixed |= below
+
+
+def pike_exponent(
+    norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams
+) -> np.ndarray:
+    """Δ_k = ζ1‖∇L_k‖² − (ζ2/2B)σ_k² (normalised when ``params.normalize``); NaN where no estimate."""
+    gain = params.zeta1 * norm_sq
+    noise = params.zeta2 * sigma2 / (2.0 * batch_size)
+    delta = gain - noise
+    if params.normalize:
+        ok = np.isfinite(delta)
+        scale = float(np.mean((gain + noise)[ok])) if ok.any() else 0.0
+        # All terms zero (a converged subset): nothing to prefer, so nothing moves.
+        delta = params.step_size * delta / scale if scale > 0 else np.where(ok, 0.0, np.nan)
+    return delta
+
+
+@register_algorithm
+class PiKE(DomainAlgorithm):
+    """PiKE: exponentiated update of the task mixture from gradient norms and gradient noise."""
+
+    name = "pike"
+    description = "PiKE (Li et al. 2025): w_k ∝ w_k·exp(ζ1‖∇L_k‖² − ζ2σ_k²/(2B)) from grad_stats"
+    Params = PiKEParams
+    mode = "objective"
+    providers = ("grad_stats",)
+
+    def __init__(
+        self,
+        domain_names: Sequence[str],
+        params: PiKEParams,
+        init_weights: Sequence[float] | np.ndarray,
+        prior: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(domain_names, params, init_weights, prior)
+        where = f"{self.name}.params"
+        params.validate(where)
+        if params.min_weight * self.num_domains >= 1:
+            raise ValueError(
+                f"{where}.min_weight: expected a number < 1/K = {1 / self.num_domains:.4g} "
+                f"({self.num_domains} domains), got {params.min_weight}"
+            )
+        self._sampling = floor_weights(self._sampling, params.min_weight)
+
+    @property
+    def floor(self) -> float:
+        """max(min_weight, min_samples/B): the smallest weight a task can have."""
+        per_sample = self.params.min_samples / self.batch_size if self.batch_size else 0.0
+        return max(self.params.min_weight, per_sample)
+
+    def bind(self, batch_size: int) -> None:
+        super().bind(batch_size)
+        k, m = self.num_domains, self.params.min_samples
+        if k * m > batch_size:
+            raise ValueError(
+                f"{self.name}.params.min_samples: expected K·min_samples <= B = {batch_size} (K = {k}), got {m}"
+            )
+        self._sampling = floor_weights(self._sampling, self.floor)
+
+    def task_weights(self, stats: DomainStats) -> np.ndarray:
+        """Multiplier of each task's loss in the objective: 1 for PiKE (y_k for Balanced-PiKE)."""
+        return np.ones(self.num_domains)
+
+    def update(self, stats: DomainStats, step: int) -> None:
+        norm_sq, sigma2 = gradient_moments(stats)
+        # The y-weighted task loss y_k·L_k has gradient y_k·∇L_k: both moments scale by y_k².
+        y2 = self.task_weights(stats) ** 2
+        batch = self.batch_size
+        if batch is None:  # not bound to a sampler: the samples the estimates came from
+            batch = max(1, int(stats.extras["grad_samples"].sum()))
+        delta = pike_exponent(y2 * norm_sq, y2 * sigma2, batch, self.params)
+        ok = np.isfinite(delta)
+        w = self._sampling.copy()
+        if ok.any():
+            # Tasks without estimates keep their weight; the others share the rest (w ← w/Σw).
+            z = np.log(np.maximum(w[ok], 1e-300)) + delta[ok]
+            moved = np.exp(z - z.max())
+            w[ok] = moved / moved.sum() * w[ok].sum()
+        self._sampling = floor_weights(w, self.floor)
+        self._scores = np.where(ok, delta, np.nan)
+        self.num_updates += 1
+
+
+@register_algorithm
+class BalancedPiKE(PiKE):
+    """Balanced-PiKE: PiKE on the tilted objective (1/τ)·log Σ_k exp(τ·L_k)."""
+
+    name = "balanced_pike"
+    description = "Balanced-PiKE: PiKE on the tilted objective (1/τ)·log Σ exp(τ·L_k), favouring lagging tasks"
+    Params = BalancedPiKEParams
+
+    def task_weights(self, stats: DomainStats) -> np.ndarray:
+        """y_k = τ·softmax(τ·L)_k over the tasks with a loss this window (1 where none)."""
+        loss = stats.mean_token_loss.cpu().numpy()
+        ok = np.isfinite(loss)
+        y = np.ones(self.num_domains)
+        if ok.any():
+            tau = self.params.tau
+            z = tau * loss[ok]
+            soft = np.exp(z - z.max())
+            y[ok] = tau * soft / soft.sum()
+        return y

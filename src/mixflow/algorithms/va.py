@@ -1,0 +1,207 @@
+"""VA: variance-aware sampling (Salmani et al. 2025, seed 000; ALGORITHMS.md "VA").
+
+For the objective Σ_i π_i w_i L_i, the stratified gradient g = Σ_i π_i w_i (1/b_i) Σ_{j≤b_i} ∇ℓ_ij
+is unbiased for any per-domain counts b, and its variance is Σ_i π_i² w_i² v_i² / b_i (v_i²: the
+within-domain per-sample gradient variance). Minimising it under Σ b_i = B gives
+
+    b_i ∝ π_i w_i v_i.
+
+VA keeps v_i² as an EMA (β = 0.9, ours) of the ``grad_stats`` provider's estimate σ̂_i², sets
+p ∝ π ⊙ w ⊙ v with a floor of ``min_samples`` rows per global batch (so v_i stays estimable), and
+runs in ``importance`` mode: a sample of domain d has loss coefficient q_d / p_d with q ∝ π ⊙ w,
+so the expected gradient is that of Σ π_i w_i L_i whatever p is.
+
+The loss weights w are 1, or come from an inner loss-weight algorithm (``loss_weights_from``,
+e.g. erma or fgls) that VA builds through the registry and drives: it forwards ``observe``,
+``update`` and checkpoint state to it, and its statistic providers are the union of both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.registry import available_algorithms, build_algorithm, build_params, register_algorithm
+from mixflow.gradstats import gradient_moments
+from mixflow.stats import DomainStats
+
+
+@dataclass
+class VAParams(AlgorithmParams):
+    beta: float = param(0.9, "EMA factor of v_i² ← β·v_i² + (1−β)·σ̂_i² (ours); the first estimate is taken as is")
+    min_samples: int = param(2, "Floor: at least this many rows of every domain (with π_i·w_i > 0) per global batch")
+    loss_weights_from: dict[str, Any] | None = param(
+        None, "Inner loss-weight algorithm {name, params} (e.g. erma, fgls) supplying w; null: w = 1"
+    )
+    grad_params: list[str] | None = param(
+        None, "grad_stats: parameter-name globs whose gradients estimate v_i² (null: the output head)"
+    )
+    grad_groups: int = param(4, "grad_stats: groups per domain and micro-batch of the group-split variance estimator")
+    grad_sketch_dim: int = param(4096, "grad_stats: count-sketch dimension of the gradients (0: exact)")
+
+    def validate(self, where: str) -> None:
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"{where}.beta: expected a number in [0, 1), got {self.beta}")
+        if self.min_samples < 2:
+            raise ValueError(f"{where}.min_samples: expected an integer >= 2 (a variance needs two samples), got {self.min_samples}")
+        if self.grad_groups < 2:
+            raise ValueError(f"{where}.grad_groups: expected an integer >= 2, got {self.grad_groups}")
+        if self.grad_sketch_dim < 0:
+            raise ValueError(f"{where}.grad_sketch_dim: expected an integer >= 0, got {self.grad_sketch_dim}")
+        spec = self.loss_weights_from
+        if spec is None:
+            return
+        key = f"{where}.loss_weights_from"
+        unknown = sorted(set(spec) - {"name", "params"})
+        if unknown:
+            raise ValueError(f"{key}.{unknown[0]}: unknown key; expected 'name' and 'params'")
+        name = spec.get("name")
+        table = available_algorithms()
+        if not isinstance(name, str) or name not in table or name == "va":
+            choices = sorted(n for n in table if n != "va")
+            raise ValueError(f"{key}.name: expected a loss-weight algorithm, one of {choices}, got {name!r}")
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{key}.params: expected a mapping, got {params!r}")
+        build_params(table[name].Params, params, f"{key}.params")
+
+
+class _ProviderParams:
+    """VA's params, falling back to the inner algorithm's: the Mixer builds every provider (VA's
+    grad_stats and the inner's, e.g. heldout_loss) from the one ``algorithm.params``."""
+
+    def __init__(self, own: VAParams, inner: AlgorithmParams) -> None:
+        self._own, self._inner = own, inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if hasattr(self._own, name):
+            return getattr(self._own, name)
+        return getattr(self._inner, name)
+
+
+@register_algorithm
+class VarianceAwareSampling(DomainAlgorithm):
+    """Sampling b_i ∝ π_i w_i v_i with importance coefficients; optional inner loss weights."""
+
+    name = "va"
+    description = "VA (Salmani et al. 2025): sampling ∝ π·w·(per-sample gradient std), importance-corrected; loss weights from an inner algorithm."
+    Params = VAParams
+    mode = "importance"
+    providers = ("grad_stats",)
+    state_attributes = ("v2",)
+
+    @staticmethod
+    def needs_heldout(params: VAParams) -> str | bool:
+        """Whether the run needs a held-out split: when the inner algorithm does (config/load.py)."""
+        spec = params.loss_weights_from
+        if not spec:
+            return False
+        needs = getattr(available_algorithms()[spec["name"]], "needs_heldout", False)
+        return f"VA (loss_weights_from: {spec['name']})" if needs else False
+
+    def __init__(
+        self,
+        domain_names: Sequence[str],
+        params: VAParams,
+        init_weights: Sequence[float] | np.ndarray,
+        prior: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(domain_names, params, init_weights, prior)
+        self.inner: DomainAlgorithm | None = None
+        spec = params.loss_weights_from
+        if spec:
+            self.inner = build_algorithm(
+                spec["name"], domain_names, spec.get("params"), init_weights=init_weights, prior=prior,
+                where="va.params.loss_weights_from",
+            )
+            self.providers = tuple(dict.fromkeys((*type(self).providers, *self.inner.providers)))
+            self.params = _ProviderParams(params, self.inner.params)  # type: ignore[assignment]
+            self._loss_weights = self.inner.loss_weights
+        #: EMA of the per-sample gradient variance v_i² (NaN until a domain's first estimate)
+        self.v2 = np.full(self.num_domains, np.nan)
+
+    def bind(self, batch_size: int) -> None:
+        super().bind(batch_size)
+        k, m = self.num_domains, int(self.params.min_samples)
+        if k * m > batch_size:
+            raise ValueError(
+                f"va.params.min_samples: {k} domains × {m} rows exceed the global batch of {batch_size}; "
+                "lower min_samples or raise the batch size"
+            )
+        if self.inner is not None:
+            self.inner.bind(batch_size)
+
+    def observe(self, stats: DomainStats, step: int) -> None:
+        if self.inner is not None:
+            self.inner.observe(stats, step)
+
+    def update(self, stats: DomainStats, step: int) -> None:
+        """Inner loss weights first, then v² ← EMA(σ̂²) and p ∝ π ⊙ w ⊙ v with the floor (ALGORITHMS.md, VA)."""
+        if self.inner is not None:
+            self.inner.update(stats, step)
+            self._loss_weights = self.inner.loss_weights
+        if "grad_sum" not in stats.extras:
+            raise ValueError(
+                "va: no gradient statistics reached the update; pass model= to Mixer.training_loss "
+                "(the grad_stats provider differentiates the training loss)"
+            )
+        _, sigma2 = gradient_moments(stats)
+        beta = float(self.params.beta)
+        known = np.isfinite(sigma2)
+        seen = np.isfinite(self.v2)
+        # The first estimate initialises the EMA: an EMA started at 0 would under-sample that domain.
+        ema = np.where(seen, beta * np.nan_to_num(self.v2) + (1 - beta) * np.nan_to_num(sigma2), sigma2)
+        self.v2 = np.where(known, ema, self.v2)
+        v = np.sqrt(self.v2)
+        if not np.isfinite(v).any():
+            self.num_updates += 1  # nothing estimable yet: keep p
+            return
+        # A domain never estimated (absent so far) is treated as typical until it is.
+        v = np.where(np.isfinite(v), v, float(np.mean(v[np.isfinite(v)])))
+        self._sampling = self.floored(self.prior * self._loss_weights * v)
+        self._scores = np.sqrt(self.v2)
+        self.num_updates += 1
+
+    def floored(self, target: np.ndarray) -> np.ndarray:
+        """target / Σ target, with every domain of positive target raised to ≥ min_samples / B and
+        the rest rescaled (water-filling); no floor before :meth:`bind`."""
+        target = np.asarray(target, dtype=np.float64)
+        if target.sum() <= 0:
+            return self._sampling.copy()
+        p = target / target.sum()
+        if self.batch_size is None:
+            return p
+        floor = int(self.params.min_samples) / self.batch_size
+        active = target > 0
+        fixed = np.zeros_like(active)
+        for _ in range(self.num_domains):
+            low = active & ~fixed & (p < floor)
+            if not low.any():
+                break
+            fixed |= low
+            free = active & ~fixed
+            rest = 1.0 - floor * fixed.sum()
+            scale = rest / target[free].sum() if free.any() else 0.0
+            p = np.where(fixed, floor, np.where(free, target * scale, 0.0))
+        return p / p.sum()
+
+    # ---- checkpoint state: VA's own plus the inner algorithm's --------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.inner is not None:
+            state["inner"] = self.inner.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        inner = state.pop("inner", None)
+        if (inner is None) != (self.inner is None):
+            raise ValueError("va state: the checkpoint and this run disagree on loss_weights_from")
+        super().load_state_dict(state)
+        if self.inner is not None:
+            self.inner.load_state_dict(inner)

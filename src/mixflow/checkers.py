@@ -1,0 +1,383 @@
+"""Quality and diversity checkers for IMP-Loss / DIMP-Loss (Kuo et al. 2025; ``mixflow checkers``).
+
+``mixflow checkers CONFIG.yaml`` takes a classification config whose training domains are the
+synthetic set Q and whose ``real_data`` is the small real set P′, and
+
+1. trains the **diversity checker** Q̂ on the synthetic training rows and the **quality checker** P̂′
+   on the real set: each is an ordinary ``mixflow train`` run of the config's model and training
+   arguments (plain cross-entropy, static mixture), saved under ``<output_dir>/diversity`` and
+   ``<output_dir>/quality``;
+2. computes, for every training row j (in ``sample_ids`` order), P̂′(y_j|x_j) and Q̂(y_j|x_j) and
+   writes them to ``<output_dir>/imp_cache.npz``, the file the ``imp`` and ``dimp`` weighters read
+   (``weights_cache``).
+
+Nothing is redone needlessly, and nothing stale is reused: a checker is retrained only when what
+it is trained from changed (its data files' contents, model, training arguments), and the cache
+records a fingerprint of the training data (file contents, fields, split) and of both checkers'
+weights; when either differs the cache is recomputed, with a message saying why. A training run
+with ``imp``/``dimp`` checks the data fingerprint before tokenizing anything, so a cache computed
+for other data is an error, never silently misaligned weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+logger = logging.getLogger("mixflow")
+
+CACHE_FILE = "imp_cache.npz"
+CACHE_VERSION = 1
+MARKER_FILE = "mixflow_checker.json"
+WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+
+
+# ---- the cache file ------------------------------------------------------------------------
+@dataclass
+class WeightsCache:
+    """Per-training-row checker probabilities, indexed by global row (``sample_ids``)."""
+
+    quality: np.ndarray
+    """P̂′(y_j|x_j): the quality checker's probability of each row's label."""
+    diversity: np.ndarray
+    """Q̂(y_j|x_j): the diversity checker's probability of each row's label."""
+    labels: np.ndarray
+    """Each row's class index (a sanity check for readers)."""
+    domain_names: list[str]
+    domain_sizes: list[int]
+    data_fingerprint: str
+    """Fingerprint of the training rows (see :func:`data_fingerprint`)."""
+    checker_fingerprint: str
+    """Fingerprint of both checkers' weights and configs."""
+
+
+def write_weights_cache(path: str | Path, cache: WeightsCache) -> Path:
+    """Write ``cache`` atomically (a reader never sees a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        version=np.int64(CACHE_VERSION),
+        quality=np.asarray(cache.quality, dtype=np.float64),
+        diversity=np.asarray(cache.diversity, dtype=np.float64),
+        labels=np.asarray(cache.labels, dtype=np.int64),
+        domain_names=np.asarray(cache.domain_names, dtype=str),
+        domain_sizes=np.asarray(cache.domain_sizes, dtype=np.int64),
+        data_fingerprint=np.asarray(cache.data_fingerprint),
+        checker_fingerprint=np.asarray(cache.checker_fingerprint),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def read_weights_cache(path: str | Path) -> WeightsCache:
+    """Read a cache written by :func:`write_weights_cache`; a foreign or old file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights_cache: file not found: {path} (run `mixflow checkers CONFIG` first)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if int(f["version"]) != CACHE_VERSION:
+                raise ValueError(f"weights_cache: {path} has version {int(f['version'])}, expected {CACHE_VERSION}; rerun `mixflow checkers`")
+            return WeightsCache(
+                quality=f["quality"].astype(np.float64),
+                diversity=f["diversity"].astype(np.float64),
+                labels=f["labels"].astype(np.int64),
+                domain_names=[str(x) for x in f["domain_names"]],
+                domain_sizes=[int(x) for x in f["domain_sizes"]],
+                data_fingerprint=str(f["data_fingerprint"]),
+                checker_fingerprint=str(f["checker_fingerprint"]),
+            )
+    except (KeyError, OSError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("weights_cache:"):
+            raise
+        raise ValueError(f"weights_cache: {path} is not a cache written by `mixflow checkers` ({type(err).__name__})") from None
+
+
+# ---- fingerprints --------------------------------------------------------------------------
+def _digest_files(paths: Iterable[Path], root: Path | None = None) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p.relative_to(root) if root else p.name).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of a file's contents, or of every file under a directory (names included)."""
+    p = Path(path)
+    if p.is_dir():
+        return _digest_files(sorted(q for q in p.rglob("*") if q.is_file()), root=p)
+    return _digest_files([p])
+
+
+def _hash_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_fingerprint(run: Any) -> str:
+    """What decides the training rows and their order: each domain's name, file contents and text
+    field, the label field, the held-out split (``val_size`` and its seed) and ``max_samples``."""
+    from mixflow.data.classification import split_seed
+    from mixflow.training import domain_sources
+
+    d = run.data
+    return _hash_json(
+        {
+            "domains": [(s.name, content_digest(s.path), s.text_field) for s in domain_sources(run)],
+            "label_field": d.label_field,
+            "val_size": d.val_size,
+            "split_seed": split_seed(run),
+            "max_samples": d.max_samples,
+        }
+    )
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """Fingerprint of a saved model's config and weights."""
+    d = Path(model_dir)
+    files = sorted(p for p in d.iterdir() if p.is_file() and (p.name in WEIGHT_FILES or p.name.startswith("model-")))
+    if not any(p.name != "config.json" for p in files):
+        raise FileNotFoundError(f"checker: no model weights in {d}")
+    return _digest_files(files, root=d)
+
+
+# ---- the training run's check --------------------------------------------------------------
+def verify_weights_cache(run: Any) -> None:
+    """When the run's weighter reads a checker cache, check the cache was computed for this run's
+    training rows. Raises a one-line ValueError naming the key otherwise."""
+    from mixflow.config.load import resolve_components
+
+    _, weighter = resolve_components(run)
+    if weighter is None or "weights_cache" not in (weighter.params or {}):
+        return
+    path = weighter.params["weights_cache"]
+    cache = read_weights_cache(path)
+    if cache.data_fingerprint != data_fingerprint(run):
+        raise ValueError(
+            f"{weighter.name}.params.weights_cache: {path} was computed for other training data (files, fields, "
+            f"val_size, seed or max_samples differ); rerun `mixflow checkers` with this run's data keys"
+        )
+
+
+# ---- `mixflow checkers` ----------------------------------------------------------------------
+@dataclass
+class CheckersResult:
+    """What ``mixflow checkers`` did."""
+
+    cache_path: Path
+    quality_dir: Path
+    diversity_dir: Path
+    trained: list[str]
+    """Checkers (``quality``, ``diversity``) trained by this call; the others were up to date."""
+    cache_status: str
+    """``up to date``, or why the cache was (re)computed."""
+    metrics: dict[str, dict[str, Any]]
+    """Each checker's final metrics (loss and accuracy per evaluated set), when it was trained now."""
+    summary: dict[str, float]
+    """Mean weights of the cache: IMP's P̂′/Q̂ and the checkers' mean probabilities."""
+
+
+def _checker_run(run: Any, kind: str, out_dir: Path, vocabulary: Any) -> Any:
+    """The config of one checker's training run: plain cross-entropy on a static mixture."""
+    from mixflow.config.schema import DomainConfig
+
+    sub = copy.deepcopy(run)
+    m = sub.mixing
+    m.train_type, m.component, m.components_cfg_file, m.component_name = "static", None, None, "static"
+    m.static_mix = False
+    training = {k: v for k, v in sub.training.items() if k != "resume_from_checkpoint"}
+    training.update(output_dir=str(out_dir), save_strategy="no")
+    sub.training = training
+    sub.model.num_labels = vocabulary.num_labels
+    if kind == "quality":
+        from mixflow.data.classification import as_path_list, source_name
+        from mixflow.training import domain_sources
+
+        text_field = domain_sources(run)[0].text_field
+        sub.data.domains = [
+            DomainConfig(name=source_name(p), path=p, text_field=text_field) for p in as_path_list(run.data.real_data)
+        ]
+        sub.data.dataset = None
+        sub.data.val_size = 0.0  # the real set is small: every example trains the checker
+        m.init_mixture_proportions, m.domain_prior = None, None
+        m.mixture_sample_rule = "stratified"
+    return sub
+
+
+def _training_fingerprint(sub: Any) -> str:
+    from mixflow.data.classification import as_path_list
+
+    training = {k: v for k, v in sub.training.items() if k not in ("output_dir", "resume_from_checkpoint")}
+    return _hash_json(
+        {
+            "data": data_fingerprint(sub),
+            "model": [sub.model.model_name_or_path, sub.model.model_config, sub.model.num_labels],
+            "tokenizer": sub.data.tokenizer,
+            "cutoff_len": sub.data.cutoff_len,
+            "eval_data": [content_digest(p) for p in as_path_list(sub.data.eval_data)],
+            "mixing": [sub.mixing.mixture_sample_rule, sub.mixing.init_mixture_proportions],
+            "training": training,
+        }
+    )
+
+
+def _up_to_date(out_dir: Path, fingerprint: str) -> bool:
+    marker = out_dir / MARKER_FILE
+    if not marker.is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+        return recorded.get("training_fingerprint") == fingerprint and recorded.get("weights") == weights_digest(out_dir)
+    except (ValueError, FileNotFoundError, OSError):
+        return False
+
+
+def _train_checker(sub: Any, out_dir: Path, fingerprint: str, progress: bool) -> dict[str, Any]:
+    from mixflow.jsonlog import write_json_atomic
+    from mixflow.training import run_training
+
+    metrics = run_training(sub, progress=progress)
+    write_json_atomic(out_dir / MARKER_FILE, {"training_fingerprint": fingerprint, "weights": weights_digest(out_dir)})
+    return metrics
+
+
+def label_probabilities(model_dir: str | Path, dataset: Any, collator: Any, batch_size: int = 64) -> np.ndarray:
+    """P(y_j|x_j) of a saved classifier for every row j of ``dataset``, in row order."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            probs = torch.softmax(logits.double(), dim=-1)
+            out.append(probs.gather(1, batch["labels"][:, None]).squeeze(1).numpy())
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def run_checkers(run: Any, progress: bool = True, force: bool = False) -> CheckersResult:
+    """Train (or reuse) both checkers and (re)compute the per-example cache; see the module docstring."""
+    from mixflow.data.classification import (
+        ClassificationCollator,
+        LabelVocabulary,
+        as_path_list,
+        prepare_classification_data,
+        read_labelled,
+    )
+    from mixflow.data.sources import DomainSource
+    from mixflow.training import domain_sources
+
+    if run.data.task != "classification":
+        raise ValueError("task: `mixflow checkers` needs task: classification")
+    if not as_path_list(run.data.real_data):
+        raise ValueError("real_data: required by `mixflow checkers` (the small real set the quality checker trains on)")
+    out = Path(run.training["output_dir"])
+    dirs = {"quality": out / "quality", "diversity": out / "diversity"}
+    cache_path = out / CACHE_FILE
+
+    # The checkers must number the classes like the training run does.
+    sources = domain_sources(run)
+    train_labels = [
+        y for s in sources
+        for y in read_labelled(DomainSource(s.name, s.path, s.text_field, run.data.label_field), run.data.max_samples)[1]
+    ]
+    vocabulary = LabelVocabulary.infer(train_labels, run.model.num_labels)
+    real: list[Any] = []
+    for path in as_path_list(run.data.real_data):
+        labels = read_labelled(DomainSource("real", path, sources[0].text_field, run.data.label_field))[1]
+        vocabulary.encode(labels, f"real_data: {path}")
+        real.extend(labels)
+    if vocabulary.names is not None and sorted(set(real)) != vocabulary.names:
+        raise ValueError(
+            f"real_data: has the labels {sorted(set(real))} but the training data {vocabulary.names}; "
+            "the quality checker must see every class"
+        )
+
+    trained, metrics = [], {}
+    for kind in ("diversity", "quality"):
+        sub = _checker_run(run, kind, dirs[kind], vocabulary)
+        fingerprint = _training_fingerprint(sub)
+        if not force and _up_to_date(dirs[kind], fingerprint):
+            logger.info("checkers: the %s checker in %s is up to date", kind, dirs[kind])
+            continue
+        logger.info("checkers: training the %s checker into %s", kind, dirs[kind])
+        metrics[kind] = _train_checker(sub, dirs[kind], fingerprint, progress)
+        trained.append(kind)
+
+    data_fp = data_fingerprint(run)
+    checker_fp = _hash_json([weights_digest(dirs["quality"]), weights_digest(dirs["diversity"])])
+    status = "up to date"
+    if force:
+        status = "recomputed (forced)"
+    elif not cache_path.is_file():
+        status = "computed: no cache yet"
+    else:
+        try:
+            old = read_weights_cache(cache_path)
+            if old.data_fingerprint != data_fp:
+                status = "recomputed: the training data changed since it was computed"
+            elif old.checker_fingerprint != checker_fp:
+                status = "recomputed: the checkers changed since it was computed"
+        except ValueError:
+            status = "recomputed: the old file was unreadable"
+    if status == "up to date":
+        cache = read_weights_cache(cache_path)
+        logger.info("checkers: %s is up to date", cache_path)
+    else:
+        if cache_path.is_file():
+            logger.warning("checkers: %s is stale; %s", cache_path, status)
+        data = prepare_classification_data(run, progress=progress)
+        pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+        collator = ClassificationCollator(int(pad))
+        batch = int(run.training.get("per_device_eval_batch_size", 64))
+        cache = WeightsCache(
+            quality=label_probabilities(dirs["quality"], data.train, collator, batch),
+            diversity=label_probabilities(dirs["diversity"], data.train, collator, batch),
+            labels=data.train.labels,
+            domain_names=list(data.train.domain_names),
+            domain_sizes=list(data.train.domain_sizes),
+            data_fingerprint=data_fp,
+            checker_fingerprint=checker_fp,
+        )
+        write_weights_cache(cache_path, cache)
+        logger.info("checkers: wrote %s (%d rows)", cache_path, len(cache.quality))
+    floor = 1e-3
+    ratio = np.maximum(cache.quality, floor) / np.maximum(cache.diversity, floor)
+    summary = {
+        "rows": float(len(ratio)),
+        "mean_quality": float(cache.quality.mean()) if len(ratio) else float("nan"),
+        "mean_diversity": float(cache.diversity.mean()) if len(ratio) else float("nan"),
+        "mean_imp_weight": float(ratio.mean()) if len(ratio) else float("nan"),
+    }
+    return CheckersResult(cache_path, dirs["quality"], dirs["diversity"], trained, status, metrics, summary)
+
+
+def format_checkers_report(result: CheckersResult) -> str:
+    """What `mixflow checkers` prints: where things are, what was redone, the checkers' accuracy."""
+    lines = [
+        f"quality checker P'(y|x):  {result.quality_dir}",
+        f"diversity checker Q(y|x): {result.diversity_dir}",
+        f"trained now: {', '.join(result.trained) or 'none (both up to date)'}",
+        f"weights_cache: {result.cache_path} ({result.cache_status})",
+        "cache: " + ", ".join(f"{k} {v:.4g}" for k, v in result.summary.items()),
+    ]
+    for kind, metrics in result.metrics.items():
+        acc = metrics.get("val_accuracy", {})
+        if acc:
+            lines.append(f"{kind} checker accuracy: " + ", ".join(f"{n} {a:.4f}" for n, a in acc.items()))
+    return "\n".join(lines)

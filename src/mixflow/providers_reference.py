@@ -1,0 +1,118 @@
+"""The ``reference_loss`` statistic provider: DoReMi's per-domain excess loss over a reference model.
+
+On every training micro-batch it runs one extra forward of a frozen reference model on the same
+inputs (under ``torch.no_grad()``: no graph, no backward) and compares per-token losses with the
+proxy's, which come from the training forward itself (``ctx.losses.token_losses``; the proxy is
+never run twice). It returns per-domain sums, which the Mixer adds over micro-batches and steps
+and all-reduces over ranks:
+
+- ``ref_excess_sum`` [K]: Σ over the domain's target tokens of max(ℓ_proxy,tok − ℓ_ref,tok, 0);
+- ``ref_token_count`` [K]: the number of those tokens;
+- ``ref_loss_sum`` [K]: Σ of the reference's per-token losses (for logs and diagnostics).
+
+λ_i = ref_excess_sum_i / ref_token_count_i is then exactly ALGORITHMS.md's "clip per token, then
+average over the domain's tokens" over the update window, however the window was split across
+micro-batches and ranks.
+
+The reference is loaded lazily with ``AutoModelForCausalLM.from_pretrained(path,
+local_files_only=True)`` onto the device of the first batch, in eval mode with gradients off.
+Cost: one forward of the reference per micro-batch and its logits' memory for that forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from mixflow.algorithms.doremi import EXCESS_KEY, TOKENS_KEY
+from mixflow.loss import sample_losses
+from mixflow.providers import BatchContext, ProviderContext, StatisticProvider, register_provider
+
+logger = logging.getLogger("mixflow")
+
+REF_LOSS_KEY = "ref_loss_sum"
+
+
+class ReferenceLoss(StatisticProvider):
+    """Per-domain clipped excess loss of the model being trained over a frozen reference model."""
+
+    name = "reference_loss"
+
+    def __init__(self, path: str | None, model: Any = None) -> None:
+        """``path``: a local model directory (None: the provider contributes nothing, Group DRO).
+        ``model``: an already loaded reference (tests, or callers that own the model)."""
+        self.path = path
+        self._model = model
+        if model is not None:
+            self._freeze(model)
+        self._checked_vocab = False
+
+    @staticmethod
+    def _freeze(model: Any) -> None:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    def reference(self, device: torch.device) -> Any:
+        """The reference model on ``device`` (loaded on first use)."""
+        if self._model is None:
+            from transformers import AutoModelForCausalLM
+
+            logger.info("reference_loss: loading the reference model from %s", self.path)
+            self._model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+            self._freeze(self._model)
+        first = next(self._model.parameters(), None)
+        if first is not None and first.device != device:
+            self._model.to(device)
+        return self._model
+
+    def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
+        if self.path is None and self._model is None:
+            return {}
+        proxy = ctx.losses
+        if ctx.labels.dim() != 2:
+            raise ValueError("reference_loss: expected a causal LM batch (labels [B, T]); DoReMi's reference is a language model")
+        device = proxy.token_losses.device
+        model = self.reference(device)
+        labels = ctx.labels.to(device)
+        if not self._checked_vocab:
+            self._check_vocab(model, labels)
+        # The training forward's token losses tell whether labels were shifted (causal LM: one
+        # position fewer than the labels), so the reference is scored on exactly the same targets.
+        shift = proxy.token_losses.shape[1] != labels.shape[1]
+        with torch.no_grad():
+            outputs = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in ctx.inputs.items()})
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            ref = sample_losses(logits, labels, shift=shift)
+            del outputs, logits
+            mask = proxy.token_mask
+            # ALGORITHMS.md, DoReMi step 2: clip per token, then sum (the mean is taken per window).
+            excess = (proxy.token_losses.detach().float() - ref.token_losses).clamp_min(0) * mask
+            ids = ctx.domain_ids.to(device).long()
+
+            def per_domain(values: torch.Tensor) -> torch.Tensor:
+                out = torch.zeros(ctx.num_domains, dtype=torch.float64, device=device)
+                return out.index_add_(0, ids, values.to(torch.float64))
+
+            return {
+                EXCESS_KEY: per_domain(excess.sum(dim=1)),
+                TOKENS_KEY: per_domain(mask.sum(dim=1)),
+                REF_LOSS_KEY: per_domain(ref.token_loss_sum),
+            }
+
+    def _check_vocab(self, model: Any, labels: torch.Tensor) -> None:
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        valid = labels[labels >= 0]
+        if vocab is not None and valid.numel() and int(valid.max()) >= int(vocab):
+            raise ValueError(
+                f"reference_model_path: the reference's vocabulary has {vocab} tokens but the batch has token id "
+                f"{int(valid.max())}; the reference must use the proxy's tokenizer"
+            )
+        self._checked_vocab = True
+
+
+@register_provider("reference_loss")
+def _build(params: Any, context: ProviderContext | None) -> ReferenceLoss:
+    return ReferenceLoss(getattr(params, "reference_model_path", None))

@@ -1,0 +1,204 @@
+"""ODM: the Properties of ALGORITHMS.md ("ODM"), the schedule of t, and the plumbing (Mixer, resume,
+NaN statistics, 2 ranks, config errors)."""
+
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mixflow.algorithms.odm import ODMParams, exp3_distribution, exploration_rate
+from mixflow.algorithms.registry import build_algorithm, build_params
+from mixflow.data.sampler import MixtureSampler
+from mixflow.mixer import Mixer, UpdateSchedule
+from mixflow.stats import DomainStats
+from tests.distributed import run_distributed
+
+K = 4
+
+
+def loss_stats(losses, tokens=10.0):
+    """One step's statistics with the given mean token loss per domain (NaN: domain absent)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    stats = DomainStats.zeros(len(losses))
+    present = ~np.isnan(losses)
+    stats.token_count[torch.as_tensor(present)] = tokens
+    stats.token_loss_sum += torch.as_tensor(np.where(present, losses * tokens, 0.0))
+    return stats
+
+
+def _odm(k=K, init=None, **params):
+    return build_algorithm("odm", [f"d{i}" for i in range(k)], params,
+                           init_weights=init if init is not None else np.ones(k) / k)
+
+
+def _run(algo, losses_at, steps):
+    """Per-step Exp3 (update_step 1): observe then update, as the Mixer calls them."""
+    history = []
+    for step in range(1, steps + 1):
+        stats = loss_stats(losses_at(step))
+        algo.observe(stats, step)
+        algo.update(stats, step)
+        history.append(algo.sampling_weights)
+    return np.array(history)
+
+
+# ---- Properties --------------------------------------------------------------------------------
+def test_p_is_on_the_simplex_with_every_p_at_least_epsilon_t():
+    rng = np.random.default_rng(0)
+    algo = _odm()
+    for step in range(1, 201):
+        stats = loss_stats(rng.uniform(0.5, 6.0, K) * np.array([1, 1, 2, 3]))
+        algo.observe(stats, step)
+        algo.update(stats, step)
+        p = algo.sampling_weights
+        assert np.isclose(p.sum(), 1.0) and np.all(np.isfinite(p))
+        assert np.all(p >= exploration_rate(step, K) - 1e-12)
+    assert algo.epsilon == exploration_rate(200, K) < 1 / K
+    # and the formula itself, for extreme rewards
+    for t in (1, 6, 50, 10_000):
+        p = exp3_distribution(np.array([1e6, -1e6, 0.0, 3.0]), t)
+        assert np.isclose(p.sum(), 1.0) and p.min() >= exploration_rate(t, K) - 1e-15
+
+
+def test_equal_rewards_keep_p_uniform():
+    history = _run(_odm(), lambda step: [2.5] * K, steps=100)
+    assert np.allclose(history, 1 / K)
+
+
+def test_domain_with_persistently_higher_loss_gains_probability():
+    history = _run(_odm(), lambda step: [4.0, 2.0, 2.0, 2.0], steps=300)
+    final = history[-1]
+    assert final[0] > 1 / K + 0.02 and np.allclose(final[1:], final[1])
+    # the first ln-bound updates are pure exploration (ε_t = 1/K for t ≤ 4·ln 4 ≈ 5.5), then it moves
+    assert np.allclose(history[:5], 1 / K) and history[5][0] > 1 / K
+    # ODM does chase a high-but-irreducible-loss domain (the contrast with DoReMi is a benchmark)
+    noisy = _run(_odm(), lambda step: [5.5 + 0.1 * math.sin(step), 2.0, 2.0, 2.0], steps=300)
+    assert noisy[-1][0] > 1 / K + 0.02
+
+
+def test_epsilon_schedule_and_update_rule_follow_algorithm_1():
+    assert exploration_rate(0, K) == 1 / K  # ε_0
+    assert math.isclose(exploration_rate(100, K), math.sqrt(math.log(K) / (K * 100)))
+    algo = _odm(alpha=0.5)
+    for step in range(1, 8):
+        algo.observe(loss_stats([3.0, 1.0, 2.0, 1.0]), step)
+        rewards_before = algo.rewards.copy()
+        algo.update(loss_stats([3.0, 1.0, 2.0, 1.0]), step)
+    # t is the update count: the 7th update uses ε_6 inside the softmax and ε_7 outside
+    eps7, eps6 = exploration_rate(7, K), exploration_rate(6, K)
+    z = eps6 * rewards_before
+    expected = (1 - K * eps7) * np.exp(z) / np.exp(z).sum() + eps7
+    assert np.allclose(algo.sampling_weights, expected)
+    assert np.allclose(algo.scores, rewards_before)
+
+
+def test_rewards_update_every_present_domain_from_its_loss_over_p():
+    algo = _odm(init=[0.1, 0.2, 0.3, 0.4], alpha=0.9)
+    algo.observe(loss_stats([1.0, 2.0, float("nan"), 4.0]), 1)
+    assert np.allclose(algo.rewards, [0.1 * 1.0 / 0.1, 0.1 * 2.0 / 0.2, 0.0, 0.1 * 4.0 / 0.4])
+    algo.observe(loss_stats([1.0, 2.0, 3.0, 4.0]), 2)
+    assert np.isclose(algo.rewards[0], 0.9 * 1.0 + 0.1 * 10.0) and np.isclose(algo.rewards[2], 0.1 * 3.0 / 0.3)
+
+
+def test_non_finite_losses_leave_the_rewards_untouched_with_a_warning(caplog):
+    algo = _odm()
+    algo.observe(loss_stats([1.0, 2.0, 3.0, 4.0]), 1)
+    before = algo.rewards.copy()
+    with caplog.at_level(logging.WARNING, logger="mixflow"):
+        algo.observe(loss_stats([1.0, float("inf"), 3.0, 4.0]), 2)
+    assert "non-finite" in caplog.text and np.array_equal(algo.rewards, before)
+
+
+# ---- through the Mixer -------------------------------------------------------------------------
+def _logits_for(domain_ids, scales, vocab=5, length=4):
+    # domain d's loss grows with scales[d] (a wrong logit of that size on token 0)
+    ids = torch.as_tensor(domain_ids)
+    logits = torch.zeros(len(ids), length, vocab)
+    logits[:, :, 0] = torch.as_tensor(scales, dtype=torch.float32)[ids][:, None]
+    return logits, torch.ones(len(ids), length, dtype=torch.long)
+
+
+def _mixer(rank=0, world=1, batch=8, **schedule):
+    algo = _odm(k=3)
+    sampler = MixtureSampler([50, 50, 50], algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
+    return Mixer(sampler, algo, schedule=UpdateSchedule(**schedule))
+
+
+def _steps(mixer, start, stop, scales=(3.0, 1.0, 1.0), nan_at=None):
+    it = mixer.sampler.iter_batches()
+    out = []
+    for step in range(start, stop):
+        rows = next(it)
+        ids = mixer.sampler.domain_ids(rows)
+        logits, labels = _logits_for(ids, scales)
+        if step == nan_at:
+            logits[0, 0, 0] = float("nan")
+        mixer.training_loss(logits, labels, torch.as_tensor(ids), batch_index=step - 1)
+        mixer.end_step(step)
+        out.append(mixer.algorithm.sampling_weights.tolist())
+    return out
+
+
+def test_warmup_keeps_the_initial_proportions_and_rewards_learn_every_step():
+    mixer = _mixer(warmup_step=4, update_step=1)
+    weights = _steps(mixer, 1, 4)
+    assert np.allclose(weights, 1 / 3) and mixer.algorithm.num_updates == 0
+    assert np.all(mixer.algorithm.rewards > 0)  # observe ran at every warmup step
+    _steps(mixer, 4, 5)
+    assert mixer.algorithm.num_updates == 1  # t = 1 at the first update after warmup
+
+
+def test_resume_reproduces_the_weight_trajectory(tmp_path):
+    full = _mixer(update_step=2)
+    first = _steps(full, 1, 8)
+    full_rest = _steps(full, 8, 20)
+    cut = _mixer(update_step=2)
+    assert _steps(cut, 1, 8) == first
+    cut.save(tmp_path, batch_index=7)  # mid-window: rewards moved since the last update
+    resumed = _mixer(update_step=2)
+    resumed.load(tmp_path)
+    assert np.array_equal(resumed.algorithm.rewards, cut.algorithm.rewards)
+    assert _steps(resumed, 8, 20) == full_rest
+    assert full_rest[-1][0] > 1 / 3 + 0.02  # the weights did move
+
+
+def test_non_finite_step_skips_the_update_and_spares_the_rewards(caplog):
+    mixer = _mixer(update_step=1)
+    _steps(mixer, 1, 3)
+    rewards = mixer.algorithm.rewards.copy()
+    with caplog.at_level(logging.WARNING, logger="mixflow"):
+        _steps(mixer, 3, 4, nan_at=3)
+    assert "non-finite" in caplog.text
+    assert np.array_equal(mixer.algorithm.rewards, rewards) and mixer.algorithm.num_updates == 2
+    _steps(mixer, 4, 5)
+    assert mixer.algorithm.num_updates == 3 and np.all(np.isfinite(mixer.algorithm.sampling_weights))
+
+
+def _ranks(rank, world, out):
+    mixer = _mixer(rank=rank, world=world, update_step=1)
+    weights = _steps(mixer, 1, 12)
+    with open(os.path.join(out, f"r{rank}.json"), "w") as f:
+        json.dump({"weights": weights, "rewards": mixer.algorithm.rewards.tolist()}, f)
+
+
+def test_two_ranks_hold_identical_weights_equal_to_one_process(tmp_path):
+    run_distributed(_ranks, str(tmp_path))
+    r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1
+    _ranks(0, 1, str(tmp_path))  # one process, the same global batches
+    single = json.loads((tmp_path / "r0.json").read_text())
+    assert np.allclose(single["weights"], r1["weights"], rtol=1e-12)
+    assert np.allclose(single["rewards"], r1["rewards"], rtol=1e-12)
+
+
+# ---- config ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [1.0, -0.1, 2])
+def test_bad_alpha_is_a_one_line_error_naming_the_key(alpha):
+    with pytest.raises(ValueError, match=r"^odm\.params\.alpha: expected a number in \[0, 1\)"):
+        build_params(ODMParams, {"alpha": alpha}, "odm.params")
+    with pytest.raises(ValueError, match=r"odm\.params\.alpha: expected a number, got 'x'"):
+        build_params(ODMParams, {"alpha": "x"}, "odm.params")
