@@ -216,10 +216,18 @@ def _checker_run(run: Any, kind: str, out_dir: Path, vocabulary: Any) -> Any:
     return sub
 
 
+#: TrainingArguments that cannot change a checker's weights (where outputs go, logs, progress bars).
+_COSMETIC_TRAINING_KEYS = frozenset({
+    "output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to", "run_name", "logging_dir",
+    "logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy",
+    "save_total_limit", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
+})
+
+
 def _training_fingerprint(sub: Any) -> str:
     from mixflow.data.classification import as_path_list
 
-    training = {k: v for k, v in sub.training.items() if k not in ("output_dir", "resume_from_checkpoint")}
+    training = {k: v for k, v in sub.training.items() if k not in _COSMETIC_TRAINING_KEYS}
     return _hash_json(
         {
             "data": data_fingerprint(sub),

@@ -13,6 +13,7 @@ from typing import Any
 from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config.load import domain_names, resolve_components
 from mixflow.config.schema import RunConfig
+from mixflow.data.classification import split_seed
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import TokenizedDomain, tokenize_domain
 from mixflow.data.proportions import resolve_proportions
@@ -56,7 +57,7 @@ def choose_tokenizer(run: RunConfig) -> Any:
 def prepare_data(run: RunConfig, progress: bool = True) -> PreparedData:
     """Read and tokenize every domain; split held-out rows per domain."""
     tokenizer = choose_tokenizer(run)
-    seed = int(run.training.get("data_seed") or run.training.get("seed", 42))
+    seed = split_seed(run)
     val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)
     domains = [
         tokenize_domain(
