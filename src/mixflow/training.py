@@ -22,6 +22,7 @@ from mixflow.data.sources import DomainSource, sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer, load_tokenizer
 from mixflow.jsonlog import write_json_atomic
 from mixflow.mixer import Mixer, UpdateSchedule
+from mixflow.models import scratch_config
 from mixflow.providers import ProviderContext
 
 logger = logging.getLogger("mixflow")
@@ -120,19 +121,11 @@ def build_mixer(
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:
     """The model: a local pretrained directory or a from-scratch config (nothing is downloaded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if run.model.model_name_or_path is not None:
         return AutoModelForCausalLM.from_pretrained(run.model.model_name_or_path, local_files_only=True)
-    kwargs = dict(run.model.model_config or {})
-    model_type = kwargs.pop("model_type")
-    kwargs.setdefault("vocab_size", int(tokenizer.vocab_size))
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, key, None)
-        if value is not None:
-            kwargs.setdefault(key, int(value))
-    config = AutoConfig.for_model(model_type, **kwargs)
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(scratch_config(run.model.model_config or {}, tokenizer))
 
 
 def training_arguments(run: RunConfig, num_train_rows: int) -> Any:

@@ -338,7 +338,7 @@ def prepare_classification_data(run: Any, progress: bool = True) -> Classificati
 def build_classifier(run: Any, tokenizer: Any, vocabulary: LabelVocabulary) -> Any:
     """A sequence classifier: a local pretrained directory (a new head when it has none) or a
     from-scratch ``model_config`` (``AutoModelForSequenceClassification``); nothing is downloaded."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     labels = {}
     if vocabulary.names is not None:
@@ -348,16 +348,10 @@ def build_classifier(run: Any, tokenizer: Any, vocabulary: LabelVocabulary) -> A
             run.model.model_name_or_path, local_files_only=True, num_labels=vocabulary.num_labels, **labels
         )
     else:
-        kwargs = dict(run.model.model_config or {})
-        model_type = kwargs.pop("model_type")
-        kwargs.setdefault("vocab_size", int(tokenizer.vocab_size))
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(tokenizer, key, None)
-            if value is not None:
-                kwargs.setdefault(key, int(value))
-        kwargs["num_labels"] = vocabulary.num_labels
-        kwargs.update(labels)
-        model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, **kwargs))
+        from mixflow.models import scratch_config
+
+        config = scratch_config(run.model.model_config or {}, tokenizer, num_labels=vocabulary.num_labels, **labels)
+        model = AutoModelForSequenceClassification.from_config(config)
     # Decoder classifiers pool the last non-padding token, which needs the pad id.
     if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
         model.config.pad_token_id = int(tokenizer.pad_token_id)
