@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from mixflow.data.dataset import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY, MixtureDataset
+from mixflow.data.dataset import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY, DomainCollator, MixtureDataset
 from mixflow.data.packing import TokenizedDomain, _split
 from mixflow.data.sources import DomainSource
 
@@ -224,14 +224,9 @@ class ClassificationDataset(MixtureDataset):
         return subset
 
 
-class ClassificationCollator:
+class ClassificationCollator(DomainCollator):
     """Right-pads ``input_ids`` (``attention_mask`` marks real tokens) and stacks the labels as
     ``LongTensor[B]``; keeps ``domain_ids`` and ``sample_ids``."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
-            raise ValueError(f"pad_token_id: expected a non-negative integer, got {pad_token_id!r}")
-        self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
