@@ -251,3 +251,21 @@ def test_two_ranks_reduce_statistics_and_match_a_single_process(tmp_path):
     single = torch.load(tmp_path / "r0.pt", weights_only=False)
     assert np.allclose(single["weights"], r0["weights"], rtol=1e-12)
     assert not np.allclose(single["weights"], np.ones(K) / K)
+
+
+def test_providers_stop_once_no_update_remains():
+    algo = _SeesExtras(["a", "b", "c"], _P(), init_weights=np.ones(3) / 3)
+    calls = []
+
+    class _Counting(_CountTokens):
+        def batch_statistics(self, ctx):
+            calls.append(ctx.step)
+            return super().batch_statistics(ctx)
+
+    mixer = Mixer(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo,
+                  schedule=UpdateSchedule(update_step=2, update_times=1), providers=[_Counting()])
+    for step in (1, 2, 3, 4):
+        _feed(mixer, [0, 0, 1, 2, 2, 2], step - 1)
+        mixer.end_step(step)
+    assert algo.num_updates == 1
+    assert calls == [0, 1]  # the micro-batches of steps 1 and 2 only; after the update none is needed

@@ -141,6 +141,12 @@ class Mixer:
         return weighted_loss(losses, coefficients, num_items_in_batch)
 
     @property
+    def updates_remaining(self) -> bool:
+        """Whether the schedule still allows an update (``update_times`` not used up)."""
+        times = self.schedule.update_times
+        return times < 0 or self.algorithm.num_updates + self.skipped_updates < times
+
+    @property
     def update_pending(self) -> bool:
         """Whether the optimizer step now in progress will end with a scheduled update."""
         return self.schedule.is_update(self.last_step + 1, self.algorithm.num_updates + self.skipped_updates)
@@ -199,7 +205,9 @@ class Mixer:
         step: int,
     ) -> None:
         stats = DomainStats.from_samples(domain_ids, losses.token_loss_sum, losses.token_count, self.num_domains)
-        if self.providers:
+        # Extra statistics only feed updates; once update_times is used up none will come, so the
+        # providers' extra forwards and backwards would be wasted.
+        if self.providers and self.updates_remaining:
             ctx = BatchContext(
                 model, inputs or {}, labels, losses, domain_ids, self.num_domains, step, self.update_pending
             )
