@@ -18,14 +18,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mixflow import Mixer, MixtureSampler, UpdateSchedule, build_algorithm
+from mixflow import StepEngine, MixtureSampler, UpdateSchedule, build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import tokenize_domain
 from mixflow.data.sources import sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer
 
 
-def main(argv: list[str] | None = None) -> Mixer:
+def main(argv: list[str] | None = None) -> StepEngine:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True, help="directory with dataset_info.json (mixflow data demo)")
     parser.add_argument("--domains", default="code,prose,arithmetic,random")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> Mixer:
     # 1. The algorithm decides the weights; the sampler draws this rank's slice of each global batch.
     algorithm = build_algorithm("static", train.domain_names, {}, init_weights=[0.4, 0.3, 0.2, 0.1])
     sampler = MixtureSampler(train.domain_sizes, algorithm.sampling_weights, args.batch_size, seed=0, rank=rank, world_size=world)
-    mixer = Mixer(sampler, algorithm, schedule=UpdateSchedule(update_step=10), log_dir=args.out)
+    mixer = StepEngine(sampler, algorithm, schedule=UpdateSchedule(update_step=10), log_dir=args.out)
     loader = DataLoader(train, batch_size=sampler.local_batch_size, sampler=sampler, collate_fn=DomainCollator(tokenizer.pad_token_id))
 
     config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import AlgorithmParams, param
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.data.packing import TokenizedDomain
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats
 
 VOCAB = 48
 

@@ -13,15 +13,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mixflow.algorithms.doremi import EXCESS_KEY, TOKENS_KEY, DoReMi, DoReMiParams
+from mixflow.algorithms.doremi import DoReMi, DoReMiParams
+from mixflow.algorithms.statistics import REF_EXCESS_SUM as EXCESS_KEY, REF_TOKEN_COUNT as TOKENS_KEY
 from mixflow.algorithms.registry import build_algorithm
-from mixflow.config.load import ConfigError, load_config
+from mixflow.config import ConfigError, load_config
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
-from mixflow.mixer import Mixer, UpdateSchedule
-from mixflow.providers import StatisticProvider
-from mixflow.providers_reference import ReferenceLoss
-from mixflow.stats import DomainStats
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.providers.base import StatisticProvider
+from mixflow.providers.reference_loss import ReferenceLoss
+from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
@@ -198,12 +200,12 @@ def test_reference_path_missing_vs_null_vs_nonexistent(tmp_path, caplog):
         load_config(raw=_config(tmp_path, {"reference_model_path": None, "output_weights": "mean"}))
     run = load_config(raw=_config(tmp_path, {"reference_model_path": None}))
     assert run.mixing.component.params == {"reference_model_path": None}
-    from mixflow.training import build_mixer
+    from mixflow.recipes.build import build_engine
 
     train = MixtureDataset(tiny_domains())
     run.data.domains = run.data.domains[:3]
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        mixer = build_mixer(run, train, batch_size=6, seed=0)
+        mixer = build_engine(run, train, batch_size=6, seed=0)
     assert "Group DRO" in caplog.text
     assert mixer.algorithm.params.reference_model_path is None
 
@@ -238,7 +240,7 @@ def _batches(train, sampler, steps):
 
 
 def _drive(mixer, proxy, train, steps, optimizer=None):
-    """A minimal training loop: the training forward, the Mixer's loss and statistics, end_step."""
+    """A minimal training loop: the training forward, the step engine's loss and statistics, end_step."""
     for step, batch in enumerate(_batches(train, mixer.sampler, steps), start=mixer.last_step + 1):
         domain_ids, labels = batch.pop("domain_ids"), batch.pop("labels")
         batch.pop("sample_ids", None)
@@ -254,7 +256,7 @@ def _drive(mixer, proxy, train, steps, optimizer=None):
 def _doremi_mixer(train, reference, batch=6, update_step=1, log_dir=None, **params):
     algo = build_algorithm("doremi", train.domain_names, {"reference_model_path": reference, **params})
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=4)
-    return Mixer(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
+    return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
 
 
 def test_real_models_proxy_equal_to_reference_keeps_alpha_uniform(tmp_path):
@@ -295,8 +297,8 @@ def test_provider_sums_equal_a_direct_computation(tmp_path):
     batch = next(iter(_batches(train, MixtureSampler(train.domain_sizes, np.ones(3) / 3, 6, seed=0), 1)))
     ids, labels = batch.pop("domain_ids"), batch.pop("labels")
     batch.pop("sample_ids", None)
-    from mixflow.loss import sample_losses
-    from mixflow.providers import BatchContext
+    from mixflow.loss.per_sample import sample_losses
+    from mixflow.providers.base import BatchContext
 
     losses = sample_losses(proxy(**batch).logits, labels)
     out = ReferenceLoss(None, model=reference).batch_statistics(BatchContext(None, batch, labels, losses, ids, 3))
@@ -324,7 +326,7 @@ def test_proxy_loss_is_the_alpha_weighted_domain_loss(alpha):
     algo = _doremi(names=train.domain_names)
     algo.load_state_dict({"_loss_weights": alpha})
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
-    mixer = Mixer(sampler, algo, providers=[])
+    mixer = StepEngine(sampler, algo, providers=[])
     batch = next(iter(_batches(train, sampler, 1)))
     ids, labels = batch.pop("domain_ids"), batch.pop("labels")
     batch.pop("sample_ids", None)
@@ -351,7 +353,7 @@ def test_proxy_loss_is_the_alpha_weighted_domain_loss(alpha):
         assert not torch.allclose(g_mix, g_plain, rtol=1e-2, atol=1e-5)
 
 
-# ---- Mixer integration: NaN skip, 2 ranks, resume -----------------------------------------------------
+# ---- StepEngine integration: NaN skip, 2 ranks, resume -----------------------------------------------------
 
 
 class _Canned(StatisticProvider):
@@ -373,7 +375,7 @@ def test_non_finite_statistics_skip_the_doremi_update(tmp_path, caplog):
     train = MixtureDataset(tiny_domains())
     algo = _doremi(names=train.domain_names)
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
-    mixer = Mixer(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=tmp_path,
+    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=tmp_path,
                   providers=[_Canned([0.1, 0.5, 0.2], nan_steps={0})])
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         _drive(mixer, tiny_llama(), train, steps=1)
@@ -389,7 +391,7 @@ def _rank_run(rank, world, out, reference):
     train = MixtureDataset(tiny_domains())
     algo = build_algorithm("doremi", train.domain_names, {"reference_model_path": reference})
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=4, rank=rank, world_size=world)
-    mixer = Mixer(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=os.path.join(out, f"log{world}"))
+    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=os.path.join(out, f"log{world}"))
     _drive(mixer, tiny_llama(seed=0), train, steps=4)
     torch.save({"alpha": algo.loss_weights, "lam": algo.scores, "avg": algo.average_weights},
                os.path.join(out, f"w{world}_r{rank}.pt"))
@@ -420,7 +422,7 @@ def _trainer_run(out, reference, max_steps, resume=None):
                              dataloader_num_workers=0, disable_tqdm=True)
     mixer = _doremi_mixer(train, reference, batch=6, update_step=2, log_dir=out, reweight_eta=2.0)
     trainer = MixflowTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), mixer=mixer)
+                             data_collator=DomainCollator(0), engine=mixer)
     trainer.train(resume_from_checkpoint=resume)
     return mixer
 

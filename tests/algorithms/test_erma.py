@@ -1,5 +1,5 @@
 """ERMA: the update rule, the GLS fixed point for squared loss, noisy domains lose weight, clean test
-accuracy on a label-noise classification domain, the Mixer (2 ranks, resume, NaN skip) and `mixflow train`."""
+accuracy on a label-noise classification domain, the step engine (2 ranks, resume, NaN skip) and `mixflow train`."""
 
 import json
 import logging
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mixflow.algorithms.registry import build_algorithm
-from mixflow.config.load import ConfigError, load_config
-from mixflow.providers_heldout import heldout_stats
-from mixflow.stats import DomainStats
+from mixflow.config import ConfigError, load_config
+from mixflow.algorithms.statistics import heldout_stats
+from mixflow.algorithms.statistics import DomainStats
 from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tests)
     _inline_config,
     _model,
@@ -160,7 +160,7 @@ def test_config_checks(tmp_path):
         load_config(raw=_inline_config(tmp_path, {"name": "erma", "params": {"gamma2": -1}}, 1))
 
 
-# ---- Mixer level ---------------------------------------------------------------------------------
+# ---- StepEngine level ---------------------------------------------------------------------------------
 def _two_rank_erma(rank, world, out):
     train, mixer = heldout_mixer("erma", {"gamma1": 2.0, "gamma2": 2.0}, rank=rank, world=world, update_step=1)
     model, head = _model()

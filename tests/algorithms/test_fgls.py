@@ -1,7 +1,7 @@
 """One-shot FGLS: GLS-level error on the seed's 2-domain regression, the held-out provider, the
-config check, the Mixer (2 ranks, resume, NaN skip) and `mixflow train`.
+config check, the step engine (2 ranks, resume, NaN skip) and `mixflow train`.
 
-The Mixer-level helpers here (``heldout_mixer``, ``train_steps``) are shared with test_erma/test_va.
+The step engine-level helpers here (``heldout_mixer``, ``train_steps``) are shared with test_erma/test_va.
 """
 
 import json
@@ -14,13 +14,16 @@ import torch
 import yaml
 
 from mixflow.algorithms.registry import build_algorithm
-from mixflow.config.load import ConfigError, load_config
+from mixflow.config import ConfigError, load_config
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
-from mixflow.mixer import Mixer, UpdateSchedule
-from mixflow.providers import ProviderContext, UpdateContext, build_providers
-from mixflow.providers_heldout import HeldoutLoss, heldout_moments, heldout_stats
-from mixflow.stats import DomainStats
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.algorithms.base import ProviderSpec
+from mixflow.providers.base import ProviderContext, UpdateContext, build_providers
+from mixflow.algorithms.statistics import heldout_moments, heldout_stats
+from mixflow.providers.heldout_loss import HeldoutLoss
+from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
@@ -102,7 +105,7 @@ def test_heldout_provider_matches_a_direct_evaluation_and_restores_train_mode():
     train, ctx = heldout_context()
     model = tiny_llama(seed=3)
     model.train()
-    (provider,) = build_providers(("heldout_loss",), None, ctx)
+    (provider,) = build_providers([ProviderSpec("heldout_loss", None, "FGLS")], ctx)
     sums = provider.update_statistics(UpdateContext(model, 1, 3))
     assert model.training
     stats = DomainStats.zeros(3)
@@ -122,7 +125,7 @@ def test_heldout_provider_matches_a_direct_evaluation_and_restores_train_mode():
 def test_rank_shards_sum_to_the_whole_heldout_set():
     _, ctx = heldout_context(batch_size=2)
     model = tiny_llama(seed=4)
-    (provider,) = build_providers(("heldout_loss",), None, ctx)
+    (provider,) = build_providers([ProviderSpec("heldout_loss", None, "FGLS")], ctx)
     whole = provider.update_statistics(UpdateContext(model, 1, 3))
     parts = [provider.update_statistics(UpdateContext(model, 1, 3, rank=r, world_size=3)) for r in range(3)]
     for key in whole:
@@ -131,12 +134,12 @@ def test_rank_shards_sum_to_the_whole_heldout_set():
 
 def test_heldout_provider_needs_a_split_and_the_model():
     with pytest.raises(ValueError, match="val_size: the heldout_loss provider needs a held-out split"):
-        build_providers(("heldout_loss",), None, ProviderContext(["a", "b"]))
+        build_providers([ProviderSpec("heldout_loss", None, "FGLS")], ProviderContext(["a", "b"]))
     train, ctx = heldout_context()
     ctx.heldout = dict(list(ctx.heldout.items())[:2])
     with pytest.raises(ValueError, match=r"val_size: domain\(s\) \['d2'\] have no held-out rows"):
-        build_providers(("heldout_loss",), None, ctx)
-    with pytest.raises(ValueError, match="pass model= to Mixer.end_step"):
+        build_providers([ProviderSpec("heldout_loss", None, "FGLS")], ctx)
+    with pytest.raises(ValueError, match="pass model= to StepEngine.end_step"):
         HeldoutLoss([]).update_statistics(UpdateContext(None, 1, 0))
 
 
@@ -181,13 +184,13 @@ def test_config_without_a_heldout_split_is_a_one_line_error(tmp_path):
     assert run.mixing.component.name == "fgls"
 
 
-# ---- Mixer level: shared harness ---------------------------------------------------------------
+# ---- StepEngine level: shared harness ---------------------------------------------------------------
 def heldout_mixer(algorithm, params, rank=0, world=1, update_step=2, log_dir=None, batch=6):
-    """A Mixer over tiny_domains() with the held-out provider context (3 domains, 4 held-out rows each)."""
+    """A StepEngine over tiny_domains() with the held-out provider context (3 domains, 4 held-out rows each)."""
     train, ctx = heldout_context()
     algo = build_algorithm(algorithm, train.domain_names, params, init_weights=np.ones(3) / 3)
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
-    mixer = Mixer(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir,
+    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir,
                   provider_context=ctx)
     return train, mixer
 
@@ -200,7 +203,7 @@ def set_model_to_step(model, base_head, step):
 
 
 def train_steps(mixer, train, model, base_head, first, last, nan_at=None, nan_logits_at=None):
-    """Run optimizer steps first..last: forward the rank's slice, the Mixer's loss and end_step(model=...).
+    """Run optimizer steps first..last: forward the rank's slice, the step engine's loss and end_step(model=...).
     ``nan_at``: the model turns NaN before that step's update (held-out losses are NaN);
     ``nan_logits_at``: that step's training logits are NaN."""
     collate = DomainCollator(0)

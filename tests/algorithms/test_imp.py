@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 from mixflow.algorithms.imp import DimpWeighter, ImpWeighter
 from mixflow.algorithms.registry import build_algorithm, build_weighter
-from mixflow.checkers import WeightsCache, read_weights_cache, write_weights_cache
-from mixflow.config.load import ConfigError, load_config
+from mixflow.recipes.build import load_weighter_inputs
+from mixflow.recipes.weights_cache import WeightsCache, read_weights_cache, write_weights_cache
+from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
-from mixflow.mixer import Mixer
+from mixflow.engine.engine import StepEngine
 
 
 def _cache(path, quality, diversity, labels=None):
@@ -27,7 +28,10 @@ def _cache(path, quality, diversity, labels=None):
 
 
 def _build(name, path, **params):
-    return build_weighter(name, ["all"], {"weights_cache": path, **params}, where=name)
+    """The weighter as the run builder makes it: built from params, then handed the cache's table."""
+    weighter = build_weighter(name, ["all"], {"weights_cache": path, **params}, where=name)
+    load_weighter_inputs(weighter)
+    return weighter
 
 
 def test_cache_roundtrip_and_foreign_files_are_errors(tmp_path):
@@ -55,7 +59,7 @@ def test_equal_checkers_make_imp_exactly_cross_entropy(tmp_path):
 
     def mixer(weighter):
         algo = build_algorithm("static", ["all"], {}, init_weights=[1.0])
-        return Mixer(MixtureSampler([40], algo.sampling_weights, n), algo, weighter=weighter, shift_labels=False)
+        return StepEngine(MixtureSampler([40], algo.sampling_weights, n), algo, weighter=weighter, shift_labels=False)
 
     domain = torch.zeros(n, dtype=torch.long)
     loss_imp = mixer(imp).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
@@ -109,12 +113,16 @@ def test_weights_need_sample_ids_from_the_cached_rows(tmp_path):
         imp.weights(torch.zeros(2), None, 0, torch.tensor([1, 4]))
 
 
-def test_the_cache_is_read_lazily_on_first_use(tmp_path):
+def test_the_run_builder_hands_the_cache_to_the_weighter(tmp_path):
     path = tmp_path / "c.npz"
     _cache(path, [0.5, 0.5], [0.25, 0.5])
-    imp = _build("imp", str(path))
-    _cache(path, [0.5, 0.5], [0.5, 0.25])  # rewritten after the weighter was built: the new table is used
-    assert imp.weights(torch.zeros(2), None, 0, torch.tensor([0, 1])).tolist() == [1.0, 2.0]
+    bare = build_weighter("imp", ["all"], {"weights_cache": str(path)}, where="imp")
+    # The algorithms layer reads no file: without the table the weighter says what is missing.
+    with pytest.raises(ValueError, match=r"^imp: no checker probabilities; call set_table\(\)"):
+        bare.weights(torch.zeros(2), None, 0, torch.tensor([0, 1]))
+    _cache(path, [0.5, 0.5], [0.5, 0.25])  # the table is the file's content when the run is built
+    load_weighter_inputs(bare)
+    assert bare.weights(torch.zeros(2), None, 0, torch.tensor([0, 1])).tolist() == [1.0, 2.0]
 
 
 def _config(tmp_path, component, task="classification"):
@@ -166,7 +174,7 @@ def _gaussian_mixture(n, rng, flip_rate=0.0):
 
 def _fit(x, y, weighter=None, seed=0, steps=300, lr=0.1):
     """Full-batch gradient descent on a logistic-regression classifier; the weighter (if any) gives
-    per-example weights from the detached per-example losses, as the Mixer does."""
+    per-example weights from the detached per-example losses, as the step engine does."""
     torch.manual_seed(seed)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=lr)

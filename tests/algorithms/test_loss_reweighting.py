@@ -9,13 +9,15 @@ import pytest
 import torch
 import yaml
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.loss_reweighting import LossReweighting, LossReweightingParams
 from mixflow.algorithms.registry import build_algorithm, build_weighter
-from mixflow.config.load import ConfigError, load_config
+from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
-from mixflow.loss import sample_losses
-from mixflow.mixer import Mixer, UpdateSchedule
+from mixflow.loss.per_sample import sample_losses
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
 from tests.distributed import run_distributed
 
 STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")
@@ -218,8 +220,8 @@ def _logits(ids, seed=0, t=5, v=7):
 def test_composes_with_a_domain_algorithm_coefficient_is_the_product(algo_cls):
     algo = algo_cls(["a", "b", "c"], _P(), init_weights=[0.5, 0.25, 0.25])
     weighter = _weighter(strategy="linupper", r=0.5)
-    mixer = Mixer(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo, weighter=weighter)
-    alone = Mixer(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo)
+    mixer = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo, weighter=weighter)
+    alone = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo)
     next(mixer.sampler.iter_batches())
     next(alone.sampler.iter_batches())
     ids = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -257,10 +259,10 @@ def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation
                                  dataloader_num_workers=0, disable_tqdm=True)
         algo = build_algorithm("static", train.domain_names, {}, init_weights=np.ones(3) / 3)
         weighter = build_weighter("loss", train.domain_names, weighter_params) if weighter_params else None
-        mixer = Mixer(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo, weighter=weighter)
+        mixer = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo, weighter=weighter)
         rec = Grads()
         trainer = MixflowTrainer(model=tiny_llama(seed=1), args=args, train_dataset=train,
-                                 data_collator=DomainCollator(0), mixer=mixer, callbacks=[rec])
+                                 data_collator=DomainCollator(0), engine=mixer, callbacks=[rec])
         trainer.train()
         return rec.grads, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
@@ -311,7 +313,7 @@ def _rank_weights(rank, world, out):
     algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=np.ones(3) / 3)
     weighter = _Recorder(build_weighter("loss", ["a", "b", "c"], {"strategy": "linupper", "r": 0.5}))
     sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1, rank=rank, world_size=world)
-    mixer = Mixer(sampler, algo, weighter=weighter, schedule=UpdateSchedule(update_step=1))
+    mixer = StepEngine(sampler, algo, weighter=weighter, schedule=UpdateSchedule(update_step=1))
     it = sampler.iter_batches()
     local = []
     for step in range(1, 4):
@@ -347,7 +349,7 @@ def test_resume_restores_weighter_state_and_trajectory(tmp_path):
 
     def mixer():
         algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=np.ones(3) / 3)
-        return Mixer(MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo,
+        return StepEngine(MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo,
                      weighter=_Recorder(build_weighter("loss", ["a", "b", "c"], params)))
 
     def steps(m, first, last):

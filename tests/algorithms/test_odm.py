@@ -1,4 +1,4 @@
-"""ODM: the Properties of ALGORITHMS.md ("ODM"), the schedule of t, and the plumbing (Mixer, resume,
+"""ODM: the Properties of ALGORITHMS.md ("ODM"), the schedule of t, and the plumbing (StepEngine, resume,
 NaN statistics, 2 ranks, config errors)."""
 
 import json
@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from mixflow.algorithms.odm import ODMParams, exp3_distribution, exploration_rate
-from mixflow.algorithms.registry import build_algorithm, build_params
+from mixflow.algorithms.params import build_params
+from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.sampler import MixtureSampler
-from mixflow.mixer import Mixer, UpdateSchedule
-from mixflow.stats import DomainStats
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 
 K = 4
@@ -36,7 +38,7 @@ def _odm(k=K, init=None, **params):
 
 
 def _run(algo, losses_at, steps):
-    """Per-step Exp3 (update_step 1): observe then update, as the Mixer calls them."""
+    """Per-step Exp3 (update_step 1): observe then update, as the step engine calls them."""
     history = []
     for step in range(1, steps + 1):
         stats = loss_stats(losses_at(step))
@@ -113,7 +115,7 @@ def test_non_finite_losses_leave_the_rewards_untouched_with_a_warning(caplog):
     assert "non-finite" in caplog.text and np.array_equal(algo.rewards, before)
 
 
-# ---- through the Mixer -------------------------------------------------------------------------
+# ---- through the step engine -------------------------------------------------------------------------
 def _logits_for(domain_ids, scales, vocab=5, length=4):
     # domain d's loss grows with scales[d] (a wrong logit of that size on token 0)
     ids = torch.as_tensor(domain_ids)
@@ -125,7 +127,7 @@ def _logits_for(domain_ids, scales, vocab=5, length=4):
 def _mixer(rank=0, world=1, batch=8, **schedule):
     algo = _odm(k=3)
     sampler = MixtureSampler([50, 50, 50], algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
-    return Mixer(sampler, algo, schedule=UpdateSchedule(**schedule))
+    return StepEngine(sampler, algo, schedule=UpdateSchedule(**schedule))
 
 
 def _steps(mixer, start, stop, scales=(3.0, 1.0, 1.0), nan_at=None):

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from mixflow.algorithms.pike import BalancedPiKE, PiKE, floor_weights
-from mixflow.algorithms.registry import build_algorithm, build_params
+from mixflow.algorithms.pike import BalancedPiKE, PiKE
+from mixflow.algorithms.weights import floor_weights
+from mixflow.algorithms.params import build_params
+from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
-from mixflow.gradstats import gradient_moments
-from mixflow.mixer import Mixer, UpdateSchedule
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import gradient_moments
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
@@ -218,13 +221,13 @@ def test_bad_params_are_one_line_errors_naming_the_key(name, params, key):
 
 def test_floors_that_cannot_hold_are_errors():
     with pytest.raises(ValueError, match=r"pike\.params\.min_weight: expected a number < 1/K"):
-        build_algorithm("pike", ["a", "b", "c", "d"], {"min_weight": 0.3})
-    algo = build_algorithm("pike", ["a", "b", "c", "d"], {"min_samples": 3})
+        build_algorithm("pike", ["a", "b", "c", "d"], {"min_weight": 0.3}, where="pike")
+    # K and B are known at config load, so the check runs before any data or model exists.
     with pytest.raises(ValueError, match=r"pike\.params\.min_samples: expected K·min_samples <= B"):
-        algo.bind(8)
+        build_algorithm("pike", ["a", "b", "c", "d"], {"min_samples": 3}, where="pike", batch_size=8)
 
 
-# ---- plumbing: tiny model, Mixer, ranks, resume, NaN, Trainer ------------------------------------
+# ---- plumbing: tiny model, StepEngine, ranks, resume, NaN, Trainer ------------------------------------
 class TinyLM(torch.nn.Module):
     """A causal-LM-shaped model without transformers (spawned test processes start faster)."""
 
@@ -243,7 +246,7 @@ class TinyLM(torch.nn.Module):
 
 
 def _train_steps(mixer, model, data, steps, slices=1, lr=0.1, start=1):
-    """Plain-loop training of ``model`` with the Mixer; each global batch is split into ``slices``
+    """Plain-loop training of ``model`` with the step engine; each global batch is split into ``slices``
     micro-batches (what ``slices`` ranks would each hold), gradients averaged over them."""
     collate = DomainCollator(0)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -273,7 +276,7 @@ def _pike_mixer(data, batch=8, rank=0, world=1, update_step=1, log_dir=None, nam
     names = data.domain_names
     algo = build_algorithm(name, names, {"min_samples": 1}, init_weights=np.ones(len(names)) / len(names))
     sampler = MixtureSampler(data.domain_sizes, algo.sampling_weights, batch, seed=2, rank=rank, world_size=world)
-    return Mixer(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
+    return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
 
 
 def _ranks_run(rank, world, out):
@@ -353,11 +356,11 @@ def test_grad_stats_work_inside_the_hf_trainer(tmp_path):
                                  report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0)
         params = {"min_samples": 1} if name == "pike" else {}
         algo = build_algorithm(name, train.domain_names, params, init_weights=np.ones(3) / 3)
-        mixer = Mixer(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo,
+        mixer = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo,
                       schedule=UpdateSchedule(update_step=1), log_dir=out)
         grads = Grads()
         MixflowTrainer(model=tiny_llama(seed=1), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                       mixer=mixer, callbacks=[grads]).train()
+                       engine=mixer, callbacks=[grads]).train()
         return mixer, grads.first
 
     mixer, grads = run("pike", tmp_path / "pike", steps=3)

@@ -1,6 +1,6 @@
 """VA: b ∝ π·w·v on the seed's covariance example, lower batch-gradient variance than proportional
 sampling, an unchanged expected gradient, the floor, composition with ERMA and FGLS, the config,
-the Mixer (2 ranks, resume, NaN skip) and `mixflow train`."""
+the step engine (2 ranks, resume, NaN skip) and `mixflow train`."""
 
 import json
 import logging
@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from mixflow.algorithms.registry import build_algorithm
-from mixflow.config.load import ConfigError, load_config
+from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
-from mixflow.loss import SampleLosses, domain_coefficients
-from mixflow.providers import BatchContext, build_providers
-from mixflow.providers_heldout import heldout_stats
-from mixflow.stats import DomainStats
+from mixflow.loss.objective import domain_coefficients
+from mixflow.loss.per_sample import SampleLosses
+from mixflow.providers.base import BatchContext, build_providers
+from mixflow.algorithms.statistics import heldout_stats
+from mixflow.algorithms.statistics import DomainStats
 from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tests)
     _inline_config,
     _model,
@@ -65,7 +66,7 @@ class _Regression:
         """VA after `updates` updates at a fixed θ, each on one batch drawn with its current p."""
         va = build_algorithm("va", ["a", "b"], {**GRAD, **(params or {})})
         va.bind(batch)
-        (provider,) = build_providers(va.providers, va.params)
+        (provider,) = build_providers(va.provider_specs(va.params))
         sampler = MixtureSampler(self.sizes, va.sampling_weights, batch, seed=0)
         it = sampler.iter_batches()
         for t in range(1, updates + 1):
@@ -76,7 +77,7 @@ class _Regression:
         return va
 
     def batch_gradients(self, p, theta, batches=300, batch=64, importance=True):
-        """The step's gradient (1/B)·Σ_j c_j ∇ℓ_j over batches drawn with p; c from the Mixer's rule."""
+        """The step's gradient (1/B)·Σ_j c_j ∇ℓ_j over batches drawn with p; c from the step engine's rule."""
         grads = self.per_sample_grads(theta)
         sampler = MixtureSampler(self.sizes, p, batch, seed=1)
         it = sampler.iter_batches()
@@ -139,7 +140,7 @@ def test_floor_keeps_at_least_min_samples_per_domain():
     assert np.allclose(p, [2 / 16, 12 / 16, 2 / 16])
     assert np.allclose(va.floored(np.array([1.0, 2.0, 0.0])), [1 / 3, 2 / 3, 0.0])  # π·w = 0: never sampled
     with pytest.raises(ValueError, match=r"va.params.min_samples: 3 domains × 6 rows exceed the global batch of 16"):
-        build_algorithm("va", ["a", "b", "c"], {"min_samples": 6}).bind(16)
+        build_algorithm("va", ["a", "b", "c"], {"min_samples": 6}, where="va", batch_size=16)
 
 
 def _grad_sums(pairs):
@@ -170,9 +171,9 @@ def test_composition_with_erma_and_fgls_gives_both_weight_kinds():
     problem = _Regression(scales=(1.0, 3.0))
     for inner in ("erma", "fgls"):
         va = build_algorithm("va", ["a", "b"], {**GRAD, "loss_weights_from": {"name": inner}})
-        assert va.providers == ("grad_stats", "heldout_loss")
+        assert [spec.name for spec in va.provider_specs(va.params)] == ["grad_stats", "heldout_loss"]
         va.bind(64)
-        grad_provider = build_providers(("grad_stats",), va.params)[0]  # heldout sums are given below
+        grad_provider = build_providers(va.provider_specs(va.params)[:1])[0]  # heldout sums are given below
         sampler = MixtureSampler(problem.sizes, va.sampling_weights, 64, seed=0)
         it = sampler.iter_batches()
         for t in range(1, 11):
@@ -207,7 +208,7 @@ def test_config_checks(tmp_path):
         load_config(raw=_inline_config(tmp_path, {"name": "va", "params": {"beta": 1}}, 1))
 
 
-# ---- Mixer level -----------------------------------------------------------------------------------
+# ---- StepEngine level -----------------------------------------------------------------------------------
 VA_FGLS = {"grad_groups": 1000, "grad_sketch_dim": 0, "loss_weights_from": {"name": "fgls", "params": {"beta": 0.5}}}
 
 
@@ -228,7 +229,7 @@ def test_two_ranks_hold_identical_weights_equal_to_a_single_process(tmp_path):
         assert np.array_equal(r0[key], r1[key])
         assert np.allclose(r0[key], single[key], rtol=1e-9)
     assert not np.allclose(single["p"], np.ones(3) / 3) and not np.allclose(single["w"], np.ones(3))
-    assert r0["bound"] == single["bound"] == 12  # the Mixer bound the global batch size
+    assert r0["bound"] == single["bound"] == 12  # the step engine bound the global batch size
 
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):
@@ -269,7 +270,7 @@ def test_non_finite_statistics_skip_the_update_with_a_warning(caplog):
 
 def test_missing_gradient_statistics_are_a_clear_error():
     va = build_algorithm("va", ["a", "b"], {})
-    with pytest.raises(ValueError, match="pass model= to Mixer.training_loss"):
+    with pytest.raises(ValueError, match="pass model= to StepEngine.training_loss"):
         va.update(DomainStats.zeros(2), 1)
 
 

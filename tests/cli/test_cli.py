@@ -67,7 +67,7 @@ def test_train_then_plot(tmp_path, demo_data, capsys):
     assert (run / "checkpoint-3" / "mixflow_state.json").is_file()
     assert (run / "mixflow_tokenizer.json").is_file() and (run / "config.json").is_file()
 
-    from mixflow.plot import _training_losses
+    from mixflow.cli.plot import _training_losses
 
     series = _training_losses(run)  # the plot's loss panel covers the whole run, not a checkpoint's prefix
     assert max(step for step, _ in series["code"]) == 6

@@ -112,13 +112,13 @@ def test_override_without_equals_sign():
 
 
 def test_cli_prints_one_line_and_exits_2_before_loading_anything(tmp_path, base, capsys, monkeypatch):
-    import mixflow.training
+    import mixflow.recipes.train
 
     def boom(*a, **k):  # pragma: no cover - reaching it is the failure
         raise AssertionError("data or model was loaded despite a config error")
 
-    monkeypatch.setattr(mixflow.training, "prepare_data", boom)
-    monkeypatch.setattr(mixflow.training, "build_model", boom)
+    monkeypatch.setattr(mixflow.recipes.train, "prepare_data", boom)
+    monkeypatch.setattr(mixflow.recipes.train, "build_model", boom)
     code = main(["train", str(write(tmp_path, {**base, "warmup_stepz": 3}))])
     err = capsys.readouterr().err.strip()
     assert code == 2

@@ -12,15 +12,16 @@ from mixflow.data.classification import (
     ClassificationCollator,
     ClassificationDataset,
     LabelVocabulary,
-    accuracy_metrics,
     read_labelled,
     tokenize_labelled,
 )
+from mixflow.recipes.classification import accuracy_metrics
 from mixflow.data.classification_demo import FLIP_RATE, NEGATIVE, POSITIVE, build_classification_demo
 from mixflow.data.packing import tokenize_domain
 from mixflow.data.sources import DomainSource
 from mixflow.data.tokenizer import ByteTokenizer
-from mixflow.loss import sample_losses, weighted_loss
+from mixflow.loss.objective import weighted_loss
+from mixflow.loss.per_sample import sample_losses
 
 
 def _jsonl(path, rows):
@@ -120,7 +121,7 @@ def test_collator_pads_inputs_and_stacks_labels():
 def test_classifier_from_config_and_accuracy_metric():
     from types import SimpleNamespace
 
-    from mixflow.data.classification import build_classifier
+    from mixflow.recipes.classification import build_classifier
 
     run = SimpleNamespace(model=SimpleNamespace(model_name_or_path=None, model_config={
         "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
@@ -163,7 +164,7 @@ def test_classification_demo_is_shifted_in_the_documented_way(tmp_path):
 
 
 def test_classification_config_keys_are_checked_at_load(tmp_path):
-    from mixflow.config.load import ConfigError, load_config
+    from mixflow.config import ConfigError, load_config
 
     data = _jsonl(tmp_path / "a.jsonl", [{"text": "x", "label": 0}])
     test = _jsonl(tmp_path / "test.jsonl", [{"text": "y", "label": 1}])

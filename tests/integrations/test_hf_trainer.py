@@ -12,7 +12,8 @@ from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.integrations.hf_trainer import MixflowTrainer
-from mixflow.mixer import Mixer, UpdateSchedule
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
@@ -43,7 +44,7 @@ def _mixer(train, args, algorithm="static", log_dir=None, update_step=2):
     names = train.domain_names
     algo = build_algorithm(algorithm, names, {}, init_weights=np.ones(len(names)) / len(names))
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=3)
-    return Mixer(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
+    return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
 
 
 class _ListSampler(torch.utils.data.Sampler):
@@ -87,7 +88,7 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
 
     rec_mix, rec_plain = _GradRecorder(), _GradRecorder()
     model_mix = tiny_llama(seed=1)
-    t_mix = MixflowTrainer(model=model_mix, args=args, train_dataset=train, data_collator=collator, mixer=mixer,
+    t_mix = MixflowTrainer(model=model_mix, args=args, train_dataset=train, data_collator=collator, engine=mixer,
                            callbacks=[rec_mix])
     t_mix.train()
     model_plain = tiny_llama(seed=1)
@@ -116,7 +117,7 @@ def test_per_domain_metrics_reach_the_log_history(tmp_path):
     args = _args(tmp_path, max_steps=2)
     mixer = _mixer(train, args, log_dir=tmp_path, update_step=1)
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), mixer=mixer)
+                             data_collator=DomainCollator(0), engine=mixer)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     for name in train.domain_names:
@@ -130,7 +131,7 @@ def test_domain_ids_survive_remove_unused_columns(tmp_path):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=1, remove_unused_columns=True)
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), mixer=_mixer(train, args))
+                             data_collator=DomainCollator(0), engine=_mixer(train, args))
     batch = next(iter(trainer.get_train_dataloader()))
     assert "domain_ids" in batch and batch["domain_ids"].shape == (4,)
 
@@ -140,7 +141,7 @@ def test_wrong_sampler_batch_size_is_an_error(tmp_path):
     args = _args(tmp_path)
     mixer = _mixer(train, _args(tmp_path, gradient_accumulation_steps=1))
     with pytest.raises(ValueError, match="sampler batch_size: expected"):
-        MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), mixer=mixer)
+        MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=mixer)
 
 
 class _BatchRecorder(TrainerCallback):
@@ -164,7 +165,7 @@ def _train_run(out, max_steps, resume=None, save_steps=3, world_size=1):
                  gradient_accumulation_steps=1, per_device_train_batch_size=4 // world_size)
     mixer = _mixer(train, args, algorithm="test_follow_loss", log_dir=out, update_step=2)
     trainer = _RecordingTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
-                                data_collator=DomainCollator(0), mixer=mixer)
+                                data_collator=DomainCollator(0), engine=mixer)
     trainer.train(resume_from_checkpoint=resume)
     return trainer, mixer
 

@@ -1,32 +1,30 @@
-"""Algorithms layer: one file per paper, registered by name (see :mod:`mixflow.algorithms.registry`)."""
+"""Algorithms layer: pure math, one file per paper, registered by name.
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, Mode, SampleWeighter, param
+Nothing here imports the rest of mixflow, touches files or runs autograd. A module of this package
+that registers a class (``@register_algorithm`` / ``@register_weighter``) is found by
+:func:`~mixflow.algorithms.registry.discover` without any import line; see README.md here.
+"""
+
+from mixflow.algorithms.base import DomainAlgorithm, Mode, ProviderSpec, SampleWeighter
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, describe_params, param, required_param
 from mixflow.algorithms.registry import (
     available_algorithms,
     available_weighters,
     build_algorithm,
     build_weighter,
-    describe_params,
     register_algorithm,
     register_weighter,
 )
-
-# Importing a module registers what it defines.
-from mixflow.algorithms import static as _static  # noqa: F401,E402
-from mixflow.algorithms import doremi as _doremi  # noqa: F401,E402
-from mixflow.algorithms import fgls as _fgls  # noqa: F401,E402
-from mixflow.algorithms import erma as _erma  # noqa: F401,E402
-from mixflow.algorithms import va as _va  # noqa: F401,E402
-from mixflow.algorithms import loss_reweighting as _loss_reweighting  # noqa: F401,E402
-from mixflow.algorithms import imp as _imp  # noqa: F401,E402
-from mixflow.algorithms import odm as _odm  # noqa: F401,E402
-from mixflow.algorithms import pike as _pike  # noqa: F401,E402
+from mixflow.algorithms.statistics import DomainStats
 
 __all__ = [
     "AlgorithmParams",
     "DomainAlgorithm",
+    "DomainStats",
     "Mode",
+    "ProviderSpec",
     "SampleWeighter",
+    "ValidationContext",
     "available_algorithms",
     "available_weighters",
     "build_algorithm",
@@ -35,4 +33,5 @@ __all__ = [
     "param",
     "register_algorithm",
     "register_weighter",
+    "required_param",
 ]

@@ -8,20 +8,22 @@ Two kinds of component turn the knobs of DESIGN.md:
 - a :class:`SampleWeighter` produces *per-sample weights* s from the per-sample losses of a batch.
 
 Both are pure math on small vectors and per-sample tensors: no torch.distributed, no
-transformers, no file I/O. The :class:`~mixflow.mixer.Mixer` does the plumbing (reductions
-across ranks, logging, checkpoints).
+transformers, no file I/O, no autograd. The step engine (:mod:`mixflow.engine`) does the plumbing
+(statistics, reductions across ranks, logs, checkpoints); the run builder (:mod:`mixflow.recipes`)
+loads whatever an algorithm needs from disk and hands it over.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from mixflow.stats import DomainStats
+from mixflow.algorithms.params import AlgorithmParams
+from mixflow.algorithms.statistics import DomainStats
+from mixflow.algorithms.weights import as_distribution
 
 #: How an algorithm's sampling weights relate to the objective (DESIGN.md, "One training step").
 #: ``objective``: the batch composition itself is the weighting, c_j = s_j.
@@ -30,49 +32,32 @@ from mixflow.stats import DomainStats
 Mode = Literal["objective", "importance"]
 
 
-@dataclasses.dataclass
-class AlgorithmParams:
-    """Base of every algorithm's parameter dataclass. Each field carries ``metadata={"help": ...}``."""
+class ProviderSpec(NamedTuple):
+    """One statistic provider an algorithm needs, with the params it is built from."""
 
-    def validate(self, where: str) -> None:
-        """Cross-field and semantic checks run at config load (``build_params``), before any data or
-        model loads. Raise ``ValueError(f"{where}.<key>: expected ...")`` (one line); default: none."""
-
-
-def param(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with its one-line documentation (shown by ``mixflow list``)."""
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
-
-
-def required_param(help: str, expected: str) -> Any:
-    """A parameter without a default (declare it before the defaulted ones). Omitting it is the config
-    error ``<where>.<name>: required (<expected>)``."""
-    return dataclasses.field(metadata={"help": help, "required": expected})
-
-
-def _as_distribution(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
-        raise ValueError(f"{name}: expected finite non-negative values with a positive sum, got {arr.tolist()}")
-    return arr / arr.sum()
+    name: str
+    """Registered provider name (``grad_stats``, ``reference_loss``, ``heldout_loss``, ...)."""
+    params: AlgorithmParams
+    """The params the provider reads its settings from."""
+    owner: str
+    """Who needs it, for messages (e.g. ``FGLS``, ``VA (loss_weights_from: erma)``)."""
 
 
 class DomainAlgorithm(ABC):
     """A domain-level algorithm: per-domain statistics in, sampling and/or loss weights out.
 
     Subclasses set the class attributes, define a ``Params`` dataclass and implement
-    :meth:`update`. They keep every piece of evolving state in attributes listed in
-    ``state_attributes`` (numpy arrays, numbers or lists) so that the default
-    :meth:`state_dict` / :meth:`load_state_dict` capture it whole.
+    :meth:`update`; :meth:`setup` initialises their own state (the constructor is shared). They
+    keep every piece of evolving state in attributes listed in ``state_attributes`` (numpy
+    arrays, numbers or lists) so that the default :meth:`state_dict` / :meth:`load_state_dict`
+    capture it whole.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
     mode: ClassVar[Mode] = "objective"
-    #: Names of statistic providers (``mixflow.providers``) whose sums this algorithm reads from
+    #: Names of statistic providers (:mod:`mixflow.providers`) whose sums this algorithm reads from
     #: ``DomainStats.extras``; the builder instantiates them from the same params.
     providers: ClassVar[tuple[str, ...]] = ()
     #: Attributes saved in checkpoints, beyond the base ones.
@@ -88,14 +73,26 @@ class DomainAlgorithm(ABC):
         self.domain_names = list(domain_names)
         self.params = params
         k = len(self.domain_names)
-        init = _as_distribution(init_weights, "init_mixture_proportions")
+        init = as_distribution(init_weights, "init_mixture_proportions")
         if init.size != k:
             raise ValueError(f"init_mixture_proportions: expected {k} values (one per domain), got {init.size}")
-        self.prior = _as_distribution(prior if prior is not None else np.ones(k), "prior")
+        self.prior = as_distribution(prior if prior is not None else np.ones(k), "prior")
         self._sampling = init.copy()
         self._loss_weights = np.ones(k, dtype=np.float64)
         self._scores = np.full(k, np.nan)
         self.num_updates = 0
+        self.setup()
+
+    def setup(self) -> None:
+        """Initialise the algorithm's own state (called at the end of the constructor; params are
+        already validated). Default: nothing."""
+
+    @classmethod
+    def provider_specs(cls, params: AlgorithmParams) -> list[ProviderSpec]:
+        """The statistic providers a run with these params needs (default: ``providers``, built from
+        ``params``). The front door reads it at config load (e.g. ``heldout_loss`` needs a held-out
+        split) and the step engine builds the providers from it."""
+        return [ProviderSpec(name, params, cls.name.upper()) for name in cls.providers]
 
     @property
     def num_domains(self) -> int:
@@ -127,8 +124,9 @@ class DomainAlgorithm(ABC):
     batch_size: int | None = None
 
     def bind(self, batch_size: int) -> None:
-        """Called once by the Mixer with the sampler's global batch size B (for rules that count
-        samples per batch, e.g. a floor of b_i samples). Default: store it as ``self.batch_size``."""
+        """Called once by the step engine with the sampler's global batch size B (for rules that
+        count samples per batch, e.g. a floor of b_i samples; their K·B checks already ran at config
+        load). Default: store it as ``self.batch_size``."""
         self.batch_size = int(batch_size)
 
     def observe(self, stats: DomainStats, step: int) -> None:
@@ -139,7 +137,7 @@ class DomainAlgorithm(ABC):
         """Called at each scheduled update with the statistics summed since the previous update."""
 
     def summary(self) -> dict[str, Any] | None:
-        """The algorithm's result so far (JSON-serialisable), or None. When defined, the Mixer writes it
+        """The algorithm's result so far (JSON-serialisable), or None. When defined, the engine writes it
         atomically to ``<output_dir>/<name>_summary.json`` after each successful update."""
         return None
 
@@ -168,10 +166,17 @@ class SampleWeighter(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
     state_attributes: ClassVar[tuple[str, ...]] = ()
+    #: The task whose losses the weights are defined for (e.g. ``classification``: IMP's class
+    #: probabilities); None: any. The front door checks it at config load.
+    required_task: ClassVar[str | None] = None
 
     def __init__(self, domain_names: Sequence[str], params: AlgorithmParams) -> None:
         self.domain_names = list(domain_names)
         self.params = params
+        self.setup()
+
+    def setup(self) -> None:
+        """Initialise the weighter's own state (end of the constructor). Default: nothing."""
 
     @abstractmethod
     def weights(

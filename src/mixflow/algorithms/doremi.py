@@ -15,7 +15,7 @@ Per update window (``update_step`` steps; the paper updates every step, ``update
 
 and the result is ᾱ = mean over updates of α_t (the paper's choice) or the last α_t
 (``output_weights``). The per-token sums come from the ``reference_loss`` provider
-(:mod:`mixflow.providers_reference`). ``reference_model_path: null`` drops the reference: λ is the
+(:mod:`mixflow.providers.reference_loss`). ``reference_model_path: null`` drops the reference: λ is the
 proxy's own token-mean loss (Group DRO), which the seed allows for debugging only.
 """
 
@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param, required_param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param, required_param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats, excess_loss
 
-logger = logging.getLogger("mixflow")
-
-#: Keys of the ``reference_loss`` provider's sums in ``DomainStats.extras``.
-EXCESS_KEY = "ref_excess_sum"
-TOKENS_KEY = "ref_token_count"
-
+logger = logging.getLogger(__name__)
 
 @dataclass
 class DoReMiParams(AlgorithmParams):
@@ -45,6 +40,8 @@ class DoReMiParams(AlgorithmParams):
         "Reference model directory (DoReMi step 1's output_dir or a checkpoint of it); null: no "
         "reference, λ = the proxy's loss (Group DRO, for debugging).",
         "a local model directory, or null to run without a reference",
+        path="model_dir",
+        hint="train the reference first, DoReMi step 1, or give null to run without one",
     )
     reweight_eta: float = param(1.0, "η: step size of the exponentiated-gradient update of α (seed example: 0.1).")
     reweight_eps: float = param(1e-3, "c: smoothing towards uniform; every α_i >= c/K (seed example: 0.01).")
@@ -52,20 +49,11 @@ class DoReMiParams(AlgorithmParams):
         "average", "Weights for step 3: 'average' = mean of α over updates (the paper's ᾱ), 'last' = the final α."
     )
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if self.reweight_eta < 0 or not np.isfinite(self.reweight_eta):
             raise ValueError(f"{where}.reweight_eta: expected a finite number >= 0, got {self.reweight_eta}")
         if not 0 <= self.reweight_eps <= 1:
             raise ValueError(f"{where}.reweight_eps: expected a number in [0, 1], got {self.reweight_eps}")
-        path = self.reference_model_path
-        if path is not None:
-            if not Path(path).expanduser().is_dir():
-                raise ValueError(
-                    f"{where}.reference_model_path: expected a local model directory, not found: {path} "
-                    "(train the reference first, DoReMi step 1, or give null to run without one)"
-                )
-            if not (Path(path).expanduser() / "config.json").is_file():
-                raise ValueError(f"{where}.reference_model_path: {path} has no config.json (not a model directory)")
 
 
 @register_algorithm
@@ -79,14 +67,7 @@ class DoReMi(DomainAlgorithm):
     providers = ("reference_loss",)
     state_attributes = ("_lambda", "_average")
 
-    def __init__(
-        self,
-        domain_names: Sequence[str],
-        params: DoReMiParams,
-        init_weights: Sequence[float] | np.ndarray,
-        prior: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        super().__init__(domain_names, params, init_weights, prior)
+    def setup(self) -> None:
         k = self.num_domains
         # α_0 uniform (ALGORITHMS.md defaults); the sampling weights stay at init_weights.
         self._loss_weights = np.full(k, 1.0 / k)
@@ -94,7 +75,7 @@ class DoReMi(DomainAlgorithm):
         # absent domain's α only moves through the normalisation.
         self._lambda = np.zeros(k)
         self._average = self._loss_weights.copy()
-        if params.reference_model_path is None:
+        if self.params.reference_model_path is None:
             logger.warning(
                 "doremi: reference_model_path is null: λ is the proxy's own loss (Group DRO), not DoReMi's "
                 "excess loss; use this for debugging only"
@@ -121,15 +102,8 @@ class DoReMi(DomainAlgorithm):
             # Group DRO: no reference, the excess is the proxy's token-mean loss itself.
             present = stats.present.cpu().numpy()
             return np.nan_to_num(stats.mean_token_loss.cpu().numpy()), present
-        if EXCESS_KEY not in stats.extras or TOKENS_KEY not in stats.extras:
-            raise ValueError(
-                "doremi: no reference-loss statistics in this window (is the reference_loss provider configured?)"
-            )
-        excess = stats.extras[EXCESS_KEY].cpu().double().numpy()
-        tokens = stats.extras[TOKENS_KEY].cpu().double().numpy()
-        present = tokens > 0
         # ALGORITHMS.md step 2: per-token clipped excess summed over the domain, / its token count.
-        return np.where(present, excess / np.maximum(tokens, 1.0), 0.0), present
+        return excess_loss(stats)
 
     def update(self, stats: DomainStats, step: int) -> None:
         lam, present = self.excess_loss(stats)

@@ -29,14 +29,14 @@ a_i = γ1 π_i G L_i, which converges for a_i < 2: keep γ1 below 2 / (π_i · L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.providers_heldout import heldout_moments
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats, heldout_moments
 
 
 @dataclass
@@ -56,7 +56,7 @@ class ERMAParams(AlgorithmParams):
     )
     var_floor: float = param(1e-8, "Smallest Var_i used (a domain with identical held-out losses)")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
         for key in ("gamma1", "gamma2"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{where}.{key}: expected a number >= 0, got {getattr(self, key)}")
@@ -75,17 +75,9 @@ class ERMA(DomainAlgorithm):
     Params = ERMAParams
     mode = "importance"
     providers = ("heldout_loss",)
-    needs_heldout = True
     state_attributes = ("log_u",)
 
-    def __init__(
-        self,
-        domain_names: Sequence[str],
-        params: ERMAParams,
-        init_weights: Sequence[float] | np.ndarray,
-        prior: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        super().__init__(domain_names, params, init_weights, prior)
+    def setup(self) -> None:
         #: log of the multiplicative state u (w = u / Σ π u); starts at w = 1
         self.log_u = np.zeros(self.num_domains)
 

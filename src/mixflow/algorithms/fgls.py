@@ -26,10 +26,10 @@ from typing import Literal
 
 import numpy as np
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.providers_heldout import heldout_moments
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats, heldout_moments
 
 
 @dataclass
@@ -42,7 +42,7 @@ class FGLSParams(AlgorithmParams):
     )
     noise_floor: float = param(1e-8, "Smallest σ̂² used (a domain with zero held-out loss would get infinite weight)")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if not 0 < self.beta <= 1:
             raise ValueError(f"{where}.beta: expected a number in (0, 1], got {self.beta}")
         if not self.noise_floor > 0:
@@ -58,7 +58,6 @@ class OneShotFGLS(DomainAlgorithm):
     Params = FGLSParams
     mode = "importance"
     providers = ("heldout_loss",)
-    needs_heldout = True
 
     @property
     def domain_weights(self) -> np.ndarray:

@@ -19,13 +19,12 @@ stay in [min_prob, 1/min_prob], and equal probabilities still give exactly 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from mixflow.algorithms.base import AlgorithmParams, SampleWeighter, param, required_param
+from mixflow.algorithms.base import SampleWeighter
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param, required_param
 from mixflow.algorithms.registry import register_weighter
 
 
@@ -34,34 +33,31 @@ class ImpParams(AlgorithmParams):
     weights_cache: str = required_param(
         "Path of the checker cache written by `mixflow checkers` (P̂′(y|x) and Q̂(y|x) per training example).",
         "the cache written by `mixflow checkers CONFIG`",
+        path="file",
+        hint="run `mixflow checkers CONFIG` first",
     )
     min_prob: float = param(1e-3, "(ours) Floor on both probabilities of a weight ratio, in (0, 1).")
     max_weight: float | None = param(None, "(ours) Upper bound on a weight; null: no bound beyond 1 / min_prob.")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load, before any data or model loads)."""
         if not self.weights_cache:
             raise ValueError(f"{where}.weights_cache: required (the cache written by `mixflow checkers CONFIG`)")
-        if not Path(self.weights_cache).is_file():
-            raise ValueError(
-                f"{where}.weights_cache: file not found: {self.weights_cache} (run `mixflow checkers CONFIG` first)"
-            )
         if not 0 < self.min_prob < 1:
             raise ValueError(f"{where}.min_prob: expected a number in (0, 1), got {self.min_prob}")
         if self.max_weight is not None and not self.max_weight > 0:
             raise ValueError(f"{where}.max_weight: expected a number > 0 or null, got {self.max_weight}")
 
 
-class _CheckerWeighter(SampleWeighter):
+class CheckerWeighter(SampleWeighter):
     """Shared part: the per-example checker probabilities, looked up by the samples' global row index."""
 
     Params = ImpParams
     #: The checkers' probabilities and exp(−ℓ) are class probabilities: classification only.
-    required_task: ClassVar[str] = "classification"
+    required_task = "classification"
+    params: ImpParams
 
-    def __init__(self, domain_names: Sequence[str], params: ImpParams) -> None:
-        super().__init__(domain_names, params)
-        self.params: ImpParams = params
+    def setup(self) -> None:
         self._quality: torch.Tensor | None = None
         self._diversity: torch.Tensor | None = None
 
@@ -78,13 +74,8 @@ class _CheckerWeighter(SampleWeighter):
 
     def _lookup(self, sample_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self._quality is None or self._diversity is None:
-            # The cache's file format belongs to `mixflow checkers`; reading it is deferred to first use
-            # so that building the weighter stays cheap.
-            from mixflow.checkers import read_weights_cache
-
-            cache = read_weights_cache(self.params.weights_cache)
-            self.set_table(cache.quality, cache.diversity)
-        assert self._quality is not None and self._diversity is not None
+            # Reading the cache is the run builder's job (mixflow.recipes.checkers.load_weights_table).
+            raise ValueError(f"{self.name}: no checker probabilities; call set_table() with the weights cache's tables")
         if sample_ids is None:
             raise ValueError(f"{self.name}: the batch has no 'sample_ids' (the dataset must yield global row indices)")
         ids = sample_ids.detach().to("cpu", torch.long)
@@ -104,7 +95,7 @@ class _CheckerWeighter(SampleWeighter):
 
 
 @register_weighter
-class ImpWeighter(_CheckerWeighter):
+class ImpWeighter(CheckerWeighter):
     """IMP-Loss: fixed weights P̂′(y|x) / Q̂(y|x) from the checker cache."""
 
     name = "imp"
@@ -120,7 +111,7 @@ class ImpWeighter(_CheckerWeighter):
 
 
 @register_weighter
-class DimpWeighter(_CheckerWeighter):
+class DimpWeighter(CheckerWeighter):
     """DIMP-Loss: weights P̂′(y|x) / P_θt(y|x) with P_θt = exp(−ℓ) from the current forward."""
 
     name = "dimp"

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
-from mixflow.algorithms.base import AlgorithmParams, SampleWeighter, param
+from mixflow.algorithms.base import SampleWeighter
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
 from mixflow.algorithms.registry import register_weighter
 
 Strategy = Literal["linupper", "quadratic", "extremes", "uniform"]
@@ -44,7 +45,7 @@ class LossReweightingParams(AlgorithmParams):
     r_start: float = param(10.0, "Temperature at the start of a linear/cosine schedule (> r).")
     r_schedule_steps: int = param(1000, "Length of the linear/cosine schedule in optimizer steps (>= 1).")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load)."""
         if not self.delta > 0:
             raise ValueError(f"{where}.delta: expected a number > 0, got {self.delta}")
@@ -95,10 +96,10 @@ class LossReweighting(SampleWeighter):
     #: (where the burn-in and the schedule stand); num_reweighted: batches weighted after the burn-in.
     state_attributes = ("last_step", "r_current", "num_reweighted")
 
-    def __init__(self, domain_names: Sequence[str], params: LossReweightingParams) -> None:
-        super().__init__(domain_names, params)
-        params.validate(f"{self.name}.params")
-        self.params: LossReweightingParams = params
+    params: LossReweightingParams
+
+    def setup(self) -> None:
+        params = self.params
         self.last_step = -1
         self.r_current = float(params.r_start if params.r_schedule != "constant" else params.r)
         self.num_reweighted = 0
@@ -117,7 +118,7 @@ class LossReweighting(SampleWeighter):
         if losses.numel() == 0 or step < self.params.burn_in_steps or self.params.strategy == "uniform":
             return None
         values = losses.detach().to(torch.float64)
-        # A non-finite loss would turn every weight into NaN; the Mixer's update guard handles the loss.
+        # A non-finite loss would turn every weight into NaN; the step engine's update guard handles the loss.
         if not bool(torch.isfinite(values).all()):
             return None
         normalised = normalised_losses(values, self.params.delta)

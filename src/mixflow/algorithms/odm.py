@@ -14,7 +14,7 @@ t is the training step. During warmup p keeps the initial proportions while R̂ 
 
 **Rewards (ours, the paper uses one sample's domain).** A global batch holds every domain with
 p_i·B ≳ 1, so every domain present in the step updates its reward from its mean token loss in
-that step (all ranks' tokens, as the Mixer all-reduces the statistics before ``observe``). p_i is
+that step (all ranks' tokens, as the step engine all-reduces the statistics before ``observe``). p_i is
 the sampling weight in force at the end of the step, i.e. the one the batch was drawn with unless
 the data loader read ahead across an update.
 """
@@ -24,22 +24,21 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats
 
-logger = logging.getLogger("mixflow")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ODMParams(AlgorithmParams):
     alpha: float = param(0.9, "Reward smoothing: R̂_i ← α·R̂_i + (1−α)·L_i/p_i after every step (paper: 0.9)")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if not 0 <= self.alpha < 1:
             raise ValueError(f"{where}.alpha: expected a number in [0, 1), got {self.alpha}")
 
@@ -72,15 +71,7 @@ class OnlineDataMixing(DomainAlgorithm):
     mode = "objective"
     state_attributes = ("rewards",)
 
-    def __init__(
-        self,
-        domain_names: Sequence[str],
-        params: ODMParams,
-        init_weights: Sequence[float] | np.ndarray,
-        prior: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        super().__init__(domain_names, params, init_weights, prior)
-        params.validate("odm.params")
+    def setup(self) -> None:
         # Algorithm 1: R̂_i = 0 for every arm.
         self.rewards = np.zeros(self.num_domains, dtype=np.float64)
 

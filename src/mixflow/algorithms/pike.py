@@ -36,18 +36,17 @@ Choices marked (ours) in ALGORITHMS.md, and ours here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import ValidationContext, param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.gradstats import gradient_moments
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments
+from mixflow.algorithms.weights import floor_weights
 
 
 @dataclass
-class PiKEParams(AlgorithmParams):
+class PiKEParams(GradStatsParams):
     zeta1: float = param(1.0, "ζ1: weight of the squared gradient norm ‖∇L_k‖² in the exponent")
     zeta2: float = param(
         1.0, "ζ2: weight of the noise term σ_k²/(2B); ζ2/ζ1 ~ smoothness × learning rate (0: ignore noise)"
@@ -60,13 +59,9 @@ class PiKEParams(AlgorithmParams):
     min_samples: int = param(
         2, "Floor of min_samples/B on every weight, so each task keeps the 2 samples a variance needs (ours; 0: off)"
     )
-    grad_params: list[str] | None = param(
-        None, "grad_stats: parameter-name globs whose gradients are measured (null: the output head)"
-    )
-    grad_groups: int = param(2, "grad_stats: groups per task and micro-batch of the group-split estimator (m >= 2)")
-    grad_sketch_dim: int = param(4096, "grad_stats: count-sketch dimension of the gradients (0: exact)")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        super().validate(where, context)
         for key in ("zeta1", "zeta2"):
             value = getattr(self, key)
             if not (np.isfinite(value) and value >= 0):
@@ -79,13 +74,16 @@ class PiKEParams(AlgorithmParams):
             raise ValueError(f"{where}.min_weight: expected a number in [0, 1), got {self.min_weight}")
         if self.min_samples < 0:
             raise ValueError(f"{where}.min_samples: expected an integer >= 0, got {self.min_samples}")
-        if self.grad_groups < 2:
+        if context is None:
+            return
+        k = context.num_domains
+        if self.min_weight * k >= 1:
             raise ValueError(
-                f"{where}.grad_groups: expected an integer >= 2 (a variance needs two groups), got {self.grad_groups}"
+                f"{where}.min_weight: expected a number < 1/K = {1 / k:.4g} ({k} domains), got {self.min_weight}"
             )
-        if self.grad_sketch_dim < 0:
+        if context.batch_size is not None and k * self.min_samples > context.batch_size:
             raise ValueError(
-                f"{where}.grad_sketch_dim: expected an integer >= 0 (0: exact), got {self.grad_sketch_dim}"
+                f"{where}.min_samples: expected K·min_samples <= B = {context.batch_size} (K = {k}), got {self.min_samples}"
             )
 
 
@@ -93,27 +91,10 @@ class PiKEParams(AlgorithmParams):
 class BalancedPiKEParams(PiKEParams):
     tau: float = param(3.0, "τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5")
 
-    def validate(self, where: str) -> None:
-        super().validate(where)
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        super().validate(where, context)
         if not (np.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"{where}.tau: expected a finite number > 0, got {self.tau}")
-
-
-def floor_weights(w: np.ndarray, floor: float) -> np.ndarray:
-    """The distribution closest to ``w`` (same ratios among unfloored entries) with every entry >= floor."""
-    w = w / w.sum()
-    if floor <= 0:
-        return w
-    if floor * w.size >= 1:
-        return np.full(w.size, 1.0 / w.size)
-    fixed = np.zeros(w.size, dtype=bool)
-    while True:
-        free = ~fixed
-        scale = (1.0 - floor * fixed.sum()) / w[free].sum()
-        below = free & (w * scale < floor)
-        if not below.any():
-            return np.where(fixed, floor, w * scale)
-        fixed |= below
 
 
 def pike_exponent(
@@ -141,22 +122,8 @@ class PiKE(DomainAlgorithm):
     mode = "objective"
     providers = ("grad_stats",)
 
-    def __init__(
-        self,
-        domain_names: Sequence[str],
-        params: PiKEParams,
-        init_weights: Sequence[float] | np.ndarray,
-        prior: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        super().__init__(domain_names, params, init_weights, prior)
-        where = f"{self.name}.params"
-        params.validate(where)
-        if params.min_weight * self.num_domains >= 1:
-            raise ValueError(
-                f"{where}.min_weight: expected a number < 1/K = {1 / self.num_domains:.4g} "
-                f"({self.num_domains} domains), got {params.min_weight}"
-            )
-        self._sampling = floor_weights(self._sampling, params.min_weight)
+    def setup(self) -> None:
+        self._sampling = floor_weights(self._sampling, self.params.min_weight)
 
     @property
     def floor(self) -> float:
@@ -166,11 +133,6 @@ class PiKE(DomainAlgorithm):
 
     def bind(self, batch_size: int) -> None:
         super().bind(batch_size)
-        k, m = self.num_domains, self.params.min_samples
-        if k * m > batch_size:
-            raise ValueError(
-                f"{self.name}.params.min_samples: expected K·min_samples <= B = {batch_size} (K = {k}), got {m}"
-            )
         self._sampling = floor_weights(self._sampling, self.floor)
 
     def task_weights(self, stats: DomainStats) -> np.ndarray:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
-import numpy as np
-
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, _as_distribution, param
+from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import DomainStats
+from mixflow.algorithms.weights import as_distribution
 
 
 @dataclass
@@ -19,6 +17,15 @@ class StaticParams(AlgorithmParams):
         "Sampling proportions, one per domain (normalised). null: use init_mixture_proportions / "
         "mixture_sample_rule.",
     )
+
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        if self.proportions is None:
+            return
+        as_distribution(self.proportions, f"{where}.proportions")
+        if context is not None and len(self.proportions) != context.num_domains:
+            raise ValueError(
+                f"{where}.proportions: expected {context.num_domains} values (one per domain), got {len(self.proportions)}"
+            )
 
 
 @register_algorithm
@@ -30,22 +37,9 @@ class StaticMixture(DomainAlgorithm):
     Params = StaticParams
     mode = "objective"
 
-    def __init__(
-        self,
-        domain_names: Sequence[str],
-        params: StaticParams,
-        init_weights: Sequence[float] | np.ndarray,
-        prior: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        super().__init__(domain_names, params, init_weights, prior)
-        if params.proportions is not None:
-            given = _as_distribution(params.proportions, "static.params.proportions")
-            if given.size != self.num_domains:
-                raise ValueError(
-                    f"static.params.proportions: expected {self.num_domains} values (one per domain), "
-                    f"got {given.size}"
-                )
-            self._sampling = given
+    def setup(self) -> None:
+        if self.params.proportions is not None:
+            self._sampling = as_distribution(self.params.proportions, "static.params.proportions")
 
     def update(self, stats: DomainStats, step: int) -> None:
         # Nothing to learn; the scores are kept so logs and plots show per-domain losses over time.

@@ -19,38 +19,39 @@ e.g. erma or fgls) that VA builds through the registry and drives: it forwards `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, param
-from mixflow.algorithms.registry import available_algorithms, build_algorithm, build_params, register_algorithm
-from mixflow.gradstats import gradient_moments
-from mixflow.stats import DomainStats
+from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params, param
+from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
+from mixflow.algorithms.statistics import GRAD_SUM, DomainStats, GradStatsParams, gradient_moments
+from mixflow.algorithms.weights import floor_weights
 
 
 @dataclass
-class VAParams(AlgorithmParams):
+class VAParams(GradStatsParams):
     beta: float = param(0.9, "EMA factor of v_i² ← β·v_i² + (1−β)·σ̂_i² (ours); the first estimate is taken as is")
     min_samples: int = param(2, "Floor: at least this many rows of every domain (with π_i·w_i > 0) per global batch")
     loss_weights_from: dict[str, Any] | None = param(
         None, "Inner loss-weight algorithm {name, params} (e.g. erma, fgls) supplying w; null: w = 1"
     )
-    grad_params: list[str] | None = param(
-        None, "grad_stats: parameter-name globs whose gradients estimate v_i² (null: the output head)"
-    )
+    # VA's variance estimate wants more groups than PiKE's default (only the default differs).
     grad_groups: int = param(4, "grad_stats: groups per domain and micro-batch of the group-split variance estimator")
-    grad_sketch_dim: int = param(4096, "grad_stats: count-sketch dimension of the gradients (0: exact)")
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        super().validate(where, context)
         if not 0 <= self.beta < 1:
             raise ValueError(f"{where}.beta: expected a number in [0, 1), got {self.beta}")
         if self.min_samples < 2:
             raise ValueError(f"{where}.min_samples: expected an integer >= 2 (a variance needs two samples), got {self.min_samples}")
-        if self.grad_groups < 2:
-            raise ValueError(f"{where}.grad_groups: expected an integer >= 2, got {self.grad_groups}")
-        if self.grad_sketch_dim < 0:
-            raise ValueError(f"{where}.grad_sketch_dim: expected an integer >= 0, got {self.grad_sketch_dim}")
+        k, b = (context.num_domains, context.batch_size) if context is not None else (None, None)
+        if k is not None and b is not None and k * self.min_samples > b:
+            raise ValueError(
+                f"{where}.min_samples: {k} domains × {self.min_samples} rows exceed the global batch of {b}; "
+                "lower min_samples or raise the batch size"
+            )
         spec = self.loss_weights_from
         if spec is None:
             return
@@ -66,22 +67,15 @@ class VAParams(AlgorithmParams):
         params = spec.get("params") or {}
         if not isinstance(params, dict):
             raise ValueError(f"{key}.params: expected a mapping, got {params!r}")
-        build_params(table[name].Params, params, f"{key}.params")
+        build_params(table[name].Params, params, f"{key}.params", context)
 
-
-class _ProviderParams:
-    """VA's params, falling back to the inner algorithm's: the Mixer builds every provider (VA's
-    grad_stats and the inner's, e.g. heldout_loss) from the one ``algorithm.params``."""
-
-    def __init__(self, own: VAParams, inner: AlgorithmParams) -> None:
-        self._own, self._inner = own, inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if hasattr(self._own, name):
-            return getattr(self._own, name)
-        return getattr(self._inner, name)
+    def inner(self) -> tuple[type[DomainAlgorithm], AlgorithmParams] | None:
+        """The inner loss-weight algorithm's class and typed params (None without one)."""
+        spec = self.loss_weights_from
+        if not spec:
+            return None
+        cls = available_algorithms()[spec["name"]]
+        return cls, build_params(cls.Params, spec.get("params") or {}, "va.params.loss_weights_from.params")
 
 
 @register_algorithm
@@ -95,44 +89,33 @@ class VarianceAwareSampling(DomainAlgorithm):
     providers = ("grad_stats",)
     state_attributes = ("v2",)
 
-    @staticmethod
-    def needs_heldout(params: VAParams) -> str | bool:
-        """Whether the run needs a held-out split: when the inner algorithm does (config/load.py)."""
-        spec = params.loss_weights_from
-        if not spec:
-            return False
-        needs = getattr(available_algorithms()[spec["name"]], "needs_heldout", False)
-        return f"VA (loss_weights_from: {spec['name']})" if needs else False
+    @classmethod
+    def provider_specs(cls, params: AlgorithmParams) -> list[ProviderSpec]:
+        """VA's grad_stats plus whatever the inner loss-weight algorithm needs (e.g. heldout_loss)."""
+        own = super().provider_specs(params)
+        inner = params.inner()  # type: ignore[attr-defined]
+        if inner is None:
+            return own
+        inner_cls, inner_params = inner
+        who = f"VA (loss_weights_from: {inner_cls.name})"
+        extra = [ProviderSpec(s.name, s.params, who) for s in inner_cls.provider_specs(inner_params)]
+        return own + [s for s in extra if s.name not in {o.name for o in own}]
 
-    def __init__(
-        self,
-        domain_names: Sequence[str],
-        params: VAParams,
-        init_weights: Sequence[float] | np.ndarray,
-        prior: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        super().__init__(domain_names, params, init_weights, prior)
+    def setup(self) -> None:
         self.inner: DomainAlgorithm | None = None
-        spec = params.loss_weights_from
-        if spec:
+        inner = self.params.inner()
+        if inner is not None:
+            inner_cls, inner_params = inner
             self.inner = build_algorithm(
-                spec["name"], domain_names, spec.get("params"), init_weights=init_weights, prior=prior,
+                inner_cls.name, self.domain_names, inner_params, init_weights=self._sampling, prior=self.prior,
                 where="va.params.loss_weights_from",
             )
-            self.providers = tuple(dict.fromkeys((*type(self).providers, *self.inner.providers)))
-            self.params = _ProviderParams(params, self.inner.params)  # type: ignore[assignment]
             self._loss_weights = self.inner.loss_weights
         #: EMA of the per-sample gradient variance v_i² (NaN until a domain's first estimate)
         self.v2 = np.full(self.num_domains, np.nan)
 
     def bind(self, batch_size: int) -> None:
         super().bind(batch_size)
-        k, m = self.num_domains, int(self.params.min_samples)
-        if k * m > batch_size:
-            raise ValueError(
-                f"va.params.min_samples: {k} domains × {m} rows exceed the global batch of {batch_size}; "
-                "lower min_samples or raise the batch size"
-            )
         if self.inner is not None:
             self.inner.bind(batch_size)
 
@@ -145,9 +128,9 @@ class VarianceAwareSampling(DomainAlgorithm):
         if self.inner is not None:
             self.inner.update(stats, step)
             self._loss_weights = self.inner.loss_weights
-        if "grad_sum" not in stats.extras:
+        if GRAD_SUM not in stats.extras:
             raise ValueError(
-                "va: no gradient statistics reached the update; pass model= to Mixer.training_loss "
+                "va: no gradient statistics reached the update; pass model= to StepEngine.training_loss "
                 "(the grad_stats provider differentiates the training loss)"
             )
         _, sigma2 = gradient_moments(stats)
@@ -173,22 +156,8 @@ class VarianceAwareSampling(DomainAlgorithm):
         target = np.asarray(target, dtype=np.float64)
         if target.sum() <= 0:
             return self._sampling.copy()
-        p = target / target.sum()
-        if self.batch_size is None:
-            return p
-        floor = int(self.params.min_samples) / self.batch_size
-        active = target > 0
-        fixed = np.zeros_like(active)
-        for _ in range(self.num_domains):
-            low = active & ~fixed & (p < floor)
-            if not low.any():
-                break
-            fixed |= low
-            free = active & ~fixed
-            rest = 1.0 - floor * fixed.sum()
-            scale = rest / target[free].sum() if free.any() else 0.0
-            p = np.where(fixed, floor, np.where(free, target * scale, 0.0))
-        return p / p.sum()
+        floor = int(self.params.min_samples) / self.batch_size if self.batch_size else 0.0
+        return floor_weights(target, floor, keep_zeros=True)
 
     # ---- checkpoint state: VA's own plus the inner algorithm's --------------------------------
     def state_dict(self) -> dict[str, Any]:

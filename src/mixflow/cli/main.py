@@ -10,17 +10,18 @@ import logging
 import sys
 from typing import Sequence
 
-from mixflow.config.load import ConfigError
+from mixflow.config.errors import ConfigError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mixflow.config.load import load_config, parse_overrides
+    from mixflow.config.load import load_config
+    from mixflow.config.parse import parse_overrides
 
     run = load_config(args.config, parse_overrides(args.overrides))
-    from mixflow.training import format_table, run_training
+    from mixflow.recipes.train import format_table, run_training
 
     metrics = run_training(run, progress=not args.quiet)
-    from mixflow import distributed
+    from mixflow.utils import distributed
 
     if distributed.is_main_process():
         print(format_table(metrics))
@@ -29,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from mixflow.plot import plot_run
+    from mixflow.cli.plot import plot_run
 
     print(plot_run(args.run_dir, args.out))
     return 0
@@ -57,8 +58,9 @@ def _cmd_data_classification_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkers(args: argparse.Namespace) -> int:
-    from mixflow.checkers import format_checkers_report, run_checkers
-    from mixflow.config.load import load_config, parse_overrides
+    from mixflow.recipes.checkers import format_checkers_report, run_checkers
+    from mixflow.config.load import load_config
+    from mixflow.config.parse import parse_overrides
 
     run = load_config(args.config, parse_overrides(args.overrides))
     print(format_checkers_report(run_checkers(run, progress=not args.quiet, force=args.force)))
@@ -66,9 +68,9 @@ def _cmd_checkers(args: argparse.Namespace) -> int:
 
 
 def _cmd_doremi(args: argparse.Namespace) -> int:
-    from mixflow import distributed
-    from mixflow.config.load import parse_overrides
-    from mixflow.doremi_pipeline import format_weights_table, run_pipeline
+    from mixflow.utils import distributed
+    from mixflow.config.parse import parse_overrides
+    from mixflow.recipes.doremi import format_weights_table, run_pipeline
 
     result = run_pipeline(args.config, parse_overrides(args.overrides), progress=not args.quiet)
     if distributed.is_main_process():

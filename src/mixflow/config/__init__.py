@@ -1,7 +1,17 @@
 """Configuration: typed dataclasses (``schema``) and validated loading from YAML (``load``)."""
 
-from mixflow.config.load import ConfigError, load_config, parse_overrides
-from mixflow.config.schema import ComponentConfig, DataConfig, DomainConfig, MixingConfig, ModelConfig, RunConfig
+from mixflow.config.errors import ConfigError
+from mixflow.config.load import load_config
+from mixflow.config.parse import parse_overrides
+from mixflow.config.schema import (
+    ComponentConfig,
+    DataConfig,
+    DomainConfig,
+    MixingConfig,
+    ModelConfig,
+    ResolvedComponent,
+    RunConfig,
+)
 
 __all__ = [
     "ComponentConfig",
@@ -10,6 +20,7 @@ __all__ = [
     "DomainConfig",
     "MixingConfig",
     "ModelConfig",
+    "ResolvedComponent",
     "RunConfig",
     "load_config",
     "parse_overrides",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mixflow.algorithms.params import AlgorithmParams
+
 
 @dataclass
 class DomainConfig:
@@ -32,6 +34,19 @@ class ComponentConfig:
     """Registered name (``mixflow list`` shows them)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Parameters of the component; unknown ones are errors."""
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """The algorithm or weighter a run uses, chosen by ``train_type`` and the component keys, with
+    its params built and validated once, at load."""
+
+    name: str
+    """Registered name."""
+    params: AlgorithmParams
+    """Typed, validated parameters (handed to the algorithm as they are)."""
+    section: str
+    """Where it was configured, for messages (e.g. ``mixers.doremi`` or ``component``)."""
 
 
 @dataclass
@@ -126,3 +141,14 @@ class RunConfig:
     """Hugging Face TrainingArguments keys (``output_dir``, ``per_device_train_batch_size``, ...)."""
     source: str = "<dict>"
     """Where the configuration was read from (for messages)."""
+    algorithm: ResolvedComponent | None = None
+    """The domain algorithm (set by the loader; ``static`` for a plain mixture)."""
+    weighter: ResolvedComponent | None = None
+    """The sample weighter (``train_type: dynamic_weight``), or None."""
+
+
+def domain_names(run: RunConfig) -> list[str]:
+    """The domain names in order, from ``domains`` or ``dataset``."""
+    if run.data.domains is not None:
+        return [d.name for d in run.data.domains]
+    return list(run.data.dataset or [])

@@ -19,7 +19,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from mixflow.data.dataset import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY, DomainCollator, MixtureDataset
+from mixflow.data.dataset import DomainCollator, MixtureDataset
+from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import TokenizedDomain, _split
 from mixflow.data.sources import DomainSource
 
@@ -247,39 +248,6 @@ class ClassificationCollator(DomainCollator):
         return batch
 
 
-# ---- what a run needs -----------------------------------------------------------------------
-@dataclass
-class ClassificationData:
-    """Everything ``task: classification`` trains and evaluates on (the classification counterpart of
-    :class:`~mixflow.training.PreparedData`)."""
-
-    tokenizer: Any
-    domains: list[LabelledDomain]
-    train: ClassificationDataset
-    val: dict[str, ClassificationDataset]
-    """Held-out rows per training domain (``val_size``)."""
-    evaluation: dict[str, ClassificationDataset]
-    """Everything evaluated at the end: ``val`` plus one entry per ``eval_data`` file."""
-    vocabulary: LabelVocabulary
-
-    @property
-    def num_labels(self) -> int:
-        return self.vocabulary.num_labels
-
-
-def as_path_list(value: str | Sequence[str] | None) -> list[str]:
-    """``real_data`` / ``eval_data``: one path or a list of paths."""
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def source_name(path: str) -> str:
-    """Name an extra labelled file is reported under: its file name without extension."""
-    p = Path(path)
-    return p.stem if p.suffix else p.name
-
-
 def labelled_dataset(
     name: str, path: str, text_field: str, label_field: str, tokenizer: Any, cutoff_len: int,
     vocabulary: LabelVocabulary, domain_id: int = 0,
@@ -291,91 +259,3 @@ def labelled_dataset(
     data = ClassificationDataset([domain])
     data.global_domain_ids = [domain_id]
     return data
-
-
-def split_seed(run: Any) -> int:
-    """Seed of the held-out split: ``data_seed`` when set (0 included), else ``seed`` (default 42)."""
-    data_seed = run.training.get("data_seed")
-    return int(data_seed if data_seed is not None else run.training.get("seed", 42))
-
-
-def prepare_classification_data(run: Any, progress: bool = True) -> ClassificationData:
-    """Read, tokenize and split the labelled training domains; read the ``eval_data`` files."""
-    from mixflow.training import choose_tokenizer, domain_sources
-
-    tokenizer = choose_tokenizer(run)
-    d = run.data
-    seed = split_seed(run)
-    val_size: float | int = d.val_size if d.val_size < 1 else int(d.val_size)
-    sources = [
-        DomainSource(name=s.name, path=s.path, text_field=s.text_field, label_field=d.label_field)
-        for s in domain_sources(run)
-    ]
-    raw = [read_labelled(s, d.max_samples) for s in sources]
-    vocabulary = LabelVocabulary.infer([y for _, labels in raw for y in labels], run.model.num_labels)
-    domains = [
-        tokenize_labelled(s.name, texts, vocabulary.encode(labels, f"domain {s.name!r}"), tokenizer, d.cutoff_len, val_size, seed)
-        for s, (texts, labels) in zip(sources, raw)
-    ]
-    train = ClassificationDataset(domains, split="train")
-    val: dict[str, ClassificationDataset] = {}
-    if any(dom.num_val for dom in domains):
-        full_val = ClassificationDataset(domains, split="val")
-        val = {dom.name: full_val.single_domain(i) for i, dom in enumerate(domains) if dom.num_val}
-    evaluation = dict(val)
-    text_field = sources[0].text_field if sources else "text"
-    for path in as_path_list(d.eval_data):
-        name = source_name(path)
-        evaluation[name] = labelled_dataset(name, path, text_field, d.label_field, tokenizer, d.cutoff_len, vocabulary)
-    return ClassificationData(tokenizer, domains, train, val, evaluation, vocabulary)
-
-
-def build_classifier(run: Any, tokenizer: Any, vocabulary: LabelVocabulary) -> Any:
-    """A sequence classifier: a local pretrained directory (a new head when it has none) or a
-    from-scratch ``model_config`` (``AutoModelForSequenceClassification``); nothing is downloaded."""
-    from transformers import AutoModelForSequenceClassification
-
-    labels = {}
-    if vocabulary.names is not None:
-        labels = {"id2label": dict(enumerate(vocabulary.names)), "label2id": {n: i for i, n in enumerate(vocabulary.names)}}
-    if run.model.model_name_or_path is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            run.model.model_name_or_path, local_files_only=True, num_labels=vocabulary.num_labels, **labels
-        )
-    else:
-        from mixflow.models import scratch_config
-
-        config = scratch_config(run.model.model_config or {}, tokenizer, num_labels=vocabulary.num_labels, **labels)
-        model = AutoModelForSequenceClassification.from_config(config)
-    # Decoder classifiers pool the last non-padding token, which needs the pad id.
-    if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
-        model.config.pad_token_id = int(tokenizer.pad_token_id)
-    return model
-
-
-def accuracy_metrics(prediction: Any) -> dict[str, float]:
-    """``compute_metrics`` for the Trainer: accuracy of argmax(logits) on labelled rows."""
-    logits = prediction.predictions
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    labels = np.asarray(prediction.label_ids).reshape(-1)
-    keep = labels != IGNORE_INDEX
-    predicted = np.asarray(logits).reshape(len(labels), -1).argmax(axis=-1)
-    return {"accuracy": float((predicted[keep] == labels[keep]).mean()) if keep.any() else float("nan")}
-
-
-def format_classification_table(metrics: Mapping[str, Any]) -> str:
-    """Loss and accuracy per evaluated set (training domains' held-out rows, then ``eval_data``)."""
-    losses = metrics.get("val_loss", {})
-    accuracy = metrics.get("val_accuracy", {})
-    weights = metrics.get("final_sampling_weights", {})
-    names = list(dict.fromkeys([*weights, *losses]))
-    width = max([len("set"), *(len(n) for n in names)])
-    lines = [f"{'set':<{width}}  {'loss':>8}  {'accuracy':>8}  {'weight':>7}"]
-    for name in names:
-        loss, acc = losses.get(name), accuracy.get(name)
-        loss_s = f"{loss:8.4f}" if loss is not None else f"{'-':>8}"
-        acc_s = f"{acc:8.4f}" if acc is not None else f"{'-':>8}"
-        weight_s = f"{weights[name]:7.4f}" if name in weights else f"{'-':>7}"
-        lines.append(f"{name:<{width}}  {loss_s}  {acc_s}  {weight_s}")
-    return "\n".join(lines)

@@ -11,20 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, MIXFLOW_KEYS, SAMPLE_KEY
 from mixflow.data.packing import Rows, TokenizedDomain
 
-IGNORE_INDEX = -100
-"""Label value that ``torch.nn.CrossEntropyLoss`` (and HF models) skip."""
-
-DOMAIN_KEY = "domain_ids"
-"""Batch key carrying each sample's domain index; integrations remove it before the model's forward."""
-
-SAMPLE_KEY = "sample_ids"
-"""Batch key carrying each sample's global row index (for per-example cached weights such as IMP's);
-removed before the model's forward like :data:`DOMAIN_KEY`."""
-
-MIXFLOW_KEYS = (DOMAIN_KEY, SAMPLE_KEY)
-"""Batch keys that belong to mixflow, never to the model."""
 
 
 class MixtureDataset(Dataset):

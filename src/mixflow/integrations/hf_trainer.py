@@ -1,9 +1,9 @@
 """Hugging Face Trainer integration.
 
-:class:`MixflowTrainer` overrides only what mixing needs: the train sampler (the Mixer's
+:class:`MixflowTrainer` overrides only what mixing needs: the train sampler (the step engine's
 :class:`~mixflow.data.sampler.MixtureSampler`), ``compute_loss`` (per-sample losses from the one
-training forward, weighted by the Mixer) and ``log`` (per-domain metrics). A
-:class:`MixflowCallback` runs the Mixer's step-end bookkeeping and saves its state into every
+training forward, weighted by the step engine) and ``log`` (per-domain metrics). A
+:class:`MixflowCallback` runs the step engine's step-end bookkeeping and saves its state into every
 checkpoint. The training loop itself is the Trainer's.
 """
 
@@ -17,52 +17,52 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from mixflow.data.dataset import DOMAIN_KEY, MIXFLOW_KEYS, SAMPLE_KEY
-from mixflow.mixer import Mixer
+from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, SAMPLE_KEY
+from mixflow.engine.engine import StepEngine
 
-logger = logging.getLogger("mixflow")
+logger = logging.getLogger(__name__)
 
 
 class MixflowCallback(TrainerCallback):
-    """Runs :meth:`Mixer.end_step` after every optimizer step and saves the Mixer's state with each checkpoint."""
+    """Runs :meth:`StepEngine.end_step` after every optimizer step and saves the step engine's state with each checkpoint."""
 
-    def __init__(self, mixer: Mixer) -> None:
-        self.mixer = mixer
+    def __init__(self, engine: StepEngine) -> None:
+        self.engine = engine
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.mixer.end_step(state.global_step, model=kwargs.get("model"))
+        self.engine.end_step(state.global_step, model=kwargs.get("model"))
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if state.is_world_process_zero:
             checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             # The state is taken at the boundary of global batch `global_step`: the next one to train.
-            self.mixer.save(checkpoint, batch_index=state.global_step)
+            self.engine.save(checkpoint, batch_index=state.global_step)
         return control
 
 
 class MixflowTrainer(Trainer):
-    """A :class:`transformers.Trainer` that trains on a domain mixture driven by a :class:`Mixer`.
+    """A :class:`transformers.Trainer` that trains on a domain mixture driven by a :class:`StepEngine`.
 
     The train dataset must yield the domain index of each row under ``domain_ids`` (see
     :class:`~mixflow.data.dataset.MixtureDataset`); the ids travel with every batch and are removed
-    before the model's forward. The Mixer's sampler must be built with the *global* batch size
+    before the model's forward. The step engine's sampler must be built with the *global* batch size
     ``per_device_train_batch_size × world_size × gradient_accumulation_steps`` and rank 0 / world
     size 1: it yields the global stream, which accelerate shards across ranks so that every rank
     gets its own slice of the same global batch.
     """
 
-    def __init__(self, *args: Any, mixer: Mixer, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, engine: StepEngine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.mixer = mixer
+        self.engine = engine
         a = self.args
         expected = a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps
-        if mixer.sampler.batch_size != expected:
+        if engine.sampler.batch_size != expected:
             raise ValueError(
                 f"sampler batch_size: expected per_device_train_batch_size × world_size × "
-                f"gradient_accumulation_steps = {expected}, got {mixer.sampler.batch_size}"
+                f"gradient_accumulation_steps = {expected}, got {engine.sampler.batch_size}"
             )
-        if mixer.sampler.world_size != 1:
+        if engine.sampler.world_size != 1:
             raise ValueError("sampler world_size: expected 1 (accelerate shards the global stream across ranks)")
         if a.max_steps is None or a.max_steps <= 0:
             raise ValueError("max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)")
@@ -71,11 +71,11 @@ class MixflowTrainer(Trainer):
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
             logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
-        self.add_callback(MixflowCallback(mixer))
+        self.add_callback(MixflowCallback(engine))
 
     # ---- data -------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
-        return self.mixer.sampler
+        return self.engine.sampler
 
     def _set_signature_columns_if_needed(self) -> None:
         # `remove_unused_columns` keeps only the model's forward arguments; the domain ids must
@@ -102,7 +102,7 @@ class MixflowTrainer(Trainer):
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         if not model.training:
-            loss = self.mixer.eval_loss(logits, labels)
+            loss = self.engine.eval_loss(logits, labels)
             return (loss, outputs) if return_outputs else loss
         if domain_ids is None:
             raise ValueError(f"batch: expected '{DOMAIN_KEY}' in every training batch (use MixtureDataset)")
@@ -110,7 +110,7 @@ class MixflowTrainer(Trainer):
         # normalised by `num_items_in_batch` when the Trainer passes it, else a micro-batch mean.
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None
-        loss = self.mixer.training_loss(
+        loss = self.engine.training_loss(
             logits,
             labels,
             domain_ids,
@@ -128,7 +128,7 @@ class MixflowTrainer(Trainer):
     # ---- logs and resume ----------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log, not an evaluation one
-            logs = {**logs, **self.mixer.metrics()}
+            logs = {**logs, **self.engine.metrics()}
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
@@ -137,6 +137,6 @@ class MixflowTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint: no checkpoint found in {self.args.output_dir}")
         if resume_from_checkpoint:
-            self.mixer.load(resume_from_checkpoint)
-            logger.info("restored mixer state from %s (step %d)", resume_from_checkpoint, self.mixer.last_step)
+            self.engine.load(resume_from_checkpoint)
+            logger.info("restored the engine state from %s (step %d)", resume_from_checkpoint, self.engine.last_step)
         return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from mixflow.checkers import read_weights_cache, run_checkers, verify_weights_cache
+from mixflow.recipes.checkers import run_checkers
+from mixflow.recipes.weights_cache import read_weights_cache, verify_weights_cache
 from mixflow.cli.main import main
 from mixflow.config.load import load_config
-from mixflow.data.classification import prepare_classification_data
+from mixflow.recipes.classification import prepare_classification_data
 from mixflow.data.classification_demo import build_classification_demo
 
 TOPICS = "products,movies,restaurants,travel"

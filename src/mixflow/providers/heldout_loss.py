@@ -9,8 +9,8 @@ per-domain *sums*:
 - ``heldout_loss_sq_sum`` [K]: Σ of their squares (for the per-sample loss variance);
 - ``heldout_count`` [K]: number of samples with at least one target token.
 
-The Mixer all-reduces them, so the algorithm sees sums over the whole held-out set whatever the
-number of ranks. :func:`heldout_moments` turns them into per-domain mean and variance.
+The step engine all-reduces them, so the algorithm sees sums over the whole held-out set whatever the
+number of ranks. :func:`mixflow.algorithms.statistics.heldout_moments` turns them into per-domain mean and variance.
 
 Cost per update: one forward pass (no backward) over the held-out rows of every domain, split
 across ranks; the number of rows is what ``val_size`` set aside.
@@ -20,17 +20,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixflow.data.dataset import MIXFLOW_KEYS
-from mixflow.loss import sample_losses
-from mixflow.providers import ProviderContext, StatisticProvider, UpdateContext, register_provider
-from mixflow.stats import DomainStats
-
-HELDOUT_KEYS = ("heldout_loss_sum", "heldout_loss_sq_sum", "heldout_count")
-
+from mixflow.data.keys import MIXFLOW_KEYS
+from mixflow.loss.per_sample import sample_losses
+from mixflow.providers.base import ProviderContext, StatisticProvider, UpdateContext, register_provider
+from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM
 
 class HeldoutLoss(StatisticProvider):
     """Evaluates the model on each domain's held-out rows at update time (forward only, eval mode)."""
@@ -55,7 +51,7 @@ class HeldoutLoss(StatisticProvider):
 
     def update_statistics(self, ctx: UpdateContext) -> dict[str, torch.Tensor]:
         if ctx.model is None:
-            raise ValueError("heldout_loss: the model is needed at update time; pass model= to Mixer.end_step")
+            raise ValueError("heldout_loss: the model is needed at update time; pass model= to StepEngine.end_step")
         # DDP-style wrappers synchronise in forward; the held-out pass is local to each rank.
         model = getattr(ctx.model, "module", ctx.model)
         device = next(model.parameters()).device
@@ -77,7 +73,7 @@ class HeldoutLoss(StatisticProvider):
                         count[d] += losses.numel()
         finally:
             model.train(was_training)
-        return {"heldout_loss_sum": loss_sum, "heldout_loss_sq_sum": sq_sum, "heldout_count": count}
+        return {HELDOUT_LOSS_SUM: loss_sum, HELDOUT_LOSS_SQ_SUM: sq_sum, HELDOUT_COUNT: count}
 
     def _sample_losses(self, model: Any, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         """Per-sample losses (float64, CPU) of the samples that carry a loss."""
@@ -103,28 +99,3 @@ def _build(params: Any, context: ProviderContext | None) -> HeldoutLoss:
     return HeldoutLoss(
         [context.heldout[n] for n in context.domain_names], context.collator, context.eval_batch_size, context.task
     )
-
-
-def heldout_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean loss, unbiased per-sample loss variance, sample count) per domain from the
-    ``heldout_loss`` sums; the mean is NaN without samples and the variance with fewer than two."""
-    if "heldout_count" not in stats.extras:
-        raise ValueError("heldout_loss: no held-out statistics in this window (is the provider configured?)")
-    total = stats.extras["heldout_loss_sum"].detach().cpu().double().numpy()
-    sq = stats.extras["heldout_loss_sq_sum"].detach().cpu().double().numpy()
-    n = stats.extras["heldout_count"].detach().cpu().double().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-        var = np.where(n > 1, np.maximum(sq - n * mean**2, 0.0) / np.maximum(n - 1, 1), np.nan)
-    return mean, var, n
-
-
-def heldout_stats(losses_per_domain: Sequence[Sequence[float] | np.ndarray]) -> dict[str, torch.Tensor]:
-    """The ``heldout_loss`` sums of given per-sample losses, one sequence per domain (for callers
-    that compute held-out losses themselves, e.g. a linear model's squared residuals)."""
-    arrays = [np.asarray(v, dtype=np.float64).reshape(-1) for v in losses_per_domain]
-    return {
-        "heldout_loss_sum": torch.tensor([a.sum() for a in arrays], dtype=torch.float64),
-        "heldout_loss_sq_sum": torch.tensor([np.square(a).sum() for a in arrays], dtype=torch.float64),
-        "heldout_count": torch.tensor([float(a.size) for a in arrays], dtype=torch.float64),
-    }

@@ -1,4 +1,4 @@
-"""Per-sample losses from the logits of the training forward, and the weighted objective.
+"""Per-sample losses from the logits of the training forward.
 
 The per-token cross-entropy is computed in chunks of rows under activation checkpointing: each
 chunk's float32 log-softmax exists only while that chunk is computed (in the forward and again in
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from mixflow.data.keys import IGNORE_INDEX
+
 
 
 @dataclass
@@ -91,52 +92,3 @@ def classification_losses(logits: torch.Tensor, labels: torch.Tensor) -> SampleL
     return SampleLosses(
         token_loss_sum=loss, token_count=mask.long(), token_losses=loss[:, None], token_mask=mask[:, None]
     )
-
-
-def weighted_loss(
-    losses: SampleLosses, coefficients: torch.Tensor | None, num_items_in_batch: torch.Tensor | int | None
-) -> torch.Tensor:
-    """Σ_j c_j · (Σ_tokens ℓ_j,t) / N, scaled exactly like the plain trainer's token-mean loss.
-
-    N is ``num_items_in_batch`` (target tokens of the whole accumulated batch, as the Hugging Face
-    Trainer passes it) or, without it, the target tokens of this micro-batch. With all c_j = 1 this
-    *is* the plain loss, which is what makes uniform mixing equivalent to the plain Trainer.
-    """
-    per_sample = losses.token_loss_sum
-    if coefficients is not None:
-        per_sample = per_sample * coefficients.to(per_sample.dtype)
-    total = per_sample.sum()
-    if num_items_in_batch is None:
-        denom = losses.token_count.sum().clamp_min(1).to(total.dtype)
-    elif isinstance(num_items_in_batch, torch.Tensor):
-        denom = num_items_in_batch.to(device=total.device, dtype=total.dtype)
-    else:
-        denom = torch.tensor(float(num_items_in_batch), device=total.device, dtype=total.dtype)
-    return total / denom
-
-
-def domain_coefficients(
-    domain_ids: torch.Tensor,
-    mode: str,
-    sampling_weights: torch.Tensor,
-    loss_weights: torch.Tensor,
-    prior: torch.Tensor,
-) -> torch.Tensor | None:
-    """Domain part of c_j (DESIGN.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode.
-
-    In objective mode the batch composition is the weighting and w (all ones unless the algorithm
-    sets loss weights) multiplies each sample's loss directly. In importance mode
-    q = normalise(π ⊙ w) is the objective mixture and E_p[q_d/p_d · ℓ] = Σ_d q_d L_d, so the
-    gradient is unbiased for Σ π_i w_i L_i whatever p the sampler used. Returns None when every
-    coefficient is 1 (the plain loss, bit for bit).
-    """
-    if mode == "objective":
-        if bool(torch.all(loss_weights == 1)):
-            return None
-        return loss_weights.to(domain_ids.device)[domain_ids.long()]
-    if mode != "importance":
-        raise ValueError(f"mode: expected 'objective' or 'importance', got {mode!r}")
-    q = prior * loss_weights
-    q = q / q.sum()
-    ratio = torch.where(sampling_weights > 0, q / sampling_weights.clamp_min(1e-30), torch.zeros_like(q))
-    return ratio.to(domain_ids.device)[domain_ids.long()]

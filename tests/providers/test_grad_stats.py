@@ -1,10 +1,11 @@
 import numpy as np
 import torch
 
-from mixflow.gradstats import CountSketch, GradientStatistics, gradient_moments, select_parameters
-from mixflow.loss import sample_losses
-from mixflow.providers import BatchContext
-from mixflow.stats import DomainStats
+from mixflow.algorithms.statistics import gradient_moments
+from mixflow.providers.grad_stats import CountSketch, GradientStatistics, select_parameters
+from mixflow.loss.per_sample import sample_losses
+from mixflow.providers.base import BatchContext
+from mixflow.algorithms.statistics import DomainStats
 from tests.helpers import tiny_llama
 
 

@@ -1,70 +1,39 @@
-"""The Mixer: one object that ties the sampler, the algorithms and the training step together.
+"""The step engine: one object that ties the sampler, the algorithms and the training step together.
 
 Per micro-batch it turns logits into per-sample losses, records per-domain statistics and returns
-the weighted loss; after each optimizer step it all-reduces the statistics over data-parallel
-ranks, runs the algorithm's update when the schedule says so, hands new sampling weights to the
-sampler and appends a line to the weights log. Integrations (Hugging Face Trainer, a plain PyTorch
-loop) only call :meth:`Mixer.training_loss`, :meth:`Mixer.end_step` and the state methods.
+the weighted loss (:mod:`mixflow.loss.objective` does the arithmetic); after each optimizer step
+it all-reduces the statistics over data-parallel ranks, runs the algorithm's update when the
+schedule says so, hands new sampling weights to the sampler and appends a line to the weights
+log. Integrations (Hugging Face Trainer, a plain PyTorch loop) only call
+:meth:`StepEngine.training_loss`, :meth:`StepEngine.end_step` and the state methods.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from mixflow import distributed
-from mixflow import gradstats as _gradstats  # noqa: F401  (registers the built-in grad_stats provider)
-from mixflow import providers_reference as _providers_reference  # noqa: F401  (registers reference_loss, DoReMi)
-from mixflow import providers_heldout as _providers_heldout  # noqa: F401  (registers heldout_loss, FGLS/ERMA)
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
-from mixflow.jsonlog import append_jsonl, read_jsonl, write_json_atomic
-from mixflow.loss import SampleLosses, domain_coefficients, sample_losses, weighted_loss
-from mixflow.providers import BatchContext, ProviderContext, StatisticProvider, UpdateContext, build_providers
-from mixflow.stats import DomainStats
+from mixflow.engine.checkpoint import STATE_VERSION, read_state, supersede_log_lines, write_state
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.loss.objective import coefficients, step_loss, weighted_loss
+from mixflow.loss.per_sample import SampleLosses, sample_losses
+from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, UpdateContext, build_providers
+from mixflow.utils import distributed
+from mixflow.utils.jsonlog import append_jsonl, write_json_atomic
 
-logger = logging.getLogger("mixflow")
-
-STATE_FILE = "mixflow_state.json"
-STATE_VERSION = 1
-
-
-@dataclass
-class UpdateSchedule:
-    """When algorithm updates happen (the seed's ``warmup_step``, ``update_step``, ``update_times``)."""
-
-    warmup_step: int = 0
-    """Optimizer steps trained with the initial weights before the first update."""
-    update_step: int = 100
-    """Steps between two updates; the first update happens at step ``max(warmup_step, update_step)``
-    when ``warmup_step`` is 0, else at ``warmup_step``."""
-    update_times: int = -1
-    """Number of updates; -1 keeps updating until training ends."""
-
-    def __post_init__(self) -> None:
-        if self.warmup_step < 0:
-            raise ValueError(f"warmup_step: expected an integer >= 0, got {self.warmup_step}")
-        if self.update_step < 1:
-            raise ValueError(f"update_step: expected an integer >= 1, got {self.update_step}")
-        if self.update_times < -1:
-            raise ValueError(f"update_times: expected -1 (until training ends) or >= 0, got {self.update_times}")
-
-    def is_update(self, step: int, updates_done: int) -> bool:
-        """Whether the step that just completed (1-based count of optimizer steps) triggers an update."""
-        if 0 <= self.update_times <= updates_done:
-            return False
-        return step >= max(self.warmup_step, 1) and (step - self.warmup_step) % self.update_step == 0
+logger = logging.getLogger(__name__)
 
 
-class Mixer:
+class StepEngine:
     """Sampler + domain algorithm + optional sample weighter, wired to the loss and the logs."""
 
     def __init__(
@@ -91,7 +60,7 @@ class Mixer:
         self.providers = (
             list(providers)
             if providers is not None
-            else build_providers(algorithm.providers, algorithm.params, provider_context)
+            else build_providers(algorithm.provider_specs(algorithm.params), provider_context)
         )
         self.shift_labels = shift_labels
         self.chunk_rows = chunk_rows
@@ -137,8 +106,10 @@ class Mixer:
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
         step = self.last_step if batch_index is None else batch_index
         self._record(losses, domain_ids, labels, model, inputs, step)
-        coefficients = self.coefficients(domain_ids, losses, batch_index, sample_ids)
-        return weighted_loss(losses, coefficients, num_items_in_batch)
+        s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
+        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, *self._domain_vectors(losses, batch_index), s,
+                            num_items_in_batch)
+        return loss
 
     @property
     def updates_remaining(self) -> bool:
@@ -159,29 +130,29 @@ class Mixer:
         sample_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
-        device = losses.token_loss_sum.device
+        s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
+        return coefficients(domain_ids, self.algorithm.mode, *self._domain_vectors(losses, batch_index), s)
+
+    def _domain_vectors(self, losses: SampleLosses, batch_index: int | None) -> tuple[torch.Tensor, ...]:
+        """(p the batch was drawn with, w, π) as float64 tensors on the losses' device."""
         p = self.sampler.weights
         if self.algorithm.mode == "importance" and batch_index is not None:
             p = self.sampler.planned_weights(batch_index)
-        c = domain_coefficients(
-            domain_ids,
-            self.algorithm.mode,
-            torch.as_tensor(p, dtype=torch.float64, device=device),
-            torch.as_tensor(self.algorithm.loss_weights, dtype=torch.float64, device=device),
-            torch.as_tensor(self.algorithm.prior, dtype=torch.float64, device=device),
-        )
-        if self.weighter is not None:
-            s = self._sample_weights(losses.mean.detach(), domain_ids, batch_index, sample_ids)
-            c = s if c is None else c * s
-        return c
+        device = losses.token_loss_sum.device
+        vectors = (p, self.algorithm.loss_weights, self.algorithm.prior)
+        return tuple(torch.as_tensor(v, dtype=torch.float64, device=device) for v in vectors)
 
     def _sample_weights(
         self,
-        losses: torch.Tensor,
+        sample_losses: SampleLosses,
         domain_ids: torch.Tensor,
         batch_index: int | None,
         sample_ids: torch.Tensor | None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
+        """s for this rank's samples (None without a weighter)."""
+        if self.weighter is None:
+            return None
+        losses = sample_losses.mean.detach()
         # Weights are a function of the whole (all ranks') batch, so every rank computes the same
         # vector and keeps its own slice.
         all_losses = distributed.all_gather_cat(losses.to(torch.float64))
@@ -309,7 +280,7 @@ class Mixer:
         """Everything needed to continue exactly: sampler position at ``batch_index``, algorithm
         state, the statistics accumulated since the last update, counters."""
         if self._step_stats.token_count.sum() > 0:
-            raise RuntimeError("Mixer.state_dict: called in the middle of an optimizer step")
+            raise RuntimeError("StepEngine.state_dict: called in the middle of an optimizer step")
         return {
             "version": STATE_VERSION,
             "domain_names": self.domain_names,
@@ -342,44 +313,15 @@ class Mixer:
 
     def save(self, checkpoint_dir: str | Path, batch_index: int | None = None) -> Path:
         """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""
-        path = Path(checkpoint_dir) / STATE_FILE
-        write_json_atomic(path, self.state_dict(batch_index))
-        return path
+        return write_state(checkpoint_dir, self.state_dict(batch_index))
 
     def load(self, checkpoint_dir: str | Path) -> None:
         """Restore from a checkpoint directory; supersede log lines written after it."""
-        path = Path(checkpoint_dir) / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint_dir} has no {STATE_FILE} (not a mixflow checkpoint)")
-        with open(path, encoding="utf-8") as f:
-            self.load_state_dict(json.load(f))
+        self.load_state_dict(read_state(checkpoint_dir))
         if self.log_path is not None and distributed.is_main_process():
             supersede_log_lines(self.log_path, self.last_step)
         self._write_summary(self.last_step)  # describe the restored state, not a superseded later one
 
 
-def supersede_log_lines(path: Path, step: int) -> int:
-    """Move log lines of updates after ``step`` (a run resumed from an earlier checkpoint will write
-    them again) to ``<name>.superseded.jsonl``; nothing is deleted. Returns how many moved."""
-    if not path.is_file():
-        return 0
-    records = list(read_jsonl(path))
-    later = [r for r in records if r.get("step", 0) > step]
-    if not later:
-        return 0
-    for record in later:
-        append_jsonl(path.with_suffix(".superseded.jsonl"), record)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.unlink(missing_ok=True)
-    for record in records:
-        if record.get("step", 0) <= step:
-            append_jsonl(tmp, record)
-    tmp.touch()
-    tmp.replace(path)
-    logger.warning("%s: moved %d line(s) after step %d to %s", path, len(later), step, path.with_suffix(".superseded.jsonl"))
-    return len(later)
-
-
 def _valid_distribution(p: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0)
-

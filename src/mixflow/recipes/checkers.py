@@ -22,153 +22,36 @@ for other data is an error, never silently misaligned weights.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("mixflow")
+from mixflow.config.components import static_component
+from mixflow.config.schema import DomainConfig, RunConfig
+from mixflow.data.classification import ClassificationCollator, LabelVocabulary, read_labelled
+from mixflow.data.sources import DomainSource
+from mixflow.recipes.inputs import as_path_list, domain_sources, source_name
+from mixflow.recipes.classification import prepare_classification_data
+from mixflow.recipes.train import run_training
+from mixflow.recipes.weights_cache import (
+    CACHE_FILE,
+    WeightsCache,
+    content_digest,
+    data_fingerprint,
+    hash_json,
+    read_weights_cache,
+    weights_digest,
+    write_weights_cache,
+)
+from mixflow.utils.jsonlog import write_json_atomic
 
-CACHE_FILE = "imp_cache.npz"
-CACHE_VERSION = 1
+logger = logging.getLogger(__name__)
+
 MARKER_FILE = "mixflow_checker.json"
-WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
-
-
-# ---- the cache file ------------------------------------------------------------------------
-@dataclass
-class WeightsCache:
-    """Per-training-row checker probabilities, indexed by global row (``sample_ids``)."""
-
-    quality: np.ndarray
-    """P̂′(y_j|x_j): the quality checker's probability of each row's label."""
-    diversity: np.ndarray
-    """Q̂(y_j|x_j): the diversity checker's probability of each row's label."""
-    labels: np.ndarray
-    """Each row's class index (a sanity check for readers)."""
-    domain_names: list[str]
-    domain_sizes: list[int]
-    data_fingerprint: str
-    """Fingerprint of the training rows (see :func:`data_fingerprint`)."""
-    checker_fingerprint: str
-    """Fingerprint of both checkers' weights and configs."""
-
-
-def write_weights_cache(path: str | Path, cache: WeightsCache) -> Path:
-    """Write ``cache`` atomically (a reader never sees a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        version=np.int64(CACHE_VERSION),
-        quality=np.asarray(cache.quality, dtype=np.float64),
-        diversity=np.asarray(cache.diversity, dtype=np.float64),
-        labels=np.asarray(cache.labels, dtype=np.int64),
-        domain_names=np.asarray(cache.domain_names, dtype=str),
-        domain_sizes=np.asarray(cache.domain_sizes, dtype=np.int64),
-        data_fingerprint=np.asarray(cache.data_fingerprint),
-        checker_fingerprint=np.asarray(cache.checker_fingerprint),
-    )
-    os.replace(tmp, path)
-    return path
-
-
-def read_weights_cache(path: str | Path) -> WeightsCache:
-    """Read a cache written by :func:`write_weights_cache`; a foreign or old file is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights_cache: file not found: {path} (run `mixflow checkers CONFIG` first)")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if int(f["version"]) != CACHE_VERSION:
-                raise ValueError(f"weights_cache: {path} has version {int(f['version'])}, expected {CACHE_VERSION}; rerun `mixflow checkers`")
-            return WeightsCache(
-                quality=f["quality"].astype(np.float64),
-                diversity=f["diversity"].astype(np.float64),
-                labels=f["labels"].astype(np.int64),
-                domain_names=[str(x) for x in f["domain_names"]],
-                domain_sizes=[int(x) for x in f["domain_sizes"]],
-                data_fingerprint=str(f["data_fingerprint"]),
-                checker_fingerprint=str(f["checker_fingerprint"]),
-            )
-    except (KeyError, OSError, ValueError) as err:
-        if isinstance(err, ValueError) and str(err).startswith("weights_cache:"):
-            raise
-        raise ValueError(f"weights_cache: {path} is not a cache written by `mixflow checkers` ({type(err).__name__})") from None
-
-
-# ---- fingerprints --------------------------------------------------------------------------
-def _digest_files(paths: Iterable[Path], root: Path | None = None) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(str(p.relative_to(root) if root else p.name).encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def content_digest(path: str | Path) -> str:
-    """sha256 of a file's contents, or of every file under a directory (names included)."""
-    p = Path(path)
-    if p.is_dir():
-        return _digest_files(sorted(q for q in p.rglob("*") if q.is_file()), root=p)
-    return _digest_files([p])
-
-
-def _hash_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def data_fingerprint(run: Any) -> str:
-    """What decides the training rows and their order: each domain's name, file contents and text
-    field, the label field, the held-out split (``val_size`` and its seed) and ``max_samples``."""
-    from mixflow.data.classification import split_seed
-    from mixflow.training import domain_sources
-
-    d = run.data
-    return _hash_json(
-        {
-            "domains": [(s.name, content_digest(s.path), s.text_field) for s in domain_sources(run)],
-            "label_field": d.label_field,
-            "val_size": d.val_size,
-            "split_seed": split_seed(run),
-            "max_samples": d.max_samples,
-        }
-    )
-
-
-def weights_digest(model_dir: str | Path) -> str:
-    """Fingerprint of a saved model's config and weights."""
-    d = Path(model_dir)
-    files = sorted(p for p in d.iterdir() if p.is_file() and (p.name in WEIGHT_FILES or p.name.startswith("model-")))
-    if not any(p.name != "config.json" for p in files):
-        raise FileNotFoundError(f"checker: no model weights in {d}")
-    return _digest_files(files, root=d)
-
-
-# ---- the training run's check --------------------------------------------------------------
-def verify_weights_cache(run: Any) -> None:
-    """When the run's weighter reads a checker cache, check the cache was computed for this run's
-    training rows. Raises a one-line ValueError naming the key otherwise."""
-    from mixflow.config.load import resolve_components
-
-    _, weighter = resolve_components(run)
-    if weighter is None or "weights_cache" not in (weighter.params or {}):
-        return
-    path = weighter.params["weights_cache"]
-    cache = read_weights_cache(path)
-    if cache.data_fingerprint != data_fingerprint(run):
-        raise ValueError(
-            f"{weighter.name}.params.weights_cache: {path} was computed for other training data (files, fields, "
-            f"val_size, seed or max_samples differ); rerun `mixflow checkers` with this run's data keys"
-        )
 
 
 # ---- `mixflow checkers` ----------------------------------------------------------------------
@@ -189,11 +72,10 @@ class CheckersResult:
     """Mean weights of the cache: IMP's P̂′/Q̂ and the checkers' mean probabilities."""
 
 
-def _checker_run(run: Any, kind: str, out_dir: Path, vocabulary: Any) -> Any:
+def _checker_run(run: RunConfig, kind: str, out_dir: Path, vocabulary: Any) -> RunConfig:
     """The config of one checker's training run: plain cross-entropy on a static mixture."""
-    from mixflow.config.schema import DomainConfig
-
     sub = copy.deepcopy(run)
+    sub.algorithm, sub.weighter = static_component(), None
     m = sub.mixing
     m.train_type, m.component, m.components_cfg_file, m.component_name = "static", None, None, "static"
     m.static_mix = False
@@ -202,9 +84,6 @@ def _checker_run(run: Any, kind: str, out_dir: Path, vocabulary: Any) -> Any:
     sub.training = training
     sub.model.num_labels = vocabulary.num_labels
     if kind == "quality":
-        from mixflow.data.classification import as_path_list, source_name
-        from mixflow.training import domain_sources
-
         text_field = domain_sources(run)[0].text_field
         sub.data.domains = [
             DomainConfig(name=source_name(p), path=p, text_field=text_field) for p in as_path_list(run.data.real_data)
@@ -224,11 +103,9 @@ _COSMETIC_TRAINING_KEYS = frozenset({
 })
 
 
-def _training_fingerprint(sub: Any) -> str:
-    from mixflow.data.classification import as_path_list
-
+def _training_fingerprint(sub: RunConfig) -> str:
     training = {k: v for k, v in sub.training.items() if k not in _COSMETIC_TRAINING_KEYS}
-    return _hash_json(
+    return hash_json(
         {
             "data": data_fingerprint(sub),
             "model": [sub.model.model_name_or_path, sub.model.model_config, sub.model.num_labels],
@@ -252,10 +129,7 @@ def _up_to_date(out_dir: Path, fingerprint: str) -> bool:
         return False
 
 
-def _train_checker(sub: Any, out_dir: Path, fingerprint: str, progress: bool) -> dict[str, Any]:
-    from mixflow.jsonlog import write_json_atomic
-    from mixflow.training import run_training
-
+def _train_checker(sub: RunConfig, out_dir: Path, fingerprint: str, progress: bool) -> dict[str, Any]:
     metrics = run_training(sub, progress=progress)
     write_json_atomic(out_dir / MARKER_FILE, {"training_fingerprint": fingerprint, "weights": weights_digest(out_dir)})
     return metrics
@@ -278,18 +152,8 @@ def label_probabilities(model_dir: str | Path, dataset: Any, collator: Any, batc
     return np.concatenate(out) if out else np.empty(0)
 
 
-def run_checkers(run: Any, progress: bool = True, force: bool = False) -> CheckersResult:
+def run_checkers(run: RunConfig, progress: bool = True, force: bool = False) -> CheckersResult:
     """Train (or reuse) both checkers and (re)compute the per-example cache; see the module docstring."""
-    from mixflow.data.classification import (
-        ClassificationCollator,
-        LabelVocabulary,
-        as_path_list,
-        prepare_classification_data,
-        read_labelled,
-    )
-    from mixflow.data.sources import DomainSource
-    from mixflow.training import domain_sources
-
     if run.data.task != "classification":
         raise ValueError("task: `mixflow checkers` needs task: classification")
     if not as_path_list(run.data.real_data):
@@ -328,7 +192,7 @@ def run_checkers(run: Any, progress: bool = True, force: bool = False) -> Checke
         trained.append(kind)
 
     data_fp = data_fingerprint(run)
-    checker_fp = _hash_json([weights_digest(dirs["quality"]), weights_digest(dirs["diversity"])])
+    checker_fp = hash_json([weights_digest(dirs["quality"]), weights_digest(dirs["diversity"])])
     status = "up to date"
     if force:
         status = "recomputed (forced)"

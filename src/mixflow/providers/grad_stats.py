@@ -12,7 +12,7 @@ graph, no second forward). It returns *sums* that combine exactly across micro-b
 - ``grad_sq_sum`` [K]: Σ over groups of the group-mean gradient's squared norm;
 - ``grad_groups`` [K] and ``grad_samples`` [K]: how many groups and samples contributed.
 
-:func:`gradient_moments` turns them into (‖∇L_k‖², σ_k²). Cost per update: ``grad_groups × K'``
+:func:`mixflow.algorithms.statistics.gradient_moments` turns them into (‖∇L_k‖², σ_k²). Cost per update: ``grad_groups × K'``
 partial backward passes through the subset (K' = domains present per micro-batch), each running
 from the loss down to the earliest parameter in the subset; with the default subset (the output
 head) that is the head's matmul only.
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixflow.providers import BatchContext, ProviderContext, StatisticProvider, register_provider
-from mixflow.stats import DomainStats
+from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
+from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, GradStatsParams
 
 
 def _unwrap(model: Any) -> Any:
@@ -115,36 +115,11 @@ class GradientStatistics(StatisticProvider):
                 grad_sq[d] += v.square().sum()
                 groups[d] += 1
                 samples[d] += part.numel()
-        return {"grad_sum": grad_sum, "grad_sq_sum": grad_sq, "grad_groups": groups, "grad_samples": samples}
+        return {GRAD_SUM: grad_sum, GRAD_SQ_SUM: grad_sq, GRAD_GROUPS: groups, GRAD_SAMPLES: samples}
 
 
 @register_provider("grad_stats")
 def _build(params: Any, context: ProviderContext | None) -> GradientStatistics:
-    return GradientStatistics(
-        patterns=getattr(params, "grad_params", None),
-        groups=int(getattr(params, "grad_groups", 2)),
-        sketch_dim=int(getattr(params, "grad_sketch_dim", 4096)),
-    )
-
-
-def gradient_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
-    """(‖∇L_k‖², σ_k²) per domain from ``grad_stats`` sums; NaN where fewer than two groups.
-
-    ĝ_k = mean of the G group-mean gradients; s² = their sample variance (summed over coordinates);
-    σ̂_k² = (b_k / G)·s² (a group mean of b_k/G samples has variance σ²·G/b_k);
-    ‖∇L_k‖² ≈ ‖ĝ_k‖² − σ̂_k²/b_k, floored at 0 (E‖ĝ‖² = ‖∇L‖² + σ²/b).
-    """
-    if "grad_sum" not in stats.extras:
-        raise ValueError("grad_stats: no gradient statistics in this window (is the provider configured?)")
-    g_sum = stats.extras["grad_sum"].cpu().double()
-    sq = stats.extras["grad_sq_sum"].cpu().double()
-    groups = stats.extras["grad_groups"].cpu().double()
-    n = stats.extras["grad_samples"].cpu().double()
-    ok = groups >= 2
-    g = groups.clamp_min(1)
-    mean_sq = (g_sum / g[:, None]).square().sum(dim=1)
-    s2 = ((sq - g * mean_sq) / (g - 1).clamp_min(1)).clamp_min(0)
-    sigma2 = n / g * s2
-    norm_sq = (mean_sq - sigma2 / n.clamp_min(1)).clamp_min(0)
-    nan = torch.full_like(norm_sq, float("nan"))
-    return torch.where(ok, norm_sq, nan).numpy(), torch.where(ok, sigma2, nan).numpy()
+    if not isinstance(params, GradStatsParams):
+        raise TypeError(f"grad_stats: the algorithm's params must derive from GradStatsParams, got {type(params).__name__}")
+    return GradientStatistics(patterns=params.grad_params, groups=params.grad_groups, sketch_dim=params.grad_sketch_dim)

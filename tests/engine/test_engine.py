@@ -1,4 +1,4 @@
-"""The Mixer: schedule, logs, NaN handling, coefficients, weighters, providers, ranks, state."""
+"""The step engine: schedule, logs, NaN handling, coefficients, weighters, providers, ranks, state."""
 
 import json
 import logging
@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mixflow.algorithms.base import AlgorithmParams, DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.sampler import MixtureSampler
-from mixflow.mixer import Mixer, UpdateSchedule, supersede_log_lines
-from mixflow.providers import StatisticProvider
-from mixflow.stats import DomainStats
+from mixflow.engine.checkpoint import supersede_log_lines
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.providers.base import StatisticProvider
+from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import FollowLoss  # noqa: F401  (registers test_follow_loss)
 
@@ -24,7 +27,7 @@ K = 3
 def _mixer(algorithm="test_follow_loss", batch=6, rank=0, world=1, **kw):
     algo = build_algorithm(algorithm, ["a", "b", "c"], {}, init_weights=np.ones(K) / K)
     sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
-    return Mixer(sampler, algo, **kw)
+    return StepEngine(sampler, algo, **kw)
 
 
 def _logits_for(domain_ids, scale=1.0, vocab=5, length=4):
@@ -107,7 +110,7 @@ class _Broken(DomainAlgorithm):
 
 def test_invalid_weights_from_an_algorithm_are_rejected(caplog):
     algo = _Broken(["a", "b", "c"], _P(), init_weights=[0.2, 0.3, 0.5])
-    mixer = Mixer(MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1))
+    mixer = StepEngine(MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1))
     _feed(mixer, [0, 1, 2, 0, 1, 2], 0)
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         assert mixer.end_step(1) is False
@@ -132,7 +135,7 @@ class _Importance(DomainAlgorithm):
 
 def test_importance_mode_uses_the_weights_the_batch_was_drawn_with():
     algo = _Importance(["a", "b", "c"], _P(), init_weights=[0.5, 0.25, 0.25])
-    mixer = Mixer(MixtureSampler([40, 40, 40], algo.sampling_weights, 8), algo)
+    mixer = StepEngine(MixtureSampler([40, 40, 40], algo.sampling_weights, 8), algo)
     batch0 = next(mixer.sampler.iter_batches())  # plan batch 0 with p = (0.5, .25, .25)
     mixer.sampler.set_weights([0.1, 0.1, 0.8])  # read-ahead: a later batch will use other weights
     ids = torch.as_tensor(mixer.sampler.domain_ids(batch0))
@@ -140,7 +143,7 @@ def test_importance_mode_uses_the_weights_the_batch_was_drawn_with():
     loss = mixer.training_loss(logits, labels, ids, batch_index=0)
     q = np.array([1, 2, 3]) / 6
     c = (q / np.array([0.5, 0.25, 0.25]))[ids.numpy()]
-    from mixflow.loss import sample_losses
+    from mixflow.loss.per_sample import sample_losses
 
     sl = sample_losses(logits, labels)
     expected = (torch.as_tensor(c) * sl.token_loss_sum.double()).sum() / sl.token_count.sum()
@@ -161,7 +164,7 @@ def test_sample_weights_multiply_the_coefficients():
     ids = [0, 1, 2, 0, 1, 2]
     logits, labels = _logits_for(ids, scale=2.0)
     loss = mixer.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
-    from mixflow.loss import sample_losses
+    from mixflow.loss.per_sample import sample_losses
 
     sl = sample_losses(logits, labels)
     s = (sl.mean >= sl.mean.median()).double() * 2
@@ -188,7 +191,7 @@ class _SeesExtras(DomainAlgorithm):
 
 def test_provider_statistics_reach_the_algorithm_summed_over_the_window():
     algo = _SeesExtras(["a", "b", "c"], _P(), init_weights=np.ones(3) / 3)
-    mixer = Mixer(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=2),
+    mixer = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=2),
                   providers=[_CountTokens()])
     for step in (1, 2):
         _feed(mixer, [0, 0, 1, 2, 2, 2], step - 1)
@@ -262,7 +265,7 @@ def test_providers_stop_once_no_update_remains():
             calls.append(ctx.step)
             return super().batch_statistics(ctx)
 
-    mixer = Mixer(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo,
+    mixer = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo,
                   schedule=UpdateSchedule(update_step=2, update_times=1), providers=[_Counting()])
     for step in (1, 2, 3, 4):
         _feed(mixer, [0, 0, 1, 2, 2, 2], step - 1)

@@ -1,28 +1,32 @@
 """Statistic providers: statistics beyond the training loss (a reference model's loss, gradient
 statistics, held-out losses).
 
-An algorithm names the providers it needs in ``DomainAlgorithm.providers``; the builder makes them
-from the algorithm's params and a :class:`ProviderContext` (held-out data, collator), and the
-:class:`~mixflow.mixer.Mixer` calls them:
+An algorithm names the providers it needs (:meth:`DomainAlgorithm.provider_specs`); the step
+engine builds them from those params and a :class:`ProviderContext` (held-out data, collator) and
+calls them:
 
 - :meth:`StatisticProvider.batch_statistics` on every training micro-batch (it sees the training
   forward's losses, so it can run extra forwards or partial backwards);
 - :meth:`StatisticProvider.update_statistics` once on each rank just before a scheduled update
   (e.g. to evaluate held-out losses).
 
-What a provider returns is a per-domain *sum* (leading dimension K). The Mixer sums it over
+What a provider returns is a per-domain *sum* (leading dimension K). The step engine sums it over
 micro-batches and steps and all-reduces it over ranks with the other statistics; the algorithm
-reads it as ``DomainStats.extras[key]``. Sums, not means, are what make that reduction exact.
+reads it as ``DomainStats.extras[key]`` under the names :mod:`mixflow.algorithms.statistics`
+declares. Sums, not means, are what make that reduction exact. A new provider is one module in
+this package (or a plugin's, entry-point group ``mixflow.providers``) with ``@register_provider``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from mixflow.loss import SampleLosses
+from mixflow.algorithms.base import ProviderSpec
+from mixflow.algorithms.registry import discover_modules
+from mixflow.loss.per_sample import SampleLosses
 
 
 @dataclass
@@ -89,6 +93,9 @@ class StatisticProvider:
         return {}
 
 
+#: Entry-point group through which plugin packages add provider modules.
+ENTRY_POINT_GROUP = "mixflow.providers"
+
 ProviderFactory = Callable[[Any, ProviderContext], StatisticProvider]
 _PROVIDERS: dict[str, ProviderFactory] = {}
 
@@ -103,13 +110,20 @@ def register_provider(name: str) -> Callable[[ProviderFactory], ProviderFactory]
     return decorate
 
 
-def build_providers(names: tuple[str, ...], params: Any, context: ProviderContext | None = None) -> list[StatisticProvider]:
-    """Instantiate the named providers from an algorithm's params."""
-    missing = [n for n in names if n not in _PROVIDERS]
+def discover() -> None:
+    """Import every provider module of mixflow and of installed plugins (idempotent)."""
+    discover_modules("mixflow.providers", ENTRY_POINT_GROUP)
+
+
+def available_providers() -> list[str]:
+    """Names of the registered statistic providers."""
+    discover()
+    return sorted(_PROVIDERS)
+
+
+def build_providers(specs: Sequence[ProviderSpec], context: ProviderContext | None = None) -> list[StatisticProvider]:
+    """Instantiate the providers an algorithm asked for (:meth:`DomainAlgorithm.provider_specs`)."""
+    missing = [s.name for s in specs if s.name not in available_providers()]
     if missing:
-        raise ValueError(f"providers: unknown statistic provider(s) {missing}; registered: {sorted(_PROVIDERS)}")
-    return [_PROVIDERS[n](params, context) for n in names]
-
-
-def unregister_provider(name: str) -> None:
-    _PROVIDERS.pop(name, None)
+        raise ValueError(f"providers: unknown statistic provider(s) {missing}; registered: {available_providers()}")
+    return [_PROVIDERS[s.name](s.params, context) for s in specs]

@@ -3,7 +3,7 @@
 On every training micro-batch it runs one extra forward of a frozen reference model on the same
 inputs (under ``torch.no_grad()``: no graph, no backward) and compares per-token losses with the
 proxy's, which come from the training forward itself (``ctx.losses.token_losses``; the proxy is
-never run twice). It returns per-domain sums, which the Mixer adds over micro-batches and steps
+never run twice). It returns per-domain sums, which the step engine adds over micro-batches and steps
 and all-reduces over ranks:
 
 - ``ref_excess_sum`` [K]: Σ over the domain's target tokens of max(ℓ_proxy,tok − ℓ_ref,tok, 0);
@@ -26,14 +26,11 @@ from typing import Any
 
 import torch
 
-from mixflow.algorithms.doremi import EXCESS_KEY, TOKENS_KEY
-from mixflow.loss import sample_losses
-from mixflow.providers import BatchContext, ProviderContext, StatisticProvider, register_provider
+from mixflow.algorithms.statistics import REF_EXCESS_SUM, REF_LOSS_SUM, REF_TOKEN_COUNT, per_domain_sum
+from mixflow.loss.per_sample import sample_losses
+from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
 
-logger = logging.getLogger("mixflow")
-
-REF_LOSS_KEY = "ref_loss_sum"
-
+logger = logging.getLogger(__name__)
 
 class ReferenceLoss(StatisticProvider):
     """Per-domain clipped excess loss of the model being trained over a frozen reference model."""
@@ -90,16 +87,11 @@ class ReferenceLoss(StatisticProvider):
             mask = proxy.token_mask
             # ALGORITHMS.md, DoReMi step 2: clip per token, then sum (the mean is taken per window).
             excess = (proxy.token_losses.detach().float() - ref.token_losses).clamp_min(0) * mask
-            ids = ctx.domain_ids.to(device).long()
-
-            def per_domain(values: torch.Tensor) -> torch.Tensor:
-                out = torch.zeros(ctx.num_domains, dtype=torch.float64, device=device)
-                return out.index_add_(0, ids, values.to(torch.float64))
-
+            ids, k = ctx.domain_ids.to(device), ctx.num_domains
             return {
-                EXCESS_KEY: per_domain(excess.sum(dim=1)),
-                TOKENS_KEY: per_domain(mask.sum(dim=1)),
-                REF_LOSS_KEY: per_domain(ref.token_loss_sum),
+                REF_EXCESS_SUM: per_domain_sum(ids, excess.sum(dim=1), k),
+                REF_TOKEN_COUNT: per_domain_sum(ids, mask.sum(dim=1), k),
+                REF_LOSS_SUM: per_domain_sum(ids, ref.token_loss_sum, k),
             }
 
     def _check_vocab(self, model: Any, labels: torch.Tensor) -> None:

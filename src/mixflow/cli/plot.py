@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mixflow.jsonlog import read_jsonl
+from mixflow.utils.jsonlog import read_jsonl
 
 
 def find_weights_log(run_dir: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 
 from mixflow.cli.main import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DOMAINS = ["code", "prose", "arithmetic", "random"]
 
 #: Tiny sizes for the examples (the configs themselves are unchanged).

@@ -39,10 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mixflow.config.load import ConfigError, domain_names, parse_overrides, read_yaml, validate
-from mixflow.config.schema import RunConfig
+from mixflow.config.errors import ConfigError
+from mixflow.config.load import validate
+from mixflow.config.parse import merge, parse_overrides, read_yaml
+from mixflow.config.schema import RunConfig, domain_names
+from mixflow.recipes.train import run_training
+from mixflow.utils import distributed
+from mixflow.utils.jsonlog import write_json_atomic
 
-logger = logging.getLogger("mixflow")
+logger = logging.getLogger(__name__)
 
 STEPS = ("reference", "proxy", "target")
 #: Keys the pipeline sets itself, per step.
@@ -66,19 +71,9 @@ class PipelineConfig:
     output_dirs: dict[str, str] = field(default_factory=dict)
 
 
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def parse_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
     """Split a pipeline YAML (plus overrides, dotted keys nest into sections) into its parts."""
-    data = _merge(read_yaml(path, "config"), overrides or {})
+    data = merge(read_yaml(path, "config"), overrides or {})
     base_dir = Path(path).resolve().parent
     sections: dict[str, dict[str, Any]] = {}
     for step in STEPS:
@@ -120,7 +115,7 @@ def step_config(
 ) -> RunConfig:
     """The validated ``mixflow train`` config of one step. ``reference_path`` (proxy) and ``weights``
     (target) are what earlier steps hand over; left out, placeholders check everything else."""
-    raw = _merge(cfg.shared, cfg.sections[step])
+    raw = merge(cfg.shared, cfg.sections[step])
     raw["output_dir"] = cfg.output_dirs[step]
     if step == "reference":
         raw.update(train_type="static", static_mix=True)
@@ -164,16 +159,12 @@ def read_summary(proxy_dir: str | Path) -> dict[str, Any]:
 
 
 def _train(run: RunConfig, progress: bool) -> dict[str, Any]:
-    from mixflow.training import run_training
-
     # run_training seeds before building the model, so each step is reproducible from its `seed`.
     return run_training(run, progress=progress)
 
 
 def _barrier() -> None:
     # Every rank runs the pipeline; the summary file is written by the main process only.
-    from mixflow import distributed
-
     if distributed.is_distributed():
         import torch.distributed as dist
 
@@ -185,9 +176,6 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Validate the three steps, then train reference → proxy → target; return (and write to
     ``<output_dir>/doremi_pipeline.json``) the weights and metrics of each step."""
-    from mixflow import distributed
-    from mixflow.jsonlog import write_json_atomic
-
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     cfg = parse_pipeline(path, overrides)

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixflow.loss import domain_coefficients, sample_losses, weighted_loss
+from mixflow.loss.objective import domain_coefficients, weighted_loss
+from mixflow.loss.per_sample import sample_losses
 
 
 def _batch(b=3, t=7, v=11, seed=0):

@@ -1,0 +1,185 @@
+"""Typed algorithm parameters: the base dataclass, field helpers, and building params from config.
+
+Every algorithm's ``Params`` is a dataclass derived from :class:`AlgorithmParams`. The front door
+builds it once, at config load, with :func:`build_params` (unknown keys, missing required keys,
+wrong types and whatever :meth:`AlgorithmParams.validate` rejects are one-line errors), and the
+run builder hands that same object to the algorithm, which never re-validates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+#: What a path-valued parameter must point at; the front door checks it (this layer does no I/O).
+PathKind = Literal["file", "model_dir"]
+
+
+@dataclass(frozen=True)
+class ValidationContext:
+    """What a params check may know before any data or model is loaded."""
+
+    num_domains: int
+    """K: the number of domains of the run."""
+    batch_size: int | None = None
+    """B: the global batch (all ranks, all micro-batches of one step); None when not known."""
+
+
+@dataclass
+class AlgorithmParams:
+    """Base of every algorithm's parameter dataclass. Each field carries ``metadata={"help": ...}``."""
+
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        """Semantic checks, run once at config load (``build_params``), before any data or model
+        loads. ``context`` gives K and B where checks depend on them. Raise
+        ``ValueError(f"{where}.<key>: expected ...")`` (one line); default: none."""
+
+
+def _metadata(help: str, path: PathKind | None, hint: str) -> dict[str, Any]:
+    return {"help": help, **({"path": path, "hint": hint} if path else {})}
+
+
+def param(default: Any, help: str, path: PathKind | None = None, hint: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with its one-line documentation (shown by ``mixflow list``). ``path``
+    declares that the value names a file or a model directory, which the front door checks (and
+    ``hint`` says what to do when it is missing)."""
+    metadata = _metadata(help, path, hint)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def required_param(help: str, expected: str, path: PathKind | None = None, hint: str = "") -> Any:
+    """A parameter without a default (declare it before the defaulted ones). Omitting it is the config
+    error ``<where>.<name>: required (<expected>)``."""
+    return dataclasses.field(metadata={**_metadata(help, path, hint), "required": expected})
+
+
+def declared_paths(params: AlgorithmParams) -> list[tuple[str, PathKind, str, str]]:
+    """(field, kind, value, hint) of every path-valued parameter that is set, for the front door."""
+    out = []
+    for f in dataclasses.fields(params):
+        kind = f.metadata.get("path")
+        value = getattr(params, f.name)
+        if kind and value:
+            out.append((f.name, kind, str(value), f.metadata.get("hint", "")))
+    return out
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    """" (did you mean 'x'?)" for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+def build_params(
+    cls: type[AlgorithmParams],
+    params: Mapping[str, Any] | AlgorithmParams | None,
+    where: str,
+    context: ValidationContext | None = None,
+) -> AlgorithmParams:
+    """Validate a params mapping against a params dataclass: unknown keys, missing required keys, wrong
+    types and whatever the params' ``validate`` hook rejects are errors."""
+    if isinstance(params, AlgorithmParams):  # already built at config load: never checked twice
+        return params
+    params = dict(params or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in params:
+        if key not in fields:
+            raise ValueError(f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}")
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if no_default and name not in params:
+            expected = f.metadata.get("required")
+            raise ValueError(f"{where}.{name}: required" + (f" ({expected})" if expected else ""))
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in params.items():
+        values[key] = check_type(value, hints[key], f"{where}.{key}")
+    typed = cls(**values)
+    typed.validate(where, context)
+    return typed
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a (simple) type hint, converting int → float where a float is expected.
+
+    Supports the hints config dataclasses use: bool, int, float, str, None, Literal, Optional/Union,
+    list[...], dict[str, ...] and Any.
+    """
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return check_type(value, option, where)
+            except ValueError as err:
+                errors.append(err)
+        raise ValueError(f"{where}: expected {_describe(hint)}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{where}: expected null, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ValueError(f"{where}: expected one of {list(args)}{suggest(str(value), [str(a) for a in args])}, got {value!r}")
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return [check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        item = args[1] if len(args) == 2 else Any
+        return {k: check_type(v, item, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    return value
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + str(list(args))
+    if origin in (list, tuple, Sequence):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if hint is type(None):
+        return "null"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each parameter of an algorithm or weighter class."""
+    rows = []
+    hints = typing.get_type_hints(cls.Params)
+    for f in dataclasses.fields(cls.Params):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((f.name, _describe(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows

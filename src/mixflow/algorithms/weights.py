@@ -1,0 +1,37 @@
+"""Operations on weight vectors that several algorithms share."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def as_distribution(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """``values`` normalised to sum 1; an error naming ``name`` unless finite, non-negative, positive sum."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
+        raise ValueError(f"{name}: expected finite non-negative values with a positive sum, got {arr.tolist()}")
+    return arr / arr.sum()
+
+
+def floor_weights(target: np.ndarray, floor: float, keep_zeros: bool = False) -> np.ndarray:
+    """The distribution closest to ``target`` with every entry >= ``floor``: floored entries sit at
+    the floor and the others keep their ratios (water-filling). ``keep_zeros``: entries whose target
+    is 0 stay 0 and are not floored (a domain the objective does not contain)."""
+    target = np.asarray(target, dtype=np.float64)
+    active = target > 0 if keep_zeros else np.ones(target.size, dtype=bool)
+    w = np.where(active, target, 0.0)
+    w = w / w.sum()
+    if floor <= 0:
+        return w
+    if floor * active.sum() >= 1:
+        return active / active.sum()
+    fixed = np.zeros(w.size, dtype=bool)
+    while True:
+        free = active & ~fixed
+        scale = (1.0 - floor * fixed.sum()) / w[free].sum()
+        below = free & (w * scale < floor)
+        if not below.any():
+            return np.where(fixed, floor, w * scale)
+        fixed |= below

@@ -1,0 +1,190 @@
+"""The cross-field checks of a ``mixflow train`` config, run once at load (before any data or model).
+
+Each check raises :class:`~mixflow.config.errors.ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+
+from mixflow.algorithms.params import check_type, declared_paths, suggest
+from mixflow.algorithms.registry import lookup
+from mixflow.config.errors import ConfigError
+from mixflow.config.paths import resolve_path
+from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
+from mixflow.data.sources import sources_from_dataset_info
+
+
+def check_data(run: RunConfig, base_dir: Path) -> None:
+    d = run.data
+    if (d.domains is None) == (d.dataset is None):
+        raise ConfigError("dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)")
+    names = domain_names(run)
+    if not names:
+        raise ConfigError("dataset: expected at least one domain")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"dataset: domain names must be unique, got {names}")
+    if d.cutoff_len < 2:
+        raise ConfigError(f"cutoff_len: expected an integer >= 2, got {d.cutoff_len}")
+    if d.val_size < 0 or (d.val_size >= 1 and d.val_size != int(d.val_size)):
+        raise ConfigError(f"val_size: expected a fraction in [0, 1) or a whole number of rows, got {d.val_size}")
+    if d.max_samples is not None and d.max_samples < 1:
+        raise ConfigError(f"max_samples: expected a positive integer, got {d.max_samples}")
+    if d.domains is not None:
+        for i, dom in enumerate(d.domains):
+            dom.path = resolve_path(dom.path, base_dir)
+            if not os.path.exists(dom.path):
+                raise ConfigError(f"domains[{i}].path: file not found: {dom.path}")
+    else:
+        d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
+        info = Path(d.dataset_dir) / "dataset_info.json"
+        if not info.is_file():
+            raise ConfigError(f"dataset_dir: expected {info} to exist (it maps dataset names to files)")
+        try:
+            sources = sources_from_dataset_info(d.dataset_dir, names)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"dataset: {err}") from None
+        for source in sources:
+            if not os.path.exists(source.path):
+                raise ConfigError(f"dataset: file of domain {source.name!r} not found: {source.path}")
+
+
+def _check_weights(values: list[float] | None, key: str, k: int) -> None:
+    if values is None:
+        return
+    if len(values) != k:
+        raise ConfigError(f"{key}: expected {k} values (one per domain), got {len(values)}")
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{key}: expected non-negative weights, got {values}")
+    if sum(values) <= 0:
+        raise ConfigError(f"{key}: expected a positive sum, got {values}")
+
+
+def check_mixing(run: RunConfig, base_dir: Path) -> None:
+    """The mixing keys, and what the chosen algorithm and weighter need from the rest of the run."""
+    m = run.mixing
+    k = len(domain_names(run))
+    _check_weights(m.init_mixture_proportions, "init_mixture_proportions", k)
+    _check_weights(m.domain_prior, "domain_prior", k)
+    if m.mixture_sample_rule == "temperature" and m.mixture_temperature <= 0:
+        raise ConfigError(f"mixture_temperature: expected a positive number, got {m.mixture_temperature}")
+    if m.init_mixture_proportions is not None and m.mixture_sample_rule != "mixture":
+        raise ConfigError(
+            f"init_mixture_proportions: only used with mixture_sample_rule 'mixture', got rule {m.mixture_sample_rule!r}"
+        )
+    for key, low in (("warmup_step", 0), ("update_step", 1), ("update_times", -1)):
+        if getattr(m, key) < low:
+            raise ConfigError(f"{key}: expected an integer >= {low}, got {getattr(m, key)}")
+    algorithm = run.algorithm
+    assert algorithm is not None, "resolve_components runs before check_mixing"
+    for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):
+        if spec.name == "heldout_loss" and not run.data.val_size:
+            raise ConfigError(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
+    proportions = getattr(algorithm.params, "proportions", None)
+    if algorithm.name == "static" and proportions is not None:
+        _check_weights(proportions, "static.params.proportions", k)
+        if m.init_mixture_proportions is not None and [float(x) for x in m.init_mixture_proportions] != proportions:
+            raise ConfigError(
+                "static.params.proportions: differs from init_mixture_proportions; give one of them, or the same values"
+            )
+    if m.static_mix and algorithm.name != "static":
+        raise ConfigError(f"static_mix: true expects component_name 'static', got {algorithm.name!r}")
+    for component in (algorithm, run.weighter):
+        if component is not None:
+            check_param_paths(component)
+
+
+def check_param_paths(component: ResolvedComponent) -> None:
+    """Every path an algorithm's params declare (``param(..., path=...)``) exists and has the right kind."""
+    for key, kind, value, hint in declared_paths(component.params):
+        where = f"{component.name}.params.{key}"
+        path = Path(value).expanduser()
+        suffix = f" ({hint})" if hint else ""
+        if kind == "file" and not path.is_file():
+            raise ConfigError(f"{where}: file not found: {value}{suffix}")
+        if kind == "model_dir":
+            if not path.is_dir():
+                raise ConfigError(f"{where}: expected a local model directory, not found: {value}{suffix}")
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"{where}: {value} has no config.json (not a model directory)")
+
+
+def check_task(run: RunConfig, base_dir: Path) -> None:
+    """The classification keys (eval_data, real_data, num_labels) and weighters that need a task."""
+    d = run.data
+    classification = d.task == "classification"
+    names = set(domain_names(run))
+    for key in ("eval_data", "real_data"):
+        value = getattr(d, key)
+        if value is None:
+            continue
+        if not classification:
+            raise ConfigError(f"{key}: only used with task: classification")
+        resolved = []
+        for path in [value] if isinstance(value, str) else list(value):
+            full = resolve_path(path, base_dir)
+            if not os.path.exists(full):
+                raise ConfigError(f"{key}: file not found: {path}")
+            stem = Path(full).stem if Path(full).suffix else Path(full).name
+            if key == "eval_data" and stem in names:
+                raise ConfigError(f"eval_data: {path} would be reported as {stem!r}, which is already a domain name")
+            if key == "eval_data":
+                names.add(stem)
+            resolved.append(full)
+        setattr(d, key, resolved)
+    if run.model.num_labels is not None:
+        if not classification:
+            raise ConfigError("num_labels: only used with task: classification")
+        if run.model.num_labels < 2:
+            raise ConfigError(f"num_labels: expected an integer >= 2, got {run.model.num_labels}")
+    weighter = run.weighter
+    needs = lookup(weighter.name, "weighter", "component_name").required_task if weighter is not None else None
+    if needs is not None and needs != d.task:
+        raise ConfigError(f"task: the {weighter.name} weighter needs task: {needs}, got {d.task}")
+
+
+def check_model(run: RunConfig) -> None:
+    m = run.model
+    if (m.model_name_or_path is None) == (m.model_config is None):
+        raise ConfigError("model_name_or_path: expected exactly one of 'model_name_or_path' (a local directory) or 'model_config'")
+    if m.model_name_or_path is not None and not Path(m.model_name_or_path).is_dir():
+        raise ConfigError(f"model_name_or_path: expected a local model directory, not found: {m.model_name_or_path}")
+    if m.model_config is not None and "model_type" not in m.model_config:
+        raise ConfigError("model_config.model_type: required (e.g. llama)")
+    if m.model_config is not None:
+        from transformers import CONFIG_MAPPING
+
+        if m.model_config["model_type"] not in CONFIG_MAPPING:
+            mt = str(m.model_config["model_type"])
+            raise ConfigError(f"model_config.model_type: unknown model type {mt!r}{suggest(mt, list(CONFIG_MAPPING.keys()))}")
+    tok = run.data.tokenizer
+    if tok not in (None, "byte") and not Path(tok).is_dir():
+        raise ConfigError(f"tokenizer: expected 'byte' or a local tokenizer directory, not found: {tok}")
+
+
+def check_training(run: RunConfig) -> None:
+    t = run.training
+    if not t.get("output_dir"):
+        raise ConfigError("output_dir: required (where checkpoints, logs and plots go)")
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in t.items():
+        hint = hints.get(key)
+        if hint in (int, float, bool, str):
+            try:
+                t[key] = check_type(value, hint, key)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if key in t and t[key] < 1:
+            raise ConfigError(f"{key}: expected an integer >= 1, got {t[key]}")
+    if "learning_rate" in t and t["learning_rate"] < 0:
+        raise ConfigError(f"learning_rate: expected a number >= 0, got {t['learning_rate']}")
+    try:
+        TrainingArguments(**t)
+    except (ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"training arguments: {first}") from None

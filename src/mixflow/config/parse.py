@@ -1,0 +1,111 @@
+"""Reading config files and turning mappings into typed config dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from mixflow.algorithms.params import check_type, suggest
+from mixflow.config.errors import ConfigError
+from mixflow.config.schema import ComponentConfig, DomainConfig
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings (values parsed as YAML) into a mapping; dotted keys nest."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested mappings merged key by key (neither is modified)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from ``path``; errors name ``what`` (the key that pointed there)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what}: file not found: {path}")
+    try:
+        with open(p, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{what}: {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: expected a mapping of keys in {path}, got {type(data).__name__}")
+    return data
+
+
+def build_section(cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    typed = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if key == "dataset" and isinstance(value, str):  # the seed's comma-separated form
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if key == "domains" and value is not None:
+            value = [build_nested(DomainConfig, v, f"domains[{i}]") for i, v in enumerate(_as_list(value, key))]
+        elif key == "component" and value is not None:
+            value = build_nested(ComponentConfig, value, "component")
+        else:
+            try:
+                value = check_type(value, hint, key)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        typed[key] = value
+    return cls(**typed)
+
+
+def _as_list(value: Any, key: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    return value
+
+
+def build_nested(cls: type, value: Any, where: str) -> Any:
+    """A nested config dataclass from a mapping (unknown keys, missing keys and types checked)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    fields = fields_of(cls)
+    hints = typing.get_type_hints(cls)
+    for key in value:
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key; expected one of {sorted(fields)}{suggest(key, fields)}")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in value]  # type: ignore[misc]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required key is missing")
+    try:
+        return cls(**{k: check_type(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,134 @@
+"""Build what a :class:`~mixflow.config.RunConfig` describes: data, tokenizer, step engine, model.
+
+This is the run builder: everything an algorithm needs from disk (a checker cache, held-out
+rows) is loaded here and handed over, so the algorithms layer never touches a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mixflow.algorithms.base import SampleWeighter
+from mixflow.algorithms.imp import CheckerWeighter
+from mixflow.algorithms.registry import build_algorithm, build_weighter
+from mixflow.config.components import global_batch_size
+from mixflow.config.schema import RunConfig
+from mixflow.data.dataset import MixtureDataset
+from mixflow.data.packing import TokenizedDomain, tokenize_domain
+from mixflow.data.proportions import resolve_proportions
+from mixflow.data.sampler import MixtureSampler
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+from mixflow.providers.base import ProviderContext
+from mixflow.recipes.inputs import choose_tokenizer, domain_sources, split_seed
+from mixflow.recipes.models import scratch_config
+from mixflow.recipes.weights_cache import read_weights_cache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Tokenized domains, as datasets, plus the tokenizer that made them."""
+
+    tokenizer: Any
+    domains: list[TokenizedDomain]
+    train: MixtureDataset
+    val: dict[str, MixtureDataset]
+
+
+def prepare_data(run: RunConfig, progress: bool = True) -> PreparedData:
+    """Read and tokenize every domain; split held-out rows per domain."""
+    tokenizer = choose_tokenizer(run)
+    seed = split_seed(run)
+    val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)
+    domains = [
+        tokenize_domain(
+            source,
+            tokenizer,
+            run.data.cutoff_len,
+            packing=run.data.packing,
+            val_size=val_size,
+            seed=seed,
+            max_documents=run.data.max_samples,
+            progress=progress,
+        )
+        for source in domain_sources(run)
+    ]
+    train = MixtureDataset(domains, split="train")
+    val: dict[str, MixtureDataset] = {}
+    if any(d.num_val for d in domains):
+        full_val = MixtureDataset(domains, split="val")
+        val = {d.name: full_val.single_domain(i) for i, d in enumerate(domains) if d.num_val}
+    return PreparedData(tokenizer, domains, train, val)
+
+
+def build_engine(
+    run: RunConfig,
+    train: MixtureDataset,
+    batch_size: int,
+    seed: int,
+    heldout: dict[str, MixtureDataset] | None = None,
+    collator: Any = None,
+) -> StepEngine:
+    """Sampler, algorithm and weighter as configured (their params were built at load), at their
+    initial weights. ``heldout`` and ``collator`` reach statistic providers that evaluate held-out
+    losses."""
+    m = run.mixing
+    assert run.algorithm is not None, "a RunConfig comes from load_config, which resolves the algorithm"
+    init = resolve_proportions(
+        m.mixture_sample_rule, train.domain_sizes, m.init_mixture_proportions, temperature=m.mixture_temperature
+    )
+    names = list(train.domain_names)
+    algorithm = build_algorithm(run.algorithm.name, names, run.algorithm.params, init_weights=init, prior=m.domain_prior)
+    weighter = None
+    if run.weighter is not None:
+        weighter = build_weighter(run.weighter.name, names, run.weighter.params)
+        load_weighter_inputs(weighter)
+    sampler = MixtureSampler(
+        train.domain_sizes, algorithm.sampling_weights, batch_size, seed=seed, on_exhausted=m.on_exhausted
+    )
+    schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
+    context = ProviderContext(
+        domain_names=names,
+        heldout=heldout or {},
+        collator=collator,
+        eval_batch_size=int(run.training.get("per_device_eval_batch_size", 8)),
+        task=run.data.task,
+    )
+    return StepEngine(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context,
+                 shift_labels=run.data.task != "classification")  # a classifier's labels are not shifted
+
+
+def build_model(run: RunConfig, tokenizer: Any) -> Any:
+    """The model: a local pretrained directory or a from-scratch config (nothing is downloaded)."""
+    from transformers import AutoModelForCausalLM
+
+    if run.model.model_name_or_path is not None:
+        return AutoModelForCausalLM.from_pretrained(run.model.model_name_or_path, local_files_only=True)
+    return AutoModelForCausalLM.from_config(scratch_config(run.model.model_config or {}, tokenizer))
+
+
+def training_arguments(run: RunConfig, num_train_rows: int) -> Any:
+    """TrainingArguments from the config; ``max_steps`` derived from ``num_train_epochs`` when unset
+    (a mixture stream has no epochs of its own)."""
+    from transformers import TrainingArguments
+
+    t = dict(run.training)
+    t.pop("resume_from_checkpoint", None)
+    args = TrainingArguments(**t)
+    if args.max_steps is None or args.max_steps <= 0:
+        steps = math.ceil(args.num_train_epochs * num_train_rows / global_batch_size(t, world_size=args.world_size))
+        args.max_steps = max(1, steps)
+        logger.info("max_steps not set: %d steps = num_train_epochs × train rows / global batch", args.max_steps)
+    return args
+
+
+def load_weighter_inputs(weighter: SampleWeighter) -> None:
+    """Hand a weighter what it reads from disk (IMP/DIMP: the checker cache's per-row tables)."""
+    if isinstance(weighter, CheckerWeighter):
+        table = read_weights_cache(weighter.params.weights_cache)
+        weighter.set_table(table.quality, table.diversity)

@@ -1,0 +1,97 @@
+"""Train what a :class:`~mixflow.config.RunConfig` describes (``mixflow train``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mixflow.config.components import global_batch_size
+from mixflow.config.schema import RunConfig
+from mixflow.data.classification import ClassificationCollator
+from mixflow.data.dataset import DomainCollator
+from mixflow.recipes.build import build_engine, build_model, prepare_data, training_arguments
+from mixflow.recipes.weights_cache import verify_weights_cache
+from mixflow.recipes.classification import (
+    accuracy_metrics,
+    build_classifier,
+    format_classification_table,
+    prepare_classification_data,
+)
+from mixflow.utils.jsonlog import write_json_atomic
+
+def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Train as configured; returns the final metrics (also written to ``<output_dir>/mixflow_results.json``)."""
+    from transformers import set_seed
+
+    from mixflow.integrations.hf_trainer import MixflowTrainer
+
+    classification = run.data.task == "classification"
+    data, collator = _prepare(run, progress)
+    args = training_arguments(run, len(data.train))
+    batch = global_batch_size(run.training, world_size=args.world_size)
+    engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
+    # A from-scratch model's initial weights must not depend on the process: seed before building it,
+    # as the Trainer does only later (the same seed the Trainer uses).
+    set_seed(args.seed)
+    model = build_classifier(run, data.tokenizer, data.vocabulary) if classification else build_model(run, data.tokenizer)
+    eval_sets = data.evaluation if classification else data.val
+    extra: dict[str, Any] = {}
+    if classification:
+        args.prediction_loss_only = False  # accuracy needs the logits
+        extra["compute_metrics"] = accuracy_metrics
+    trainer = MixflowTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=eval_sets or None,
+        data_collator=collator, engine=engine, **extra,
+    )
+    result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
+    trainer.save_model(args.output_dir)
+    trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
+    if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
+        data.tokenizer.save_pretrained(args.output_dir)
+    metrics: dict[str, Any] = {"train_loss": result.training_loss, "steps": trainer.state.global_step}
+    if eval_sets:
+        metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
+    metrics["final_sampling_weights"] = dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist()))
+    if trainer.is_world_process_zero():
+        write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
+    return metrics
+
+
+def _prepare(run: RunConfig, progress: bool) -> tuple[Any, Any]:
+    """(tokenized data, collator) for the run's task."""
+    if run.data.task == "classification":  # labelled rows, loss and accuracy per evaluated set
+        verify_weights_cache(run)  # a stale IMP/DIMP cache is an error before any data is tokenized
+        data = prepare_classification_data(run, progress=progress)
+    else:
+        data = prepare_data(run, progress=progress)
+    pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+    collator = ClassificationCollator(pad) if run.data.task == "classification" else DomainCollator(pad)
+    return data, collator
+
+
+def _evaluation(evaluation: dict[str, float], eval_sets: dict[str, Any], classification: bool) -> dict[str, Any]:
+    """``val_loss`` (and ``val_accuracy``) per evaluated set from the Trainer's evaluation."""
+    out = {"val_loss": {name: evaluation[f"eval_{name}_loss"] for name in eval_sets if f"eval_{name}_loss" in evaluation}}
+    if classification:
+        out["val_accuracy"] = {
+            name: evaluation[f"eval_{name}_accuracy"] for name in eval_sets if f"eval_{name}_accuracy" in evaluation
+        }
+    return out
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A per-domain table of validation loss and final sampling weight."""
+    if "val_accuracy" in metrics:  # classification: loss and accuracy per evaluated set
+        return format_classification_table(metrics)
+    weights = metrics.get("final_sampling_weights", {})
+    val = metrics.get("val_loss", {})
+    names = list(weights) or list(val)
+    width = max([len("domain"), *(len(n) for n in names)])
+    lines = [f"{'domain':<{width}}  {'val loss':>9}  {'val ppl':>9}  {'weight':>7}"]
+    for name in names:
+        loss = val.get(name)
+        loss_s = f"{loss:9.4f}" if loss is not None else f"{'-':>9}"
+        ppl_s = f"{math.exp(min(loss, 50)):9.2f}" if loss is not None else f"{'-':>9}"
+        lines.append(f"{name:<{width}}  {loss_s}  {ppl_s}  {weights.get(name, float('nan')):7.4f}")
+    return "\n".join(lines)
