@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 DEMO_DIR ?= build/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint demo bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check src tests examples benchmarks
 
 demo: install
 	$(BIN)/mixflow data demo $(DEMO_DIR)/data

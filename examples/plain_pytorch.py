@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mixflow import StepEngine, MixtureSampler, UpdateSchedule, build_algorithm
+from mixflow import MixtureSampler, StepEngine, UpdateSchedule, build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import tokenize_domain
 from mixflow.data.sources import sources_from_dataset_info

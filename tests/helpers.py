@@ -10,8 +10,8 @@ import torch
 from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams, param
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.data.packing import TokenizedDomain
 from mixflow.algorithms.statistics import DomainStats
+from mixflow.data.packing import TokenizedDomain
 
 VOCAB = 48
 

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 import yaml
 
 from mixflow.algorithms.doremi import DoReMi, DoReMiParams
-from mixflow.algorithms.statistics import REF_EXCESS_SUM as EXCESS_KEY, REF_TOKEN_COUNT as TOKENS_KEY
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.statistics import REF_EXCESS_SUM as EXCESS_KEY
+from mixflow.algorithms.statistics import REF_TOKEN_COUNT as TOKENS_KEY
+from mixflow.algorithms.statistics import DomainStats
 from mixflow.config import ConfigError, load_config
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
@@ -23,7 +25,6 @@ from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import StatisticProvider
 from mixflow.providers.reference_loss import ReferenceLoss
-from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.statistics import DomainStats, heldout_stats
 from mixflow.config import ConfigError, load_config
-from mixflow.algorithms.statistics import heldout_stats
-from mixflow.algorithms.statistics import DomainStats
 from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tests)
     _inline_config,
     _model,

@@ -13,17 +13,16 @@ import pytest
 import torch
 import yaml
 
+from mixflow.algorithms.base import ProviderSpec
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.statistics import DomainStats, heldout_moments, heldout_stats
 from mixflow.config import ConfigError, load_config
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
-from mixflow.algorithms.base import ProviderSpec
 from mixflow.providers.base import ProviderContext, UpdateContext, build_providers
-from mixflow.algorithms.statistics import heldout_moments, heldout_stats
 from mixflow.providers.heldout_loss import HeldoutLoss
-from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 

@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixflow.algorithms.imp import DimpWeighter, ImpWeighter
 from mixflow.algorithms.registry import build_algorithm, build_weighter
-from mixflow.recipes.build import load_weighter_inputs
-from mixflow.recipes.weights_cache import WeightsCache, read_weights_cache, write_weights_cache
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.recipes.build import load_weighter_inputs
+from mixflow.recipes.weights_cache import WeightsCache, read_weights_cache, write_weights_cache
 
 
 def _cache(path, quality, diversity, labels=None):

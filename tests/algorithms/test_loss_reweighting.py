@@ -7,17 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
-from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.loss_reweighting import LossReweighting, LossReweightingParams
+from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
-from mixflow.loss.per_sample import sample_losses
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
+from mixflow.loss.per_sample import sample_losses
 from tests.distributed import run_distributed
 
 STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")

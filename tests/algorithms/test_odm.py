@@ -13,10 +13,10 @@ import torch
 from mixflow.algorithms.odm import ODMParams, exp3_distribution, exploration_rate
 from mixflow.algorithms.params import build_params
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
-from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 
 K = 4

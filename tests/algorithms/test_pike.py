@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from mixflow.algorithms.pike import BalancedPiKE, PiKE
-from mixflow.algorithms.weights import floor_weights
 from mixflow.algorithms.params import build_params
+from mixflow.algorithms.pike import BalancedPiKE, PiKE
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.statistics import DomainStats, gradient_moments
+from mixflow.algorithms.weights import floor_weights
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
-from mixflow.algorithms.statistics import gradient_moments
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
-from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.statistics import DomainStats, heldout_stats
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
 from mixflow.loss.objective import domain_coefficients
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import BatchContext, build_providers
-from mixflow.algorithms.statistics import heldout_stats
-from mixflow.algorithms.statistics import DomainStats
 from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tests)
     _inline_config,
     _model,

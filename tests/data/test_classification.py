@@ -15,13 +15,13 @@ from mixflow.data.classification import (
     read_labelled,
     tokenize_labelled,
 )
-from mixflow.recipes.classification import accuracy_metrics
 from mixflow.data.classification_demo import FLIP_RATE, NEGATIVE, POSITIVE, build_classification_demo
 from mixflow.data.packing import tokenize_domain
 from mixflow.data.sources import DomainSource
 from mixflow.data.tokenizer import ByteTokenizer
 from mixflow.loss.objective import weighted_loss
 from mixflow.loss.per_sample import sample_losses
+from mixflow.recipes.classification import accuracy_metrics
 
 
 def _jsonl(path, rows):

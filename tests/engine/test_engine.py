@@ -17,7 +17,6 @@ from mixflow.engine.checkpoint import supersede_log_lines
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import StatisticProvider
-from mixflow.algorithms.statistics import DomainStats
 from tests.distributed import run_distributed
 from tests.helpers import FollowLoss  # noqa: F401  (registers test_follow_loss)
 

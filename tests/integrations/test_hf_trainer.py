@@ -11,9 +11,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
-from mixflow.integrations.hf_trainer import MixflowTrainer
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
+from mixflow.integrations.hf_trainer import MixflowTrainer
 from tests.distributed import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 

@@ -1,11 +1,10 @@
 import numpy as np
 import torch
 
-from mixflow.algorithms.statistics import gradient_moments
-from mixflow.providers.grad_stats import CountSketch, GradientStatistics, select_parameters
+from mixflow.algorithms.statistics import DomainStats, gradient_moments
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import BatchContext
-from mixflow.algorithms.statistics import DomainStats
+from mixflow.providers.grad_stats import CountSketch, GradientStatistics, select_parameters
 from tests.helpers import tiny_llama
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from mixflow.recipes.checkers import run_checkers
-from mixflow.recipes.weights_cache import read_weights_cache, verify_weights_cache
 from mixflow.cli.main import main
 from mixflow.config.load import load_config
-from mixflow.recipes.classification import prepare_classification_data
 from mixflow.data.classification_demo import build_classification_demo
+from mixflow.recipes.checkers import run_checkers
+from mixflow.recipes.classification import prepare_classification_data
+from mixflow.recipes.weights_cache import read_weights_cache, verify_weights_cache
 
 TOPICS = "products,movies,restaurants,travel"
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,

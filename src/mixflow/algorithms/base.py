@@ -16,7 +16,8 @@ loads whatever an algorithm needs from disk and hands it over.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm

@@ -12,8 +12,9 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 #: What a path-valued parameter must point at; the front door checks it (this layer does no I/O).
 PathKind = Literal["file", "model_dir"]

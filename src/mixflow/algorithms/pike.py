@@ -36,6 +36,7 @@ Choices marked (ours) in ALGORITHMS.md, and ours here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm

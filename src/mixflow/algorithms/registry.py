@@ -12,7 +12,8 @@ import importlib
 import importlib.metadata
 import logging
 import pkgutil
-from typing import Any, Mapping, Sequence, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 

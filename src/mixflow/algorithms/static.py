@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
 from mixflow.algorithms.registry import register_algorithm

@@ -9,8 +9,8 @@ algorithms read them through the decoding helpers below, so both sides share one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class DomainStats:
     """Additional summed statistics contributed by statistic providers (e.g. reference-model losses)."""
 
     @classmethod
-    def zeros(cls, num_domains: int, device: torch.device | str = "cpu") -> "DomainStats":
+    def zeros(cls, num_domains: int, device: torch.device | str = "cpu") -> DomainStats:
         """Empty statistics for ``num_domains`` domains."""
         z = lambda: torch.zeros(num_domains, dtype=torch.float64, device=device)  # noqa: E731
         return cls(*(z() for _ in SUM_FIELDS))
@@ -53,7 +53,7 @@ class DomainStats:
         token_loss_sums: torch.Tensor,
         token_counts: torch.Tensor,
         num_domains: int,
-    ) -> "DomainStats":
+    ) -> DomainStats:
         """Statistics of one batch from per-sample token-loss sums and token counts (detached)."""
         ids = domain_ids.to(device=token_loss_sums.device, dtype=torch.long)
         return cls(
@@ -65,7 +65,7 @@ class DomainStats:
     def num_domains(self) -> int:
         return int(self.token_loss_sum.numel())
 
-    def add_(self, other: "DomainStats") -> "DomainStats":
+    def add_(self, other: DomainStats) -> DomainStats:
         """In-place sum; extras present in either side are kept."""
         for name in SUM_FIELDS:
             getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
@@ -86,7 +86,7 @@ class DomainStats:
             layout.append((key, int(value.numel())))
         return torch.cat([p.reshape(-1).to(parts[0].device) for p in parts]), layout
 
-    def unpack_(self, flat: torch.Tensor, layout: list[tuple[str, int]]) -> "DomainStats":
+    def unpack_(self, flat: torch.Tensor, layout: list[tuple[str, int]]) -> DomainStats:
         """Inverse of :meth:`pack`, in place."""
         offset = 0
         for name, size in layout:

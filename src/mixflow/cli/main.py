@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from mixflow.config.errors import ConfigError
 
@@ -58,9 +58,9 @@ def _cmd_data_classification_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkers(args: argparse.Namespace) -> int:
-    from mixflow.recipes.checkers import format_checkers_report, run_checkers
     from mixflow.config.load import load_config
     from mixflow.config.parse import parse_overrides
+    from mixflow.recipes.checkers import format_checkers_report, run_checkers
 
     run = load_config(args.config, parse_overrides(args.overrides))
     print(format_checkers_report(run_checkers(run, progress=not args.quiet, force=args.force)))
@@ -68,9 +68,9 @@ def _cmd_checkers(args: argparse.Namespace) -> int:
 
 
 def _cmd_doremi(args: argparse.Namespace) -> int:
-    from mixflow.utils import distributed
     from mixflow.config.parse import parse_overrides
     from mixflow.recipes.doremi import format_weights_table, run_pipeline
+    from mixflow.utils import distributed
 
     result = run_pipeline(args.config, parse_overrides(args.overrides), progress=not args.quiet)
     if distributed.is_main_process():

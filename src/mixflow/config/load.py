@@ -9,8 +9,9 @@ key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mixflow.algorithms.params import suggest
 from mixflow.config import checks

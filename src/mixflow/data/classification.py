@@ -1,5 +1,5 @@
-"""Sequence classification data: labelled domains, a dataset with integer labels, a collator, and
-the model and metrics of ``task: classification``.
+"""Sequence classification data: labelled domains, a dataset with integer labels and a collator
+(the run around them, model and metrics, is :mod:`mixflow.recipes.classification`).
 
 Each domain file holds one example per record with a text field and a label field (JSON lines, a
 JSON array, parquet, or a ``datasets.save_to_disk`` directory). Texts are tokenized one example per
@@ -11,95 +11,25 @@ language-model :class:`~mixflow.data.dataset.MixtureDataset` (domains concatenat
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from mixflow.data.dataset import DomainCollator, MixtureDataset
+from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns, pad_right
 from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import TokenizedDomain, _split
-from mixflow.data.sources import DomainSource
-
-LABELLED_FORMATS = (".jsonl", ".json", ".parquet", "a datasets.save_to_disk directory")
+from mixflow.data.sources import DomainSource, read_records
 
 
 # ---- reading ------------------------------------------------------------------------------
 def read_labelled(source: DomainSource, max_examples: int | None = None) -> tuple[list[str], list[Any]]:
     """Texts and raw labels of ``source`` (its ``text_field`` and ``label_field``), in file order."""
-    label_field = source.label_field or "label"
-    path = Path(source.path)
-    if not path.exists():
-        raise FileNotFoundError(f"domain {source.name!r}: path {path} not found")
-    if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if "train" not in loaded:
-                raise ValueError(f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}")
-            loaded = loaded["train"]
-        records: Sequence[Mapping[str, Any]] = _columns_to_records(
-            path, list(loaded.column_names), lambda f: loaded[f], source.text_field, label_field
-        )
-    elif path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-        records = _columns_to_records(
-            path, names, lambda f: pq.read_table(path, columns=[f]).column(f).to_pylist(), source.text_field, label_field
-        )
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        records = _json_records(path)
-    else:
-        raise ValueError(
-            f"domain {source.name!r}: path {path} has unsupported format {path.suffix or '(none)'!r} for "
-            f"classification; expected one of {', '.join(LABELLED_FORMATS)}"
-        )
-    texts, labels = [], []
-    for i, record in enumerate(records):
-        if max_examples is not None and i >= max_examples:
-            break
-        for key in (source.text_field, label_field):
-            if not isinstance(record, Mapping) or key not in record:
-                raise ValueError(f"{path} record {i}: missing field {key!r}")
-        text = record[source.text_field]
-        if not isinstance(text, str):
-            raise ValueError(f"{path} record {i}: field {source.text_field!r} must be a string")
-        texts.append(text)
-        labels.append(record[label_field])
-    return texts, labels
-
-
-def _json_records(path: Path) -> list[Any]:
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and raw.lstrip().startswith("["):
-        try:
-            records = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: expected a JSON array of objects ({exc.msg})") from None
-        if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON array of objects")
-        return records
-    records = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: expected one JSON object per line ({exc.msg})") from None
-    return records
-
-
-def _columns_to_records(path: Path, names: list[str], column: Any, text_field: str, label_field: str) -> list[dict]:
-    for key in (text_field, label_field):
-        if key not in names:
-            raise ValueError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
-    texts, labels = column(text_field), column(label_field)
-    return [{text_field: t, label_field: y} for t, y in zip(texts, labels)]
+    fields = (source.text_field, source.label_field or "label")
+    rows = read_records(source, fields, text_fields=fields[:1], limit=max_examples)
+    return [text for text, _ in rows], [label for _, label in rows]
 
 
 # ---- labels -------------------------------------------------------------------------------
@@ -112,7 +42,7 @@ class LabelVocabulary:
     """Class names when labels are strings (index i is ``names[i]``); None for integer labels."""
 
     @classmethod
-    def infer(cls, labels: Sequence[Any], num_labels: int | None = None) -> "LabelVocabulary":
+    def infer(cls, labels: Sequence[Any], num_labels: int | None = None) -> LabelVocabulary:
         """Integer labels: ``num_labels`` or max + 1; string labels: their sorted set."""
         if labels and all(isinstance(y, str) for y in labels):
             names = sorted(set(labels))
@@ -214,7 +144,7 @@ class ClassificationDataset(MixtureDataset):
         parts = [np.asarray(x, dtype=np.int64) for x in self._labels]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
-    def single_domain(self, d: int) -> "ClassificationDataset":
+    def single_domain(self, d: int) -> ClassificationDataset:
         """Only domain ``d``'s rows, still reporting ``domain_ids == d`` (per-domain evaluation)."""
         if not 0 <= d < len(self.domain_names):
             raise ValueError(f"d: expected a domain index in [0, {len(self.domain_names)}), got {d}")
@@ -232,20 +162,11 @@ class ClassificationCollator(DomainCollator):
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("features: expected at least one feature to collate")
-        inputs = [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features]
-        width = max(len(x) for x in inputs)
-        input_ids = torch.full((len(inputs), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for j, x in enumerate(inputs):
-            input_ids[j, : len(x)] = x
-            attention_mask[j, : len(x)] = 1
+        input_ids, attention_mask = pad_right([torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features],
+                                              self.pad_token_id)
         labels = torch.as_tensor([int(f["labels"]) if "labels" in f else IGNORE_INDEX for f in features], dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if all(DOMAIN_KEY in f for f in features):
-            batch[DOMAIN_KEY] = torch.as_tensor([int(f[DOMAIN_KEY]) for f in features], dtype=torch.long)
-        if all(SAMPLE_KEY in f for f in features):
-            batch[SAMPLE_KEY] = torch.as_tensor([int(f[SAMPLE_KEY]) for f in features], dtype=torch.long)
-        return batch
+        return {**batch, **mixflow_columns(features, require_domain=False)}
 
 
 def labelled_dataset(

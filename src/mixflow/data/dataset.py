@@ -5,15 +5,15 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, MIXFLOW_KEYS, SAMPLE_KEY
+from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import Rows, TokenizedDomain
-
 
 
 class MixtureDataset(Dataset):
@@ -71,7 +71,7 @@ class MixtureDataset(Dataset):
             SAMPLE_KEY: self.domain_offsets[position] + row,
         }
 
-    def single_domain(self, d: int) -> "MixtureDataset":
+    def single_domain(self, d: int) -> MixtureDataset:
         """A dataset with only domain ``d``'s rows, still reporting ``domain_ids == d``.
 
         Used for per-domain evaluation.
@@ -110,26 +110,31 @@ class DomainCollator:
             raise ValueError("features: expected at least one feature to collate")
         inputs = [_as_long(f["input_ids"]) for f in features]
         labels = [_as_long(f["labels"]) if "labels" in f else x for f, x in zip(features, inputs)]
-        width = max(len(x) for x in inputs)
-        batch = len(features)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        label_ids = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
         for j, (x, y) in enumerate(zip(inputs, labels)):
             if len(y) != len(x):
-                raise ValueError(
-                    f"features[{j}]: labels length {len(y)} must equal input_ids length {len(x)}"
-                )
-            input_ids[j, : len(x)] = x
-            label_ids[j, : len(y)] = y
-            attention_mask[j, : len(x)] = 1
-        domain_ids = torch.as_tensor([int(f[DOMAIN_KEY]) for f in features], dtype=torch.long)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": label_ids,
-            DOMAIN_KEY: domain_ids,
-        }
-        if all(SAMPLE_KEY in f for f in features):
-            batch[SAMPLE_KEY] = torch.as_tensor([int(f[SAMPLE_KEY]) for f in features], dtype=torch.long)
-        return batch
+                raise ValueError(f"features[{j}]: labels length {len(y)} must equal input_ids length {len(x)}")
+        input_ids, attention_mask = pad_right(inputs, self.pad_token_id)
+        label_ids, _ = pad_right(labels, IGNORE_INDEX)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+        return {**batch, **mixflow_columns(features, require_domain=True)}
+
+
+def pad_right(sequences: Sequence[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``LongTensor[B, T]`` right-padded with ``value``, attention mask of the real positions)."""
+    width = max(len(x) for x in sequences)
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for j, x in enumerate(sequences):
+        out[j, : len(x)] = x
+        mask[j, : len(x)] = 1
+    return out, mask
+
+
+def mixflow_columns(features: Sequence[Mapping[str, Any]], require_domain: bool) -> dict[str, torch.Tensor]:
+    """``domain_ids`` (and ``sample_ids`` when every feature has one) as ``LongTensor[B]``."""
+    out = {}
+    if require_domain or all(DOMAIN_KEY in f for f in features):
+        out[DOMAIN_KEY] = torch.as_tensor([int(f[DOMAIN_KEY]) for f in features], dtype=torch.long)
+    if all(SAMPLE_KEY in f for f in features):
+        out[SAMPLE_KEY] = torch.as_tensor([int(f[SAMPLE_KEY]) for f in features], dtype=torch.long)
+    return out

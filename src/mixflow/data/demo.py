@@ -16,8 +16,8 @@ import inspect
 import json
 import os
 import sysconfig
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm

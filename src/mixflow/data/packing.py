@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from mixflow.data.sources import DomainSource, read_documents
 from mixflow.data.tokenizer import TextTokenizer
 
-Rows = Union[np.ndarray, list[np.ndarray]]
+Rows = np.ndarray | list[np.ndarray]
 """Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays."""
 
 

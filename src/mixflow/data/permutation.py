@@ -26,8 +26,6 @@ This is a shuffling tool, not cryptography.
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
 __all__ = ["derive_key", "derive_keys", "permute", "permute_many"]
@@ -52,7 +50,7 @@ _SMALL_N = 256
 # Distinct per-round tweaks so round keys of one key are unrelated.
 _ROUND_TWEAKS = tuple(_U64((0xA0761D6478BD642F * (i + 1)) & _MASK64) for i in range(_ROUNDS))
 
-IntOrArray = Union[int, np.integer, np.ndarray]
+IntOrArray = int | np.integer | np.ndarray
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:

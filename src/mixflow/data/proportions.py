@@ -14,7 +14,8 @@ argument and what was expected, so a config front end can pass it on as is.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

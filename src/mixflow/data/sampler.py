@@ -1,5 +1,7 @@
 """MixtureSampler: a deterministic, resumable, rank-aware stream of mixture batches.
 
+(long file: one class whose planning, read-ahead snapshots and checkpoint state must change together.)
+
 How one global batch ``g`` (``batch_size`` = B rows over all ranks and all
 gradient-accumulation micro-batches of one optimizer step) is planned:
 
@@ -32,8 +34,9 @@ cache of a pure function of the state and is never part of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -528,6 +531,10 @@ class MixtureSampler(Sampler[int]):
         if state["seed"] != self._seed:
             raise ValueError(f"state.seed: expected {self._seed} (this sampler), got {state['seed']}")
 
+        self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The position and schedules of a checked :meth:`state_dict` (its header already matches)."""
         k = self.num_domains
         g = _check_int(state["batch_index"], "state.batch_index", 0)
         cursors = self._int_vector(state["cursors"], "state.cursors")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mixflow.utils.jsonlog import read_json
 
 SUPPORTED_FORMATS = (".jsonl", ".json", ".txt", ".parquet", "a datasets.save_to_disk directory")
 
@@ -22,7 +25,7 @@ class DomainSource:
     text_field: str = "text"
     """Field (JSON) or column (parquet, datasets) that holds each document's text."""
     label_field: str | None = None
-    """Reserved for per-sample labels; not read yet."""
+    """Field holding each example's label (``task: classification``); None for text domains."""
 
 
 def read_documents(source: DomainSource) -> list[str]:
@@ -31,52 +34,80 @@ def read_documents(source: DomainSource) -> list[str]:
     Raises FileNotFoundError when the path is missing and ValueError for an
     unsupported format or a document without ``source.text_field``.
     """
+    return [text for text, in read_records(source, (source.text_field,), text_fields=(source.text_field,))]
+
+
+def read_records(
+    source: DomainSource, fields: Sequence[str], text_fields: Sequence[str] = (), limit: int | None = None
+) -> list[tuple[Any, ...]]:
+    """The values of ``fields`` for every record of ``source`` (at most ``limit``), in file order.
+
+    One reader for every format and every task: a ``.jsonl``/``.json`` file (JSON lines or one
+    array of objects), ``.txt`` (one document per line; ``fields`` must be the text field alone),
+    ``.parquet`` and a ``datasets.save_to_disk`` directory. Fields in ``text_fields`` must hold
+    strings. Errors name the file and the line, item or row.
+    """
     path = Path(source.path)
     if not path.exists():
         raise FileNotFoundError(f"domain {source.name!r}: path {path} not found")
-    if path.is_dir():
-        return _read_saved_dataset(source, path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return _read_json_lines(source, path)
-    if suffix == ".txt":
-        with path.open(encoding="utf-8") as handle:
-            return [line.rstrip("\r\n") for line in handle if line.strip()]
-    if suffix == ".parquet":
-        return _read_parquet(source, path)
-    raise ValueError(
-        f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
-        f"expected one of {', '.join(SUPPORTED_FORMATS)}"
-    )
+    suffix = "" if path.is_dir() else path.suffix.lower()
+    if path.is_dir() or suffix == ".parquet":
+        names, column = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
+        for key in fields:
+            if key not in names:
+                raise ValueError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
+        located = ((f"{path} row {i}", row) for i, row in enumerate(zip(*(column(f) for f in fields))))
+    elif suffix in (".jsonl", ".json"):
+        located = ((where, _fields_of(record, fields, where)) for where, record in _json_records(path))
+    elif suffix == ".txt" and list(fields) == [source.text_field]:
+        located = ((f"{path}:{n}", (line,)) for n, line in _text_lines(path))
+    else:
+        formats = SUPPORTED_FORMATS if list(fields) == [source.text_field] else SUPPORTED_FORMATS[:2] + SUPPORTED_FORMATS[3:]
+        raise ValueError(
+            f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
+            f"expected one of {', '.join(formats)}"
+        )
+    rows = []
+    for where, row in located:
+        if limit is not None and len(rows) >= limit:
+            break
+        for key, value in zip(fields, row):
+            if key in text_fields and not isinstance(value, str):
+                raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+        rows.append(row)
+    return rows
 
 
-def _text_of(value: Any, where: str, field: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
-    return value
+def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...]:
+    for key in fields:
+        if not isinstance(record, dict) or key not in record:
+            raise ValueError(f"{where}: missing field {key!r}")
+    return tuple(record[key] for key in fields)
 
 
-def _read_json_lines(source: DomainSource, path: Path) -> list[str]:
-    if path.suffix.lower() == ".json" and _starts_with_bracket(path):
-        return _read_json_array(source, path)
-    documents: list[str] = []
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: expected one JSON object per line ({exc.msg})") from None
-            if not isinstance(record, dict) or source.text_field not in record:
-                raise ValueError(f"{where}: missing field {source.text_field!r}")
-            documents.append(_text_of(record[source.text_field], where, source.text_field))
-    return documents
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line.rstrip("\r\n")
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) for JSON lines, or for the items of one JSON array (LLaMA-Factory's .json)."""
+    if path.suffix.lower() == ".json" and _starts_with_bracket(path):
+        records = read_json(path, "a JSON array of objects")
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON array of objects")
+        yield from ((f"{path} item {i}", r) for i, r in enumerate(records))
+        return
+    for number, line in _text_lines(path):
+        try:
+            yield f"{path}:{number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: expected one JSON object per line ({exc.msg})") from None
 
 
 def _starts_with_bracket(path: Path) -> bool:
-    # LLaMA-Factory style .json files are often one JSON array, not JSON lines.
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
@@ -84,50 +115,18 @@ def _starts_with_bracket(path: Path) -> bool:
     return False
 
 
-def _read_json_array(source: DomainSource, path: Path) -> list[str]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: expected a JSON array of objects ({exc.msg})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON array of objects")
-    documents = []
-    for index, record in enumerate(records):
-        where = f"{path} item {index}"
-        if not isinstance(record, dict) or source.text_field not in record:
-            raise ValueError(f"{where}: missing field {source.text_field!r}")
-        documents.append(_text_of(record[source.text_field], where, source.text_field))
-    return documents
-
-
-def _column(source: DomainSource, path: Path, columns: list[str], values_of: Any) -> list[str]:
-    if source.text_field not in columns:
-        raise ValueError(
-            f"{path}: missing column {source.text_field!r}; available: {', '.join(columns)}"
-        )
-    values = values_of(source.text_field)
-    return [_text_of(v, f"{path} row {i}", source.text_field) for i, v in enumerate(values)]
-
-
-def _read_parquet(source: DomainSource, path: Path) -> list[str]:
+def _parquet(path: Path) -> tuple[list[str], Callable[[str], list[Any]]]:
     import pyarrow.parquet as pq
 
-    # Read the schema first so only the text column is loaded from disk.
-    schema_names = pq.read_schema(path).names
-    return _column(
-        source,
-        path,
-        schema_names,
-        lambda f: pq.read_table(path, columns=[f]).column(f).to_pylist(),
-    )
+    # The schema first, so only the requested columns are read from disk.
+    return pq.read_schema(path).names, lambda f: pq.read_table(path, columns=[f]).column(f).to_pylist()
 
 
-def _read_saved_dataset(source: DomainSource, path: Path) -> list[str]:
+def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Callable[[str], list[Any]]]:
     import datasets
 
     is_dataset = (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
-    is_dataset_dict = (path / "dataset_dict.json").is_file()
-    if not (is_dataset or is_dataset_dict):
+    if not (is_dataset or (path / "dataset_dict.json").is_file()):
         raise ValueError(
             f"domain {source.name!r}: directory {path} is not a datasets.save_to_disk directory "
             "(no state.json/dataset_info.json or dataset_dict.json)"
@@ -135,11 +134,9 @@ def _read_saved_dataset(source: DomainSource, path: Path) -> list[str]:
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
-            raise ValueError(
-                f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}"
-            )
+            raise ValueError(f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}")
         loaded = loaded["train"]
-    return _column(source, path, list(loaded.column_names), lambda f: loaded[f])
+    return list(loaded.column_names), lambda f: loaded[f]
 
 
 def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list[DomainSource]:
@@ -152,10 +149,7 @@ def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list
     info_path = Path(dataset_dir) / "dataset_info.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"dataset info {info_path} not found")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{info_path}: expected valid JSON ({exc.msg})") from None
+    info = read_json(info_path)
     if not isinstance(info, dict):
         raise ValueError(f"{info_path}: expected a JSON object mapping names to entries")
 

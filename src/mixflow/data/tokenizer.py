@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from mixflow.utils.jsonlog import read_json
 
 TOKENIZER_FILE = "mixflow_tokenizer.json"
 
@@ -61,15 +64,12 @@ class ByteTokenizer:
         return path
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "ByteTokenizer":
+    def from_pretrained(cls, directory: str | Path) -> ByteTokenizer:
         """Load a tokenizer saved by :meth:`save_pretrained`."""
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} not found")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: expected valid JSON ({exc.msg})") from None
+        config = read_json(path)
         if not isinstance(config, dict) or config.get("type") != "byte":
             raise ValueError(f'{path}: field "type" must be "byte"')
         return cls()

@@ -16,7 +16,6 @@ from torch.utils.checkpoint import checkpoint
 from mixflow.data.keys import IGNORE_INDEX
 
 
-
 @dataclass
 class SampleLosses:
     """Per-sample loss sums and token counts of one batch; ``token_loss_sum`` carries the graph."""

@@ -19,8 +19,9 @@ this package (or a plugin's, entry-point group ``mixflow.providers``) with ``@re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 

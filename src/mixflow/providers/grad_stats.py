@@ -23,11 +23,10 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-import numpy as np
 import torch
 
-from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
 from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, GradStatsParams
+from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
 
 
 def _unwrap(model: Any) -> Any:

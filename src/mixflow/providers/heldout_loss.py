@@ -18,15 +18,17 @@ across ranks; the number of rows is what ``val_size`` set aside.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM
 from mixflow.data.keys import MIXFLOW_KEYS
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import ProviderContext, StatisticProvider, UpdateContext, register_provider
-from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM
+
 
 class HeldoutLoss(StatisticProvider):
     """Evaluates the model on each domain's held-out rows at update time (forward only, eval mode)."""

@@ -34,8 +34,8 @@ from mixflow.config.components import static_component
 from mixflow.config.schema import DomainConfig, RunConfig
 from mixflow.data.classification import ClassificationCollator, LabelVocabulary, read_labelled
 from mixflow.data.sources import DomainSource
-from mixflow.recipes.inputs import as_path_list, domain_sources, source_name
 from mixflow.recipes.classification import prepare_classification_data
+from mixflow.recipes.inputs import as_path_list, domain_sources, source_name
 from mixflow.recipes.train import run_training
 from mixflow.recipes.weights_cache import (
     CACHE_FILE,
@@ -161,8 +161,35 @@ def run_checkers(run: RunConfig, progress: bool = True, force: bool = False) -> 
     out = Path(run.training["output_dir"])
     dirs = {"quality": out / "quality", "diversity": out / "diversity"}
     cache_path = out / CACHE_FILE
+    vocabulary = _shared_vocabulary(run)
+    trained, metrics = [], {}
+    for kind in ("diversity", "quality"):
+        sub = _checker_run(run, kind, dirs[kind], vocabulary)
+        fingerprint = _training_fingerprint(sub)
+        if not force and _up_to_date(dirs[kind], fingerprint):
+            logger.info("checkers: the %s checker in %s is up to date", kind, dirs[kind])
+            continue
+        logger.info("checkers: training the %s checker into %s", kind, dirs[kind])
+        metrics[kind] = _train_checker(sub, dirs[kind], fingerprint, progress)
+        trained.append(kind)
+    data_fp = data_fingerprint(run)
+    checker_fp = hash_json([weights_digest(dirs["quality"]), weights_digest(dirs["diversity"])])
+    status = _cache_status(cache_path, data_fp, checker_fp, force)
+    if status == "up to date":
+        cache = read_weights_cache(cache_path)
+        logger.info("checkers: %s is up to date", cache_path)
+    else:
+        if cache_path.is_file():
+            logger.warning("checkers: %s is stale; %s", cache_path, status)
+        cache = _compute_cache(run, dirs, data_fp, checker_fp, progress)
+        write_weights_cache(cache_path, cache)
+        logger.info("checkers: wrote %s (%d rows)", cache_path, len(cache.quality))
+    return CheckersResult(cache_path, dirs["quality"], dirs["diversity"], trained, status, metrics, _summary(cache))
 
-    # The checkers must number the classes like the training run does.
+
+def _shared_vocabulary(run: RunConfig) -> LabelVocabulary:
+    """The label numbering of the training run, checked against the real set (the checkers must
+    number the classes like the training run does, and see every class)."""
     sources = domain_sources(run)
     train_labels = [
         y for s in sources
@@ -179,64 +206,53 @@ def run_checkers(run: RunConfig, progress: bool = True, force: bool = False) -> 
             f"real_data: has the labels {sorted(set(real))} but the training data {vocabulary.names}; "
             "the quality checker must see every class"
         )
+    return vocabulary
 
-    trained, metrics = [], {}
-    for kind in ("diversity", "quality"):
-        sub = _checker_run(run, kind, dirs[kind], vocabulary)
-        fingerprint = _training_fingerprint(sub)
-        if not force and _up_to_date(dirs[kind], fingerprint):
-            logger.info("checkers: the %s checker in %s is up to date", kind, dirs[kind])
-            continue
-        logger.info("checkers: training the %s checker into %s", kind, dirs[kind])
-        metrics[kind] = _train_checker(sub, dirs[kind], fingerprint, progress)
-        trained.append(kind)
 
-    data_fp = data_fingerprint(run)
-    checker_fp = hash_json([weights_digest(dirs["quality"]), weights_digest(dirs["diversity"])])
-    status = "up to date"
+def _cache_status(cache_path: Path, data_fp: str, checker_fp: str, force: bool) -> str:
+    """``up to date``, or why the cache must be (re)computed."""
     if force:
-        status = "recomputed (forced)"
-    elif not cache_path.is_file():
-        status = "computed: no cache yet"
-    else:
-        try:
-            old = read_weights_cache(cache_path)
-            if old.data_fingerprint != data_fp:
-                status = "recomputed: the training data changed since it was computed"
-            elif old.checker_fingerprint != checker_fp:
-                status = "recomputed: the checkers changed since it was computed"
-        except ValueError:
-            status = "recomputed: the old file was unreadable"
-    if status == "up to date":
-        cache = read_weights_cache(cache_path)
-        logger.info("checkers: %s is up to date", cache_path)
-    else:
-        if cache_path.is_file():
-            logger.warning("checkers: %s is stale; %s", cache_path, status)
-        data = prepare_classification_data(run, progress=progress)
-        pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
-        collator = ClassificationCollator(int(pad))
-        batch = int(run.training.get("per_device_eval_batch_size", 64))
-        cache = WeightsCache(
-            quality=label_probabilities(dirs["quality"], data.train, collator, batch),
-            diversity=label_probabilities(dirs["diversity"], data.train, collator, batch),
-            labels=data.train.labels,
-            domain_names=list(data.train.domain_names),
-            domain_sizes=list(data.train.domain_sizes),
-            data_fingerprint=data_fp,
-            checker_fingerprint=checker_fp,
-        )
-        write_weights_cache(cache_path, cache)
-        logger.info("checkers: wrote %s (%d rows)", cache_path, len(cache.quality))
-    floor = 1e-3
+        return "recomputed (forced)"
+    if not cache_path.is_file():
+        return "computed: no cache yet"
+    try:
+        old = read_weights_cache(cache_path)
+    except ValueError:
+        return "recomputed: the old file was unreadable"
+    if old.data_fingerprint != data_fp:
+        return "recomputed: the training data changed since it was computed"
+    if old.checker_fingerprint != checker_fp:
+        return "recomputed: the checkers changed since it was computed"
+    return "up to date"
+
+
+def _compute_cache(run: RunConfig, dirs: dict[str, Path], data_fp: str, checker_fp: str, progress: bool) -> WeightsCache:
+    """Both checkers' probability of every training row's label, in ``sample_ids`` order."""
+    data = prepare_classification_data(run, progress=progress)
+    pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+    collator = ClassificationCollator(int(pad))
+    batch = int(run.training.get("per_device_eval_batch_size", 64))
+    return WeightsCache(
+        quality=label_probabilities(dirs["quality"], data.train, collator, batch),
+        diversity=label_probabilities(dirs["diversity"], data.train, collator, batch),
+        labels=data.train.labels,
+        domain_names=list(data.train.domain_names),
+        domain_sizes=list(data.train.domain_sizes),
+        data_fingerprint=data_fp,
+        checker_fingerprint=checker_fp,
+    )
+
+
+def _summary(cache: WeightsCache, floor: float = 1e-3) -> dict[str, float]:
+    """Mean probabilities and mean IMP weight of the cache (the weighter's default floor)."""
     ratio = np.maximum(cache.quality, floor) / np.maximum(cache.diversity, floor)
-    summary = {
+    nan = float("nan")
+    return {
         "rows": float(len(ratio)),
-        "mean_quality": float(cache.quality.mean()) if len(ratio) else float("nan"),
-        "mean_diversity": float(cache.diversity.mean()) if len(ratio) else float("nan"),
-        "mean_imp_weight": float(ratio.mean()) if len(ratio) else float("nan"),
+        "mean_quality": float(cache.quality.mean()) if len(ratio) else nan,
+        "mean_diversity": float(cache.diversity.mean()) if len(ratio) else nan,
+        "mean_imp_weight": float(ratio.mean()) if len(ratio) else nan,
     }
-    return CheckersResult(cache_path, dirs["quality"], dirs["diversity"], trained, status, metrics, summary)
 
 
 def format_checkers_report(result: CheckersResult) -> str:

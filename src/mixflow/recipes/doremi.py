@@ -35,9 +35,10 @@ import copy
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mixflow.config.errors import ConfigError
 from mixflow.config.load import validate

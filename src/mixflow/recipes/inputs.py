@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mixflow.config.schema import RunConfig, domain_names
 from mixflow.data.sources import DomainSource, sources_from_dataset_info

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def scratch_config(model_config: Mapping[str, Any], tokenizer: Any, **overrides: Any) -> Any:

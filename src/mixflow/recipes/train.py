@@ -11,14 +11,15 @@ from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
 from mixflow.data.dataset import DomainCollator
 from mixflow.recipes.build import build_engine, build_model, prepare_data, training_arguments
-from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.recipes.classification import (
     accuracy_metrics,
     build_classifier,
     format_classification_table,
     prepare_classification_data,
 )
+from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.utils.jsonlog import write_json_atomic
+
 
 def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train as configured; returns the final metrics (also written to ``<output_dir>/mixflow_results.json``)."""

@@ -1,4 +1,5 @@
-"""Append-only JSON-lines logs and atomic JSON files that a killed run can never tear."""
+"""JSON files: append-only JSON-lines logs and atomic writes that a killed run can never tear, and
+reads whose errors name the file and line."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _clean(value: Any) -> Any:
@@ -49,6 +51,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+
+
+def read_json(path: str | os.PathLike, expected: str = "valid JSON") -> Any:
+    """The JSON value in ``path``; a malformed file is one error naming the file, line and ``expected``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: expected {expected} ({err.msg})") from None
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
