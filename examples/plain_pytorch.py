@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> StepEngine:
     # 1. The algorithm decides the weights; the sampler draws this rank's slice of each global batch.
     algorithm = build_algorithm("static", train.domain_names, {}, init_weights=[0.4, 0.3, 0.2, 0.1])
     sampler = MixtureSampler(train.domain_sizes, algorithm.sampling_weights, args.batch_size, seed=0, rank=rank, world_size=world)
-    mixer = StepEngine(sampler, algorithm, schedule=UpdateSchedule(update_step=10), log_dir=args.out)
+    engine = StepEngine(sampler, algorithm, schedule=UpdateSchedule(update_step=10), log_dir=args.out)
     loader = DataLoader(train, batch_size=sampler.local_batch_size, sampler=sampler, collate_fn=DomainCollator(tokenizer.pad_token_id))
 
     config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -67,35 +67,37 @@ def main(argv: list[str] | None = None) -> StepEngine:
         state = torch.load(checkpoint / "train.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        mixer.load(checkpoint)  # sampler position, algorithm state, statistics since the last update
-        step = mixer.last_step
+        engine.load(checkpoint)  # sampler position, algorithm state, statistics since the last update
+        step = engine.last_step
 
     batches = iter(loader)
     while step < args.steps:
         batch = next(batches)
         domain_ids = batch.pop("domain_ids")
         sample_ids = batch.pop("sample_ids")  # used by per-example weighters (IMP); popped before the forward
+        probs = batch.pop("sampling_probs")  # each row's p_d in its batch's plan (importance weights)
         labels = batch.pop("labels")
         logits = model(**batch).logits  # the one forward; no labels, mixflow computes the loss
         # 2. The weighted loss step: per-sample losses from these logits, times c_j.
-        loss = mixer.training_loss(logits, labels, domain_ids, batch_index=step, sample_ids=sample_ids)
+        loss = engine.training_loss(logits, labels, domain_ids, batch_index=step, sample_ids=sample_ids,
+                                   sampling_probs=probs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         step += 1
         # 3. Statistics all-reduced over ranks; the algorithm updates on schedule; weights log.
-        mixer.end_step(step, model=model)
+        engine.end_step(step, model=model)
         if rank == 0 and step % 10 == 0:
-            metrics = mixer.metrics()
+            metrics = engine.metrics()
             print(f"step {step} loss {loss.item():.3f} " + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if "loss" in k))
 
     if rank == 0:
         checkpoint.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint / "train.pt")
-        mixer.save(checkpoint, batch_index=step)
+        engine.save(checkpoint)
     if dist.is_initialized():
         dist.barrier()
-    return mixer
+    return engine
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import StatisticProvider
 from mixflow.providers.reference_loss import ReferenceLoss
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
 NAMES = ["a", "b", "c"]

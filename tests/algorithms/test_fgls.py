@@ -23,7 +23,7 @@ from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import ProviderContext, UpdateContext, build_providers
 from mixflow.providers.heldout_loss import HeldoutLoss
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
 
@@ -256,7 +256,7 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
     train, cut = heldout_mixer("fgls", {}, log_dir=tmp_path / "cut")
     train_steps(cut, train, model, head, 1, 3)
-    cut.save(tmp_path / "ckpt", batch_index=3)
+    cut.save(tmp_path / "ckpt")
     train, resumed = heldout_mixer("fgls", {}, log_dir=tmp_path / "cut")
     resumed.load(tmp_path / "ckpt")
     train_steps(resumed, train, model, head, 4, 6)

@@ -17,7 +17,7 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import sample_losses
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 
 STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")
 
@@ -366,7 +366,7 @@ def test_resume_restores_weighter_state_and_trajectory(tmp_path):
     full_weights = steps(full, 1, 7)
     cut = mixer()
     steps(cut, 1, 4)
-    cut.save(tmp_path / "ckpt", batch_index=4)
+    cut.save(tmp_path / "ckpt")
     state = cut.state_dict()["weighter"]
     # burn-in over (steps 0, 1 uniform; 2, 3 reweighted) and the schedule's position at batch 3
     assert state == {"last_step": 3, "r_current": pytest.approx(cut.weighter.inner.temperature(3)), "num_reweighted": 2}

@@ -17,7 +17,7 @@ from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 
 K = 4
 
@@ -160,7 +160,7 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
     full_rest = _steps(full, 8, 20)
     cut = _mixer(update_step=2)
     assert _steps(cut, 1, 8) == first
-    cut.save(tmp_path, batch_index=7)  # mid-window: rewards moved since the last update
+    cut.save(tmp_path)  # mid-window: rewards moved since the last update
     resumed = _mixer(update_step=2)
     resumed.load(tmp_path)
     assert np.array_equal(resumed.algorithm.rewards, cut.algorithm.rewards)

@@ -20,7 +20,7 @@ from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
 
@@ -302,7 +302,7 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
     model = TinyLM(seed=6)
     full = _pike_mixer(data, update_step=2, name="balanced_pike")
     first = _train_steps(full, model, data, steps=3)
-    full.save(tmp_path / "ckpt", batch_index=3)
+    full.save(tmp_path / "ckpt")
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     rest = _train_steps(full, model, data, steps=4, start=4)
 

@@ -17,6 +17,7 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.loss.objective import domain_coefficients
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import BatchContext, build_providers
+from mixflow.testing import run_distributed
 from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tests)
     _inline_config,
     _model,
@@ -25,7 +26,6 @@ from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tes
     heldout_mixer,
     train_steps,
 )
-from tests.distributed import run_distributed
 
 GRAD = {"grad_params": ["weight"], "grad_groups": 1000, "grad_sketch_dim": 0}  # exact per-sample moments
 
@@ -239,7 +239,7 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
     train, cut = heldout_mixer("va", params, log_dir=tmp_path / "cut", batch=12)
     train_steps(cut, train, model, head, 1, 5)
-    cut.save(tmp_path / "ckpt", batch_index=5)
+    cut.save(tmp_path / "ckpt")
     train, resumed = heldout_mixer("va", params, log_dir=tmp_path / "cut", batch=12)
     resumed.load(tmp_path / "ckpt")
     train_steps(resumed, train, model, head, 6, 8)

@@ -93,3 +93,27 @@ def test_collator_with_dataset_items():
 def test_collator_rejects_mismatched_labels():
     with pytest.raises(ValueError, match=r"features\[0\]"):
         DomainCollator(0)([{"input_ids": [1, 2], "labels": [1], "domain_ids": 0}])
+
+
+def test_batches_carry_the_plan_they_were_drawn_with_across_read_ahead():
+    from torch.utils.data import DataLoader
+
+    from mixflow.data.sampler import MixtureSampler
+
+    a, _, b = _domains()
+    ds = MixtureDataset([a, b], split="train")
+    sampler = MixtureSampler(ds.domain_sizes, [0.5, 0.5], batch_size=4, seed=0)
+    # one worker process: the main process reads indices ahead (prefetch) and pickles them across
+    loader = iter(DataLoader(ds, batch_size=4, sampler=sampler, collate_fn=DomainCollator(0), num_workers=1))
+    first = next(loader)
+    assert first["sampling_probs"].dtype == torch.float64
+    assert first["sampling_probs"].tolist() == [0.5] * 4
+    # the DataLoader has read the next batch's indices already; new weights apply to later plans
+    second_planned = sampler.planned_batches
+    assert second_planned > 1  # batches after the first were planned before the change
+    sampler.set_weights([0.25, 0.75])
+    batches = [next(loader) for _ in range(3)]
+    for g, batch in enumerate(batches, start=1):
+        expected = {0: 0.5, 1: 0.5} if g < second_planned else {0: 0.25, 1: 0.75}
+        assert batch["sampling_probs"].tolist() == [expected[int(d)] for d in batch["domain_ids"]]
+    assert ds[0].get("sampling_probs") is None  # a plain index (evaluation) carries no plan

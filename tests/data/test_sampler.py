@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
 
 from mixflow.data.permutation import derive_key, permute
-from mixflow.data.sampler import _TAG_DOMAIN, MixtureSampler
+from mixflow.data.sampler import _TAG_DOMAIN, MixtureSampler, PlannedIndex
 
 SIZES = [500, 3000, 40, 10000]
 WEIGHTS = [0.3, 0.4, 0.1, 0.2]
@@ -44,12 +45,17 @@ def test_ranks_split_the_same_global_batch(world_size: int) -> None:
         assert np.unique(full).size == full.size
 
 
-def test_iter_yields_python_ints_of_the_rank_slices() -> None:
+def test_iter_yields_python_ints_of_the_rank_slices_carrying_their_plan() -> None:
     a = MixtureSampler(SIZES, WEIGHTS, batch_size=32, seed=1, rank=1, world_size=2)
     b = MixtureSampler(SIZES, WEIGHTS, batch_size=32, seed=1, rank=1, world_size=2)
     indices = list(itertools.islice(iter(a), 16 * 5))
-    assert all(type(i) is int for i in indices)
+    assert all(isinstance(i, int) and type(i) is PlannedIndex for i in indices)
     assert indices == np.concatenate(global_batches(b, 5)).tolist()
+    # each index carries its domain's weight in the plan of its batch, and survives pickling
+    p = a.weights
+    assert [i.prob for i in indices] == [p[a.domain_of(i)] for i in indices]
+    clone = pickle.loads(pickle.dumps(indices[3]))
+    assert clone == indices[3] and clone.prob == indices[3].prob
     with pytest.raises(TypeError):
         len(a)  # type: ignore[arg-type]  # infinite stream: no __len__
 
@@ -283,7 +289,9 @@ def test_state_dict_index_checks_and_snapshot_window() -> None:
     global_batches(s, 5)
     s.mark_consumed(3)
     assert s.state_dict(3)["batch_index"] == 3
-    assert s.state_dict(5) == s.state_dict()
+    # Stateful: once a consumer marks consumption, the bare call is the consumed boundary
+    assert s.state_dict() == s.state_dict(3)
+    assert s.state_dict(5)["batch_index"] == 5 == s.planned_batches
     for bad in (2, 6):
         with pytest.raises(ValueError, match=rf"^batch_index: .*got {bad}$"):
             s.state_dict(bad)

@@ -16,8 +16,9 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import supersede_log_lines
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
+from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import StatisticProvider
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 from tests.helpers import FollowLoss  # noqa: F401  (registers test_follow_loss)
 
 K = 3
@@ -45,6 +46,28 @@ def _feed(mixer, domain_ids, step, scale=1.0):
         next(mixer.sampler.iter_batches())
     logits, labels = _logits_for(domain_ids, scale)
     return mixer.training_loss(logits, labels, torch.as_tensor(domain_ids), batch_index=step)
+
+
+def test_importance_coefficients_use_the_plan_the_batch_carries():
+    algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=[0.5, 0.25, 0.25])
+
+    class Importance(type(algo)):
+        mode = "importance"
+
+    algo.__class__ = Importance
+    sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, 6, seed=1)
+    engine = StepEngine(sampler, algo)
+    ids = [0, 0, 0, 1, 2, 2]
+    logits, labels = _logits_for(ids)
+    carried = torch.tensor([0.5, 0.5, 0.5, 0.25, 0.25, 0.25], dtype=torch.float64)
+    engine.sampler.set_weights([0.2, 0.4, 0.4])  # the sampler has moved on; the batch has not
+    with_plan = engine.training_loss(logits, labels, torch.tensor(ids), batch_index=0, sampling_probs=carried)
+    engine._step_stats = type(engine._step_stats).zeros(3)
+    # q = π (uniform) over the p each sample carries: coefficients 2/3, 4/3, 4/3 by domain
+    c = torch.tensor([2 / 3, 2 / 3, 2 / 3, 4 / 3, 4 / 3, 4 / 3], dtype=torch.float64)
+    losses = sample_losses(logits, labels)
+    expected = (losses.token_loss_sum * c).sum() / losses.token_count.sum()
+    assert torch.allclose(with_plan.double(), expected)
 
 
 def test_schedule_follows_the_seed_semantics():
@@ -203,7 +226,7 @@ def test_state_roundtrip_and_mid_step_guard(tmp_path):
     for step in (1, 2, 3):
         _feed(mixer, [0, 1, 2, 0, 1, 2], step - 1)
         mixer.end_step(step)
-    mixer.save(tmp_path / "ckpt", batch_index=3)
+    mixer.save(tmp_path / "ckpt")
     other = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
     other.load(tmp_path / "ckpt")
     assert other.last_step == 3

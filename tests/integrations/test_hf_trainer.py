@@ -14,7 +14,7 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.integrations.hf_trainer import MixflowTrainer
-from tests.distributed import run_distributed
+from mixflow.testing import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
 

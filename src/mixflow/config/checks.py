@@ -14,7 +14,9 @@ from mixflow.algorithms.registry import lookup
 from mixflow.config.errors import ConfigError
 from mixflow.config.paths import resolve_path
 from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
+from mixflow.data.packing import check_cutoff_len
 from mixflow.data.sources import sources_from_dataset_info
+from mixflow.engine.schedule import UpdateSchedule
 
 
 def check_data(run: RunConfig, base_dir: Path) -> None:
@@ -26,8 +28,10 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
         raise ConfigError("dataset: expected at least one domain")
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset: domain names must be unique, got {names}")
-    if d.cutoff_len < 2:
-        raise ConfigError(f"cutoff_len: expected an integer >= 2, got {d.cutoff_len}")
+    try:
+        check_cutoff_len(d.cutoff_len)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if d.val_size < 0 or (d.val_size >= 1 and d.val_size != int(d.val_size)):
         raise ConfigError(f"val_size: expected a fraction in [0, 1) or a whole number of rows, got {d.val_size}")
     if d.max_samples is not None and d.max_samples < 1:
@@ -74,9 +78,10 @@ def check_mixing(run: RunConfig, base_dir: Path) -> None:
         raise ConfigError(
             f"init_mixture_proportions: only used with mixture_sample_rule 'mixture', got rule {m.mixture_sample_rule!r}"
         )
-    for key, low in (("warmup_step", 0), ("update_step", 1), ("update_times", -1)):
-        if getattr(m, key) < low:
-            raise ConfigError(f"{key}: expected an integer >= {low}, got {getattr(m, key)}")
+    try:
+        UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     algorithm = run.algorithm
     assert algorithm is not None, "resolve_components runs before check_mixing"
     for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):

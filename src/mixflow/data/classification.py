@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns, pad_right
+from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns, pad_right, with_plan
 from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import TokenizedDomain, _split
 from mixflow.data.sources import DomainSource, read_records
@@ -131,12 +131,13 @@ class ClassificationDataset(MixtureDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         position, row = self.locate(index)
-        return {
+        item = {
             "input_ids": torch.as_tensor(np.asarray(self._rows[position][row]), dtype=torch.long),
             "labels": int(self._labels[position][row]),
             DOMAIN_KEY: self.global_domain_ids[position],
             SAMPLE_KEY: self.domain_offsets[position] + row,
         }
+        return with_plan(item, index)
 
     @property
     def labels(self) -> np.ndarray:

@@ -56,8 +56,7 @@ def tokenize_domain(
     ``cutoff_len``. ``val_size`` (a fraction in [0, 1) or a row count) rows are
     held out by a permutation seeded with ``seed``.
     """
-    if not (_is_int(cutoff_len) and cutoff_len >= 1):
-        raise ValueError(f"cutoff_len: expected a positive integer, got {cutoff_len!r}")
+    check_cutoff_len(cutoff_len)
     if max_documents is not None and not (_is_int(max_documents) and max_documents >= 1):
         raise ValueError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
     if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):
@@ -79,6 +78,16 @@ def tokenize_domain(
         else:
             rows = [np.asarray(ids[:cutoff_len], dtype=np.int32) for ids in encoded if ids]
     return _split(source.name, rows, val_size, seed)
+
+
+#: A causal-LM row needs one input and one target token.
+MIN_CUTOFF_LEN = 2
+
+
+def check_cutoff_len(cutoff_len: object) -> None:
+    """The one check of ``cutoff_len`` (the config loader and the tokenizer path both call it)."""
+    if not (_is_int(cutoff_len) and cutoff_len >= MIN_CUTOFF_LEN):
+        raise ValueError(f"cutoff_len: expected an integer >= {MIN_CUTOFF_LEN}, got {cutoff_len!r}")
 
 
 def _is_int(value: object) -> bool:

@@ -44,7 +44,7 @@ from torch.utils.data import Sampler
 from mixflow.data.permutation import derive_key, derive_keys, permute_many
 from mixflow.data.proportions import validate_domain_sizes, validate_weights
 
-__all__ = ["MixtureSampler"]
+__all__ = ["MixtureSampler", "PlannedIndex"]
 
 _ON_EXHAUSTED = ("reshuffle", "stop")
 # Distinct tags keep the key streams of domain orders and batch shuffles apart
@@ -67,6 +67,23 @@ class _Snapshot:
     credit: np.ndarray
     weights: np.ndarray
     epoch: int
+
+
+class PlannedIndex(int):
+    """A global row index that also carries ``prob``: the sampling weight of its row's domain in the
+    plan of its global batch. It is an ``int`` everywhere an index is expected (DataLoader,
+    accelerate's sharding, worker processes); :class:`~mixflow.data.dataset.MixtureDataset` puts
+    ``prob`` into the sample, so the plan travels with the batch."""
+
+    prob: float
+
+    def __new__(cls, index: int, prob: float) -> PlannedIndex:
+        obj = super().__new__(cls, index)
+        obj.prob = prob
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PlannedIndex, (int(self), self.prob))
 
 
 def _check_int(value: Any, name: str, minimum: int | None = None) -> int:
@@ -161,6 +178,9 @@ class MixtureSampler(Sampler[int]):
 
         self._snapshots: dict[int, _Snapshot] = {}
         self._consumed = 0
+        # Whether a consumer reports consumed batches (mark_consumed): then a bare state_dict() is
+        # taken at the last consumed batch, whatever the DataLoader has read ahead.
+        self._marks_consumption = False
 
         # Read-ahead cache of each domain's row order: rows for stream
         # positions [buf_start, buf_start + len(buf)).
@@ -300,6 +320,7 @@ class MixtureSampler(Sampler[int]):
         ``num_batches`` to :attr:`planned_batches`.
         """
         num_batches = _check_int(num_batches, "num_batches", 0)
+        self._marks_consumption = True
         if num_batches > self._planned:
             raise ValueError(
                 f"num_batches: expected at most {self._planned} (batches planned so far), got {num_batches}"
@@ -328,9 +349,12 @@ class MixtureSampler(Sampler[int]):
             yield batch[lo : lo + local]
 
     def __iter__(self) -> Iterator[int]:
-        """Yield global row indices one by one (this rank's slices, batch after batch)."""
+        """Yield global row indices one by one (this rank's slices, batch after batch), each a
+        :class:`PlannedIndex` carrying its domain's weight in the batch's plan."""
         for batch in self.iter_batches():
-            yield from batch.tolist()
+            # iter_batches planned this batch just now, so the weights in force are the plan's.
+            probs = self._weights[self.domain_ids(batch)]
+            yield from map(PlannedIndex, batch.tolist(), probs.tolist())
 
     # --------------------------------------------------------------- planning
 
@@ -465,14 +489,19 @@ class MixtureSampler(Sampler[int]):
     def state_dict(self, batch_index: int | None = None) -> dict[str, Any]:
         """JSON-serialisable state as of the start of global batch ``batch_index``.
 
-        ``None`` means the next batch to plan (:attr:`planned_batches`).
+        ``None`` (the ``Stateful`` call, no argument) means the first batch not yet consumed when a
+        consumer marks consumed batches (:meth:`mark_consumed`, as the step engine does), else the
+        next batch to plan (:attr:`planned_batches`).
         Otherwise ``batch_index`` must be a planned batch not yet marked
         consumed, or ``planned_batches``. The state holds the weights and
         epoch in force for that batch plus every change recorded for a later
         batch, so a sampler restored from it plans ``batch_index``,
         ``batch_index + 1``, ... exactly as this one did (or will).
         """
-        g = self._planned if batch_index is None else _check_int(batch_index, "batch_index", 0)
+        if batch_index is None:
+            g = self._consumed if self._marks_consumption else self._planned
+        else:
+            g = _check_int(batch_index, "batch_index", 0)
         if g == self._planned:
             weights, epoch = self._resolve(g)
             snap = _Snapshot(self._drawn, self._credit, weights, epoch)
@@ -569,6 +598,7 @@ class MixtureSampler(Sampler[int]):
 
         self._planned = g
         self._consumed = g
+        self._marks_consumption = False
         self._drawn = domain_epochs * self._sizes + cursors
         self._credit = credits
         self._weights = weights

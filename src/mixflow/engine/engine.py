@@ -96,20 +96,23 @@ class StepEngine:
         model: Any = None,
         inputs: Mapping[str, Any] | None = None,
         sample_ids: torch.Tensor | None = None,
+        sampling_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted loss of one micro-batch; records its per-domain statistics for the step.
 
-        ``batch_index`` is the global batch (optimizer step) the micro-batch belongs to; it selects
-        the sampling weights the sampler used, which importance-mode coefficients divide by.
-        ``sample_ids`` (global row indices) reach the sample weighter, for per-example weights.
+        ``batch_index`` is the global batch (optimizer step) the micro-batch belongs to.
+        ``sampling_probs`` (the batch's ``sampling_probs`` column) is each sample's p_d from the plan
+        it was drawn with, which importance-mode coefficients divide by; without it (batches built
+        by hand) the sampler's record of batch ``batch_index``'s plan is used. ``sample_ids``
+        (global row indices) reach the sample weighter, for per-example weights.
         """
         domain_ids = domain_ids.to(logits.device).long()
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
         step = self.last_step if batch_index is None else batch_index
         self._record(losses, domain_ids, labels, model, inputs, step)
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, *self._domain_vectors(losses, batch_index), s,
-                            num_items_in_batch)
+        p, w, prior = self._domain_vectors(losses, None if sampling_probs is not None else batch_index)
+        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch, sampling_probs)
         return loss
 
     @property
@@ -277,9 +280,10 @@ class StepEngine:
         return out
 
     # ---- checkpoint state ---------------------------------------------------------------
-    def state_dict(self, batch_index: int | None = None) -> dict[str, Any]:
-        """Everything needed to continue exactly: sampler position at ``batch_index``, algorithm
-        state, the statistics accumulated since the last update, counters."""
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly after the last completed step: the sampler's
+        position at that step's boundary, the algorithm's state, the statistics accumulated since
+        the last update, counters. Call it between optimizer steps."""
         if self._step_stats.token_count.sum() > 0:
             raise RuntimeError("StepEngine.state_dict: called in the middle of an optimizer step")
         return {
@@ -288,7 +292,7 @@ class StepEngine:
             "algorithm_name": self.algorithm.name,
             "step": self.last_step,
             "skipped_updates": self.skipped_updates,
-            "sampler": self.sampler.state_dict(batch_index if batch_index is not None else self.last_step),
+            "sampler": self.sampler.state_dict(self.last_step),
             "algorithm": self.algorithm.state_dict(),
             "weighter": self.weighter.state_dict() if self.weighter is not None else None,
             "window_stats": self._window_stats.state_dict(),
@@ -312,9 +316,9 @@ class StepEngine:
         self.last_step = int(state["step"])
         self.skipped_updates = int(state["skipped_updates"])
 
-    def save(self, checkpoint_dir: str | Path, batch_index: int | None = None) -> Path:
+    def save(self, checkpoint_dir: str | Path) -> Path:
         """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""
-        return write_state(checkpoint_dir, self.state_dict(batch_index))
+        return write_state(checkpoint_dir, self.state_dict())
 
     def load(self, checkpoint_dir: str | Path) -> None:
         """Restore from a checkpoint directory; supersede log lines written after it."""

@@ -18,7 +18,7 @@ class UpdateSchedule:
     """Number of updates; -1 keeps updating until training ends."""
 
     def __post_init__(self) -> None:
-        # The config loader checks these keys for `mixflow train`; this guards the Python API.
+        # The one check of these keys: the config loader builds a schedule to run it.
         for key, low in (("warmup_step", 0), ("update_step", 1), ("update_times", -1)):
             if getattr(self, key) < low:
                 raise ValueError(f"{key}: expected an integer >= {low}, got {getattr(self, key)}")

@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, SAMPLE_KEY
+from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,11 @@ class MixflowCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if state.is_world_process_zero:
             checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            # The state is taken at the boundary of global batch `global_step`: the next one to train.
-            self.engine.save(checkpoint, batch_index=state.global_step)
+            # on_step_end ran first, so the engine's state is at the boundary of global batch
+            # `global_step`: the next one to train.
+            if self.engine.last_step != state.global_step:
+                raise RuntimeError(f"checkpoint at step {state.global_step}: the engine ended step {self.engine.last_step}")
+            self.engine.save(checkpoint)
         return control
 
 
@@ -96,6 +99,7 @@ class MixflowTrainer(Trainer):
         inputs = dict(inputs)
         domain_ids = inputs.pop(DOMAIN_KEY, None)
         sample_ids = inputs.pop(SAMPLE_KEY, None)
+        sampling_probs = inputs.pop(PROB_KEY, None)
         labels = inputs.pop("labels", None)
         if labels is None:
             raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
@@ -119,6 +123,7 @@ class MixflowTrainer(Trainer):
             model=model,
             inputs=inputs,
             sample_ids=sample_ids,
+            sampling_probs=sampling_probs,
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts all ranks' tokens while DDP averages gradients over ranks.

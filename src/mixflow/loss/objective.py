@@ -20,13 +20,15 @@ def step_loss(
     prior: torch.Tensor,
     sample_weights: torch.Tensor | None,
     num_items_in_batch: torch.Tensor | int | None,
+    sample_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weighted loss, coefficients or None when all are 1) of one micro-batch.
 
     ``sampling_weights`` is the p the batch was drawn with, ``loss_weights`` w and ``prior`` π (all
-    [K]); ``sample_weights`` s [B] or None.
+    [K]); ``sample_weights`` s [B] or None; ``sample_probs`` [B] the p_d each sample carries from
+    its batch's plan (then ``sampling_weights`` is not read in importance mode).
     """
-    c = coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_weights)
+    c = coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_weights, sample_probs)
     return weighted_loss(losses, c, num_items_in_batch), c
 
 
@@ -37,9 +39,10 @@ def coefficients(
     loss_weights: torch.Tensor,
     prior: torch.Tensor,
     sample_weights: torch.Tensor | None = None,
+    sample_probs: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """c_j = (domain part of sample j's domain) · s_j; None when every coefficient is 1."""
-    c = domain_coefficients(domain_ids, mode, sampling_weights, loss_weights, prior)
+    c = domain_coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_probs)
     if sample_weights is not None:
         c = sample_weights if c is None else c * sample_weights
     return c
@@ -73,8 +76,10 @@ def domain_coefficients(
     sampling_weights: torch.Tensor,
     loss_weights: torch.Tensor,
     prior: torch.Tensor,
+    sample_probs: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Domain part of c_j (DESIGN.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode.
+    """Domain part of c_j (DESIGN.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode
+    (p_d from ``sample_probs`` when the batch carries its plan, else from ``sampling_weights``).
 
     In objective mode the batch composition is the weighting and w (all ones unless the algorithm
     sets loss weights) multiplies each sample's loss directly. In importance mode
@@ -89,6 +94,7 @@ def domain_coefficients(
     if mode != "importance":
         raise ValueError(f"mode: expected 'objective' or 'importance', got {mode!r}")
     q = prior * loss_weights
-    q = q / q.sum()
-    ratio = torch.where(sampling_weights > 0, q / sampling_weights.clamp_min(1e-30), torch.zeros_like(q))
-    return ratio.to(domain_ids.device)[domain_ids.long()]
+    q = (q / q.sum()).to(domain_ids.device)[domain_ids.long()]
+    p = sampling_weights.to(domain_ids.device)[domain_ids.long()] if sample_probs is None else sample_probs
+    p = p.to(device=q.device, dtype=q.dtype)
+    return torch.where(p > 0, q / p.clamp_min(1e-30), torch.zeros_like(q))

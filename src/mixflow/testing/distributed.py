@@ -1,4 +1,15 @@
-"""Run a test function in several processes with the gloo backend (CPU only)."""
+"""Run a test function in several processes with the gloo backend (CPU only, no GPU needed).
+
+Plugin authors test that their algorithm agrees across ranks the way mixflow's own tests do::
+
+    from mixflow.testing import run_distributed
+
+    def check(rank, world_size, out_dir):   # module level: it is pickled into spawned processes
+        ...
+
+    def test_two_ranks(tmp_path):
+        run_distributed(check, str(tmp_path))
+"""
 
 from __future__ import annotations
 
