@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, param
+from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.packing import TokenizedDomain
@@ -52,7 +52,8 @@ def tiny_domains(sizes=(40, 24, 16), length=12, packed=True, seed=0) -> list[Tok
 
 @dataclass
 class FollowLossParams(AlgorithmParams):
-    eta: float = param(1.0, "step size")
+    eta: float = 1.0
+    """step size"""
 
 
 @register_algorithm

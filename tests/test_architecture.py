@@ -164,13 +164,14 @@ NEW_ALGORITHM = '''
 from dataclasses import dataclass
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, param
+from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import register_algorithm
 
 
 @dataclass
 class HalfParams(AlgorithmParams):
-    rate: float = param(0.5, "how far to move towards uniform")
+    rate: float = 0.5
+    """how far to move towards uniform"""
 
 
 @register_algorithm

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param, required_param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, excess_loss
 
@@ -37,17 +37,18 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DoReMiParams(AlgorithmParams):
     reference_model_path: str | None = required_param(
-        "Reference model directory (DoReMi step 1's output_dir or a checkpoint of it); null: no "
-        "reference, λ = the proxy's loss (Group DRO, for debugging).",
         "a local model directory, or null to run without a reference",
         path="model_dir",
         hint="train the reference first, DoReMi step 1, or give null to run without one",
     )
-    reweight_eta: float = param(1.0, "η: step size of the exponentiated-gradient update of α (seed example: 0.1).")
-    reweight_eps: float = param(1e-3, "c: smoothing towards uniform; every α_i >= c/K (seed example: 0.01).")
-    output_weights: Literal["average", "last"] = param(
-        "average", "Weights for step 3: 'average' = mean of α over updates (the paper's ᾱ), 'last' = the final α."
-    )
+    """Reference model directory (DoReMi step 1's output_dir or a checkpoint of it); null: no reference, λ = the
+    proxy's loss (Group DRO, for debugging)."""
+    reweight_eta: float = 1.0
+    """η: step size of the exponentiated-gradient update of α (seed example: 0.1)."""
+    reweight_eps: float = 1e-3
+    """c: smoothing towards uniform; every α_i >= c/K (seed example: 0.01)."""
+    output_weights: Literal["average", "last"] = "average"
+    """Weights for step 3: 'average' = mean of α over updates (the paper's ᾱ), 'last' = the final α."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if self.reweight_eta < 0 or not np.isfinite(self.reweight_eta):

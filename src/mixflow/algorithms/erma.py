@@ -34,27 +34,26 @@ from typing import Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, heldout_moments
 
 
 @dataclass
 class ERMAParams(AlgorithmParams):
-    gamma1: float = param(0.5, "γ1: step on the held-out loss term γ1·π_i·G(t)·L_i")
-    gamma2: float = param(0.5, "γ2: step on the variance term γ2·π_i·w_i·Var_i")
-    schedule: Literal["constant", "inverse_sqrt"] = param(
-        "constant", "G(t) (ours): constant = 1; inverse_sqrt = 1/sqrt(1 + t), t = updates done"
-    )
-    exponent_weights: Literal["unnormalized", "normalized"] = param(
-        "unnormalized",
-        "w in the variance term (ours): unnormalized = the multiplicative state u (fixed point "
-        "w ∝ L/Var, 1/σ² for squared loss); normalized = w with Σπw = 1 (constrained mirror descent)",
-    )
-    max_log_decrease: float | None = param(
-        1.0, "Largest decrease of log u_i in one update (ours: one wild variance estimate cannot bury a domain); null: none"
-    )
-    var_floor: float = param(1e-8, "Smallest Var_i used (a domain with identical held-out losses)")
+    gamma1: float = 0.5
+    """γ1: step on the held-out loss term γ1·π_i·G(t)·L_i"""
+    gamma2: float = 0.5
+    """γ2: step on the variance term γ2·π_i·w_i·Var_i"""
+    schedule: Literal["constant", "inverse_sqrt"] = "constant"
+    """G(t) (ours): constant = 1; inverse_sqrt = 1/sqrt(1 + t), t = updates done"""
+    exponent_weights: Literal["unnormalized", "normalized"] = "unnormalized"
+    """w in the variance term (ours): unnormalized = the multiplicative state u (fixed point w ∝ L/Var, 1/σ² for
+    squared loss); normalized = w with Σπw = 1 (constrained mirror descent)"""
+    max_log_decrease: float | None = 1.0
+    """Largest decrease of log u_i in one update (ours: one wild variance estimate cannot bury a domain); null: none"""
+    var_floor: float = 1e-8
+    """Smallest Var_i used (a domain with identical held-out losses)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         for key in ("gamma1", "gamma2"):

@@ -27,20 +27,20 @@ from typing import Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, heldout_moments
 
 
 @dataclass
 class FGLSParams(AlgorithmParams):
-    beta: float = param(0.1, "Smoothing β of w ← (1−β)·w + β·t, t ∝ 1/σ̂² (ours; 1 = no smoothing)")
-    target_scale: Literal["normalized", "raw"] = param(
-        "normalized",
-        "normalized: t = (1/σ̂²)/Σπ(1/σ̂²), so β is the step whatever the loss's units (ours); "
-        "raw: t = 1/σ̂² literally, then renormalise (the step then depends on the loss scale)",
-    )
-    noise_floor: float = param(1e-8, "Smallest σ̂² used (a domain with zero held-out loss would get infinite weight)")
+    beta: float = 0.1
+    """Smoothing β of w ← (1−β)·w + β·t, t ∝ 1/σ̂² (ours; 1 = no smoothing)"""
+    target_scale: Literal["normalized", "raw"] = "normalized"
+    """normalized: t = (1/σ̂²)/Σπ(1/σ̂²), so β is the step whatever the loss's units (ours); raw: t = 1/σ̂² literally,
+    then renormalise (the step then depends on the loss scale)"""
+    noise_floor: float = 1e-8
+    """Smallest σ̂² used (a domain with zero held-out loss would get infinite weight)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if not 0 < self.beta <= 1:

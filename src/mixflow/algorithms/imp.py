@@ -24,20 +24,22 @@ import numpy as np
 import torch
 
 from mixflow.algorithms.base import SampleWeighter
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param, required_param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
 from mixflow.algorithms.registry import register_weighter
 
 
 @dataclass
 class ImpParams(AlgorithmParams):
     weights_cache: str = required_param(
-        "Path of the checker cache written by `mixflow checkers` (P̂′(y|x) and Q̂(y|x) per training example).",
         "the cache written by `mixflow checkers CONFIG`",
         path="file",
         hint="run `mixflow checkers CONFIG` first",
     )
-    min_prob: float = param(1e-3, "(ours) Floor on both probabilities of a weight ratio, in (0, 1).")
-    max_weight: float | None = param(None, "(ours) Upper bound on a weight; null: no bound beyond 1 / min_prob.")
+    """Path of the checker cache written by `mixflow checkers` (P̂′(y|x) and Q̂(y|x) per training example)."""
+    min_prob: float = 1e-3
+    """(ours) Floor on both probabilities of a weight ratio, in (0, 1)."""
+    max_weight: float | None = None
+    """(ours) Upper bound on a weight; null: no bound beyond 1 / min_prob."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load, before any data or model loads)."""

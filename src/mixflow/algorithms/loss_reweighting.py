@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from mixflow.algorithms.base import SampleWeighter
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_weighter
 
 Strategy = Literal["linupper", "quadratic", "extremes", "uniform"]
@@ -33,17 +33,21 @@ Schedule = Literal["constant", "linear", "cosine"]
 
 @dataclass
 class LossReweightingParams(AlgorithmParams):
-    strategy: Strategy = param("linupper", "f of the normalised loss: linupper, quadratic, extremes or uniform.")
-    delta: float = param(1.0, "δ: normalised losses span [-δ, δ] (> 0).")
-    r: float = param(1.0, "Temperature of softmax(f / r) (> 0); with a decreasing schedule, its final value.")
-    burn_in_steps: int = param(0, "Optimizer steps of uniform weighting before reweighting starts (paper: 1000).")
-    r_schedule: Schedule = param(
-        "constant",
-        "(ours) constant: r throughout; linear or cosine: r decreases from r_start to r over r_schedule_steps "
-        "steps after the burn-in (large r is nearly uniform, so the weighting fades in).",
-    )
-    r_start: float = param(10.0, "Temperature at the start of a linear/cosine schedule (> r).")
-    r_schedule_steps: int = param(1000, "Length of the linear/cosine schedule in optimizer steps (>= 1).")
+    strategy: Strategy = "linupper"
+    """f of the normalised loss: linupper, quadratic, extremes or uniform."""
+    delta: float = 1.0
+    """δ: normalised losses span [-δ, δ] (> 0)."""
+    r: float = 1.0
+    """Temperature of softmax(f / r) (> 0); with a decreasing schedule, its final value."""
+    burn_in_steps: int = 0
+    """Optimizer steps of uniform weighting before reweighting starts (paper: 1000)."""
+    r_schedule: Schedule = "constant"
+    """(ours) constant: r throughout; linear or cosine: r decreases from r_start to r over r_schedule_steps steps after
+    the burn-in (large r is nearly uniform, so the weighting fades in)."""
+    r_start: float = 10.0
+    """Temperature at the start of a linear/cosine schedule (> r)."""
+    r_schedule_steps: int = 1000
+    """Length of the linear/cosine schedule in optimizer steps (>= 1)."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
 
@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ODMParams(AlgorithmParams):
-    alpha: float = param(0.9, "Reward smoothing: R̂_i ← α·R̂_i + (1−α)·L_i/p_i after every step (paper: 0.9)")
+    alpha: float = 0.9
+    """Reward smoothing: R̂_i ← α·R̂_i + (1−α)·L_i/p_i after every step (paper: 0.9)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if not 0 <= self.alpha < 1:

@@ -8,8 +8,11 @@ run builder hands that same object to the algorithm, which never re-validates it
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,7 +35,8 @@ class ValidationContext:
 
 @dataclass
 class AlgorithmParams:
-    """Base of every algorithm's parameter dataclass. Each field carries ``metadata={"help": ...}``."""
+    """Base of every algorithm's parameter dataclass. Each field is documented by an attribute
+    docstring (the string right below it), which ``mixflow list`` shows."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """Semantic checks, run once at config load (``build_params``), before any data or model
@@ -40,24 +44,36 @@ class AlgorithmParams:
         ``ValueError(f"{where}.<key>: expected ...")`` (one line); default: none."""
 
 
-def _metadata(help: str, path: PathKind | None, hint: str) -> dict[str, Any]:
-    return {"help": help, **({"path": path, "hint": hint} if path else {})}
+def param(default: Any, path: PathKind, hint: str = "") -> Any:
+    """A path-valued parameter's field: the value names a file or a model directory, which the front
+    door checks (``hint`` says what to do when it is missing). Document it with an attribute
+    docstring like every other field."""
+    return dataclasses.field(default=default, metadata={"path": path, "hint": hint})
 
 
-def param(default: Any, help: str, path: PathKind | None = None, hint: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with its one-line documentation (shown by ``mixflow list``). ``path``
-    declares that the value names a file or a model directory, which the front door checks (and
-    ``hint`` says what to do when it is missing)."""
-    metadata = _metadata(help, path, hint)
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
-
-
-def required_param(help: str, expected: str, path: PathKind | None = None, hint: str = "") -> Any:
+def required_param(expected: str, path: PathKind | None = None, hint: str = "") -> Any:
     """A parameter without a default (declare it before the defaulted ones). Omitting it is the config
     error ``<where>.<name>: required (<expected>)``."""
-    return dataclasses.field(metadata={**_metadata(help, path, hint), "required": expected})
+    return dataclasses.field(metadata={"required": expected, **({"path": path, "hint": hint} if path else {})})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstring of every field of a params dataclass (its bases' included), one line each."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # defined where no source is kept (e.g. an interactive session)
+            continue
+        body = ast.parse(source).body[0]
+        statements = getattr(body, "body", [])
+        for stmt, nxt in zip(statements, statements[1:]):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr):
+                if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                    docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
 
 
 def declared_paths(params: AlgorithmParams) -> list[tuple[str, PathKind, str, str]]:
@@ -175,6 +191,7 @@ def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for each parameter of an algorithm or weighter class."""
     rows = []
     hints = typing.get_type_hints(cls.Params)
+    docs = field_docs(cls.Params)
     for f in dataclasses.fields(cls.Params):
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -182,5 +199,5 @@ def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
-        rows.append((f.name, _describe(hints[f.name]), default, f.metadata.get("help", "")))
+        rows.append((f.name, _describe(hints[f.name]), default, docs.get(f.name, "")))
     return rows

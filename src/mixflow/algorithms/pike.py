@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import ValidationContext, param
+from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments
 from mixflow.algorithms.weights import floor_weights
@@ -48,18 +48,18 @@ from mixflow.algorithms.weights import floor_weights
 
 @dataclass
 class PiKEParams(GradStatsParams):
-    zeta1: float = param(1.0, "ζ1: weight of the squared gradient norm ‖∇L_k‖² in the exponent")
-    zeta2: float = param(
-        1.0, "ζ2: weight of the noise term σ_k²/(2B); ζ2/ζ1 ~ smoothness × learning rate (0: ignore noise)"
-    )
-    normalize: bool = param(
-        True, "Divide the exponent by the mean over tasks of ζ1‖∇L_k‖² + ζ2σ_k²/(2B) and scale by step_size (ours)"
-    )
-    step_size: float = param(0.1, "With normalize: the size of one update in log-weight units (ours)")
-    min_weight: float = param(0.01, "Floor on every task's weight, so that no task dies (must be < 1/K)")
-    min_samples: int = param(
-        2, "Floor of min_samples/B on every weight, so each task keeps the 2 samples a variance needs (ours; 0: off)"
-    )
+    zeta1: float = 1.0
+    """ζ1: weight of the squared gradient norm ‖∇L_k‖² in the exponent"""
+    zeta2: float = 1.0
+    """ζ2: weight of the noise term σ_k²/(2B); ζ2/ζ1 ~ smoothness × learning rate (0: ignore noise)"""
+    normalize: bool = True
+    """Divide the exponent by the mean over tasks of ζ1‖∇L_k‖² + ζ2σ_k²/(2B) and scale by step_size (ours)"""
+    step_size: float = 0.1
+    """With normalize: the size of one update in log-weight units (ours)"""
+    min_weight: float = 0.01
+    """Floor on every task's weight, so that no task dies (must be < 1/K)"""
+    min_samples: int = 2
+    """Floor of min_samples/B on every weight, so each task keeps the 2 samples a variance needs (ours; 0: off)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
@@ -90,7 +90,8 @@ class PiKEParams(GradStatsParams):
 
 @dataclass
 class BalancedPiKEParams(PiKEParams):
-    tau: float = param(3.0, "τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5")
+    tau: float = 3.0
+    """τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)

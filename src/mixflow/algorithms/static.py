@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.algorithms.weights import as_distribution
@@ -13,11 +13,8 @@ from mixflow.algorithms.weights import as_distribution
 
 @dataclass
 class StaticParams(AlgorithmParams):
-    proportions: list[float] | None = param(
-        None,
-        "Sampling proportions, one per domain (normalised). null: use init_mixture_proportions / "
-        "mixture_sample_rule.",
-    )
+    proportions: list[float] | None = None
+    """Sampling proportions, one per domain (normalised). null: use init_mixture_proportions / mixture_sample_rule."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if self.proportions is None:

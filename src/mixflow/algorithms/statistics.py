@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 
 
 def per_domain_sum(domain_ids: torch.Tensor, values: torch.Tensor, num_domains: int) -> torch.Tensor:
@@ -187,11 +187,12 @@ def heldout_stats(losses_per_domain: Sequence[Sequence[float] | np.ndarray]) -> 
 class GradStatsParams(AlgorithmParams):
     """The ``grad_stats`` provider's configuration, shared by every algorithm that reads it."""
 
-    grad_params: list[str] | None = param(
-        None, "grad_stats: parameter-name globs whose gradients are measured (null: the output head)"
-    )
-    grad_groups: int = param(2, "grad_stats: groups per domain and micro-batch of the group-split estimator (>= 2)")
-    grad_sketch_dim: int = param(4096, "grad_stats: count-sketch dimension of the gradients (0: exact)")
+    grad_params: list[str] | None = None
+    """grad_stats: parameter-name globs whose gradients are measured (null: the output head)"""
+    grad_groups: int = 2
+    """grad_stats: groups per domain and micro-batch of the group-split estimator (>= 2)"""
+    grad_sketch_dim: int = 4096
+    """grad_stats: count-sketch dimension of the gradients (0: exact)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if self.grad_groups < 2:

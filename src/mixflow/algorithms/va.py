@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params, param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
 from mixflow.algorithms.statistics import GRAD_SUM, DomainStats, GradStatsParams, gradient_moments
 from mixflow.algorithms.weights import floor_weights
@@ -32,13 +32,15 @@ from mixflow.algorithms.weights import floor_weights
 
 @dataclass
 class VAParams(GradStatsParams):
-    beta: float = param(0.9, "EMA factor of v_i² ← β·v_i² + (1−β)·σ̂_i² (ours); the first estimate is taken as is")
-    min_samples: int = param(2, "Floor: at least this many rows of every domain (with π_i·w_i > 0) per global batch")
-    loss_weights_from: dict[str, Any] | None = param(
-        None, "Inner loss-weight algorithm {name, params} (e.g. erma, fgls) supplying w; null: w = 1"
-    )
+    beta: float = 0.9
+    """EMA factor of v_i² ← β·v_i² + (1−β)·σ̂_i² (ours); the first estimate is taken as is"""
+    min_samples: int = 2
+    """Floor: at least this many rows of every domain (with π_i·w_i > 0) per global batch"""
+    loss_weights_from: dict[str, Any] | None = None
+    """Inner loss-weight algorithm {name, params} (e.g. erma, fgls) supplying w; null: w = 1"""
     # VA's variance estimate wants more groups than PiKE's default (only the default differs).
-    grad_groups: int = param(4, "grad_stats: groups per domain and micro-batch of the group-split variance estimator")
+    grad_groups: int = 4
+    """grad_stats: groups per domain and micro-batch of the group-split variance estimator"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
