@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mixflow.algorithms.params import check_type, declared_paths, suggest
 from mixflow.algorithms.registry import lookup
+from mixflow.algorithms.static import StaticParams
 from mixflow.config.errors import ConfigError
 from mixflow.config.paths import resolve_path
 from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
@@ -87,8 +88,8 @@ def check_mixing(run: RunConfig, base_dir: Path) -> None:
     for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):
         if spec.name == "heldout_loss" and not run.data.val_size:
             raise ConfigError(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
-    proportions = getattr(algorithm.params, "proportions", None)
-    if algorithm.name == "static" and proportions is not None:
+    proportions = algorithm.params.proportions if isinstance(algorithm.params, StaticParams) else None
+    if proportions is not None:
         _check_weights(proportions, "static.params.proportions", k)
         if m.init_mixture_proportions is not None and [float(x) for x in m.init_mixture_proportions] != proportions:
             raise ConfigError(

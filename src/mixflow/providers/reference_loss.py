@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mixflow.algorithms.doremi import DoReMiParams
 from mixflow.algorithms.statistics import REF_EXCESS_SUM, REF_LOSS_SUM, REF_TOKEN_COUNT, per_domain_sum
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
@@ -107,4 +108,6 @@ class ReferenceLoss(StatisticProvider):
 
 @register_provider("reference_loss")
 def _build(params: Any, context: ProviderContext | None) -> ReferenceLoss:
-    return ReferenceLoss(getattr(params, "reference_model_path", None))
+    if not isinstance(params, DoReMiParams):
+        raise TypeError(f"reference_loss: expected DoReMi's params, got {type(params).__name__}")
+    return ReferenceLoss(params.reference_model_path)

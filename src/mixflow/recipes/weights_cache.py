@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.algorithms.imp import ImpParams
 from mixflow.config.schema import RunConfig
 from mixflow.recipes.inputs import domain_sources, split_seed
 
@@ -137,9 +138,9 @@ def verify_weights_cache(run: RunConfig) -> None:
     """When the run's weighter reads a checker cache, check the cache was computed for this run's
     training rows. Raises a one-line ValueError naming the key otherwise."""
     weighter = run.weighter
-    path = getattr(weighter.params, "weights_cache", None) if weighter is not None else None
-    if weighter is None or not path:
+    if weighter is None or not isinstance(weighter.params, ImpParams):
         return
+    path = weighter.params.weights_cache
     cache = read_weights_cache(path)
     if cache.data_fingerprint != data_fingerprint(run):
         raise ValueError(
