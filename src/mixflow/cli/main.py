@@ -94,6 +94,50 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_list(args: argparse.Namespace) -> int:
+    from mixflow.bench.base import available_benchmarks
+
+    for name, bench in available_benchmarks().items():
+        extra = f" [needs: {', '.join(bench.needs)}]" if bench.needs else ""
+        print(f"{name}: {bench.claim} ({bench.source}){extra}")
+    return 0
+
+
+def _cmd_bench_run(args: argparse.Namespace) -> int:
+    from mixflow.bench.runner import run_benchmarks, write_report
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+    for path in run_benchmarks(args.names, quick=args.quick, seeds=args.seeds, out=args.out, tiny=args.tiny):
+        print(path.with_suffix(".md"))
+    print(write_report(args.out))
+    return 0
+
+
+def _cmd_bench_report(args: argparse.Namespace) -> int:
+    from mixflow.bench.runner import write_report
+
+    print(write_report(args.dir))
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: each paper's claim, an arena of all methods, the overhead")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    b = bench_sub.add_parser("list", help="every benchmark with the claim it tests and its source")
+    b.set_defaults(func=_cmd_bench_list)
+    b = bench_sub.add_parser("run", help="run benchmarks; writes DIR/NAME.json, DIR/NAME.md, plots and DIR/report.md")
+    b.add_argument("names", nargs="*", help="benchmark names (default: all)")
+    b.add_argument("--quick", action="store_true", help="about a minute each (development)")
+    b.add_argument("--tiny", action="store_true", help="seconds each (checks the outputs only)")
+    b.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 5, 3 with --quick)")
+    b.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
+    b.set_defaults(func=_cmd_bench_run)
+    b = bench_sub.add_parser("report", help="merge every result in DIR into DIR/report.md")
+    b.add_argument("dir")
+    b.set_defaults(func=_cmd_bench_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixflow", description="Dynamic data mixing and reweighting for LM training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest, e.g. proxy.update_step=1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
     p.set_defaults(func=_cmd_doremi)
+    _add_bench(sub)
     return parser
 
 

@@ -106,8 +106,26 @@ class StepEngine:
         by hand) the sampler's record of batch ``batch_index``'s plan is used. ``sample_ids``
         (global row indices) reach the sample weighter, for per-example weights.
         """
-        domain_ids = domain_ids.to(logits.device).long()
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
+        return self.weighted_loss(
+            losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids, sampling_probs
+        )
+
+    def weighted_loss(
+        self,
+        losses: SampleLosses,
+        domain_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        batch_index: int | None = None,
+        model: Any = None,
+        inputs: Mapping[str, Any] | None = None,
+        sample_ids: torch.Tensor | None = None,
+        sampling_probs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`training_loss` for per-sample losses computed elsewhere (a regression's squared
+        residuals, a custom loss): records the statistics and returns Σ_j c_j ℓ_j / N."""
+        domain_ids = domain_ids.to(losses.token_loss_sum.device).long()
         step = self.last_step if batch_index is None else batch_index
         self._record(losses, domain_ids, labels, model, inputs, step)
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
@@ -174,7 +192,7 @@ class StepEngine:
         self,
         losses: SampleLosses,
         domain_ids: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
         model: Any,
         inputs: Mapping[str, Any] | None,
         step: int,

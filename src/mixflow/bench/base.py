@@ -1,0 +1,158 @@
+"""The benchmark contract: a registered function that measures a claim and returns its rows.
+
+``mixflow bench run NAME`` calls the benchmark with a :class:`BenchContext` (size, seeds, output
+directory, progress) and writes what it returns as ``NAME.json`` (the schema below), ``NAME.md``
+(a table a person reads, with the command that made it) and any plots it drew. A benchmark reports
+what it measured, including a claim that does not hold; it never tunes a method per case.
+
+JSON: ``{"name", "claim", "source", "setting", "seeds", "quick", "rows": [{"method", "metric",
+"mean", "sd", "values"}], "holds", "verdict", "elapsed_s", "commit", "machine"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixflow.algorithms.registry import discover_modules
+
+logger = logging.getLogger(__name__)
+
+#: Entry-point group through which plugin packages add benchmark modules.
+ENTRY_POINT_GROUP = "mixflow.benchmarks"
+
+
+@dataclass
+class BenchContext:
+    """What a benchmark run is asked for."""
+
+    quick: bool
+    """Smallest sizes (about a minute each), for development and the test suite."""
+    seeds: int
+    """Number of seeds (0, 1, ..., seeds-1); each row reports mean ± sd over them."""
+    out_dir: Path
+    """Where the JSON, the table and the plots go."""
+    tiny: bool = False
+    """Smaller still than ``quick``: the test suite's size (seconds), checks the output only."""
+
+    def log(self, message: str, *args: Any) -> None:
+        """A progress line (every long run says where it is)."""
+        logger.info(message, *args)
+
+
+@dataclass
+class Row:
+    """One method's value of one metric over the seeds."""
+
+    method: str
+    metric: str
+    values: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        finite = [v for v in self.values if math.isfinite(v)]
+        mean = statistics.fmean(finite) if finite else math.nan
+        sd = statistics.stdev(finite) if len(finite) > 1 else 0.0 if finite else math.nan
+        return {"method": self.method, "metric": self.metric, "mean": mean, "sd": sd, "values": list(self.values)}
+
+
+@dataclass
+class BenchResult:
+    """What a benchmark measured."""
+
+    setting: dict[str, Any]
+    """The fixed setting (sizes, noise levels, steps, defaults used)."""
+    rows: list[Row]
+    holds: bool | None
+    """The benchmark's own test of the claim; None where the claim is only reported."""
+    verdict: str
+    """One sentence: what was measured against the claim, with the figures."""
+    plots: list[str] = field(default_factory=list)
+    """File names of the PNGs written into the output directory."""
+    notes: list[str] = field(default_factory=list)
+    """Extra lines for the table (what a reader needs to interpret it)."""
+
+    def mean(self, method: str, metric: str) -> float:
+        """The mean of one row (an error when the benchmark did not measure it)."""
+        for row in self.rows:
+            if row.method == method and row.metric == metric:
+                return float(row.as_dict()["mean"])
+        raise KeyError(f"no row {method!r} / {metric!r}")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark."""
+
+    name: str
+    claim: str
+    """The claim it tests, in one sentence."""
+    source: str
+    """Where the claim comes from (a seed paper, an issue)."""
+    run: Callable[[BenchContext], BenchResult]
+    needs: tuple[str, ...] = ()
+    """Importable modules it needs beyond mixflow's own dependencies (the ``bench`` extra)."""
+
+
+_BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(
+    name: str, claim: str, source: str, needs: Sequence[str] = ()
+) -> Callable[[Callable[[BenchContext], BenchResult]], Callable[[BenchContext], BenchResult]]:
+    """Decorator: register ``run(ctx) -> BenchResult`` as benchmark ``name``."""
+
+    def decorate(run: Callable[[BenchContext], BenchResult]) -> Callable[[BenchContext], BenchResult]:
+        if name in _BENCHMARKS and _BENCHMARKS[name].run is not run:
+            raise ValueError(f"benchmark {name!r} is already registered")
+        _BENCHMARKS[name] = Benchmark(name, claim, source, run, tuple(needs))
+        return run
+
+    return decorate
+
+
+def available_benchmarks() -> dict[str, Benchmark]:
+    """Every registered benchmark (mixflow's and plugins'), by name."""
+    discover_modules("mixflow.bench", ENTRY_POINT_GROUP)
+    return dict(sorted(_BENCHMARKS.items()))
+
+
+def commit() -> str:
+    """The git commit of the working tree (with ``-dirty`` when it has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def machine() -> str:
+    """A one-line description of the machine (CPU cores, memory, accelerator, torch)."""
+    import torch
+
+    memory = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages * size / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores{memory}, {accel}, torch {torch.__version__}"
+
+
+def timed(run: Callable[[BenchContext], BenchResult], ctx: BenchContext) -> tuple[BenchResult, float]:
+    """(result, seconds) of one benchmark run."""
+    start = time.perf_counter()
+    result = run(ctx)
+    return result, time.perf_counter() - start
