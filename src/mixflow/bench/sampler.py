@@ -1,0 +1,168 @@
+"""``sampler``: MixtureSampler against index-table baselines, in speed and memory.
+
+7 domains with the proportions [0.541, 0.287, 0.042, 0.037, 0.034, 0.031, 0.028] (a typical
+pretraining mixture), a global batch of 1024, at ``rows`` rows per domain. Each method runs in a
+fresh interpreter, so its peak RSS (minus the RSS before it started) is its own:
+
+- ``MixtureSampler (batches)``: ``iter_batches()``; ``MixtureSampler (Trainer path)``: one index
+  at a time through ``__iter__``, as a DataLoader reads it (each index a ``PlannedIndex``);
+- ``numpy index table``: a vectorised table: one permutation of every row per domain, then per
+  batch multinomial counts and a cursor per domain;
+- ``WeightedRandomSampler``: torch's sampler over one weight per row (p_d / n_d), with replacement;
+- ``Python list table``: every (domain, row) pair in a shuffled list, ``random.choices`` per sample.
+
+At 10⁹ rows per domain only MixtureSampler runs: the tables would need 7·10⁹ entries.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
+
+PROPORTIONS = [0.541, 0.287, 0.042, 0.037, 0.034, 0.031, 0.028]
+BATCH = 1024
+METHODS = ("MixtureSampler (batches)", "MixtureSampler (Trainer path)", "numpy index table",
+           "WeightedRandomSampler", "Python list table")
+#: Bytes per row a table method needs (measured), to skip what this machine cannot hold.
+BYTES_PER_ROW = {"numpy index table": 16, "WeightedRandomSampler": 24, "Python list table": 110}
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _draw(method: str, samples: int, rows: int, seed: int) -> float:
+    """Draw ``samples`` indices with ``method``; returns seconds (setup included)."""
+    k, p = len(PROPORTIONS), np.asarray(PROPORTIONS)
+    start = time.perf_counter()
+    if method.startswith("MixtureSampler"):
+        from mixflow.data.sampler import MixtureSampler
+
+        sampler = MixtureSampler([rows] * k, PROPORTIONS, BATCH, seed=seed)
+        if method.endswith("(batches)"):
+            batches, drawn = sampler.iter_batches(), 0
+            while drawn < samples:
+                drawn += len(next(batches))
+        else:
+            for i, _ in enumerate(sampler):
+                if i + 1 >= samples:
+                    break
+    elif method == "numpy index table":
+        rng = np.random.default_rng(seed)
+        orders = [rng.permutation(rows) + d * rows for d in range(k)]
+        cursor, drawn = np.zeros(k, dtype=np.int64), 0
+        while drawn < samples:
+            counts = rng.multinomial(BATCH, p)
+            batch = np.concatenate([orders[d][(cursor[d] + np.arange(c)) % rows] for d, c in enumerate(counts)])
+            cursor += counts
+            rng.shuffle(batch)
+            drawn += len(batch)
+    elif method == "WeightedRandomSampler":
+        import torch
+        from torch.utils.data import WeightedRandomSampler
+
+        weights = torch.repeat_interleave(torch.as_tensor(p / rows), rows)
+        draws = WeightedRandomSampler(weights, samples, replacement=True, generator=torch.Generator().manual_seed(seed))
+        for _ in draws:  # the Sampler protocol, as a DataLoader reads it
+            pass
+    else:
+        rnd = random.Random(seed)
+        table = [(d, r) for d in range(k) for r in range(rows)]
+        rnd.shuffle(table)
+        cursors, drawn = [0] * k, 0
+        for d in rnd.choices(range(k), weights=PROPORTIONS, k=samples):
+            while table[cursors[d] % len(table)][0] != d:
+                cursors[d] += 1
+            cursors[d] += 1
+            drawn += 1
+    return time.perf_counter() - start
+
+
+def worker(method: str, samples: int, rows: int, seed: int) -> None:
+    """Entry point of the measuring subprocess: prints one JSON line."""
+    import resource
+
+    before = _rss()
+    seconds = _draw(method, samples, rows, seed)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    record = {"samples_per_s": samples / seconds, "seconds": seconds, "rss_mib": max(0, peak - before) / 2**20}
+    sys.stdout.write(json.dumps(record) + "\n")
+
+
+def measure(method: str, samples: int, rows: int, seed: int) -> dict[str, float] | str:
+    """One method in a fresh interpreter (memory figures do not mix); the error line if it failed."""
+    code = f"from mixflow.bench.sampler import worker; worker({method!r}, {samples}, {rows}, {seed})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit status {out.returncode}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _sizes(ctx: BenchContext) -> dict[str, Any]:
+    if ctx.tiny:
+        return {"samples": 20_000, "rows": 20_000, "large_rows": 10**6}
+    if ctx.quick:
+        return {"samples": 10**6, "rows": 10**6, "large_rows": 10**9}
+    return {"samples": 10**7, "rows": 10**7, "large_rows": 10**9}
+
+
+@register_benchmark(
+    "sampler",
+    claim="MixtureSampler draws at least as fast as a vectorised numpy index table with memory that does not grow with the data",
+    source="DESIGN.md (the sampler); issue 7",
+)
+def run(ctx: BenchContext) -> BenchResult:
+    s = _sizes(ctx)
+    cols: dict[tuple[str, str], list[float]] = {}
+    failures: dict[str, str] = {}
+    sizes = {"": s["rows"], " (10⁹ rows/domain)": s["large_rows"]}
+    for seed in range(ctx.seeds):
+        for suffix, rows in sizes.items():
+            for method in METHODS:
+                if suffix and not method.startswith("MixtureSampler"):
+                    continue
+                need = BYTES_PER_ROW.get(method, 0) * rows * len(PROPORTIONS)
+                if need > 0.7 * _available_bytes():
+                    ctx.log("sampler: %s skipped at %d rows per domain (needs ~%.0f GiB)", method, rows, need / 2**30)
+                    continue
+                ctx.log("sampler: seed %d, %s, %d rows per domain", seed, method, rows)
+                m = measure(method, s["samples"], rows, seed)
+                if isinstance(m, str):
+                    failures[f"{method} at {rows:.0e} rows/domain"] = m
+                    continue
+                cols.setdefault((method + suffix, "samples/s"), []).append(m["samples_per_s"])
+                cols.setdefault((method + suffix, "peak RSS (MiB)"), []).append(m["rss_mib"])
+    result = BenchResult(setting={**s, "domains": len(PROPORTIONS), "proportions": PROPORTIONS, "batch": BATCH},
+                         rows=[Row(m, metric, v) for (m, metric), v in cols.items()], holds=None, verdict="")
+    ours = result.mean("MixtureSampler (batches)", "samples/s")
+    table = result.mean("numpy index table", "samples/s")
+    mem_small = result.mean("MixtureSampler (batches)", "peak RSS (MiB)")
+    mem_large = result.mean("MixtureSampler (batches) (10⁹ rows/domain)", "peak RSS (MiB)")
+    table_mem = result.mean("numpy index table", "peak RSS (MiB)")
+    result.holds = bool(ours >= table and mem_large <= 2 * mem_small + 16)
+    result.verdict = (
+        f"MixtureSampler {ours / 1e6:.2f}M samples/s vs the numpy table's {table / 1e6:.2f}M ({ours / table:.2f}×), "
+        f"the Trainer path {result.mean('MixtureSampler (Trainer path)', 'samples/s') / 1e6:.2f}M/s; "
+        f"peak RSS {mem_small:.0f} MiB at {s['rows']:.0e} rows/domain and {mem_large:.0f} MiB at {s['large_rows']:.0e} "
+        f"(numpy table {table_mem:.0f} MiB)."
+    )
+    result.notes.append("throughput includes setup (building a table, or nothing for MixtureSampler)")
+    result.notes += [f"{what}: failed: {why}" for what, why in failures.items()]
+    return result
