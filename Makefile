@@ -12,7 +12,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 	$(PIP) --upgrade pip setuptools
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,bench]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,8 +28,9 @@ demo: install
 	$(BIN)/mixflow train examples/demo.yaml
 	$(BIN)/mixflow plot $(DEMO_DIR)/run
 
+# Every benchmark at full size (under 90 minutes on 2 CPU cores); results under benchmarks/results/.
 bench: install
-	$(BIN)/python benchmarks/sampler.py
+	$(BIN)/mixflow bench run all --out benchmarks/results
 
 clean:
 	rm -rf build $(VENV)

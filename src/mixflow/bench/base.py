@@ -100,20 +100,22 @@ class Benchmark:
     run: Callable[[BenchContext], BenchResult]
     needs: tuple[str, ...] = ()
     """Importable modules it needs beyond mixflow's own dependencies (the ``bench`` extra)."""
+    seeds: int = 5
+    """Seeds at full size (``--seeds`` overrides; ``--quick`` uses at most 3)."""
 
 
 _BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def register_benchmark(
-    name: str, claim: str, source: str, needs: Sequence[str] = ()
+    name: str, claim: str, source: str, needs: Sequence[str] = (), seeds: int = 5
 ) -> Callable[[Callable[[BenchContext], BenchResult]], Callable[[BenchContext], BenchResult]]:
     """Decorator: register ``run(ctx) -> BenchResult`` as benchmark ``name``."""
 
     def decorate(run: Callable[[BenchContext], BenchResult]) -> Callable[[BenchContext], BenchResult]:
         if name in _BENCHMARKS and _BENCHMARKS[name].run is not run:
             raise ValueError(f"benchmark {name!r} is already registered")
-        _BENCHMARKS[name] = Benchmark(name, claim, source, run, tuple(needs))
+        _BENCHMARKS[name] = Benchmark(name, claim, source, run, tuple(needs), seeds)
         return run
 
     return decorate

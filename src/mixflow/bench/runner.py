@@ -40,7 +40,7 @@ def run_benchmarks(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for bench in select(names):
-        n = seeds if seeds is not None else (2 if tiny else 3 if quick else 5)
+        n = seeds if seeds is not None else (2 if tiny else min(3, bench.seeds) if quick else bench.seeds)
         ctx = BenchContext(quick=quick or tiny, seeds=n, out_dir=out_dir, tiny=tiny)
         ctx.log("bench %s: %s (%s, %d seeds)", bench.name, bench.claim, "quick" if ctx.quick else "full size", n)
         result, elapsed = timed(bench.run, ctx)
