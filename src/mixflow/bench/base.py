@@ -44,6 +44,11 @@ class BenchContext:
     tiny: bool = False
     """Smaller still than ``quick``: the test suite's size (seconds), checks the output only."""
 
+    @property
+    def scratch(self) -> Path:
+        """Where a benchmark's training runs go (``<out>/runs``; not part of the results)."""
+        return self.out_dir / "runs"
+
     def log(self, message: str, *args: Any) -> None:
         """A progress line (every long run says where it is)."""
         logger.info(message, *args)

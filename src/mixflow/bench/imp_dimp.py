@@ -91,7 +91,7 @@ def run(ctx: BenchContext) -> BenchResult:
     cols: dict[tuple[str, str], list[float]] = {}
     for seed in range(ctx.seeds):
         ctx.log("imp-dimp: seed %d/%d (checkers, then CE, IMP, DIMP)", seed + 1, ctx.seeds)
-        for metric, value in one_seed(ctx.out_dir / "imp-dimp-runs" / f"seed{seed}", seed, s["steps"], s["per_topic"]).items():
+        for metric, value in one_seed(ctx.scratch / "imp-dimp" / f"seed{seed}", seed, s["steps"], s["per_topic"]).items():
             method, _, what = metric.partition(": ") if ": " in metric else ("IMP", "", metric)
             cols.setdefault((method, what), []).append(value)
     rows = [Row(m, metric, v) for (m, metric), v in cols.items()]

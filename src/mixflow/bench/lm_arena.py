@@ -131,12 +131,12 @@ def _steps_to(curve: tuple[list[int], list[float]], target: float) -> float:
 )
 def run(ctx: BenchContext) -> BenchResult:
     s = _sizes(ctx)
-    data = ctx.out_dir / "lm-arena-runs" / "data"
+    data = ctx.scratch / "lm-arena" / "data"
     build_demo_corpus(data, max_bytes_per_domain=40_000 if ctx.tiny else 400_000, seed=0, progress=False)
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in range(ctx.seeds):
         shared = _shared(data, s["steps"], seed, ctx.tiny)
-        root = ctx.out_dir / "lm-arena-runs" / f"seed{seed}"
+        root = ctx.scratch / "lm-arena" / f"seed{seed}"
         for name in s["methods"]:
             ctx.log("lm-arena: seed %d/%d, %s", seed + 1, ctx.seeds, name)
             runs.setdefault(name, []).append(train_method(root, name, METHODS[name], shared))

@@ -57,7 +57,7 @@ def train(seed: int, strategy: str, steps: int, n: int) -> np.ndarray:
         with torch.no_grad():
             theta -= LR * grad
         engine.end_step(step + 1)
-        errors.append(float(((theta - theta_star) ** 2).sum()))
+        errors.append(float(((theta.detach() - theta_star) ** 2).sum()))
     return np.array(errors)
 
 

@@ -137,7 +137,7 @@ def run(ctx: BenchContext) -> BenchResult:
     for seed in range(ctx.seeds):
         for suffix, rows in sizes.items():
             for method in METHODS:
-                if suffix and not method.startswith("MixtureSampler"):
+                if suffix and not method.startswith("MixtureSampler (batches" if ctx.tiny else "MixtureSampler"):
                     continue
                 need = BYTES_PER_ROW.get(method, 0) * rows * len(PROPORTIONS)
                 if need > 0.7 * _available_bytes():
