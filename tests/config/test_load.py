@@ -49,6 +49,18 @@ def test_overrides_apply_and_parse_yaml_values(tmp_path, base):
     assert run.mixing.update_step == 3 and run.mixing.init_mixture_proportions == [0.2, 0.8]
 
 
+def test_values_are_yaml_1_2_scalars_in_files_and_overrides(tmp_path, base):
+    # YAML 1.1 would read `no` as false and `1e-4` as a string: neither is what a user typed
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(base) + "learning_rate: 1e-4\nsave_strategy: no\n")
+    run = load_config(path)
+    assert run.training["learning_rate"] == 1e-4 and run.training["save_strategy"] == "no"
+    run = load_config(write(tmp_path, base), parse_overrides(["save_strategy=no", "learning_rate=2e-4", "run_name=1:30"]))
+    assert run.training["save_strategy"] == "no" and run.training["learning_rate"] == 2e-4
+    assert run.training["run_name"] == "1:30"
+    assert parse_overrides(["a=true", "b=off", "c=10", "d=.5"]) == {"a": True, "b": "off", "c": 10, "d": 0.5}
+
+
 def test_components_file_and_inline_component(tmp_path, base):
     comp = tmp_path / "components.yaml"
     comp.write_text(yaml.safe_dump({"mixers": {"static": {"name": "static", "params": {"proportions": [0.5, 0.5]}}}}))
@@ -77,6 +89,7 @@ BAD = [
     ({"model_config": {"model_type": "lama"}}, r"model_config.model_type: unknown model type 'lama' \(did you mean 'llama'\?\)"),
     ({"learning_rate": -1.0}, r"learning_rate: expected a number >= 0"),
     ({"val_size": 1.5}, r"val_size: expected a fraction"),
+    ({"train_type": "static", "component_name": "doremii"}, r"component_name: 'doremii' is ignored with train_type static"),
 ]
 
 

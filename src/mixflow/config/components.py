@@ -60,6 +60,11 @@ def _choose(run: RunConfig, base_dir: Path) -> tuple[tuple[ComponentConfig, str]
     if m.component is not None and m.components_cfg_file is not None:
         raise ConfigError("component: give either 'component' (inline) or 'components_cfg_file', not both")
     if m.train_type == "static" and m.component is None and m.components_cfg_file is None:
+        if m.component_name != "static":  # nothing would read it: a typo must not train a static mixture
+            raise ConfigError(
+                f"component_name: {m.component_name!r} is ignored with train_type static and no components file; "
+                "give components_cfg_file (or component), or remove it"
+            )
         return static, None
     if m.component is not None:
         chosen = (m.component, "component")
