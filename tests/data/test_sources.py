@@ -155,3 +155,12 @@ def test_dataset_info_entry_without_file_name(tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"columns": {}}}))
     with pytest.raises(ValueError, match="'a'.*file_name"):
         sources_from_dataset_info(tmp_path, ["a"])
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt", ".json"])
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, suffix):
+    path = tmp_path / f"bad{suffix}"
+    good = b'{"text": "fine"}\n' if suffix != ".txt" else b"fine\n"
+    path.write_bytes(good + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=rf"bad\{suffix}:2: not valid UTF-8 \(byte 0xe9"):
+        read_documents(DomainSource(name="d", path=str(path)))

@@ -86,8 +86,13 @@ def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    """(line number, text) of the non-blank lines; bytes that are not UTF-8 are an error naming the line."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
             if line.strip():
                 yield number, line.rstrip("\r\n")
 
@@ -108,10 +113,8 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _starts_with_bracket(path: Path) -> bool:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                return line.lstrip().startswith("[")
+    for _, line in _text_lines(path):
+        return line.lstrip().startswith("[")
     return False
 
 

@@ -55,8 +55,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 def read_json(path: str | os.PathLike, expected: str = "valid JSON") -> Any:
     """The JSON value in ``path``; a malformed file is one error naming the file, line and ``expected``."""
+    raw = Path(path).read_bytes()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: expected {expected} ({err.msg})") from None
 
