@@ -49,6 +49,16 @@ def test_overrides_apply_and_parse_yaml_values(tmp_path, base):
     assert run.mixing.update_step == 3 and run.mixing.init_mixture_proportions == [0.2, 0.8]
 
 
+def test_run_level_proportions_win_over_the_components_file_with_a_notice(tmp_path, base, caplog):
+    comp = tmp_path / "components.yaml"
+    comp.write_text(yaml.safe_dump({"mixers": {"static": {"name": "static", "params": {"proportions": [0.5, 0.5]}}}}))
+    with caplog.at_level("WARNING", logger="mixflow"):
+        run = load_config(write(tmp_path, {**base, "components_cfg_file": str(comp), "init_mixture_proportions": [0.3, 0.7]}))
+    assert run.algorithm.params.proportions is None  # the static algorithm starts from init_mixture_proportions
+    assert run.mixing.init_mixture_proportions == [0.3, 0.7]
+    assert "init_mixture_proportions [0.3, 0.7] overrides static.params.proportions [0.5, 0.5]" in caplog.text
+
+
 def test_values_are_yaml_1_2_scalars_in_files_and_overrides(tmp_path, base):
     # YAML 1.1 would read `no` as false and `1e-4` as a string: neither is what a user typed
     path = tmp_path / "run.yaml"

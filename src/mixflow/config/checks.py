@@ -5,6 +5,8 @@ Each check raises :class:`~mixflow.config.errors.ConfigError` with one line nami
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import typing
 from pathlib import Path
@@ -18,6 +20,8 @@ from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
 from mixflow.data.packing import check_cutoff_len
 from mixflow.data.sources import sources_from_dataset_info
 from mixflow.engine.schedule import UpdateSchedule
+
+logger = logging.getLogger(__name__)
 
 
 def check_data(run: RunConfig, base_dir: Path) -> None:
@@ -92,9 +96,12 @@ def check_mixing(run: RunConfig, base_dir: Path) -> None:
     if proportions is not None:
         _check_weights(proportions, "static.params.proportions", k)
         if m.init_mixture_proportions is not None and [float(x) for x in m.init_mixture_proportions] != proportions:
-            raise ConfigError(
-                "static.params.proportions: differs from init_mixture_proportions; give one of them, or the same values"
+            # The seed's step 3 sets the learned weights at run level over a shared components file.
+            logger.warning(
+                "init_mixture_proportions %s overrides static.params.proportions %s of %s",
+                m.init_mixture_proportions, proportions, algorithm.section,
             )
+            run.algorithm = dataclasses.replace(algorithm, params=dataclasses.replace(algorithm.params, proportions=None))
     if m.static_mix and algorithm.name != "static":
         raise ConfigError(f"static_mix: true expects component_name 'static', got {algorithm.name!r}")
     for component in (algorithm, run.weighter):
