@@ -59,6 +59,20 @@ def test_run_level_proportions_win_over_the_components_file_with_a_notice(tmp_pa
     assert "init_mixture_proportions [0.3, 0.7] overrides static.params.proportions [0.5, 0.5]" in caplog.text
 
 
+def test_llama_factory_keys_are_mapped_accepted_or_refused(tmp_path, base, caplog):
+    with caplog.at_level("WARNING", logger="mixflow"):
+        run = load_config(write(tmp_path, {**base, "warmup_ratio": 0.1, "stage": "pt", "template": "default",
+                                           "finetuning_type": "full", "plot_loss": True}))
+    assert run.training["warmup_steps"] == 0.1  # TrainingArguments reads a float below 1 as a ratio
+    assert "finetuning_type, plot_loss, stage, template accepted without effect here" in caplog.text
+    for extra, message in (({"finetuning_type": "lora"}, r"^finetuning_type: 'lora' is not supported"),
+                           ({"stage": "sft"}, r"^stage: 'sft' is not supported"),
+                           ({"warmup_ratio": 0.1, "warmup_steps": 5}, r"^warmup_ratio: give warmup_ratio or warmup_steps"),
+                           ({"warmup_ratio": 2}, r"^warmup_ratio: expected a number in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, {**base, **extra}))
+
+
 def test_values_are_yaml_1_2_scalars_in_files_and_overrides(tmp_path, base):
     # YAML 1.1 would read `no` as false and `1e-4` as a string: neither is what a user typed
     path = tmp_path / "run.yaml"

@@ -15,6 +15,7 @@ from typing import Any
 
 from mixflow.algorithms.params import suggest
 from mixflow.config import checks
+from mixflow.config.compat import translate
 from mixflow.config.components import resolve_components
 from mixflow.config.errors import ConfigError
 from mixflow.config.parse import build_section, fields_of, merge, read_yaml
@@ -52,6 +53,7 @@ def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     sections: dict[type, dict[str, Any]] = {MixingConfig: {}, DataConfig: {}, ModelConfig: {}}
     owners = {name: cls for cls in sections for name in fields_of(cls)}
     training_names = training_argument_names()
+    data = translate(data, set(owners) | training_names)  # LLaMA-Factory keys users bring along
     training: dict[str, Any] = {}
     for key, value in data.items():
         if key in owners:

@@ -1,0 +1,62 @@
+"""Keys of LLaMA-Factory / DataFlex configs, which users bring along: mapped, accepted or refused.
+
+- A key with a meaning here is mapped to ours (``warmup_ratio`` → ``warmup_steps`` as a fraction,
+  which TrainingArguments reads as a ratio of the total steps).
+- A key that only matters to LLaMA-Factory is accepted with one warning naming it.
+- A key whose value would silently change what trains (``finetuning_type: lora``, ``stage: sft``)
+  is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mixflow.config.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Keys that only matter to LLaMA-Factory's own pipeline (templates, its plots, its reporting).
+IGNORED = ("template", "plot_loss", "do_train", "ddp_timeout", "flash_attn", "trust_remote_code", "cache_dir")
+#: Keys with a meaning here that mixflow does not implement yet (tokenization cache: issue 9).
+NOT_YET = ("overwrite_cache", "preprocessing_num_workers")
+#: key: the values that keep the run's meaning (anything else is refused).
+ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {"stage": ("pt",), "finetuning_type": ("full",)}
+
+
+def translate(data: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """``data`` with LLaMA-Factory keys mapped, the harmless ones dropped (one warning), the rest refused.
+
+    Keys that are ours or TrainingArguments' (``known``) pass through untouched.
+    """
+    out = dict(data)
+    dropped = []
+    for key in list(out):
+        if key in known:
+            continue
+        if key in ALLOWED_VALUES:
+            if out[key] not in ALLOWED_VALUES[key]:
+                raise ConfigError(
+                    f"{key}: {out[key]!r} is not supported (mixflow trains every weight of a causal LM); "
+                    f"expected one of {list(ALLOWED_VALUES[key])} or remove it"
+                )
+            dropped.append(key)
+            out.pop(key)
+        elif key in IGNORED or key in NOT_YET:
+            dropped.append(key)
+            out.pop(key)
+        elif key == "warmup_ratio":
+            ratio = out.pop(key)
+            if "warmup_steps" in out:
+                raise ConfigError("warmup_ratio: give warmup_ratio or warmup_steps (the learning-rate warmup), not both")
+            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
+                raise ConfigError(f"warmup_ratio: expected a number in [0, 1), got {ratio!r}")
+            out["warmup_steps"] = float(ratio)  # TrainingArguments reads a float below 1 as a ratio
+    if dropped:
+        later = [k for k in dropped if k in NOT_YET]
+        logger.warning(
+            "LLaMA-Factory key(s) %s accepted without effect here%s",
+            ", ".join(sorted(dropped)),
+            f" ({', '.join(later)}: mixflow does not cache tokenized data yet)" if later else "",
+        )
+    return out
