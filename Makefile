@@ -25,7 +25,7 @@ lint: install
 
 demo: install
 	$(BIN)/mixflow data demo $(DEMO_DIR)/data
-	$(BIN)/mixflow train examples/demo.yaml
+	$(BIN)/mixflow train examples/demo.yaml overwrite_output_dir=true
 	$(BIN)/mixflow plot $(DEMO_DIR)/run
 
 # Every benchmark at full size (under 90 minutes on 2 CPU cores); results under benchmarks/results/.

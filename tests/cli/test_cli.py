@@ -132,3 +132,22 @@ def test_plain_pytorch_example_trains_and_resumes(tmp_path, demo_data):
     assert resumed.last_step == 20
     steps = [json.loads(x)["step"] for x in (tmp_path / "plain" / "static_weights.jsonl").read_text().splitlines()]
     assert steps == [10, 20]
+
+
+def test_a_fresh_run_never_appends_to_an_old_runs_logs(tmp_path, demo_data, capsys):
+    from mixflow.config.checks import previous_run_files
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "static_weights.jsonl").write_text('{"step": 25}\n')
+    (out / "checkpoint-25").mkdir()
+    config = str(_config(tmp_path, demo_data, output_dir=str(out), max_steps=4, save_strategy="no"))
+    assert main(["train", config, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"output_dir: {out} holds a previous run" in err
+    assert main(["train", config, "overwrite_output_dir=true", "--quiet"]) == 0
+    moved = out / "previous-1"
+    assert (moved / "static_weights.jsonl").read_text() == '{"step": 25}\n' and (moved / "checkpoint-25").is_dir()
+    steps = [json.loads(line)["step"] for line in (out / "static_weights.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]  # the new run's log alone, in order
+    assert previous_run_files(out)  # the new run's own files

@@ -148,7 +148,7 @@ def test_mixflow_train_classification_with_imp_and_dimp(checked, tmp_path, capsy
     assert (tmp_path / weighter / "config.json").is_file()
 
     # a cache for other data stops the run before anything is tokenized, with one line
-    other = dict(train_cfg, val_size=3)
+    other = dict(train_cfg, val_size=3, overwrite_output_dir=True)  # the stale cache is what is tested
     assert main(["train", _write(tmp_path / "other.yaml", other), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"mixflow: error: {weighter}.params.weights_cache:") and "other training data" in err[-1]

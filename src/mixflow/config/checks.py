@@ -201,3 +201,26 @@ def check_training(run: RunConfig) -> None:
     except (ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"training arguments: {first}") from None
+
+
+def check_output_dir(run: RunConfig) -> None:
+    """A new run never appends to an old run's logs: an ``output_dir`` holding one is an error unless
+    the run resumes it or ``overwrite_output_dir: true`` moves it aside (at the start of training)."""
+    out = Path(run.training["output_dir"])
+    if run.training.get("resume_from_checkpoint") or run.output.overwrite_output_dir:
+        return
+    found = previous_run_files(out)
+    if found:
+        raise ConfigError(
+            f"output_dir: {out} holds a previous run ({', '.join(p.name for p in found[:3])}{', ...' if len(found) > 3 else ''}); "
+            "resume it (resume_from_checkpoint: true), choose another output_dir, or set overwrite_output_dir: true "
+            "to move its files into a previous-<n> folder"
+        )
+
+
+def previous_run_files(out: Path) -> list[Path]:
+    """The files of a run in ``out``: its logs, results, trainer state and checkpoints."""
+    if not out.is_dir():
+        return []
+    patterns = ("*_weights.jsonl", "*_summary.json", "mixflow_results.json", "trainer_state.json", "checkpoint-*")
+    return sorted({p for pattern in patterns for p in out.glob(pattern)})

@@ -131,6 +131,15 @@ class ModelConfig:
 
 
 @dataclass
+class OutputConfig:
+    """What may happen to an ``output_dir`` that already holds a run."""
+
+    overwrite_output_dir: bool = False
+    """true: a new (non-resumed) run into a directory holding a previous run's logs or checkpoints
+    moves them into ``<output_dir>/previous-<n>/`` (nothing is deleted); false: that is an error."""
+
+
+@dataclass
 class RunConfig:
     """Everything ``mixflow train`` reads. ``training`` holds the TrainingArguments keys."""
 
@@ -145,6 +154,8 @@ class RunConfig:
     """The domain algorithm (set by the loader; ``static`` for a plain mixture)."""
     weighter: ResolvedComponent | None = None
     """The sample weighter (``train_type: dynamic_weight``), or None."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """The output directory's policy."""
 
 
 def domain_names(run: RunConfig) -> list[str]:

@@ -164,14 +164,6 @@ def _train(run: RunConfig, progress: bool) -> dict[str, Any]:
     return run_training(run, progress=progress)
 
 
-def _barrier() -> None:
-    # Every rank runs the pipeline; the summary file is written by the main process only.
-    if distributed.is_distributed():
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def run_pipeline(
     path: str | Path, overrides: Mapping[str, Any] | list[str] | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -187,12 +179,12 @@ def run_pipeline(
 
     logger.info("doremi: step 1/3, reference model -> %s", cfg.output_dirs["reference"])
     ref_metrics = _train(runs["reference"], progress)
-    _barrier()
+    distributed.barrier()  # every rank runs the pipeline; the main process writes the summary
 
     runs["proxy"] = step_config(cfg, "proxy", reference_path=cfg.output_dirs["reference"])
     logger.info("doremi: step 2/3, proxy model (reference %s) -> %s", cfg.output_dirs["reference"], cfg.output_dirs["proxy"])
     proxy_metrics = _train(runs["proxy"], progress)
-    _barrier()
+    distributed.barrier()  # every rank runs the pipeline; the main process writes the summary
     summary = read_summary(cfg.output_dirs["proxy"])
     weights = [float(w) for w in summary["weights"]]
 

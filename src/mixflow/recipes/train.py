@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from mixflow.config.checks import previous_run_files
 from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
@@ -18,7 +20,10 @@ from mixflow.recipes.classification import (
     prepare_classification_data,
 )
 from mixflow.recipes.weights_cache import verify_weights_cache
+from mixflow.utils import distributed
 from mixflow.utils.jsonlog import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 
 def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
@@ -28,6 +33,8 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
     classification = run.data.task == "classification"
+    if run.output.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
+        move_previous_run(Path(run.training["output_dir"]))
     data, collator = _prepare(run, progress)
     args = training_arguments(run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
@@ -57,6 +64,24 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def move_previous_run(out: Path) -> Path | None:
+    """Move everything of a previous run in ``out`` (not earlier ``previous-*`` folders) into
+    ``out/previous-<n>``; nothing is deleted. Only the main process moves; the others wait."""
+    if not previous_run_files(out):
+        return None
+    target = None
+    if distributed.is_main_process():
+        n = 1 + max([int(p.name.split("-")[1]) for p in out.glob("previous-*") if p.name.split("-")[1].isdigit()] or [0])
+        target = out / f"previous-{n}"
+        target.mkdir()
+        for entry in sorted(out.iterdir()):
+            if entry != target and not entry.name.startswith("previous-"):
+                entry.rename(target / entry.name)
+        logger.warning("overwrite_output_dir: moved the previous run in %s to %s", out, target)
+    distributed.barrier()
+    return target
 
 
 def _prepare(run: RunConfig, progress: bool) -> tuple[Any, Any]:

@@ -50,3 +50,9 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(work) for _ in range(world_size())]
     dist.all_gather(out, work)
     return torch.cat(out).to(tensor.device)
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group)."""
+    if is_distributed():
+        dist.barrier()
