@@ -52,8 +52,14 @@ def _config(tmp_path, demo_data, **extra):
     return path
 
 
-def test_train_then_plot(tmp_path, demo_data, capsys):
-    assert main(["train", str(_config(tmp_path, demo_data)), "--quiet"]) == 0
+def test_train_then_plot(tmp_path, demo_data, capsys, caplog):
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(_config(tmp_path, demo_data)), "--quiet"]) == 0
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
+    assert "world size 1, per-device batch 4, gradient accumulation 2: global batch 8; 6 steps" in summary
+    assert "algorithm static (objective mode)" in summary and "update_step 2" in summary
+    for domain in ("code", "prose", "arithmetic", "random"):
+        assert f"  {domain} " in summary
     out = capsys.readouterr().out
     for name in ("code", "prose", "arithmetic", "random"):
         assert name in out  # the per-domain validation table

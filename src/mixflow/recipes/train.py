@@ -39,6 +39,8 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     args = training_arguments(run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
     engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
+    if distributed.is_main_process():
+        logger.info("%s", run_summary(run, data.domains, args, engine))
     # A from-scratch model's initial weights must not depend on the process: seed before building it,
     # as the Trainer does only later (the same seed the Trainer uses).
     set_seed(args.seed)
@@ -64,6 +66,32 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def _tokens(rows: Any) -> int:
+    return int(rows.size) if hasattr(rows, "size") and getattr(rows, "ndim", 1) == 2 else int(sum(len(r) for r in rows))
+
+
+def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any) -> str:
+    """What the run is about to do, in a few lines: the data per domain, the batch arithmetic, the
+    algorithm and its schedule, the files it writes. Printed before training (a launcher that
+    started one process instead of several shows here as world size 1)."""
+    lines = ["run summary:", f"  {'domain':<14} {'train rows':>10} {'train tokens':>13} {'held-out rows':>13}"]
+    for d in domains:
+        lines.append(f"  {d.name:<14} {d.num_train:>10} {_tokens(d.train):>13} {d.num_val:>13}")
+    world, accum = args.world_size, args.gradient_accumulation_steps
+    lines.append(f"  world size {world}, per-device batch {args.per_device_train_batch_size}, gradient accumulation "
+                 f"{accum}: global batch {engine.sampler.batch_size}; {args.max_steps} steps")
+    algo, schedule = engine.algorithm, engine.schedule
+    params = ", ".join(f"{k}={v}" for k, v in vars(algo.params).items())
+    lines.append(f"  algorithm {algo.name} ({algo.mode} mode){': ' + params if params else ''}")
+    if engine.weighter is not None:
+        wparams = ", ".join(f"{k}={v}" for k, v in vars(engine.weighter.params).items())
+        lines.append(f"  sample weighter {engine.weighter.name}: {wparams}")
+    lines.append(f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
+                 f"update_times {schedule.update_times}")
+    lines.append(f"  writes {engine.log_path}, checkpoints and mixflow_results.json in {args.output_dir}")
+    return "\n".join(lines)
 
 
 def move_previous_run(out: Path) -> Path | None:
