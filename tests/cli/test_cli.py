@@ -73,9 +73,9 @@ def test_train_then_plot(tmp_path, demo_data, capsys, caplog):
     assert (run / "checkpoint-3" / "mixflow_state.json").is_file()
     assert (run / "mixflow_tokenizer.json").is_file() and (run / "config.json").is_file()
 
-    from mixflow.cli.plot import _training_losses
+    from mixflow.cli.plot import _history_series
 
-    series = _training_losses(run)  # the plot's loss panel covers the whole run, not a checkpoint's prefix
+    series = _history_series(run, "mix/loss/")  # the plot's loss panel covers the whole run, not a checkpoint's prefix
     assert max(step for step, _ in series["code"]) == 6
 
     assert main(["plot", str(run)]) == 0
@@ -157,3 +157,12 @@ def test_a_fresh_run_never_appends_to_an_old_runs_logs(tmp_path, demo_data, caps
     steps = [json.loads(line)["step"] for line in (out / "static_weights.jsonl").read_text().splitlines()]
     assert steps == [2, 4]  # the new run's log alone, in order
     assert previous_run_files(out)  # the new run's own files
+
+
+def test_plot_axes_say_what_they_show():
+    from mixflow.cli.plot import scores_label, weight_range
+
+    assert weight_range([{"domain_weights": [0.4994, 0.5006]}]) == (0.0, 1.0)
+    assert weight_range([{"domain_weights": [0.2, 1.8]}]) == (0.0, 1.1 * 1.8)
+    assert scores_label("doremi").startswith("excess loss") and scores_label("fgls").startswith("held-out loss")
+    assert scores_label("no_such_algorithm") == "per-domain score"

@@ -58,6 +58,8 @@ class DomainAlgorithm(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
     mode: ClassVar[Mode] = "objective"
+    #: What ``perdomain_scores`` (``scores``) holds for this algorithm, for plots and readers.
+    scores_label: ClassVar[str] = "per-domain score"
     #: Names of statistic providers (:mod:`mixflow.providers`) whose sums this algorithm reads from
     #: ``DomainStats.extras``; the builder instantiates them from the same params.
     providers: ClassVar[tuple[str, ...]] = ()

@@ -65,6 +65,7 @@ class DoReMi(DomainAlgorithm):
     description = "DoReMi step 2: domain loss weights from the proxy's excess loss over a reference model."
     Params = DoReMiParams
     mode = "importance"
+    scores_label = "excess loss λ over the reference (clipped, per token)"
     providers = ("reference_loss",)
     state_attributes = ("_lambda", "_average")
 

@@ -73,6 +73,7 @@ class ERMA(DomainAlgorithm):
     description = "ERMA (Salmani et al. 2025): loss weights from held-out loss and per-sample loss variance; needs val_size."
     Params = ERMAParams
     mode = "importance"
+    scores_label = "held-out loss"
     providers = ("heldout_loss",)
     state_attributes = ("log_u",)
 

@@ -57,6 +57,7 @@ class OneShotFGLS(DomainAlgorithm):
     description = "One-shot FGLS (Salmani et al. 2025): loss weights ∝ 1/held-out loss, smoothed; needs val_size."
     Params = FGLSParams
     mode = "importance"
+    scores_label = "held-out loss σ̂²"
     providers = ("heldout_loss",)
 
     @property

@@ -71,6 +71,7 @@ class OnlineDataMixing(DomainAlgorithm):
     description = "ODM (Albalak et al. 2023): Exp3 bandit over domains, reward = loss / p, smoothed"
     Params = ODMParams
     mode = "objective"
+    scores_label = "smoothed reward R̂"
     state_attributes = ("rewards",)
 
     def setup(self) -> None:

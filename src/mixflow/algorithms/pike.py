@@ -122,6 +122,7 @@ class PiKE(DomainAlgorithm):
     description = "PiKE (Li et al. 2025): w_k ∝ w_k·exp(ζ1‖∇L_k‖² − ζ2σ_k²/(2B)) from grad_stats"
     Params = PiKEParams
     mode = "objective"
+    scores_label = "update exponent Δ"
     providers = ("grad_stats",)
 
     def setup(self) -> None:

@@ -34,6 +34,7 @@ class StaticMixture(DomainAlgorithm):
     description = "Fixed sampling proportions (mixture, stratified, uniform or temperature rule)."
     Params = StaticParams
     mode = "objective"
+    scores_label = "training loss (window mean)"
 
     def setup(self) -> None:
         if self.params.proportions is not None:

@@ -88,6 +88,7 @@ class VarianceAwareSampling(DomainAlgorithm):
     description = "VA (Salmani et al. 2025): sampling ∝ π·w·(per-sample gradient std), importance-corrected; loss weights from an inner algorithm."
     Params = VAParams
     mode = "importance"
+    scores_label = "per-sample gradient spread v"
     providers = ("grad_stats",)
     state_attributes = ("v2",)
 
