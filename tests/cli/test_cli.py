@@ -166,3 +166,17 @@ def test_plot_axes_say_what_they_show():
     assert weight_range([{"domain_weights": [0.2, 1.8]}]) == (0.0, 1.1 * 1.8)
     assert scores_label("doremi").startswith("excess loss") and scores_label("fgls").startswith("held-out loss")
     assert scores_label("no_such_algorithm") == "per-domain score"
+
+
+def test_a_resume_that_cannot_proceed_stops_in_one_line_and_leaves_the_log_alone(tmp_path, demo_data, capsys):
+    config = str(_config(tmp_path, demo_data, max_steps=6, save_steps=3))
+    assert main(["train", config, "--quiet"]) == 0
+    log = tmp_path / "run" / "static_weights.jsonl"
+    before = log.read_text()
+    capsys.readouterr()
+    wider = {**TINY_MODEL, "hidden_size": 2 * TINY_MODEL["hidden_size"]}
+    resume = "resume_from_checkpoint=" + str(tmp_path / "run" / "checkpoint-3")
+    assert main(["train", config, resume, "model_config=" + json.dumps(wider), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "resume_from_checkpoint:" in err and "of shape" in err
+    assert log.read_text() == before and not (tmp_path / "run" / "static_weights.superseded.jsonl").exists()

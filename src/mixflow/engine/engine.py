@@ -318,6 +318,15 @@ class StepEngine:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` whole, or not at all: on any mismatch the engine is left as it was."""
+        before = self.state_dict()
+        try:
+            self._load_state(state)
+        except (ValueError, KeyError, TypeError):
+            self._load_state(before)
+            raise
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
         for key, mine in (("domain_names", self.domain_names), ("algorithm_name", self.algorithm.name)):
@@ -338,9 +347,17 @@ class StepEngine:
         """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""
         return write_state(checkpoint_dir, self.state_dict())
 
-    def load(self, checkpoint_dir: str | Path) -> None:
-        """Restore from a checkpoint directory; supersede log lines written after it."""
+    def load(self, checkpoint_dir: str | Path, rewrite_log: bool = True) -> None:
+        """Restore from a checkpoint directory. ``rewrite_log``: also :meth:`resume_log` now; a loop
+        that still has checks to pass before the resume is sure (the Trainer's own loading) passes
+        False and calls :meth:`resume_log` once they passed, so a failed resume rewrites nothing."""
         self.load_state_dict(read_state(checkpoint_dir))
+        if rewrite_log:
+            self.resume_log()
+
+    def resume_log(self) -> None:
+        """Move the weights-log lines of updates after the restored step to the superseded log (the
+        resumed run writes them again) and rewrite the summary for the restored state."""
         if self.log_path is not None and distributed.is_main_process():
             supersede_log_lines(self.log_path, self.last_step)
         self._write_summary(self.last_step)  # describe the restored state, not a superseded later one

@@ -28,6 +28,15 @@ class MixflowCallback(TrainerCallback):
 
     def __init__(self, engine: StepEngine) -> None:
         self.engine = engine
+        self.resuming = False
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # The Trainer has loaded the checkpoint's model, optimizer and scheduler by now: the resume
+        # is sure to proceed, so the weights log may be rewritten.
+        if self.resuming:
+            self.engine.resume_log()
+            self.resuming = False
+        return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.engine.end_step(state.global_step, model=kwargs.get("model"))
@@ -74,7 +83,8 @@ class MixflowTrainer(Trainer):
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
             logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
-        self.add_callback(MixflowCallback(engine))
+        self.callback = MixflowCallback(engine)
+        self.add_callback(self.callback)
 
     # ---- data -------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
@@ -142,6 +152,27 @@ class MixflowTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint: no checkpoint found in {self.args.output_dir}")
         if resume_from_checkpoint:
-            self.engine.load(resume_from_checkpoint)
+            check_model_shapes(self.model, resume_from_checkpoint)
+            self.engine.load(resume_from_checkpoint, rewrite_log=False)
+            self.callback.resuming = True
             logger.info("restored the engine state from %s (step %d)", resume_from_checkpoint, self.engine.last_step)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """One error line when the checkpoint's weights do not fit the model (e.g. another model_config),
+    before anything of the run is touched."""
+    path = os.path.join(checkpoint, "model.safetensors")
+    if not os.path.isfile(path):
+        return  # sharded or other formats: the Trainer's own loading checks them
+    from safetensors import safe_open
+
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(path, framework="pt") as f:
+        for key in f.keys():
+            saved = tuple(f.get_slice(key).get_shape())
+            if key in own and own[key] != saved:
+                raise ValueError(
+                    f"resume_from_checkpoint: {checkpoint} holds {key} of shape {saved}, this run's model has "
+                    f"{own[key]} (the model config differs from the run that saved it)"
+                )
