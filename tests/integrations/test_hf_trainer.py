@@ -225,3 +225,24 @@ def test_two_ranks_hold_identical_weights_and_disjoint_slices(tmp_path):
     as_rows = {tuple(train[i]["input_ids"].tolist()) for i in first}
     step0 = [tuple(r) for r in r0["rows"][:2]] + [tuple(r) for r in r1["rows"][:2]]
     assert set(step0) == as_rows
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=None)
+    model = tiny_llama()
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):  # from the 3rd optimizer step on (2 micro-batches each), NaN logits
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] > 4 else output
+
+    model.lm_head.register_forward_hook(poison)
+    trainer = MixflowTrainer(model=model, args=args, train_dataset=train, data_collator=DomainCollator(0),
+                             engine=_mixer(train, args), max_nonfinite_steps=3)
+    trainer.train()
+    assert trainer.state.global_step == 5  # steps 3, 4, 5 were non-finite: stop after the third
+    assert trainer.callback.last_finite_step == 2
+    assert "3 consecutive steps with a non-finite loss (steps 3-5)" in trainer.callback.stopped
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert kept == ["checkpoint-1", "checkpoint-2"]  # no checkpoint of the diverged model

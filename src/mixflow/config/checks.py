@@ -206,8 +206,10 @@ def check_training(run: RunConfig) -> None:
 def check_output_dir(run: RunConfig) -> None:
     """A new run never appends to an old run's logs: an ``output_dir`` holding one is an error unless
     the run resumes it or ``overwrite_output_dir: true`` moves it aside (at the start of training)."""
+    if run.safety.max_nonfinite_steps < 0:
+        raise ConfigError(f"max_nonfinite_steps: expected an integer >= 0 (0: never stop), got {run.safety.max_nonfinite_steps}")
     out = Path(run.training["output_dir"])
-    if run.training.get("resume_from_checkpoint") or run.output.overwrite_output_dir:
+    if run.training.get("resume_from_checkpoint") or run.safety.overwrite_output_dir:
         return
     found = previous_run_files(out)
     if found:

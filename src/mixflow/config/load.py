@@ -19,7 +19,7 @@ from mixflow.config.compat import translate
 from mixflow.config.components import resolve_components
 from mixflow.config.errors import ConfigError
 from mixflow.config.parse import build_section, fields_of, merge, read_yaml
-from mixflow.config.schema import DataConfig, MixingConfig, ModelConfig, OutputConfig, RunConfig
+from mixflow.config.schema import DataConfig, MixingConfig, ModelConfig, RunConfig, SafetyConfig
 
 #: TrainingArguments defaults that differ from Hugging Face's, and why.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -50,7 +50,7 @@ def load_config(
 
 def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     """Route flat keys to their sections, type-check them and run the cross-field checks."""
-    sections: dict[type, dict[str, Any]] = {MixingConfig: {}, DataConfig: {}, ModelConfig: {}, OutputConfig: {}}
+    sections: dict[type, dict[str, Any]] = {MixingConfig: {}, DataConfig: {}, ModelConfig: {}, SafetyConfig: {}}
     owners = {name: cls for cls in sections for name in fields_of(cls)}
     training_names = training_argument_names()
     data = translate(data, set(owners) | training_names)  # LLaMA-Factory keys users bring along
@@ -67,8 +67,8 @@ def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     data_cfg = build_section(DataConfig, sections[DataConfig])
     model = build_section(ModelConfig, sections[ModelConfig])
     training = {**TRAINING_DEFAULTS, **training}
-    output = build_section(OutputConfig, sections[OutputConfig])
-    run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, output=output)
+    safety = build_section(SafetyConfig, sections[SafetyConfig])
+    run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, safety=safety)
     checks.check_data(run, base_dir)
     checks.check_training(run)
     checks.check_output_dir(run)

@@ -131,12 +131,15 @@ class ModelConfig:
 
 
 @dataclass
-class OutputConfig:
-    """What may happen to an ``output_dir`` that already holds a run."""
+class SafetyConfig:
+    """What a run may do to earlier runs, and when it gives up."""
 
     overwrite_output_dir: bool = False
     """true: a new (non-resumed) run into a directory holding a previous run's logs or checkpoints
     moves them into ``<output_dir>/previous-<n>/`` (nothing is deleted); false: that is an error."""
+    max_nonfinite_steps: int = 10
+    """Stop after this many consecutive optimizer steps with a non-finite training loss (a diverged
+    run), keep the last finite checkpoint, and say so in ``mixflow_results.json``; 0: never stop."""
 
 
 @dataclass
@@ -154,8 +157,8 @@ class RunConfig:
     """The domain algorithm (set by the loader; ``static`` for a plain mixture)."""
     weighter: ResolvedComponent | None = None
     """The sample weighter (``train_type: dynamic_weight``), or None."""
-    output: OutputConfig = field(default_factory=OutputConfig)
-    """The output directory's policy."""
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    """What the run may do to earlier runs, and when it gives up."""
 
 
 def domain_names(run: RunConfig) -> list[str]:

@@ -72,6 +72,8 @@ class StepEngine:
         self._metric_stats = DomainStats.zeros(k)
         self.last_step = 0
         self.skipped_updates = 0
+        #: Consecutive optimizer steps whose training loss was not finite (a diverging run).
+        self.nonfinite_steps = 0
         self.algorithm.bind(sampler.batch_size)
         # The sampler starts from the algorithm's initial p (e.g. init_mixture_proportions).
         self.sampler.set_weights(self.algorithm.sampling_weights)
@@ -235,6 +237,9 @@ class StepEngine:
         self.algorithm.observe(reduced, step)
         self._step_stats = DomainStats.zeros(self.num_domains)
         self.last_step = step
+        present = reduced.present
+        finite = bool(torch.isfinite(reduced.token_loss_sum[present]).all()) if bool(present.any()) else True
+        self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
         self.sampler.mark_consumed(step)
         if not pending:
             return False
@@ -310,6 +315,7 @@ class StepEngine:
             "algorithm_name": self.algorithm.name,
             "step": self.last_step,
             "skipped_updates": self.skipped_updates,
+            "nonfinite_steps": self.nonfinite_steps,
             "sampler": self.sampler.state_dict(self.last_step),
             "algorithm": self.algorithm.state_dict(),
             "weighter": self.weighter.state_dict() if self.weighter is not None else None,
@@ -342,6 +348,7 @@ class StepEngine:
         self._metric_stats.load_state_dict(state["metric_stats"])
         self.last_step = int(state["step"])
         self.skipped_updates = int(state["skipped_updates"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
     def save(self, checkpoint_dir: str | Path) -> Path:
         """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""

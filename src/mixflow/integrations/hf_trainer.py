@@ -26,9 +26,14 @@ logger = logging.getLogger(__name__)
 class MixflowCallback(TrainerCallback):
     """Runs :meth:`StepEngine.end_step` after every optimizer step and saves the step engine's state with each checkpoint."""
 
-    def __init__(self, engine: StepEngine) -> None:
+    def __init__(self, engine: StepEngine, max_nonfinite_steps: int = 10) -> None:
         self.engine = engine
         self.resuming = False
+        self.max_nonfinite_steps = max_nonfinite_steps
+        #: Why training stopped early (a diverged run), or None.
+        self.stopped: str | None = None
+        #: The last step whose loss was finite.
+        self.last_finite_step = 0
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         # The Trainer has loaded the checkpoint's model, optimizer and scheduler by now: the resume
@@ -40,6 +45,18 @@ class MixflowCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.engine.end_step(state.global_step, model=kwargs.get("model"))
+        bad = self.engine.nonfinite_steps
+        if not bad:
+            self.last_finite_step = state.global_step
+            return control
+        control.should_save = False  # a checkpoint of a diverging model would replace a good one
+        if self.max_nonfinite_steps and bad >= self.max_nonfinite_steps:
+            self.stopped = (
+                f"training diverged: {bad} consecutive steps with a non-finite loss (steps "
+                f"{state.global_step - bad + 1}-{state.global_step}); the last finite step was {self.last_finite_step}"
+            )
+            logger.error("%s", self.stopped)
+            control.should_training_stop = True
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -64,7 +81,7 @@ class MixflowTrainer(Trainer):
     gets its own slice of the same global batch.
     """
 
-    def __init__(self, *args: Any, engine: StepEngine, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, engine: StepEngine, max_nonfinite_steps: int = 10, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine = engine
         a = self.args
@@ -83,7 +100,7 @@ class MixflowTrainer(Trainer):
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
             logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
-        self.callback = MixflowCallback(engine)
+        self.callback = MixflowCallback(engine, max_nonfinite_steps)
         self.add_callback(self.callback)
 
     # ---- data -------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def _checker_run(run: RunConfig, kind: str, out_dir: Path, vocabulary: Any) -> R
     """The config of one checker's training run: plain cross-entropy on a static mixture."""
     sub = copy.deepcopy(run)
     sub.algorithm, sub.weighter = static_component(), None
-    sub.output.overwrite_output_dir = True  # retraining a stale checker replaces it (the old one is moved aside)
+    sub.safety.overwrite_output_dir = True  # retraining a stale checker replaces it (the old one is moved aside)
     m = sub.mixing
     m.train_type, m.component, m.components_cfg_file, m.component_name = "static", None, None, "static"
     m.static_mix = False

@@ -33,7 +33,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
     classification = run.data.task == "classification"
-    if run.output.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
+    if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
         move_previous_run(Path(run.training["output_dir"]))
     data, collator = _prepare(run, progress)
     args = training_arguments(run, len(data.train))
@@ -52,9 +52,12 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         extra["compute_metrics"] = accuracy_metrics
     trainer = MixflowTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_sets or None,
-        data_collator=collator, engine=engine, **extra,
+        data_collator=collator, engine=engine, max_nonfinite_steps=run.safety.max_nonfinite_steps, **extra,
     )
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
+    if trainer.callback.stopped:
+        _write_stopped(trainer, args.output_dir)
+        raise ValueError(trainer.callback.stopped + f"; its checkpoints are in {args.output_dir}")
     trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
     if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
@@ -110,6 +113,16 @@ def move_previous_run(out: Path) -> Path | None:
         logger.warning("overwrite_output_dir: moved the previous run in %s to %s", out, target)
     distributed.barrier()
     return target
+
+
+def _write_stopped(trainer: Any, output_dir: str) -> None:
+    """``mixflow_results.json`` of a run that stopped early: why, where, and no final model."""
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        write_json_atomic(Path(output_dir) / "mixflow_results.json", {
+            "stopped": trainer.callback.stopped, "steps": trainer.state.global_step,
+            "last_finite_step": trainer.callback.last_finite_step,
+        })
 
 
 def _prepare(run: RunConfig, progress: bool) -> tuple[Any, Any]:
