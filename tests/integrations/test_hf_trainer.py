@@ -246,3 +246,42 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
     assert "3 consecutive steps with a non-finite loss (steps 3-5)" in trainer.callback.stopped
     kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
     assert kept == ["checkpoint-1", "checkpoint-2"]  # no checkpoint of the diverged model
+
+
+class _Killed(BaseException):
+    """Stands for the process being killed (not an Exception, so nothing catches it)."""
+
+
+@pytest.mark.parametrize("point", ["engine state", "optimizer", "trainer state", "rotation"])
+def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tmp_path, monkeypatch, point):
+    import transformers.trainer as hf_trainer_module
+    from transformers import Trainer, TrainerState
+
+    from mixflow.integrations.hf_trainer import newest_complete_checkpoint
+
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=1, save_total_limit=1)
+
+    def kill_at_step_3(original):
+        def wrapper(*a, **k):
+            if engine.last_step == 3:  # during the save of step 3's checkpoint
+                raise _Killed(point)
+            return original(*a, **k)
+        return wrapper
+
+    engine = _mixer(train, args, log_dir=tmp_path)
+    targets = {"engine state": (StepEngine, "save"), "optimizer": (Trainer, "_save_optimizer_and_scheduler"),
+               "trainer state": (TrainerState, "save_to_json"), "rotation": (hf_trainer_module, "rotate_checkpoints")}
+    owner, name = targets[point]
+    with monkeypatch.context() as m:
+        m.setattr(owner, name, kill_at_step_3(getattr(owner, name)))
+        trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
+                                 engine=engine)
+        with pytest.raises(_Killed):
+            trainer.train()
+    expected = "checkpoint-3" if point == "rotation" else "checkpoint-2"  # rotation runs only after a whole save
+    assert newest_complete_checkpoint(str(tmp_path)).endswith(expected)
+    resumed = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
+                             engine=_mixer(train, args, log_dir=tmp_path))
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4 and resumed.engine.last_step == 4

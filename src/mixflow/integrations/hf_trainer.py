@@ -3,8 +3,8 @@
 :class:`MixflowTrainer` overrides only what mixing needs: the train sampler (the step engine's
 :class:`~mixflow.data.sampler.MixtureSampler`), ``compute_loss`` (per-sample losses from the one
 training forward, weighted by the step engine) and ``log`` (per-domain metrics). A
-:class:`MixflowCallback` runs the step engine's step-end bookkeeping and saves its state into every
-checkpoint. The training loop itself is the Trainer's.
+:class:`MixflowCallback` runs the step engine's step-end bookkeeping; ``save_model`` writes the
+engine's state into every checkpoint. The training loop itself is the Trainer's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
@@ -59,15 +59,6 @@ class MixflowCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if state.is_world_process_zero:
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            # on_step_end ran first, so the engine's state is at the boundary of global batch
-            # `global_step`: the next one to train.
-            if self.engine.last_step != state.global_step:
-                raise RuntimeError(f"checkpoint at step {state.global_step}: the engine ended step {self.engine.last_step}")
-            self.engine.save(checkpoint)
-        return control
 
 
 class MixflowTrainer(Trainer):
@@ -157,6 +148,20 @@ class MixflowTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    # ---- checkpoints, logs and resume ----------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model, and inside a checkpoint the engine's state too: both are written before the
+        Trainer's optimizer state and ``trainer_state.json`` (the last file of a complete checkpoint)
+        and before rotation removes older checkpoints, so a kill at any point of a save leaves a
+        complete checkpoint to resume from."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        is_checkpoint = output_dir is not None and os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
+        if _internal_call and is_checkpoint and self.is_world_process_zero():
+            # on_step_end ran first: the engine's state is at the boundary of batch `global_step`
+            if self.engine.last_step != self.state.global_step:
+                raise RuntimeError(f"checkpoint at step {self.state.global_step}: the engine ended step {self.engine.last_step}")
+            self.engine.save(output_dir)
+
     # ---- logs and resume ----------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log, not an evaluation one
@@ -165,9 +170,7 @@ class MixflowTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint: no checkpoint found in {self.args.output_dir}")
+            resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
         if resume_from_checkpoint:
             check_model_shapes(self.model, resume_from_checkpoint)
             self.engine.load(resume_from_checkpoint, rewrite_log=False)
@@ -193,3 +196,23 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
                     f"resume_from_checkpoint: {checkpoint} holds {key} of shape {saved}, this run's model has "
                     f"{own[key]} (the model config differs from the run that saved it)"
                 )
+
+
+#: The files of a complete checkpoint: the engine's state and the Trainer's state, written last.
+COMPLETE_MARKERS = ("mixflow_state.json", "trainer_state.json")
+
+
+def newest_complete_checkpoint(output_dir: str) -> str:
+    """The newest ``checkpoint-<step>`` that holds every file a resume needs; the newer ones it
+    skips are named in a warning with what they lack (a save that was interrupted)."""
+    found = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        step = name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit():
+            found.append((int(step), os.path.join(output_dir, name)))
+    for _, path in sorted(found, reverse=True):
+        missing = [m for m in COMPLETE_MARKERS if not os.path.isfile(os.path.join(path, m))]
+        if not missing:
+            return path
+        logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (no %s)", path, " or ".join(missing))
+    raise ValueError(f"resume_from_checkpoint: no complete checkpoint in {output_dir}")
