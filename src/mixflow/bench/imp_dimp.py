@@ -33,7 +33,7 @@ def _config(data: Path, out: Path, steps: int, seed: int, weighter: str | None) 
         "lr_scheduler_type": "cosine", "warmup_steps": min(20, steps // 5), "max_steps": steps,
         "logging_steps": max(1, steps), "save_strategy": "no", "eval_strategy": "no", "per_device_eval_batch_size": 128,
         "report_to": "none", "seed": seed, "data_seed": seed, "dataloader_num_workers": 0, "use_cpu": True,
-        "disable_tqdm": True,
+        "disable_tqdm": True, "overwrite_output_dir": True,  # the benchmark's own scratch runs
     }
     if weighter is None:
         raw.update(train_type="static", real_data=str(data / "real.jsonl"))

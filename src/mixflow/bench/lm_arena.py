@@ -54,7 +54,7 @@ def _shared(data: Path, steps: int, seed: int, tiny: bool) -> dict[str, Any]:
         "warmup_steps": max(1, steps // 30), "max_steps": steps, "logging_steps": max(1, steps // 10),
         "eval_strategy": "steps", "eval_steps": max(1, steps // 6), "per_device_eval_batch_size": 64,
         "save_strategy": "no", "report_to": "none", "seed": seed, "data_seed": 0, "dataloader_num_workers": 0,
-        "use_cpu": True, "disable_tqdm": True,
+        "use_cpu": True, "disable_tqdm": True, "overwrite_output_dir": True,  # the benchmark's own scratch runs
     }
 
 
