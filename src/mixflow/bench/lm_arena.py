@@ -95,8 +95,10 @@ def train_method(root: Path, name: str, keys: dict[str, Any], shared: dict[str, 
 
 def train_doremi(root: Path, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """DoReMi's three steps, then loss reweighting on top of its weights (same target steps)."""
-    pipeline = {**shared, "output_dir": str(root / "doremi"), "mixture_sample_rule": "uniform",
-                "proxy": {"warmup_step": 10, "update_step": 5}, "doremi": {}}
+    # the sampling keys belong to a step's section (the pipeline refuses them at the shared level)
+    pipeline = {**shared, "output_dir": str(root / "doremi"), "reference": {"mixture_sample_rule": "uniform"},
+                "proxy": {"warmup_step": 2, "update_step": 5} if shared["max_steps"] < 20 else
+                {"warmup_step": 10, "update_step": 5}, "doremi": {}}
     path = root / "doremi.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(pipeline), encoding="utf-8")
@@ -113,7 +115,7 @@ def train_doremi(root: Path, shared: dict[str, Any]) -> dict[str, dict[str, Any]
 
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
     if ctx.tiny:
-        return {"steps": 6, "methods": ["uniform", "odm"], "doremi": False}
+        return {"steps": 6, "methods": ["uniform", "odm"], "doremi": True}
     return {"steps": 120 if ctx.quick else 300, "methods": list(METHODS), "doremi": True}
 
 
