@@ -89,13 +89,27 @@ def _draw(method: str, samples: int, rows: int, seed: int) -> float:
 
 
 def worker(method: str, samples: int, rows: int, seed: int) -> None:
-    """Entry point of the measuring subprocess: prints one JSON line."""
-    import resource
+    """Entry point of the measuring subprocess: prints one JSON line. The peak RSS is sampled every
+    millisecond while the method runs (the process's lifetime peak would be the imports')."""
+    import threading
 
-    before = _rss()
+    import torch  # noqa: F401  (imported before the baseline RSS, as every method needs it loaded)
+
+    from mixflow.data.sampler import MixtureSampler  # noqa: F401
+
+    before, peak, done = _rss(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     seconds = _draw(method, samples, rows, seed)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    record = {"samples_per_s": samples / seconds, "seconds": seconds, "rss_mib": max(0, peak - before) / 2**20}
+    done.set()
+    watcher.join()
+    record = {"samples_per_s": samples / seconds, "seconds": seconds, "rss_mib": max(0, peak[0] - before) / 2**20}
     sys.stdout.write(json.dumps(record) + "\n")
 
 
