@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from mixflow.algorithms.registry import build_algorithm
-from mixflow.algorithms.statistics import heldout_stats
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
+from mixflow.bench.heldout import HeldoutLosses
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
-from mixflow.providers.base import StatisticProvider, UpdateContext, build_providers
+from mixflow.providers.base import build_providers
 
 METHODS = {"Uniform": ("static", {}), "ERMA": ("erma", {}), "VA": ("va", {}),
            "ERMA + VA": ("va", {"loss_weights_from": {"name": "erma"}})}
@@ -78,18 +78,6 @@ def digits_task(seed: int) -> Task:
     return Task((digits.data / 16.0).astype(np.float32), digits.target, 10, 0.5, seed)
 
 
-class _Heldout(StatisticProvider):
-    name = "heldout_loss"
-
-    def __init__(self, task: Task, model: torch.nn.Module) -> None:
-        self.task, self.model = task, model
-
-    def update_statistics(self, ctx: UpdateContext) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            losses = [F.cross_entropy(self.model(x), y, reduction="none").numpy() for _, _, x, y in self.task.domains]
-        return heldout_stats(losses)
-
-
 def train(task: Task, method: str, hidden: int, steps: int, lr: float, seed: int) -> float:
     """Clean test accuracy after ``steps`` steps of Adam with ``method``'s weights."""
     torch.manual_seed(seed)
@@ -104,7 +92,7 @@ def train(task: Task, method: str, hidden: int, steps: int, lr: float, seed: int
     sampler = MixtureSampler(task.sizes, algo.sampling_weights, BATCH, seed=seed)
     specs = algo.provider_specs(algo.params)
     providers = build_providers([s for s in specs if s.name != "heldout_loss"])
-    providers += [_Heldout(task, model)] if any(s.name == "heldout_loss" for s in specs) else []
+    providers += [HeldoutLosses(lambda: [F.cross_entropy(model(x), y, reduction="none").numpy() for _, _, x, y in task.domains])] if any(s.name == "heldout_loss" for s in specs) else []
     engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=UPDATE_STEP), providers=providers)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     batches = sampler.iter_batches()

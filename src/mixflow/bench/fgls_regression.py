@@ -17,12 +17,12 @@ import torch
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.algorithms.statistics import DomainStats, heldout_stats
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
+from mixflow.bench.heldout import HeldoutLosses
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.objective import weighted_loss
 from mixflow.loss.per_sample import SampleLosses
-from mixflow.providers.base import StatisticProvider, UpdateContext
 
 SIGMA2 = (1.0, 10.0)
 NAMES = ["low_noise", "high_noise"]
@@ -73,25 +73,13 @@ def fgls_full_batch(p: Problem, steps: int, lr: float = 0.2) -> tuple[np.ndarray
     return theta, algo.loss_weights
 
 
-class _HeldoutResiduals(StatisticProvider):
-    """The held-out squared residuals of the current θ, as the ``heldout_loss`` provider's sums."""
-
-    name = "heldout_loss"
-
-    def __init__(self, problem: Problem, theta: torch.Tensor) -> None:
-        self.problem, self.theta = problem, theta
-
-    def update_statistics(self, ctx: UpdateContext) -> dict[str, torch.Tensor]:
-        return heldout_stats(self.problem.residuals(self.theta.detach().numpy()))
-
-
 def sgd(p: Problem, method: str, steps: int, batch: int, seed: int, lr: float = 0.05) -> tuple[float, np.ndarray]:
     """Mini-batch SGD through MixtureSampler + StepEngine; (error of the averaged iterate, final w)."""
     algo_name = "fgls" if method == "fgls" else "static"
     algo = build_algorithm(algo_name, NAMES, {}, init_weights=[0.5, 0.5])
     theta = torch.zeros(p.d, dtype=torch.float64, requires_grad=True)
     sampler = MixtureSampler([p.n, p.n], algo.sampling_weights, batch, seed=seed)
-    providers = [_HeldoutResiduals(p, theta)] if method == "fgls" else []
+    providers = [HeldoutLosses(lambda: p.residuals(theta.detach().numpy()))] if method == "fgls" else []
     engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), providers=providers)
     fixed = {"uniform": np.ones(2), "oracle": (1 / np.array(SIGMA2)) / np.mean(1 / np.array(SIGMA2))}.get(method)
     # global row r of the sampler is row r of the domains' training sets concatenated in order

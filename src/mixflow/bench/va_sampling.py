@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from mixflow.algorithms.registry import build_algorithm
-from mixflow.algorithms.statistics import heldout_stats
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
+from mixflow.bench.heldout import HeldoutLosses
 from mixflow.bench.plots import line_plot
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
-from mixflow.providers.base import StatisticProvider, UpdateContext, build_providers
+from mixflow.providers.base import build_providers
 
 D, BATCH = 10, 64
 METHODS = {"Uniform": ("static", {}), "FGLS": ("fgls", {}), "VA": ("va", {}),
@@ -59,20 +59,10 @@ class Regression(torch.nn.Module):
         return float(((self.weight.detach() - self.theta_star) ** 2).sum())
 
 
-class _Heldout(StatisticProvider):
-    """The held-out squared residuals of the current model (the ``heldout_loss`` sums)."""
-
-    name = "heldout_loss"
-
-    def __init__(self, model: Regression) -> None:
-        self.model = model
-
-    def update_statistics(self, ctx: UpdateContext) -> dict[str, torch.Tensor]:
-        m = self.model
-        with torch.no_grad():
-            res = (m.x_val @ m.weight - m.y_val) ** 2
-        k = len(res) // 2
-        return heldout_stats([res[:k].numpy(), res[k:].numpy()])
+def heldout_residuals(m: Regression) -> list[np.ndarray]:
+    """Held-out squared residuals of the current model, per domain (the first half is domain 1)."""
+    res = ((m.x_val @ m.weight - m.y_val) ** 2).detach().numpy()
+    return [res[: len(res) // 2], res[len(res) // 2 :]]
 
 
 def make_engine(model: Regression, method: str, seed: int, update_step: int = 10) -> StepEngine:
@@ -82,7 +72,7 @@ def make_engine(model: Regression, method: str, seed: int, update_step: int = 10
     algo = build_algorithm(name, ["d1", "d2"], params, init_weights=[0.5, 0.5], batch_size=BATCH)
     sampler = MixtureSampler([model.n, model.n], algo.sampling_weights, BATCH, seed=seed)
     specs = [s for s in algo.provider_specs(algo.params) if s.name != "heldout_loss"]
-    providers = build_providers(specs) + ([_Heldout(model)] if len(specs) < len(algo.provider_specs(algo.params)) else [])
+    providers = build_providers(specs) + ([HeldoutLosses(lambda: heldout_residuals(model))] if len(specs) < len(algo.provider_specs(algo.params)) else [])
     return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), providers=providers)
 
 
