@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixflow.algorithms.odm import ODMParams, exp3_distribution, exploration_rate
+from mixflow.algorithms.odm import ODMParams, exp3_distribution, exploration_rate, smoothed_mean_distribution
 from mixflow.algorithms.params import build_params
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.algorithms.statistics import DomainStats
@@ -49,9 +49,10 @@ def _run(algo, losses_at, steps):
 
 
 # ---- Properties --------------------------------------------------------------------------------
-def test_p_is_on_the_simplex_with_every_p_at_least_epsilon_t():
+@pytest.mark.parametrize("rule", ["smoothed_mean", "exp3"])
+def test_p_is_on_the_simplex_with_every_p_at_least_epsilon_t(rule):
     rng = np.random.default_rng(0)
-    algo = _odm()
+    algo = _odm(rule=rule)
     for step in range(1, 201):
         stats = loss_stats(rng.uniform(0.5, 6.0, K) * np.array([1, 1, 2, 3]))
         algo.observe(stats, step)
@@ -60,50 +61,99 @@ def test_p_is_on_the_simplex_with_every_p_at_least_epsilon_t():
         assert np.isclose(p.sum(), 1.0) and np.all(np.isfinite(p))
         assert np.all(p >= exploration_rate(step, K) - 1e-12)
     assert algo.epsilon == exploration_rate(200, K) < 1 / K
-    # and the formula itself, for extreme rewards
+    # and the formulas themselves, for extreme rewards
     for t in (1, 6, 50, 10_000):
         p = exp3_distribution(np.array([1e6, -1e6, 0.0, 3.0]), t)
         assert np.isclose(p.sum(), 1.0) and p.min() >= exploration_rate(t, K) - 1e-15
+        p = smoothed_mean_distribution(np.array([1e6, -1e6, np.nan, 3.0]), np.ones(K) / K, t)
+        assert np.isclose(p.sum(), 1.0) and p.min() >= exploration_rate(t, K) - 1e-15
 
 
-def test_equal_rewards_keep_p_uniform():
-    history = _run(_odm(), lambda step: [2.5] * K, steps=100)
-    assert np.allclose(history, 1 / K)
+def test_released_rule_follows_group_update_with_t_the_training_step():
+    algo = _odm(k=2, alpha=0.9)
+    for step in (1, 2, 3):
+        algo.observe(loss_stats([3.0, 6.0]), step)
+    algo.update(loss_stats([3.0, 6.0]), 3)
+    r = (1 - 0.9**3) * np.exp([3.0, 6.0])  # R̂ after three steps from R̂ = 0
+    eps = min(0.5, math.sqrt(math.log(2) / (2 * 3)))  # t = 3: the step, not the update count
+    assert np.allclose(algo.sampling_weights, (1 - 2 * eps) * r / r.sum() + eps)
+    assert np.allclose(np.exp(algo.scores), r)
+
+
+def test_constant_losses_raise_the_higher_loss_domain_monotonically():
+    # the example: losses (3, 6), p of the higher-loss domain climbs towards e³/(1+e³) ≈ 0.95
+    history = _run(_odm(k=2), lambda step: [3.0, 6.0], steps=2000)
+    high = history[:, 1]
+    assert np.all(np.diff(high) >= -1e-15) and high[-1] > high[9] > 0.75
+    assert abs(high[9] - 0.785) < 0.01 and high[-1] > 0.93
+    exp3 = _run(_odm(k=2, rule="exp3"), lambda step: [3.0, 6.0], steps=2000)[:, 1]
+    # the printed rule's bounded rewards inside softmax(ε·R̂) drift back to uniform as ε_t → 0
+    # (the reason to make the released rule the default)
+    assert 0.5 < exp3[-1] < exp3[9] < 0.6
+
+
+@pytest.mark.parametrize("rule", ["smoothed_mean", "exp3"])
+def test_equal_losses_keep_p_where_it_is(rule):
+    init = np.array([0.1, 0.2, 0.3, 0.4])
+    history = _run(_odm(init=init, rule=rule), lambda step: [2.5] * K, steps=100)
+    if rule == "smoothed_mean":
+        # the initial mixture, not uniform, up to the exploration floor ε_t
+        for step, p in enumerate(history, start=1):
+            eps = exploration_rate(step, K)
+            assert np.allclose(p, (1 - K * eps) * init + eps)
+        assert history[-1][3] > 0.3  # not reset to uniform
+    else:
+        # the printed rule has no prior: equal rewards give the uniform softmax
+        assert np.allclose(history[-1], 1 / K, atol=1e-9)
+    uniform = _run(_odm(rule=rule), lambda step: [2.5] * K, steps=50)
+    assert np.allclose(uniform, 1 / K)
 
 
 def test_domain_with_persistently_higher_loss_gains_probability():
-    history = _run(_odm(), lambda step: [4.0, 2.0, 2.0, 2.0], steps=300)
-    final = history[-1]
-    assert final[0] > 1 / K + 0.02 and np.allclose(final[1:], final[1])
-    # the first ln-bound updates are pure exploration (ε_t = 1/K for t ≤ 4·ln 4 ≈ 5.5), then it moves
-    assert np.allclose(history[:5], 1 / K) and history[5][0] > 1 / K
-    # ODM does chase a high-but-irreducible-loss domain (the contrast with DoReMi is a benchmark)
-    noisy = _run(_odm(), lambda step: [5.5 + 0.1 * math.sin(step), 2.0, 2.0, 2.0], steps=300)
-    assert noisy[-1][0] > 1 / K + 0.02
+    for rule in ("smoothed_mean", "exp3"):
+        history = _run(_odm(rule=rule), lambda step: [4.0, 2.0, 2.0, 2.0], steps=300)
+        final = history[-1]
+        assert final[0] > 1 / K + 0.02 and np.allclose(final[1:], final[1])
+        # ODM does chase a high-but-irreducible-loss domain (the contrast with DoReMi is a benchmark)
+        noisy = _run(_odm(rule=rule), lambda step: [5.5 + 0.1 * math.sin(step), 2.0, 2.0, 2.0], steps=300)
+        assert noisy[-1][0] > 1 / K + 0.02
 
 
-def test_epsilon_schedule_and_update_rule_follow_algorithm_1():
+def test_exp3_follows_algorithm_1_with_t_the_training_step():
     assert exploration_rate(0, K) == 1 / K  # ε_0
     assert math.isclose(exploration_rate(100, K), math.sqrt(math.log(K) / (K * 100)))
-    algo = _odm(alpha=0.5)
+    algo = _odm(alpha=0.5, rule="exp3")
     for step in range(1, 8):
         algo.observe(loss_stats([3.0, 1.0, 2.0, 1.0]), step)
-        rewards_before = algo.rewards.copy()
-        algo.update(loss_stats([3.0, 1.0, 2.0, 1.0]), step)
-    # t is the update count: the 7th update uses ε_6 inside the softmax and ε_7 outside
+    rewards = algo.rewards.copy()
+    algo.update(loss_stats([3.0, 1.0, 2.0, 1.0]), 7)  # one update, after 7 steps (e.g. a warmup)
+    # t = 7 is the training step: ε_6 inside the softmax and ε_7 outside, although it is the first update
     eps7, eps6 = exploration_rate(7, K), exploration_rate(6, K)
-    z = eps6 * rewards_before
+    z = eps6 * rewards
     expected = (1 - K * eps7) * np.exp(z) / np.exp(z).sum() + eps7
-    assert np.allclose(algo.sampling_weights, expected)
-    assert np.allclose(algo.scores, rewards_before)
+    assert np.allclose(algo.sampling_weights, expected) and algo.num_updates == 1
+    assert np.allclose(algo.scores, rewards)
 
 
-def test_rewards_update_every_present_domain_from_its_loss_over_p():
-    algo = _odm(init=[0.1, 0.2, 0.3, 0.4], alpha=0.9)
+def test_exp3_importance_weights_only_domains_that_can_be_missing():
+    algo = _odm(init=[0.1, 0.2, 0.3, 0.4], alpha=0.9, rule="exp3")
+    # without a batch size: one sample per step, the printed rule's L/p
     algo.observe(loss_stats([1.0, 2.0, float("nan"), 4.0]), 1)
     assert np.allclose(algo.rewards, [0.1 * 1.0 / 0.1, 0.1 * 2.0 / 0.2, 0.0, 0.1 * 4.0 / 0.4])
     algo.observe(loss_stats([1.0, 2.0, 3.0, 4.0]), 2)
     assert np.isclose(algo.rewards[0], 0.9 * 1.0 + 0.1 * 10.0) and np.isclose(algo.rewards[2], 0.1 * 3.0 / 0.3)
+    # B = 8: domains 1-3 (p·B ≥ 1.6) are in every batch, domain 0 (p·B = 0.8) only sometimes
+    batched = _odm(init=[0.1, 0.2, 0.3, 0.4], alpha=0.9, rule="exp3")
+    batched.bind(8)
+    batched.observe(loss_stats([1.0, 2.0, 3.0, 4.0]), 1)
+    assert np.allclose(batched.rewards, [0.1 * 1.0 / 0.8, 0.1 * 2.0, 0.1 * 3.0, 0.1 * 4.0])
+
+
+def test_smoothed_mean_rewards_survive_huge_losses():
+    algo = _odm(k=2)
+    algo.observe(loss_stats([2.0, 5000.0]), 1)  # e^5000 overflows a float, ln R̂ does not
+    algo.update(loss_stats([2.0, 5000.0]), 1)
+    assert np.all(np.isfinite(algo.rewards)) and np.all(np.isfinite(algo.sampling_weights))
 
 
 def test_non_finite_losses_leave_the_rewards_untouched_with_a_warning(caplog):
@@ -113,6 +163,14 @@ def test_non_finite_losses_leave_the_rewards_untouched_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         algo.observe(loss_stats([1.0, float("inf"), 3.0, 4.0]), 2)
     assert "non-finite" in caplog.text and np.array_equal(algo.rewards, before)
+
+
+def test_state_of_another_rule_is_refused():
+    algo = _odm()
+    algo.observe(loss_stats([1.0, 2.0, 3.0, 4.0]), 1)
+    other = _odm(rule="exp3")
+    with pytest.raises(ValueError, match="rule 'smoothed_mean'.*'exp3'"):
+        other.load_state_dict(algo.state_dict())
 
 
 # ---- through the step engine -------------------------------------------------------------------------
@@ -149,9 +207,11 @@ def test_warmup_keeps_the_initial_proportions_and_rewards_learn_every_step():
     mixer = _mixer(warmup_step=4, update_step=1)
     weights = _steps(mixer, 1, 4)
     assert np.allclose(weights, 1 / 3) and mixer.algorithm.num_updates == 0
-    assert np.all(mixer.algorithm.rewards > 0)  # observe ran at every warmup step
-    _steps(mixer, 4, 5)
-    assert mixer.algorithm.num_updates == 1  # t = 1 at the first update after warmup
+    assert np.all(np.isfinite(mixer.algorithm.rewards))  # observe ran at every warmup step
+    after = _steps(mixer, 4, 5)[-1]
+    # the first update uses t = 4 (the step) and the warmup's rewards: p moves, it is not reset
+    assert mixer.algorithm.num_updates == 1 and mixer.algorithm.epsilon == exploration_rate(4, 3)
+    assert after[0] > 1 / 3 + 0.02
 
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):

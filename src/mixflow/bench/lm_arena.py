@@ -32,6 +32,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "stratified": {"train_type": "static", "mixture_sample_rule": "stratified"},
     "temperature (τ = 3)": {"train_type": "static", "mixture_sample_rule": "temperature", "mixture_temperature": 3.0},
     "odm": {"component": {"name": "odm"}, "update_step": 1},
+    "odm (printed exp3)": {"component": {"name": "odm", "params": {"rule": "exp3"}}, "update_step": 1},
     "pike": {"component": {"name": "pike"}, "update_step": 10},
     "balanced_pike": {"component": {"name": "balanced_pike"}, "update_step": 10},
     "fgls": {"component": {"name": "fgls"}, "update_step": 10},
