@@ -19,7 +19,7 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import sample_losses
 from mixflow.testing import run_distributed
 
-STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")
+STRATEGIES = ("linupper", "upper", "quadratic", "extremes", "uniform")
 
 
 def _weighter(**params) -> LossReweighting:
@@ -44,15 +44,33 @@ def test_probabilities_sum_to_one_and_weights_are_n_times_them(strategy, delta, 
 @pytest.mark.parametrize("delta,r", [(1.0, 1.0), (0.5, 0.4), (2.0, 3.0), (1.0, 0.1)])
 def test_max_over_min_weight_is_bounded_by_exp_delta_over_r(delta, r):
     losses = _losses(seed=1)
-    for strategy in ("linupper", "extremes"):  # f spans [0, δ]
+    for strategy in ("linupper", "upper", "extremes"):  # f spans [0, δ]
         s = _weighter(strategy=strategy, delta=delta, r=r).probabilities(losses, 0)
         assert float(s.max() / s.min()) <= math.exp(delta / r) * (1 + 1e-9)
     # linupper reaches the bound: f(ℓmin) = 0 and f = δ from the mid-range up
     s = _weighter(strategy="linupper", delta=delta, r=r).probabilities(losses, 0)
     assert math.isclose(float(s.max() / s.min()), math.exp(delta / r), rel_tol=1e-9)
-    # quadratic's f = 1 − ℓ̃²/δ² spans [0, 1] whatever δ: its bound is e^{1/r} (= e^{δ/r} at the default δ = 1)
+    # quadratic's f = 1 − ℓ̃²/δ² spans [0, 1] whatever δ: its bound is e^{1/r}, above e^{δ/r} when δ < 1
     s = _weighter(strategy="quadratic", delta=delta, r=r).probabilities(losses, 0)
     assert float(s.max() / s.min()) <= math.exp(1.0 / r) * (1 + 1e-9)
+    if delta < 1:
+        assert float(s.max() / s.min()) > math.exp(delta / r)
+
+
+def test_upper_is_linear_in_the_loss_over_the_whole_range():
+    losses = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    s = _weighter(strategy="upper", delta=2.0, r=0.5).probabilities(losses, 0)
+    # f = 0.5·ℓ̃ + 0.5·δ: equal steps of the loss give equal log-weight steps, spanning δ/r
+    assert torch.allclose(torch.diff(torch.log(s)), torch.full((4,), 1.0, dtype=torch.float64))
+    assert math.isclose(float(s.max() / s.min()), math.exp(2.0 / 0.5), rel_tol=1e-12)
+
+
+def test_language_model_preset_fills_what_the_config_does_not_set():
+    p = _weighter(preset="language_model").params
+    assert (p.strategy, p.r, p.burn_in_steps) == ("linupper", 0.4, 1000)
+    short = _weighter(preset="language_model", burn_in_steps=30).params  # a key the config sets wins
+    assert (short.r, short.burn_in_steps) == (0.4, 30)
+    assert _weighter().params.r == 1.0  # no preset: the plain defaults
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -132,6 +150,7 @@ def test_decreasing_temperature_schedule(schedule):
         ({"r_schedule": "linear", "r_start": 0.5}, "loss.params.r_start: expected a number > r"),
         ({"r_schedule": "cosine", "r_schedule_steps": 0}, "loss.params.r_schedule_steps"),
         ({"temperature": 1}, "loss.params.temperature: unknown parameter"),
+        ({"preset": "language_modle"}, r"loss.params.preset: expected one of \['language_model'\] \(did you mean"),
     ],
 )
 def test_bad_params_are_one_line_errors_at_config_load(tmp_path, params, message):

@@ -5,6 +5,7 @@ For the losses ℓ of a batch (all ranks' samples, in rank order):
 
     ℓ̃_j = 2δ (ℓ_j − ℓmin) / (ℓmax − ℓmin) − δ          normalised to [−δ, δ]
     f(ℓ̃) = min(ℓ̃ + δ, δ)          linupper   (low losses down-weighted; all above mid-range equal)
+           0.5·ℓ̃ + 0.5·δ           upper      (the released code's: linear in the loss over the whole range)
            1 − ℓ̃² / δ²              quadratic  (mid-range up-weighted, both extremes down)
            |ℓ̃|                      extremes   (both extremes up-weighted)
            0                        uniform
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -27,14 +28,23 @@ from mixflow.algorithms.base import SampleWeighter
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_weighter
 
-Strategy = Literal["linupper", "quadratic", "extremes", "uniform"]
+Strategy = Literal["linupper", "upper", "quadratic", "extremes", "uniform"]
+
+#: The paper's recipe for language-model pretraining: linupper at r = 0.4 after a 1000-step burn-in
+#: (its larger runs). Keys a config sets win (e.g. a shorter burn_in_steps for a short run).
+LANGUAGE_MODEL = {"strategy": "linupper", "r": 0.4, "burn_in_steps": 1000}
 Schedule = Literal["constant", "linear", "cosine"]
 
 
 @dataclass
 class LossReweightingParams(AlgorithmParams):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"language_model": LANGUAGE_MODEL}
+
+    preset: str | None = None
+    """A documented recipe filling every key not set: language_model = linupper, r 0.4, burn_in_steps 1000 (the
+    paper's larger runs)."""
     strategy: Strategy = "linupper"
-    """f of the normalised loss: linupper, quadratic, extremes or uniform."""
+    """f of the normalised loss: linupper, upper (the released code's), quadratic, extremes or uniform."""
     delta: float = 1.0
     """δ: normalised losses span [-δ, δ] (> 0)."""
     r: float = 1.0
@@ -80,6 +90,8 @@ def strategy_scores(normalised: torch.Tensor, strategy: Strategy, delta: float) 
     """f(ℓ̃) of ALGORITHMS.md for one strategy."""
     if strategy == "linupper":
         return torch.clamp(normalised + delta, max=delta)
+    if strategy == "upper":
+        return 0.5 * normalised + 0.5 * delta  # released code: ℓ̃ mapped linearly onto [0, δ]
     if strategy == "quadratic":
         return 1.0 - normalised.square() / delta**2
     if strategy == "extremes":
@@ -94,7 +106,7 @@ class LossReweighting(SampleWeighter):
     """Per-sample weights N · softmax(f(ℓ̃) / r) over the global batch (linupper by default)."""
 
     name = "loss"
-    description = "Loss-based sample reweighting (Sow et al. 2025): linupper, quadratic, extremes, uniform."
+    description = "Loss-based sample reweighting (Sow et al. 2025): linupper, upper, quadratic, extremes, uniform."
     Params = LossReweightingParams
     #: last_step: the step the latest weights were computed at; r_current: the temperature used then
     #: (where the burn-in and the schedule stand); num_reweighted: batches weighted after the burn-in.

@@ -17,7 +17,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 #: What a path-valued parameter must point at; the front door checks it (this layer does no I/O).
 PathKind = Literal["file", "model_dir"]
@@ -36,7 +36,14 @@ class ValidationContext:
 @dataclass
 class AlgorithmParams:
     """Base of every algorithm's parameter dataclass. Each field is documented by an attribute
-    docstring (the string right below it), which ``mixflow list`` shows."""
+    docstring (the string right below it), which ``mixflow list`` shows.
+
+    A params class with a ``preset: str | None`` field and a ``presets`` table lets a config name a
+    documented recipe: ``build_params`` fills every key the config does not set from it.
+    """
+
+    #: preset name -> the parameter values it stands for (keys the config sets win).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """Semantic checks, run once at config load (``build_params``), before any data or model
@@ -104,6 +111,13 @@ def build_params(
         return params
     params = dict(params or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    preset = params.get("preset")
+    if preset is not None and "preset" in fields:
+        if preset not in cls.presets:
+            raise ValueError(
+                f"{where}.preset: expected one of {sorted(cls.presets)}{suggest(str(preset), list(cls.presets))}, got {preset!r}"
+            )
+        params = {**cls.presets[preset], **params}
     for key in params:
         if key not in fields:
             raise ValueError(f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}")

@@ -41,6 +41,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "erma + va": {"component": {"name": "va", "params": {"loss_weights_from": {"name": "erma"}}}, "update_step": 10},
     "loss reweighting": {"train_type": "dynamic_weight", "mixture_sample_rule": "uniform",
                          "component": {"name": "loss"}},
+    # the documented recipe, with its rule for short runs: burn-in = max_steps / 10 (set in train_method)
+    "loss reweighting (language_model preset)": {"train_type": "dynamic_weight", "mixture_sample_rule": "uniform",
+                                                 "component": {"name": "loss", "params": {"preset": "language_model"}}},
 }
 
 
@@ -88,8 +91,18 @@ def _weights(out: Path) -> list[tuple[int, list[float]]]:
     return [(r["step"], r["domain_weights"]) for r in read_jsonl(logs[0])] if logs else []
 
 
+def _short_run_burn_in(keys: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The language_model preset's documented rule for runs far shorter than its 1000-step burn-in."""
+    params = keys.get("component", {}).get("params", {})
+    if params.get("preset") != "language_model" or "burn_in_steps" in params:
+        return keys
+    component = {**keys["component"], "params": {**params, "burn_in_steps": max(1, steps // 10)}}
+    return {**keys, "component": component}
+
+
 def train_method(root: Path, name: str, keys: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
     out = root / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
+    keys = _short_run_burn_in(keys, int(shared["max_steps"]))
     raw = {**shared, "train_type": "dynamic_mix", **keys, "output_dir": str(out)}
     return _metrics(run_training(load_config(raw=raw), progress=False), out)
 
