@@ -354,6 +354,51 @@ def test_proxy_loss_is_the_alpha_weighted_domain_loss(alpha):
         assert not torch.allclose(g_mix, g_plain, rtol=1e-2, atol=1e-5)
 
 
+def _group_dro_step(rows_per_micro_batch):
+    """One step of DoReMi (Group DRO λ: the proxy's own loss, so no reference model is needed) with
+    update_step 1; returns (the micro-batch losses, α before, the engine)."""
+    train = MixtureDataset(tiny_domains())
+    algo = DoReMi(train.domain_names, DoReMiParams(reference_model_path=None), init_weights=np.ones(3))
+    sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
+    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), providers=[])
+    batch = next(iter(_batches(train, sampler, 1)))
+    ids, labels = batch.pop("domain_ids"), batch.pop("labels")
+    batch.pop("sample_ids", None)
+    model = tiny_llama(seed=0)
+    before = algo.loss_weights
+    losses = []
+    for part in torch.split(torch.arange(6), rows_per_micro_batch):
+        logits = model(**{k: v[part] for k, v in batch.items()}).logits
+        losses.append(mixer.training_loss(logits, labels[part], ids[part], batch_index=0))
+    with torch.no_grad():
+        tok = F.cross_entropy(model(**batch).logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
+    domain_loss = np.array([tok[ids == d].mean().item() for d in range(3)])
+    return losses, before, mixer, domain_loss
+
+
+def test_without_accumulation_the_step_trains_on_the_alpha_of_its_own_batch():
+    losses, before, mixer, domain_loss = _group_dro_step(rows_per_micro_batch=6)
+    algo = mixer.algorithm
+    # Algorithm 1: α_t from this batch's λ (here the domain losses), then the loss Σ α_t,i L_i
+    assert algo.num_updates == 1
+    expected = before * np.exp(domain_loss)
+    expected = (1 - 1e-3) * expected / expected.sum() + 1e-3 / 3
+    assert np.allclose(algo.loss_weights, expected, rtol=1e-5)
+    assert losses[0].item() == pytest.approx(float((expected * domain_loss).sum()), rel=1e-5)
+    assert mixer.end_step(1) is True and algo.num_updates == 1  # end_step does not update twice
+    mixer.state_dict()  # between steps again
+
+
+def test_with_gradient_accumulation_the_update_follows_the_step():
+    losses, before, mixer, domain_loss = _group_dro_step(rows_per_micro_batch=3)
+    assert mixer.algorithm.num_updates == 0  # no micro-batch saw the whole step
+    assert np.allclose(before, 1 / 3)
+    assert mixer.end_step(1) is True and mixer.algorithm.num_updates == 1
+    expected = np.exp(domain_loss)
+    expected = (1 - 1e-3) * expected / expected.sum() + 1e-3 / 3
+    assert np.allclose(mixer.algorithm.loss_weights, expected, rtol=1e-5)
+
+
 # ---- StepEngine integration: NaN skip, 2 ranks, resume -----------------------------------------------------
 
 

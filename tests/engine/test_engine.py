@@ -56,7 +56,8 @@ def test_importance_coefficients_use_the_plan_the_batch_carries():
 
     algo.__class__ = Importance
     sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, 6, seed=1)
-    engine = StepEngine(sampler, algo)
+    # the token normalisation divides by p (the domain one by the batch's own token shares)
+    engine = StepEngine(sampler, algo, objective_normalization="token")
     ids = [0, 0, 0, 1, 2, 2]
     logits, labels = _logits_for(ids)
     carried = torch.tensor([0.5, 0.5, 0.5, 0.25, 0.25, 0.25], dtype=torch.float64)

@@ -13,7 +13,12 @@ Per update window (``update_step`` steps; the paper updates every step, ``update
     α′  = α_{t−1} ⊙ exp(η λ)
     α_t = (1 − c) · α′ / Σα′ + c / K
 
-and the result is ᾱ = mean over updates of α_t (the paper's choice) or the last α_t
+**Order (Algorithm 1).** With one micro-batch per step (no gradient accumulation) the update due at a
+step runs inside it, from that batch's statistics, before its loss: the step trains on the new α_t.
+With gradient accumulation the later micro-batches are not seen when the first one's backward runs,
+so the update runs after the step and the next step trains on it (a one-step lag).
+
+The result is ᾱ = mean over updates of α_t (the paper's choice) or the last α_t
 (``output_weights``). The per-token sums come from the ``reference_loss`` provider
 (:mod:`mixflow.providers.reference_loss`). ``reference_model_path: null`` drops the reference: λ is the
 proxy's own token-mean loss (Group DRO), which the seed allows for debugging only.
@@ -68,6 +73,8 @@ class DoReMi(DomainAlgorithm):
     scores_label = "excess loss λ over the reference (clipped, per token)"
     providers = ("reference_loss",)
     state_attributes = ("_lambda", "_average")
+    # Algorithm 1 updates α from the current batch, then takes the proxy's step on the new α.
+    update_before_loss = True
 
     def setup(self) -> None:
         k = self.num_domains

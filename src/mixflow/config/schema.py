@@ -81,6 +81,10 @@ class MixingConfig:
     """π: importance of each domain in the objective (normalised); null = uniform."""
     on_exhausted: Literal["reshuffle", "stop"] = "reshuffle"
     """When a domain runs out of rows: reshuffle it and continue, or stop the stream."""
+    objective_normalization: Literal["domain", "token"] = "domain"
+    """Importance-mode algorithms (DoReMi's proxy, FGLS, ERMA, VA): domain = each domain's token sum divided by
+    its own tokens in the step, so every domain counts exactly q_i whatever its row lengths; token = all the step's
+    tokens (the old behaviour, biased towards long-row domains). Objective mode ignores it."""
 
 
 @dataclass

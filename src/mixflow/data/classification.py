@@ -129,6 +129,10 @@ class ClassificationDataset(MixtureDataset):
         super().__init__(domains, split)
         self._labels = [np.asarray(d.train_labels if split == "train" else d.val_labels) for d in domains]
 
+    def target_tokens(self, indices: np.ndarray) -> np.ndarray:
+        """One target per row: the class label (the per-sample loss counts one item)."""
+        return np.ones(np.asarray(indices).shape, dtype=np.int64)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         position, row = self.locate(index)
         item = {

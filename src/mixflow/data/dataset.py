@@ -50,6 +50,29 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return self._total
 
+    def target_tokens(self, indices: np.ndarray) -> np.ndarray:
+        """Target tokens of each global row (int64): the positions a shifted causal-LM loss counts,
+        ``len(row) − 1``. With the sampler's plan they give a step's tokens per domain before its
+        first forward (``objective_normalization: domain``)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        positions = np.searchsorted(np.asarray(self.domain_offsets), idx, side="right") - 1
+        out = np.empty(idx.shape, dtype=np.int64)
+        for d in np.unique(positions).tolist():
+            mask = positions == d
+            out[mask] = np.maximum(self._row_lengths(d)[idx[mask] - self.domain_offsets[d]] - 1, 0)
+        return out
+
+    def _row_lengths(self, d: int) -> np.ndarray:
+        """Tokens of each row of domain position ``d`` (computed once per domain)."""
+        cache = self.__dict__.setdefault("_lengths", {})
+        if d not in cache:
+            rows = self._rows[d]
+            if isinstance(rows, np.ndarray):  # packed: every row is cutoff_len long
+                cache[d] = np.full(len(rows), rows.shape[1] if rows.ndim == 2 else 0, dtype=np.int64)
+            else:
+                cache[d] = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        return cache[d]
+
     def locate(self, index: int) -> tuple[int, int]:
         """Position of a global index: ``(domain position, row within that domain)``."""
         i = operator.index(index)

@@ -67,6 +67,8 @@ class _Snapshot:
     credit: np.ndarray
     weights: np.ndarray
     epoch: int
+    rows: np.ndarray | None = None
+    """The batch's global rows (all ranks, in slice order), once planned."""
 
 
 class PlannedIndex(int):
@@ -274,12 +276,22 @@ class MixtureSampler(Sampler[int]):
         such as ``π/p`` must use the ``p`` the batch was drawn with. Needs a
         kept snapshot (a planned batch not yet marked consumed).
         """
+        return self._planned_snapshot(batch_index).weights.copy()
+
+    def planned_rows(self, batch_index: int) -> np.ndarray:
+        """The global rows of planned batch ``batch_index`` (all ranks; rank r's slice is
+        ``[r·B/W, (r+1)·B/W)``), e.g. to count the step's tokens per domain before its first forward."""
+        rows = self._planned_snapshot(batch_index).rows
+        assert rows is not None  # every planned batch's snapshot holds its rows
+        return rows.copy()
+
+    def _planned_snapshot(self, batch_index: int) -> _Snapshot:
         snap = self._snapshots.get(_check_int(batch_index, "batch_index"))
         if snap is None:
             raise ValueError(
                 f"batch_index: expected a planned batch not yet consumed ({self._kept_range()}), got {batch_index}"
             )
-        return snap.weights.copy()
+        return snap
 
     # --------------------------------------------------------------- control
 
@@ -414,7 +426,7 @@ class MixtureSampler(Sampler[int]):
         scores = derive_keys(derive_key(self._seed, _TAG_SHUFFLE, epoch, g), self._shuffle_positions)
         batch = rows[np.argsort(scores, kind="stable")]
 
-        self._snapshots[g] = _Snapshot(self._drawn, self._credit, weights, epoch)
+        self._snapshots[g] = _Snapshot(self._drawn, self._credit, weights, epoch, batch)
         if len(self._snapshots) > self.MAX_SNAPSHOTS:
             del self._snapshots[next(iter(self._snapshots))]
             self._prune_changes()

@@ -11,8 +11,6 @@ log. Integrations (Hugging Face Trainer, a plain PyTorch loop) only call
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,9 @@ from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import STATE_VERSION, read_state, supersede_log_lines, write_state
+from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetTokens
+from mixflow.engine.records import step_metrics, weights_log_record
+from mixflow.engine.sample_weights import global_sample_weights
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.objective import coefficients, step_loss, weighted_loss
 from mixflow.loss.per_sample import SampleLosses, sample_losses
@@ -48,6 +49,8 @@ class StepEngine:
         provider_context: ProviderContext | None = None,
         shift_labels: bool = True,
         chunk_rows: int = 4096,
+        objective_normalization: Normalization = "domain",
+        row_target_tokens: RowTargetTokens | None = None,
     ) -> None:
         if sampler.num_domains != algorithm.num_domains:
             raise ValueError(
@@ -58,13 +61,12 @@ class StepEngine:
         self.weighter = weighter
         self.schedule = schedule or UpdateSchedule()
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.providers = (
-            list(providers)
-            if providers is not None
-            else build_providers(algorithm.provider_specs(algorithm.params), provider_context)
-        )
+        specs = algorithm.provider_specs(algorithm.params)
+        self.providers = list(providers) if providers is not None else build_providers(specs, provider_context)
         self.shift_labels = shift_labels
         self.chunk_rows = chunk_rows
+        # Importance mode: each domain's token sum over its own tokens (domain) or over all (token).
+        self._domain_tokens = DomainTokens(sampler, objective_normalization, row_target_tokens)
         self.domain_names = list(algorithm.domain_names)
         k = len(self.domain_names)
         self._step_stats = DomainStats.zeros(k)
@@ -72,6 +74,8 @@ class StepEngine:
         self._metric_stats = DomainStats.zeros(k)
         self.last_step = 0
         self.skipped_updates = 0
+        #: (the step's reduced statistics, whether its update applied) when it ran before the loss.
+        self._early: tuple[DomainStats, bool] | None = None
         #: Consecutive optimizer steps whose training loss was not finite (a diverging run).
         self.nonfinite_steps = 0
         self.algorithm.bind(sampler.batch_size)
@@ -130,9 +134,11 @@ class StepEngine:
         domain_ids = domain_ids.to(losses.token_loss_sum.device).long()
         step = self.last_step if batch_index is None else batch_index
         self._record(losses, domain_ids, labels, model, inputs, step)
+        if self._whole_step_update_due(domain_ids.numel(), step + 1):
+            self._update_within_step(step + 1)
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        p, w, prior = self._domain_vectors(losses, None if sampling_probs is not None else batch_index)
-        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch, sampling_probs)
+        p, w, prior, probs = self._vectors(losses, domain_ids, batch_index, num_items_in_batch, sampling_probs)
+        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch, probs)
         return loss
 
     @property
@@ -155,16 +161,30 @@ class StepEngine:
     ) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        return coefficients(domain_ids, self.algorithm.mode, *self._domain_vectors(losses, batch_index), s)
+        p, w, prior, probs = self._vectors(losses, domain_ids, batch_index, None, None)
+        return coefficients(domain_ids, self.algorithm.mode, p, w, prior, s, probs)
 
-    def _domain_vectors(self, losses: SampleLosses, batch_index: int | None) -> tuple[torch.Tensor, ...]:
-        """(p the batch was drawn with, w, π) as float64 tensors on the losses' device."""
+    def _vectors(
+        self,
+        losses: SampleLosses,
+        domain_ids: torch.Tensor,
+        batch_index: int | None,
+        num_items_in_batch: torch.Tensor | int | None,
+        sampling_probs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(p, w, π, per-sample p or None) as float64 tensors on the losses' device. In importance mode
+        p is the plan the batch was drawn with, or, under ``objective_normalization: domain``, each
+        domain's share of the step's target tokens (:mod:`mixflow.engine.normalization`)."""
         p = self.sampler.weights
-        if self.algorithm.mode == "importance" and batch_index is not None:
-            p = self.sampler.planned_weights(batch_index)
+        if self.algorithm.mode == "importance":
+            if self._domain_tokens.normalization == "domain":
+                p, sampling_probs = self._domain_tokens.shares(
+                    domain_ids, losses.token_count, num_items_in_batch, batch_index), None
+            elif batch_index is not None and sampling_probs is None:
+                p = self.sampler.planned_weights(batch_index)
         device = losses.token_loss_sum.device
         vectors = (p, self.algorithm.loss_weights, self.algorithm.prior)
-        return tuple(torch.as_tensor(v, dtype=torch.float64, device=device) for v in vectors)
+        return (*(torch.as_tensor(v, dtype=torch.float64, device=device) for v in vectors), sampling_probs)
 
     def _sample_weights(
         self,
@@ -176,19 +196,8 @@ class StepEngine:
         """s for this rank's samples (None without a weighter)."""
         if self.weighter is None:
             return None
-        losses = sample_losses.mean.detach()
-        # Weights are a function of the whole (all ranks') batch, so every rank computes the same
-        # vector and keeps its own slice.
-        all_losses = distributed.all_gather_cat(losses.to(torch.float64))
-        all_ids = distributed.all_gather_cat(domain_ids)
-        all_samples = None
-        if sample_ids is not None:
-            all_samples = distributed.all_gather_cat(sample_ids.to(domain_ids.device).long())
         step = self.last_step if batch_index is None else batch_index
-        s = self.weighter.weights(all_losses, all_ids, step, sample_ids=all_samples)
-        n = losses.numel()
-        start = distributed.rank() * n
-        return s[start : start + n].to(device=losses.device, dtype=torch.float64)
+        return global_sample_weights(self.weighter, sample_losses, domain_ids, step, sample_ids)
 
     def _record(
         self,
@@ -211,6 +220,32 @@ class StepEngine:
                     stats.extras[key] = value.detach().to(torch.float64)
         self._step_stats.add_(stats)
 
+    def _whole_step_update_due(self, rows: int, step: int) -> bool:
+        """Whether step ``step`` (1-based) updates before its loss: the algorithm asks for it, the update
+        is due, and this micro-batch is all of the rank's rows of the step (no gradient accumulation)."""
+        return (
+            self.algorithm.update_before_loss
+            and self._early is None
+            and rows == self.sampler.local_batch_size
+            and self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
+        )
+
+    def _update_within_step(self, step: int) -> None:
+        """Reduce the step's statistics and update now, so its loss uses the new weights (end_step
+        then finishes the step without reducing again)."""
+        reduced = self._reduce_step()
+        self._window_stats.add_(reduced)
+        self._metric_stats.add_(reduced)
+        window, self._window_stats = self._window_stats, DomainStats.zeros(self.num_domains)
+        self._early = (reduced, self._update(window, step))
+
+    def _reduce_step(self) -> DomainStats:
+        """This step's statistics summed over data-parallel ranks (and the step's sums reset)."""
+        flat, layout = self._step_stats.pack()
+        reduced = self._step_stats.unpack_(distributed.all_reduce_sum(flat), layout)
+        self._step_stats = DomainStats.zeros(self.num_domains)
+        return reduced
+
     def eval_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Plain token-mean loss (evaluation is never weighted)."""
         with torch.no_grad():
@@ -222,6 +257,10 @@ class StepEngine:
 
         ``model`` reaches providers that compute statistics at update time (held-out losses).
         """
+        early, self._early = self._early, None
+        if early is not None:  # the step's update already ran before its loss
+            self._finish_step(early[0], step, pending=False)
+            return early[1]
         pending = self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
         if pending:
             ctx = UpdateContext(model, step, self.num_domains, distributed.rank(), distributed.world_size())
@@ -230,12 +269,15 @@ class StepEngine:
                 for key, value in provider.update_statistics(ctx).items():
                     extra.extras[key] = value.detach().to(torch.float64)
             self._step_stats.add_(extra)
-        flat, layout = self._step_stats.pack()
-        reduced = self._step_stats.unpack_(distributed.all_reduce_sum(flat), layout)
+        reduced = self._reduce_step()
         self._window_stats.add_(reduced)
         self._metric_stats.add_(reduced)
+        return self._finish_step(reduced, step, pending)
+
+    def _finish_step(self, reduced: DomainStats, step: int, pending: bool) -> bool:
+        """Observe the step's statistics, count non-finite steps, advance the sampler, and run the
+        update when ``pending``."""
         self.algorithm.observe(reduced, step)
-        self._step_stats = DomainStats.zeros(self.num_domains)
         self.last_step = step
         present = reduced.present
         finite = bool(torch.isfinite(reduced.token_loss_sum[present]).all()) if bool(present.any()) else True
@@ -275,29 +317,11 @@ class StepEngine:
 
     def log_record(self, step: int) -> dict[str, Any]:
         """The weights-log line: the seed's DoReMi format plus sampling and loss weights."""
-        return {
-            "step": step,
-            "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "domain_names": self.domain_names,
-            "domain_weights": self.algorithm.domain_weights.tolist(),
-            "perdomain_scores": self.algorithm.scores.tolist(),
-            "sampling_weights": self.algorithm.sampling_weights.tolist(),
-            "loss_weights": self.algorithm.loss_weights.tolist(),
-        }
+        return weights_log_record(step, self.domain_names, self.algorithm)
 
     def metrics(self, reset: bool = True) -> dict[str, float]:
         """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
-        out: dict[str, float] = {}
-        losses = self._metric_stats.mean_token_loss.tolist()
-        for name, loss in zip(self.domain_names, losses):
-            if not math.isnan(loss):
-                out[f"mix/loss/{name}"] = float(loss)
-        for name, p in zip(self.domain_names, self.algorithm.sampling_weights.tolist()):
-            out[f"mix/weight/{name}"] = float(p)
-        w = self.algorithm.loss_weights
-        if not np.all(w == 1):
-            for name, value in zip(self.domain_names, w.tolist()):
-                out[f"mix/loss_weight/{name}"] = float(value)
+        out = step_metrics(self.domain_names, self._metric_stats, self.algorithm)
         if reset:
             self._metric_stats = DomainStats.zeros(self.num_domains)
         return out
@@ -307,7 +331,7 @@ class StepEngine:
         """Everything needed to continue exactly after the last completed step: the sampler's
         position at that step's boundary, the algorithm's state, the statistics accumulated since
         the last update, counters. Call it between optimizer steps."""
-        if self._step_stats.token_count.sum() > 0:
+        if self._step_stats.token_count.sum() > 0 or self._early is not None:
             raise RuntimeError("StepEngine.state_dict: called in the middle of an optimizer step")
         return {
             "version": STATE_VERSION,

@@ -100,7 +100,8 @@ def build_engine(
         task=run.data.task,
     )
     return StepEngine(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context,
-                 shift_labels=run.data.task != "classification")  # a classifier's labels are not shifted
+                      shift_labels=run.data.task != "classification",  # a classifier's labels are not shifted
+                      objective_normalization=m.objective_normalization, row_target_tokens=train.target_tokens)
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:

@@ -1,0 +1,94 @@
+"""``objective_normalization: domain``: each domain's token sum divided by that domain's own tokens.
+
+In importance mode the loss Σ_j (q_d/p_d)·(token sum of j)/N has expectation
+Σ_i q_i·n_i·L_i / Σ_i p_i·n_i (n_i: domain i's mean tokens per row), not Σ_i q_i·L_i, unless all
+rows have the same length. Dividing each domain's token sum by *its own* target tokens T_d instead
+makes every domain enter with exactly q_d. The step engine keeps its arithmetic (Σ_j c_j·ℓ_j / N)
+and passes T_d / Σ_e T_e where it would pass p_d: c_j = q_d · N / T_d.
+
+T is counted over the same tokens as N, the Trainer's normaliser (``num_items_in_batch``): the whole
+global batch (all ranks and micro-batches, the Hugging Face default), this rank's micro-batches, or
+the micro-batch when no N is given. The sampler's plan (:meth:`MixtureSampler.planned_rows`) and
+the rows' lengths give the first two before the step's first forward, as the Trainer precomputes N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+
+from mixflow.data.sampler import MixtureSampler
+
+Normalization = Literal["domain", "token"]
+#: Target tokens of each global row (e.g. :meth:`MixtureDataset.target_tokens`).
+RowTargetTokens = Callable[[np.ndarray], np.ndarray]
+
+
+class DomainTokens:
+    """Per-domain target tokens of a step, in the population its loss normaliser counts."""
+
+    def __init__(
+        self, sampler: MixtureSampler, normalization: Normalization = "domain", row_target_tokens: RowTargetTokens | None = None
+    ) -> None:
+        if normalization not in ("domain", "token"):
+            raise ValueError(f"objective_normalization: expected 'domain' or 'token', got {normalization!r}")
+        self.normalization = normalization
+        self.sampler = sampler
+        self.row_target_tokens = row_target_tokens
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def shares(
+        self,
+        domain_ids: torch.Tensor,
+        token_count: torch.Tensor,
+        num_items_in_batch: torch.Tensor | int | None,
+        batch_index: int | None,
+    ) -> np.ndarray:
+        """T_d / Σ_e T_e for the population ``num_items_in_batch`` counts (K values; 0 for a domain
+        with no tokens there, which then has no sample in this micro-batch either)."""
+        k = self.sampler.num_domains
+        micro = np.bincount(domain_ids.cpu().numpy(), weights=token_count.cpu().numpy(), minlength=k)
+        if num_items_in_batch is None:
+            return _share(micro)
+        n = int(num_items_in_batch.item() if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch)
+        if n == int(micro.sum()):
+            return _share(micro)
+        if self.row_target_tokens is None or batch_index is None:
+            raise ValueError(
+                "objective_normalization: domain needs the rows' target tokens when a step has several "
+                "micro-batches or ranks (pass row_target_tokens= to StepEngine and batch_index=), or use "
+                "objective_normalization: token"
+            )
+        global_tokens, local_tokens = self._planned(batch_index)
+        for counts in (global_tokens, local_tokens):
+            if n == int(counts.sum()):
+                return _share(counts)
+        raise ValueError(
+            f"objective_normalization: domain: num_items_in_batch = {n} is neither the step's target tokens "
+            f"({int(global_tokens.sum())} on all ranks, {int(local_tokens.sum())} on this one) nor the "
+            f"micro-batch's ({int(micro.sum())}); use objective_normalization: token for this loop"
+        )
+
+    def _planned(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(all ranks', this rank's) target tokens per domain of planned batch ``batch_index``."""
+        if self._cache is not None and self._cache[0] == batch_index:
+            return self._cache[1], self._cache[2]
+        assert self.row_target_tokens is not None
+        rows = self.sampler.planned_rows(batch_index)
+        k = self.sampler.num_domains
+        tokens = np.asarray(self.row_target_tokens(rows), dtype=np.float64)
+        domains = self.sampler.domain_ids(rows)
+        lo = self.sampler.rank * self.sampler.local_batch_size
+        mine = slice(lo, lo + self.sampler.local_batch_size)
+        both = (np.bincount(domains, weights=tokens, minlength=k),
+                np.bincount(domains[mine], weights=tokens[mine], minlength=k))
+        self._cache = (batch_index, *both)
+        return both
+
+
+def _share(tokens: np.ndarray) -> np.ndarray:
+    total = tokens.sum()
+    return tokens / total if total > 0 else np.zeros_like(tokens)
