@@ -78,6 +78,31 @@ def test_unbiased_with_unequal_row_lengths_monte_carlo():
     assert abs(token_mean - 3.48) < 4 * token_se + 1e-3 and token_mean - objective > 0.5
 
 
+def test_a_domain_planned_less_than_once_per_step_still_counts_q():
+    """p = (0.9, 0.1) at B = 5: domain 1 is in every other step; N counts the whole step."""
+    targets, means = np.array([2, 8]), np.array([1.0, 3.0])
+    rng = np.random.default_rng(2)
+    algo = FixedImportance(["d0", "d1"], _FixedParams(), init_weights=[0.9, 0.1])
+    sampler = MixtureSampler([1000, 1000], algo.sampling_weights, 5, seed=3)
+    engine = StepEngine(sampler, algo, providers=[], row_target_tokens=lambda rows: targets[sampler.domain_ids(rows)])
+    it = engine.sampler.iter_batches()
+    values, present = [], []
+    for step in range(1, 2001):
+        ids = engine.sampler.domain_ids(next(it))
+        counts = targets[ids]
+        tok = [rng.exponential(means[d], size=n) for d, n in zip(ids, counts)]
+        losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
+                              torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
+        n = int(counts.sum())
+        values.append(engine.weighted_loss(losses, torch.as_tensor(ids), num_items_in_batch=n,
+                                           batch_index=step - 1).item())
+        present.append(bool((ids == 1).any()))
+        engine.end_step(step)
+    assert 0.4 < np.mean(present) < 0.6  # the rare domain really is missing from half the steps
+    se = np.std(values) / np.sqrt(len(values))
+    assert abs(np.mean(values) - float((Q * means).sum())) < 4 * se + 1e-3
+
+
 def _dataset():
     """Two unpacked domains: rows of 3 tokens (2 targets) and of 9 tokens (8 targets)."""
     rng = np.random.default_rng(1)

@@ -10,6 +10,11 @@ T is counted over the same tokens as N, the Trainer's normaliser (``num_items_in
 global batch (all ranks and micro-batches, the Hugging Face default), this rank's micro-batches, or
 the micro-batch when no N is given. The sampler's plan (:meth:`MixtureSampler.planned_rows`) and
 the rows' lengths give the first two before the step's first forward, as the Trainer precomputes N.
+
+A domain planned for fewer than one row per step (p_d·B < 1) is in some steps only; in the global
+population its share is divided by r_d / (p_d·B) (r_d: its rows in the step), so its expected
+contribution is still q_d·L_d. The per-rank and per-micro-batch populations assume every domain is
+in every one of them (true on average for p_d·B ≫ ranks × micro-batches).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class DomainTokens:
         self.normalization = normalization
         self.sampler = sampler
         self.row_target_tokens = row_target_tokens
-        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     def shares(
         self,
@@ -54,6 +59,12 @@ class DomainTokens:
         if num_items_in_batch is None:
             return _share(micro)
         n = int(num_items_in_batch.item() if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch)
+        if self.row_target_tokens is not None and batch_index is not None:
+            global_tokens, weighted_tokens, local_tokens = self._planned(batch_index)
+            if n == int(global_tokens.sum()):
+                return weighted_tokens / n
+            if n == int(local_tokens.sum()):
+                return _share(local_tokens)
         if n == int(micro.sum()):
             return _share(micro)
         if self.row_target_tokens is None or batch_index is None:
@@ -62,20 +73,17 @@ class DomainTokens:
                 "micro-batches or ranks (pass row_target_tokens= to StepEngine and batch_index=), or use "
                 "objective_normalization: token"
             )
-        global_tokens, local_tokens = self._planned(batch_index)
-        for counts in (global_tokens, local_tokens):
-            if n == int(counts.sum()):
-                return _share(counts)
         raise ValueError(
             f"objective_normalization: domain: num_items_in_batch = {n} is neither the step's target tokens "
             f"({int(global_tokens.sum())} on all ranks, {int(local_tokens.sum())} on this one) nor the "
             f"micro-batch's ({int(micro.sum())}); use objective_normalization: token for this loop"
         )
 
-    def _planned(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(all ranks', this rank's) target tokens per domain of planned batch ``batch_index``."""
+    def _planned(self, batch_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Target tokens per domain of planned batch ``batch_index``: all ranks', the same with rare
+        domains scaled to their expected rows, and this rank's."""
         if self._cache is not None and self._cache[0] == batch_index:
-            return self._cache[1], self._cache[2]
+            return self._cache[1]
         assert self.row_target_tokens is not None
         rows = self.sampler.planned_rows(batch_index)
         k = self.sampler.num_domains
@@ -83,10 +91,16 @@ class DomainTokens:
         domains = self.sampler.domain_ids(rows)
         lo = self.sampler.rank * self.sampler.local_batch_size
         mine = slice(lo, lo + self.sampler.local_batch_size)
-        both = (np.bincount(domains, weights=tokens, minlength=k),
-                np.bincount(domains[mine], weights=tokens[mine], minlength=k))
-        self._cache = (batch_index, *both)
-        return both
+        global_tokens = np.bincount(domains, weights=tokens, minlength=k)
+        # A rarely planned domain stands for p_d·B rows per step on average, not for r_d.
+        expected = self.sampler.planned_weights(batch_index) * self.sampler.batch_size
+        rows = np.bincount(domains, minlength=k)
+        rare = (expected < 1) & (rows > 0)
+        weighted = global_tokens.copy()
+        weighted[rare] *= expected[rare] / rows[rare]
+        counts = (global_tokens, weighted, np.bincount(domains[mine], weights=tokens[mine], minlength=k))
+        self._cache = (batch_index, counts)
+        return counts
 
 
 def _share(tokens: np.ndarray) -> np.ndarray:
