@@ -51,6 +51,8 @@ def grad_stats(norm_sq, sigma2, samples=8, losses=None):
 
 
 def _pike(k=2, name="pike", batch=16, init=None, **params):
+    # Closed-form statistics per window test the one-window rule; smoothing has its own tests.
+    params.setdefault("grad_smoothing", 0.0)
     algo = build_algorithm(name, [f"t{i}" for i in range(k)], params,
                            init_weights=init if init is not None else np.ones(k) / k)
     algo.bind(batch)
@@ -370,3 +372,27 @@ def test_grad_stats_work_inside_the_hf_trainer(tmp_path):
     # the provider's partial backward passes leave the training gradient untouched
     _, static_grads = run("static", tmp_path / "static", steps=1)
     assert torch.allclose(grads, static_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_normalising_scale_is_averaged_over_updates():
+    from mixflow.algorithms.pike import exponent_scale, pike_terms
+
+    algo = _pike(scale_smoothing=0.9)
+    first, second = ([4.0, 1.0], [2.0, 2.0]), ([0.5, 0.1], [2.0, 2.0])
+    scales = [exponent_scale(*pike_terms(np.array(n), np.array(v), 16, algo.params)) for n, v in (first, second)]
+    algo.update(grad_stats(*first), step=1)
+    assert algo.scale == pytest.approx(scales[0])  # the first update's own S
+    w = algo.sampling_weights
+    algo.update(grad_stats(*second), step=2)
+    assert algo.scale == pytest.approx(0.9 * scales[0] + 0.1 * scales[1])
+    # the exponent is divided by the averaged S, not by this update's (much smaller) one
+    delta = algo.params.step_size * (np.array(second[0]) - np.array(second[1]) / 32) / algo.scale
+    assert np.allclose(algo.scores, delta)
+    expected = w * np.exp(delta)
+    assert np.allclose(algo.sampling_weights, expected / expected.sum())
+
+
+def test_unbiased_norm_estimate_can_be_negative_and_moves_weights_down():
+    algo = _pike()
+    algo.update(grad_stats([-0.5, 0.5], [8.0, 8.0]), step=1)  # a noisy window: ‖ĝ‖² < σ̂²/b for task 0
+    assert algo.scores[0] < algo.scores[1] and algo.sampling_weights[0] < 0.5

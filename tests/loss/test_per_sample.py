@@ -89,3 +89,29 @@ def test_domain_coefficients_objective_mode():
     assert c.tolist() == [2.0, 0.5]
     with pytest.raises(ValueError, match="mode"):
         domain_coefficients(ids, "bogus", p, torch.ones(2), prior)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_chunked_cross_entropy_matches_torch_in_value_and_gradient(rows):
+    from mixflow.loss.per_sample import per_token_losses
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(10, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 7, (10,), generator=gen)
+    labels[[2, 5]] = -100
+    weights = torch.rand(10, generator=gen, dtype=torch.float64)
+    ours = per_token_losses(logits, labels, chunk_rows=rows)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), logits)
+    ref = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none")
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
+    assert torch.allclose(ours.double(), ref, atol=1e-6) and torch.all(ours[[2, 5]] == 0)
+    assert torch.allclose(g_ours, g_ref, atol=1e-6) and torch.all(g_ours[[2, 5]] == 0)
+    assert ours.dtype == torch.float32  # upcast, as transformers' loss
+
+
+def test_chunk_rows_follow_the_vocabulary_size():
+    from mixflow.loss.per_sample import CHUNK_BYTES, chunk_rows_for
+
+    assert chunk_rows_for(128_000) == CHUNK_BYTES // (4 * 128_000) < 4096  # a large vocabulary really is chunked
+    assert chunk_rows_for(259) > 4096
+    assert chunk_rows_for(10**12) == 1

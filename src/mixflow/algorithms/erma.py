@@ -34,13 +34,13 @@ from typing import Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext
+from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.algorithms.statistics import DomainStats, heldout_moments
+from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
 
 
 @dataclass
-class ERMAParams(AlgorithmParams):
+class ERMAParams(HeldoutParams):
     gamma1: float = 0.5
     """γ1: step on the held-out loss term γ1·π_i·G(t)·L_i"""
     gamma2: float = 0.5
@@ -56,6 +56,7 @@ class ERMAParams(AlgorithmParams):
     """Smallest Var_i used (a domain with identical held-out losses)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        super().validate(where, context)
         for key in ("gamma1", "gamma2"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{where}.{key}: expected a number >= 0, got {getattr(self, key)}")

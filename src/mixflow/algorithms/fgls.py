@@ -27,13 +27,13 @@ from typing import Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext
+from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.algorithms.statistics import DomainStats, heldout_moments
+from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
 
 
 @dataclass
-class FGLSParams(AlgorithmParams):
+class FGLSParams(HeldoutParams):
     beta: float = 0.1
     """Smoothing β of w ← (1−β)·w + β·t, t ∝ 1/σ̂² (ours; 1 = no smoothing)"""
     target_scale: Literal["normalized", "raw"] = "normalized"
@@ -43,6 +43,7 @@ class FGLSParams(AlgorithmParams):
     """Smallest σ̂² used (a domain with zero held-out loss would get infinite weight)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        super().validate(where, context)
         if not 0 < self.beta <= 1:
             raise ValueError(f"{where}.beta: expected a number in (0, 1], got {self.beta}")
         if not self.noise_floor > 0:

@@ -36,13 +36,15 @@ Choices marked (ours) in ALGORITHMS.md, and ours here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
+from mixflow.algorithms.grad_moments import smooth_gradient_sums, smoothed_moments
 from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments
+from mixflow.algorithms.statistics import DomainStats, GradStatsParams
 from mixflow.algorithms.weights import floor_weights
 
 
@@ -60,6 +62,15 @@ class PiKEParams(GradStatsParams):
     """Floor on every task's weight, so that no task dies (must be < 1/K)"""
     min_samples: int = 2
     """Floor of min_samples/B on every weight, so each task keeps the 2 samples a variance needs (ours; 0: off)"""
+    grad_smoothing: float = 0.0
+    """β: pool the gradient groups of past updates with weights β^age (ours; 0: this window only, the paper's
+    one-batch estimate); less variance, but a lag of about β/(1−β) updates while the model moves"""
+    floor_norm: bool = False
+    """Floor the ‖∇L_k‖² estimate at 0 (ours: false keeps it unbiased; the floor biases noisy tasks upward, while
+    the multiplicative update averages an unbiased exponent's noise over updates)"""
+    scale_smoothing: float = 0.9
+    """With normalize: the normalising scale S is an average over updates with weights scale_smoothing^age (ours;
+    0: this update's S), so a noisy S does not make the update size random"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
@@ -75,6 +86,9 @@ class PiKEParams(GradStatsParams):
             raise ValueError(f"{where}.min_weight: expected a number in [0, 1), got {self.min_weight}")
         if self.min_samples < 0:
             raise ValueError(f"{where}.min_samples: expected an integer >= 0, got {self.min_samples}")
+        for key in ("grad_smoothing", "scale_smoothing"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{where}.{key}: expected a number in [0, 1), got {getattr(self, key)}")
         if context is None:
             return
         k = context.num_domains
@@ -92,6 +106,10 @@ class PiKEParams(GradStatsParams):
 class BalancedPiKEParams(PiKEParams):
     tau: float = 3.0
     """τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5"""
+    tilt: Literal["gain", "both"] = "both"
+    """both: ‖∇L_k‖² and σ_k² both scaled by y_k², y = τ·softmax(τL) (ALGORITHMS.md; it can push a lagging but
+    noisy task down); gain: K·softmax(τL)_k weighs ‖∇L_k‖² only, the first-order term of the tilted objective
+    (ours; equal losses give PiKE exactly)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
@@ -99,16 +117,27 @@ class BalancedPiKEParams(PiKEParams):
             raise ValueError(f"{where}.tau: expected a finite number > 0, got {self.tau}")
 
 
+def pike_terms(norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams) -> tuple[np.ndarray, np.ndarray]:
+    """(ζ1‖∇L_k‖², (ζ2/2B)σ_k²): the gain and the noise term of the exponent."""
+    return params.zeta1 * norm_sq, params.zeta2 * sigma2 / (2.0 * batch_size)
+
+
+def exponent_scale(gain: np.ndarray, noise: np.ndarray) -> float:
+    """S = mean over tasks with estimates of |ζ1‖∇L_k‖²| + (ζ2/2B)σ_k² (0 when there are none)."""
+    ok = np.isfinite(gain) & np.isfinite(noise)
+    return float(np.mean((np.abs(gain) + noise)[ok])) if ok.any() else 0.0
+
+
 def pike_exponent(
-    norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams
+    norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams, scale: float | None = None
 ) -> np.ndarray:
-    """Δ_k = ζ1‖∇L_k‖² − (ζ2/2B)σ_k² (normalised when ``params.normalize``); NaN where no estimate."""
-    gain = params.zeta1 * norm_sq
-    noise = params.zeta2 * sigma2 / (2.0 * batch_size)
+    """Δ_k = ζ1‖∇L_k‖² − (ζ2/2B)σ_k², times step_size/S when ``params.normalize`` (S: ``scale``, or this
+    update's :func:`exponent_scale`); NaN where no estimate."""
+    gain, noise = pike_terms(norm_sq, sigma2, batch_size, params)
     delta = gain - noise
     if params.normalize:
         ok = np.isfinite(delta)
-        scale = float(np.mean((gain + noise)[ok])) if ok.any() else 0.0
+        scale = exponent_scale(gain, noise) if scale is None else scale
         # All terms zero (a converged subset): nothing to prefer, so nothing moves.
         delta = params.step_size * delta / scale if scale > 0 else np.where(ok, 0.0, np.nan)
     return delta
@@ -124,9 +153,14 @@ class PiKE(DomainAlgorithm):
     mode = "objective"
     scores_label = "update exponent Δ"
     providers = ("grad_stats",)
+    state_attributes = ("grad_sums", "scale")
 
     def setup(self) -> None:
         self._sampling = floor_weights(self._sampling, self.params.min_weight)
+        #: The gradient sums pooled over past updates (:mod:`mixflow.algorithms.grad_moments`).
+        self.grad_sums: dict[str, Any] = {}
+        #: The normalising scale S averaged over updates (0 before the first).
+        self.scale = 0.0
 
     @property
     def floor(self) -> float:
@@ -138,18 +172,25 @@ class PiKE(DomainAlgorithm):
         super().bind(batch_size)
         self._sampling = floor_weights(self._sampling, self.floor)
 
-    def task_weights(self, stats: DomainStats) -> np.ndarray:
-        """Multiplier of each task's loss in the objective: 1 for PiKE (y_k for Balanced-PiKE)."""
-        return np.ones(self.num_domains)
+    def tilt(self, stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
+        """Multipliers of (‖∇L_k‖², σ_k²) in the exponent: ones for PiKE (Balanced-PiKE's tilt)."""
+        ones = np.ones(self.num_domains)
+        return ones, ones
 
     def update(self, stats: DomainStats, step: int) -> None:
-        norm_sq, sigma2 = gradient_moments(stats)
+        self.grad_sums = smooth_gradient_sums(self.grad_sums, stats, self.params.grad_smoothing)
+        norm_sq, sigma2 = smoothed_moments(self.grad_sums, floor=self.params.floor_norm)
         # The y-weighted task loss y_k·L_k has gradient y_k·∇L_k: both moments scale by y_k².
-        y2 = self.task_weights(stats) ** 2
+        gain_tilt, noise_tilt = self.tilt(stats)
         batch = self.batch_size
         if batch is None:  # not bound to a sampler: the samples the estimates came from
             batch = max(1, int(stats.extras["grad_samples"].sum()))
-        delta = pike_exponent(y2 * norm_sq, y2 * sigma2, batch, self.params)
+        norm_sq, sigma2 = gain_tilt * norm_sq, noise_tilt * sigma2
+        current = exponent_scale(*pike_terms(norm_sq, sigma2, batch, self.params))
+        if current > 0:
+            beta = self.params.scale_smoothing if self.scale > 0 else 0.0
+            self.scale = beta * self.scale + (1 - beta) * current
+        delta = pike_exponent(norm_sq, sigma2, batch, self.params, scale=self.scale)
         ok = np.isfinite(delta)
         w = self._sampling.copy()
         if ok.any():
@@ -170,14 +211,22 @@ class BalancedPiKE(PiKE):
     description = "Balanced-PiKE: PiKE on the tilted objective (1/τ)·log Σ exp(τ·L_k), favouring lagging tasks"
     Params = BalancedPiKEParams
 
-    def task_weights(self, stats: DomainStats) -> np.ndarray:
-        """y_k = τ·softmax(τ·L)_k over the tasks with a loss this window (1 where none)."""
+    def tilt(self, stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
+        """With s = softmax(τL) over the tasks with a loss this window (the others get 1):
+        ``tilt: gain`` → (K·s_k, 1), so equal losses give PiKE exactly; ``tilt: both`` → (y_k², y_k²), y = τ·s."""
         loss = stats.mean_token_loss.cpu().numpy()
         ok = np.isfinite(loss)
-        y = np.ones(self.num_domains)
-        if ok.any():
-            tau = self.params.tau
-            z = tau * loss[ok]
-            soft = np.exp(z - z.max())
-            y[ok] = tau * soft / soft.sum()
-        return y
+        ones = np.ones(self.num_domains)
+        if not ok.any():
+            return ones, ones
+        z = self.params.tau * loss[ok]
+        soft = np.exp(z - z.max())
+        soft /= soft.sum()
+        gain = ones.copy()
+        if self.params.tilt == "gain":
+            # ∇ of K·(1/τ)·log Σ exp(τL_k) is Σ_k K·s_k·∇L_k: the gain ‖∇L_k‖² is weighted by K·s_k,
+            # while the noise of the step (its second-order term) is not.
+            gain[ok] = ok.sum() * soft
+            return gain, ones
+        gain[ok] = (self.params.tau * soft) ** 2
+        return gain, gain.copy()

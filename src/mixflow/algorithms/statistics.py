@@ -157,6 +157,24 @@ HELDOUT_LOSS_SQ_SUM = "heldout_loss_sq_sum"
 HELDOUT_COUNT = "heldout_count"
 
 
+@dataclass
+class HeldoutParams(AlgorithmParams):
+    """The ``heldout_loss`` provider's configuration, shared by every algorithm that reads it."""
+
+    heldout_rows_per_update: int | None = 512
+    """heldout_loss: held-out rows evaluated per update, split evenly over the domains, a window that rotates
+    through each domain's held-out split from update to update (null: every row at every update)"""
+
+    def validate(self, where: str, context: ValidationContext | None = None) -> None:
+        rows = self.heldout_rows_per_update
+        k = context.num_domains if context is not None else 1
+        if rows is not None and rows < 2 * k:
+            raise ValueError(
+                f"{where}.heldout_rows_per_update: expected null or an integer >= 2·K = {2 * k} "
+                f"(a variance needs two rows per domain), got {rows}"
+            )
+
+
 def heldout_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean loss, unbiased per-sample loss variance, sample count) per domain from the
     ``heldout_loss`` sums; the mean is NaN without samples and the variance with fewer than two."""

@@ -118,6 +118,8 @@ def run(ctx: BenchContext) -> BenchResult:
     variants = {
         "PiKE (defaults)": ("pike", {}, False),
         "PiKE (ζ2 = ηL)": ("pike", {"zeta2": LR}, False),  # the descent-lemma value, the same for every case
+        # the estimator before issue 8: ‖∇L‖² floored at 0, each update normalised by its own S
+        "PiKE (floored estimate, per-update scale)": ("pike", {"floor_norm": True, "scale_smoothing": 0.0}, False),
         "Balanced-PiKE (defaults)": ("balanced_pike", {}, False),
         "PiKE (exact statistics)": ("pike", {"zeta2": LR}, True),
     }

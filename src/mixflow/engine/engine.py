@@ -48,7 +48,7 @@ class StepEngine:
         providers: Sequence[StatisticProvider] | None = None,
         provider_context: ProviderContext | None = None,
         shift_labels: bool = True,
-        chunk_rows: int = 4096,
+        chunk_rows: int | None = None,
         objective_normalization: Normalization = "domain",
         row_target_tokens: RowTargetTokens | None = None,
     ) -> None:
@@ -263,7 +263,8 @@ class StepEngine:
             return early[1]
         pending = self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
         if pending:
-            ctx = UpdateContext(model, step, self.num_domains, distributed.rank(), distributed.world_size())
+            done = self.algorithm.num_updates + self.skipped_updates
+            ctx = UpdateContext(model, step, self.num_domains, distributed.rank(), distributed.world_size(), done)
             extra = DomainStats.zeros(self.num_domains)
             for provider in self.providers:
                 for key, value in provider.update_statistics(ctx).items():

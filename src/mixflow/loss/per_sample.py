@@ -1,17 +1,19 @@
 """Per-sample losses from the logits of the training forward.
 
-The per-token cross-entropy is computed in chunks of rows under activation checkpointing: each
-chunk's float32 log-softmax exists only while that chunk is computed (in the forward and again in
-the backward), so a large vocabulary never needs a second full float32 copy of the logits.
+The per-token cross-entropy is one autograd function (:class:`ChunkedCrossEntropy`) that works in
+chunks of rows sized by bytes (``chunk_bytes``): the forward keeps only each row's log-sum-exp, the
+backward recomputes the softmax one chunk at a time. So no full float32 log-softmax of the logits
+is ever held (``F.cross_entropy`` saves one for its backward), and a causal LM's shift moves the
+labels, not the logits (slicing ``logits[:, :-1]`` would copy them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from mixflow.data.keys import IGNORE_INDEX
 
@@ -35,28 +37,68 @@ class SampleLosses:
         return self.token_loss_sum / self.token_count.clamp_min(1).to(self.token_loss_sum.dtype)
 
 
+#: Bytes of float32 logits one chunk of the cross-entropy may hold (its rows = chunk_bytes / (4·V)).
+CHUNK_BYTES = 64 * 2**20
+
+
 def _chunk_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # Upcast per chunk, as the Hugging Face causal-LM loss upcasts the whole tensor.
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
 
 
-def per_token_losses(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
-    """Cross-entropy per row of ``logits`` [N, V] against ``labels`` [N] (0 where ignored), float32."""
-    n = logits.shape[0]
-    if n <= chunk_rows or not torch.is_grad_enabled():
-        if n <= chunk_rows:
-            return _chunk_cross_entropy(logits, labels)
-        return torch.cat([_chunk_cross_entropy(logits[i : i + chunk_rows], labels[i : i + chunk_rows])
-                          for i in range(0, n, chunk_rows)])
-    parts = [
-        checkpoint(_chunk_cross_entropy, logits[i : i + chunk_rows], labels[i : i + chunk_rows], use_reentrant=False)
-        for i in range(0, n, chunk_rows)
-    ]
-    return torch.cat(parts)
+def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per chunk so one chunk's float32 logits take at most ``chunk_bytes``."""
+    return max(1, chunk_bytes // (4 * max(1, vocab)))
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Cross-entropy per row of ``logits`` [N, V] against ``labels`` [N] (0 where ignored), float32,
+    saving only the per-row log-sum-exp for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, rows: int) -> torch.Tensor:  # type: ignore[override]
+        n = logits.shape[0]
+        keep = labels != IGNORE_INDEX
+        target = torch.where(keep, labels, 0)
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for i in range(0, n, rows):
+            x = logits[i : i + rows].float()
+            lse[i : i + rows] = torch.logsumexp(x, dim=1)
+            picked = x.gather(1, target[i : i + rows, None]).squeeze(1)
+            out[i : i + rows] = (lse[i : i + rows] - picked) * keep[i : i + rows]
+        ctx.save_for_backward(logits, target, keep, lse)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        logits, target, keep, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        scale = (grad_out.float() * keep).unsqueeze(1)
+        rows = ctx.rows
+        same = logits.dtype == torch.float32
+        for i in range(0, logits.shape[0], rows):
+            # d/dx (lse − x_y) = softmax(x) − onehot(y), in place in the gradient's own rows
+            p = grad[i : i + rows] if same else torch.empty(logits[i : i + rows].shape, device=logits.device)
+            torch.sub(logits[i : i + rows].float(), lse[i : i + rows, None], out=p)
+            p.exp_()
+            p.scatter_add_(1, target[i : i + rows, None], torch.full_like(p[:, :1], -1.0))
+            p.mul_(scale[i : i + rows])
+            if not same:
+                grad[i : i + rows] = p.to(logits.dtype)
+        return grad, None, None
+
+
+def per_token_losses(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """Cross-entropy per row of ``logits`` [N, V] against ``labels`` [N] (0 where ignored), float32.
+    ``chunk_rows``: rows per chunk (default: :func:`chunk_rows_for` the vocabulary)."""
+    rows = chunk_rows or chunk_rows_for(logits.shape[-1])
+    return ChunkedCrossEntropy.apply(logits, labels, rows)
 
 
 def sample_losses(
-    logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, chunk_rows: int = 4096
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, chunk_rows: int | None = None
 ) -> SampleLosses:
     """Per-sample losses of a causal LM (``shift=True``: position t predicts label t+1).
 
@@ -66,14 +108,15 @@ def sample_losses(
     """
     if logits.dim() == 2:
         return classification_losses(logits, labels)
-    if shift:
-        logits = logits[:, :-1, :]
-        labels = labels[:, 1:]
     b, t, v = logits.shape
     labels = labels.to(logits.device)
+    if shift:  # position t predicts label t+1: move the labels (a view of the logits stays a view)
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    flat = logits.reshape(b * t, v) if logits.is_contiguous() else logits.contiguous().view(b * t, v)
+    tok = per_token_losses(flat, labels.reshape(b * t), chunk_rows).reshape(b, t)
     mask = labels != IGNORE_INDEX
-    tok = per_token_losses(logits.reshape(b * t, v), labels.reshape(b * t), chunk_rows).reshape(b, t)
-    tok = tok * mask  # cross_entropy already gives 0 at ignored positions; this keeps the intent explicit
+    if shift:  # the last position has no target: keep the [B, T−1] layout readers expect
+        tok, mask = tok[:, :-1], mask[:, :-1]
     return SampleLosses(token_loss_sum=tok.sum(dim=1), token_count=mask.sum(dim=1), token_losses=tok, token_mask=mask)
 
 

@@ -78,6 +78,9 @@ class UpdateContext:
     num_domains: int
     rank: int = 0
     world_size: int = 1
+    update_index: int = 0
+    """Updates (applied or skipped) before this one: a position that survives a resume (e.g. for a
+    window that rotates through the held-out rows)."""
 
 
 class StatisticProvider:

@@ -1,8 +1,11 @@
 """Held-out per-domain losses: the ``heldout_loss`` statistic provider (One-shot FGLS, ERMA).
 
 Just before each scheduled update, every rank evaluates the current model on its shard
-``rows[rank::world_size]`` of each domain's held-out split (rows never trained on) and returns
-per-domain *sums*:
+``rows[rank::world_size]`` of a window of each domain's held-out split (rows never trained on):
+``heldout_rows_per_update`` rows in all, split evenly over the domains, the window moving on by its
+own length at every update (so successive updates see different rows and, over updates, all of
+them; null: every row every time). All domains' rows go through one batched forward, without
+autograd. It returns per-domain *sums*:
 
 - ``heldout_loss_sum`` [K]: Σ of per-sample losses (token-mean cross-entropy for a causal LM,
   per-example cross-entropy for a classifier);
@@ -12,8 +15,8 @@ per-domain *sums*:
 The step engine all-reduces them, so the algorithm sees sums over the whole held-out set whatever the
 number of ranks. :func:`mixflow.algorithms.statistics.heldout_moments` turns them into per-domain mean and variance.
 
-Cost per update: one forward pass (no backward) over the held-out rows of every domain, split
-across ranks; the number of rows is what ``val_size`` set aside.
+Cost per update: one forward pass (no backward) over at most ``heldout_rows_per_update`` rows,
+split across ranks.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class HeldoutLoss(StatisticProvider):
         collator: Callable[[list], dict] | None = None,
         batch_size: int = 8,
         task: str = "causal_lm",
+        rows_per_update: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"per_device_eval_batch_size: expected an integer >= 1, got {batch_size}")
@@ -50,6 +54,16 @@ class HeldoutLoss(StatisticProvider):
         self.collator = collator or torch.utils.data.default_collate
         self.batch_size = batch_size
         self.task = task
+        self.rows_per_update = rows_per_update
+
+    def window(self, d: int, update_index: int) -> list[int]:
+        """Domain ``d``'s held-out rows evaluated at update ``update_index`` (all ranks)."""
+        size = len(self.datasets[d])
+        if self.rows_per_update is None:
+            return list(range(size))
+        n = min(size, -(-self.rows_per_update // len(self.datasets)))
+        start = update_index * n % size
+        return [(start + j) % size for j in range(n)]
 
     def update_statistics(self, ctx: UpdateContext) -> dict[str, torch.Tensor]:
         if ctx.model is None:
@@ -61,34 +75,38 @@ class HeldoutLoss(StatisticProvider):
         loss_sum = torch.zeros(k, dtype=torch.float64)
         sq_sum = torch.zeros(k, dtype=torch.float64)
         count = torch.zeros(k, dtype=torch.float64)
+        # this rank's share of every domain's window, evaluated in batches that mix domains
+        work = [(d, i) for d in range(k) for i in self.window(d, ctx.update_index)[ctx.rank :: ctx.world_size]]
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for d, dataset in enumerate(self.datasets):
-                    rows = range(ctx.rank, len(dataset), ctx.world_size)
-                    for start in range(0, len(rows), self.batch_size):
-                        batch = self.collator([dataset[i] for i in rows[start : start + self.batch_size]])
-                        losses = self._sample_losses(model, batch, device)
-                        loss_sum[d] += losses.sum()
-                        sq_sum[d] += losses.square().sum()
-                        count[d] += losses.numel()
+                for start in range(0, len(work), self.batch_size):
+                    part = work[start : start + self.batch_size]
+                    batch = self.collator([self.datasets[d][i] for d, i in part])
+                    losses, valid = self._sample_losses(model, batch, device)
+                    ids = torch.tensor([d for d, _ in part])[valid]
+                    loss_sum.index_add_(0, ids, losses)
+                    sq_sum.index_add_(0, ids, losses.square())
+                    count.index_add_(0, ids, torch.ones_like(losses))
         finally:
             model.train(was_training)
         return {HELDOUT_LOSS_SUM: loss_sum, HELDOUT_LOSS_SQ_SUM: sq_sum, HELDOUT_COUNT: count}
 
-    def _sample_losses(self, model: Any, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        """Per-sample losses (float64, CPU) of the samples that carry a loss."""
+    def _sample_losses(self, model: Any, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample losses (float64, CPU) of the samples that carry a loss, which samples those are)."""
         inputs = {k: v for k, v in batch.items() if k not in MIXFLOW_KEYS and k != "labels"}
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         labels = batch["labels"].to(device)
         out = model(**inputs)
         logits = out if isinstance(out, torch.Tensor) else (out["logits"] if isinstance(out, dict) else out[0])
         if self.task == "classification":
-            return F.cross_entropy(logits.float(), labels, reduction="none").double().cpu()
+            losses = F.cross_entropy(logits.float(), labels, reduction="none").double().cpu()
+            return losses, torch.ones(losses.shape[0], dtype=torch.bool)
         sl = sample_losses(logits, labels, shift=True)
         # a row whose labels are all ignored has no loss; counting it as 0 would read as "learned"
-        return sl.mean[sl.token_count > 0].double().cpu()
+        valid = (sl.token_count > 0).cpu()
+        return sl.mean.double().cpu()[valid], valid
 
 
 @register_provider("heldout_loss")
@@ -98,6 +116,6 @@ def _build(params: Any, context: ProviderContext | None) -> HeldoutLoss:
     missing = [n for n in context.domain_names if n not in context.heldout or len(context.heldout[n]) == 0]
     if missing:
         raise ValueError(f"val_size: domain(s) {missing} have no held-out rows; raise val_size")
-    return HeldoutLoss(
-        [context.heldout[n] for n in context.domain_names], context.collator, context.eval_batch_size, context.task
-    )
+    rows = getattr(params, "heldout_rows_per_update", None)
+    return HeldoutLoss([context.heldout[n] for n in context.domain_names], context.collator, context.eval_batch_size,
+                       context.task, rows_per_update=rows)
