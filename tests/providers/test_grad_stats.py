@@ -76,3 +76,37 @@ def test_parameter_patterns():
 
     with pytest.raises(ValueError, match="grad_params: no trainable parameter matches"):
         select_parameters(model, ["nothing.*"])
+
+
+def _tied_llama(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                                        pad_token_id=0, tie_word_embeddings=True))
+
+
+def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog):
+    import logging
+
+    ids = [0, 0, 0, 1, 1, 1, 1]
+    model = tiny_llama(seed=3)
+    closed = GradientStatistics(groups=3, sketch_dim=0)
+    closed.batch_statistics(_context(model, ids, seed=1)[0])  # the first batch's forward ran before the hook
+    assert closed._closed_form is None
+    ctx, _ = _context(model, ids)
+    fast = closed.batch_statistics(ctx)
+    assert closed._closed_form is True  # an untied, bias-free head: no backward at all
+    slow = GradientStatistics(groups=3, sketch_dim=0)
+    slow._setup(model)
+    slow._closed_form = False  # force one partial backward per group
+    reference = slow.batch_statistics(ctx)
+    for key in fast:
+        assert torch.allclose(fast[key], reference[key], rtol=1e-4, atol=1e-6), key
+    # a tied head's gradient also flows through the input embedding: the closed form is refused, in one line
+    tied, tied_model = GradientStatistics(groups=2, sketch_dim=0), _tied_llama()
+    tied.batch_statistics(_context(tied_model, ids, seed=1)[0])
+    with caplog.at_level(logging.INFO, logger="mixflow"):
+        tied.batch_statistics(_context(tied_model, ids)[0])
+    assert tied._closed_form is False and "closed-form gradient differs" in caplog.text

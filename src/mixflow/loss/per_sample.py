@@ -30,6 +30,9 @@ class SampleLosses:
     """Per-token losses, shape [B, T'] (0 where ignored), for statistics that need tokens (DoReMi)."""
     token_mask: torch.Tensor
     """Boolean mask of target tokens, shape [B, T']."""
+    logits: torch.Tensor | None = None
+    """The logits the losses came from, [B, T, V] (causal LM; position t of ``token_losses`` is
+    position t of the logits), for statistics computed in closed form from them; None otherwise."""
 
     @property
     def mean(self) -> torch.Tensor:
@@ -117,7 +120,8 @@ def sample_losses(
     mask = labels != IGNORE_INDEX
     if shift:  # the last position has no target: keep the [B, T−1] layout readers expect
         tok, mask = tok[:, :-1], mask[:, :-1]
-    return SampleLosses(token_loss_sum=tok.sum(dim=1), token_count=mask.sum(dim=1), token_losses=tok, token_mask=mask)
+    return SampleLosses(token_loss_sum=tok.sum(dim=1), token_count=mask.sum(dim=1), token_losses=tok, token_mask=mask,
+                        logits=logits)
 
 
 def classification_losses(logits: torch.Tensor, labels: torch.Tensor) -> SampleLosses:

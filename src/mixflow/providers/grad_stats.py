@@ -14,19 +14,30 @@ graph, no second forward). It returns *sums* that combine exactly across micro-b
 
 :func:`mixflow.algorithms.statistics.gradient_moments` turns them into (‖∇L_k‖², σ_k²). Cost per update: ``grad_groups × K'``
 partial backward passes through the subset (K' = domains present per micro-batch), each running
-from the loss down to the earliest parameter in the subset; with the default subset (the output
-head) that is the head's matmul only.
+from the loss down to the earliest parameter in the subset.
+
+**Closed form for the output head (default subset).** For logits z = h·Wᵀ, the gradient of a group's
+mean loss with respect to W is Σ_tokens c_t (softmax(z_t) − e_{y_t}) h_tᵀ (c_t: the token's share of
+the group mean), so all groups of all domains follow from the head's inputs h (kept by a forward
+hook) and the logits, with no backward at all: one softmax over the batch and one [V, T_g]·[T_g, H]
+matmul per group. It is used when the subset is a bias-free ``nn.Linear`` head and, on the first
+batch, agrees with the autograd gradient (a tied head, logit scaling or soft-capping do not); else
+the provider says why in one log line and uses autograd.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from typing import Any
 
 import torch
 
 from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, GradStatsParams
+from mixflow.data.keys import IGNORE_INDEX
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
+
+logger = logging.getLogger(__name__)
 
 
 def _unwrap(model: Any) -> Any:
@@ -91,6 +102,58 @@ class GradientStatistics(StatisticProvider):
         if self._params is None:
             self._params = select_parameters(model, self.patterns)
             self._sketch = CountSketch(sum(p.numel() for p in self._params), self.sketch_dim)
+            inner = _unwrap(model)
+            head = inner.get_output_embeddings() if self.patterns is None and hasattr(inner, "get_output_embeddings") else None
+            if isinstance(head, torch.nn.Linear) and head.bias is None:
+                self._closed_form = None  # decided on the first batch
+                head.register_forward_pre_hook(self._keep_head_input)
+            else:
+                self._closed_form = False
+
+    _closed_form: bool | None = False
+    _head_input: torch.Tensor | None = None
+
+    def _keep_head_input(self, module: Any, args: tuple[Any, ...]) -> None:
+        self._head_input = args[0].detach()
+
+    def _groups(self, ctx: BatchContext) -> list[tuple[int, torch.Tensor]]:
+        """(domain, sample indices) of every group of this micro-batch."""
+        has_tokens = ctx.losses.token_count > 0
+        out = []
+        for d in range(ctx.num_domains):
+            idx = torch.nonzero((ctx.domain_ids == d) & has_tokens).flatten()
+            out += [(d, part) for part in torch.tensor_split(idx, min(self.groups, idx.numel()))] if idx.numel() else []
+        return out
+
+    def _autograd_gradient(self, ctx: BatchContext, part: torch.Tensor) -> torch.Tensor:
+        assert self._params is not None
+        grads = torch.autograd.grad(ctx.losses.mean[part].mean(), self._params, retain_graph=True, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)])
+
+    def _head_gradients(self, ctx: BatchContext, groups: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor] | None:
+        """The head's gradient of every group's mean loss in closed form, or None where it does not apply."""
+        hidden, logits, labels = self._head_input, ctx.losses.logits, ctx.labels
+        if hidden is None or logits is None or labels is None or labels.dim() != 2 or hidden.shape[:2] != logits.shape[:2]:
+            return None
+        weight = _unwrap(ctx.model).get_output_embeddings().weight
+        probe = hidden[0, -1].float() @ weight.detach().float().T
+        if not torch.allclose(probe, logits[0, -1].detach().float(), rtol=1e-3, atol=1e-3):
+            return None  # the kept input is not this batch's (or logits are post-processed): autograd
+        mask = ctx.losses.token_mask
+        if ctx.losses.token_losses.shape[1] != labels.shape[1]:  # shifted: position t predicts label t+1
+            logits, hidden, labels = logits[:, :-1], hidden[:, :-1], labels[:, 1:]
+        labels = labels.to(logits.device)
+        # c_t = 1 / (n_j · |group|) on the sample's target tokens
+        per_token = mask / ctx.losses.token_count.clamp_min(1)[:, None]
+        out = []
+        for _, part in groups:
+            r = torch.softmax(logits[part].detach().float(), dim=-1)
+            target = torch.where(labels[part] == IGNORE_INDEX, 0, labels[part])
+            r.scatter_add_(-1, target[..., None], -torch.ones_like(r[..., :1]))
+            r *= (per_token[part] / part.numel())[..., None]
+            h = hidden[part].float()
+            out.append((r.reshape(-1, r.shape[-1]).T @ h.reshape(-1, h.shape[-1])).reshape(-1))
+        return out
 
     def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
         if not ctx.update_pending or ctx.model is None or not torch.is_grad_enabled():
@@ -102,19 +165,29 @@ class GradientStatistics(StatisticProvider):
         grad_sq = torch.zeros(k, dtype=torch.float64, device=device)
         groups = torch.zeros(k, dtype=torch.float64, device=device)
         samples = torch.zeros(k, dtype=torch.float64, device=device)
-        per_sample = ctx.losses.mean
-        has_tokens = ctx.losses.token_count > 0
-        for d in range(k):
-            idx = torch.nonzero((ctx.domain_ids == d) & has_tokens).flatten()
-            for part in torch.tensor_split(idx, min(self.groups, idx.numel())) if idx.numel() else ():
-                grads = torch.autograd.grad(per_sample[part].mean(), self._params, retain_graph=True, allow_unused=True)
-                flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)])
-                v = self._sketch(flat)
-                grad_sum[d] += v
-                grad_sq[d] += v.square().sum()
-                groups[d] += 1
-                samples[d] += part.numel()
+        parts = self._groups(ctx)
+        vectors = self._head_gradients(ctx, parts) if self._closed_form is not False and parts else None
+        if vectors is not None and self._closed_form is None:
+            self._closed_form = self._agrees(ctx, parts[0][1], vectors[0])
+        if vectors is None or not self._closed_form:
+            vectors = [self._autograd_gradient(ctx, part) for _, part in parts]
+        for (d, part), flat in zip(parts, vectors):
+            v = self._sketch(flat)
+            grad_sum[d] += v
+            grad_sq[d] += v.square().sum()
+            groups[d] += 1
+            samples[d] += part.numel()
         return {GRAD_SUM: grad_sum, GRAD_SQ_SUM: grad_sq, GRAD_GROUPS: groups, GRAD_SAMPLES: samples}
+
+
+    def _agrees(self, ctx: BatchContext, part: torch.Tensor, closed: torch.Tensor) -> bool:
+        """Whether the closed-form head gradient equals autograd's on one group (checked once)."""
+        exact = self._autograd_gradient(ctx, part).to(closed.dtype)
+        ok = bool(torch.linalg.vector_norm(closed - exact) <= 1e-3 * torch.linalg.vector_norm(exact) + 1e-12)
+        if not ok:
+            logger.info("grad_stats: the output head's closed-form gradient differs from autograd's (a tied or "
+                        "scaled head); using one partial backward per group")
+        return ok
 
 
 @register_provider("grad_stats")
