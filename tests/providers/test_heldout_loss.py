@@ -3,16 +3,25 @@ batched forward for all domains, sums equal to a direct computation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from mixflow.algorithms.base import ProviderSpec
 from mixflow.algorithms.params import ValidationContext, build_params
-from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM, HeldoutParams
+from mixflow.algorithms.statistics import (
+    HELDOUT_COUNT,
+    HELDOUT_LOSS_SQ_SUM,
+    HELDOUT_LOSS_SUM,
+    HeldoutParams,
+    heldout_rows,
+)
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import TokenizedDomain
 from mixflow.loss.per_sample import sample_losses
-from mixflow.providers.base import UpdateContext
+from mixflow.providers.base import ProviderContext, UpdateContext, build_providers
 from mixflow.providers.heldout_loss import HeldoutLoss
 from tests.helpers import VOCAB, tiny_llama
 
@@ -61,6 +70,16 @@ def test_one_mixed_forward_gives_the_per_domain_sums_of_the_window(world):
 
 
 def test_rows_per_update_below_two_per_domain_is_a_config_error():
-    with pytest.raises(ValueError, match=r"^fgls\.heldout_rows_per_update: expected null or an integer >= 2·K = 8"):
+    with pytest.raises(ValueError, match=r"^fgls\.heldout_rows_per_update: expected 'batch', 'all' or an integer >= 2·K = 8"):
         build_params(HeldoutParams, {"heldout_rows_per_update": 7}, "fgls", ValidationContext(4))
-    assert build_params(HeldoutParams, {"heldout_rows_per_update": None}, "fgls", ValidationContext(4)).heldout_rows_per_update is None
+    with pytest.raises(ValueError, match=r"^fgls\.heldout_rows_per_update: expected one of \['batch', 'all'\]|an integer"):
+        build_params(HeldoutParams, {"heldout_rows_per_update": "every"}, "fgls", ValidationContext(4))
+
+
+def test_the_default_window_is_one_training_batch_of_rows():
+    assert heldout_rows("batch", 4, 64) == 64 and heldout_rows("batch", 4, 4) == 8  # at least 2 per domain
+    assert heldout_rows("all", 4, 64) is None and heldout_rows(100, 4, 64) == 100
+    engine_context = ProviderContext(["d0", "d1"], heldout=dict(zip(["d0", "d1"], _heldout())), collator=DomainCollator(0))
+    provider = build_providers([ProviderSpec("heldout_loss", HeldoutParams(), "FGLS")],
+                               replace(engine_context, batch_size=6))[0]
+    assert provider.rows_per_update == 6 and provider.window(0, 0) == [0, 1, 2]

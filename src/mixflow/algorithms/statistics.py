@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -161,18 +162,28 @@ HELDOUT_COUNT = "heldout_count"
 class HeldoutParams(AlgorithmParams):
     """The ``heldout_loss`` provider's configuration, shared by every algorithm that reads it."""
 
-    heldout_rows_per_update: int | None = 512
+    heldout_rows_per_update: int | Literal["batch", "all"] = "batch"
     """heldout_loss: held-out rows evaluated per update, split evenly over the domains, a window that rotates
-    through each domain's held-out split from update to update (null: every row at every update)"""
+    through each domain's held-out split from update to update; batch: the global batch size B (at least 2 per
+    domain), i.e. the cost of one forward of a training batch per update; all: every row at every update"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         rows = self.heldout_rows_per_update
         k = context.num_domains if context is not None else 1
-        if rows is not None and rows < 2 * k:
+        if isinstance(rows, int) and rows < 2 * k:
             raise ValueError(
-                f"{where}.heldout_rows_per_update: expected null or an integer >= 2·K = {2 * k} "
+                f"{where}.heldout_rows_per_update: expected 'batch', 'all' or an integer >= 2·K = {2 * k} "
                 f"(a variance needs two rows per domain), got {rows}"
             )
+
+
+def heldout_rows(setting: int | str, num_domains: int, batch_size: int | None) -> int | None:
+    """Rows per update for a ``heldout_rows_per_update`` setting (None: all of them)."""
+    if setting == "all":
+        return None
+    if setting == "batch":
+        return max(2 * num_domains, batch_size or 0)
+    return int(setting)
 
 
 def heldout_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,8 @@ class StepEngine:
         self.schedule = schedule or UpdateSchedule()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         specs = algorithm.provider_specs(algorithm.params)
-        self.providers = list(providers) if providers is not None else build_providers(specs, provider_context)
+        context = replace(provider_context, batch_size=sampler.batch_size) if provider_context is not None else None
+        self.providers = list(providers) if providers is not None else build_providers(specs, context)
         self.shift_labels = shift_labels
         self.chunk_rows = chunk_rows
         # Importance mode: each domain's token sum over its own tokens (domain) or over all (token).
@@ -106,12 +108,10 @@ class StepEngine:
     ) -> torch.Tensor:
         """Weighted loss of one micro-batch; records its per-domain statistics for the step.
 
-        ``batch_index`` is the global batch (optimizer step) the micro-batch belongs to.
-        ``sampling_probs`` (the batch's ``sampling_probs`` column) is each sample's p_d from the plan
-        it was drawn with, which importance-mode coefficients divide by; without it (batches built
-        by hand) the sampler's record of batch ``batch_index``'s plan is used. ``sample_ids``
-        (global row indices) reach the sample weighter, for per-example weights.
-        """
+        ``batch_index``: the global batch (optimizer step) of the micro-batch. ``sampling_probs``: each
+        sample's p_d from its plan (the batch's column; else the sampler's record of the plan), which
+        importance-mode coefficients under ``objective_normalization: token`` divide by.
+        ``sample_ids`` (global row indices) reach the sample weighter, for per-example weights."""
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
         return self.weighted_loss(
             losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids, sampling_probs

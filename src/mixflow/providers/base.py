@@ -44,6 +44,8 @@ class ProviderContext:
     """Batch size for provider-side evaluation."""
     task: str = "causal_lm"
     """``causal_lm`` (labels shifted by one) or ``classification``."""
+    batch_size: int | None = None
+    """B, the global batch of one optimizer step (the step engine fills it in from its sampler)."""
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 Just before each scheduled update, every rank evaluates the current model on its shard
 ``rows[rank::world_size]`` of a window of each domain's held-out split (rows never trained on):
-``heldout_rows_per_update`` rows in all, split evenly over the domains, the window moving on by its
-own length at every update (so successive updates see different rows and, over updates, all of
-them; null: every row every time). All domains' rows go through one batched forward, without
+``heldout_rows_per_update`` rows in all (default: the global batch size B, so an update costs one
+forward of a training batch), split evenly over the domains, the window moving on by its own
+length at every update (so successive updates see different rows and, over updates, all of them;
+``all``: every row every time). All domains' rows go through one batched forward, without
 autograd. It returns per-domain *sums*:
 
 - ``heldout_loss_sum`` [K]: Σ of per-sample losses (token-mean cross-entropy for a causal LM,
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM
+from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM, heldout_rows
 from mixflow.data.keys import MIXFLOW_KEYS
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import ProviderContext, StatisticProvider, UpdateContext, register_provider
@@ -116,6 +117,6 @@ def _build(params: Any, context: ProviderContext | None) -> HeldoutLoss:
     missing = [n for n in context.domain_names if n not in context.heldout or len(context.heldout[n]) == 0]
     if missing:
         raise ValueError(f"val_size: domain(s) {missing} have no held-out rows; raise val_size")
-    rows = getattr(params, "heldout_rows_per_update", None)
+    rows = heldout_rows(getattr(params, "heldout_rows_per_update", "all"), len(context.domain_names), context.batch_size)
     return HeldoutLoss([context.heldout[n] for n in context.domain_names], context.collator, context.eval_batch_size,
                        context.task, rows_per_update=rows)
