@@ -180,3 +180,22 @@ def test_a_resume_that_cannot_proceed_stops_in_one_line_and_leaves_the_log_alone
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "resume_from_checkpoint:" in err and "of shape" in err
     assert log.read_text() == before and not (tmp_path / "run" / "static_weights.superseded.jsonl").exists()
+
+
+@pytest.mark.parametrize("logging_steps", [1, 2])
+def test_train_loss_after_a_resume_is_the_whole_run(tmp_path, demo_data, logging_steps):
+    cfg = _config(tmp_path, demo_data, logging_steps=logging_steps)
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    full = json.loads((run / "mixflow_results.json").read_text())
+    assert main(["train", str(cfg), f"resume_from_checkpoint={run / 'checkpoint-3'}", "--quiet"]) == 0
+    resumed = json.loads((run / "mixflow_results.json").read_text())
+    assert resumed["resumed_from_step"] == 3 and "resumed_from_step" not in full
+    # the Trainer's own figure covers steps 4-6 only; ours is the whole run's mean
+    assert resumed["train_loss_resumed_part"] != pytest.approx(full["train_loss"], abs=1e-3)
+    if logging_steps == 1:  # step 3 was logged: exact up to the logs' rounding
+        assert resumed["train_loss"] == pytest.approx(full["train_loss"], abs=1e-3)
+        assert "train_loss_note" not in resumed
+    else:
+        assert "steps 3–3 were not logged" in resumed["train_loss_note"]
+        assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=0.05)

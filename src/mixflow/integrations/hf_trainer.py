@@ -168,13 +168,18 @@ class MixflowTrainer(Trainer):
             logs = {**logs, **self.engine.metrics()}
         super().log(logs, start_time)
 
+    #: The optimizer step the last ``train`` call resumed from (0: a fresh run).
+    resumed_from_step: int = 0
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        self.resumed_from_step = 0
         if resume_from_checkpoint is True:
             resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
         if resume_from_checkpoint:
             check_model_shapes(self.model, resume_from_checkpoint)
             self.engine.load(resume_from_checkpoint, rewrite_log=False)
             self.callback.resuming = True
+            self.resumed_from_step = self.engine.last_step
             logger.info("restored the engine state from %s (step %d)", resume_from_checkpoint, self.engine.last_step)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 

@@ -62,13 +62,40 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
     if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
         data.tokenizer.save_pretrained(args.output_dir)
-    metrics: dict[str, Any] = {"train_loss": result.training_loss, "steps": trainer.state.global_step}
+    metrics: dict[str, Any] = {"steps": trainer.state.global_step}
+    metrics.update(whole_run_train_loss(trainer.state.log_history, trainer.resumed_from_step, result.training_loss,
+                                        trainer.state.global_step))
     if eval_sets:
         metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
     metrics["final_sampling_weights"] = dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist()))
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, resumed_loss: float, final_step: int
+                         ) -> dict[str, Any]:
+    """``train_loss`` of the whole run. The Trainer's own value after a resume averages the resumed
+    part only; the steps before it come from the logged losses the checkpoint kept (each the mean
+    over the steps since the previous log), so the whole run's mean is exact when the resume step
+    is a logging step, and otherwise the unlogged steps before it count at the last logged mean
+    (``train_loss_note`` says so)."""
+    if resumed_from <= 0:
+        return {"train_loss": resumed_loss}
+    out: dict[str, Any] = {"train_loss_resumed_part": resumed_loss, "resumed_from_step": resumed_from}
+    total, covered, last = 0.0, 0, 0.0
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        if "loss" in entry and covered < step <= resumed_from:
+            last = float(entry["loss"])
+            total += last * (step - covered)
+            covered = step
+    if covered < resumed_from:
+        out["train_loss_note"] = (f"steps {covered + 1}–{resumed_from} were not logged before the checkpoint; "
+                                  "they count at the last logged loss")
+        total += last * (resumed_from - covered)
+    out["train_loss"] = (total + resumed_loss * (final_step - resumed_from)) / max(final_step, 1)
+    return out
 
 
 def _tokens(rows: Any) -> int:
