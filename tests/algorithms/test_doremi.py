@@ -494,3 +494,21 @@ def test_resume_reproduces_the_alpha_trajectory_and_summary(tmp_path):
     assert summary["step"] == 6 and summary["num_updates"] == 3
     assert np.allclose(summary["average"], np.mean([r["domain_weights"] for r in cut_log], axis=0), rtol=1e-6)
     assert np.allclose(summary["last"], cut_log[-1]["domain_weights"]) and summary["weights"] == summary["average"]
+
+
+def test_a_reference_with_a_smaller_vocabulary_stops_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    from mixflow.cli.main import main
+    from mixflow.recipes import train as train_recipe
+
+    reference = _save(tiny_llama(seed=1), tmp_path / "ref")  # 48 token ids; the byte tokenizer has 259
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, {"reference_model_path": reference}, cutoff_len=16)))
+    for name in NAMES:  # enough text for a few rows per domain
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"text": f"{name} text " * 40}) + "\n")
+    loaded = []
+    monkeypatch.setattr(train_recipe, "build_model", lambda *a, **k: loaded.append(1))
+    capsys.readouterr()  # the reference's save progress
+    assert main(["train", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("mixflow: error: reference_model_path:")
+    assert "vocabulary of 48 tokens but the tokenizer has 259" in err and not loaded

@@ -161,3 +161,27 @@ def test_cli_prints_one_line_and_exits_2_before_loading_anything(tmp_path, base,
     assert code == 2
     assert err.count("\n") == 0 and err.startswith("mixflow: error: warmup_stepz: unknown key")
     assert "did you mean 'warmup_step'" in err
+
+
+def test_every_config_error_is_reported_at_once(tmp_path, base, capsys):
+    cfg = {**base, "stage_two": 1, "learnin_rate": 1e-3, "warmup_stepz": 3, "update_step": "often",
+           "model_config": {"model_type": "lama"}}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, cfg))
+    messages = err.value.messages
+    assert any(m.startswith("stage_two: unknown key") for m in messages)
+    assert any(m.startswith("learnin_rate: unknown key") and "learning_rate" in m for m in messages)
+    assert any(m.startswith("warmup_stepz: unknown key") for m in messages)
+    assert any(m.startswith("update_step: expected an integer") for m in messages)
+    assert len(messages) == 4  # the typed sections failed: checks that read them wait for a fix
+    assert main(["train", str(write(tmp_path, cfg))]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("mixflow: error: ") for line in lines)
+    # once the sections are typed, the independent checks all run: the data, the model, the training keys
+    cfg = {**base, "dataset": "wiki,nope", "model_config": {"model_type": "lama"}, "save_strategy": "sometimes"}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, cfg))
+    text = str(err.value)
+    assert "nope" in text and "model_config.model_type: unknown model type 'lama'" in text
+    assert "save_strategy: sometimes is not a valid SaveStrategy" in text
+    assert len(err.value.messages) == 3

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mixflow.config.errors import ConfigError
+from mixflow.config.errors import ConfigError, ConfigErrors
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -195,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        message = " ".join(str(err).split())
-        print(f"mixflow: error: {message}", file=sys.stderr)
+        messages = err.messages if isinstance(err, ConfigErrors) else [str(err)]
+        for message in messages:  # each problem on its own line
+            print(f"mixflow: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
 
 

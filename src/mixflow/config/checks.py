@@ -14,7 +14,7 @@ from pathlib import Path
 from mixflow.algorithms.params import check_type, declared_paths, suggest
 from mixflow.algorithms.registry import lookup
 from mixflow.algorithms.static import StaticParams
-from mixflow.config.errors import ConfigError
+from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.paths import resolve_path
 from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
 from mixflow.data.packing import check_cutoff_len
@@ -184,23 +184,28 @@ def check_training(run: RunConfig) -> None:
     from transformers import TrainingArguments
 
     hints = typing.get_type_hints(TrainingArguments)
+    errors = []
     for key, value in t.items():
         hint = hints.get(key)
         if hint in (int, float, bool, str):
             try:
                 t[key] = check_type(value, hint, key)
             except ValueError as err:
-                raise ConfigError(str(err)) from None
+                errors.append(str(err))
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-        if key in t and t[key] < 1:
-            raise ConfigError(f"{key}: expected an integer >= 1, got {t[key]}")
-    if "learning_rate" in t and t["learning_rate"] < 0:
-        raise ConfigError(f"learning_rate: expected a number >= 0, got {t['learning_rate']}")
+        if isinstance(t.get(key), int) and t[key] < 1:
+            errors.append(f"{key}: expected an integer >= 1, got {t[key]}")
+    if isinstance(t.get("learning_rate"), float) and t["learning_rate"] < 0:
+        errors.append(f"learning_rate: expected a number >= 0, got {t['learning_rate']}")
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
     try:
         TrainingArguments(**t)
     except (ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"training arguments: {first}") from None
+        # name the key whose value the message quotes (e.g. "sometimes is not a valid SaveStrategy")
+        keys = [k for k, v in t.items() if isinstance(v, str) and v and first.startswith(f"{v} is not a valid")]
+        raise ConfigError(f"{keys[0] if keys else 'training arguments'}: {first}") from None
 
 
 def check_output_dir(run: RunConfig) -> None:

@@ -17,7 +17,7 @@ from mixflow.algorithms.params import suggest
 from mixflow.config import checks
 from mixflow.config.compat import translate
 from mixflow.config.components import resolve_components
-from mixflow.config.errors import ConfigError
+from mixflow.config.errors import ErrorCollector
 from mixflow.config.parse import build_section, fields_of, merge, read_yaml
 from mixflow.config.schema import DataConfig, MixingConfig, ModelConfig, RunConfig, SafetyConfig
 
@@ -55,25 +55,35 @@ def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     training_names = training_argument_names()
     data = translate(data, set(owners) | training_names)  # LLaMA-Factory keys users bring along
     training: dict[str, Any] = {}
+    errors = ErrorCollector()
+    known = sorted(set(owners) | training_names)
     for key, value in data.items():
         if key in owners:
             sections[owners[key]][key] = value
         elif key in training_names:
             training[key] = value
         else:
-            known = sorted(set(owners) | training_names)
-            raise ConfigError(f"{key}: unknown key{suggest(key, known)}")
-    mixing = build_section(MixingConfig, sections[MixingConfig])
-    data_cfg = build_section(DataConfig, sections[DataConfig])
-    model = build_section(ModelConfig, sections[ModelConfig])
+            errors.messages.append(f"{key}: unknown key{suggest(key, known)}")
+    mixing = errors.run(build_section, MixingConfig, sections[MixingConfig])
+    data_cfg = errors.run(build_section, DataConfig, sections[DataConfig])
+    model = errors.run(build_section, ModelConfig, sections[ModelConfig])
+    safety = errors.run(build_section, SafetyConfig, sections[SafetyConfig])
+    errors.raise_if_any()  # the checks below read the typed sections
     training = {**TRAINING_DEFAULTS, **training}
-    safety = build_section(SafetyConfig, sections[SafetyConfig])
     run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, safety=safety)
-    checks.check_data(run, base_dir)
-    checks.check_training(run)
-    checks.check_output_dir(run)
-    run.algorithm, run.weighter = resolve_components(run, base_dir)
-    checks.check_mixing(run, base_dir)
-    checks.check_model(run)
-    checks.check_task(run, base_dir)
+    # Every check that can run does, and all their errors are reported together; the ones that
+    # depend on the chosen components run once those resolved.
+    before = len(errors.messages)
+    errors.run(checks.check_data, run, base_dir)
+    data_ok = len(errors.messages) == before
+    errors.run(checks.check_training, run)
+    if run.training.get("output_dir"):  # check_training reported a missing one
+        errors.run(checks.check_output_dir, run)
+    errors.run(checks.check_model, run)
+    components = errors.run(resolve_components, run, base_dir) if data_ok else None
+    if components is not None:
+        run.algorithm, run.weighter = components
+        errors.run(checks.check_mixing, run, base_dir)
+        errors.run(checks.check_task, run, base_dir)
+    errors.raise_if_any()
     return run

@@ -19,6 +19,7 @@ from mixflow.recipes.classification import (
     format_classification_table,
     prepare_classification_data,
 )
+from mixflow.recipes.models import check_reference_vocabulary
 from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.utils import distributed
 from mixflow.utils.jsonlog import write_json_atomic
@@ -36,6 +37,8 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
         move_previous_run(Path(run.training["output_dir"]))
     data, collator = _prepare(run, progress)
+    if run.algorithm is not None:  # a reference model must read the proxy's token ids (before any model loads)
+        check_reference_vocabulary(getattr(run.algorithm.params, "reference_model_path", None), data.tokenizer)
     args = training_arguments(run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
     engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
