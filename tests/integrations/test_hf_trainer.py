@@ -285,3 +285,29 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tm
                              engine=_mixer(train, args, log_dir=tmp_path))
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4 and resumed.engine.last_step == 4
+
+
+def test_per_domain_evaluation_bars_are_labelled_with_their_domain(tmp_path):
+    from transformers.trainer_callback import ProgressCallback
+
+    from mixflow.integrations.hf_trainer import DomainProgressCallback
+
+    domains = tiny_domains()
+    train = MixtureDataset(domains)
+    val = MixtureDataset(domains, split="val")
+    evals = {name: val.single_domain(d) for d, name in enumerate(val.domain_names)}
+    args = _args(tmp_path, max_steps=1, disable_tqdm=False, per_device_eval_batch_size=2)
+    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, eval_dataset=evals,
+                             data_collator=DomainCollator(0), engine=_mixer(train, args))
+    bars = [c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)]
+    assert len(bars) == 1 and isinstance(bars[0], DomainProgressCallback)
+    seen, callback = [], bars[0]
+    step = callback.on_prediction_step
+
+    def record(*a, **k):  # this instance's hook, observed
+        step(*a, **k)
+        seen.append(callback.prediction_bar.desc.rstrip(": "))
+
+    callback.on_prediction_step = record
+    trainer.evaluate()
+    assert set(seen) == {f"eval {name}" for name in val.domain_names}

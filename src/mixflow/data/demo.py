@@ -18,9 +18,11 @@ import os
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from mixflow.utils.progress import progress as progress_bar
 
 DEMO_DOMAINS = ("code", "prose", "arithmetic", "random")
 
@@ -60,13 +62,9 @@ def build_demo_corpus(
         "random": _random_documents(np.random.default_rng([seed, 1])),
     }
     paths: dict[str, Path] = {}
-    with tqdm(
-        total=max_bytes_per_domain * len(DEMO_DOMAINS),
-        desc="demo corpus",
-        unit="B",
-        unit_scale=True,
-        disable=None if progress else True,
-        leave=False,
+    with progress_bar(
+        total=max_bytes_per_domain * len(DEMO_DOMAINS), enabled=progress, desc="demo corpus", unit="B",
+        unit_scale=True, leave=False,
     ) as bar:
         for name in DEMO_DOMAINS:
             path = out / f"{name}.jsonl"
@@ -93,7 +91,7 @@ def _capped(documents: Iterable[str], max_bytes: int) -> Iterator[tuple[str, int
         yield text, size
 
 
-def _write_jsonl(path: Path, documents: Iterable[tuple[str, int]], bar: tqdm) -> int:
+def _write_jsonl(path: Path, documents: Iterable[tuple[str, int]], bar: Any) -> int:
     written = 0
     with path.open("w", encoding="utf-8") as handle:
         for text, size in documents:

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mixflow.data.sources import DomainSource, read_documents
 from mixflow.data.tokenizer import TextTokenizer
+from mixflow.utils.progress import progress as progress_bar
 
 Rows = np.ndarray | list[np.ndarray]
 """Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays."""
@@ -65,13 +65,7 @@ def tokenize_domain(
     documents = read_documents(source)
     if max_documents is not None:
         documents = documents[:max_documents]
-    with tqdm(
-        documents,
-        desc=f"tokenize {source.name}",
-        unit="doc",
-        disable=None if progress else True,
-        leave=False,
-    ) as bar:
+    with progress_bar(documents, enabled=progress, desc=f"tokenize {source.name}", unit="doc", leave=False) as bar:
         encoded = (tokenizer.encode(text) for text in bar)
         if packing:
             rows: Rows = _pack(encoded, tokenizer.eos_token_id, cutoff_len)

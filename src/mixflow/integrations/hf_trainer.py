@@ -15,12 +15,26 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
 
 logger = logging.getLogger(__name__)
+
+
+class DomainProgressCallback(ProgressCallback):
+    """The Trainer's progress bars, with each per-domain evaluation bar labelled with its domain
+    (the evaluation set of one domain is a one-domain :class:`MixtureDataset`)."""
+
+    def on_prediction_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                           eval_dataloader: Any = None, **kwargs: Any) -> None:
+        first = self.prediction_bar is None
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+        names = getattr(getattr(eval_dataloader, "dataset", None), "domain_names", None)
+        if first and self.prediction_bar is not None and names and len(names) == 1:
+            self.prediction_bar.set_description(f"eval {names[0]}")
 
 
 class MixflowCallback(TrainerCallback):
@@ -93,6 +107,8 @@ class MixflowTrainer(Trainer):
             logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
         self.callback = MixflowCallback(engine, max_nonfinite_steps)
         self.add_callback(self.callback)
+        if self.pop_callback(ProgressCallback) is not None:  # the same bars, evaluation ones labelled
+            self.add_callback(DomainProgressCallback)
 
     # ---- data -------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
