@@ -185,3 +185,24 @@ def test_every_config_error_is_reported_at_once(tmp_path, base, capsys):
     assert "nope" in text and "model_config.model_type: unknown model type 'lama'" in text
     assert "save_strategy: sometimes is not a valid SaveStrategy" in text
     assert len(err.value.messages) == 3
+
+
+def test_train_from_scratch_starts_from_the_directory_config_with_fresh_weights(tmp_path, base):
+    import torch
+
+    from mixflow.recipes.build import build_model
+    from tests.helpers import tiny_llama
+
+    saved = tiny_llama(seed=5)
+    saved.save_pretrained(tmp_path / "pretrained")
+    cfg = {k: v for k, v in base.items() if k != "model_config"}
+    run = load_config(write(tmp_path, {**cfg, "model_name_or_path": str(tmp_path / "pretrained"), "train_from_scratch": True}))
+    fresh = build_model(run, tokenizer=None)
+    assert fresh.config.hidden_size == saved.config.hidden_size and fresh.config.num_hidden_layers == 2
+    weight = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(fresh.state_dict()[weight], saved.state_dict()[weight])
+    run.model.train_from_scratch = False
+    loaded = build_model(run, tokenizer=None)
+    assert torch.equal(loaded.state_dict()[weight], saved.state_dict()[weight])
+    with pytest.raises(ConfigError, match="^train_from_scratch: expected model_name_or_path"):
+        load_config(write(tmp_path, {**base, "train_from_scratch": True}))

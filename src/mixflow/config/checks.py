@@ -164,6 +164,9 @@ def check_model(run: RunConfig) -> None:
         raise ConfigError("model_name_or_path: expected exactly one of 'model_name_or_path' (a local directory) or 'model_config'")
     if m.model_name_or_path is not None and not Path(m.model_name_or_path).is_dir():
         raise ConfigError(f"model_name_or_path: expected a local model directory, not found: {m.model_name_or_path}")
+    if m.train_from_scratch and m.model_name_or_path is None:
+        raise ConfigError("train_from_scratch: expected model_name_or_path (the config to start from); "
+                          "with model_config the model is from scratch already")
     if m.model_config is not None and "model_type" not in m.model_config:
         raise ConfigError("model_config.model_type: required (e.g. llama)")
     if m.model_config is not None:

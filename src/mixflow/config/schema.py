@@ -132,6 +132,9 @@ class ModelConfig:
     ``vocab_size`` defaults to the tokenizer's."""
     num_labels: int | None = None
     """classification: number of classes; default: inferred from the training labels."""
+    train_from_scratch: bool = False
+    """With model_name_or_path: start from that directory's config with freshly initialised weights
+    (LLaMA-Factory's key); its weights are not loaded."""
 
 
 @dataclass

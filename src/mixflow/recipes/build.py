@@ -105,11 +105,15 @@ def build_engine(
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:
-    """The model: a local pretrained directory or a from-scratch config (nothing is downloaded)."""
-    from transformers import AutoModelForCausalLM
+    """The model: a local pretrained directory, its config with fresh weights (``train_from_scratch``)
+    or a from-scratch ``model_config``; nothing is downloaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if run.model.model_name_or_path is not None:
-        return AutoModelForCausalLM.from_pretrained(run.model.model_name_or_path, local_files_only=True)
+    path = run.model.model_name_or_path
+    if path is not None and run.model.train_from_scratch:
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+    if path is not None:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     return AutoModelForCausalLM.from_config(scratch_config(run.model.model_config or {}, tokenizer))
 
 

@@ -79,7 +79,13 @@ def build_classifier(run: RunConfig, tokenizer: Any, vocabulary: LabelVocabulary
     labels = {}
     if vocabulary.names is not None:
         labels = {"id2label": dict(enumerate(vocabulary.names)), "label2id": {n: i for i, n in enumerate(vocabulary.names)}}
-    if run.model.model_name_or_path is not None:
+    if run.model.model_name_or_path is not None and run.model.train_from_scratch:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(run.model.model_name_or_path, local_files_only=True,
+                                            num_labels=vocabulary.num_labels, **labels)
+        model = AutoModelForSequenceClassification.from_config(config)
+    elif run.model.model_name_or_path is not None:
         model = AutoModelForSequenceClassification.from_pretrained(
             run.model.model_name_or_path, local_files_only=True, num_labels=vocabulary.num_labels, **labels
         )
