@@ -77,7 +77,7 @@ def one_seed(root: Path, seed: int, steps: int, per_topic: int) -> dict[str, flo
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
     if ctx.tiny:
         return {"steps": 4, "per_topic": 40}
-    return {"steps": 150 if ctx.quick else 400, "per_topic": 500}
+    return {"steps": 60 if ctx.quick else 150, "per_topic": 500}
 
 
 @register_benchmark(
