@@ -139,7 +139,7 @@ def test_missing_dataset_file_is_named(tmp_path, base, data_dir):
 def test_missing_inline_domain_file(tmp_path, base):
     cfg = {k: v for k, v in base.items() if k not in ("dataset", "dataset_dir")}
     cfg["domains"] = [{"name": "a", "path": str(tmp_path / "missing.jsonl")}, {"name": "b", "path": str(tmp_path)}]
-    with pytest.raises(ConfigError, match=r"domains\[0\].path: file not found"):
+    with pytest.raises(ConfigError, match=r"domains\[0\].path: domain .a.: path .*missing.jsonl not found"):
         load_config(write(tmp_path, cfg))
 
 

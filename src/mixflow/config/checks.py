@@ -18,7 +18,7 @@ from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.paths import resolve_path
 from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
 from mixflow.data.packing import check_cutoff_len
-from mixflow.data.sources import sources_from_dataset_info
+from mixflow.data.sources import DomainSource, resolve_files, sources_from_dataset_info
 from mixflow.engine.schedule import UpdateSchedule
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,12 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
         raise ConfigError(f"max_samples: expected a positive integer, got {d.max_samples}")
     if d.domains is not None:
         for i, dom in enumerate(d.domains):
-            dom.path = resolve_path(dom.path, base_dir)
-            if not os.path.exists(dom.path):
-                raise ConfigError(f"domains[{i}].path: file not found: {dom.path}")
+            paths = [resolve_path(p, base_dir) for p in (dom.path if isinstance(dom.path, list) else [dom.path])]
+            dom.path = paths if isinstance(dom.path, list) else paths[0]
+            try:
+                resolve_files(DomainSource(dom.name, dom.path))
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"domains[{i}].path: {err}") from None
     else:
         d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
         info = Path(d.dataset_dir) / "dataset_info.json"
@@ -56,8 +59,10 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"dataset: {err}") from None
         for source in sources:
-            if not os.path.exists(source.path):
-                raise ConfigError(f"dataset: file of domain {source.name!r} not found: {source.path}")
+            try:
+                resolve_files(source)
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"dataset: {err}") from None
 
 
 def _check_weights(values: list[float] | None, key: str, k: int) -> None:

@@ -20,8 +20,9 @@ class DomainConfig:
 
     name: str
     """Domain name used in logs, metrics and plots."""
-    path: str
-    """A .jsonl/.json, .txt or .parquet file, or a directory saved with ``datasets.save_to_disk``."""
+    path: str | list[str]
+    """A file (.jsonl/.json/.txt, optionally .gz/.zst, or .parquet), a folder of them, a glob pattern, a
+    ``datasets.save_to_disk`` directory, or a list of any of these."""
     text_field: str = "text"
     """Field (column) holding the text."""
 

@@ -1,8 +1,16 @@
-"""Raw domains: where each domain's documents live and how to read them."""
+"""Raw domains: where each domain's documents live and how to read them.
+
+A domain's source is a file, a folder (every readable file in it, recursively, in sorted order), a
+glob pattern, or a list of any of these; files are ``.jsonl``, ``.json``, ``.txt`` or ``.parquet``,
+the first three optionally compressed (``.gz``, ``.zst``), or a ``datasets.save_to_disk`` directory.
+"""
 
 from __future__ import annotations
 
 import difflib
+import glob
+import gzip
+import io
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -12,6 +20,9 @@ from typing import Any
 from mixflow.utils.jsonlog import read_json
 
 SUPPORTED_FORMATS = (".jsonl", ".json", ".txt", ".parquet", "a datasets.save_to_disk directory")
+#: Compressed variants of .jsonl, .json and .txt files.
+COMPRESSIONS = (".gz", ".zst")
+_READABLE = (".jsonl", ".json", ".txt", ".parquet")
 
 
 @dataclass
@@ -20,8 +31,8 @@ class DomainSource:
 
     name: str
     """Domain name, used in logs, metrics and weight files."""
-    path: str
-    """A ``.jsonl``/``.json``/``.txt``/``.parquet`` file or a ``save_to_disk`` directory."""
+    path: str | list[str]
+    """A file, a folder, a glob pattern or a list of these (see the module docstring)."""
     text_field: str = "text"
     """Field (JSON) or column (parquet, datasets) that holds each document's text."""
     label_field: str | None = None
@@ -47,10 +58,85 @@ def read_records(
     ``.parquet`` and a ``datasets.save_to_disk`` directory. Fields in ``text_fields`` must hold
     strings. Errors name the file and the line, item or row.
     """
-    path = Path(source.path)
-    if not path.exists():
-        raise FileNotFoundError(f"domain {source.name!r}: path {path} not found")
-    suffix = "" if path.is_dir() else path.suffix.lower()
+    rows: list[tuple[Any, ...]] = []
+    for path in resolve_files(source):
+        left = None if limit is None else limit - len(rows)
+        if left is not None and left <= 0:
+            break
+        found = _file_records(source, path, fields, text_fields, left)
+        if not found:
+            raise ValueError(f"domain {source.name!r}: {path} holds no records (an empty shard)")
+        rows += found
+    return rows
+
+
+def resolve_files(source: DomainSource) -> list[Path]:
+    """The files (and ``save_to_disk`` directories) of a domain, in order: each path of the list as
+    given, a folder's readable files and a glob's matches in sorted order. A path or pattern that
+    matches nothing is an error naming it."""
+    specs = source.path if isinstance(source.path, list) else [source.path]
+    if not specs:
+        raise ValueError(f"domain {source.name!r}: expected at least one path")
+    out: list[Path] = []
+    for spec in specs:
+        if glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"domain {source.name!r}: pattern {spec} matches no file")
+            for match in matches:
+                out += _expand(source, Path(match))
+        else:
+            path = Path(spec)
+            if not path.exists():
+                raise FileNotFoundError(f"domain {source.name!r}: path {path} not found")
+            out += _expand(source, path)
+    return out
+
+
+def _expand(source: DomainSource, path: Path) -> list[Path]:
+    if not path.is_dir() or _is_saved_dataset(path):
+        return [path]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and file_format(f)[0] in _READABLE)
+    if not files:
+        raise ValueError(
+            f"domain {source.name!r}: folder {path} holds no {', '.join(_READABLE)} file "
+            f"(optionally {' or '.join(COMPRESSIONS)}) and is not a datasets.save_to_disk directory"
+        )
+    return files
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return ((path / "dataset_info.json").is_file() and (path / "state.json").is_file()) or (
+        path / "dataset_dict.json"
+    ).is_file()
+
+
+def file_format(path: Path) -> tuple[str, str]:
+    """(format suffix, compression suffix or "") of a file, e.g. ``("jsonl", ".gz")`` for ``a.jsonl.gz``."""
+    suffixes = [x.lower() for x in path.suffixes]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSIONS else ""
+    rest = suffixes[:-1] if compression else suffixes
+    return (rest[-1] if rest else ""), compression
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    """The file's bytes, decompressed on the fly for ``.gz`` and ``.zst``."""
+    compression = file_format(path)[1]
+    if compression == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if compression == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise ValueError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _file_records(
+    source: DomainSource, path: Path, fields: Sequence[str], text_fields: Sequence[str], limit: int | None
+) -> list[tuple[Any, ...]]:
+    suffix = "" if path.is_dir() else file_format(path)[0]
     if path.is_dir() or suffix == ".parquet":
         names, column = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
         for key in fields:
@@ -65,7 +151,7 @@ def read_records(
         formats = SUPPORTED_FORMATS if list(fields) == [source.text_field] else SUPPORTED_FORMATS[:2] + SUPPORTED_FORMATS[3:]
         raise ValueError(
             f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
-            f"expected one of {', '.join(formats)}"
+            f"expected one of {', '.join(formats)} (.jsonl, .json and .txt optionally {' or '.join(COMPRESSIONS)})"
         )
     rows = []
     for where, row in located:
@@ -87,7 +173,7 @@ def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of the non-blank lines; bytes that are not UTF-8 are an error naming the line."""
-    with path.open("rb") as handle:
+    with _open_binary(path) as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -99,8 +185,8 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, record) for JSON lines, or for the items of one JSON array (LLaMA-Factory's .json)."""
-    if path.suffix.lower() == ".json" and _starts_with_bracket(path):
-        records = read_json(path, "a JSON array of objects")
+    if file_format(path)[0] == ".json" and _starts_with_bracket(path):
+        records = _read_json_array(path)
         if not isinstance(records, list):
             raise ValueError(f"{path}: expected a JSON array of objects")
         yield from ((f"{path} item {i}", r) for i, r in enumerate(records))
@@ -110,6 +196,17 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path}:{number}", json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: expected one JSON object per line ({exc.msg})") from None
+
+
+def _read_json_array(path: Path) -> Any:
+    if not file_format(path)[1]:
+        return read_json(path, "a JSON array of objects")
+    with _open_binary(path) as handle:
+        data = handle.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: expected a JSON array of objects ({err})") from None
 
 
 def _starts_with_bracket(path: Path) -> bool:
@@ -128,8 +225,7 @@ def _parquet(path: Path) -> tuple[list[str], Callable[[str], list[Any]]]:
 def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Callable[[str], list[Any]]]:
     import datasets
 
-    is_dataset = (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
-    if not (is_dataset or (path / "dataset_dict.json").is_file()):
+    if not _is_saved_dataset(path):
         raise ValueError(
             f"domain {source.name!r}: directory {path} is not a datasets.save_to_disk directory "
             "(no state.json/dataset_info.json or dataset_dict.json)"

@@ -15,6 +15,7 @@ import numpy as np
 
 from mixflow.algorithms.imp import ImpParams
 from mixflow.config.schema import RunConfig
+from mixflow.data.sources import DomainSource, resolve_files
 from mixflow.recipes.inputs import domain_sources, split_seed
 
 CACHE_FILE = "imp_cache.npz"
@@ -104,6 +105,14 @@ def content_digest(path: str | Path) -> str:
     return _digest_files([p])
 
 
+def _source_digest(source: DomainSource) -> str | list[str]:
+    """One file's (or directory's) digest, or the digests of a multi-file domain's files in order."""
+    files = resolve_files(source)
+    if isinstance(source.path, str) and len(files) == 1 and str(files[0]) == source.path:
+        return content_digest(source.path)
+    return [content_digest(f) for f in files]
+
+
 def hash_json(value: Any) -> str:
     """sha256 of a JSON rendering of ``value`` (keys sorted)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
@@ -115,7 +124,7 @@ def data_fingerprint(run: RunConfig) -> str:
     d = run.data
     return hash_json(
         {
-            "domains": [(s.name, content_digest(s.path), s.text_field) for s in domain_sources(run)],
+            "domains": [(s.name, _source_digest(s), s.text_field) for s in domain_sources(run)],
             "label_field": d.label_field,
             "val_size": d.val_size,
             "split_seed": split_seed(run),
