@@ -52,25 +52,36 @@ def _engine(sizes, normalization, batch=5, rank=0, world=1, row_target_tokens=No
                       row_target_tokens=row_target_tokens)
 
 
+TARGETS, MEANS = np.array([2, 8]), np.array([1.0, 3.0])
+
+
+def _monte_carlo(engine, steps, rng, pass_n=False):
+    """Step losses over sampler draws: domain 0 rows have 2 target tokens, domain 1 rows 8, per-token
+    losses exponential with means (1, 3). Returns (step losses, whether domain 1 was in each step)."""
+    it = engine.sampler.iter_batches()
+    values, present = [], []
+    for step in range(1, steps + 1):
+        ids = engine.sampler.domain_ids(next(it))
+        counts = TARGETS[ids]
+        tok = [rng.exponential(MEANS[d], size=n) for d, n in zip(ids, counts)]
+        losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
+                              torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
+        n = int(counts.sum()) if pass_n else None
+        values.append(engine.weighted_loss(losses, torch.as_tensor(ids), num_items_in_batch=n,
+                                           batch_index=step - 1).item())
+        present.append(bool((ids == 1).any()))
+        engine.end_step(step)
+    return np.array(values), np.array(present)
+
+
 def test_unbiased_with_unequal_row_lengths_monte_carlo():
     """Domain 0 rows have 2 target tokens, domain 1 rows 8; per-token losses have means (1, 3)."""
-    targets, means = np.array([2, 8]), np.array([1.0, 3.0])
     rng = np.random.default_rng(0)
     out = {}
     for normalization in ("domain", "token"):
-        engine = _engine([1000, 1000], normalization)
-        it = engine.sampler.iter_batches()
-        values = []
-        for step in range(1, 1501):
-            ids = engine.sampler.domain_ids(next(it))
-            counts = targets[ids]
-            tok = [rng.exponential(means[d], size=n) for d, n in zip(ids, counts)]
-            losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
-                                  torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
-            values.append(engine.weighted_loss(losses, torch.as_tensor(ids), batch_index=step - 1).item())
-            engine.end_step(step)
+        values, _ = _monte_carlo(_engine([1000, 1000], normalization), 1500, rng)
         out[normalization] = np.mean(values), np.std(values) / np.sqrt(len(values))
-    objective = float((Q * means).sum())  # Σ_i q_i L_i = 2.4
+    objective = float((Q * MEANS).sum())  # Σ_i q_i L_i = 2.4
     mean, se = out["domain"]
     assert abs(mean - objective) < 4 * se + 1e-3
     # the token normalisation weighs domains by q_i·n_i: Σ q n L / Σ p n = 17.4 / 5 = 3.48
@@ -80,27 +91,13 @@ def test_unbiased_with_unequal_row_lengths_monte_carlo():
 
 def test_a_domain_planned_less_than_once_per_step_still_counts_q():
     """p = (0.9, 0.1) at B = 5: domain 1 is in every other step; N counts the whole step."""
-    targets, means = np.array([2, 8]), np.array([1.0, 3.0])
-    rng = np.random.default_rng(2)
     algo = FixedImportance(["d0", "d1"], _FixedParams(), init_weights=[0.9, 0.1])
     sampler = MixtureSampler([1000, 1000], algo.sampling_weights, 5, seed=3)
-    engine = StepEngine(sampler, algo, providers=[], row_target_tokens=lambda rows: targets[sampler.domain_ids(rows)])
-    it = engine.sampler.iter_batches()
-    values, present = [], []
-    for step in range(1, 2001):
-        ids = engine.sampler.domain_ids(next(it))
-        counts = targets[ids]
-        tok = [rng.exponential(means[d], size=n) for d, n in zip(ids, counts)]
-        losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
-                              torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
-        n = int(counts.sum())
-        values.append(engine.weighted_loss(losses, torch.as_tensor(ids), num_items_in_batch=n,
-                                           batch_index=step - 1).item())
-        present.append(bool((ids == 1).any()))
-        engine.end_step(step)
+    engine = StepEngine(sampler, algo, providers=[], row_target_tokens=lambda rows: TARGETS[sampler.domain_ids(rows)])
+    values, present = _monte_carlo(engine, 2000, np.random.default_rng(2), pass_n=True)
     assert 0.4 < np.mean(present) < 0.6  # the rare domain really is missing from half the steps
     se = np.std(values) / np.sqrt(len(values))
-    assert abs(np.mean(values) - float((Q * means).sum())) < 4 * se + 1e-3
+    assert abs(np.mean(values) - float((Q * MEANS).sum())) < 4 * se + 1e-3
 
 
 def _dataset():
