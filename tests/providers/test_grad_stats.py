@@ -1,10 +1,11 @@
 import numpy as np
+import pytest
 import torch
 
 from mixflow.algorithms.statistics import DomainStats, gradient_moments
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import BatchContext
-from mixflow.providers.grad_stats import CountSketch, GradientStatistics, select_parameters
+from mixflow.providers.grad_stats import CountSketch, GradientStatistics, RowSketch, select_parameters
 from tests.helpers import tiny_llama
 
 
@@ -87,18 +88,19 @@ def _tied_llama(seed=0):
                                         pad_token_id=0, tie_word_embeddings=True))
 
 
-def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog):
+@pytest.mark.parametrize("sketch_dim", [0, 256])
+def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog, sketch_dim):
     import logging
 
     ids = [0, 0, 0, 1, 1, 1, 1]
     model = tiny_llama(seed=3)
-    closed = GradientStatistics(groups=3, sketch_dim=0)
+    closed = GradientStatistics(groups=3, sketch_dim=sketch_dim)
     closed.batch_statistics(_context(model, ids, seed=1)[0])  # the first batch's forward ran before the hook
     assert closed._closed_form is None
     ctx, _ = _context(model, ids)
     fast = closed.batch_statistics(ctx)
     assert closed._closed_form is True  # an untied, bias-free head: no backward at all
-    slow = GradientStatistics(groups=3, sketch_dim=0)
+    slow = GradientStatistics(groups=3, sketch_dim=sketch_dim)
     slow._setup(model)
     slow._closed_form = False  # force one partial backward per group
     reference = slow.batch_statistics(ctx)
@@ -110,3 +112,15 @@ def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog):
     with caplog.at_level(logging.INFO, logger="mixflow"):
         tied.batch_statistics(_context(tied_model, ids)[0])
     assert tied._closed_form is False and "closed-form gradient differs" in caplog.text
+
+
+def test_row_sketch_commutes_with_the_head_gradient_and_keeps_norms_on_average():
+    gen = torch.Generator().manual_seed(0)
+    r, h = torch.randn(20, 50, generator=gen, dtype=torch.float64), torch.randn(20, 8, generator=gen, dtype=torch.float64)
+    sketch = RowSketch(50, 8, dim=80)
+    assert sketch.out_dim == 80 and not sketch.exact
+    assert torch.allclose(sketch((r.T @ h).reshape(-1)), (sketch.residuals(r).T @ h).reshape(-1))
+    g = (r.T @ h).reshape(-1)
+    norms = [RowSketch(50, 8, dim=80, seed=s)(g).square().sum().item() for s in range(400)]
+    assert abs(np.mean(norms) / g.square().sum().item() - 1) < 0.05
+    assert RowSketch(50, 8, dim=400).exact and torch.equal(RowSketch(50, 8, dim=400)(g), g)

@@ -20,7 +20,9 @@ from the loss down to the earliest parameter in the subset.
 mean loss with respect to W is Σ_tokens c_t (softmax(z_t) − e_{y_t}) h_tᵀ (c_t: the token's share of
 the group mean), so all groups of all domains follow from the head's inputs h (kept by a forward
 hook) and the logits, with no backward at all: one softmax over the batch and one [V, T_g]·[T_g, H]
-matmul per group. It is used when the subset is a bias-free ``nn.Linear`` head and, on the first
+matmul per group. The head's gradients are sketched by :class:`RowSketch` (a count sketch over
+the vocabulary rows), which commutes with that matmul: the residuals [T, V] are sketched to
+[T, d1] first, so no [V, H] gradient is formed. It is used when the subset is a bias-free ``nn.Linear`` head and, on the first
 batch, agrees with the autograd gradient (a tied head, logit scaling or soft-capping do not); else
 the provider says why in one log line and uses autograd.
 """
@@ -83,6 +85,57 @@ class CountSketch:
         return out.index_add_(0, self.bucket.to(v.device), v * self.sign.to(v.device))
 
 
+class RowSketch:
+    """A count sketch over the *rows* of a [V, H] matrix, R^{V·H} → R^{d1·H} with d1 = dim // H
+    (identity when V·H ≤ dim). It preserves squared norms in expectation like :class:`CountSketch`,
+    and commutes with the head's gradient: S·(Rᵀh) = (R·Sᵀ)ᵀh, so residuals [T, V] are sketched
+    to [T, d1] before the matmul and no [V, H] gradient is ever formed."""
+
+    def __init__(self, rows: int, cols: int, dim: int, seed: int = 0) -> None:
+        self.rows, self.cols = rows, cols
+        self.exact = dim <= 0 or rows * cols <= dim
+        self.buckets = rows if self.exact else max(1, dim // cols)
+        if not self.exact:
+            g = torch.Generator().manual_seed(seed)
+            self.bucket = torch.randint(0, self.buckets, (rows,), generator=g)
+            self.sign = torch.randint(0, 2, (rows,), generator=g).to(torch.float64) * 2 - 1
+
+    @property
+    def out_dim(self) -> int:
+        return self.buckets * self.cols
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """Sketch a flattened [V, H] gradient."""
+        m = v.to(torch.float64).reshape(self.rows, self.cols)
+        return self.residuals(m.T).T.reshape(-1)
+
+    def residuals(self, r: torch.Tensor) -> torch.Tensor:
+        """[..., V] → [..., d1]: the sketch applied along the last (vocabulary) dimension."""
+        if self.exact:
+            return r
+        return r @ self.dense(r.device, r.dtype)
+
+    def dense(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The sketch as a [V, d1] matrix with one ±1 per row (a matmul beats a scatter over V)."""
+        cached = getattr(self, "_dense", None)
+        if cached is None or cached.device != device or cached.dtype != dtype:
+            cached = torch.zeros(self.rows, self.buckets, device=device, dtype=dtype)
+            cached[torch.arange(self.rows), self.bucket] = self.sign.to(dtype)
+            self._dense = cached
+        return cached
+
+    def softmax_residuals(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Sketched w_t·(softmax(z_t) − e_{y_t}) for logits [T, V], targets [T], weights [T]: [T, d1],
+        the one-hot part subtracted after the sketch (it is one ±1 per row there)."""
+        r = self.residuals(torch.softmax(logits.float(), dim=-1))
+        rows = torch.arange(r.shape[0], device=r.device)
+        if self.exact:
+            r[rows, targets] -= 1.0
+        else:
+            r[rows, self.bucket.to(r.device)[targets]] -= self.sign.to(device=r.device, dtype=r.dtype)[targets]
+        return r * weights.to(r.dtype)[:, None]
+
+
 class GradientStatistics(StatisticProvider):
     """The ``grad_stats`` provider; configured by the algorithm's ``grad_params``, ``grad_groups``
     and ``grad_sketch_dim`` params."""
@@ -96,7 +149,7 @@ class GradientStatistics(StatisticProvider):
         self.groups = groups
         self.sketch_dim = sketch_dim
         self._params: list[torch.nn.Parameter] | None = None
-        self._sketch: CountSketch | None = None
+        self._sketch: CountSketch | RowSketch | None = None
 
     def _setup(self, model: Any) -> None:
         if self._params is None:
@@ -107,6 +160,8 @@ class GradientStatistics(StatisticProvider):
             if isinstance(head, torch.nn.Linear) and head.bias is None:
                 self._closed_form = None  # decided on the first batch
                 head.register_forward_pre_hook(self._keep_head_input)
+                # one sketch for both paths, so every group's vector lives in the same space
+                self._sketch = RowSketch(*head.weight.shape, self.sketch_dim)
             else:
                 self._closed_form = False
 
@@ -131,7 +186,8 @@ class GradientStatistics(StatisticProvider):
         return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)])
 
     def _head_gradients(self, ctx: BatchContext, groups: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor] | None:
-        """The head's gradient of every group's mean loss in closed form, or None where it does not apply."""
+        """The head's gradient of every group's mean loss in closed form, already sketched, or None
+        where the closed form does not apply."""
         hidden, logits, labels = self._head_input, ctx.losses.logits, ctx.labels
         if hidden is None or logits is None or labels is None or labels.dim() != 2 or hidden.shape[:2] != logits.shape[:2]:
             return None
@@ -145,14 +201,15 @@ class GradientStatistics(StatisticProvider):
         labels = labels.to(logits.device)
         # c_t = 1 / (n_j · |group|) on the sample's target tokens
         per_token = mask / ctx.losses.token_count.clamp_min(1)[:, None]
+        assert isinstance(self._sketch, RowSketch)
         out = []
         for _, part in groups:
-            r = torch.softmax(logits[part].detach().float(), dim=-1)
-            target = torch.where(labels[part] == IGNORE_INDEX, 0, labels[part])
-            r.scatter_add_(-1, target[..., None], -torch.ones_like(r[..., :1]))
-            r *= (per_token[part] / part.numel())[..., None]
-            h = hidden[part].float()
-            out.append((r.reshape(-1, r.shape[-1]).T @ h.reshape(-1, h.shape[-1])).reshape(-1))
+            z = logits[part].detach()
+            target = torch.where(labels[part] == IGNORE_INDEX, 0, labels[part]).reshape(-1)
+            weight = (per_token[part] / part.numel()).reshape(-1)
+            r = self._sketch.softmax_residuals(z.reshape(-1, z.shape[-1]), target, weight)  # [T, d1]
+            h = hidden[part].reshape(-1, hidden.shape[-1])
+            out.append((r.T @ h.to(r.dtype)).double().reshape(-1))
         return out
 
     def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
@@ -170,9 +227,8 @@ class GradientStatistics(StatisticProvider):
         if vectors is not None and self._closed_form is None:
             self._closed_form = self._agrees(ctx, parts[0][1], vectors[0])
         if vectors is None or not self._closed_form:
-            vectors = [self._autograd_gradient(ctx, part) for _, part in parts]
-        for (d, part), flat in zip(parts, vectors):
-            v = self._sketch(flat)
+            vectors = [self._sketch(self._autograd_gradient(ctx, part)) for _, part in parts]
+        for (d, part), v in zip(parts, vectors):
             grad_sum[d] += v
             grad_sq[d] += v.square().sum()
             groups[d] += 1
@@ -181,8 +237,9 @@ class GradientStatistics(StatisticProvider):
 
 
     def _agrees(self, ctx: BatchContext, part: torch.Tensor, closed: torch.Tensor) -> bool:
-        """Whether the closed-form head gradient equals autograd's on one group (checked once)."""
-        exact = self._autograd_gradient(ctx, part).to(closed.dtype)
+        """Whether the closed-form head gradient equals autograd's on one group (checked once, sketched)."""
+        assert self._sketch is not None
+        exact = self._sketch(self._autograd_gradient(ctx, part)).to(closed.dtype)
         ok = bool(torch.linalg.vector_norm(closed - exact) <= 1e-3 * torch.linalg.vector_norm(exact) + 1e-12)
         if not ok:
             logger.info("grad_stats: the output head's closed-form gradient differs from autograd's (a tied or "
