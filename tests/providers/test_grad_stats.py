@@ -124,3 +124,27 @@ def test_row_sketch_commutes_with_the_head_gradient_and_keeps_norms_on_average()
     norms = [RowSketch(50, 8, dim=80, seed=s)(g).square().sum().item() for s in range(400)]
     assert abs(np.mean(norms) / g.square().sum().item() - 1) < 0.05
     assert RowSketch(50, 8, dim=400).exact and torch.equal(RowSketch(50, 8, dim=400)(g), g)
+
+
+def test_closed_form_skips_ignored_tokens_like_the_backward():
+    model = tiny_llama(seed=4)
+    ids = torch.tensor([0, 0, 1, 1])
+    x = torch.randint(1, 40, (4, 6), generator=torch.Generator().manual_seed(2))
+    labels = x.clone()
+    labels[0, 3:] = -100  # padding / prompt tokens carry no loss
+    labels[2, :2] = -100
+
+    def ctx():
+        losses = sample_losses(model(input_ids=x).logits, labels)
+        return BatchContext(model, {"input_ids": x}, labels, losses, ids, 2, step=0, update_pending=True)
+
+    closed = GradientStatistics(groups=2, sketch_dim=256)
+    closed.batch_statistics(ctx())  # the hook sees the next forward
+    fast = closed.batch_statistics(c := ctx())
+    assert closed._closed_form is True
+    slow = GradientStatistics(groups=2, sketch_dim=256)
+    slow._setup(model)
+    slow._closed_form = False
+    reference = slow.batch_statistics(c)
+    for key in fast:
+        assert torch.allclose(fast[key], reference[key], rtol=1e-4, atol=1e-6), key

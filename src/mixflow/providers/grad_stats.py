@@ -124,10 +124,15 @@ class RowSketch:
             self._dense = cached
         return cached
 
-    def softmax_residuals(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def softmax_residuals(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, lse: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Sketched w_t·(softmax(z_t) − e_{y_t}) for logits [T, V], targets [T], weights [T]: [T, d1],
-        the one-hot part subtracted after the sketch (it is one ±1 per row there)."""
-        r = self.residuals(torch.softmax(logits.float(), dim=-1))
+        the one-hot part subtracted after the sketch (it is one ±1 per row there). ``lse`` (the rows'
+        log-sum-exp, when known) makes the softmax one exp pass."""
+        z = logits.float()
+        p = torch.softmax(z, dim=-1) if lse is None else torch.exp(z - lse.float()[:, None])
+        r = self.residuals(p)
         rows = torch.arange(r.shape[0], device=r.device)
         if self.exact:
             r[rows, targets] -= 1.0
@@ -204,10 +209,17 @@ class GradientStatistics(StatisticProvider):
         assert isinstance(self._sketch, RowSketch)
         out = []
         for _, part in groups:
-            z = logits[part].detach()
+            z = logits[part].detach().reshape(-1, logits.shape[-1])
             target = torch.where(labels[part] == IGNORE_INDEX, 0, labels[part]).reshape(-1)
             weight = (per_token[part] / part.numel()).reshape(-1)
-            r = self._sketch.softmax_residuals(z.reshape(-1, z.shape[-1]), target, weight)  # [T, d1]
+            keep = mask[part].reshape(-1)
+            # the training loss is lse − z_y: its log-sum-exp comes back for free where a token counts
+            # (elsewhere the row's max keeps exp finite; its weight is 0)
+            picked = z.gather(1, target[:, None]).squeeze(1).float()
+            lse = ctx.losses.token_losses[part].detach().reshape(-1).float() + picked
+            if not bool(keep.all()):
+                lse[~keep] = z[~keep].float().amax(-1)
+            r = self._sketch.softmax_residuals(z, target, weight, lse)  # [T, d1]
             h = hidden[part].reshape(-1, hidden.shape[-1])
             out.append((r.T @ h.to(r.dtype)).double().reshape(-1))
         return out
