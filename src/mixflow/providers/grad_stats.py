@@ -155,11 +155,14 @@ class GradientStatistics(StatisticProvider):
         self.sketch_dim = sketch_dim
         self._params: list[torch.nn.Parameter] | None = None
         self._sketch: CountSketch | RowSketch | None = None
+        #: Whether the head's closed form is used: None until checked on the first batch it applies to.
+        self._closed_form: bool | None = False
+        #: The output head's input of the latest forward (kept by a forward hook).
+        self._head_input: torch.Tensor | None = None
 
     def _setup(self, model: Any) -> None:
         if self._params is None:
             self._params = select_parameters(model, self.patterns)
-            self._sketch = CountSketch(sum(p.numel() for p in self._params), self.sketch_dim)
             inner = _unwrap(model)
             head = inner.get_output_embeddings() if self.patterns is None and hasattr(inner, "get_output_embeddings") else None
             if isinstance(head, torch.nn.Linear) and head.bias is None:
@@ -168,10 +171,7 @@ class GradientStatistics(StatisticProvider):
                 # one sketch for both paths, so every group's vector lives in the same space
                 self._sketch = RowSketch(*head.weight.shape, self.sketch_dim)
             else:
-                self._closed_form = False
-
-    _closed_form: bool | None = False
-    _head_input: torch.Tensor | None = None
+                self._sketch = CountSketch(sum(p.numel() for p in self._params), self.sketch_dim)
 
     def _keep_head_input(self, module: Any, args: tuple[Any, ...]) -> None:
         self._head_input = args[0].detach()
@@ -196,8 +196,8 @@ class GradientStatistics(StatisticProvider):
         hidden, logits, labels = self._head_input, ctx.losses.logits, ctx.labels
         if hidden is None or logits is None or labels is None or labels.dim() != 2 or hidden.shape[:2] != logits.shape[:2]:
             return None
-        weight = _unwrap(ctx.model).get_output_embeddings().weight
-        probe = hidden[0, -1].float() @ weight.detach().float().T
+        head_weight = _unwrap(ctx.model).get_output_embeddings().weight
+        probe = hidden[0, -1].float() @ head_weight.detach().float().T
         if not torch.allclose(probe, logits[0, -1].detach().float(), rtol=1e-3, atol=1e-3):
             return None  # the kept input is not this batch's (or logits are post-processed): autograd
         mask = ctx.losses.token_mask
@@ -246,7 +246,6 @@ class GradientStatistics(StatisticProvider):
             groups[d] += 1
             samples[d] += part.numel()
         return {GRAD_SUM: grad_sum, GRAD_SQ_SUM: grad_sq, GRAD_GROUPS: groups, GRAD_SAMPLES: samples}
-
 
     def _agrees(self, ctx: BatchContext, part: torch.Tensor, closed: torch.Tensor) -> bool:
         """Whether the closed-form head gradient equals autograd's on one group (checked once, sketched)."""
