@@ -54,17 +54,17 @@ class DomainTokens:
     ) -> np.ndarray:
         """T_d / Σ_e T_e for the population ``num_items_in_batch`` counts (K values; 0 for a domain
         with no tokens there, which then has no sample in this micro-batch either)."""
-        k = self.sampler.num_domains
-        micro = np.bincount(domain_ids.cpu().numpy(), weights=token_count.cpu().numpy(), minlength=k)
         if num_items_in_batch is None:
-            return _share(micro)
+            return _share(self._micro(domain_ids, token_count))
         n = int(num_items_in_batch.item() if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch)
         if self.row_target_tokens is not None and batch_index is not None:
+            # the plan's counts need no device transfer: try them before the micro-batch's own
             global_tokens, weighted_tokens, local_tokens = self._planned(batch_index)
             if n == int(global_tokens.sum()):
                 return weighted_tokens / n
             if n == int(local_tokens.sum()):
                 return _share(local_tokens)
+        micro = self._micro(domain_ids, token_count)
         if n == int(micro.sum()):
             return _share(micro)
         if self.row_target_tokens is None or batch_index is None:
@@ -78,6 +78,11 @@ class DomainTokens:
             f"({int(global_tokens.sum())} on all ranks, {int(local_tokens.sum())} on this one) nor the "
             f"micro-batch's ({int(micro.sum())}); use objective_normalization: token for this loop"
         )
+
+    def _micro(self, domain_ids: torch.Tensor, token_count: torch.Tensor) -> np.ndarray:
+        """Target tokens per domain of this micro-batch."""
+        k = self.sampler.num_domains
+        return np.bincount(domain_ids.cpu().numpy(), weights=token_count.cpu().numpy(), minlength=k)
 
     def _planned(self, batch_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Target tokens per domain of planned batch ``batch_index``: all ranks', the same with rare
