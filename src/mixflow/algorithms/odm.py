@@ -104,10 +104,12 @@ class OnlineDataMixing(DomainAlgorithm):
     scores_label = "smoothed reward (ln R̂ for smoothed_mean, R̂ for exp3)"
     #: ``rewards`` holds ln R̂ under smoothed_mean (exp(L) never overflows there; NaN while R̂ = 0)
     #: and R̂ under exp3.
-    state_attributes = ("rewards", "rule")
+    state_attributes = ("rewards", "rule", "_last_t", "_initial")
 
     def setup(self) -> None:
         self.rule: str = self.params.rule
+        #: t of the most recent update (0 before the first).
+        self._last_t = 0
         # Algorithm 1 and the released code: R̂_i = 0 for every arm. ln 0 is kept as NaN, which
         # survives a JSON checkpoint (as null) where −inf would not.
         start = np.nan if self.rule == "smoothed_mean" else 0.0
@@ -122,8 +124,6 @@ class OnlineDataMixing(DomainAlgorithm):
     def epsilon(self) -> float:
         """ε_t at the step of the most recent update (1/K before the first)."""
         return exploration_rate(self._last_t, self.num_domains)
-
-    _last_t: int = 0
 
     def observe(self, stats: DomainStats, step: int) -> None:
         """Smooth the reward of every domain in this step's batch (released ``group_update``; Algorithm 1, line 7)."""
@@ -155,16 +155,8 @@ class OnlineDataMixing(DomainAlgorithm):
         self._last_t = t
         self.num_updates += 1
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last_t": self._last_t, "initial": self._initial.tolist()}
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = dict(state)
         rule = state.get("rule", "exp3")  # states written before the rule existed hold exp3 rewards
         if rule != self.rule:
             raise ValueError(f"odm state: the checkpoint used rule {rule!r} but this run uses {self.rule!r}")
-        self._last_t = int(state.pop("last_t", 0))
-        initial = state.pop("initial", None)
-        if initial is not None:
-            self._initial = np.asarray(initial, dtype=np.float64)
         super().load_state_dict(state)
