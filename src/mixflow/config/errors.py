@@ -37,6 +37,12 @@ class ErrorCollector:
             self.messages.append(str(err))
         return None
 
+    def passes(self, check: Callable[..., object], *args: object) -> bool:
+        """Run ``check(*args)`` like :meth:`run`; whether it raised nothing."""
+        before = len(self.messages)
+        self.run(check, *args)
+        return len(self.messages) == before
+
     def raise_if_any(self) -> None:
         if len(self.messages) == 1:
             raise ConfigError(self.messages[0])

@@ -73,9 +73,7 @@ def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, safety=safety)
     # Every check that can run does, and all their errors are reported together; the ones that
     # depend on the chosen components run once those resolved.
-    before = len(errors.messages)
-    errors.run(checks.check_data, run, base_dir)
-    data_ok = len(errors.messages) == before
+    data_ok = errors.passes(checks.check_data, run, base_dir)
     errors.run(checks.check_training, run)
     if run.training.get("output_dir"):  # check_training reported a missing one
         errors.run(checks.check_output_dir, run)

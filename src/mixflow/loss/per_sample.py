@@ -115,8 +115,7 @@ def sample_losses(
     labels = labels.to(logits.device)
     if shift:  # position t predicts label t+1: move the labels (a view of the logits stays a view)
         labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    flat = logits.reshape(b * t, v) if logits.is_contiguous() else logits.contiguous().view(b * t, v)
-    tok = per_token_losses(flat, labels.reshape(b * t), chunk_rows).reshape(b, t)
+    tok = per_token_losses(logits.reshape(b * t, v), labels.reshape(b * t), chunk_rows).reshape(b, t)
     mask = labels != IGNORE_INDEX
     if shift:  # the last position has no target: keep the [B, T−1] layout readers expect
         tok, mask = tok[:, :-1], mask[:, :-1]
