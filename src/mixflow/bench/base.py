@@ -132,13 +132,18 @@ def available_benchmarks() -> dict[str, Benchmark]:
     return dict(sorted(_BENCHMARKS.items()))
 
 
-def commit() -> str:
-    """The git commit of the working tree (with ``-dirty`` when it has changes), or ``unknown``."""
+def commit(exclude: Path | None = None) -> str:
+    """The git commit of the working tree (with ``-dirty`` when tracked files have changes outside
+    ``exclude``, e.g. the results directory being written), or ``unknown``."""
+    here = Path(__file__).parent
+    pathspec = ["--", ".", f":(exclude){Path(exclude).resolve()}"] if exclude is not None else []
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+                             cwd=here).stdout.strip()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10,
+                             cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *pathspec],
+                               capture_output=True, text=True, timeout=10, cwd=top or here).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"

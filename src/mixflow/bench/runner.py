@@ -43,6 +43,7 @@ def run_benchmarks(
         n = seeds if seeds is not None else (2 if tiny else min(3, bench.seeds) if quick else bench.seeds)
         ctx = BenchContext(quick=quick or tiny, seeds=n, out_dir=out_dir, tiny=tiny)
         ctx.log("bench %s: %s (%s, %d seeds)", bench.name, bench.claim, "quick" if ctx.quick else "full size", n)
+        code = commit(exclude=out_dir)  # the code that runs, before this run writes its results
         result, elapsed = timed(bench.run, ctx)
         payload = {
             "name": bench.name,
@@ -55,7 +56,7 @@ def run_benchmarks(
             "holds": result.holds,
             "verdict": result.verdict,
             "elapsed_s": round(elapsed, 2),
-            "commit": commit(),
+            "commit": code,
             "machine": machine(),
             "plots": result.plots,
             "notes": result.notes,
