@@ -67,8 +67,9 @@ class DomainAlgorithm(ABC):
     state_attributes: ClassVar[tuple[str, ...]] = ()
     #: Whether an update may run *inside* its step, before the loss, so the step trains on the new
     #: weights (DoReMi's Algorithm 1). The step engine does so when one micro-batch is the whole
-    #: step; with gradient accumulation the update runs after the step (a one-step lag), as for every
-    #: other algorithm. Such an algorithm's ``observe`` runs after that update.
+    #: step and no provider computes statistics at update time (held-out losses come after the
+    #: step); otherwise the update runs after the step (a one-step lag), as for every other
+    #: algorithm. Such an algorithm's ``observe`` runs after that update.
     update_before_loss: ClassVar[bool] = False
 
     def __init__(

@@ -65,6 +65,7 @@ class StepEngine:
         specs = algorithm.provider_specs(algorithm.params)
         context = replace(provider_context, batch_size=sampler.batch_size) if provider_context is not None else None
         self.providers = list(providers) if providers is not None else build_providers(specs, context)
+        self._update_time_stats = any(type(p).update_statistics is not StatisticProvider.update_statistics for p in self.providers)
         self.shift_labels = shift_labels
         self.chunk_rows = chunk_rows
         # Importance mode: each domain's token sum over its own tokens (domain) or over all (token).
@@ -224,7 +225,7 @@ class StepEngine:
         """Whether step ``step`` (1-based) updates before its loss: the algorithm asks for it, the update
         is due, and this micro-batch is all of the rank's rows of the step (no gradient accumulation)."""
         return (
-            self.algorithm.update_before_loss
+            self.algorithm.update_before_loss and not self._update_time_stats  # those run at end_step
             and self._early is None
             and rows == self.sampler.local_batch_size
             and self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
