@@ -199,3 +199,31 @@ def test_train_loss_after_a_resume_is_the_whole_run(tmp_path, demo_data, logging
     else:
         assert "steps 3–3 were not logged" in resumed["train_loss_note"]
         assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=0.05)
+
+
+def test_data_tokenize_builds_once_and_training_reuses_it(tmp_path, demo_data, capsys, caplog):
+    cfg = _config(tmp_path, demo_data, tokenized_dir=str(tmp_path / "tok"))
+    assert main(["data", "tokenize", str(cfg), "--quiet"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["domain", "documents", "tokens", "rows"]
+    assert [line.split()[0] for line in table[1:]] == ["code", "prose", "arithmetic", "random"]
+    assert all(line.split()[4] == "built" for line in table[1:])
+    entries = sorted(p.name for p in (tmp_path / "tok").iterdir() if p.is_dir())
+    assert len(entries) == 4
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg), "--quiet"]) == 0
+    assert caplog.text.count("reusing") == 4 and "documents," not in caplog.text
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir() if p.is_dir()) == entries
+    capsys.readouterr()
+    # val_size is not part of the fingerprint: a new split reuses the same entries
+    assert main(["data", "tokenize", str(cfg), "val_size=0.2", "--quiet"]) == 0
+    assert all(line.split()[4] == "reused" for line in capsys.readouterr().out.splitlines()[1:])
+    assert main(["data", "tokenize", str(cfg), "--overwrite", "--quiet"]) == 0
+    assert all(line.split()[4] == "built" for line in capsys.readouterr().out.splitlines()[1:])
+
+
+def test_the_default_cache_lives_under_dataset_dir(tmp_path, demo_data, capsys):
+    cfg = _config(tmp_path, demo_data)
+    assert main(["data", "tokenize", str(cfg), "--quiet"]) == 0
+    assert all(str(demo_data / "tokenized") in line for line in capsys.readouterr().out.splitlines()[1:])

@@ -73,6 +73,17 @@ def test_llama_factory_keys_are_mapped_accepted_or_refused(tmp_path, base, caplo
             load_config(write(tmp_path, {**base, **extra}))
 
 
+def test_tokenization_cache_keys_are_ours_now(tmp_path, base, caplog):
+    with caplog.at_level("WARNING", logger="mixflow"):
+        run = load_config(write(tmp_path, {**base, "overwrite_cache": True, "preprocessing_num_workers": 4,
+                                           "tokenized_dir": str(tmp_path / "tok")}))
+    assert run.data.overwrite_cache is True and run.data.preprocessing_num_workers == 4
+    assert run.data.tokenized_dir == str(tmp_path / "tok")
+    assert "accepted without effect" not in caplog.text
+    with pytest.raises(ConfigError, match=r"^preprocessing_num_workers: expected a positive integer, got 0"):
+        load_config(write(tmp_path, {**base, "preprocessing_num_workers": 0}))
+
+
 def test_values_are_yaml_1_2_scalars_in_files_and_overrides(tmp_path, base):
     # YAML 1.1 would read `no` as false and `1e-4` as a string: neither is what a user typed
     path = tmp_path / "run.yaml"

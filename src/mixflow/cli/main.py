@@ -45,6 +45,23 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_tokenize(args: argparse.Namespace) -> int:
+    from mixflow.config.load import load_config
+    from mixflow.config.parse import parse_overrides
+    from mixflow.recipes.build import tokenize_domains
+
+    run = load_config(args.config, parse_overrides(args.overrides), check_outputs=False)
+    entries = tokenize_domains(run, progress=not args.quiet, overwrite_cache=args.overwrite or None, verify=args.verify)
+    width = max(len("domain"), *(len(e.meta["key"]["domain"]) for e in entries))
+    print(f"{'domain':<{width}}  {'documents':>10}  {'tokens':>12}  {'rows':>9}  {'state':<8}  entry")
+    for e in entries:
+        m = e.meta
+        state = "reused" if e.reused else "built"
+        print(f"{m['key']['domain']:<{width}}  {m['num_documents']:>10}  {m['num_tokens']:>12}  {m['num_rows']:>9}  "
+              f"{state:<8}  {e.directory}")
+    return 0
+
+
 def _cmd_data_classification_demo(args: argparse.Namespace) -> int:
     from mixflow.data.classification_demo import build_classification_demo
 
@@ -161,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_data_demo)
+    d = data_sub.add_parser("tokenize", help="tokenize a config's domains once into the memory-mapped cache")
+    d.add_argument("config", help="YAML file: the training config whose domains are tokenized")
+    d.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
+    d.add_argument("--overwrite", action="store_true", help="rebuild entries even when they match (overwrite_cache)")
+    d.add_argument("--verify", action="store_true", help="also hash every file's content and rebuild on a mismatch")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=_cmd_data_tokenize)
     d = data_sub.add_parser("classification-demo", help="build the offline IMP/DIMP text-classification demo")
     d.add_argument("out_dir")
     d.add_argument("--per-topic", type=int, default=500, help="synthetic training examples per topic (default 500)")

@@ -41,6 +41,10 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
         raise ConfigError(f"val_size: expected a fraction in [0, 1) or a whole number of rows, got {d.val_size}")
     if d.max_samples is not None and d.max_samples < 1:
         raise ConfigError(f"max_samples: expected a positive integer, got {d.max_samples}")
+    if d.preprocessing_num_workers is not None and d.preprocessing_num_workers < 1:
+        raise ConfigError(f"preprocessing_num_workers: expected a positive integer, got {d.preprocessing_num_workers}")
+    if d.tokenized_dir is not None:
+        d.tokenized_dir = str(Path(d.tokenized_dir).expanduser())
     if d.domains is not None:
         for i, dom in enumerate(d.domains):
             paths = [resolve_path(p, base_dir) for p in (dom.path if isinstance(dom.path, list) else [dom.path])]

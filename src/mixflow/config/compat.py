@@ -18,8 +18,6 @@ logger = logging.getLogger(__name__)
 
 #: Keys that only matter to LLaMA-Factory's own pipeline (templates, its plots, its reporting).
 IGNORED = ("template", "plot_loss", "do_train", "ddp_timeout", "flash_attn", "trust_remote_code", "cache_dir")
-#: Keys with a meaning here that mixflow does not implement yet (tokenization cache: issue 9).
-NOT_YET = ("overwrite_cache", "preprocessing_num_workers")
 #: key: the values that keep the run's meaning (anything else is refused).
 ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {"stage": ("pt",), "finetuning_type": ("full",)}
 
@@ -42,7 +40,7 @@ def translate(data: dict[str, Any], known: set[str]) -> dict[str, Any]:
                 )
             dropped.append(key)
             out.pop(key)
-        elif key in IGNORED or key in NOT_YET:
+        elif key in IGNORED:
             dropped.append(key)
             out.pop(key)
         elif key == "warmup_ratio":
@@ -53,10 +51,5 @@ def translate(data: dict[str, Any], known: set[str]) -> dict[str, Any]:
                 raise ConfigError(f"warmup_ratio: expected a number in [0, 1), got {ratio!r}")
             out["warmup_steps"] = float(ratio)  # TrainingArguments reads a float below 1 as a ratio
     if dropped:
-        later = [k for k in dropped if k in NOT_YET]
-        logger.warning(
-            "LLaMA-Factory key(s) %s accepted without effect here%s",
-            ", ".join(sorted(dropped)),
-            f" ({', '.join(later)}: mixflow does not cache tokenized data yet)" if later else "",
-        )
+        logger.warning("LLaMA-Factory key(s) %s accepted without effect here", ", ".join(sorted(dropped)))
     return out

@@ -38,17 +38,19 @@ def training_argument_names() -> set[str]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, raw: Mapping[str, Any] | None = None
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, raw: Mapping[str, Any] | None = None,
+    check_outputs: bool = True,
 ) -> RunConfig:
     """Read a YAML file (or ``raw``), apply overrides, validate everything that can be checked
-    without loading data or a model, and return the typed configuration."""
+    without loading data or a model, and return the typed configuration. ``check_outputs=False``
+    skips the check that ``output_dir`` holds no earlier run (for commands that do not train)."""
     data = read_yaml(path, "config") if path is not None else dict(raw or {})
     data = merge(data, overrides or {})
     base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
-    return validate(data, base_dir, str(path) if path is not None else "<dict>")
+    return validate(data, base_dir, str(path) if path is not None else "<dict>", check_outputs)
 
 
-def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
+def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: bool = True) -> RunConfig:
     """Route flat keys to their sections, type-check them and run the cross-field checks."""
     sections: dict[type, dict[str, Any]] = {MixingConfig: {}, DataConfig: {}, ModelConfig: {}, SafetyConfig: {}}
     owners = {name: cls for cls in sections for name in fields_of(cls)}
@@ -75,7 +77,7 @@ def validate(data: dict[str, Any], base_dir: Path, source: str) -> RunConfig:
     # depend on the chosen components run once those resolved.
     data_ok = errors.passes(checks.check_data, run, base_dir)
     errors.run(checks.check_training, run)
-    if run.training.get("output_dir"):  # check_training reported a missing one
+    if check_outputs and run.training.get("output_dir"):  # check_training reported a missing one
         errors.run(checks.check_output_dir, run)
     errors.run(checks.check_model, run)
     components = errors.run(resolve_components, run, base_dir) if data_ok else None

@@ -106,6 +106,15 @@ class DataConfig:
     """Held-out rows per domain: a fraction in [0, 1) or a count >= 1 (evaluated per domain)."""
     max_samples: int | None = None
     """Read at most this many documents per domain (quick experiments)."""
+    tokenized_dir: str | None = None
+    """Directory of the tokenization cache (memory-mapped token arrays, one entry per domain and
+    fingerprint); default: ``<dataset_dir>/tokenized`` with ``dataset``, else a ``tokenized``
+    folder beside the inline domains' files (their common parent directory)."""
+    overwrite_cache: bool = False
+    """Rebuild the tokenization cache entries of this run's domains even when they match."""
+    preprocessing_num_workers: int | None = None
+    """Processes that tokenize (a fresh cache entry only); default 1, the fast tokenizer's own
+    threads."""
     tokenizer: str | None = None
     """'byte' (the shipped byte-level tokenizer) or a local tokenizer directory; default: the
     tokenizer of ``model_name_or_path`` when it has one, else byte."""

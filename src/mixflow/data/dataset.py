@@ -67,7 +67,9 @@ class MixtureDataset(Dataset):
         cache = self.__dict__.setdefault("_lengths", {})
         if d not in cache:
             rows = self._rows[d]
-            if isinstance(rows, np.ndarray):  # packed: every row is cutoff_len long
+            if hasattr(rows, "lengths"):  # TokenRows: from the offsets, without reading a token
+                cache[d] = rows.lengths()
+            elif isinstance(rows, np.ndarray):  # packed: every row is cutoff_len long
                 cache[d] = np.full(len(rows), rows.shape[1] if rows.ndim == 2 else 0, dtype=np.int64)
             else:
                 cache[d] = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))

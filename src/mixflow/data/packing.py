@@ -8,12 +8,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixflow.data.sources import DomainSource, read_documents
-from mixflow.data.tokenizer import TextTokenizer
+from mixflow.data.rows import TokenRows
+from mixflow.data.sources import DomainSource, iter_documents
+from mixflow.data.tokenizer import TextTokenizer, encode_batch
+from mixflow.utils.iterables import batched
 from mixflow.utils.progress import progress as progress_bar
 
-Rows = np.ndarray | list[np.ndarray]
-"""Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays."""
+#: Documents per tokenizer call.
+BATCH_DOCUMENTS = 1000
+
+Rows = np.ndarray | list[np.ndarray] | TokenRows
+"""Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays; or
+:class:`~mixflow.data.rows.TokenRows` over a (memory-mapped) token stream of either kind."""
 
 
 @dataclass
@@ -62,15 +68,13 @@ def tokenize_domain(
     if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):
         raise ValueError(f"val_size: expected a float in [0, 1) or an int >= 1, got {val_size!r}")
 
-    documents = read_documents(source)
-    if max_documents is not None:
-        documents = documents[:max_documents]
+    documents = iter_documents(source, limit=max_documents)
     with progress_bar(documents, enabled=progress, desc=f"tokenize {source.name}", unit="doc", leave=False) as bar:
-        encoded = (tokenizer.encode(text) for text in bar)
+        encoded = (ids for batch in batched(bar, BATCH_DOCUMENTS) for ids in encode_batch(tokenizer, batch))
         if packing:
             rows: Rows = _pack(encoded, tokenizer.eos_token_id, cutoff_len)
         else:
-            rows = [np.asarray(ids[:cutoff_len], dtype=np.int32) for ids in encoded if ids]
+            rows = [np.asarray(ids[:cutoff_len], dtype=np.int32) for ids in encoded if len(ids)]
     return _split(source.name, rows, val_size, seed)
 
 
@@ -111,7 +115,15 @@ def _pack(encoded: Iterable[Sequence[int]], eos_token_id: int, cutoff_len: int) 
 
 
 def _split(name: str, rows: Rows, val_size: float | int, seed: int) -> TokenizedDomain:
-    total = len(rows)
+    train_index, val_index = split_indices(name, len(rows), val_size, seed)
+    if not len(val_index):
+        return TokenizedDomain(name=name, train=rows, val=_take(rows, val_index))
+    return TokenizedDomain(name=name, train=_take(rows, train_index), val=_take(rows, val_index))
+
+
+def split_indices(name: str, total: int, val_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) of a domain of ``total`` rows, each sorted: ``val_size`` (a
+    fraction in [0, 1) or a row count) rows held out by a permutation seeded with ``seed``."""
     if _is_fraction(val_size):
         num_val = int(val_size * total)
         # Asking for a held-out fraction means per-domain evaluation is wanted,
@@ -126,16 +138,16 @@ def _split(name: str, rows: Rows, val_size: float | int, seed: int) -> Tokenized
             f"{num_val} (val_size={val_size!r}); expected more data or a smaller val_size"
         )
     if num_val == 0:
-        return TokenizedDomain(name=name, train=rows, val=_take(rows, np.empty(0, dtype=np.int64)))
+        return np.arange(total, dtype=np.int64), np.empty(0, dtype=np.int64)
     order = np.random.default_rng(seed).permutation(total)
     # Sorting each side keeps rows in file order, which makes debugging easier
     # without affecting the sampler, which draws its own permutation.
-    val_index = np.sort(order[:num_val])
-    train_index = np.sort(order[num_val:])
-    return TokenizedDomain(name=name, train=_take(rows, train_index), val=_take(rows, val_index))
+    return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
 def _take(rows: Rows, index: np.ndarray) -> Rows:
+    if isinstance(rows, TokenRows):
+        return rows.take(index)
     if isinstance(rows, np.ndarray):
         return rows[index]
     return [rows[i] for i in index]

@@ -45,7 +45,13 @@ def read_documents(source: DomainSource) -> list[str]:
     Raises FileNotFoundError when the path is missing and ValueError for an
     unsupported format or a document without ``source.text_field``.
     """
-    return [text for text, in read_records(source, (source.text_field,), text_fields=(source.text_field,))]
+    return list(iter_documents(source))
+
+
+def iter_documents(source: DomainSource, limit: int | None = None) -> Iterator[str]:
+    """The documents of ``source`` one at a time (at most ``limit``), in file order."""
+    for text, in iter_records(source, (source.text_field,), text_fields=(source.text_field,), limit=limit):
+        yield text
 
 
 def read_records(
@@ -58,16 +64,27 @@ def read_records(
     ``.parquet`` and a ``datasets.save_to_disk`` directory. Fields in ``text_fields`` must hold
     strings. Errors name the file and the line, item or row.
     """
-    rows: list[tuple[Any, ...]] = []
+    return list(iter_records(source, fields, text_fields, limit))
+
+
+def iter_records(
+    source: DomainSource, fields: Sequence[str], text_fields: Sequence[str] = (), limit: int | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """:func:`read_records` one record at a time: a corpus never has to fit in memory (a JSON
+    array file is the exception: it is one JSON value, parsed whole)."""
+    count = 0
     for path in resolve_files(source):
-        left = None if limit is None else limit - len(rows)
-        if left is not None and left <= 0:
-            break
-        found = _file_records(source, path, fields, text_fields, left)
-        if not found:
+        if limit is not None and count >= limit:
+            return
+        in_file = 0
+        for row in _file_records(source, path, fields, text_fields):
+            if limit is not None and count >= limit:
+                return
+            yield row
+            count += 1
+            in_file += 1
+        if not in_file:
             raise ValueError(f"domain {source.name!r}: {path} holds no records (an empty shard)")
-        rows += found
-    return rows
 
 
 def resolve_files(source: DomainSource) -> list[Path]:
@@ -134,15 +151,15 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _file_records(
-    source: DomainSource, path: Path, fields: Sequence[str], text_fields: Sequence[str], limit: int | None
-) -> list[tuple[Any, ...]]:
+    source: DomainSource, path: Path, fields: Sequence[str], text_fields: Sequence[str]
+) -> Iterator[tuple[Any, ...]]:
     suffix = "" if path.is_dir() else file_format(path)[0]
     if path.is_dir() or suffix == ".parquet":
-        names, column = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
+        names, batches = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
         for key in fields:
             if key not in names:
                 raise ValueError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
-        located = ((f"{path} row {i}", row) for i, row in enumerate(zip(*(column(f) for f in fields))))
+        located = ((f"{path} row {i}", row) for i, row in enumerate(_rows_of(batches(list(fields)), fields)))
     elif suffix in (".jsonl", ".json"):
         located = ((where, _fields_of(record, fields, where)) for where, record in _json_records(path))
     elif suffix == ".txt" and list(fields) == [source.text_field]:
@@ -153,15 +170,11 @@ def _file_records(
             f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
             f"expected one of {', '.join(formats)} (.jsonl, .json and .txt optionally {' or '.join(COMPRESSIONS)})"
         )
-    rows = []
     for where, row in located:
-        if limit is not None and len(rows) >= limit:
-            break
         for key, value in zip(fields, row):
             if key in text_fields and not isinstance(value, str):
                 raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
-        rows.append(row)
-    return rows
+        yield row
 
 
 def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...]:
@@ -215,14 +228,30 @@ def _starts_with_bracket(path: Path) -> bool:
     return False
 
 
-def _parquet(path: Path) -> tuple[list[str], Callable[[str], list[Any]]]:
+#: Rows read at a time from a parquet file or a saved dataset.
+_BATCH_ROWS = 1024
+
+Batches = Callable[[list[str]], Iterator[dict[str, list[Any]]]]
+"""Given the columns to read, column batches (name → values) in row order."""
+
+
+def _rows_of(batches: Iterator[dict[str, list[Any]]], fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    for batch in batches:
+        yield from zip(*(batch[f] for f in fields))
+
+
+def _parquet(path: Path) -> tuple[list[str], Batches]:
     import pyarrow.parquet as pq
 
-    # The schema first, so only the requested columns are read from disk.
-    return pq.read_schema(path).names, lambda f: pq.read_table(path, columns=[f]).column(f).to_pylist()
+    def batches(columns: list[str]) -> Iterator[dict[str, list[Any]]]:
+        # Only the requested columns, a batch of rows at a time: a shard never has to fit in memory.
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+            yield {c: batch.column(c).to_pylist() for c in columns}
+
+    return pq.read_schema(path).names, batches
 
 
-def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Callable[[str], list[Any]]]:
+def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Batches]:
     import datasets
 
     if not _is_saved_dataset(path):
@@ -235,7 +264,11 @@ def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Callabl
         if "train" not in loaded:
             raise ValueError(f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}")
         loaded = loaded["train"]
-    return list(loaded.column_names), lambda f: loaded[f]
+
+    def batches(columns: list[str]) -> Iterator[dict[str, list[Any]]]:
+        yield from loaded.select_columns(columns).iter(batch_size=_BATCH_ROWS)
+
+    return list(loaded.column_names), batches
 
 
 def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list[DomainSource]:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from mixflow.utils.jsonlog import read_json
 
 TOKENIZER_FILE = "mixflow_tokenizer.json"
@@ -39,6 +41,10 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text`` as ids; no special tokens are added."""
         return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """:meth:`encode` of each text, as uint8 arrays (no Python list per token)."""
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text from ids, skipping special tokens; invalid UTF-8 becomes U+FFFD."""
@@ -95,9 +101,36 @@ class HFTokenizerAdapter:
         """Token ids for ``text``, without special tokens."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """:meth:`encode` of each text in one call (a fast tokenizer encodes the batch in Rust)."""
+        out = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                             return_token_type_ids=False)
+        return list(out["input_ids"])
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text from ids, skipping special tokens."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def encode_batch(tokenizer: TextTokenizer, texts: list[str]) -> list[Any]:
+    """Token ids of each text: the tokenizer's own ``encode_batch`` when it has one."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
+
+
+def tokenizer_fingerprint(tokenizer: TextTokenizer) -> dict[str, Any]:
+    """What decides a tokenizer's ids, for cache keys: its type, special ids, vocabulary size and,
+    for a Hugging Face tokenizer, a hash of its full definition (vocabulary, merges, normaliser)."""
+    import hashlib
+
+    out: dict[str, Any] = {"type": type(tokenizer).__name__, "vocab_size": int(tokenizer.vocab_size),
+                           "eos_token_id": int(tokenizer.eos_token_id)}
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None:
+        backend = getattr(inner, "backend_tokenizer", None)
+        definition = backend.to_str() if backend is not None else json.dumps(sorted(inner.get_vocab().items()))
+        out["definition_sha256"] = hashlib.sha256(definition.encode("utf-8")).hexdigest()
+    return out
 
 
 def load_tokenizer(path: str | None) -> ByteTokenizer | HFTokenizerAdapter:

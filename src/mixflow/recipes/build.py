@@ -17,13 +17,14 @@ from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.dataset import MixtureDataset
-from mixflow.data.packing import TokenizedDomain, tokenize_domain
+from mixflow.data.packing import TokenizedDomain, split_indices
 from mixflow.data.proportions import resolve_proportions
 from mixflow.data.sampler import MixtureSampler
+from mixflow.data.tokenized import CacheEntry, tokenized_domain
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import ProviderContext
-from mixflow.recipes.inputs import choose_tokenizer, domain_sources, split_seed
+from mixflow.recipes.inputs import choose_tokenizer, domain_sources, split_seed, tokenized_dir
 from mixflow.recipes.models import scratch_config
 from mixflow.recipes.weights_cache import read_weights_cache
 
@@ -40,30 +41,46 @@ class PreparedData:
     val: dict[str, MixtureDataset]
 
 
-def prepare_data(run: RunConfig, progress: bool = True) -> PreparedData:
-    """Read and tokenize every domain; split held-out rows per domain."""
+def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None,
+                     verify: bool = False) -> list[CacheEntry]:
+    """Every domain's tokenization cache entry, built where it is missing or stale (see
+    :mod:`mixflow.data.tokenized`). ``overwrite_cache`` (default: the config's) rebuilds matching
+    entries; ``verify`` also checks each file's content hash against the entry's."""
+    if run.data.task == "classification":
+        raise ValueError("task: classification examples are tokenized in memory by each run; "
+                         "the tokenization cache is for causal_lm domains")
     tokenizer = choose_tokenizer(run)
+    cache = tokenized_dir(run)
+    overwrite = run.data.overwrite_cache if overwrite_cache is None else overwrite_cache
+    entries = []
+    for source in domain_sources(run):
+        entry = tokenized_domain(
+            source, tokenizer, cache, run.data.cutoff_len, packing=run.data.packing,
+            max_documents=run.data.max_samples, workers=run.data.preprocessing_num_workers or 1,
+            overwrite=overwrite, verify=verify, progress=progress,
+        )
+        if entry.reused:
+            logger.info("tokenized %s: reusing %s (%d rows; the sources are unchanged)", source.name,
+                        entry.directory, len(entry.rows))
+        entries.append(entry)
+    return entries
+
+
+def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None) -> PreparedData:
+    """Every domain's rows, memory-mapped from the tokenization cache (:func:`tokenize_domains`),
+    split into training and held-out rows per domain."""
     seed = split_seed(run)
     val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)
-    domains = [
-        tokenize_domain(
-            source,
-            tokenizer,
-            run.data.cutoff_len,
-            packing=run.data.packing,
-            val_size=val_size,
-            seed=seed,
-            max_documents=run.data.max_samples,
-            progress=progress,
-        )
-        for source in domain_sources(run)
-    ]
+    domains = []
+    for source, entry in zip(domain_sources(run), tokenize_domains(run, progress, overwrite_cache)):
+        train_index, val_index = split_indices(source.name, len(entry.rows), val_size, seed)
+        domains.append(TokenizedDomain(source.name, entry.rows.take(train_index), entry.rows.take(val_index)))
     train = MixtureDataset(domains, split="train")
     val: dict[str, MixtureDataset] = {}
     if any(d.num_val for d in domains):
         full_val = MixtureDataset(domains, split="val")
         val = {d.name: full_val.single_domain(i) for i, d in enumerate(domains) if d.num_val}
-    return PreparedData(tokenizer, domains, train, val)
+    return PreparedData(choose_tokenizer(run), domains, train, val)
 
 
 def build_engine(
@@ -117,19 +134,22 @@ def build_model(run: RunConfig, tokenizer: Any) -> Any:
     return AutoModelForCausalLM.from_config(scratch_config(run.model.model_config or {}, tokenizer))
 
 
-def training_arguments(run: RunConfig, num_train_rows: int) -> Any:
-    """TrainingArguments from the config; ``max_steps`` derived from ``num_train_epochs`` when unset
-    (a mixture stream has no epochs of its own)."""
+def training_arguments(run: RunConfig) -> Any:
+    """TrainingArguments from the config. Made before the data is read: under torchrun it sets up
+    the process group, so one process can build the tokenization cache while the others wait."""
     from transformers import TrainingArguments
 
     t = dict(run.training)
     t.pop("resume_from_checkpoint", None)
-    args = TrainingArguments(**t)
+    return TrainingArguments(**t)
+
+
+def derive_max_steps(args: Any, run: RunConfig, num_train_rows: int) -> None:
+    """``max_steps`` from ``num_train_epochs`` when unset (a mixture stream has no epochs of its own)."""
     if args.max_steps is None or args.max_steps <= 0:
-        steps = math.ceil(args.num_train_epochs * num_train_rows / global_batch_size(t, world_size=args.world_size))
+        steps = math.ceil(args.num_train_epochs * num_train_rows / global_batch_size(run.training, world_size=args.world_size))
         args.max_steps = max(1, steps)
         logger.info("max_steps not set: %d steps = num_train_epochs × train rows / global batch", args.max_steps)
-    return args
 
 
 def load_weighter_inputs(weighter: SampleWeighter) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mixflow.config.schema import RunConfig, domain_names
-from mixflow.data.sources import DomainSource, sources_from_dataset_info
+from mixflow.data.sources import DomainSource, resolve_files, sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer, load_tokenizer
 
 
@@ -35,6 +36,17 @@ def domain_sources(run: RunConfig) -> list[DomainSource]:
     if run.data.domains is not None:
         return [DomainSource(name=d.name, path=d.path, text_field=d.text_field) for d in run.data.domains]
     return sources_from_dataset_info(run.data.dataset_dir, domain_names(run))
+
+
+def tokenized_dir(run: RunConfig) -> Path:
+    """The tokenization cache's directory: ``tokenized_dir``; default ``<dataset_dir>/tokenized``
+    with ``dataset``, else ``tokenized`` in the inline domains' files' common parent directory."""
+    if run.data.tokenized_dir is not None:
+        return Path(run.data.tokenized_dir)
+    if run.data.domains is None:
+        return Path(run.data.dataset_dir) / "tokenized"
+    parents = [str(f.resolve().parent) for s in domain_sources(run) for f in resolve_files(s)]
+    return Path(os.path.commonpath(parents)) / "tokenized"
 
 
 def choose_tokenizer(run: RunConfig) -> Any:

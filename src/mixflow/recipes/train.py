@@ -12,7 +12,7 @@ from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
 from mixflow.data.dataset import DomainCollator
-from mixflow.recipes.build import build_engine, build_model, prepare_data, training_arguments
+from mixflow.recipes.build import build_engine, build_model, derive_max_steps, prepare_data, training_arguments
 from mixflow.recipes.classification import (
     accuracy_metrics,
     build_classifier,
@@ -34,12 +34,16 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
     classification = run.data.task == "classification"
+    args = training_arguments(run)
     if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
         move_previous_run(Path(run.training["output_dir"]))
-    data, collator = _prepare(run, progress)
+    # The main process reads (and, where needed, builds) the tokenization cache first; the others then
+    # map the same files. Only it honours overwrite_cache, so the entry is rebuilt once per launch.
+    with args.main_process_first(local=False, desc="tokenization cache"):
+        data, collator = _prepare(run, progress, overwrite_cache=run.data.overwrite_cache and args.process_index == 0)
     if run.algorithm is not None:  # a reference model must read the proxy's token ids (before any model loads)
         check_reference_vocabulary(getattr(run.algorithm.params, "reference_model_path", None), data.tokenizer)
-    args = training_arguments(run, len(data.train))
+    derive_max_steps(args, run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
     engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
     if distributed.is_main_process():
@@ -102,6 +106,8 @@ def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, r
 
 
 def _tokens(rows: Any) -> int:
+    if hasattr(rows, "num_tokens"):  # TokenRows: from the index, without reading the tokens
+        return int(rows.num_tokens)
     return int(rows.size) if hasattr(rows, "size") and getattr(rows, "ndim", 1) == 2 else int(sum(len(r) for r in rows))
 
 
@@ -155,13 +161,13 @@ def _write_stopped(trainer: Any, output_dir: str) -> None:
         })
 
 
-def _prepare(run: RunConfig, progress: bool) -> tuple[Any, Any]:
+def _prepare(run: RunConfig, progress: bool, overwrite_cache: bool) -> tuple[Any, Any]:
     """(tokenized data, collator) for the run's task."""
     if run.data.task == "classification":  # labelled rows, loss and accuracy per evaluated set
         verify_weights_cache(run)  # a stale IMP/DIMP cache is an error before any data is tokenized
         data = prepare_classification_data(run, progress=progress)
     else:
-        data = prepare_data(run, progress=progress)
+        data = prepare_data(run, progress=progress, overwrite_cache=overwrite_cache)
     pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
     collator = ClassificationCollator(pad) if run.data.task == "classification" else DomainCollator(pad)
     return data, collator
