@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mixflow.data import tokenized as tk
 from mixflow.data.packing import split_indices, tokenize_domain
-from mixflow.data.rows import TokenRows
+from mixflow.data.rows import TokenFile, TokenRows
 from mixflow.data.sources import DomainSource
 from mixflow.data.tokenizer import ByteTokenizer, HFTokenizerAdapter
 
@@ -50,7 +50,7 @@ def test_cached_rows_equal_the_in_memory_rows(tmp_path, packing):
     entry = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, packing=packing, progress=False)
     memory = tokenize_domain(source, TOK, cutoff_len=16, packing=packing, progress=False)
     assert not entry.reused
-    assert isinstance(entry.rows.tokens, np.memmap) and entry.rows.tokens.dtype == np.uint16
+    assert isinstance(entry.rows.tokens, TokenFile) and entry.rows.tokens.dtype == np.uint16
     assert _rows(entry.rows) == _rows(memory.train)
     assert entry.rows.lengths().tolist() == [len(r) for r in _rows(memory.train)]
     assert entry.meta["num_documents"] == 2500
@@ -62,7 +62,7 @@ def test_workers_give_the_same_tokens_as_one_process(tmp_path):
     one = tk.tokenized_domain(source, tok, tmp_path / "a", cutoff_len=8, progress=False)
     two = tk.tokenized_domain(source, tok, tmp_path / "b", cutoff_len=8, workers=2, progress=False)
     assert two.meta["workers"] == 2
-    assert np.array_equal(np.asarray(one.rows.tokens), np.asarray(two.rows.tokens))
+    assert np.array_equal(one.rows.tokens[:], two.rows.tokens[:]) and len(one.rows.tokens) == len(two.rows.tokens)
     assert len(one.rows) > 0
 
 
@@ -188,6 +188,21 @@ def test_token_rows_take_and_index_errors():
         sub[2]
     with pytest.raises(ValueError, match="exactly one of block"):
         TokenRows(np.arange(4), block=2, offsets=np.asarray([0, 4]))
+
+
+def test_token_file_reads_slices_and_survives_pickling(tmp_path):
+    import pickle
+
+    path = tmp_path / "t.bin"
+    np.arange(10, dtype=np.uint32).tofile(path)
+    f = TokenFile(path, np.uint32, 10)
+    assert f[2:5].tolist() == [2, 3, 4] and f[8:20].tolist() == [8, 9] and f[5:5].size == 0
+    assert pickle.loads(pickle.dumps(f))[0:3].tolist() == [0, 1, 2]
+    with pytest.raises(TypeError):
+        f[::2]
+    short = TokenFile(path, np.uint32, 12)  # the file holds 10
+    with pytest.raises(ValueError, match="ends before token 12"):
+        short[0:12]
 
 
 def test_split_indices_partition_the_rows():

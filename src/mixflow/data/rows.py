@@ -1,21 +1,66 @@
-"""Token rows over one flat token array, which may be a memory map of a tokenization cache.
+"""Token rows over one flat token array: in memory, or a tokenization cache's file on disk.
 
 A packed domain is a stream of tokens cut into blocks of ``cutoff_len``; an unpacked one is a
 stream of documents with their start offsets. Either way a row is a slice of the stream, so the
-rows of a corpus of any size cost a process only the pages it reads (and 8 bytes per row for the
+rows of a corpus of any size cost a process only the rows it reads (and 8 bytes per row for the
 index of a train/held-out split).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+
+class TokenFile:
+    """A 1-D token array in a file, read a slice at a time with ``pread``.
+
+    Not a memory map on purpose: every page a map touches stays counted in the process's resident
+    memory, so a run that samples rows all over a large corpus would look as if it held it; a read
+    costs one system call and keeps nothing. Safe to share with forked DataLoader workers and to
+    pickle (the file is reopened in the new process)."""
+
+    ndim = 1
+
+    def __init__(self, path: str | Path, dtype: np.dtype | str, length: int) -> None:
+        self.path = str(path)
+        self.dtype = np.dtype(dtype)
+        self.length = int(length)
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("TokenFile: only contiguous slices can be read")
+        start, stop, _ = key.indices(self.length)
+        if stop <= start:
+            return np.empty(0, dtype=self.dtype)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        data = os.pread(self._fd, (stop - start) * size, start * size)
+        if len(data) != (stop - start) * size:
+            raise ValueError(f"{self.path}: ends before token {stop} (a damaged cache entry)")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)  # type: ignore[arg-type]
 
 
 class TokenRows:
     """Rows of ``tokens``: blocks of ``block`` tokens, or documents between ``offsets[i]`` and
     ``offsets[i + 1]``; ``index`` picks (and orders) a subset of them (a split)."""
 
-    def __init__(self, tokens: np.ndarray, *, block: int | None = None, offsets: np.ndarray | None = None,
+    def __init__(self, tokens: np.ndarray | TokenFile, *, block: int | None = None, offsets: np.ndarray | None = None,
                  index: np.ndarray | None = None) -> None:
         if (block is None) == (offsets is None):
             raise ValueError("TokenRows: expected exactly one of block (packed) or offsets (per-document rows)")

@@ -1,4 +1,4 @@
-"""Tokenize once: a per-domain cache of memory-mapped token arrays.
+"""Tokenize once: a per-domain cache of token arrays on disk, read a row at a time.
 
 A domain's documents are streamed from its files (never all in memory), tokenized in batches
 (in ``workers`` processes when asked) and appended to ``tokens.bin`` (uint16 when the vocabulary
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.data.packing import BATCH_DOCUMENTS
-from mixflow.data.rows import TokenRows
+from mixflow.data.rows import TokenFile, TokenRows
 from mixflow.data.sources import DomainSource, iter_documents, resolve_files
 from mixflow.data.tokenizer import TextTokenizer, encode_batch, tokenizer_fingerprint
 from mixflow.utils.iterables import batched
@@ -182,11 +182,10 @@ def _open_rows(directory: Path, meta: dict[str, Any]) -> TokenRows:
     if size != meta["num_tokens"] * dtype.itemsize:
         raise ValueError(f"{directory / TOKENS}: {size} bytes, expected {meta['num_tokens'] * dtype.itemsize} "
                          "(a damaged cache entry: delete it or set overwrite_cache: true)")
-    # An empty file cannot be memory-mapped.
-    tokens = np.memmap(directory / TOKENS, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
+    tokens = TokenFile(directory / TOKENS, dtype, meta["num_tokens"])
     if meta["key"]["packing"]:
         return TokenRows(tokens, block=meta["key"]["cutoff_len"])
-    return TokenRows(tokens, offsets=np.load(directory / OFFSETS, mmap_mode="r"))
+    return TokenRows(tokens, offsets=np.load(directory / OFFSETS))  # 8 bytes per document, in memory
 
 
 def _build(source: DomainSource, tokenizer: TextTokenizer, key: dict[str, Any], fp: str, target: Path,
