@@ -227,3 +227,32 @@ def test_the_default_cache_lives_under_dataset_dir(tmp_path, demo_data, capsys):
     cfg = _config(tmp_path, demo_data)
     assert main(["data", "tokenize", str(cfg), "--quiet"]) == 0
     assert all(str(demo_data / "tokenized") in line for line in capsys.readouterr().out.splitlines()[1:])
+
+
+def test_an_instruction_domain_trains_beside_a_text_domain(tmp_path, demo_data, capsys):
+    sft = tmp_path / "alpaca.json"
+    sft.write_text(json.dumps([{"instruction": f"add {i} and {i}", "input": "", "output": str(2 * i)}
+                               for i in range(40)]), encoding="utf-8")
+    cfg = _config(tmp_path, demo_data, dataset=None, dataset_dir=None, domains=[
+        {"name": "code", "path": str(demo_data / "code.jsonl")},
+        {"name": "sft", "path": str(sft), "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
+    ], init_mixture_proportions=[0.5, 0.5], tokenized_dir=str(tmp_path / "tok"))
+    raw = yaml.safe_load(cfg.read_text())
+    raw = {k: v for k, v in raw.items() if v is not None}
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
+    assert set(results["val_loss"]) == {"code", "sft"}
+    # the instruction domain is one row per example (not packed) with its prompt masked
+    from mixflow.config.load import load_config
+    from mixflow.recipes.build import prepare_data
+
+    data = prepare_data(load_config(cfg, check_outputs=False), progress=False)
+    row = data.train.single_domain(1)[0]
+    assert (row["labels"] == -100).sum() > 0 and row["labels"][-1] == 258  # the byte tokenizer's EOS
+    capsys.readouterr()
+    bad = yaml.safe_load(cfg.read_text())
+    bad["domains"][1]["columns"]["images"] = "img"
+    cfg.write_text(yaml.safe_dump(bad))
+    assert main(["train", str(cfg), "--quiet"]) == 2
+    assert "domains[1]: columns.images: images are not supported by mixflow" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from mixflow.algorithms.static import StaticParams
 from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.paths import resolve_path
 from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
+from mixflow.data.instructions import formatting_of
 from mixflow.data.packing import check_cutoff_len
 from mixflow.data.sources import DomainSource, resolve_files, sources_from_dataset_info
 from mixflow.engine.schedule import UpdateSchedule
@@ -53,6 +54,10 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
                 resolve_files(DomainSource(dom.name, dom.path))
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"domains[{i}].path: {err}") from None
+            try:
+                formatting_of(dom.formatting, dom.columns, dom.tags, f"domains[{i}]")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     else:
         d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
         info = Path(d.dataset_dir) / "dataset_info.json"

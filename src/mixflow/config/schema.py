@@ -25,6 +25,13 @@ class DomainConfig:
     ``datasets.save_to_disk`` directory, or a list of any of these."""
     text_field: str = "text"
     """Field (column) holding the text."""
+    formatting: Literal["alpaca", "sharegpt"] | None = None
+    """Instruction data in LLaMA-Factory's alpaca or sharegpt format (rendered with the chat template,
+    prompts masked); None: plain text (or alpaca when ``columns`` name instruction columns)."""
+    columns: dict[str, str] | None = None
+    """LLaMA-Factory column roles → fields, e.g. ``{prompt: instruction, query: input, response: output}``."""
+    tags: dict[str, str] | None = None
+    """sharegpt: role and content tags (LLaMA-Factory's names and defaults)."""
 
 
 @dataclass
@@ -100,8 +107,9 @@ class DataConfig:
     """Domains given inline: ``[{name, path, text_field}]``."""
     cutoff_len: int = 1024
     """Sequence length: packed blocks (or truncated documents) of this many tokens."""
-    packing: bool = True
-    """Concatenate documents (EOS between them) and cut into full blocks; false: one row per document."""
+    packing: bool | None = None
+    """Concatenate documents (EOS between them) and cut into full blocks; false: one row per document.
+    Default: true for text domains, false for instruction domains (true packs whole examples)."""
     val_size: float = 0.0
     """Held-out rows per domain: a fraction in [0, 1) or a count >= 1 (evaluated per domain)."""
     max_samples: int | None = None

@@ -59,7 +59,11 @@ class MixtureDataset(Dataset):
         out = np.empty(idx.shape, dtype=np.int64)
         for d in np.unique(positions).tolist():
             mask = positions == d
-            out[mask] = np.maximum(self._row_lengths(d)[idx[mask] - self.domain_offsets[d]] - 1, 0)
+            counts = getattr(self._rows[d], "target_counts", lambda: None)()
+            if counts is not None:  # instruction rows: only the response tokens are targets
+                out[mask] = counts[idx[mask] - self.domain_offsets[d]]
+            else:
+                out[mask] = np.maximum(self._row_lengths(d)[idx[mask] - self.domain_offsets[d]] - 1, 0)
         return out
 
     def _row_lengths(self, d: int) -> np.ndarray:
@@ -88,10 +92,12 @@ class MixtureDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         position, row = self.locate(index)
-        input_ids = torch.as_tensor(np.asarray(self._rows[position][row]), dtype=torch.long)
+        rows = self._rows[position]
+        input_ids = torch.as_tensor(np.asarray(rows[row]), dtype=torch.long)
+        labels = rows.labels(row, IGNORE_INDEX) if hasattr(rows, "labels") else None
         item = {
             "input_ids": input_ids,
-            "labels": input_ids.clone(),
+            "labels": input_ids.clone() if labels is None else torch.as_tensor(labels, dtype=torch.long),
             DOMAIN_KEY: self.global_domain_ids[position],
             SAMPLE_KEY: self.domain_offsets[position] + row,
         }

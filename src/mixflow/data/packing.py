@@ -63,6 +63,9 @@ def tokenize_domain(
     held out by a permutation seeded with ``seed``.
     """
     check_cutoff_len(cutoff_len)
+    if source.formatting is not None:
+        raise ValueError(f"domain {source.name!r}: instruction data ({source.formatting.kind}) is tokenized through "
+                         "the cache (mixflow.data.tokenized.tokenized_domain), which keeps its target mask")
     if max_documents is not None and not (_is_int(max_documents) and max_documents >= 1):
         raise ValueError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
     if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):

@@ -61,7 +61,8 @@ class TokenRows:
     ``offsets[i + 1]``; ``index`` picks (and orders) a subset of them (a split)."""
 
     def __init__(self, tokens: np.ndarray | TokenFile, *, block: int | None = None, offsets: np.ndarray | None = None,
-                 index: np.ndarray | None = None) -> None:
+                 index: np.ndarray | None = None, mask: np.ndarray | TokenFile | None = None,
+                 row_targets: np.ndarray | None = None) -> None:
         if (block is None) == (offsets is None):
             raise ValueError("TokenRows: expected exactly one of block (packed) or offsets (per-document rows)")
         if tokens.ndim != 1:
@@ -72,6 +73,12 @@ class TokenRows:
         total = len(tokens) // block if block is not None else len(offsets) - 1  # type: ignore[arg-type]
         self.index = index
         self._len = total if index is None else len(index)
+        if (mask is None) != (row_targets is None) or (mask is not None and block is not None):
+            raise ValueError("TokenRows: a target mask comes with per-document rows and their row_targets")
+        self.mask = mask
+        """1 where a token is a target (instruction rows: the responses); None: every token is."""
+        self.row_targets = row_targets
+        """Target tokens of every row (of the whole stream) a shifted causal-LM loss counts."""
 
     def __len__(self) -> int:
         return self._len
@@ -82,14 +89,30 @@ class TokenRows:
         i %= self._len
         return int(self.index[i]) if self.index is not None else i
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        """Row ``i`` as an int32 array (a copy, so a memory map's pages are not held on to)."""
+    def _span(self, i: int) -> tuple[int, int]:
         j = self._base(int(i))
         if self.block is not None:
-            start, stop = j * self.block, (j + 1) * self.block
-        else:
-            start, stop = int(self.offsets[j]), int(self.offsets[j + 1])  # type: ignore[index]
+            return j * self.block, (j + 1) * self.block
+        return int(self.offsets[j]), int(self.offsets[j + 1])  # type: ignore[index]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Row ``i`` as an int32 array."""
+        start, stop = self._span(i)
         return np.asarray(self.tokens[start:stop], dtype=np.int32)
+
+    def labels(self, i: int, ignore_index: int) -> np.ndarray | None:
+        """Row ``i``'s labels, ``ignore_index`` where a token is not a target; None without a mask."""
+        if self.mask is None:
+            return None
+        start, stop = self._span(i)
+        ids = np.asarray(self.tokens[start:stop], dtype=np.int32)
+        return np.where(np.asarray(self.mask[start:stop], dtype=bool), ids, np.int32(ignore_index))
+
+    def target_counts(self) -> np.ndarray | None:
+        """Target tokens of each row a shifted causal-LM loss counts (int64); None without a mask."""
+        if self.row_targets is None:
+            return None
+        return self.row_targets if self.index is None else self.row_targets[self.index]
 
     def lengths(self) -> np.ndarray:
         """Tokens of every row (int64)."""
@@ -107,4 +130,5 @@ class TokenRows:
         """The rows at ``index`` (positions in these rows), sharing the token array."""
         idx = np.asarray(index, dtype=np.int64)
         base = idx if self.index is None else self.index[idx]
-        return TokenRows(self.tokens, block=self.block, offsets=self.offsets, index=base)
+        return TokenRows(self.tokens, block=self.block, offsets=self.offsets, index=base, mask=self.mask,
+                         row_targets=self.row_targets)

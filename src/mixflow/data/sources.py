@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixflow.data.instructions import Formatting, formatting_of
 from mixflow.utils.jsonlog import read_json
 
 SUPPORTED_FORMATS = (".jsonl", ".json", ".txt", ".parquet", "a datasets.save_to_disk directory")
@@ -37,6 +38,8 @@ class DomainSource:
     """Field (JSON) or column (parquet, datasets) that holds each document's text."""
     label_field: str | None = None
     """Field holding each example's label (``task: classification``); None for text domains."""
+    formatting: Formatting | None = None
+    """Instruction data (alpaca or sharegpt records rendered to a conversation); None: plain text."""
 
 
 def read_documents(source: DomainSource) -> list[str]:
@@ -72,15 +75,26 @@ def iter_records(
 ) -> Iterator[tuple[Any, ...]]:
     """:func:`read_records` one record at a time: a corpus never has to fit in memory (a JSON
     array file is the exception: it is one JSON value, parsed whole)."""
+    for _, row in iter_located_records(source, fields, text_fields=text_fields, limit=limit):
+        yield row
+
+
+def iter_located_records(
+    source: DomainSource, fields: Sequence[str], optional: Sequence[str] = (), text_fields: Sequence[str] = (),
+    limit: int | None = None,
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(where, values of ``fields`` then of ``optional``) for each record; ``where`` is the file and
+    line, item or row (for errors found later). An ``optional`` field a record (or a file's
+    columns) lacks is None."""
     count = 0
     for path in resolve_files(source):
         if limit is not None and count >= limit:
             return
         in_file = 0
-        for row in _file_records(source, path, fields, text_fields):
+        for located in _file_records(source, path, fields, optional, text_fields):
             if limit is not None and count >= limit:
                 return
-            yield row
+            yield located
             count += 1
             in_file += 1
         if not in_file:
@@ -151,18 +165,23 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _file_records(
-    source: DomainSource, path: Path, fields: Sequence[str], text_fields: Sequence[str]
-) -> Iterator[tuple[Any, ...]]:
+    source: DomainSource, path: Path, fields: Sequence[str], optional: Sequence[str], text_fields: Sequence[str]
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
     suffix = "" if path.is_dir() else file_format(path)[0]
     if path.is_dir() or suffix == ".parquet":
         names, batches = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
         for key in fields:
             if key not in names:
                 raise ValueError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
-        located = ((f"{path} row {i}", row) for i, row in enumerate(_rows_of(batches(list(fields)), fields)))
+        wanted = (*fields, *optional)
+        present = [k for k in wanted if k in names]
+        order = [present.index(k) if k in names else None for k in wanted]  # None: an absent optional column
+        rows = (tuple(r[i] if i is not None else None for i in order) for r in _rows_of(batches(present), present))
+        located = ((f"{path} row {i}", row) for i, row in enumerate(rows))
     elif suffix in (".jsonl", ".json"):
-        located = ((where, _fields_of(record, fields, where)) for where, record in _json_records(path))
-    elif suffix == ".txt" and list(fields) == [source.text_field]:
+        located = ((where, _fields_of(record, fields, where) + tuple(record.get(k) for k in optional))
+                   for where, record in _json_records(path))
+    elif suffix == ".txt" and list(fields) == [source.text_field] and not optional:
         located = ((f"{path}:{n}", (line,)) for n, line in _text_lines(path))
     else:
         formats = SUPPORTED_FORMATS if list(fields) == [source.text_field] else SUPPORTED_FORMATS[:2] + SUPPORTED_FORMATS[3:]
@@ -174,7 +193,7 @@ def _file_records(
         for key, value in zip(fields, row):
             if key in text_fields and not isinstance(value, str):
                 raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
-        yield row
+        yield where, row
 
 
 def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...]:
@@ -297,13 +316,35 @@ def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list
     return sources
 
 
+#: dataset_info.json entry keys mixflow reads; the others LLaMA-Factory knows are refused by name.
+ENTRY_KEYS = ("file_name", "formatting", "columns", "tags", "text_field", "ranking")
+_REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+
+
 def _source_from_entry(name: str, entry: Any, info_path: Path) -> DomainSource:
     if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
         raise ValueError(f"{info_path}: entry {name!r} needs a string field 'file_name'")
-    text_field = entry.get("text_field")
+    where = f"{info_path}: entry {name!r}"
+    for key in entry:
+        if key in _REMOTE_KEYS:
+            raise ValueError(f"{where}: {key}: mixflow reads local files only (file_name); remove it")
+        if key not in ENTRY_KEYS:
+            raise ValueError(f"{where}: {key}: not supported by mixflow; expected some of {', '.join(ENTRY_KEYS)}")
+    if entry.get("ranking"):
+        raise ValueError(f"{where}: ranking: preference (ranking) data is not supported by mixflow")
     columns = entry.get("columns")
-    if text_field is None and isinstance(columns, dict):
-        text_field = columns.get("prompt")
+    if columns is not None and not isinstance(columns, dict):
+        raise ValueError(f"{where}: columns: expected an object mapping column roles to fields")
+    formatting = formatting_of(entry.get("formatting"), columns, entry.get("tags"), where)
+    text_field = entry.get("text_field")
+    if formatting is None:
+        extra = sorted(set(columns or {}) - {"prompt"})
+        if extra:
+            raise ValueError(f"{where}: columns.{extra[0]}: a text entry reads one column ('prompt' or text_field)")
+        if text_field is None and columns:
+            text_field = columns.get("prompt")
+    elif text_field is not None:
+        raise ValueError(f"{where}: text_field: an instruction entry ({formatting.kind}) reads its columns, not text_field")
     if text_field is None:
         text_field = "text"
     if not isinstance(text_field, str):
@@ -312,4 +353,5 @@ def _source_from_entry(name: str, entry: Any, info_path: Path) -> DomainSource:
         name=name,
         path=str(info_path.parent / entry["file_name"]),
         text_field=text_field,
+        formatting=formatting,
     )

@@ -19,13 +19,12 @@ processes (ranks, two jobs) build it once while the others wait.
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -37,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.data.packing import BATCH_DOCUMENTS
+from mixflow.data.encoding import ChatEncoder, TextEncoder, encoded_batches
+from mixflow.data.instructions import conversation
 from mixflow.data.rows import TokenFile, TokenRows
-from mixflow.data.sources import DomainSource, iter_documents, resolve_files
-from mixflow.data.tokenizer import TextTokenizer, encode_batch, tokenizer_fingerprint
-from mixflow.utils.iterables import batched
+from mixflow.data.sources import DomainSource, iter_documents, iter_located_records, resolve_files
+from mixflow.data.tokenizer import TextTokenizer, tokenizer_fingerprint
 from mixflow.utils.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -51,6 +50,8 @@ FORMAT_VERSION = 1
 META = "meta.json"
 TOKENS = "tokens.bin"
 OFFSETS = "offsets.npy"
+MASK = "mask.bin"
+TARGETS = "targets.npy"
 
 
 @dataclass
@@ -91,6 +92,7 @@ def cache_key(source: DomainSource, tokenizer: TextTokenizer, cutoff_len: int, p
         "cutoff_len": int(cutoff_len),
         "packing": bool(packing),
         "max_samples": max_documents,
+        "formatting": dataclasses.asdict(source.formatting) if source.formatting is not None else None,
     }
 
 
@@ -183,6 +185,9 @@ def _open_rows(directory: Path, meta: dict[str, Any]) -> TokenRows:
         raise ValueError(f"{directory / TOKENS}: {size} bytes, expected {meta['num_tokens'] * dtype.itemsize} "
                          "(a damaged cache entry: delete it or set overwrite_cache: true)")
     tokens = TokenFile(directory / TOKENS, dtype, meta["num_tokens"])
+    if meta["key"]["formatting"] is not None:  # instruction rows: a target mask and per-row target counts
+        return TokenRows(tokens, offsets=np.load(directory / OFFSETS), mask=TokenFile(directory / MASK, np.uint8,
+                         meta["num_tokens"]), row_targets=np.load(directory / TARGETS))
     if meta["key"]["packing"]:
         return TokenRows(tokens, block=meta["key"]["cutoff_len"])
     return TokenRows(tokens, offsets=np.load(directory / OFFSETS))  # 8 bytes per document, in memory
@@ -196,14 +201,22 @@ def _build(source: DomainSource, tokenizer: TextTokenizer, key: dict[str, Any], 
     tmp.mkdir()
     try:
         dtype = token_dtype(tokenizer.vocab_size)
-        texts = iter_documents(source, limit=key["max_samples"])
+        extra: dict[str, Any] = {}
         with progress_bar(enabled=progress, desc=f"tokenize {source.name}", unit="doc") as bar:
-            num_docs, num_tokens, per_row = _write_tokens(
-                source.name, _encoded_batches(texts, tokenizer, workers), tokenizer, dtype, key, tmp / TOKENS, bar)
-        if per_row is not None:
-            np.save(tmp / OFFSETS, np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64))
-        num_rows = len(per_row) if per_row is not None else num_tokens // key["cutoff_len"]
-        meta = {
+            if source.formatting is not None:
+                examples = iter_examples(source, key["max_samples"])
+                encoded = encoded_batches(examples, ChatEncoder(tokenizer), workers)
+                num_docs, num_tokens, num_rows, extra = _write_examples(source.name, encoded, tokenizer, dtype, key,
+                                                                        tmp, bar)
+            else:
+                texts = iter_documents(source, limit=key["max_samples"])
+                num_docs, num_tokens, per_row = _write_tokens(
+                    source.name, encoded_batches(texts, TextEncoder(tokenizer), workers), tokenizer, dtype, key,
+                    tmp / TOKENS, bar)
+                if per_row is not None:
+                    np.save(tmp / OFFSETS, np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64))
+                num_rows = len(per_row) if per_row is not None else num_tokens // key["cutoff_len"]
+        meta = {**extra,
             "fingerprint": fp, "key": key, "dtype": dtype.name, "num_documents": num_docs,
             "num_tokens": num_tokens, "num_rows": num_rows,
             "content_sha256": content_sha256(f["path"] for f in key["files"]),
@@ -255,6 +268,72 @@ def _write_tokens(name: str, batches: Iterable[list[Any]], tokenizer: TextTokeni
     return num_docs, num_tokens, np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
 
 
+def iter_examples(source: DomainSource, limit: int | None) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """(where, conversation) of each instruction record of ``source``."""
+    fmt = source.formatting
+    assert fmt is not None
+    required, optional = fmt.fields()
+    names = [*required, *optional]
+    for where, values in iter_located_records(source, required, optional, limit=limit):
+        yield where, conversation(fmt, dict(zip(names, values)), where)
+
+
+def _write_examples(name: str, batches: Iterable[list[Any]], tokenizer: TextTokenizer, dtype: np.dtype,
+                    key: dict[str, Any], tmp: Path, bar: Any) -> tuple[int, int, int, dict[str, Any]]:
+    """Write each example's tokens and target mask, truncated to ``cutoff_len``; one row per example, or
+    (``packing``) whole examples packed greedily into rows of at most ``cutoff_len`` tokens. An example
+    with no target token left after truncation is dropped (and counted). Returns (examples, tokens,
+    rows, extra meta)."""
+    cutoff = key["cutoff_len"]
+    lengths: list[int] = []
+    counts: list[int] = []  # target tokens of each example
+    firsts: list[bool] = []  # whether its first token is a target
+    num_docs = dropped = 0
+    with open(tmp / TOKENS, "wb") as out, open(tmp / MASK, "wb") as out_mask:
+        for batch in batches:
+            for ids, mask in batch:
+                ids, mask = ids[:cutoff], mask[:cutoff]
+                if not mask[1:].any():  # a shifted loss never sees position 0's label
+                    dropped += 1
+                    continue
+                if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+                    raise ValueError(f"domain {name!r}: the tokenizer produced an id outside [0, {tokenizer.vocab_size})")
+                out.write(ids.astype(dtype).tobytes())
+                out_mask.write(mask.astype(np.uint8).tobytes())
+                lengths.append(len(ids))
+                counts.append(int(mask.sum()))
+                firsts.append(bool(mask[0]))
+            num_docs += len(batch)
+            bar.update(len(batch))
+        for handle in (out, out_mask):
+            handle.flush()
+            os.fsync(handle.fileno())
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    offsets = _pack_whole(starts, cutoff) if key["packing"] else starts
+    np.save(tmp / OFFSETS, offsets)
+    num_tokens = int(starts[-1])
+    # Target tokens a shifted causal-LM loss counts per row: its examples' targets but the row's first position.
+    cum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    first, last = np.searchsorted(starts, offsets[:-1]), np.searchsorted(starts, offsets[1:])
+    targets = cum[last] - cum[first] - np.asarray(firsts + [False], dtype=np.int64)[first]
+    np.save(tmp / TARGETS, targets.astype(np.int64))
+    if dropped:
+        logger.warning("tokenized %s: %d example(s) kept no response token within cutoff_len %d and were dropped",
+                       name, dropped, cutoff)
+    return num_docs, num_tokens, len(offsets) - 1, {"dropped_examples": dropped, "target_tokens": int(targets.sum())}
+
+
+def _pack_whole(starts: np.ndarray, cutoff: int) -> np.ndarray:
+    """Row offsets that group consecutive examples (given by their ``starts``) greedily into rows of at
+    most ``cutoff`` tokens, never splitting one."""
+    rows = [0]
+    for start, stop in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        if stop - rows[-1] > cutoff and start > rows[-1]:
+            rows.append(start)
+    rows.append(int(starts[-1]))
+    return np.asarray(sorted(set(rows)), dtype=np.int64)
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished ``tmp`` to ``target`` (a rename: a reader sees the old entry or the new)."""
     old = None
@@ -264,44 +343,3 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     tmp.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-_worker_tokenizer: Any = None
-
-
-def _init_worker(tokenizer: TextTokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def _encode_in_worker(texts: list[str]) -> list[Any]:
-    return encode_batch(_worker_tokenizer, texts)
-
-
-def _encoded_batches(texts: Iterable[str], tokenizer: TextTokenizer, workers: int) -> Iterator[list[Any]]:
-    """Token ids of each batch of documents, in document order."""
-    if workers <= 1:
-        for batch in batched(texts, BATCH_DOCUMENTS):
-            yield encode_batch(tokenizer, batch)
-        return
-    # fork starts a worker in milliseconds (spawn re-imports everything: seconds); the parent's
-    # tokenizer threads are not used in the children, which must not start their own either.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(tokenizer,))
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
-    with pool:
-        # At most two batches per worker in flight (Pool.imap would read the whole corpus ahead).
-        pending: collections.deque[Any] = collections.deque()
-        for batch in batched(texts, BATCH_DOCUMENTS):
-            pending.append(pool.apply_async(_encode_in_worker, (batch,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()

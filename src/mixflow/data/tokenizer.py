@@ -130,6 +130,9 @@ def tokenizer_fingerprint(tokenizer: TextTokenizer) -> dict[str, Any]:
         backend = getattr(inner, "backend_tokenizer", None)
         definition = backend.to_str() if backend is not None else json.dumps(sorted(inner.get_vocab().items()))
         out["definition_sha256"] = hashlib.sha256(definition.encode("utf-8")).hexdigest()
+        template = getattr(inner, "chat_template", None)  # decides instruction rows
+        if template:
+            out["chat_template_sha256"] = hashlib.sha256(str(template).encode("utf-8")).hexdigest()
     return out
 
 

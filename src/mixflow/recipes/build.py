@@ -54,8 +54,9 @@ def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: boo
     overwrite = run.data.overwrite_cache if overwrite_cache is None else overwrite_cache
     entries = []
     for source in domain_sources(run):
+        packing = run.data.packing if run.data.packing is not None else source.formatting is None
         entry = tokenized_domain(
-            source, tokenizer, cache, run.data.cutoff_len, packing=run.data.packing,
+            source, tokenizer, cache, run.data.cutoff_len, packing=packing,
             max_documents=run.data.max_samples, workers=run.data.preprocessing_num_workers or 1,
             overwrite=overwrite, verify=verify, progress=progress,
         )

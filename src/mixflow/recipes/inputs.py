@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.config.schema import RunConfig, domain_names
+from mixflow.data.instructions import formatting_of
 from mixflow.data.sources import DomainSource, resolve_files, sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer, load_tokenizer
 
@@ -34,7 +35,9 @@ def split_seed(run: RunConfig) -> int:
 def domain_sources(run: RunConfig) -> list[DomainSource]:
     """The configured domains as :class:`DomainSource` objects, in order."""
     if run.data.domains is not None:
-        return [DomainSource(name=d.name, path=d.path, text_field=d.text_field) for d in run.data.domains]
+        return [DomainSource(name=d.name, path=d.path, text_field=d.text_field,
+                             formatting=formatting_of(d.formatting, d.columns, d.tags, f"domain {d.name!r}"))
+                for d in run.data.domains]
     return sources_from_dataset_info(run.data.dataset_dir, domain_names(run))
 
 
