@@ -2,6 +2,7 @@
 
     python examples/plain_pytorch.py --data-dir build/demo/data --steps 50 --out build/plain
     torchrun --nproc_per_node 2 examples/plain_pytorch.py --data-dir build/demo/data   # gloo on CPU
+    torchrun --nproc_per_node 2 examples/plain_pytorch.py --data-dir build/demo/data --fsdp   # FSDP2 sharded
 
 Each rank draws its own slice of the same global batch; mixflow all-reduces the per-domain
 statistics after each step, so every rank holds identical weights.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> StepEngine:
     parser.add_argument("--max-documents", type=int, default=200)
     parser.add_argument("--out", default="build/plain")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 fully_shard instead of DDP")
     args = parser.parse_args(argv)
 
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
@@ -57,16 +60,27 @@ def main(argv: list[str] | None = None) -> StepEngine:
     config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=args.cutoff_len)
     model = LlamaForCausalLM(config)
-    if world > 1:
+    if args.fsdp:
+        if world == 1:
+            parser.error("--fsdp: launch with torchrun (sharding needs a process group)")
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    elif world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+    engine.attach_model(model)  # providers that hook the forward (grad_stats) see the first batch too
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     step = 0
     checkpoint = Path(args.out) / "checkpoint"
+    # Full (unsharded) state dicts, so one file resumes any of plain, DDP and FSDP runs.
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if args.resume:
         state = torch.load(checkpoint / "train.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=full)
         engine.load(checkpoint)  # sampler position, algorithm state, statistics since the last update
         step = engine.last_step
 
@@ -79,8 +93,8 @@ def main(argv: list[str] | None = None) -> StepEngine:
         labels = batch.pop("labels")
         logits = model(**batch).logits  # the one forward; no labels, mixflow computes the loss
         # 2. The weighted loss step: per-sample losses from these logits, times c_j.
-        loss = engine.training_loss(logits, labels, domain_ids, batch_index=step, sample_ids=sample_ids,
-                                   sampling_probs=probs)
+        loss = engine.training_loss(logits, labels, domain_ids, batch_index=step, model=model, inputs=batch,
+                                    sample_ids=sample_ids, sampling_probs=probs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -91,9 +105,10 @@ def main(argv: list[str] | None = None) -> StepEngine:
             metrics = engine.metrics()
             print(f"step {step} loss {loss.item():.3f} " + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if "loss" in k))
 
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=full)  # every rank takes part
     if rank == 0:
         checkpoint.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint / "train.pt")
+        torch.save({"model": model_state, "optimizer": optimizer_state}, checkpoint / "train.pt")
         engine.save(checkpoint)
     if dist.is_initialized():
         dist.barrier()

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from mixflow.cli.main import main
@@ -217,3 +218,12 @@ def test_train_from_scratch_starts_from_the_directory_config_with_fresh_weights(
     assert torch.equal(loaded.state_dict()[weight], saved.state_dict()[weight])
     with pytest.raises(ConfigError, match="^train_from_scratch: expected model_name_or_path"):
         load_config(write(tmp_path, {**base, "train_from_scratch": True}))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Trainer's FSDP is refused only without CUDA")
+def test_sharded_engines_the_trainer_cannot_run_here_are_one_line_each(tmp_path, base):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**base, "fsdp": "full_shard", "deepspeed": "ds.json"}))
+    assert sorted(m.split(":")[0] for m in err.value.messages) == ["deepspeed", "fsdp"]
+    assert "would train plain DDP" in str(err.value)
+    load_config(write(tmp_path, {**base, "fsdp": ""}))  # off, as the Trainer reads it

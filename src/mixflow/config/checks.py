@@ -214,6 +214,7 @@ def check_training(run: RunConfig) -> None:
             errors.append(f"{key}: expected an integer >= 1, got {t[key]}")
     if isinstance(t.get("learning_rate"), float) and t["learning_rate"] < 0:
         errors.append(f"learning_rate: expected a number >= 0, got {t['learning_rate']}")
+    errors += _sharding_errors(t)
     if errors:
         raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
     try:
@@ -223,6 +224,21 @@ def check_training(run: RunConfig) -> None:
         # name the key whose value the message quotes (e.g. "sometimes is not a valid SaveStrategy")
         keys = [k for k, v in t.items() if isinstance(v, str) and v and first.startswith(f"{v} is not a valid")]
         raise ConfigError(f"{keys[0] if keys else 'training arguments'}: {first}") from None
+
+
+def _sharding_errors(t: dict[str, typing.Any]) -> list[str]:
+    """Sharded engines the Trainer path cannot run as asked: one line each, instead of a run that
+    silently trains something else."""
+    import torch
+
+    errors = []
+    if t.get("deepspeed"):
+        errors.append("deepspeed: not supported by mixflow yet (ZeRO-3 partitions the parameters its statistics "
+                      "read, and no configuration of it is tested); use fsdp on GPUs, or DDP")
+    if t.get("fsdp") and not torch.cuda.is_available():
+        errors.append("fsdp: the Trainer's FSDP needs CUDA devices (on CPU accelerate would train plain DDP); "
+                      "for sharded training on CPU call fully_shard in your own loop (README: Sharded training)")
+    return errors
 
 
 def check_output_dir(run: RunConfig) -> None:

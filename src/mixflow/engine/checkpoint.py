@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint_dir} has no {STATE_FILE} (not a mixflow checkpoint)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def check_compatible(state: Mapping[str, Any], domain_names: list[str], algorithm_name: str) -> None:
+    """Raise one line when a saved engine state cannot be restored into this run."""
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+    for key, mine in (("domain_names", domain_names), ("algorithm_name", algorithm_name)):
+        if state[key] != mine:
+            raise ValueError(f"mixflow state: {key} is {state[key]!r} in the checkpoint but {mine!r} in this run")
 
 
 def supersede_log_lines(path: Path, step: int) -> int:

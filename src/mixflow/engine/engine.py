@@ -22,7 +22,7 @@ import torch
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
-from mixflow.engine.checkpoint import STATE_VERSION, read_state, supersede_log_lines, write_state
+from mixflow.engine.checkpoint import STATE_VERSION, check_compatible, read_state, supersede_log_lines, write_state
 from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetTokens
 from mixflow.engine.records import step_metrics, weights_log_record
 from mixflow.engine.sample_weights import global_sample_weights
@@ -95,6 +95,12 @@ class StepEngine:
         return None if self.log_dir is None else self.log_dir / f"{self.algorithm.name}_weights.jsonl"
 
     # ---- per micro-batch ----------------------------------------------------------------
+    def attach_model(self, model: Any) -> None:
+        """Hand the model to the providers before the first forward (optional; a provider that hooks
+        into the forward, e.g. ``grad_stats`` on a sharded output head, then sees the first batch)."""
+        for provider in self.providers:
+            provider.attach(model)
+
     def training_loss(
         self,
         logits: torch.Tensor,
@@ -300,7 +306,7 @@ class StepEngine:
         before = self.algorithm.state_dict()
         self.algorithm.update(window, step)
         p, w = self.algorithm.sampling_weights, self.algorithm.loss_weights
-        if not (_valid_distribution(p) and np.all(np.isfinite(w)) and np.all(w >= 0)):
+        if not (np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0 and np.all(np.isfinite(w)) and np.all(w >= 0)):
             self.algorithm.load_state_dict(before)
             self.skipped_updates += 1
             logger.warning("step %d: %s produced invalid weights; keeping the previous ones", step, self.algorithm.name)
@@ -359,11 +365,7 @@ class StepEngine:
             raise
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
-        for key, mine in (("domain_names", self.domain_names), ("algorithm_name", self.algorithm.name)):
-            if state[key] != mine:
-                raise ValueError(f"mixflow state: {key} is {state[key]!r} in the checkpoint but {mine!r} in this run")
+        check_compatible(state, self.domain_names, self.algorithm.name)
         self.sampler.load_state_dict(state["sampler"])
         self.algorithm.load_state_dict(state["algorithm"])
         if (state["weighter"] is None) != (self.weighter is None):
@@ -395,6 +397,3 @@ class StepEngine:
             supersede_log_lines(self.log_path, self.last_step)
         self._write_summary(self.last_step)  # describe the restored state, not a superseded later one
 
-
-def _valid_distribution(p: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0)

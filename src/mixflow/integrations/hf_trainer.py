@@ -105,6 +105,7 @@ class MixflowTrainer(Trainer):
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
             logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
+        engine.attach_model(self.model)  # forward hooks survive accelerate's wrapping (fully_shard is in place)
         self.callback = MixflowCallback(engine, max_nonfinite_steps)
         self.add_callback(self.callback)
         if self.pop_callback(ProgressCallback) is not None:  # the same bars, evaluation ones labelled

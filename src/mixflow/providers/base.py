@@ -90,6 +90,11 @@ class StatisticProvider:
 
     name: ClassVar[str]
 
+    def attach(self, model: Any) -> None:
+        """Called with the model before its first forward where the caller can (the Trainer
+        integration does; in your own loop, :meth:`StepEngine.attach_model`), so a provider that
+        hooks into the forward sees the first batch too (default: nothing)."""
+
     def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
         """Per-domain sums over one training micro-batch (default: none)."""
         return {}

@@ -38,6 +38,7 @@ import torch
 from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, GradStatsParams
 from mixflow.data.keys import IGNORE_INDEX
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
+from mixflow.utils.distributed import is_sharded_tensor, local_rows
 
 logger = logging.getLogger(__name__)
 
@@ -159,19 +160,30 @@ class GradientStatistics(StatisticProvider):
         self._closed_form: bool | None = False
         #: The output head's input of the latest forward (kept by a forward hook).
         self._head_input: torch.Tensor | None = None
+        self._warned_unattached = False
 
     def _setup(self, model: Any) -> None:
         if self._params is None:
             self._params = select_parameters(model, self.patterns)
             inner = _unwrap(model)
             head = inner.get_output_embeddings() if self.patterns is None and hasattr(inner, "get_output_embeddings") else None
-            if isinstance(head, torch.nn.Linear) and head.bias is None:
+            closed = isinstance(head, torch.nn.Linear) and head.bias is None
+            # After the forward a sharded parameter is a DTensor outside the autograd graph (FSDP2
+            # differentiates its gathered copy), so only statistics from activations can be computed.
+            if any(is_sharded_tensor(p) for p in self._params) and not closed:
+                raise ValueError("grad_params: these parameters are sharded (FSDP), where mixflow computes gradient "
+                                 "statistics only for an untied, bias-free output head, from its activations; "
+                                 "remove grad_params")
+            if closed:
                 self._closed_form = None  # decided on the first batch
                 head.register_forward_pre_hook(self._keep_head_input)
                 # one sketch for both paths, so every group's vector lives in the same space
                 self._sketch = RowSketch(*head.weight.shape, self.sketch_dim)
             else:
                 self._sketch = CountSketch(sum(p.numel() for p in self._params), self.sketch_dim)
+
+    def attach(self, model: Any) -> None:
+        self._setup(model)
 
     def _keep_head_input(self, module: Any, args: tuple[Any, ...]) -> None:
         self._head_input = args[0].detach()
@@ -196,9 +208,9 @@ class GradientStatistics(StatisticProvider):
         hidden, logits, labels = self._head_input, ctx.losses.logits, ctx.labels
         if hidden is None or logits is None or labels is None or labels.dim() != 2 or hidden.shape[:2] != logits.shape[:2]:
             return None
-        head_weight = _unwrap(ctx.model).get_output_embeddings().weight
-        probe = hidden[0, -1].float() @ head_weight.detach().float().T
-        if not torch.allclose(probe, logits[0, -1].detach().float(), rtol=1e-3, atol=1e-3):
+        rows, first = local_rows(_unwrap(ctx.model).get_output_embeddings().weight.detach())
+        probe = hidden[0, -1].float() @ rows.float().T
+        if not torch.allclose(probe, logits[0, -1, first : first + len(rows)].detach().float(), rtol=1e-3, atol=1e-3):
             return None  # the kept input is not this batch's (or logits are post-processed): autograd
         mask = ctx.losses.token_mask
         if ctx.losses.token_losses.shape[1] != labels.shape[1]:  # shifted: position t predicts label t+1
@@ -238,6 +250,16 @@ class GradientStatistics(StatisticProvider):
         vectors = self._head_gradients(ctx, parts) if self._closed_form is not False and parts else None
         if vectors is not None and self._closed_form is None:
             self._closed_form = self._agrees(ctx, parts[0][1], vectors[0])
+        if vectors is None and parts and any(is_sharded_tensor(p) for p in self._params):
+            if self._head_input is not None:
+                raise ValueError("grad_stats: the sharded (FSDP) output head's logits are not its input times its "
+                                 "weight (scaled or capped logits), so its gradients cannot be computed from activations")
+            if not self._warned_unattached:  # the hook came too late for this batch: skip it, never fake it
+                logger.warning("grad_stats: no gradient statistics from the first micro-batch: the output head is "
+                               "sharded and its inputs are kept from the next forward on (call "
+                               "StepEngine.attach_model(model) before training to include it)")
+                self._warned_unattached = True
+            parts, vectors = [], []  # zero groups: the algorithm sees no estimate, not a zero gradient
         if vectors is None or not self._closed_form:
             vectors = [self._sketch(self._autograd_gradient(ctx, part)) for _, part in parts]
         for (d, part), v in zip(parts, vectors):
@@ -248,8 +270,18 @@ class GradientStatistics(StatisticProvider):
         return {GRAD_SUM: grad_sum, GRAD_SQ_SUM: grad_sq, GRAD_GROUPS: groups, GRAD_SAMPLES: samples}
 
     def _agrees(self, ctx: BatchContext, part: torch.Tensor, closed: torch.Tensor) -> bool:
-        """Whether the closed-form head gradient equals autograd's on one group (checked once, sketched)."""
-        assert self._sketch is not None
+        """Whether the closed-form head gradient equals autograd's on one group (checked once, sketched).
+        A sharded head has no autograd gradient here: there the logits probe (no scaling, no capping)
+        and an untied head must do."""
+        assert self._sketch is not None and self._params is not None
+        if any(is_sharded_tensor(p) for p in self._params):
+            inner = _unwrap(ctx.model)
+            embeddings = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
+            tied = embeddings is not None and getattr(embeddings, "weight", None) is self._params[0]
+            if tied:
+                raise ValueError("grad_stats: the output head is tied to the input embeddings and sharded (FSDP); "
+                                 "its gradient statistics need an untied head (tie_word_embeddings: false)")
+            return True
         exact = self._sketch(self._autograd_gradient(ctx, part)).to(closed.dtype)
         ok = bool(torch.linalg.vector_norm(closed - exact) <= 1e-3 * torch.linalg.vector_norm(exact) + 1e-12)
         if not ok:

@@ -32,6 +32,7 @@ from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HE
 from mixflow.data.keys import MIXFLOW_KEYS
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import ProviderContext, StatisticProvider, UpdateContext, register_provider
+from mixflow.utils.distributed import is_sharded
 
 
 class HeldoutLoss(StatisticProvider):
@@ -77,12 +78,23 @@ class HeldoutLoss(StatisticProvider):
         sq_sum = torch.zeros(k, dtype=torch.float64)
         count = torch.zeros(k, dtype=torch.float64)
         # this rank's share of every domain's window, evaluated in batches that mix domains
-        work = [(d, i) for d in range(k) for i in self.window(d, ctx.update_index)[ctx.rank :: ctx.world_size]]
+        windows = [self.window(d, ctx.update_index) for d in range(k)]
+        work = [(d, i) for d in range(k) for i in windows[d][ctx.rank :: ctx.world_size]]
+        batches = list(range(0, len(work), self.batch_size))
+        idle = 0
+        if is_sharded(model):
+            # A sharded forward is a collective: every rank runs as many as the busiest one, the
+            # extra ones on a row it then discards.
+            busiest = max(sum(len(w[r :: ctx.world_size]) for w in windows) for r in range(ctx.world_size))
+            idle = -(-busiest // self.batch_size) - len(batches)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(work), self.batch_size):
+                for _ in range(idle):
+                    d = next(d for d in range(k) if windows[d])
+                    self._sample_losses(model, self.collator([self.datasets[d][windows[d][0]]]), device)
+                for start in batches:
                     part = work[start : start + self.batch_size]
                     batch = self.collator([self.datasets[d][i] for d, i in part])
                     losses, valid = self._sample_losses(model, batch, device)

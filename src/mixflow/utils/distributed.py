@@ -1,10 +1,13 @@
 """The few collectives mixflow needs, as no-ops outside a process group.
 
 mixflow only adds small reductions of per-domain statistics to a data-parallel run; it never
-assumes it is alone (DESIGN.md, "Scale").
+assumes it is alone (DESIGN.md, "Scale"). The sharding helpers tell a provider when parameters
+are FSDP2 DTensors.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,3 +59,32 @@ def barrier() -> None:
     """Wait for every rank (a no-op outside a process group)."""
     if is_distributed():
         dist.barrier()
+
+
+def is_sharded_tensor(tensor: Any) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter that FSDP2 ``fully_shard`` keeps sharded)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without DTensor shards nothing
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def is_sharded(model: Any) -> bool:
+    """Whether any parameter of ``model`` is sharded (FSDP2): then every forward is a collective that
+    all ranks must run the same number of times."""
+    return any(is_sharded_tensor(p) for p in model.parameters())
+
+
+def local_rows(tensor: Any) -> tuple[torch.Tensor, int]:
+    """(this rank's rows, the first row's index) of a matrix: the whole matrix when it is not sharded,
+    else the local shard of a DTensor sharded on dim 0 over a 1-D mesh (FSDP2's layout: ``torch.chunk``
+    pieces of ceil(n / world) rows)."""
+    if not is_sharded_tensor(tensor):
+        return tensor, 0
+    from torch.distributed.tensor import Shard
+
+    if tensor.device_mesh.ndim != 1 or tuple(tensor.placements) != (Shard(0),):
+        raise ValueError(f"expected a parameter sharded on its rows over one mesh dimension, got {tensor.placements}")
+    size = -(-tensor.shape[0] // tensor.device_mesh.size())
+    return tensor.to_local(), tensor.device_mesh.get_local_rank() * size
