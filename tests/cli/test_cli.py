@@ -124,12 +124,7 @@ def test_plot_of_a_directory_without_logs_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_plain_pytorch_example_trains_and_resumes(tmp_path, demo_data):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("plain_example", Path(__file__).parents[2] / "examples" / "plain_pytorch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _plain_example()
     common = ["--data-dir", str(demo_data), "--batch-size", "8", "--cutoff-len", "32", "--max-documents", "20",
               "--out", str(tmp_path / "plain")]
     mixer = module.main(common + ["--steps", "10"])
@@ -138,6 +133,37 @@ def test_plain_pytorch_example_trains_and_resumes(tmp_path, demo_data):
     assert resumed.last_step == 20
     steps = [json.loads(x)["step"] for x in (tmp_path / "plain" / "static_weights.jsonl").read_text().splitlines()]
     assert steps == [10, 20]
+
+
+def _plain_example():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("plain_example", Path(__file__).parents[2] / "examples" / "plain_pytorch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _example_on_two_ranks(rank, world, data, out):
+    example = _plain_example()
+    common = ["--data-dir", data, "--batch-size", "8", "--cutoff-len", "32", "--max-documents", "20", "--steps", "6"]
+    example.main(common + ["--out", f"{out}/ddp"])
+    example.main(common + ["--out", f"{out}/fsdp", "--fsdp"])
+    example.main([*common[:-1], "0", "--out", f"{out}/untrained"])
+
+
+def test_plain_pytorch_example_shards_with_fsdp_like_ddp(tmp_path, demo_data):
+    import torch
+
+    from mixflow.testing import run_distributed
+
+    run_distributed(_example_on_two_ranks, str(demo_data), str(tmp_path))
+    ddp, fsdp = (torch.load(tmp_path / m / "checkpoint" / "train.pt")["model"] for m in ("ddp", "fsdp"))
+    assert ddp.keys() == fsdp.keys()  # a full (unsharded) state dict either way
+    assert all(torch.allclose(ddp[k], fsdp[k], rtol=1e-4, atol=1e-5) for k in ddp)
+    untrained = torch.load(tmp_path / "untrained" / "checkpoint" / "train.pt")["model"]
+    assert not all(torch.allclose(ddp[k], untrained[k]) for k in ddp)  # six steps did train
 
 
 def test_a_fresh_run_never_appends_to_an_old_runs_logs(tmp_path, demo_data, capsys):
