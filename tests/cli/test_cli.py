@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from mixflow.cli.main import main
+from mixflow.config.errors import ConfigError
 
 TINY_MODEL = {
     "model_type": "llama",
@@ -276,6 +277,11 @@ def test_an_instruction_domain_trains_beside_a_text_domain(tmp_path, demo_data, 
     data = prepare_data(load_config(cfg, check_outputs=False), progress=False)
     row = data.train.single_domain(1)[0]
     assert (row["labels"] == -100).sum() > 0 and row["labels"][-1] == 258  # the byte tokenizer's EOS
+    # LLaMA-Factory's stage is checked against the domains: sft needs every domain to be instruction data
+    with pytest.raises(ConfigError, match="stage: sft trains on instruction data, but domain 'code' is plain text"):
+        load_config(cfg, {"stage": "sft"}, check_outputs=False)
+    with pytest.raises(ConfigError, match="stage: pt trains on plain text, but domain 'sft' is instruction data"):
+        load_config(cfg, {"stage": "pt"}, check_outputs=False)
     capsys.readouterr()
     bad = yaml.safe_load(cfg.read_text())
     bad["domains"][1]["columns"]["images"] = "img"

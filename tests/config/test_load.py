@@ -65,9 +65,11 @@ def test_llama_factory_keys_are_mapped_accepted_or_refused(tmp_path, base, caplo
         run = load_config(write(tmp_path, {**base, "warmup_ratio": 0.1, "stage": "pt", "template": "default",
                                            "finetuning_type": "full", "plot_loss": True}))
     assert run.training["warmup_steps"] == 0.1  # TrainingArguments reads a float below 1 as a ratio
-    assert "finetuning_type, plot_loss, stage, template accepted without effect here" in caplog.text
+    assert "finetuning_type, plot_loss, template accepted without effect here" in caplog.text
+    assert run.data.stage == "pt"  # ours: checked against the domains
     for extra, message in (({"finetuning_type": "lora"}, r"^finetuning_type: 'lora' is not supported"),
-                           ({"stage": "sft"}, r"^stage: 'sft' is not supported"),
+                           ({"stage": "sft"}, r"^stage: sft trains on instruction data, but domain 'wiki' is plain text"),
+                           ({"stage": "rm"}, r"^stage: "),
                            ({"warmup_ratio": 0.1, "warmup_steps": 5}, r"^warmup_ratio: give warmup_ratio or warmup_steps"),
                            ({"warmup_ratio": 2}, r"^warmup_ratio: expected a number in \[0, 1\)")):
         with pytest.raises(ConfigError, match=message):

@@ -9,7 +9,8 @@ fresh interpreter, so its peak RSS (minus the RSS before it started) is its own:
 - ``numpy index table``: a vectorised table: one permutation of every row per domain, then per
   batch multinomial counts and a cursor per domain;
 - ``WeightedRandomSampler``: torch's sampler over one weight per row (p_d / n_d), with replacement;
-- ``Python list table``: every (domain, row) pair in a shuffled list, ``random.choices`` per sample.
+- ``Python list table``: every (domain, row) pair in a shuffled list, ``random.choices`` per sample
+  (at full size for the first seed only: it takes minutes and GiB).
 
 At 10⁹ rows per domain only MixtureSampler runs: the tables would need 7·10⁹ entries.
 """
@@ -153,6 +154,8 @@ def run(ctx: BenchContext) -> BenchResult:
             for method in METHODS:
                 if suffix and not method.startswith("MixtureSampler (batches" if ctx.tiny else "MixtureSampler"):
                     continue
+                if method == "Python list table" and seed > 0 and not (ctx.quick or ctx.tiny):
+                    continue  # ~7 minutes and 7 GiB per full-size run: one seed says how slow it is
                 need = BYTES_PER_ROW.get(method, 0) * rows * len(PROPORTIONS)
                 if need > 0.7 * _available_bytes():
                     ctx.log("sampler: %s skipped at %d rows per domain (needs ~%.0f GiB)", method, rows, need / 2**30)
@@ -179,5 +182,7 @@ def run(ctx: BenchContext) -> BenchResult:
         f"(numpy table {table_mem:.0f} MiB)."
     )
     result.notes.append("throughput includes setup (building a table, or nothing for MixtureSampler)")
+    if not (ctx.quick or ctx.tiny):
+        result.notes.append("the Python list table runs for the first seed only at full size (minutes and GiB per run)")
     result.notes += [f"{what}: failed: {why}" for what, why in failures.items()]
     return result

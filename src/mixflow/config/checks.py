@@ -55,9 +55,10 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"domains[{i}].path: {err}") from None
             try:
-                formatting_of(dom.formatting, dom.columns, dom.tags, f"domains[{i}]")
+                fmt = formatting_of(dom.formatting, dom.columns, dom.tags, f"domains[{i}]")
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+            _check_stage(d.stage, dom.name, fmt is not None)
     else:
         d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
         info = Path(d.dataset_dir) / "dataset_info.json"
@@ -72,6 +73,16 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
                 resolve_files(source)
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"dataset: {err}") from None
+            _check_stage(d.stage, source.name, source.formatting is not None)
+
+
+def _check_stage(stage: str | None, name: str, instruction: bool) -> None:
+    if stage == "sft" and not instruction:
+        raise ConfigError(f"stage: sft trains on instruction data, but domain {name!r} is plain text (give it a "
+                          "formatting and columns, or remove stage)")
+    if stage == "pt" and instruction:
+        raise ConfigError(f"stage: pt trains on plain text, but domain {name!r} is instruction data (use stage: sft, "
+                          "or remove stage to mix both)")
 
 
 def _check_weights(values: list[float] | None, key: str, k: int) -> None:

@@ -3,8 +3,8 @@
 - A key with a meaning here is mapped to ours (``warmup_ratio`` → ``warmup_steps`` as a fraction,
   which TrainingArguments reads as a ratio of the total steps).
 - A key that only matters to LLaMA-Factory is accepted with one warning naming it.
-- A key whose value would silently change what trains (``finetuning_type: lora``, ``stage: sft``)
-  is an error.
+- A key whose value would silently change what trains (``finetuning_type: lora``) is an error.
+  (``stage`` is a data key of ours: it is checked against the domains' formatting.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 #: Keys that only matter to LLaMA-Factory's own pipeline (templates, its plots, its reporting).
 IGNORED = ("template", "plot_loss", "do_train", "ddp_timeout", "flash_attn", "trust_remote_code", "cache_dir")
 #: key: the values that keep the run's meaning (anything else is refused).
-ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {"stage": ("pt",), "finetuning_type": ("full",)}
+ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {"finetuning_type": ("full",)}
 
 
 def translate(data: dict[str, Any], known: set[str]) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class DataConfig:
     packing: bool | None = None
     """Concatenate documents (EOS between them) and cut into full blocks; false: one row per document.
     Default: true for text domains, false for instruction domains (true packs whole examples)."""
+    stage: Literal["pt", "sft"] | None = None
+    """LLaMA-Factory's training stage, checked against the domains: pt, every domain is plain text;
+    sft, every domain is instruction data (alpaca / sharegpt). Unset: any mix of the two."""
     val_size: float = 0.0
     """Held-out rows per domain: a fraction in [0, 1) or a count >= 1 (evaluated per domain)."""
     max_samples: int | None = None
