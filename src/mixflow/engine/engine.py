@@ -71,10 +71,8 @@ class StepEngine:
         # Importance mode: each domain's token sum over its own tokens (domain) or over all (token).
         self._domain_tokens = DomainTokens(sampler, objective_normalization, row_target_tokens)
         self.domain_names = list(algorithm.domain_names)
-        k = len(self.domain_names)
-        self._step_stats = DomainStats.zeros(k)
-        self._window_stats = DomainStats.zeros(k)
-        self._metric_stats = DomainStats.zeros(k)
+        k = self.num_domains = len(self.domain_names)
+        self._step_stats, self._window_stats, self._metric_stats = (DomainStats.zeros(k) for _ in range(3))
         self.last_step = 0
         self.skipped_updates = 0
         #: (the step's reduced statistics, whether its update applied) when it ran before the loss.
@@ -84,10 +82,6 @@ class StepEngine:
         self.algorithm.bind(sampler.batch_size)
         # The sampler starts from the algorithm's initial p (e.g. init_mixture_proportions).
         self.sampler.set_weights(self.algorithm.sampling_weights)
-
-    @property
-    def num_domains(self) -> int:
-        return len(self.domain_names)
 
     @property
     def log_path(self) -> Path | None:
@@ -100,6 +94,12 @@ class StepEngine:
         into the forward, e.g. ``grad_stats`` on a sharded output head, then sees the first batch)."""
         for provider in self.providers:
             provider.attach(model)
+
+    def before_forward(self, inputs: Mapping[str, Any], labels: torch.Tensor | None) -> None:
+        """Offer a training micro-batch to the providers before its forward (optional; DoReMi's
+        reference forward costs less there, with no training graph holding memory)."""
+        for provider in self.providers if self.updates_remaining and torch.is_grad_enabled() else ():
+            provider.before_forward(inputs, labels, self.shift_labels)
 
     def training_loss(
         self,

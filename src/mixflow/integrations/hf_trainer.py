@@ -138,6 +138,8 @@ class MixflowTrainer(Trainer):
         labels = inputs.pop("labels", None)
         if labels is None:
             raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
+        if model.training and domain_ids is not None:
+            self.engine.before_forward(inputs, labels)
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         if not model.training:

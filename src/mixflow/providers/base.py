@@ -95,6 +95,10 @@ class StatisticProvider:
         integration does; in your own loop, :meth:`StepEngine.attach_model`), so a provider that
         hooks into the forward sees the first batch too (default: nothing)."""
 
+    def before_forward(self, inputs: Mapping[str, Any], labels: torch.Tensor | None, shift: bool) -> None:
+        """Called with a training micro-batch before the model's forward where the caller can
+        (default: nothing); :meth:`batch_statistics` for the same batch follows."""
+
     def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
         """Per-domain sums over one training micro-batch (default: none)."""
         return {}
