@@ -229,3 +229,24 @@ def test_sharded_engines_the_trainer_cannot_run_here_are_one_line_each(tmp_path,
     assert sorted(m.split(":")[0] for m in err.value.messages) == ["deepspeed", "fsdp"]
     assert "would train plain DDP" in str(err.value)
     load_config(write(tmp_path, {**base, "fsdp": ""}))  # off, as the Trainer reads it
+
+
+def test_inline_domains_read_columns_like_dataset_info_entries(tmp_path, base, data_dir):
+    from mixflow.recipes.inputs import domain_sources
+
+    inline = {k: v for k, v in base.items() if k not in ("dataset", "dataset_dir")}
+    wiki = str(data_dir / "wiki.jsonl")
+    run = load_config(write(tmp_path, {**inline, "domains": [
+        {"name": "a", "path": wiki, "columns": {"prompt": "body"}},
+        {"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}}]}))
+    a, b = domain_sources(run)
+    assert (a.text_field, a.formatting) == ("body", None)  # columns.prompt, as in dataset_info.json
+    assert b.formatting is not None and b.formatting.kind == "alpaca"
+    for domain, message in (({"columns": {"prompt": "q", "answer": "r"}}, r"^domains\[0\]: columns\.answer: a text entry"),
+                            ({"columns": {"prompt": "q", "response": "r"}, "text_field": "t"},
+                             r"^domains\[0\]: text_field: an instruction entry")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(write(tmp_path, {**inline, "domains": [{"name": "a", "path": wiki, **domain}]}))
+    with pytest.raises(ConfigError, match=r"^task: classification reads a text and a label per example, but domain 'b'"):
+        load_config(write(tmp_path, {**inline, "task": "classification", "domains": [
+            {"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}}]}))

@@ -16,10 +16,9 @@ from mixflow.algorithms.registry import lookup
 from mixflow.algorithms.static import StaticParams
 from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.paths import resolve_path
-from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
-from mixflow.data.instructions import formatting_of
+from mixflow.config.schema import DataConfig, ResolvedComponent, RunConfig, domain_names
 from mixflow.data.packing import check_cutoff_len
-from mixflow.data.sources import DomainSource, resolve_files, sources_from_dataset_info
+from mixflow.data.sources import DomainSource, domain_source, resolve_files, sources_from_dataset_info
 from mixflow.engine.schedule import UpdateSchedule
 
 logger = logging.getLogger(__name__)
@@ -55,10 +54,11 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"domains[{i}].path: {err}") from None
             try:
-                fmt = formatting_of(dom.formatting, dom.columns, dom.tags, f"domains[{i}]")
+                source = domain_source(dom.name, dom.path, f"domains[{i}]", dom.text_field, dom.formatting,
+                                       dom.columns, dom.tags)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-            _check_stage(d.stage, dom.name, fmt is not None)
+            _check_kind(d, dom.name, source.formatting is not None)
     else:
         d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
         info = Path(d.dataset_dir) / "dataset_info.json"
@@ -73,10 +73,15 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
                 resolve_files(source)
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"dataset: {err}") from None
-            _check_stage(d.stage, source.name, source.formatting is not None)
+            _check_kind(d, source.name, source.formatting is not None)
 
 
-def _check_stage(stage: str | None, name: str, instruction: bool) -> None:
+def _check_kind(d: DataConfig, name: str, instruction: bool) -> None:
+    """A domain's kind (plain text or instruction data) against ``stage`` and ``task``."""
+    stage = d.stage
+    if instruction and d.task == "classification":
+        raise ConfigError(f"task: classification reads a text and a label per example, but domain {name!r} is "
+                          "instruction data (alpaca / sharegpt)")
     if stage == "sft" and not instruction:
         raise ConfigError(f"stage: sft trains on instruction data, but domain {name!r} is plain text (give it a "
                           "formatting and columns, or remove stage)")

@@ -23,8 +23,8 @@ class DomainConfig:
     path: str | list[str]
     """A file (.jsonl/.json/.txt, optionally .gz/.zst, or .parquet), a folder of them, a glob pattern, a
     ``datasets.save_to_disk`` directory, or a list of any of these."""
-    text_field: str = "text"
-    """Field (column) holding the text."""
+    text_field: str | None = None
+    """Field (column) holding the text; default ``columns.prompt``, else ``text`` (plain text only)."""
     formatting: Literal["alpaca", "sharegpt"] | None = None
     """Instruction data in LLaMA-Factory's alpaca or sharegpt format (rendered with the chat template,
     prompts masked); None: plain text (or alpaca when ``columns`` name instruction columns)."""
@@ -118,7 +118,7 @@ class DataConfig:
     max_samples: int | None = None
     """Read at most this many documents per domain (quick experiments)."""
     tokenized_dir: str | None = None
-    """Directory of the tokenization cache (memory-mapped token arrays, one entry per domain and
+    """Directory of the tokenization cache (token arrays on disk, one entry per domain and
     fingerprint); default: ``<dataset_dir>/tokenized`` with ``dataset``, else a ``tokenized``
     folder beside the inline domains' files (their common parent directory)."""
     overwrite_cache: bool = False

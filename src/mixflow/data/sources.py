@@ -332,26 +332,28 @@ def _source_from_entry(name: str, entry: Any, info_path: Path) -> DomainSource:
             raise ValueError(f"{where}: {key}: not supported by mixflow; expected some of {', '.join(ENTRY_KEYS)}")
     if entry.get("ranking"):
         raise ValueError(f"{where}: ranking: preference (ranking) data is not supported by mixflow")
-    columns = entry.get("columns")
+    return domain_source(name, str(info_path.parent / entry["file_name"]), where, text_field=entry.get("text_field"),
+                         formatting=entry.get("formatting"), columns=entry.get("columns"), tags=entry.get("tags"))
+
+
+def domain_source(name: str, path: str | list[str], where: str, text_field: Any = None, formatting: Any = None,
+                  columns: Any = None, tags: Any = None) -> DomainSource:
+    """A domain from LLaMA-Factory's keys (a ``dataset_info.json`` entry or an inline domain):
+    instruction data when ``formatting`` or an instruction column says so, else plain text read
+    from ``text_field`` or ``columns.prompt`` (default ``text``). ``where`` names it in errors."""
     if columns is not None and not isinstance(columns, dict):
         raise ValueError(f"{where}: columns: expected an object mapping column roles to fields")
-    formatting = formatting_of(entry.get("formatting"), columns, entry.get("tags"), where)
-    text_field = entry.get("text_field")
-    if formatting is None:
+    fmt = formatting_of(formatting, columns, tags, where)
+    if fmt is None:
         extra = sorted(set(columns or {}) - {"prompt"})
         if extra:
             raise ValueError(f"{where}: columns.{extra[0]}: a text entry reads one column ('prompt' or text_field)")
         if text_field is None and columns:
             text_field = columns.get("prompt")
     elif text_field is not None:
-        raise ValueError(f"{where}: text_field: an instruction entry ({formatting.kind}) reads its columns, not text_field")
+        raise ValueError(f"{where}: text_field: an instruction entry ({fmt.kind}) reads its columns, not text_field")
     if text_field is None:
         text_field = "text"
     if not isinstance(text_field, str):
-        raise ValueError(f"{info_path}: entry {name!r} text field must be a string")
-    return DomainSource(
-        name=name,
-        path=str(info_path.parent / entry["file_name"]),
-        text_field=text_field,
-        formatting=formatting,
-    )
+        raise ValueError(f"{where}: text_field: expected a string, got {text_field!r}")
+    return DomainSource(name=name, path=path, text_field=text_field, formatting=fmt)

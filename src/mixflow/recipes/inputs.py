@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.config.schema import RunConfig, domain_names
-from mixflow.data.instructions import formatting_of
-from mixflow.data.sources import DomainSource, resolve_files, sources_from_dataset_info
+from mixflow.data.sources import DomainSource, domain_source, resolve_files, sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer, load_tokenizer
 
 
@@ -35,9 +34,8 @@ def split_seed(run: RunConfig) -> int:
 def domain_sources(run: RunConfig) -> list[DomainSource]:
     """The configured domains as :class:`DomainSource` objects, in order."""
     if run.data.domains is not None:
-        return [DomainSource(name=d.name, path=d.path, text_field=d.text_field,
-                             formatting=formatting_of(d.formatting, d.columns, d.tags, f"domain {d.name!r}"))
-                for d in run.data.domains]
+        return [domain_source(d.name, d.path, f"domains[{i}]", d.text_field, d.formatting, d.columns, d.tags)
+                for i, d in enumerate(run.data.domains)]
     return sources_from_dataset_info(run.data.dataset_dir, domain_names(run))
 
 
