@@ -93,8 +93,9 @@ class MixtureDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         position, row = self.locate(index)
         rows = self._rows[position]
-        input_ids = torch.as_tensor(np.asarray(rows[row]), dtype=torch.long)
-        labels = rows.labels(row, IGNORE_INDEX) if hasattr(rows, "labels") else None
+        ids = np.asarray(rows[row])
+        input_ids = torch.as_tensor(ids, dtype=torch.long)
+        labels = rows.labels(row, IGNORE_INDEX, ids) if hasattr(rows, "labels") else None
         item = {
             "input_ids": input_ids,
             "labels": input_ids.clone() if labels is None else torch.as_tensor(labels, dtype=torch.long),

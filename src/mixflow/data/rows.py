@@ -100,12 +100,13 @@ class TokenRows:
         start, stop = self._span(i)
         return np.asarray(self.tokens[start:stop], dtype=np.int32)
 
-    def labels(self, i: int, ignore_index: int) -> np.ndarray | None:
-        """Row ``i``'s labels, ``ignore_index`` where a token is not a target; None without a mask."""
+    def labels(self, i: int, ignore_index: int, ids: np.ndarray | None = None) -> np.ndarray | None:
+        """Row ``i``'s labels, ``ignore_index`` where a token is not a target; None without a mask.
+        ``ids``: the row's tokens when the caller already read them (``self[i]``)."""
         if self.mask is None:
             return None
         start, stop = self._span(i)
-        ids = np.asarray(self.tokens[start:stop], dtype=np.int32)
+        ids = np.asarray(self.tokens[start:stop], dtype=np.int32) if ids is None else ids
         return np.where(np.asarray(self.mask[start:stop], dtype=bool), ids, np.int32(ignore_index))
 
     def target_counts(self) -> np.ndarray | None:

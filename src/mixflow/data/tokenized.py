@@ -56,7 +56,7 @@ TARGETS = "targets.npy"
 
 @dataclass
 class CacheEntry:
-    """One domain's tokenized rows, memory-mapped from its cache entry."""
+    """One domain's tokenized rows, read from its cache entry."""
 
     directory: Path
     """The entry's directory."""
@@ -247,9 +247,7 @@ def _write_tokens(name: str, batches: Iterable[list[Any]], tokenizer: TextTokeni
         for batch in batches:
             pieces = []
             for ids in batch:
-                arr = np.asarray(ids, dtype=np.int64)
-                if arr.size and (arr.min() < 0 or arr.max() >= tokenizer.vocab_size):
-                    raise ValueError(f"domain {name!r}: the tokenizer produced an id outside [0, {tokenizer.vocab_size})")
+                arr = _checked_ids(name, np.asarray(ids, dtype=np.int64), tokenizer.vocab_size)
                 if packing:  # EOS after every document, as the in-memory packer does
                     pieces += [arr.astype(dtype), eos]
                 elif arr.size:
@@ -266,6 +264,13 @@ def _write_tokens(name: str, batches: Iterable[list[Any]], tokenizer: TextTokeni
     if packing:
         return num_docs, num_tokens, None
     return num_docs, num_tokens, np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
+
+
+def _checked_ids(name: str, ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """``ids``, after checking they fit the vocabulary (and so the token dtype)."""
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"domain {name!r}: the tokenizer produced an id outside [0, {vocab_size})")
+    return ids
 
 
 def iter_examples(source: DomainSource, limit: int | None) -> Iterator[tuple[str, list[dict[str, str]]]]:
@@ -296,9 +301,7 @@ def _write_examples(name: str, batches: Iterable[list[Any]], tokenizer: TextToke
                 if not mask[1:].any():  # a shifted loss never sees position 0's label
                     dropped += 1
                     continue
-                if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
-                    raise ValueError(f"domain {name!r}: the tokenizer produced an id outside [0, {tokenizer.vocab_size})")
-                out.write(ids.astype(dtype).tobytes())
+                out.write(_checked_ids(name, ids, tokenizer.vocab_size).astype(dtype).tobytes())
                 out_mask.write(mask.astype(np.uint8).tobytes())
                 lengths.append(len(ids))
                 counts.append(int(mask.sum()))
