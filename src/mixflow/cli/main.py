@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_data_demo)
-    d = data_sub.add_parser("tokenize", help="tokenize a config's domains once into the memory-mapped cache")
+    d = data_sub.add_parser("tokenize", help="tokenize a config's domains once into the cache")
     d.add_argument("config", help="YAML file: the training config whose domains are tokenized")
     d.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
     d.add_argument("--overwrite", action="store_true", help="rebuild entries even when they match (overwrite_cache)")

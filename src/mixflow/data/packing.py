@@ -19,7 +19,7 @@ BATCH_DOCUMENTS = 1000
 
 Rows = np.ndarray | list[np.ndarray] | TokenRows
 """Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays; or
-:class:`~mixflow.data.rows.TokenRows` over a (memory-mapped) token stream of either kind."""
+:class:`~mixflow.data.rows.TokenRows` over a token stream (in memory, or read from the cache) of either kind."""
 
 
 @dataclass

@@ -68,7 +68,7 @@ def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: boo
 
 
 def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None) -> PreparedData:
-    """Every domain's rows, memory-mapped from the tokenization cache (:func:`tokenize_domains`),
+    """Every domain's rows, read from the tokenization cache (:func:`tokenize_domains`),
     split into training and held-out rows per domain."""
     seed = split_seed(run)
     val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)

@@ -38,7 +38,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
         move_previous_run(Path(run.training["output_dir"]))
     # The main process reads (and, where needed, builds) the tokenization cache first; the others then
-    # map the same files. Only it honours overwrite_cache, so the entry is rebuilt once per launch.
+    # read the same files. Only it honours overwrite_cache, so the entry is rebuilt once per launch.
     with args.main_process_first(local=False, desc="tokenization cache"):
         data, collator = _prepare(run, progress, overwrite_cache=run.data.overwrite_cache and args.process_index == 0)
     if run.algorithm is not None:  # a reference model must read the proxy's token ids (before any model loads)
