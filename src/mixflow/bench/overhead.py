@@ -5,7 +5,8 @@ the same model (the demo's 4-layer, 128-wide Llama, untied head; a byte vocabula
 and train on the same batches, one step each in turn (A B A B ...) in one process with one torch
 thread, timing CPU time per step: the Trainer's own ``training_step`` (forward, loss, backward),
 the optimizer step, and for mixflow the engine's step end. DoReMi is compared with plain + one
-reference forward (its inherent cost), FGLS/ERMA also with plain + their held-out forward.
+reference forward (its inherent cost), FGLS/ERMA also with plain + their held-out pass (the same
+window of ``heldout_rows_per_update`` rows the algorithm evaluates, on the plain model).
 
 The loss: mixflow's per-sample loss (``sample_losses`` + the weighted objective) against
 ``transformers``' causal-LM loss on the same logits, forward and backward, time and peak RSS,
@@ -144,8 +145,10 @@ class Pair:
             from mixflow.providers.base import UpdateContext
             from mixflow.providers.heldout_loss import HeldoutLoss
 
-            provider = HeldoutLoss(list(self.heldout.values()), self.collator, 32)
-            provider.update_statistics(UpdateContext(self.plain.model, g + 1, K))
+            # the algorithm's own held-out pass (its window of rows_per_update rows), on the plain model
+            mine = next(p for p in self.engine.providers if isinstance(p, HeldoutLoss))
+            provider = HeldoutLoss(mine.datasets, mine.collator, mine.batch_size, mine.task, mine.rows_per_update)
+            provider.update_statistics(UpdateContext(self.plain.model, g + 1, K, update_index=(g + 1) // self.update_step - 1))
 
 
 def step_ratios(algorithm: str, update_step: int, vocab: int, pairs: int, warmup: int = 2) -> dict[str, list[float]]:
