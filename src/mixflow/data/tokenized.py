@@ -290,12 +290,14 @@ def _write_examples(name: str, batches: Iterable[list[Any]], tokenizer: TextToke
     with no target token left after truncation is dropped (and counted). Returns (examples, tokens,
     rows, extra meta)."""
     cutoff = key["cutoff_len"]
-    lengths: list[int] = []
-    counts: list[int] = []  # target tokens of each example
-    firsts: list[bool] = []  # whether its first token is a target
+    # per batch, one array each (not a Python int per example: a corpus of 10⁸ examples stays small)
+    lengths: list[np.ndarray] = []
+    counts: list[np.ndarray] = []  # target tokens of each example
+    firsts: list[np.ndarray] = []  # whether its first token is a target
     num_docs = dropped = 0
     with open(tmp / TOKENS, "wb") as out, open(tmp / MASK, "wb") as out_mask:
         for batch in batches:
+            kept = []
             for ids, mask in batch:
                 ids, mask = ids[:cutoff], mask[:cutoff]
                 if not mask[1:].any():  # a shifted loss never sees position 0's label
@@ -303,22 +305,26 @@ def _write_examples(name: str, batches: Iterable[list[Any]], tokenizer: TextToke
                     continue
                 out.write(_checked_ids(name, ids, tokenizer.vocab_size).astype(dtype).tobytes())
                 out_mask.write(mask.astype(np.uint8).tobytes())
-                lengths.append(len(ids))
-                counts.append(int(mask.sum()))
-                firsts.append(bool(mask[0]))
+                kept.append((len(ids), int(mask.sum()), bool(mask[0])))
+            if kept:
+                length, count, first = zip(*kept)
+                lengths.append(np.asarray(length, dtype=np.int64))
+                counts.append(np.asarray(count, dtype=np.int64))
+                firsts.append(np.asarray(first, dtype=bool))
             num_docs += len(batch)
             bar.update(len(batch))
         for handle in (out, out_mask):
             handle.flush()
             os.fsync(handle.fileno())
-    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    starts = np.concatenate([[0], np.cumsum(np.concatenate([np.empty(0, np.int64), *lengths]))]).astype(np.int64)
     offsets = _pack_whole(starts, cutoff) if key["packing"] else starts
     np.save(tmp / OFFSETS, offsets)
     num_tokens = int(starts[-1])
     # Target tokens a shifted causal-LM loss counts per row: its examples' targets but the row's first position.
-    cum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    cum = np.concatenate([[0], np.cumsum(np.concatenate([np.empty(0, np.int64), *counts]))]).astype(np.int64)
     first, last = np.searchsorted(starts, offsets[:-1]), np.searchsorted(starts, offsets[1:])
-    targets = cum[last] - cum[first] - np.asarray(firsts + [False], dtype=np.int64)[first]
+    first_is_target = np.concatenate([*firsts, [False]]).astype(np.int64)
+    targets = cum[last] - cum[first] - first_is_target[first]
     np.save(tmp / TARGETS, targets.astype(np.int64))
     if dropped:
         logger.warning("tokenized %s: %d example(s) kept no response token within cutoff_len %d and were dropped",
