@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 DEMO_DIR ?= build/demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench soak-distributed clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: install
 # Every benchmark at full size (51 minutes measured on 2 CPU cores; budget 90); results under benchmarks/results/.
 bench: install
 	$(BIN)/mixflow bench run all --out benchmarks/results
+
+# Every multi-process test SOAK_RUNS times (default 50; about 70 s a run on 2 cores); not part of `make test`.
+SOAK_RUNS ?= 50
+soak-distributed: install
+	PYTHON=$(BIN)/python tests/soak_distributed.sh $(SOAK_RUNS) build/soak
 
 clean:
 	rm -rf build $(VENV)

@@ -443,6 +443,7 @@ def _rank_run(rank, world, out, reference):
                os.path.join(out, f"w{world}_r{rank}.pt"))
 
 
+@pytest.mark.distributed
 def test_two_ranks_hold_identical_alpha_equal_to_one_process(tmp_path):
     reference = _save(tiny_llama(seed=7), tmp_path / "ref")
     run_distributed(_rank_run, str(tmp_path), reference)

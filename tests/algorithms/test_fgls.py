@@ -239,6 +239,7 @@ def _two_rank_fgls(rank, world, out):
                os.path.join(out, f"r{rank}_of_{world}.pt"))
 
 
+@pytest.mark.distributed
 def test_two_ranks_hold_identical_weights_equal_to_a_single_process(tmp_path):
     run_distributed(_two_rank_fgls, str(tmp_path))
     _two_rank_fgls(0, 1, str(tmp_path))

@@ -347,6 +347,7 @@ def _rank_weights(rank, world, out):
     torch.save({"global": [w for _, w in weighter.seen[::2]], "local": local}, os.path.join(out, f"w{rank}.pt"))
 
 
+@pytest.mark.distributed
 def test_two_ranks_compute_identical_global_batch_weights_equal_to_one_process(tmp_path):
     run_distributed(_rank_weights, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"w{r}.pt") for r in (0, 1))

@@ -247,6 +247,7 @@ def _ranks(rank, world, out):
         json.dump({"weights": weights, "rewards": mixer.algorithm.rewards.tolist()}, f)
 
 
+@pytest.mark.distributed
 def test_two_ranks_hold_identical_weights_equal_to_one_process(tmp_path):
     run_distributed(_ranks, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))

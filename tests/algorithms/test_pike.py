@@ -288,6 +288,7 @@ def _ranks_run(rank, world, out):
         json.dump(trajectory, f)
 
 
+@pytest.mark.distributed
 def test_two_ranks_hold_identical_weights_equal_to_one_process(tmp_path):
     run_distributed(_ranks_run, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -154,6 +154,7 @@ def _example_on_two_ranks(rank, world, data, out):
     example.main([*common[:-1], "0", "--out", f"{out}/untrained"])
 
 
+@pytest.mark.distributed
 def test_plain_pytorch_example_shards_with_fsdp_like_ddp(tmp_path, demo_data):
     import torch
 

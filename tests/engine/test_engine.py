@@ -267,6 +267,7 @@ def _run_ranks(rank, world, out):
     torch.save({"weights": mixer.algorithm.sampling_weights, "rows": rows}, os.path.join(out, f"r{rank}.pt"))
 
 
+@pytest.mark.distributed
 def test_two_ranks_reduce_statistics_and_match_a_single_process(tmp_path):
     run_distributed(_run_ranks, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in (0, 1))

@@ -160,6 +160,7 @@ def _ranks(rank, world, out):
         json.dump({"total": total.item(), "objective": _objective(logits, labels, ids).item()}, f)
 
 
+@pytest.mark.distributed
 def test_two_ranks_sum_to_the_domain_objective(tmp_path):
     run_distributed(_ranks, str(tmp_path))
     _ranks(0, 1, str(tmp_path))

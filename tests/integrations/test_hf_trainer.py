@@ -209,6 +209,7 @@ def _two_rank_run(rank, world_size, out):
     assert np.allclose(rmixer.algorithm.sampling_weights, mixer.algorithm.sampling_weights)
 
 
+@pytest.mark.distributed
 def test_two_ranks_hold_identical_weights_and_disjoint_slices(tmp_path):
     import tests.helpers  # noqa: F401
 

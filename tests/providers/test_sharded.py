@@ -110,6 +110,7 @@ def runs(tmp_path_factory) -> dict[str, dict[str, list]]:
     return found
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("case", list(CASES))
 def test_fsdp_gives_the_ddp_weight_trajectory(runs, case):
     ddp = np.asarray(runs[case]["ddp"][0])
@@ -125,6 +126,7 @@ def _sharded_subset(rank: int, world: int, out: str) -> None:
         _train(rank, world, out, "fsdp", "pike", params={"grad_params": ["model.layers.1.mlp.*"]})
 
 
+@pytest.mark.distributed
 def test_gradient_statistics_of_sharded_layers_are_one_error():
     # FSDP2 differentiates a gathered copy of a layer's parameters, so the subset's gradients are
     # not reachable after the forward: one line instead of zeros.
@@ -140,6 +142,7 @@ def _unattached(rank: int, world: int, out: str) -> None:
     assert sum("no gradient statistics from the first micro-batch" in m for m in seen) == 1
 
 
+@pytest.mark.distributed
 def test_a_sharded_head_seen_late_skips_the_first_batch_and_says_so(tmp_path):
     # Without attach_model the head's input of the first forward is never kept; autograd cannot reach a
     # sharded head, so that batch contributes nothing (said once) rather than zeros.
