@@ -13,7 +13,9 @@ from mixflow.bench.base import available_benchmarks
 from mixflow.bench.runner import run_benchmarks, select, write_report
 from mixflow.cli.main import main
 
-KEYS = {"name", "claim", "source", "setting", "seeds", "quick", "rows", "holds", "verdict", "elapsed_s", "commit", "machine"}
+KEYS = {"name", "claim", "source", "setting", "seeds", "quick", "rows", "comparisons", "holds", "verdict", "elapsed_s",
+        "commit", "machine"}
+COMPARISON_KEYS = {"method", "baseline", "metric", "diff_mean", "ci95", "n_seeds", "verdict"}
 
 
 def test_list_names_every_benchmark_with_its_claim_and_source(capsys):
@@ -34,8 +36,16 @@ def test_each_benchmark_writes_its_json_table_and_plots(tmp_path, name):
     for row in payload["rows"]:
         assert {"method", "metric", "mean", "sd", "values"} <= set(row)
         assert len(row["values"]) >= 1
+    assert payload["comparisons"], "every benchmark compares methods paired by seed"
+    for c in payload["comparisons"]:
+        assert COMPARISON_KEYS <= set(c) and c["verdict"] in ("better", "no different", "worse")
+        assert len(c["ci95"]) == 2 and c["n_seeds"] >= 2
+    claimed = [c for c in payload["comparisons"] if "claim_range" in c]
+    if payload["holds"] is not None:
+        assert claimed and payload["holds"] == all(c["passes"] for c in claimed)
     table = (tmp_path / f"{name}.md").read_text()
     assert f"mixflow bench run {name} --tiny --out {tmp_path}" in table
+    assert "| method | baseline | metric | difference | 95% interval |" in table
     for plot in payload.get("plots", []):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

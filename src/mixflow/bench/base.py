@@ -6,7 +6,10 @@ directory, progress) and writes what it returns as ``NAME.json`` (the schema bel
 what it measured, including a claim that does not hold; it never tunes a method per case.
 
 JSON: ``{"name", "claim", "source", "setting", "seeds", "quick", "rows": [{"method", "metric",
-"mean", "sd", "values"}], "holds", "verdict", "elapsed_s", "commit", "machine"}``.
+"mean", "sd", "values"}], "comparisons": [{"method", "baseline", "metric", "diff_mean", "ci95",
+"n_seeds", "verdict", ...}], "holds", "verdict", "elapsed_s", "commit", "machine"}``. Every judged
+comparison is paired by seed with a 95% interval (:mod:`mixflow.bench.stats`); ``holds`` is true only
+when every comparison that carries a claim has its whole interval inside the claimed range.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.algorithms.registry import discover_modules
+from mixflow.bench.stats import Comparison, compare
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +67,12 @@ class Row:
     values: list[float]
 
     def as_dict(self) -> dict[str, Any]:
-        finite = [v for v in self.values if math.isfinite(v)]
-        mean = statistics.fmean(finite) if finite else math.nan
-        sd = statistics.stdev(finite) if len(finite) > 1 else 0.0 if finite else math.nan
+        # a seed that failed (NaN) makes the mean undefined: it is never dropped to make one
+        if self.values and all(math.isfinite(v) for v in self.values):
+            mean = statistics.fmean(self.values)
+            sd = statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        else:
+            mean = sd = math.nan
         return {"method": self.method, "metric": self.metric, "mean": mean, "sd": sd, "values": list(self.values)}
 
 
@@ -84,6 +91,29 @@ class BenchResult:
     """File names of the PNGs written into the output directory."""
     notes: list[str] = field(default_factory=list)
     """Extra lines for the table (what a reader needs to interpret it)."""
+    comparisons: list[Comparison] = field(default_factory=list)
+    """Paired comparisons with intervals; those with a ``claim_range`` decide ``holds``."""
+
+    def values(self, method: str, metric: str) -> list[float]:
+        """The per-seed values of one row (an error when the benchmark did not measure it)."""
+        for row in self.rows:
+            if row.method == method and row.metric == metric:
+                return list(row.values)
+        raise KeyError(f"no row {method!r} / {metric!r}")
+
+    def compare(self, method: str, baseline: str, metric: str, better: str, **kwargs: Any) -> Comparison:
+        """Add and return the paired comparison of two rows of the same metric (see :func:`stats.compare`)."""
+        c = compare(method, self.values(method, metric), baseline, self.values(baseline, metric), metric, better, **kwargs)
+        self.comparisons.append(c)
+        return c
+
+    def judge(self) -> bool:
+        """``holds`` from the claimed comparisons: every one's whole interval inside its claimed range."""
+        claimed = [c for c in self.comparisons if c.claim_range is not None]
+        if not claimed:
+            raise ValueError("judge: no comparison carries a claim")
+        self.holds = all(bool(c.passes) for c in claimed)
+        return self.holds
 
     def mean(self, method: str, metric: str) -> float:
         """The mean of one row (an error when the benchmark did not measure it)."""

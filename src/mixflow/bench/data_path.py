@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
+from mixflow.bench.stats import compare, interval_text
 
 #: Pseudo-words in the corpus vocabulary.
 WORDS = 20_000
@@ -212,11 +213,11 @@ def _memory_and_setup(ctx: BenchContext, s: dict[str, Any], root: Path, label: s
     ctx.log("data-path: %s corpus: training %d steps from the cache", label, s["steps"])
     train = _measure("train", config)
     name = f"{label} corpus ({sum(f.stat().st_size for f in files) / 1e6:.0f} MB)"
-    cols[(name, "train peak RSS (MiB)")] = [train["peak_rss_mib"]]
-    cols[(name, "train RSS above imports (MiB)")] = [train["train_rss_mib"]]
-    cols[(name, "cache build RSS above imports (MiB)")] = [setup["build_rss_mib"]]
-    cols[(name, "first data setup (s)")] = [setup["first_s"]]
-    cols[(name, "second data setup (s)")] = [setup["second_s"]]
+    cols.setdefault((name, "train peak RSS (MiB)"), []).append(train["peak_rss_mib"])
+    cols.setdefault((name, "train RSS above imports (MiB)"), []).append(train["train_rss_mib"])
+    cols.setdefault((name, "cache build RSS above imports (MiB)"), []).append(setup["build_rss_mib"])
+    cols.setdefault((name, "first data setup (s)"), []).append(setup["first_s"])
+    cols.setdefault((name, "second data setup (s)"), []).append(setup["second_s"])
 
 
 @register_benchmark(
@@ -232,23 +233,29 @@ def run(ctx: BenchContext) -> BenchResult:
     root.mkdir(parents=True, exist_ok=True)
     cols: dict[tuple[str, str], list[float]] = {}
     megabytes, worker_counts = _throughput(ctx, s, root, cols)
-    for label, mb in (("small", s["small_mb"]), ("large", s["large_mb"])):
-        _memory_and_setup(ctx, s, root, label, mb, cols)
+    for seed in range(ctx.seeds):
+        for label, mb in (("small", s["small_mb"]), ("large", s["large_mb"])):
+            ctx.log("data-path: memory and setup, repetition %d of %d", seed + 1, ctx.seeds)
+            _memory_and_setup(ctx, s, root, label, mb, cols)
 
     result = BenchResult(setting={**s, "workers": worker_counts, "throughput_corpus_mb": round(megabytes, 1)},
                          rows=[Row(m, metric, v) for (m, metric), v in cols.items()], holds=None, verdict="")
-    base = result.mean("datasets.map (1 process)", "MB/s")
-    one = result.mean("mixflow cache (1 worker)", "MB/s")
-    most = result.mean(f"mixflow cache ({worker_counts[-1]} workers)", "MB/s")
     small, large = (next(m for (m, metric) in cols if m.startswith(lab)) for lab in ("small", "large"))
-    rss_ratio = result.mean(large, "train peak RSS (MiB)") / result.mean(small, "train peak RSS (MiB)")
-    speedup = result.mean(large, "first data setup (s)") / max(result.mean(large, "second data setup (s)"), 1e-9)
-    scaling = most / one
-    result.holds = bool(one >= base and scaling > 1.0 and rss_ratio <= 1.3 and speedup >= 20)
+    speed = result.compare("mixflow cache (1 worker)", "datasets.map (1 process)", "MB/s", "higher", scale="ratio",
+                           claim_range=(1.0, None))
+    scaling = result.compare(f"mixflow cache ({worker_counts[-1]} workers)", "mixflow cache (1 worker)", "MB/s", "higher",
+                             scale="ratio", claim_range=(1.0, None))
+    rss = compare(large, result.values(large, "train peak RSS (MiB)"), small, result.values(small, "train peak RSS (MiB)"),
+                  "train peak RSS (MiB)", "lower", scale="ratio", claim_range=(None, 1.3))
+    setup = compare("first data setup", result.values(large, "first data setup (s)"), "second data setup",
+                    result.values(large, "second data setup (s)"), f"{large}: data setup (s)", "higher", scale="ratio",
+                    claim_range=(20.0, None))
+    result.comparisons += [rss, setup]
+    result.judge()
     result.verdict = (
-        f"cache build {one:.1f} MB/s vs datasets.map {base:.1f} MB/s ({one / base:.2f}×), {worker_counts[-1]} workers "
-        f"{scaling:.2f}× one; training peak RSS {rss_ratio:.2f}× on the 10× corpus; second data setup "
-        f"{speedup:.0f}× faster than the first."
+        f"cache build {interval_text(speed)} datasets.map's MB/s (claim > 1×), {worker_counts[-1]} workers "
+        f"{interval_text(scaling)} one (claim > 1×); training peak RSS {interval_text(rss)} on the 10× corpus "
+        f"(claim < 1.3×); the first data setup takes {interval_text(setup)} the second's time (claim > 20×)."
     )
     result.notes += [
         "throughput counts the source file's bytes per second, reading and tokenizing included (and writing, for "

@@ -178,6 +178,9 @@ def _result(ctx: BenchContext, s: dict[str, Any], runs: dict[str, list[dict[str,
                                   "model": "Llama 4×128, untied head, byte tokens", "batch": 16,
                                   "uniform's final mean val loss": target}, rows=rows, holds=None, verdict="",
                          plots=[plot.name] if plot else [])
+    for name in runs:
+        if name != "uniform":
+            result.compare(name, "uniform", "mean val loss", "lower")
     ranked = sorted(runs, key=lambda n: result.mean(n, "mean val loss"))
     best = ranked[0]
     uni_steps = result.mean("uniform", "steps to uniform's final mean val loss")
@@ -188,7 +191,11 @@ def _result(ctx: BenchContext, s: dict[str, Any], runs: dict[str, list[dict[str,
         f"{uni_steps:.0f} steps); lowest worst-domain loss: "
         f"{min(runs, key=lambda n: result.mean(n, 'worst-domain val loss'))}; ranking: {', '.join(ranked)}."
     )
-    result.notes.append("steps are measured at the evaluation steps (every max_steps/6); NaN: never reached")
+    better = [c.method for c in result.comparisons if c.verdict == "better"]
+    result.verdict += (f" Paired by seed against uniform, {len(better)} of {len(result.comparisons)} methods have a mean "
+                       f"validation loss lower with the whole 95% interval below 0: {', '.join(better) or 'none'}.")
+    result.notes.append("steps are measured at the evaluation steps (every max_steps/6); a seed that never reaches the "
+                        "loss makes the mean undefined (–), never dropped")
     return result
 
 

@@ -17,6 +17,7 @@ import torch
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, DomainStats
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
+from mixflow.bench.stats import interval_text
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
@@ -62,7 +63,7 @@ def run_pike(sigmas: tuple[float, float], name: str, params: dict[str, Any], ste
 
 
 def _exact_stats(theta: np.ndarray, sigmas: np.ndarray) -> DomainStats:
-    """Population statistics in grad_stats' form: ‖∇L_k‖² = θ_k², σ_k² = d·σ_k² (d = 2)."""
+    """Population statistics in grad_stats' form: ‖∇L_k‖² = θ_k², σ_k² = d·σ_k² (d = 2), and the task losses."""
     stats = DomainStats.zeros(2)
     big = 10**6  # many groups of many samples: the estimator's corrections vanish
     mean = np.stack([theta * np.eye(2)[k] for k in range(2)])
@@ -70,6 +71,9 @@ def _exact_stats(theta: np.ndarray, sigmas: np.ndarray) -> DomainStats:
     stats.extras[GRAD_SQ_SUM] = torch.as_tensor(2 * (mean**2).sum(1) + 2 * sigmas**2 / big * 2)
     stats.extras[GRAD_GROUPS] = torch.full((2,), 2.0, dtype=torch.float64)
     stats.extras[GRAD_SAMPLES] = torch.full((2,), float(big), dtype=torch.float64)
+    # the population losses L_k = ½θ_k² (the noise term has mean 0): Balanced-PiKE tilts towards the larger
+    stats.token_count += 1.0
+    stats.token_loss_sum += torch.as_tensor(0.5 * theta**2, dtype=stats.token_loss_sum.dtype)
     return stats
 
 
@@ -110,7 +114,8 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
 
 @register_benchmark(
     "pike-quadratic",
-    claim="PiKE on its own grad_stats estimates ends below every static mixture; Balanced-PiKE lowers the worst task's loss",
+    claim="PiKE with exact gradient statistics ends below the best static mixture (chosen on separate seeds) and "
+    "Balanced-PiKE with exact statistics lowers the worst task's loss; PiKE on its own grad_stats estimates is reported",
     source="seed 002 (Li et al. 2025), Example 2.1",
 )
 def run(ctx: BenchContext) -> BenchResult:
@@ -122,37 +127,56 @@ def run(ctx: BenchContext) -> BenchResult:
         "PiKE (floored estimate, per-update scale)": ("pike", {"floor_norm": True, "scale_smoothing": 0.0}, False),
         "Balanced-PiKE (defaults)": ("balanced_pike", {}, False),
         "PiKE (exact statistics)": ("pike", {"zeta2": LR}, True),
+        "Balanced-PiKE (exact statistics)": ("balanced_pike", {"zeta2": LR}, True),
     }
     cols: dict[tuple[str, str], list[float]] = {}
+    chosen: dict[str, float] = {}
     for sigmas in SIGMAS:
         case = f"σ = {sigmas}"
         ctx.log("pike-quadratic: %s", case)
+        # the best static mixture is chosen on seeds that never score it (selection on the scoring
+        # seeds would favour the baseline by its own noise)
+        selection = {w: np.mean([run_static(sigmas, w, s["steps"], SELECTION_SEED + 1000 * seed + r)[0]
+                                 for seed in range(ctx.seeds) for r in range(s["replicates"])]) for w in STATIC}
+        chosen[case] = float(min(selection, key=selection.__getitem__))
         for seed in range(ctx.seeds):
             reps = [1000 * seed + r for r in range(s["replicates"])]
             for w in STATIC:
                 out = np.mean([run_static(sigmas, w, s["steps"], r) for r in reps], axis=0)
                 cols.setdefault((f"static w={w}", f"{case} final loss"), []).append(float(out[0]))
+                if w == chosen[case]:
+                    cols.setdefault(("best static", f"{case} final loss"), []).append(float(out[0]))
+                    cols.setdefault(("best static", f"{case} worst-task loss"), []).append(float(out[1]))
             for label, (name, params, exact) in variants.items():
                 out = np.mean([run_pike(sigmas, name, params, s["steps"], r, exact) for r in reps], axis=0)
                 cols.setdefault((label, f"{case} final loss"), []).append(float(out[0]))
                 cols.setdefault((label, f"{case} worst-task loss"), []).append(float(out[1]))
     rows = [Row(m, metric, v) for (m, metric), v in cols.items()]
     result = BenchResult(setting={**s, "sigmas": [list(x) for x in SIGMAS], "lr": LR, "batch": BATCH,
-                                  "update_step": 1, "tail": TAIL}, rows=rows, holds=None, verdict="")
+                                  "update_step": 1, "tail": TAIL, "best static w (selection seeds)": chosen},
+                         rows=rows, holds=None, verdict="")
     return _judge(result)
 
 
+#: Seeds of the runs that choose the best static mixture (never used to score it).
+SELECTION_SEED = 10**6
+
+
 def _judge(result: BenchResult) -> BenchResult:
-    parts, holds = [], True
+    parts = []
     for sigmas in SIGMAS:
         case = f"σ = {sigmas}"
-        best = min(result.mean(f"static w={w}", f"{case} final loss") for w in STATIC)
-        pike = result.mean("PiKE (defaults)", f"{case} final loss")
-        worst_p = result.mean("PiKE (defaults)", f"{case} worst-task loss")
-        worst_b = result.mean("Balanced-PiKE (defaults)", f"{case} worst-task loss")
-        holds &= pike <= best and worst_b <= worst_p
-        parts.append(f"{case}: PiKE {pike / best:.2f}× the best static mixture, Balanced-PiKE worst task {worst_b / worst_p:.2f}× PiKE's")
-    result.holds = bool(holds)
-    result.verdict = "; ".join(parts) + " (claim: ≤ 1.00× both)."
+        final, worst = f"{case} final loss", f"{case} worst-task loss"
+        exact = result.compare("PiKE (exact statistics)", "best static", final, "lower", scale="ratio",
+                               claim_range=(None, 1.0))
+        balanced = result.compare("Balanced-PiKE (exact statistics)", "PiKE (exact statistics)", worst, "lower",
+                                  scale="ratio", claim_range=(None, 1.0))
+        own = result.compare("PiKE (defaults)", "best static", final, "lower", scale="ratio")
+        result.compare("Balanced-PiKE (defaults)", "PiKE (defaults)", worst, "lower", scale="ratio")
+        parts.append(f"{case}: exact-statistics PiKE {interval_text(exact)} the best static mixture, Balanced-PiKE's "
+                     f"worst task {interval_text(balanced)} PiKE's; PiKE on its own estimates {interval_text(own)} ({own.verdict})")
+    result.judge()
+    result.verdict = "; ".join(parts) + " (claims: the whole interval below 1.00×)."
     result.notes.append("each seed's value is the mean over `replicates` independent runs; losses are averaged over the last 50 steps")
+    result.notes.append("best static: the w with the lowest mean final loss on separate selection seeds, re-run on the scoring seeds")
     return result

@@ -45,6 +45,9 @@ def run_benchmarks(
         ctx.log("bench %s: %s (%s, %d seeds)", bench.name, bench.claim, "quick" if ctx.quick else "full size", n)
         code = commit(exclude=out_dir)  # the code that runs, before this run writes its results
         result, elapsed = timed(bench.run, ctx)
+        claimed = [c for c in result.comparisons if c.claim_range is not None]
+        if result.holds and any(not c.passes for c in claimed):  # a benchmark's own defect, never a result
+            raise RuntimeError(f"bench {bench.name}: holds is true but a claimed interval leaves its range")
         payload = {
             "name": bench.name,
             "claim": bench.claim,
@@ -53,6 +56,7 @@ def run_benchmarks(
             "seeds": n,
             "quick": ctx.quick,
             "rows": [row.as_dict() for row in result.rows],
+            "comparisons": [c.as_dict() for c in result.comparisons],
             "holds": result.holds,
             "verdict": result.verdict,
             "elapsed_s": round(elapsed, 2),
@@ -109,6 +113,21 @@ def table_markdown(payload: dict[str, Any], cmd: str) -> str:
     for row in payload["rows"]:
         values = ", ".join(_fmt(v) for v in row["values"])
         lines.append(f"| {row['method']} | {row['metric']} | {_fmt(row['mean'])} | {_fmt(row['sd'])} | {values} |")
+    if payload.get("comparisons"):
+        lines += ["", "Paired by seed, 95% intervals (a ratio's interval is of the geometric mean):", "",
+                  "| method | baseline | metric | difference | 95% interval | seeds | verdict | claim |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in payload["comparisons"]:
+            unit = "×" if c.get("scale") == "ratio" else ""
+            lo, hi = c["ci95"]
+            claim = "–"
+            if "claim_range" in c:
+                low, high = c["claim_range"]
+                bounds = " and ".join(x for x in (f"> {_fmt(low)}{unit}" if low is not None else "",
+                                                   f"< {_fmt(high)}{unit}" if high is not None else "") if x)
+                claim = f"{bounds}: {'holds' if c['passes'] else 'does not hold'}"
+            lines.append(f"| {c['method']} | {c['baseline']} | {c['metric']} | {_fmt(c['diff_mean'])}{unit} | "
+                         f"[{_fmt(lo)}, {_fmt(hi)}]{unit} | {c['n_seeds']} | {c['verdict']} | {claim} |")
     lines += ["", "Setting: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in payload["setting"].items())]
     lines += [f"- {note}" for note in payload.get("notes", [])]
     lines += [f"![{p}]({p})" for p in payload.get("plots", [])]

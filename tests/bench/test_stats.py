@@ -1,0 +1,67 @@
+"""Paired comparisons: Student-t intervals, verdicts against a minimum effect, claims judged by the whole
+interval, failed seeds never dropped."""
+
+import math
+
+import pytest
+
+from mixflow.bench.base import BenchResult, Row
+from mixflow.bench.stats import against_value, bootstrap_interval, compare, mean_interval, t_cdf, t_quantile
+
+
+@pytest.mark.parametrize("df", [1, 2, 4, 9, 30, 200])
+def test_t_quantile_matches_scipy(df):
+    stats = pytest.importorskip("scipy.stats")
+    for p in (0.6, 0.9, 0.975, 0.995):
+        assert math.isclose(t_quantile(p, df), stats.t.ppf(p, df), rel_tol=1e-8)
+        assert math.isclose(t_cdf(-1.3, df), stats.t.cdf(-1.3, df), rel_tol=1e-9)
+
+
+def test_mean_interval_is_the_t_interval():
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) · sd / √n with sd = 1
+    assert mean == 2.0 and math.isclose(lo, 2.0 - half) and math.isclose(hi, 2.0 + half)
+    assert mean_interval([5.0]) == (5.0, -math.inf, math.inf)
+
+
+def test_a_failed_seed_is_never_dropped():
+    assert all(math.isnan(x) for x in mean_interval([1.0, math.nan, 2.0]))
+    row = Row("uniform", "steps", [125.0, math.nan, math.nan]).as_dict()
+    assert math.isnan(row["mean"]) and math.isnan(row["sd"]) and row["values"][0] == 125.0
+
+
+def test_verdicts_need_the_whole_interval_beyond_the_margin():
+    lower_loss = compare("m", [1.0, 1.1, 0.9, 1.0], "b", [2.0, 2.05, 1.95, 2.0], "loss", "lower")
+    assert lower_loss.verdict == "better" and lower_loss.interval[2] < 0
+    assert compare("m", [1.0, 1.1, 0.9, 1.0], "b", [2.0, 2.05, 1.95, 2.0], "acc", "higher").verdict == "worse"
+    noisy = compare("m", [1.0, 3.0, 0.0, 2.5], "b", [1.5, 1.0, 1.2, 1.1], "loss", "lower")
+    assert noisy.verdict == "no different"
+    # a clear but small difference is "no different" under a larger minimum effect
+    small = compare("m", [1.00, 1.01, 0.99, 1.00], "b", [1.10, 1.11, 1.09, 1.10], "loss", "lower", min_effect=0.5)
+    assert small.verdict == "no different"
+
+
+def test_ratio_scale_reports_geometric_mean_ratios():
+    c = compare("fast", [2.0, 2.3, 1.75], "slow", [1.0, 1.1, 0.9], "samples/s", "higher", scale="ratio")
+    mean, lo, hi = c.interval
+    assert math.isclose(mean, (2.0 * 2.3 / 1.1 * 1.75 / 0.9) ** (1 / 3)) and lo < mean < hi and c.verdict == "better"
+    assert c.as_dict()["scale"] == "ratio" and c.as_dict()["n_seeds"] == 3
+
+
+def test_a_claim_holds_only_when_the_whole_interval_is_in_its_range():
+    inside = compare("m", [1.0, 1.02, 0.98], "b", [0.0, 0.0, 0.0], "gain", "higher", claim_range=(0.5, None))
+    crossing = compare("m", [1.0, 0.2, 1.9], "b", [0.0, 0.0, 0.0], "gain", "higher", claim_range=(0.5, None))
+    assert inside.passes is True and crossing.passes is False
+    assert crossing.interval[0] > 0.5  # its mean alone would have said "holds"
+    band = against_value("FGLS", [9.5, 10.2, 10.1, 9.9], 10.0, "w1/w2", "higher", claim_range=(-2.0, 2.0))
+    assert band.passes is True and band.baseline == "10"
+    result = BenchResult(setting={}, rows=[], holds=None, verdict="", comparisons=[inside, crossing])
+    assert result.judge() is False
+
+
+def test_bootstrap_interval_is_deterministic_and_brackets_the_statistic():
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    first = bootstrap_interval(values, median, resamples=2000, seed=1)
+    assert first == bootstrap_interval(values, median, resamples=2000, seed=1)
+    assert first[1] <= first[0] <= first[2]
