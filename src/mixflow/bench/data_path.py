@@ -29,6 +29,7 @@ import numpy as np
 
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
 from mixflow.bench.stats import compare, interval_text
+from mixflow.data.bpe import train_bpe
 
 #: Pseudo-words in the corpus vocabulary.
 WORDS = 20_000
@@ -56,19 +57,10 @@ def write_corpus(path: Path, megabytes: float, seed: int) -> int:
 
 
 def bpe_tokenizer(corpus: Path, out: Path, vocab_size: int) -> Path:
-    """A byte-level BPE tokenizer trained on the first MB of ``corpus``, saved as a HF directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False)
+    """A byte-level BPE tokenizer trained on the first 4000 documents of ``corpus``."""
     with open(corpus, encoding="utf-8") as f:
         sample = [json.loads(line)["text"] for _, line in zip(range(4000), f)]
-    core.train_from_iterator(sample, trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>").save_pretrained(out)
-    return out
+    return train_bpe(sample, out, vocab_size)
 
 
 def _datasets_map(corpus: Path, tokenizer: Any, cache: Path) -> tuple[float, int]:

@@ -45,6 +45,18 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_corpus(args: argparse.Namespace) -> int:
+    from mixflow.data.corpus import build_corpus
+
+    manifest = build_corpus(args.out_dir, scale=args.scale, seed=args.seed,
+                            vocab_size=None if args.vocab_size == 0 else args.vocab_size, progress=not args.quiet)
+    for name, d in manifest["domains"].items():
+        print(f"{name:<10} {d['text_bytes']:>10} bytes  {d['documents']:>6} documents  {len(d['files']):>5} files  "
+              f"{'clean' if d['clean'] else 'noisy'}")
+    print(f"corpus sha256 {manifest['corpus_sha256']}; manifest {args.out_dir}/manifest.json")
+    return 0
+
+
 def _cmd_data_tokenize(args: argparse.Namespace) -> int:
     from mixflow.config.load import load_config
     from mixflow.config.parse import parse_overrides
@@ -178,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_data_demo)
+    d = data_sub.add_parser("corpus", help="build the arena corpus from text this machine ships (7 domains, BPE tokenizer)")
+    d.add_argument("out_dir")
+    d.add_argument("--scale", type=float, default=1.0, help="multiplies every domain's byte budget (default 1: 16.2 MB)")
+    d.add_argument("--seed", type=int, default=0, help="the order files are taken in (default 0)")
+    d.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096; 0: no tokenizer)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_data_corpus)
     d = data_sub.add_parser("tokenize", help="tokenize a config's domains once into the cache")
     d.add_argument("config", help="YAML file: the training config whose domains are tokenized")
     d.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
@@ -219,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        messages = err.messages if isinstance(err, ConfigErrors) else [str(err)]
+        messages = err.messages if isinstance(err, ConfigErrors) else (str(err).splitlines() or [str(err)])
         for message in messages:  # each problem on its own line
             print(f"mixflow: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
