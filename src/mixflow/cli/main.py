@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from mixflow.config.errors import ConfigError, ConfigErrors
 
@@ -167,21 +168,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_cmd_bench_report)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixflow", description="Dynamic data mixing and reweighting for LM training.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train as a YAML config says (key=value overrides follow it)")
-    p.add_argument("config", help="YAML file")
-    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("plot", help="PNG of weights and per-domain losses of a run directory")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/<algorithm>_weights.png)")
-    p.set_defaults(func=_cmd_plot)
-
+def _data_parser(sub: Any) -> None:
+    """``mixflow data ...``: the corpora and the tokenization cache."""
     p = sub.add_parser("data", help="data utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     d = data_sub.add_parser("demo", help="build the offline demo corpus (code, prose, arithmetic, random)")
@@ -211,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--test-per-topic", type=int, default=150, help="clean test examples per topic (default 150)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_data_classification_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixflow", description="Dynamic data mixing and reweighting for LM training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train as a YAML config says (key=value overrides follow it)")
+    p.add_argument("config", help="YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plot", help="PNG of weights and per-domain losses of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/<algorithm>_weights.png)")
+    p.set_defaults(func=_cmd_plot)
+
+    _data_parser(sub)
 
     p = sub.add_parser("checkers", help="train IMP/DIMP's quality and diversity checkers and cache P'(y|x), Q(y|x)")
     p.add_argument("config", help="YAML file: a classification config with real_data")
