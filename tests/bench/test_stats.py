@@ -65,3 +65,9 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_statistic():
     first = bootstrap_interval(values, median, resamples=2000, seed=1)
     assert first == bootstrap_interval(values, median, resamples=2000, seed=1)
     assert first[1] <= first[0] <= first[2]
+
+
+def test_a_censored_seed_reads_more_than_the_limit_and_keeps_the_mean_undefined():
+    row = Row("odm", "steps to target", [100.0, None, 150.0], censored_at=300).as_dict()
+    assert row["values"] == [100.0, "> 300", 150.0] and math.isnan(row["mean"]) and row["median"] == 150.0
+    assert Row("odm", "steps to target", [None, None, 90.0], censored_at=300).as_dict()["median"] == "> 300"

@@ -96,3 +96,16 @@ def test_validate_weights_names_the_field() -> None:
         validate_weights(np.ones((2, 2)), 2)
     with pytest.raises(ValueError, match=r"^weights: expected values whose sum is finite"):
         validate_weights([1e308, 1e308], 2)
+
+
+def test_unimax_spreads_the_budget_uniformly_under_an_epoch_cap():
+    from mixflow.data.proportions import unimax_proportions
+
+    # budget 400 over 4 domains: the 10-token domain takes its one epoch, the rest share 390 equally
+    p = unimax_proportions([1000, 10, 500, 2000], budget=400, max_epochs=1)
+    assert np.allclose(p * 400, [130, 10, 130, 130])
+    # a budget larger than every cap: each domain at max_epochs epochs
+    assert np.allclose(unimax_proportions([100, 10, 50], budget=1000, max_epochs=2), np.array([200, 20, 100]) / 320)
+    assert np.allclose(unimax_proportions([5, 5], budget=4), [0.5, 0.5])
+    with pytest.raises(ValueError, match="max_epochs: expected a finite number > 0"):
+        unimax_proportions([5, 5], budget=4, max_epochs=0)

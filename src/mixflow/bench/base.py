@@ -65,15 +65,29 @@ class Row:
     method: str
     metric: str
     values: list[float]
+    censored_at: float | None = None
+    """For a "steps to reach" metric: a seed that never reached it is None in ``values`` and is
+    reported as "> censored_at" (its value is only known to be larger), never dropped."""
 
     def as_dict(self) -> dict[str, Any]:
-        # a seed that failed (NaN) makes the mean undefined: it is never dropped to make one
-        if self.values and all(math.isfinite(v) for v in self.values):
-            mean = statistics.fmean(self.values)
-            sd = statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        # a seed that failed (NaN) or never reached (censored) makes the mean undefined: it is never
+        # dropped to make one
+        known = [v for v in self.values if v is not None]
+        if self.values and len(known) == len(self.values) and all(math.isfinite(v) for v in known):
+            mean = statistics.fmean(known)
+            sd = statistics.stdev(known) if len(known) > 1 else 0.0
         else:
             mean = sd = math.nan
-        return {"method": self.method, "metric": self.metric, "mean": mean, "sd": sd, "values": list(self.values)}
+        out: dict[str, Any] = {"method": self.method, "metric": self.metric, "mean": mean, "sd": sd,
+                               "values": [self._shown(v) for v in self.values]}
+        if self.censored_at is not None:
+            ordered = sorted(math.inf if v is None else v for v in self.values)
+            median = ordered[(len(ordered) - 1) // 2] if ordered else math.nan  # the lower median: a censored
+            out["median"] = self._shown(None if median == math.inf else median)  # upper half reads "> T"
+        return out
+
+    def _shown(self, value: float | None) -> float | str:
+        return f"> {self.censored_at:g}" if value is None else value
 
 
 @dataclass

@@ -112,7 +112,8 @@ def table_markdown(payload: dict[str, Any], cmd: str) -> str:
     ]
     for row in payload["rows"]:
         values = ", ".join(_fmt(v) for v in row["values"])
-        lines.append(f"| {row['method']} | {row['metric']} | {_fmt(row['mean'])} | {_fmt(row['sd'])} | {values} |")
+        mean = _fmt(row["mean"]) if "median" not in row else f"{_fmt(row['mean'])} (median {_fmt(row['median'])})"
+        lines.append(f"| {row['method']} | {row['metric']} | {mean} | {_fmt(row['sd'])} | {values} |")
     if payload.get("comparisons"):
         lines += ["", "Paired by seed, 95% intervals (a ratio's interval is of the geometric mean):", "",
                   "| method | baseline | metric | difference | 95% interval | seeds | verdict | claim |",

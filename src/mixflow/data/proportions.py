@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SAMPLE_RULES", "resolve_proportions", "validate_domain_sizes", "validate_weights"]
+__all__ = ["SAMPLE_RULES", "resolve_proportions", "unimax_proportions", "validate_domain_sizes", "validate_weights"]
 
 SAMPLE_RULES = ("mixture", "stratified", "uniform", "temperature")
 
@@ -118,3 +118,25 @@ def resolve_proportions(
     logits = np.log(sizes.astype(np.float64)) / float(temperature)
     p = np.exp(logits - logits.max())
     return p / p.sum()
+
+
+def unimax_proportions(domain_sizes: Sequence[int], budget: float, max_epochs: float = 1.0) -> np.ndarray:
+    """UniMax (Chung et al. 2023, arXiv 2304.09151, Algorithm 1): spread a budget of ``budget``
+    units (tokens) as uniformly as possible over the domains, no domain repeated more than
+    ``max_epochs`` times; what a small domain cannot take goes to the larger ones.
+
+    Domains are visited from the smallest; each takes min(its cap, an equal share of what is left).
+    Returns proportions summing to 1 (when every domain is capped, each is at its cap).
+    """
+    sizes = validate_domain_sizes(domain_sizes).astype(np.float64)
+    for name, value in (("budget", budget), ("max_epochs", max_epochs)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0 \
+                or not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    alloc = np.zeros_like(sizes)
+    left = float(budget)
+    order = np.argsort(sizes, kind="stable")
+    for rank, i in enumerate(order):
+        alloc[i] = min(max_epochs * sizes[i], left / (len(order) - rank))
+        left -= alloc[i]
+    return alloc / alloc.sum()

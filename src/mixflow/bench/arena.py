@@ -1,0 +1,379 @@
+"""The arena: every mixing method against the simple mixtures and the best static one, on one set of
+domains, paired by seed — the engine behind ``mixflow bench run lm-arena`` and ``mixflow arena``.
+
+1. The documents of each domain are split once into train and *test* files; every method trains on
+   the train files (FGLS, ERMA and DoReMi hold their validation rows out of them) and is scored on the
+   test files, which nothing ever trains or tunes on.
+2. Baselines: ``uniform``, ``natural`` (in proportion to the domains' sizes), ``temperature``
+   (τ = 3), ``unimax`` (uniform under a one-epoch cap, Chung et al. 2023), and ``best static``: a
+   swarm of proxy runs on Dirichlet mixtures, a regression of their target loss on the mixture, the
+   mean of the top predicted mixtures over many candidates (RegMix, Liu et al. 2024, arXiv
+   2407.01492, §3), re-run on every scoring seed. The swarm is cached by the data and the setting.
+3. Every method with its documented defaults; DoReMi's three steps with the reference's and proxy's
+   steps counted.
+4. Each method against ``best static`` (target loss, paired 95% intervals), the fraction of the
+   natural → best-static gap it closes (a paired bootstrap over seeds), the steps it needs to reach
+   the best baseline's final validation loss (censored "> T" when never reached), and a
+   recommendation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixflow.bench.arena_runs import RunSpec, run_specs
+from mixflow.bench.base import BenchResult, Row
+from mixflow.bench.stats import bootstrap_interval, interval_text
+from mixflow.data.proportions import unimax_proportions
+
+#: The simple mixtures every method must beat (their sampling rule, or a computed mixture).
+BASELINES = ("uniform", "natural", "temperature", "unimax")
+#: method: the ``mixflow train`` keys that make it, on top of the shared ones.
+METHODS: dict[str, dict[str, Any]] = {
+    "odm": {"component": {"name": "odm"}, "update_step": 1},
+    "pike": {"component": {"name": "pike"}, "update_step": 10},
+    "balanced_pike": {"component": {"name": "balanced_pike"}, "update_step": 10},
+    "fgls": {"component": {"name": "fgls"}, "update_step": 10},
+    "erma": {"component": {"name": "erma"}, "update_step": 10},
+    "va": {"component": {"name": "va"}, "update_step": 10},
+    "erma + va": {"component": {"name": "va", "params": {"loss_weights_from": {"name": "erma"}}}, "update_step": 10},
+    "loss reweighting": {"train_type": "dynamic_weight", "mixture_sample_rule": "uniform", "component": {"name": "loss"}},
+    "doremi": {},  # its own three-step pipeline
+}
+TARGET = "target loss"
+TEMPERATURE, UNIMAX_EPOCHS = 3.0, 1.0
+
+
+@dataclass
+class Arena:
+    """What one arena compares, on which data, at which size."""
+
+    train_dir: Path
+    """A dataset directory (``dataset_info.json``) with the train files."""
+    test_dir: Path
+    domains: list[str]
+    clean: list[str]
+    """The domains whose mean test loss is the target."""
+    tokens: dict[str, int]
+    """Train tokens per domain (natural proportions, UniMax's caps)."""
+    base: dict[str, Any]
+    """The shared ``mixflow train`` keys (model, tokenizer, batch, learning rate, steps, val_size)."""
+    work: Path
+    seeds: int
+    jobs: int
+    swarm: int
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    log: Callable[..., None] = print
+
+    @property
+    def steps(self) -> int:
+        return int(self.base["max_steps"])
+
+    def budget_tokens(self) -> float:
+        return float(self.steps * int(self.base["per_device_train_batch_size"]) * int(self.base["cutoff_len"]))
+
+    def mixture(self, name: str) -> list[float]:
+        """A baseline's sampling proportions."""
+        n = np.array([self.tokens[d] for d in self.domains], dtype=np.float64)
+        if name == "uniform":
+            p = np.ones_like(n)
+        elif name == "natural":
+            p = n
+        elif name == "temperature":
+            p = n ** (1.0 / TEMPERATURE)
+        elif name == "unimax":
+            p = unimax_proportions([int(x) for x in n], self.budget_tokens(), UNIMAX_EPOCHS)
+        else:
+            raise ValueError(f"arena: unknown baseline {name!r}")
+        return (p / p.sum()).tolist()
+
+    def static_config(self, out: Path, seed: int, mixture: list[float]) -> dict[str, Any]:
+        return {**self.base, "dataset": ",".join(self.domains), "dataset_dir": str(self.train_dir),
+                "train_type": "static", "mixture_sample_rule": "mixture", "init_mixture_proportions": mixture,
+                "output_dir": str(out), "seed": seed}
+
+    def spec(self, method: str, seed: int, config: dict[str, Any], kind: str = "train",
+             extra: dict[str, Any] | None = None) -> RunSpec:
+        return RunSpec(method, seed, config, str(self.test_dir), tuple(self.domains), tuple(self.clean), kind,
+                       extra or {})
+
+
+def split_domains(sources: list[Any], out: Path, test_every: int = 20, max_documents: int | None = None
+                  ) -> tuple[Path, Path]:
+    """Write every ``test_every``-th document of each domain to ``out/test`` and the rest to
+    ``out/train`` (JSON lines, ``dataset_info.json`` in each); (train dir, test dir). The split is a
+    fixed function of the documents' order, so every method sees the same one."""
+    from mixflow.data.sources import iter_documents
+
+    dirs = {"train": out / "train", "test": out / "test"}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        handles = {k: open(dirs[k] / f".{source.name}.jsonl.tmp", "w", encoding="utf-8") for k in dirs}
+        try:
+            held, tested = None, 0  # the last train document, written one behind: a domain too small for
+            for i, text in enumerate(iter_documents(source, limit=max_documents)):  # one test document gives it its last
+                if i % test_every == test_every - 1:
+                    handles["test"].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                    tested += 1
+                    continue
+                if held is not None:
+                    handles["train"].write(json.dumps({"text": held}, ensure_ascii=False) + "\n")
+                held = text
+            if held is not None:
+                handles["test" if tested == 0 else "train"].write(json.dumps({"text": held}, ensure_ascii=False) + "\n")
+        finally:
+            for handle in handles.values():
+                handle.close()
+        for folder in dirs.values():
+            (folder / f".{source.name}.jsonl.tmp").replace(folder / f"{source.name}.jsonl")
+    for folder in dirs.values():
+        info = {src.name: {"file_name": f"{src.name}.jsonl", "columns": {"prompt": "text"}} for src in sources}
+        (folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return dirs["train"], dirs["test"]
+
+
+def train_tokens(arena_base: dict[str, Any], train_dir: Path, domains: list[str]) -> dict[str, int]:
+    """Tokens per domain in the train files (through the tokenization cache the runs then reuse)."""
+    from mixflow.config.load import load_config
+    from mixflow.recipes.build import tokenize_domains
+
+    raw = {**arena_base, "dataset": ",".join(domains), "dataset_dir": str(train_dir), "train_type": "static",
+           "output_dir": str(train_dir.parent / "tokens-probe")}
+    entries = tokenize_domains(load_config(raw=raw, check_outputs=False), progress=False)
+    return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in entries}
+
+
+def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
+    """The run of one (non-baseline) method at one seed, with its documented defaults."""
+    out = arena.work / f"seed{seed}" / _slug(method)
+    shared = {**arena.base, "dataset": ",".join(arena.domains), "dataset_dir": str(arena.train_dir), "seed": seed}
+    if method == "doremi":
+        config = {**shared, "output_dir": str(out), "reference": {"mixture_sample_rule": "uniform"},
+                  "proxy": {"warmup_step": max(2, arena.steps // 20), "update_step": 5}, "doremi": {}}
+        return arena.spec(method, seed, config, kind="doremi")
+    keys = METHODS[method]
+    return arena.spec(method, seed, {**shared, "train_type": "dynamic_mix", **keys, "output_dir": str(out)})
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def search_best_static(arena: Arena) -> dict[str, Any]:
+    """The swarm (cached): its members' mixtures and target losses, and the chosen mixture."""
+    key = hashlib.sha256(json.dumps({"base": arena.base, "domains": arena.domains, "clean": arena.clean,
+                                     "tokens": arena.tokens, "swarm": arena.swarm, "data": _data_digest(arena)},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = arena.work / f"swarm-{key}.json"
+    if cache.is_file():
+        arena.log("arena: best static mixture from the cached swarm %s", cache)
+        return json.loads(cache.read_text(encoding="utf-8"))
+    rng = np.random.default_rng(12345)
+    k = len(arena.domains)
+    # half spread over the whole simplex, half around the natural mixture (where most of the mass is)
+    natural = np.array(arena.mixture("natural"))
+    mixtures = [rng.dirichlet(np.ones(k)) if i % 2 == 0 else rng.dirichlet(natural * k * 2 + 0.2)
+                for i in range(arena.swarm)]
+    specs = [arena.spec("swarm", 10_000 + i, arena.static_config(arena.work / "swarm" / f"member{i}", 10_000 + i,
+                                                                   m.tolist()), extra={"mixture": m.tolist()})
+             for i, m in enumerate(mixtures)]
+    arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(specs))
+    results = run_specs(specs, arena.jobs, arena.log)
+    x = np.array([r["extra"]["mixture"] for r in results])
+    y = np.array([r[TARGET] for r in results])
+    chosen = regmix_choice(x, y, rng)
+    found = {"key": key, "members": [{"mixture": m.tolist(), TARGET: float(v)} for m, v in zip(x, y)],
+             "mixture": chosen.tolist(), "runs": len(results),
+             "steps": int(sum(r["steps"] for r in results)), "seconds": float(sum(r["seconds"] for r in results))}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(found, indent=1), encoding="utf-8")
+    return found
+
+
+def _data_digest(arena: Arena) -> str:
+    digest = hashlib.sha256()
+    for d in arena.domains:
+        for folder in (arena.train_dir, arena.test_dir):
+            path = folder / f"{d}.jsonl"
+            digest.update(path.read_bytes() if path.is_file() else d.encode())
+    return digest.hexdigest()
+
+
+def regmix_choice(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, candidates: int = 20_000,
+                  top: int = 10) -> np.ndarray:
+    """Fit the target loss as a ridge regression on (w, log w) of the swarm's mixtures, predict it on
+    many Dirichlet candidates and average the ``top`` best (RegMix's simulate-and-average, which
+    is steadier than the single best swarm member)."""
+    def features(w: np.ndarray) -> np.ndarray:
+        return np.hstack([np.ones((len(w), 1)), w, np.log(w + 1e-3)])
+
+    f = features(x)
+    ridge = 1e-3 * np.eye(f.shape[1])
+    ridge[0, 0] = 0.0
+    coef = np.linalg.solve(f.T @ f + ridge, f.T @ y)
+    cands = rng.dirichlet(np.ones(x.shape[1]), size=candidates)
+    best = cands[np.argsort(features(cands) @ coef)[:top]]
+    mean = best.mean(axis=0)
+    return mean / mean.sum()
+
+
+def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Every baseline, the best static mixture and every method on every seed: the result, what it
+    concludes (recommendation, gap closed, calibration) and every run's record (for plots)."""
+    best = search_best_static(arena)
+    specs = []
+    for seed in range(arena.seeds):
+        for name in BASELINES:
+            specs.append(arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / name, seed,
+                                                                    arena.mixture(name))))
+        specs.append(arena.spec("best static", seed, arena.static_config(arena.work / f"seed{seed}" / "best_static",
+                                                                         seed, best["mixture"])))
+        specs += [method_spec(arena, m, seed) for m in arena.methods]
+    arena.log("arena: %d runs (%d seeds × %d methods and baselines), %d at a time", len(specs), arena.seeds,
+              len(specs) // arena.seeds, arena.jobs)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in run_specs(specs, arena.jobs, arena.log):
+        runs.setdefault(r["method"], []).append(r)
+    for results in runs.values():
+        results.sort(key=lambda r: r["seed"])
+    result, summary = score(arena, runs, best)
+    return result, summary, runs
+
+
+def steps_to(curve: dict[str, Any], clean: list[str], target: float) -> float | None:
+    """The first evaluation step whose mean clean validation loss is ≤ ``target``; None: never (censored)."""
+    losses = [curve["losses"][d] for d in clean if d in curve["losses"]]
+    for i, step in enumerate(curve["steps"]):
+        if losses and np.mean([dl[i] for dl in losses]) <= target:
+            return float(step)
+    return None
+
+
+def _mean_curve(curve: dict[str, Any], clean: list[str]) -> list[float]:
+    return [float(np.mean([curve["losses"][d][i] for d in clean])) for i in range(len(curve["steps"]))]
+
+
+def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, Any]
+          ) -> tuple[BenchResult, dict[str, Any]]:
+    """Rows, comparisons, calibration and the recommendation from every run's results."""
+    rows = []
+    for method, results in runs.items():
+        rows.append(Row(method, TARGET, [r[TARGET] for r in results]))
+        rows.append(Row(method, "worst clean domain loss", [max(r["test_loss"][d] for d in arena.clean) for r in results]))
+        for d in arena.domains:
+            rows.append(Row(method, f"{d} test loss", [r["test_loss"][d] for r in results]))
+        rows.append(Row(method, "seconds", [r["seconds"] for r in results]))
+        rows.append(Row(method, "training steps (all stages)", [float(r["steps"] + r.get("extra_steps", 0)) for r in results]))
+    result = BenchResult(setting={}, rows=rows, holds=None, verdict="")
+    by_baseline = {b: float(np.mean([r[TARGET] for r in runs[b]])) for b in (*BASELINES, "best static")}
+    best_baseline = min(by_baseline, key=by_baseline.__getitem__)
+    reach = float(np.mean([_mean_curve(r["curve"], arena.clean)[-1] for r in runs[best_baseline]]))
+    steps_rows: dict[str, list[float | None]] = {}
+    for method, results in runs.items():
+        steps_rows[method] = [steps_to(r["curve"], arena.clean, reach) for r in results]
+    for method, values in steps_rows.items():
+        result.rows.append(Row(method, f"steps to {best_baseline}'s final validation loss", values,
+                               censored_at=float(arena.steps)))
+    for method in runs:
+        if method != "best static":
+            result.compare(method, "best static", TARGET, "lower")
+    for method in runs:
+        if method not in ("natural", "best static"):
+            result.compare(method, "natural", TARGET, "lower")
+    gap = gap_closed(runs)
+    cal = calibration(runs)
+    rec = recommend(arena, result, best)
+    better = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "better"]
+    worse = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "worse"]
+    same = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "no different"]
+    result.setting = {"steps": arena.steps, "seeds": arena.seeds, "domains": arena.domains, "clean domains": arena.clean,
+                      "train tokens": arena.tokens, "best static mixture": dict(zip(arena.domains, best["mixture"])),
+                      "swarm runs": best["runs"], "swarm steps": best["steps"], "swarm seconds": round(best["seconds"]),
+                      "baselines' mixtures": {b: dict(zip(arena.domains, np.round(arena.mixture(b), 4).tolist()))
+                                              for b in BASELINES},
+                      "calibration": cal, "best baseline": best_baseline}
+    result.verdict = (
+        f"against the best static mixture (target loss {by_baseline['best static']:.4f}, natural "
+        f"{by_baseline['natural']:.4f}, uniform {by_baseline['uniform']:.4f}): better {', '.join(better) or 'none'}; "
+        f"no different {', '.join(same) or 'none'}; worse {', '.join(worse) or 'none'}. Calibration: seed sd / gap "
+        f"{cal['sd / gap']:.2f} (target ≤ 0.25), |natural − uniform| = {cal['|natural − uniform| / sd']:.1f} seed sd "
+        f"(target > 4). Recommendation: {rec['method']} — {rec['why']}."
+    )
+    result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{lo:.2f}, {hi:.2f}] "
+                     "(paired bootstrap over seeds)" for m, (v, lo, hi) in gap.items() if m not in ("natural",)]
+    result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test files are "
+                        "never trained or tuned on; validation curves (steps to reach) use the training files' "
+                        "validation split")
+    result.notes.append(f"best static: {best['runs']} swarm runs ({best['steps']} steps) chose it; DoReMi's steps count "
+                        "its reference and proxy")
+    return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}
+
+
+def gap_closed(runs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[float, float, float]]:
+    """Per method: the fraction of the natural → best-static gap in mean target loss it closes, with a
+    paired bootstrap interval over seeds (1: as good as the best static mixture; < 0: worse than natural)."""
+    nat = np.array([r[TARGET] for r in runs["natural"]])
+    best = np.array([r[TARGET] for r in runs["best static"]])
+    out = {}
+    for method, results in runs.items():
+        m = np.array([r[TARGET] for r in results])
+        idx = list(range(len(m)))
+
+        def fraction(sample: list[int], m: np.ndarray = m) -> float:
+            s = np.asarray(sample, dtype=int)
+            denom = nat[s].mean() - best[s].mean()
+            return float((nat[s].mean() - m[s].mean()) / denom) if abs(denom) > 1e-12 else math.nan
+
+        value, lo, hi = bootstrap_interval(idx, fraction, resamples=4000, seed=7)
+        out[method] = (value, lo, hi)
+    return out
+
+
+def calibration(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """The arena's power: the seed sd of the best static mixture's target loss over the natural →
+    best-static gap (target ≤ 0.25), and |natural − uniform| in those seed sd (target > 4)."""
+    best = np.array([r[TARGET] for r in runs["best static"]])
+    nat = np.array([r[TARGET] for r in runs["natural"]])
+    uni = np.array([r[TARGET] for r in runs["uniform"]])
+    sd = float(np.std(best, ddof=1)) if len(best) > 1 else math.nan
+    gap = float(nat.mean() - best.mean())
+    return {"seed sd of best static": sd, "natural − best static": gap,
+            "sd / gap": sd / gap if gap > 0 else math.inf,
+            "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf}
+
+
+def recommend(arena: Arena, result: BenchResult, best: dict[str, Any]) -> dict[str, Any]:
+    """The mixture to train on, and the online method that beats it (if one does), in one sentence."""
+    mixture = {d: round(float(w), 4) for d, w in zip(arena.domains, best["mixture"])}
+    winners = [c for c in result.comparisons if c.baseline == "best static" and c.verdict == "better"]
+    if winners:
+        top = min(winners, key=lambda c: c.interval[0])
+        why = (f"{top.method} lowers the target loss below the best static mixture by "
+               f"{-top.interval[0]:.4f} (95% interval {interval_text(top)}) over {len(top.values)} seeds")
+        return {"mixture": mixture, "method": top.method, "why": why}
+    near = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "no different"]
+    why = ("no method beats the best static mixture with its whole 95% interval"
+           + (f" ({', '.join(near)} no different)" if near else "") + "; train on it")
+    return {"mixture": mixture, "method": "static", "why": why}
+
+
+def recommendation_yaml(arena: Arena, rec: dict[str, Any]) -> str:
+    """The recommendation as keys ready for ``mixflow train``."""
+    lines = [f"# mixflow arena: {rec['why']}", f"dataset: {','.join(arena.domains)}"]
+    if rec["method"] in ("static", "best static"):
+        lines += ["train_type: static", "mixture_sample_rule: mixture"]
+    else:
+        keys = METHODS.get(rec["method"], {})
+        lines += ["train_type: dynamic_mix" if "train_type" not in keys else f"train_type: {keys['train_type']}",
+                  f"component: {json.dumps(keys.get('component', {'name': rec['method']}))}"]
+    lines.append("init_mixture_proportions: [" + ", ".join(f"{w:.4f}" for w in rec["mixture"].values()) + "]")
+    return "\n".join(lines) + "\n"

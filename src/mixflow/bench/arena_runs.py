@@ -1,0 +1,173 @@
+"""The arena's training runs: one process per run, one torch thread each, as many at once as asked.
+
+A run is a :class:`RunSpec` (a ``mixflow train`` config, or a DoReMi pipeline config); the worker
+trains it exactly as the command line does, then scores the final model on the *test* split, which
+no algorithm ever sees (FGLS, ERMA and DoReMi read the validation split that ``val_size`` holds
+out of the training files). It returns plain JSON-able numbers, so a run's result can be cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the arena."""
+
+    method: str
+    seed: int
+    config: dict[str, Any]
+    """A ``mixflow train`` config (``kind="train"``) or a ``mixflow doremi`` one (``kind="doremi"``)."""
+    test_dir: str
+    """A dataset directory with the test split of every domain (``dataset_info.json``)."""
+    domains: tuple[str, ...]
+    clean: tuple[str, ...]
+    """The domains whose mean test loss is the target."""
+    kind: str = "train"
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the caller wants back untouched (a swarm member's mixture)."""
+
+
+def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> list[dict[str, Any]]:
+    """Results of every spec, in order; ``jobs`` processes at once (1: in this process's children too,
+    so a run's memory and threads never leak into the next)."""
+    results: list[dict[str, Any] | None] = [None] * len(specs)
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, asdict(spec)): i for i, spec in enumerate(specs)}
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            results[i] = future.result()
+            log("arena: %d/%d runs done (%s, seed %d: target loss %.4f)", done, len(specs), specs[i].method,
+                specs[i].seed, results[i]["target loss"] if results[i] else float("nan"))
+    return [r for r in results if r is not None]
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one spec and score it (the worker; module level so it pickles)."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("mixflow").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    start = time.perf_counter()
+    log = Path(spec["config"]["output_dir"] + ".log")  # the Trainer's printed logs, kept beside the run
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        out = _doremi(spec) if spec["kind"] == "doremi" else _train(spec["config"])
+        out["seconds"] = time.perf_counter() - start
+        tokenizer = spec["config"].get("tokenizer") or out["model_dir"]
+        out["test_loss"] = test_losses(out.pop("model_dir"), tokenizer, spec["test_dir"], spec["domains"],
+                                       int(spec["config"]["cutoff_len"]))
+    out["target loss"] = float(np.mean([out["test_loss"][d] for d in spec["clean"]]))
+    out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
+    return out
+
+
+def _train(config: dict[str, Any]) -> dict[str, Any]:
+    from mixflow.config.load import load_config
+    from mixflow.recipes.train import run_training
+
+    out = Path(config["output_dir"])
+    metrics = run_training(load_config(raw=config), progress=False)
+    return {"model_dir": str(out), "curve": validation_curve(out), "weights": logged_weights(out),
+            "final_sampling_weights": metrics.get("final_sampling_weights", {}), "steps": metrics["steps"]}
+
+
+def _doremi(spec: dict[str, Any]) -> dict[str, Any]:
+    import yaml
+
+    from mixflow.recipes.doremi import run_pipeline
+
+    config = spec["config"]
+    path = Path(config["output_dir"]).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_pipeline(path, progress=False)
+    dirs = {step: Path(d) for step, d in result["output_dirs"].items()}
+    steps = {step: _trained_steps(d) for step, d in dirs.items()}
+    return {"model_dir": str(dirs["target"]), "curve": validation_curve(dirs["target"]),
+            "weights": logged_weights(dirs["proxy"]), "target_weights": list(result["target_weights"]),
+            "final_sampling_weights": dict(zip(spec["domains"], result["target_weights"])), "steps": steps["target"],
+            # DoReMi's reference and proxy are compute the static baselines never spend
+            "extra_steps": steps["reference"] + steps["proxy"]}
+
+
+def _trained_steps(out: Path) -> int:
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"])
+
+
+def validation_curve(out: Path) -> dict[str, Any]:
+    """{"steps": [...], "losses": {domain: [...]}} of the Trainer's periodic evaluations (validation split)."""
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+    by_step: dict[int, dict[str, float]] = {}
+    for entry in state["log_history"]:  # the Trainer logs each evaluated domain as its own key
+        for key, value in entry.items():
+            if key.startswith("eval_") and key.endswith("_loss") and key != "eval_loss":
+                by_step.setdefault(int(entry["step"]), {})[key[len("eval_"):-len("_loss")]] = float(value)
+    names = sorted({d for losses in by_step.values() for d in losses})
+    steps = sorted(s for s, losses in by_step.items() if len(losses) == len(names))
+    return {"steps": steps, "losses": {d: [by_step[s][d] for s in steps] for d in names}}
+
+
+def logged_weights(out: Path) -> list[dict[str, Any]]:
+    """The run's weights log: [{"step", "sampling", "loss"}] (loss weights where the algorithm sets them)."""
+    from mixflow.utils.jsonlog import read_jsonl
+
+    logs = sorted(p for p in out.glob("*_weights.jsonl") if not p.name.endswith(".superseded.jsonl"))
+    if not logs:
+        return []
+    records = []
+    for r in read_jsonl(logs[0]):
+        sampling = r.get("sampling_weights", r.get("domain_weights"))
+        records.append({"step": r["step"], "sampling": sampling, "loss": r.get("loss_weights")})
+    return records
+
+
+def test_losses(model_dir: str, tokenizer_path: str, test_dir: str, domains: Sequence[str], cutoff_len: int,
+                batch: int = 32) -> dict[str, float]:
+    """Mean next-token loss of the saved model on each domain's test split: its documents, each ended
+    by EOS, concatenated and cut into rows of ``cutoff_len`` (the last row shorter): every token counts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mixflow.data.sources import iter_documents, sources_from_dataset_info
+    from mixflow.data.tokenizer import encode_batch, load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    out = {}
+    for source in sources_from_dataset_info(test_dir, list(domains)):
+        stream = np.concatenate([np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
+                                 for ids in encode_batch(tokenizer, list(iter_documents(source)))])
+        full = len(stream) // cutoff_len * cutoff_len
+        pieces = [stream[i:min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
+                  for i in range(0, full, batch * cutoff_len)]
+        if len(stream) - full > 1:
+            pieces.append(stream[full:][None, :])
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for rows in pieces:
+                ids = torch.as_tensor(rows)
+                logits = model(input_ids=ids).logits[:, :-1].float()
+                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                                 ids[:, 1:].reshape(-1), reduction="sum"))
+                count += ids[:, 1:].numel()
+        out[source.name] = total / max(count, 1)
+    return out
