@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mixflow.bench.base import BenchContext, Benchmark, available_benchmarks, commit, machine, timed
+from mixflow.bench.base import BenchContext, Benchmark, BenchResult, available_benchmarks, commit, machine, timed
 from mixflow.utils.jsonlog import read_json, write_json_atomic
 
 #: What ``pip install`` adds the optional benchmark dependencies.
@@ -48,29 +48,26 @@ def run_benchmarks(
         claimed = [c for c in result.comparisons if c.claim_range is not None]
         if result.holds and any(not c.passes for c in claimed):  # a benchmark's own defect, never a result
             raise RuntimeError(f"bench {bench.name}: holds is true but a claimed interval leaves its range")
-        payload = {
-            "name": bench.name,
-            "claim": bench.claim,
-            "source": bench.source,
-            "setting": result.setting,
-            "seeds": n,
-            "quick": ctx.quick,
-            "rows": [row.as_dict() for row in result.rows],
-            "comparisons": [c.as_dict() for c in result.comparisons],
-            "holds": result.holds,
-            "verdict": result.verdict,
-            "elapsed_s": round(elapsed, 2),
-            "commit": code,
-            "machine": machine(),
-            "plots": result.plots,
-            "notes": result.notes,
-        }
-        path = out_dir / f"{bench.name}.json"
-        write_json_atomic(path, payload)
-        (out_dir / f"{bench.name}.md").write_text(table_markdown(payload, command(bench.name, ctx, seeds)), encoding="utf-8")
+        path = write_result(out_dir, bench.name, bench.claim, bench.source, result, n, ctx.quick, elapsed, code,
+                            command(bench.name, ctx, seeds))
         ctx.log("bench %s: %s (%.0f s)", bench.name, _holds_word(result.holds), elapsed)
         written.append(path)
     return written
+
+
+def write_result(out_dir: Path, name: str, claim: str, source: str, result: BenchResult, seeds: int, quick: bool,
+                 elapsed: float, code: str, cmd: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``NAME.json`` (the schema of :mod:`mixflow.bench.base`, plus ``extra``) and ``NAME.md``."""
+    payload = {
+        "name": name, "claim": claim, "source": source, "setting": result.setting, "seeds": seeds, "quick": quick,
+        "rows": [row.as_dict() for row in result.rows], "comparisons": [c.as_dict() for c in result.comparisons],
+        "holds": result.holds, "verdict": result.verdict, "elapsed_s": round(elapsed, 2), "commit": code,
+        "machine": machine(), "plots": result.plots, "notes": result.notes, **(extra or {}),
+    }
+    path = out_dir / f"{name}.json"
+    write_json_atomic(path, payload)
+    (out_dir / f"{name}.md").write_text(table_markdown(payload, cmd), encoding="utf-8")
+    return path
 
 
 def command(name: str, ctx: BenchContext, seeds: int | None) -> str:

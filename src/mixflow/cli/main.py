@@ -168,6 +168,36 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_cmd_bench_report)
 
 
+def _cmd_arena(args: argparse.Namespace) -> int:
+    from mixflow.bench.user_arena import run_user_arena
+    from mixflow.config.parse import parse_overrides
+
+    split = (lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None)  # noqa: E731
+    rec = run_user_arena(args.config, parse_overrides(args.overrides), methods=split(args.methods), seeds=args.seeds,
+                         steps=args.steps, quick=args.quick, out=args.out, jobs=args.jobs, swarm=args.swarm,
+                         clean=split(args.clean), max_documents=args.max_documents)
+    print(f"recommendation: {rec['method']} on {rec['mixture']}: {rec['why']}")
+    print(f"wrote {args.out}/arena.json, {args.out}/arena.md and {args.out}/recommendation.yaml")
+    return 0
+
+
+def _arena_parser(sub: Any) -> None:
+    p = sub.add_parser("arena", help="every method against the simple mixtures and the best static one, on your "
+                                     "domains; recommends the mixture (and method) to train on")
+    p.add_argument("config", help="a mixflow train config: its domains, tokenizer and (proxy-sized) model")
+    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: every method)")
+    p.add_argument("--seeds", type=int, default=3, help="scoring seeds (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="target steps of every run (default: max_steps, else 300)")
+    p.add_argument("--quick", action="store_true", help="60 steps and a swarm of 8 unless given")
+    p.add_argument("--swarm", type=int, default=None, help="proxy runs that search the best static mixture (default 24)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, one torch thread each (default 2)")
+    p.add_argument("--clean", default=None, help="comma-separated domains of the target (default: all)")
+    p.add_argument("--max-documents", type=int, default=None, help="read at most this many documents per domain")
+    p.add_argument("--out", default="build/arena", help="output folder (default build/arena)")
+    p.set_defaults(func=_cmd_arena)
+
+
 def _data_parser(sub: Any) -> None:
     """``mixflow data ...``: the corpora and the tokenization cache."""
     p = sub.add_parser("data", help="data utilities")
@@ -217,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plot)
 
     _data_parser(sub)
+    _arena_parser(sub)
 
     p = sub.add_parser("checkers", help="train IMP/DIMP's quality and diversity checkers and cache P'(y|x), Q(y|x)")
     p.add_argument("config", help="YAML file: a classification config with real_data")

@@ -1,0 +1,58 @@
+"""`mixflow arena CONFIG.yaml`: the arena on a user's own domains (a tiny config), its files and its
+recommendation, and every config mistake reported at once before anything trains."""
+
+import json
+
+import pytest
+import yaml
+
+from mixflow.cli.main import main
+from mixflow.config.load import load_config
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "data"
+    assert main(["data", "demo", str(out), "--max-bytes", "20000", "--quiet"]) == 0
+    return out
+
+
+def _config(tmp_path, demo_data):
+    cfg = {"dataset": "code,prose,arithmetic", "dataset_dir": str(demo_data), "tokenizer": "byte", "cutoff_len": 32,
+           "max_samples": 40,
+           "model_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32},
+           "per_device_train_batch_size": 8, "learning_rate": 1e-3, "use_cpu": True, "output_dir": str(tmp_path / "x")}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path, demo_data, capsys):
+    config, out = _config(tmp_path, demo_data), tmp_path / "arena"
+    assert main(["arena", str(config), "--methods", "odm", "--seeds", "2", "--steps", "4", "--swarm", "3",
+                 "--clean", "code,prose", "--out", str(out), "--max-documents", "20"]) == 0
+    payload = json.loads((out / "arena.json").read_text())
+    methods = {row["method"] for row in payload["rows"]}
+    assert {"uniform", "natural", "temperature", "unimax", "best static", "odm"} <= methods
+    against_best = {c["method"] for c in payload["comparisons"] if c["baseline"] == "best static"}
+    assert against_best == methods - {"best static"}
+    rec = payload["recommendation"]
+    assert set(rec) == {"mixture", "method", "why"} and list(rec["mixture"]) == ["code", "prose", "arithmetic"]
+    assert abs(sum(rec["mixture"].values()) - 1) < 1e-3 and rec["why"]
+    assert "recommendation:" in capsys.readouterr().out and (out / "arena.md").is_file()
+    # the snippet trains as it is, on top of the user's config
+    keys = yaml.safe_load((out / "recommendation.yaml").read_text())
+    mine = yaml.safe_load(config.read_text())
+    run = load_config(raw={**mine, **keys, "output_dir": str(tmp_path / "train")})
+    assert run.mixing.init_mixture_proportions is not None
+
+
+def test_arena_reports_every_mistake_before_training(tmp_path, demo_data, capsys):
+    config = _config(tmp_path, demo_data)
+    assert main(["arena", str(config), "--methods", "odm,magic", "--clean", "code,poetry", "--seeds", "1",
+                 "--out", str(tmp_path / "arena")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "methods: unknown ['magic']" in err[0] and "'poetry' is not a domain" in err[1]
+    assert "seeds: expected an integer ≥ 2" in err[2]
+    assert not (tmp_path / "arena").exists()
