@@ -49,6 +49,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "doremi": {},  # its own three-step pipeline
 }
 TARGET = "target loss"
+#: The best static mixture trained for DoReMi's total steps (reference, proxy and target).
+EQUAL_COMPUTE = "best static (DoReMi's total steps)"
 TEMPERATURE, UNIMAX_EPOCHS = 3.0, 1.0
 
 
@@ -238,6 +240,11 @@ def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list
         specs.append(arena.spec("best static", seed, arena.static_config(arena.work / f"seed{seed}" / "best_static",
                                                                          seed, best["mixture"])))
         specs += [method_spec(arena, m, seed) for m in arena.methods]
+        if "doremi" in arena.methods:  # the same total compute as DoReMi's reference + proxy + target
+            config = arena.static_config(arena.work / f"seed{seed}" / "best_static_x3", seed, best["mixture"])
+            config.update(max_steps=3 * arena.steps, eval_steps=max(1, arena.steps // 2),
+                          warmup_steps=3 * int(arena.base.get("warmup_steps", 0)))
+            specs.append(arena.spec(EQUAL_COMPUTE, seed, config))
     arena.log("arena: %d runs (%d seeds × %d methods and baselines), %d at a time", len(specs), arena.seeds,
               len(specs) // arena.seeds, arena.jobs)
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -284,10 +291,12 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
         result.rows.append(Row(method, f"steps to {best_baseline}'s final validation loss", values,
                                censored_at=float(arena.steps)))
     for method in runs:
-        if method != "best static":
+        if method not in ("best static", EQUAL_COMPUTE):
             result.compare(method, "best static", TARGET, "lower")
+    if EQUAL_COMPUTE in runs and "doremi" in runs:
+        result.compare("doremi", EQUAL_COMPUTE, TARGET, "lower")
     for method in runs:
-        if method not in ("natural", "best static"):
+        if method not in ("natural", "best static", EQUAL_COMPUTE):
             result.compare(method, "natural", TARGET, "lower")
     gap = gap_closed(runs)
     cal = calibration(runs)
