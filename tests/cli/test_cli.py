@@ -96,6 +96,29 @@ def test_resume_through_the_cli_continues_the_log(tmp_path, demo_data):
     assert moved == [4, 6]
 
 
+def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
+    cfg = _config(tmp_path, demo_data)
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    run = tmp_path / "run"
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with caplog.at_level("WARNING", logger="mixflow"):
+        for _ in range(2):  # each rerun used to add a step
+            assert main(["train", str(cfg), "resume_from_checkpoint=true", "--quiet"]) == 0
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
+    assert "is at step 6 of max_steps 6: the run is already complete" in caplog.text
+
+
+def test_a_checkpoint_with_a_half_written_trainer_state_is_skipped(tmp_path, demo_data, caplog):
+    cfg = _config(tmp_path, demo_data, max_steps=6)
+    assert main(["train", str(cfg), "max_steps=5", "--quiet"]) == 0  # checkpoints 3 and 5
+    run = tmp_path / "run"
+    (run / "checkpoint-5" / "trainer_state.json").write_text("")  # a kill inside the Trainer's write
+    with caplog.at_level("WARNING", logger="mixflow"):
+        assert main(["train", str(cfg), "resume_from_checkpoint=true", "--quiet"]) == 0
+    assert "skipping" in caplog.text and "checkpoint-5" in caplog.text and "trainer_state.json does not parse" in caplog.text
+    assert json.loads((run / "mixflow_results.json").read_text())["steps"] == 6
+
+
 def test_tensorboard_receives_per_domain_metrics(tmp_path, demo_data):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -9,6 +9,7 @@ engine's state into every checkpoint. The training loop itself is the Trainer's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
@@ -189,12 +190,23 @@ class MixflowTrainer(Trainer):
 
     #: The optimizer step the last ``train`` call resumed from (0: a fresh run).
     resumed_from_step: int = 0
+    #: The checkpoint's step when the last ``train`` call found the run already complete (else None).
+    already_complete: int | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         self.resumed_from_step = 0
+        self.already_complete = None
         if resume_from_checkpoint is True:
             resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
         if resume_from_checkpoint:
+            step = checkpoint_step(resume_from_checkpoint)
+            if step >= self.args.max_steps:
+                # The Trainer would enter its loop and take one more step before it checks max_steps:
+                # a finished run resumes to "already complete" and changes nothing.
+                self.already_complete = step
+                logger.warning("resume_from_checkpoint: %s is at step %d of max_steps %d: the run is already "
+                               "complete; nothing is trained or written", resume_from_checkpoint, step, self.args.max_steps)
+                return TrainOutput(step, float("nan"), {})
             check_model_shapes(self.model, resume_from_checkpoint)
             self.engine.load(resume_from_checkpoint, rewrite_log=False)
             self.callback.resuming = True
@@ -226,6 +238,26 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
 COMPLETE_MARKERS = ("mixflow_state.json", "trainer_state.json")
 
 
+def checkpoint_step(checkpoint: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint was saved at (its ``trainer_state.json``)."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"resume_from_checkpoint: {path} is not a readable trainer state ({err})") from None
+
+
+def _unreadable(path: str) -> str | None:
+    """Why a checkpoint's JSON file cannot be trusted (empty or half-written), or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as err:
+        return f"{os.path.basename(path)} does not parse ({err})"
+    return None
+
+
 def newest_complete_checkpoint(output_dir: str) -> str:
     """The newest ``checkpoint-<step>`` that holds every file a resume needs; the newer ones it
     skips are named in a warning with what they lack (a save that was interrupted)."""
@@ -236,7 +268,13 @@ def newest_complete_checkpoint(output_dir: str) -> str:
             found.append((int(step), os.path.join(output_dir, name)))
     for _, path in sorted(found, reverse=True):
         missing = [m for m in COMPLETE_MARKERS if not os.path.isfile(os.path.join(path, m))]
-        if not missing:
-            return path
-        logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (no %s)", path, " or ".join(missing))
+        if missing:
+            logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (no %s)", path, " or ".join(missing))
+            continue
+        # the Trainer writes trainer_state.json in place: a kill inside that write leaves it empty
+        broken = [why for m in COMPLETE_MARKERS if (why := _unreadable(os.path.join(path, m)))]
+        if broken:
+            logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (%s)", path, "; ".join(broken))
+            continue
+        return path
     raise ValueError(f"resume_from_checkpoint: no complete checkpoint in {output_dir}")

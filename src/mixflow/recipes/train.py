@@ -22,7 +22,7 @@ from mixflow.recipes.classification import (
 from mixflow.recipes.models import check_reference_vocabulary
 from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.utils import distributed
-from mixflow.utils.jsonlog import write_json_atomic
+from mixflow.utils.jsonlog import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         data_collator=collator, engine=engine, max_nonfinite_steps=run.safety.max_nonfinite_steps, **extra,
     )
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
+    if trainer.already_complete is not None:  # nothing trained: the finished run's own results, untouched
+        previous = Path(args.output_dir) / "mixflow_results.json"
+        metrics = read_json(previous) if previous.is_file() else {"steps": trainer.already_complete}
+        return {**metrics, "already_complete": True}
     if trainer.callback.stopped:
         _write_stopped(trainer, args.output_dir)
         raise ValueError(trainer.callback.stopped + f"; its checkpoints are in {args.output_dir}")
