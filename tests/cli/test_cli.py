@@ -108,6 +108,20 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     assert "is at step 6 of max_steps 6: the run is already complete" in caplog.text
 
 
+def test_resume_true_without_a_checkpoint_fails_at_load_and_auto_starts_fresh(tmp_path, demo_data, capsys):
+    cfg = _config(tmp_path, demo_data)
+    assert main(["train", str(cfg), "resume_from_checkpoint=true", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds no complete checkpoint" in err and "resume_from_checkpoint: auto" in err
+    assert not (tmp_path / "run").exists()  # nothing was loaded or written
+    assert main(["train", str(cfg), f"resume_from_checkpoint={tmp_path / 'nowhere'}", "--quiet"]) == 2
+    assert "is not a checkpoint directory" in capsys.readouterr().err
+    assert main(["train", str(cfg), "resume_from_checkpoint=auto", "--quiet"]) == 0  # fresh
+    assert json.loads((tmp_path / "run" / "mixflow_results.json").read_text())["steps"] == 6
+    assert main(["train", str(cfg), "resume_from_checkpoint=auto", "max_steps=8", "--quiet"]) == 0  # resumes at 6
+    assert json.loads((tmp_path / "run" / "mixflow_results.json").read_text())["steps"] == 8
+
+
 def test_a_checkpoint_with_a_half_written_trainer_state_is_skipped(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data, max_steps=6)
     assert main(["train", str(cfg), "max_steps=5", "--quiet"]) == 0  # checkpoints 3 and 5

@@ -263,7 +263,25 @@ def check_output_dir(run: RunConfig) -> None:
     if run.safety.max_nonfinite_steps < 0:
         raise ConfigError(f"max_nonfinite_steps: expected an integer >= 0 (0: never stop), got {run.safety.max_nonfinite_steps}")
     out = Path(run.training["output_dir"])
-    if run.training.get("resume_from_checkpoint") or run.safety.overwrite_output_dir:
+    resume = run.training.get("resume_from_checkpoint")
+    if resume is True or resume in ("true", "auto"):
+        from mixflow.integrations.hf_trainer import newest_complete_checkpoint
+
+        try:
+            run.training["resume_from_checkpoint"] = newest_complete_checkpoint(str(out))
+            return
+        except ValueError:
+            if resume != "auto":
+                raise ConfigError(
+                    f"resume_from_checkpoint: true, but {out} holds no complete checkpoint; train without it, or set "
+                    "resume_from_checkpoint: auto to resume when there is one and start fresh otherwise"
+                ) from None
+            run.training["resume_from_checkpoint"] = None  # auto, nothing to resume: a fresh run
+    elif isinstance(resume, str) and resume:
+        if not Path(resume).is_dir():
+            raise ConfigError(f"resume_from_checkpoint: {resume} is not a checkpoint directory")
+        return
+    if run.safety.overwrite_output_dir:
         return
     found = previous_run_files(out)
     if found:

@@ -199,6 +199,8 @@ class MixflowTrainer(Trainer):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
         if resume_from_checkpoint:
+            check_model_shapes(self.model, resume_from_checkpoint)
+            self.engine.load(resume_from_checkpoint, rewrite_log=False)
             step = checkpoint_step(resume_from_checkpoint)
             if step >= self.args.max_steps:
                 # The Trainer would enter its loop and take one more step before it checks max_steps:
@@ -207,8 +209,6 @@ class MixflowTrainer(Trainer):
                 logger.warning("resume_from_checkpoint: %s is at step %d of max_steps %d: the run is already "
                                "complete; nothing is trained or written", resume_from_checkpoint, step, self.args.max_steps)
                 return TrainOutput(step, float("nan"), {})
-            check_model_shapes(self.model, resume_from_checkpoint)
-            self.engine.load(resume_from_checkpoint, rewrite_log=False)
             self.callback.resuming = True
             self.resumed_from_step = self.engine.last_step
             logger.info("restored the engine state from %s (step %d)", resume_from_checkpoint, self.engine.last_step)
