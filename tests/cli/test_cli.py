@@ -96,6 +96,19 @@ def test_resume_through_the_cli_continues_the_log(tmp_path, demo_data):
     assert moved == [4, 6]
 
 
+def test_the_run_summary_says_what_the_run_uses_and_writes(tmp_path, demo_data, caplog):
+    cfg = _config(tmp_path, demo_data, update_step=25, save_strategy="no")
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg), "--quiet"]) == 0
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
+    assert "proportions=None" not in summary and "=None" not in summary
+    assert "sampling weights: code 0.4000, prose 0.3000, arithmetic 0.2000, random 0.1000" in summary
+    assert "none before max_steps 6: the weights stay as above" in summary
+    assert f"writes mixflow_results.json in {tmp_path / 'run'}" in summary
+    assert not (tmp_path / "run" / "static_weights.jsonl").exists()
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

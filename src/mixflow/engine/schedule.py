@@ -23,6 +23,12 @@ class UpdateSchedule:
             if getattr(self, key) < low:
                 raise ValueError(f"{key}: expected an integer >= {low}, got {getattr(self, key)}")
 
+    def first_update(self) -> int | None:
+        """The step of the first update (None: ``update_times`` is 0, there is none)."""
+        if self.update_times == 0:
+            return None
+        return self.warmup_step if self.warmup_step > 0 else self.update_step
+
     def is_update(self, step: int, updates_done: int) -> bool:
         """Whether the step that just completed (1-based count of optimizer steps) triggers an update."""
         if 0 <= self.update_times <= updates_done:

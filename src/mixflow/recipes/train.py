@@ -126,14 +126,23 @@ def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any) -> s
     lines.append(f"  world size {world}, per-device batch {args.per_device_train_batch_size}, gradient accumulation "
                  f"{accum}: global batch {engine.sampler.batch_size}; {args.max_steps} steps")
     algo, schedule = engine.algorithm, engine.schedule
-    params = ", ".join(f"{k}={v}" for k, v in vars(algo.params).items())
+    params = ", ".join(f"{k}={v}" for k, v in vars(algo.params).items() if v is not None)
     lines.append(f"  algorithm {algo.name} ({algo.mode} mode){': ' + params if params else ''}")
+    lines.append("  sampling weights: " + ", ".join(f"{n} {w:.4f}" for n, w in zip(engine.domain_names,
+                                                                                 algo.sampling_weights)))
     if engine.weighter is not None:
         wparams = ", ".join(f"{k}={v}" for k, v in vars(engine.weighter.params).items())
         lines.append(f"  sample weighter {engine.weighter.name}: {wparams}")
+    first = schedule.first_update()
+    updates = first is not None and first <= args.max_steps
     lines.append(f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
-                 f"update_times {schedule.update_times}")
-    lines.append(f"  writes {engine.log_path}, checkpoints and mixflow_results.json in {args.output_dir}")
+                 f"update_times {schedule.update_times}"
+                 + ("" if updates else f"; none before max_steps {args.max_steps}: the weights stay as above"))
+    writes = [str(engine.log_path)] if updates and engine.log_path is not None else []
+    if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
+        writes.append(f"checkpoints (every {args.save_steps} steps and at the end)")
+    writes.append("mixflow_results.json")
+    lines.append(f"  writes {', '.join(writes)} in {args.output_dir}")
     return "\n".join(lines)
 
 
