@@ -102,6 +102,7 @@ def test_the_run_summary_says_what_the_run_uses_and_writes(tmp_path, demo_data, 
         assert main(["train", str(cfg), "--quiet"]) == 0
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
     assert "proportions=None" not in summary and "=None" not in summary
+    assert "tokenizer: byte (259 tokens)" in summary
     assert "sampling weights: code 0.4000, prose 0.3000, arithmetic 0.2000, random 0.1000" in summary
     assert "none before max_steps 6: the weights stay as above" in summary
     assert f"writes mixflow_results.json in {tmp_path / 'run'}" in summary

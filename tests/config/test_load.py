@@ -1,4 +1,5 @@
 import json
+import random
 
 import pytest
 import torch
@@ -250,3 +251,31 @@ def test_inline_domains_read_columns_like_dataset_info_entries(tmp_path, base, d
     with pytest.raises(ConfigError, match=r"^task: classification reads a text and a label per example, but domain 'b'"):
         load_config(write(tmp_path, {**inline, "task": "classification", "domains": [
             {"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}}]}))
+
+
+def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, base):
+    from mixflow.config.errors import ConfigErrors
+    from mixflow.data.bpe import train_bpe
+
+    model = tmp_path / "gpt2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 1000, "n_positions": 128}))
+    rng = random.Random(0)  # enough distinct words for 1200 tokens
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(4000)]
+    tokenizer = train_bpe([" ".join(words[i:i + 200]) for i in range(0, 4000, 20)], tmp_path / "tok", 1200)
+    cfg = {k: v for k, v in base.items() if k != "model_config"}
+    cfg.update(model_name_or_path=str(model), cutoff_len=256)
+    with pytest.raises(ConfigErrors) as err:  # no tokenizer in the model directory, and too long rows
+        load_config(write(tmp_path, cfg))
+    messages = err.value.messages
+    assert any(m.startswith(f"tokenizer: {model} has no tokenizer files") for m in messages)
+    assert "cutoff_len: 256 is longer than the model's n_positions 128; expected at most 128" in messages
+    cfg.update(tokenizer=str(tokenizer), cutoff_len=128)
+    with pytest.raises(ConfigError, match="its vocabulary has 1200 tokens, more than the model's vocab_size 1000"):
+        load_config(write(tmp_path, cfg))
+    rope = {**base, "model_config": {"model_type": "llama", "hidden_size": 16, "max_position_embeddings": 256},
+            "cutoff_len": 512}
+    with pytest.raises(ConfigError, match="cutoff_len: 512 is longer than the model's max_position_embeddings 256"):
+        load_config(write(tmp_path, rope))
+    cfg.update(tokenizer="byte")  # 259 ids fit
+    assert load_config(write(tmp_path, cfg)).data.tokenizer == "byte"

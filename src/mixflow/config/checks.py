@@ -6,6 +6,7 @@ Each check raises :class:`~mixflow.config.errors.ConfigError` with one line nami
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import typing
@@ -208,6 +209,54 @@ def check_model(run: RunConfig) -> None:
     tok = run.data.tokenizer
     if tok not in (None, "byte") and not Path(tok).is_dir():
         raise ConfigError(f"tokenizer: expected 'byte' or a local tokenizer directory, not found: {tok}")
+
+
+#: Files that make a model directory carry its own tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "mixflow_tokenizer.json")
+#: Keys under which model configs give their longest sequence.
+POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
+
+
+def check_model_fits_data(run: RunConfig) -> None:
+    """From the model's config.json (or model_config) and the tokenizer, before the model loads: a
+    model directory without a tokenizer needs ``tokenizer:``; ``cutoff_len`` within the model's
+    positions; the tokenizer's ids within the model's vocabulary (else an embedding IndexError, or a
+    device-side assert on a GPU, after loading — or silent garbage past a RoPE model's length)."""
+    m, d = run.model, run.data
+    errors: list[str] = []
+    config: dict[str, typing.Any] | None = dict(m.model_config) if m.model_config is not None else None
+    own_tokenizer = False
+    if m.model_name_or_path is not None:
+        path = Path(m.model_name_or_path)
+        own_tokenizer = any((path / f).is_file() for f in TOKENIZER_FILES)
+        if d.tokenizer is None and not own_tokenizer:
+            errors.append(f"tokenizer: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); set tokenizer: "
+                          "to a tokenizer directory, or 'byte' for the byte-level one")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = None  # the model's own loading reports a missing or broken config
+    if config:
+        for key in POSITION_KEYS:
+            limit = config.get(key)
+            if isinstance(limit, int) and d.cutoff_len > limit:
+                errors.append(f"cutoff_len: {d.cutoff_len} is longer than the model's {key} {limit}; expected at most {limit}")
+                break
+        vocab = config.get("vocab_size")
+        tokenizer = d.tokenizer if d.tokenizer is not None else (m.model_name_or_path if own_tokenizer else None)
+        if isinstance(vocab, int) and d.task == "causal_lm" and (tokenizer is not None or m.model_config is not None):
+            from mixflow.data.tokenizer import load_tokenizer
+
+            try:
+                size = load_tokenizer(tokenizer).vocab_size
+            except (OSError, ValueError) as err:
+                errors.append(f"tokenizer: {err}")
+            else:
+                if size > vocab:
+                    errors.append(f"tokenizer: its vocabulary has {size} tokens, more than the model's vocab_size {vocab} "
+                                  f"(ids ≥ {vocab} have no embedding); use the model's tokenizer or a larger model")
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def check_training(run: RunConfig) -> None:

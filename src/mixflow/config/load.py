@@ -79,7 +79,8 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     errors.run(checks.check_training, run)
     if check_outputs and run.training.get("output_dir"):  # check_training reported a missing one
         errors.run(checks.check_output_dir, run)
-    errors.run(checks.check_model, run)
+    if errors.passes(checks.check_model, run):
+        errors.run(checks.check_model_fits_data, run)
     components = errors.run(resolve_components, run, base_dir) if data_ok else None
     if components is not None:
         run.algorithm, run.weighter = components

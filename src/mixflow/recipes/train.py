@@ -12,6 +12,7 @@ from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
 from mixflow.data.dataset import DomainCollator
+from mixflow.data.tokenizer import ByteTokenizer
 from mixflow.recipes.build import build_engine, build_model, derive_max_steps, prepare_data, training_arguments
 from mixflow.recipes.classification import (
     accuracy_metrics,
@@ -19,6 +20,7 @@ from mixflow.recipes.classification import (
     format_classification_table,
     prepare_classification_data,
 )
+from mixflow.recipes.inputs import domain_sources
 from mixflow.recipes.models import check_reference_vocabulary
 from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.utils import distributed
@@ -47,7 +49,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     batch = global_batch_size(run.training, world_size=args.world_size)
     engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
     if distributed.is_main_process():
-        logger.info("%s", run_summary(run, data.domains, args, engine))
+        logger.info("%s", run_summary(run, data.domains, args, engine, data.tokenizer))
     # A from-scratch model's initial weights must not depend on the process: seed before building it,
     # as the Trainer does only later (the same seed the Trainer uses).
     set_seed(args.seed)
@@ -115,13 +117,26 @@ def _tokens(rows: Any) -> int:
     return int(rows.size) if hasattr(rows, "size") and getattr(rows, "ndim", 1) == 2 else int(sum(len(r) for r in rows))
 
 
-def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any) -> str:
+def tokenizer_line(run: RunConfig, tokenizer: Any) -> str:
+    """Which tokenizer the run reads its data with, and for instruction data which template."""
+    name = run.data.tokenizer or (run.model.model_name_or_path if not isinstance(tokenizer, ByteTokenizer) else "byte")
+    line = f"  tokenizer: {name} ({tokenizer.vocab_size} tokens)"
+    if any(source.formatting is not None for source in domain_sources(run)):
+        template = getattr(getattr(tokenizer, "tokenizer", None), "chat_template", None)
+        line += "; instruction data rendered with " + ("the tokenizer's chat template" if template else
+                                                        "the plain template (System:/User:/Assistant:)")
+    return line
+
+
+def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any, tokenizer: Any = None) -> str:
     """What the run is about to do, in a few lines: the data per domain, the batch arithmetic, the
     algorithm and its schedule, the files it writes. Printed before training (a launcher that
     started one process instead of several shows here as world size 1)."""
     lines = ["run summary:", f"  {'domain':<14} {'train rows':>10} {'train tokens':>13} {'held-out rows':>13}"]
     for d in domains:
         lines.append(f"  {d.name:<14} {d.num_train:>10} {_tokens(d.train):>13} {d.num_val:>13}")
+    if tokenizer is not None:
+        lines.append(tokenizer_line(run, tokenizer))
     world, accum = args.world_size, args.gradient_accumulation_steps
     lines.append(f"  world size {world}, per-device batch {args.per_device_train_batch_size}, gradient accumulation "
                  f"{accum}: global batch {engine.sampler.batch_size}; {args.max_steps} steps")
