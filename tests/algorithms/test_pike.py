@@ -224,8 +224,13 @@ def test_floors_that_cannot_hold_are_errors():
     with pytest.raises(ValueError, match=r"pike\.params\.min_weight: expected a number < 1/K"):
         build_algorithm("pike", ["a", "b", "c", "d"], {"min_weight": 0.3}, where="pike")
     # K and B are known at config load, so the check runs before any data or model exists.
-    with pytest.raises(ValueError, match=r"pike\.params\.min_samples: expected K·min_samples <= B"):
+    with pytest.raises(ValueError, match=r"pike\.params\.min_samples: K·min_samples = 4·3 ≥ the global batch B = 8"):
         build_algorithm("pike", ["a", "b", "c", "d"], {"min_samples": 3}, where="pike", batch_size=8)
+    # the case: 4 domains, B = 8, the default min_samples 2 floors every weight to 1/4
+    for name in ("pike", "balanced_pike"):
+        with pytest.raises(ValueError, match=r"every weight would stay at 1/K; use a global batch of at least 9"):
+            build_algorithm(name, ["a", "b", "c", "d"], {}, where=name, batch_size=8)
+    assert build_algorithm("pike", ["a", "b", "c", "d"], {}, batch_size=9).sampling_weights.sum() == 1
 
 
 # ---- plumbing: tiny model, StepEngine, ranks, resume, NaN, Trainer ------------------------------------

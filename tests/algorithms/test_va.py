@@ -138,8 +138,11 @@ def test_floor_keeps_at_least_min_samples_per_domain():
     p = va.floored(np.array([1.0, 1000.0, 1.0]))
     assert np.allclose(p, [2 / 16, 12 / 16, 2 / 16])
     assert np.allclose(va.floored(np.array([1.0, 2.0, 0.0])), [1 / 3, 2 / 3, 0.0])  # π·w = 0: never sampled
-    with pytest.raises(ValueError, match=r"va.params.min_samples: 3 domains × 6 rows exceed the global batch of 16"):
+    with pytest.raises(ValueError, match=r"va.params.min_samples: K·min_samples = 3·6 ≥ the global batch B = 16"):
         build_algorithm("va", ["a", "b", "c"], {"min_samples": 6}, where="va", batch_size=16)
+    # K·min_samples = B floors every weight to 1/K: VA could never move, so that is an error too
+    with pytest.raises(ValueError, match=r"use a global batch of at least 9"):
+        build_algorithm("va", ["a", "b", "c", "d"], {}, where="va", batch_size=8)
 
 
 def _grad_sums(pairs):

@@ -96,9 +96,13 @@ class PiKEParams(GradStatsParams):
             raise ValueError(
                 f"{where}.min_weight: expected a number < 1/K = {1 / k:.4g} ({k} domains), got {self.min_weight}"
             )
-        if context.batch_size is not None and k * self.min_samples > context.batch_size:
+        b = context.batch_size
+        if b is not None and self.min_samples > 0 and k * self.min_samples >= b:
+            # every weight floored to min_samples/B ≥ 1/K: the mixture could never leave uniform
             raise ValueError(
-                f"{where}.min_samples: expected K·min_samples <= B = {context.batch_size} (K = {k}), got {self.min_samples}"
+                f"{where}.min_samples: K·min_samples = {k}·{self.min_samples} ≥ the global batch B = {b}, so every "
+                f"weight would stay at 1/K; use a global batch of at least {k * self.min_samples + 1} (larger leaves "
+                "the algorithm more room) or lower min_samples"
             )
 
 

@@ -49,10 +49,12 @@ class VAParams(GradStatsParams):
         if self.min_samples < 2:
             raise ValueError(f"{where}.min_samples: expected an integer >= 2 (a variance needs two samples), got {self.min_samples}")
         k, b = (context.num_domains, context.batch_size) if context is not None else (None, None)
-        if k is not None and b is not None and k * self.min_samples > b:
+        if k is not None and b is not None and k * self.min_samples >= b:
+            # every weight floored to min_samples/B ≥ 1/K: the mixture could never leave uniform
             raise ValueError(
-                f"{where}.min_samples: {k} domains × {self.min_samples} rows exceed the global batch of {b}; "
-                "lower min_samples or raise the batch size"
+                f"{where}.min_samples: K·min_samples = {k}·{self.min_samples} ≥ the global batch B = {b}, so every "
+                f"weight would stay at 1/K; use a global batch of at least {k * self.min_samples + 1} (larger leaves "
+                "the algorithm more room) or lower min_samples"
             )
         spec = self.loss_weights_from
         if spec is None:
