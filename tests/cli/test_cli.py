@@ -110,6 +110,24 @@ def test_the_run_summary_says_what_the_run_uses_and_writes(tmp_path, demo_data, 
     assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
+def test_a_data_error_with_overwrite_output_dir_leaves_the_previous_run_in_place(tmp_path, demo_data, capsys):
+    data = tmp_path / "bad"
+    data.mkdir()
+    for name in ("one", "two"):
+        lines = [json.dumps({"text": f"{name} document {i} " * 20}) for i in range(30)]
+        if name == "two":
+            lines.append(json.dumps({"txt": "a record without text"}))  # found while tokenizing
+        (data / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    (data / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"{n}.jsonl"} for n in ("one", "two")}))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "static_weights.jsonl").write_text('{"step": 25}\n')
+    cfg = _config(tmp_path, data, dataset="one,two", init_mixture_proportions=[0.5, 0.5], overwrite_output_dir=True)
+    assert main(["train", str(cfg), "--quiet"]) == 2
+    assert "text" in capsys.readouterr().err
+    assert (out / "static_weights.jsonl").read_text() == '{"step": 25}\n' and not (out / "previous-1").exists()
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

@@ -193,9 +193,34 @@ def _open_rows(directory: Path, meta: dict[str, Any]) -> TokenRows:
     return TokenRows(tokens, offsets=np.load(directory / OFFSETS))  # 8 bytes per document, in memory
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_builds(directory: Path) -> list[Path]:
+    """Delete the ``*.tmp-<pid>`` folders of builds whose process is gone (a killed build); returns them."""
+    removed = []
+    for path in directory.glob("*.tmp-*") if directory.is_dir() else []:
+        pid = path.name.rsplit(".tmp-", 1)[1]
+        if path.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d unfinished cache build(s) of killed processes: %s", len(removed),
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
 def _build(source: DomainSource, tokenizer: TextTokenizer, key: dict[str, Any], fp: str, target: Path,
            workers: int, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
+    remove_stale_builds(target.parent)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -37,12 +37,13 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     classification = run.data.task == "classification"
     args = training_arguments(run)
-    if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
-        move_previous_run(Path(run.training["output_dir"]))
     # The main process reads (and, where needed, builds) the tokenization cache first; the others then
     # read the same files. Only it honours overwrite_cache, so the entry is rebuilt once per launch.
     with args.main_process_first(local=False, desc="tokenization cache"):
         data, collator = _prepare(run, progress, overwrite_cache=run.data.overwrite_cache and args.process_index == 0)
+    # only once the data has read without an error: a failed run leaves the previous one in place
+    if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
+        move_previous_run(Path(run.training["output_dir"]))
     if run.algorithm is not None:  # a reference model must read the proxy's token ids (before any model loads)
         check_reference_vocabulary(getattr(run.algorithm.params, "reference_model_path", None), data.tokenizer)
     derive_max_steps(args, run, len(data.train))
