@@ -1,5 +1,6 @@
 """Loss-based sample reweighting (ALGORITHMS.md, "Loss-based sample reweighting"): every Properties line."""
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -253,6 +254,36 @@ def test_composes_with_a_domain_algorithm_coefficient_is_the_product(algo_cls):
     loss = mixer.training_loss(logits, labels, ids, batch_index=0)
     expected = (combined * losses.token_loss_sum.double()).sum() / losses.token_count.sum()
     assert torch.isclose(loss.double(), expected)
+
+
+def test_the_weighters_statistics_reach_the_metrics_and_a_log_named_after_it(tmp_path):
+    algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=[0.5, 0.25, 0.25])
+    engine = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo, log_dir=tmp_path,
+                        weighter=_weighter(strategy="linupper", r=0.5), schedule=UpdateSchedule(update_step=2))
+    batches = engine.sampler.iter_batches()
+    seen = []
+    for step in range(1, 5):
+        ids = torch.as_tensor(engine.sampler.domain_ids(next(batches)))
+        logits, labels = _logits(ids.tolist(), seed=step)
+        losses = sample_losses(logits, labels)
+        seen.append((_weighter(strategy="linupper", r=0.5).weights(losses.mean.detach().double(), ids, step - 1), ids))
+        engine.training_loss(logits, labels, ids, batch_index=step - 1)
+        engine.end_step(step)
+    metrics = engine.metrics()
+    s = torch.cat([w for w, _ in seen])
+    assert metrics["mix/sample_weight/max"] == pytest.approx(float(s.max()))
+    assert metrics["mix/sample_weight/mean"] == pytest.approx(float(s.mean()))
+    assert 0.1 < metrics["mix/sample_weight/top_decile_share"] < 1
+    all_ids = torch.cat([i for _, i in seen])
+    assert metrics["mix/sample_weight/a"] == pytest.approx(float(s[all_ids == 0].mean()))
+    assert "mix/sample_weight/mean" not in engine.metrics()  # reset with the other metrics
+    # the log is named after what it holds; each line says what the sample weights did since the previous one
+    assert not (tmp_path / "static_weights.jsonl").exists()
+    lines = [json.loads(x) for x in (tmp_path / "static+loss_weights.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    last = torch.cat([w for w, _ in seen[2:]])
+    assert lines[1]["sample_weights"]["max"] == pytest.approx(float(last.max()))
+    assert set(lines[1]["sample_weights"]["per_domain"]) <= {"a", "b", "c"}
 
 
 def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation(tmp_path):

@@ -25,7 +25,7 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import STATE_VERSION, check_compatible, read_state, supersede_log_lines, write_state
 from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetTokens
 from mixflow.engine.records import step_metrics, weights_log_record
-from mixflow.engine.sample_weights import global_sample_weights
+from mixflow.engine.sample_weights import SampleWeightStats, global_sample_weights
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.objective import coefficients, step_loss, weighted_loss
 from mixflow.loss.per_sample import SampleLosses, sample_losses
@@ -60,6 +60,8 @@ class StepEngine:
         self.sampler = sampler
         self.algorithm = algorithm
         self.weighter = weighter
+        # the sample weights since the last metrics call, and since the last weights-log line
+        self._weight_stats = (SampleWeightStats(len(algorithm.domain_names)), SampleWeightStats(len(algorithm.domain_names)))
         self.schedule = schedule or UpdateSchedule()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         specs = algorithm.provider_specs(algorithm.params)
@@ -85,8 +87,9 @@ class StepEngine:
 
     @property
     def log_path(self) -> Path | None:
-        """``<log_dir>/<algorithm>_weights.jsonl``."""
-        return None if self.log_dir is None else self.log_dir / f"{self.algorithm.name}_weights.jsonl"
+        """``<log_dir>/<algorithm>_weights.jsonl``, ``<algorithm>+<weighter>_weights.jsonl`` with a weighter."""
+        name = self.algorithm.name + (f"+{self.weighter.name}" if self.weighter is not None else "")
+        return None if self.log_dir is None else self.log_dir / f"{name}_weights.jsonl"
 
     # ---- per micro-batch ----------------------------------------------------------------
     def attach_model(self, model: Any) -> None:
@@ -159,26 +162,16 @@ class StepEngine:
         """Whether the optimizer step now in progress will end with a scheduled update."""
         return self.schedule.is_update(self.last_step + 1, self.algorithm.num_updates + self.skipped_updates)
 
-    def coefficients(
-        self,
-        domain_ids: torch.Tensor,
-        losses: SampleLosses,
-        batch_index: int | None = None,
-        sample_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
+    def coefficients(self, domain_ids: torch.Tensor, losses: SampleLosses, batch_index: int | None = None,
+                     sample_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
         p, w, prior, probs = self._vectors(losses, domain_ids, batch_index, None, None)
         return coefficients(domain_ids, self.algorithm.mode, p, w, prior, s, probs)
 
-    def _vectors(
-        self,
-        losses: SampleLosses,
-        domain_ids: torch.Tensor,
-        batch_index: int | None,
-        num_items_in_batch: torch.Tensor | int | None,
-        sampling_probs: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _vectors(self, losses: SampleLosses, domain_ids: torch.Tensor, batch_index: int | None,
+                 num_items_in_batch: torch.Tensor | int | None, sampling_probs: torch.Tensor | None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(p, w, π, per-sample p or None) as float64 tensors on the losses' device. In importance mode
         p is the plan the batch was drawn with, or, under ``objective_normalization: domain``, each
         domain's share of the step's target tokens (:mod:`mixflow.engine.normalization`)."""
@@ -204,7 +197,7 @@ class StepEngine:
         if self.weighter is None:
             return None
         step = self.last_step if batch_index is None else batch_index
-        return global_sample_weights(self.weighter, sample_losses, domain_ids, step, sample_ids)
+        return global_sample_weights(self.weighter, sample_losses, domain_ids, step, sample_ids, self._weight_stats)
 
     def _record(
         self,
@@ -324,14 +317,21 @@ class StepEngine:
             write_json_atomic(self.log_dir / f"{self.algorithm.name}_summary.json", {"step": step, **summary})
 
     def log_record(self, step: int) -> dict[str, Any]:
-        """The weights-log line: the seed's DoReMi format plus sampling and loss weights."""
-        return weights_log_record(step, self.domain_names, self.algorithm)
+        """The weights-log line: the seed's DoReMi format plus sampling and loss weights (and with a
+        weighter, what its sample weights did since the previous line)."""
+        record = weights_log_record(step, self.domain_names, self.algorithm)
+        if self.weighter is not None:
+            record["sample_weights"] = self._weight_stats[1].summary(self.domain_names)
+            self._weight_stats[1].reset()
+        return record
 
     def metrics(self, reset: bool = True) -> dict[str, float]:
         """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
         out = step_metrics(self.domain_names, self._metric_stats, self.algorithm)
+        out.update(self._weight_stats[0].metrics(self.domain_names))
         if reset:
             self._metric_stats = DomainStats.zeros(self.num_domains)
+            self._weight_stats[0].reset()
         return out
 
     # ---- checkpoint state ---------------------------------------------------------------
