@@ -19,7 +19,7 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import StatisticProvider
 from mixflow.testing import run_distributed
-from tests.helpers import FollowLoss  # noqa: F401  (registers test_follow_loss)
+from tests.helpers import FollowLoss  # registers test_follow_loss
 
 K = 3
 
@@ -265,6 +265,37 @@ def _run_ranks(rank, world, out):
         _feed(mixer, ids.tolist(), step - 1, scale=float(step))
         mixer.end_step(step)
     torch.save({"weights": mixer.algorithm.sampling_weights, "rows": rows}, os.path.join(out, f"r{rank}.pt"))
+
+
+class _Early(FollowLoss):
+    """FollowLoss updating inside the step, before its loss, as DoReMi does (Algorithm 1)."""
+
+    update_before_loss = True
+
+
+def _early_ranks(rank, world, out):
+    # the Trainer's layout: one global sampler (world size 1); each rank trains on its half of every batch
+    algo = _Early(["a", "b", "c"], FollowLoss.Params(), init_weights=np.ones(K) / K)
+    engine = StepEngine(MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo,
+                        schedule=UpdateSchedule(update_step=1))
+    it, within = engine.sampler.iter_batches(), []
+    for step in range(1, 4):
+        rows = next(it)
+        mine = np.array_split(rows, world)[rank]
+        logits, labels = _logits_for(engine.sampler.domain_ids(mine).tolist(), scale=float(step))
+        engine.training_loss(logits, labels, torch.as_tensor(engine.sampler.domain_ids(mine)), batch_index=step - 1)
+        within.append(algo.num_updates)  # updated before the loss: counted already
+        engine.end_step(step)
+    torch.save({"within": within, "weights": algo.sampling_weights}, os.path.join(out, f"e{rank}-{world}.pt"))
+
+
+@pytest.mark.distributed
+def test_an_update_before_the_loss_happens_on_two_ranks_as_on_one(tmp_path):
+    run_distributed(_early_ranks, str(tmp_path))
+    _early_ranks(0, 1, str(tmp_path))
+    r0, r1, single = (torch.load(tmp_path / name, weights_only=False) for name in ("e0-2.pt", "e1-2.pt", "e0-1.pt"))
+    assert single["within"] == r0["within"] == r1["within"] == [1, 2, 3]
+    assert np.allclose(r0["weights"], single["weights"], rtol=1e-12) and np.array_equal(r0["weights"], r1["weights"])
 
 
 @pytest.mark.distributed

@@ -226,7 +226,8 @@ class StepEngine:
         return (
             self.algorithm.update_before_loss and not self._update_time_stats  # those run at end_step
             and self._early is None
-            and rows == self.sampler.local_batch_size
+            # a rank's rows per step: the sampler shards the batch itself, or (the Trainer) accelerate does
+            and rows == self.sampler.batch_size // max(self.sampler.world_size, distributed.world_size())
             and self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
         )
 
