@@ -249,6 +249,31 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
     assert kept == ["checkpoint-1", "checkpoint-2"]  # no checkpoint of the diverged model
 
 
+def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpoint(tmp_path, caplog):
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=1)
+    model = tiny_llama()
+    calls = {"n": 0}
+
+    def poison(grad):  # the 3rd optimizer step's gradient (2 micro-batches each) is NaN; its loss was finite
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] in (5, 6) else grad
+
+    model.lm_head.weight.register_hook(poison)
+    trainer = MixflowTrainer(model=model, args=args, train_dataset=train, data_collator=DomainCollator(0),
+                             engine=_mixer(train, args), max_nonfinite_steps=3)
+    with caplog.at_level("WARNING", logger="mixflow"):
+        trainer.train()
+    assert "step 3: the model holds non-finite weights after its update" in caplog.text
+    assert trainer.callback.stopped and trainer.state.global_step == 5  # step 3's weights, then two NaN losses
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert kept == ["checkpoint-2"]  # the finite one survives rotation
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 class _Killed(BaseException):
     """Stands for the process being killed (not an Exception, so nothing catches it)."""
 

@@ -21,6 +21,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
+from mixflow.utils import distributed
+from mixflow.utils.distributed import is_sharded_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,12 @@ class MixflowCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self.engine.end_step(state.global_step, model=kwargs.get("model"))
+        if control.should_save and not self.engine.nonfinite_steps and not weights_are_finite(kwargs.get("model")):
+            # a finite loss, then a non-finite gradient: the step's update broke the weights; this
+            # checkpoint would be the newest (and with save_total_limit the only) one
+            self.engine.nonfinite_steps += 1
+            logger.warning("step %d: the model holds non-finite weights after its update (a non-finite gradient); "
+                           "this checkpoint is not saved", state.global_step)
         bad = self.engine.nonfinite_steps
         if not bad:
             self.last_finite_step = state.global_step
@@ -74,6 +82,17 @@ class MixflowCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
+
+
+def weights_are_finite(model: Any) -> bool:
+    """Whether every parameter of ``model`` is finite (on every rank: shards differ under FSDP)."""
+    if model is None:
+        return True
+    bad = 0.0
+    for p in model.parameters():
+        local = p.to_local() if is_sharded_tensor(p) else p
+        bad += float((~torch.isfinite(local.detach())).sum())
+    return float(distributed.all_reduce_sum(torch.tensor([bad], dtype=torch.float64))[0]) == 0.0
 
 
 class MixflowTrainer(Trainer):

@@ -33,7 +33,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train as configured; returns the final metrics (also written to ``<output_dir>/mixflow_results.json``)."""
     from transformers import set_seed
 
-    from mixflow.integrations.hf_trainer import MixflowTrainer
+    from mixflow.integrations.hf_trainer import MixflowTrainer, weights_are_finite
 
     classification = run.data.task == "classification"
     args = training_arguments(run)
@@ -69,6 +69,9 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         previous = Path(args.output_dir) / "mixflow_results.json"
         metrics = read_json(previous) if previous.is_file() else {"steps": trainer.already_complete}
         return {**metrics, "already_complete": True}
+    if not trainer.callback.stopped and not weights_are_finite(trainer.model):
+        trainer.callback.stopped = (f"training ended with non-finite weights (a non-finite gradient at step "
+                                    f"{trainer.state.global_step} or before); the final model is not saved")
     if trainer.callback.stopped:
         _write_stopped(trainer, args.output_dir)
         raise ValueError(trainer.callback.stopped + f"; its checkpoints are in {args.output_dir}")
