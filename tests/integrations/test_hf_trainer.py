@@ -274,6 +274,40 @@ def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpo
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def _fake_checkpoint(out, step, complete=True, state="{}"):
+    path = out / f"checkpoint-{step}"
+    path.mkdir()
+    (path / "mixflow_state.json").write_text("{}")
+    if complete:
+        (path / "trainer_state.json").write_text(state)
+    return path
+
+
+def test_rotation_counts_complete_checkpoints_only_and_removes_broken_ones_first(tmp_path, monkeypatch):
+    from mixflow.integrations import hf_trainer as module
+
+    for step, complete, state in ((1, True, "{}"), (2, False, ""), (3, True, "{}"), (4, True, ""), (10, True, "{}")):
+        _fake_checkpoint(tmp_path, step, complete, state)
+    # a half-written checkpoint-2, an empty trainer_state.json in checkpoint-4: neither counts, both go first
+    removed = module.rotate_complete_checkpoints(str(tmp_path), 2, protected={str(tmp_path / "checkpoint-1")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-10", "checkpoint-3"]
+    assert [os.path.basename(p) for p in removed] == ["checkpoint-2", "checkpoint-4"]
+    # a kill in the middle of a deletion leaves no half-deleted checkpoint-*: the next rotation finishes it
+    _fake_checkpoint(tmp_path, 11)
+
+    def killed(path, *args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(module.shutil, "rmtree", killed)
+    with pytest.raises(_Killed):
+        module.rotate_complete_checkpoints(str(tmp_path), 1)
+    assert module.newest_complete_checkpoint(str(tmp_path)).endswith("checkpoint-11")
+    assert not (tmp_path / "checkpoint-1").exists() and (tmp_path / ".deleting-checkpoint-1").is_dir()
+    monkeypatch.undo()
+    module.rotate_complete_checkpoints(str(tmp_path), 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-11"]
+
+
 class _Killed(BaseException):
     """Stands for the process being killed (not an Exception, so nothing catches it)."""
 

@@ -9,9 +9,11 @@ engine's state into every checkpoint. The training loop itself is the Trainer's.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -43,8 +45,9 @@ class DomainProgressCallback(ProgressCallback):
 class MixflowCallback(TrainerCallback):
     """Runs :meth:`StepEngine.end_step` after every optimizer step and saves the step engine's state with each checkpoint."""
 
-    def __init__(self, engine: StepEngine, max_nonfinite_steps: int = 10) -> None:
+    def __init__(self, engine: StepEngine, max_nonfinite_steps: int = 10, save_total_limit: int | None = None) -> None:
         self.engine = engine
+        self.save_total_limit = save_total_limit
         self.resuming = False
         self.max_nonfinite_steps = max_nonfinite_steps
         #: Why training stopped early (a diverged run), or None.
@@ -58,6 +61,12 @@ class MixflowCallback(TrainerCallback):
         if self.resuming:
             self.engine.resume_log()
             self.resuming = False
+        return control
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if args.should_save:  # the process that writes checkpoints, after a whole save
+            best = {os.path.normpath(state.best_model_checkpoint)} if state.best_model_checkpoint else set()
+            rotate_complete_checkpoints(args.output_dir, self.save_total_limit, best)
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -125,8 +134,11 @@ class MixflowTrainer(Trainer):
             # replay the skipped batches would skip them twice.
             a.ignore_data_skip = True
             logger.info("ignore_data_skip set to true (the mixture sampler restores its own position)")
+        # Rotation counts complete checkpoints only (the Trainer's own orders by mtime and counts a
+        # half-written or half-deleted one, then removes the complete checkpoint): the callback rotates.
+        self.save_total_limit, a.save_total_limit = a.save_total_limit, None
         engine.attach_model(self.model)  # forward hooks survive accelerate's wrapping (fully_shard is in place)
-        self.callback = MixflowCallback(engine, max_nonfinite_steps)
+        self.callback = MixflowCallback(engine, max_nonfinite_steps, self.save_total_limit)
         self.add_callback(self.callback)
         if self.pop_callback(ProgressCallback) is not None:  # the same bars, evaluation ones labelled
             self.add_callback(DomainProgressCallback)
@@ -257,6 +269,32 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
 COMPLETE_MARKERS = ("mixflow_state.json", "trainer_state.json")
 
 
+#: A checkpoint being deleted is renamed to this prefix first, so a kill mid-deletion never leaves a
+#: half-deleted ``checkpoint-*`` that looks like a checkpoint.
+DELETING = ".deleting-"
+
+
+def rotate_complete_checkpoints(output_dir: str, limit: int | None, protected: set[str] = frozenset()) -> list[str]:
+    """Keep the ``limit`` newest *complete* checkpoints (and ``protected`` ones); incomplete ones (an
+    interrupted save or deletion) go first and never count towards the limit. Returns what was removed."""
+    if not limit or limit <= 0:
+        return []
+    for leftover in glob.glob(os.path.join(output_dir, DELETING + "*")):  # deletions a kill interrupted
+        shutil.rmtree(leftover, ignore_errors=True)
+    found = checkpoints_by_step(output_dir)
+    complete = [path for _, path in found if not checkpoint_problems(path)]
+    keep = {os.path.normpath(p) for p in protected}
+    doomed = [path for _, path in found if path not in complete]
+    doomed += [path for path in complete[:-limit] if os.path.normpath(path) not in keep]
+    for path in doomed:
+        trash = os.path.join(output_dir, DELETING + os.path.basename(path))
+        os.replace(path, trash)
+        shutil.rmtree(trash)
+    if doomed:
+        logger.info("save_total_limit %d: removed %s", limit, ", ".join(os.path.basename(p) for p in doomed))
+    return doomed
+
+
 def checkpoint_step(checkpoint: str | os.PathLike) -> int:
     """The optimizer step a checkpoint was saved at (its ``trainer_state.json``)."""
     path = os.path.join(checkpoint, "trainer_state.json")
@@ -277,23 +315,31 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
-def newest_complete_checkpoint(output_dir: str) -> str:
-    """The newest ``checkpoint-<step>`` that holds every file a resume needs; the newer ones it
-    skips are named in a warning with what they lack (a save that was interrupted)."""
+def checkpoint_problems(path: str) -> list[str]:
+    """Why a checkpoint cannot be resumed (an interrupted save, a half-deleted one); empty when complete."""
+    missing = [m for m in COMPLETE_MARKERS if not os.path.isfile(os.path.join(path, m))]
+    if missing:
+        return [f"no {' or '.join(missing)}"]
+    # the Trainer writes trainer_state.json in place: a kill inside that write leaves it empty
+    return [why for m in COMPLETE_MARKERS if (why := _unreadable(os.path.join(path, m)))]
+
+
+def checkpoints_by_step(output_dir: str) -> list[tuple[int, str]]:
+    """Every ``checkpoint-<step>`` folder of ``output_dir``, oldest first (by step, never by mtime)."""
     found = []
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
         step = name[len(PREFIX_CHECKPOINT_DIR) + 1:]
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit():
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
             found.append((int(step), os.path.join(output_dir, name)))
-    for _, path in sorted(found, reverse=True):
-        missing = [m for m in COMPLETE_MARKERS if not os.path.isfile(os.path.join(path, m))]
-        if missing:
-            logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (no %s)", path, " or ".join(missing))
-            continue
-        # the Trainer writes trainer_state.json in place: a kill inside that write leaves it empty
-        broken = [why for m in COMPLETE_MARKERS if (why := _unreadable(os.path.join(path, m)))]
-        if broken:
-            logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (%s)", path, "; ".join(broken))
-            continue
-        return path
+    return sorted(found)
+
+
+def newest_complete_checkpoint(output_dir: str) -> str:
+    """The newest ``checkpoint-<step>`` that holds every file a resume needs; the newer ones it
+    skips are named in a warning with what they lack (a save that was interrupted)."""
+    for _, path in reversed(checkpoints_by_step(output_dir)):
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (%s)", path, "; ".join(problems))
     raise ValueError(f"resume_from_checkpoint: no complete checkpoint in {output_dir}")
