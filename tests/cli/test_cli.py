@@ -128,6 +128,18 @@ def test_a_data_error_with_overwrite_output_dir_leaves_the_previous_run_in_place
     assert (out / "static_weights.jsonl").read_text() == '{"step": 25}\n' and not (out / "previous-1").exists()
 
 
+def test_an_accelerate_launch_that_started_one_of_several_processes_stops(tmp_path, demo_data, capsys, monkeypatch):
+    # what `accelerate launch` with a MULTI_CPU config and num_processes: 2 leaves in the one process it starts
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", str(_config(tmp_path, demo_data)), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "accelerate started one process" in err and "MULTI_GPU" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

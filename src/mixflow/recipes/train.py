@@ -35,6 +35,9 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     from mixflow.integrations.hf_trainer import MixflowTrainer, weights_are_finite
 
+    problem = distributed.launcher_problem()
+    if problem is not None:  # before anything is read, built or written
+        raise ValueError(problem)
     classification = run.data.task == "classification"
     args = training_arguments(run)
     # The main process reads (and, where needed, builds) the tokenization cache first; the others then
