@@ -107,7 +107,18 @@ class Pair:
         self.plain = Trainer(model=_model(vocab, 0), args=args, train_dataset=self.train, data_collator=self.collator)
         self.mix = MixflowTrainer(model=_model(vocab, 0), args=args, train_dataset=self.train,
                                   data_collator=self.collator, engine=self.engine)
-        for trainer in (self.plain, self.mix):
+        # PiKE and VA are also timed against mixflow's own static path: what their statistics cost
+        self.static = self.static_engine = None
+        if name in ("pike", "va"):
+            s_algo = build_algorithm("static", names, {}, batch_size=PER_DEVICE)
+            s_sampler = MixtureSampler(self.train.domain_sizes, s_algo.sampling_weights, PER_DEVICE, seed=0)
+            self.static_engine = StepEngine(s_sampler, s_algo, None, UpdateSchedule(update_step=update_step))
+            self.static = MixflowTrainer(model=_model(vocab, 0), args=args, train_dataset=self.train,
+                                         data_collator=self.collator, engine=self.static_engine)
+            self.static_plan = s_sampler.iter_batches()
+        for trainer in (self.plain, self.mix, self.static):
+            if trainer is None:
+                continue
             trainer.create_optimizer()
             trainer.model.train()
         if self.extra == "reference":
@@ -115,8 +126,8 @@ class Pair:
         self.batches = iter(torch.utils.data.DataLoader(self.train, batch_size=PER_DEVICE, sampler=sampler,
                                                         collate_fn=self.collator))
 
-    def step(self, g: int) -> tuple[float, float, float]:
-        """CPU seconds of (plain, plain + inherent extra, mixflow) for global batch ``g``."""
+    def step(self, g: int) -> tuple[float, float, float, float | None]:
+        """CPU seconds of (plain, plain + inherent extra, mixflow, mixflow static or None) for global batch ``g``."""
         from mixflow.data.keys import MIXFLOW_KEYS
 
         batch = next(self.batches)
@@ -131,7 +142,14 @@ class Pair:
         self._train_step(self.mix, batch, items)
         self.engine.end_step(g + 1, model=self.mix.model)
         t3 = time.process_time()
-        return t1 - t0, t2 - t0, t3 - t2
+        if self.static is None or self.static_engine is None:
+            return t1 - t0, t2 - t0, t3 - t2, None
+        next(self.static_plan)  # the static engine plans the batch it is handed (the same rows)
+        t4 = time.process_time()
+        self.static.state.global_step = g
+        self._train_step(self.static, batch, items)
+        self.static_engine.end_step(g + 1, model=self.static.model)
+        return t1 - t0, t2 - t0, t3 - t2, time.process_time() - t4
 
     @staticmethod
     def _train_step(trainer: Any, inputs: dict[str, Any], items: int) -> None:
@@ -158,20 +176,25 @@ def step_ratios(algorithm: str, update_step: int, vocab: int, pairs: int, warmup
     """Per-step ratios mixflow / plain and mixflow / (plain + inherent cost), interleaved."""
     with tempfile.TemporaryDirectory() as tmp:
         pair = Pair(algorithm, update_step, vocab, Path(tmp))
-        plain, baseline, mix = [], [], []
+        plain, baseline, mix, static = [], [], [], []
         for g in range(warmup + pairs):
-            a, b, c = pair.step(g)
+            a, b, c, d = pair.step(g)
             if g >= warmup:
                 plain.append(a)
                 baseline.append(b)
                 mix.append(c)
+                if d is not None:
+                    static.append(d)
     # ratios of sums over update windows: an update step's cost is shared by its window
     window = max(1, update_step)
     chunks = [slice(i, i + window) for i in range(0, len(mix) - window + 1, window)] or [slice(0, len(mix))]
-    return {
+    out = {
         "vs plain": [sum(mix[c]) / sum(plain[c]) for c in chunks],
         "vs plain + inherent": [sum(mix[c]) / sum(baseline[c]) for c in chunks],
     }
+    if static:
+        out["vs mixflow static"] = [sum(mix[c]) / sum(static[c]) for c in chunks]
+    return out
 
 
 def loss_worker(which: str, vocab: int, tokens: int) -> None:
@@ -224,7 +247,7 @@ def loss_cost(which: str, vocab: int, tokens: int) -> dict[str, float]:
 
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
     if ctx.tiny:
-        return {"pairs": 2, "vocabs": [259], "loss_vocab": 1000, "loss_tokens": 64, "algorithms": ["static"],
+        return {"pairs": 2, "vocabs": [259], "loss_vocab": 1000, "loss_tokens": 64, "algorithms": ["static", "pike"],
                 "loss_repeats": 2}
     if ctx.quick:
         return {"pairs": 10, "vocabs": [259], "loss_vocab": 32_000, "loss_tokens": 1024, "algorithms": list(ALGORITHMS),
