@@ -108,6 +108,10 @@ class BenchResult:
     comparisons: list[Comparison] = field(default_factory=list)
     """Paired comparisons with intervals; those with a ``claim_range`` decide ``holds``."""
 
+    def has(self, method: str, metric: str) -> bool:
+        """Whether the benchmark measured this row."""
+        return any(row.method == method and row.metric == metric for row in self.rows)
+
     def values(self, method: str, metric: str) -> list[float]:
         """The per-seed values of one row (an error when the benchmark did not measure it)."""
         for row in self.rows:
