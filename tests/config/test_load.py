@@ -208,10 +208,11 @@ def test_train_from_scratch_starts_from_the_directory_config_with_fresh_weights(
     from mixflow.recipes.build import build_model
     from tests.helpers import tiny_llama
 
-    saved = tiny_llama(seed=5)
+    saved = tiny_llama(seed=5, vocab=259)  # the byte tokenizer's ids fit
     saved.save_pretrained(tmp_path / "pretrained")
     cfg = {k: v for k, v in base.items() if k != "model_config"}
-    run = load_config(write(tmp_path, {**cfg, "model_name_or_path": str(tmp_path / "pretrained"), "train_from_scratch": True}))
+    run = load_config(write(tmp_path, {**cfg, "model_name_or_path": str(tmp_path / "pretrained"), "train_from_scratch": True,
+                                       "tokenizer": "byte", "cutoff_len": 32}))
     fresh = build_model(run, tokenizer=None)
     assert fresh.config.hidden_size == saved.config.hidden_size and fresh.config.num_hidden_layers == 2
     weight = "model.layers.0.mlp.up_proj.weight"
@@ -279,3 +280,30 @@ def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, 
         load_config(write(tmp_path, rope))
     cfg.update(tokenizer="byte")  # 259 ids fit
     assert load_config(write(tmp_path, cfg)).data.tokenizer == "byte"
+
+
+def test_every_error_of_every_layer_at_once_and_nothing_silently_accepted(tmp_path, base):
+    from mixflow.config.errors import ConfigErrors
+
+    bad = {**base, "learning_rat": 1e-3, "per_device_train_batch_size": "big", "max_steps": -5, "save_steps": 0,
+           "init_mixture_proportions": [0.5, 0.3, 0.2]}
+    with pytest.raises(ConfigErrors) as err:
+        load_config(write(tmp_path, bad))
+    text = "\n".join(err.value.messages)
+    # an unknown key no longer hides the type errors and the cross-field checks
+    for expected in ("learning_rat: unknown key", "per_device_train_batch_size: expected", "max_steps: expected a positive",
+                     "save_steps: expected a number of steps > 0"):
+        assert expected in text, expected
+    assert "invalid literal" not in text
+    # an adaptive algorithm that would never update
+    odm = {**base, "component_name": None, "component": {"name": "odm"}, "max_steps": 10, "warmup_step": 20}
+    odm.pop("component_name")
+    with pytest.raises(ConfigError, match="first update would be at step 20, after max_steps 10"):
+        load_config(write(tmp_path, odm))
+    with pytest.raises(ConfigError, match="update_times: 0 means odm never updates"):
+        load_config(write(tmp_path, {**odm, "warmup_step": 0, "update_step": 1, "update_times": 0}))
+    # a key given twice in the file
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(base) + "learning_rate: 0.1\nlearning_rate: 0.2\n")
+    with pytest.raises(ConfigError, match=r"learning_rate: given twice \(lines \d+ and \d+\)"):
+        load_config(path)

@@ -162,7 +162,7 @@ def test_mixflow_doremi_runs_the_three_steps_from_one_config(workspace, monkeypa
         (["proxy.component_name=static"], "proxy.component_name: set by the doremi pipeline"),
         (["doremi.reference_model_path=x"], "doremi.reference_model_path: set by the pipeline"),
         (["doremi.reweight_eps=3"], "proxy: doremi.params.reweight_eps: expected a number in [0, 1], got 3.0"),
-        (["proxy.max_steps=1", "proxy.warmup_step=2"], "proxy: max_steps: expected >= 2 so that DoReMi updates"),
+        (["proxy.max_steps=1", "proxy.warmup_step=2"], "proxy: warmup_step/update_step: doremi's first update would be at step 2, after max_steps 1"),
         (["reference.init_mixture_proportions=[1, 1]"], "reference: init_mixture_proportions: expected 4 values"),
     ],
 )

@@ -115,11 +115,21 @@ def check_mixing(run: RunConfig, base_dir: Path) -> None:
             f"init_mixture_proportions: only used with mixture_sample_rule 'mixture', got rule {m.mixture_sample_rule!r}"
         )
     try:
-        UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
+        schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     algorithm = run.algorithm
     assert algorithm is not None, "resolve_components runs before check_mixing"
+    steps = run.training.get("max_steps")
+    if algorithm.name != "static" and isinstance(steps, int) and steps > 0:
+        # an adaptive algorithm that never updates trains a static mixture while the user believes otherwise
+        first = schedule.first_update()
+        if first is None:
+            raise ConfigError(f"update_times: 0 means {algorithm.name} never updates; use train_type: static for a "
+                              "fixed mixture, or update_times: -1")
+        if first > steps:
+            raise ConfigError(f"warmup_step/update_step: {algorithm.name}'s first update would be at step {first}, after "
+                              f"max_steps {steps}: the run would train on its initial weights only")
     for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):
         if spec.name == "heldout_loss" and not run.data.val_size:
             raise ConfigError(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
@@ -277,6 +287,12 @@ def check_training(run: RunConfig) -> None:
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if isinstance(t.get(key), int) and t[key] < 1:
             errors.append(f"{key}: expected an integer >= 1, got {t[key]}")
+    steps = t.get("max_steps")
+    if isinstance(steps, int) and steps <= 0 and steps != -1:  # -1: the Trainer's "derive it from the epochs"
+        errors.append(f"max_steps: expected a positive number of optimizer steps (or leave it unset), got {steps}")
+    for key in ("save_steps", "logging_steps", "eval_steps"):
+        if isinstance(t.get(key), (int, float)) and not isinstance(t[key], bool) and t[key] <= 0:
+            errors.append(f"{key}: expected a number of steps > 0, got {t[key]}")
     if isinstance(t.get("learning_rate"), float) and t["learning_rate"] < 0:
         errors.append(f"learning_rate: expected a number >= 0, got {t['learning_rate']}")
     errors += _sharding_errors(t)

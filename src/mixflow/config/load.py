@@ -70,18 +70,19 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     data_cfg = errors.run(build_section, DataConfig, sections[DataConfig])
     model = errors.run(build_section, ModelConfig, sections[ModelConfig])
     safety = errors.run(build_section, SafetyConfig, sections[SafetyConfig])
-    errors.raise_if_any()  # the checks below read the typed sections
+    if mixing is None or data_cfg is None or model is None or safety is None:
+        errors.raise_if_any()  # the checks below read the typed sections (an unknown key hides none of them)
     training = {**TRAINING_DEFAULTS, **training}
     run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, safety=safety)
     # Every check that can run does, and all their errors are reported together; the ones that
     # depend on the chosen components run once those resolved.
     data_ok = errors.passes(checks.check_data, run, base_dir)
-    errors.run(checks.check_training, run)
+    training_ok = errors.passes(checks.check_training, run)  # the components read the batch size
     if check_outputs and run.training.get("output_dir"):  # check_training reported a missing one
         errors.run(checks.check_output_dir, run)
     if errors.passes(checks.check_model, run):
         errors.run(checks.check_model_fits_data, run)
-    components = errors.run(resolve_components, run, base_dir) if data_ok else None
+    components = errors.run(resolve_components, run, base_dir) if data_ok and training_ok else None
     if components is not None:
         run.algorithm, run.weighter = components
         errors.run(checks.check_mixing, run, base_dir)

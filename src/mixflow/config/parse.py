@@ -23,7 +23,19 @@ def fields_of(cls: type) -> dict[str, dataclasses.Field]:
 class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's scalars: only ``true``/``false`` are booleans (``no``,
     ``on``, ``off``, ``yes`` stay the strings users mean, e.g. ``save_strategy: no``), ``1e-4``
-    is a number and ``1:30`` a string, as in every other YAML 1.2 and JSON reader."""
+    is a number and ``1:30`` a string, as in every other YAML 1.2 and JSON reader. A key given
+    twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key}: given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -93,6 +105,9 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     try:
         data = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or ""
+        if "given twice" in problem:
+            raise ConfigError(f"{problem} in {path}") from None
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{what}: {path} is not valid YAML{where}") from None

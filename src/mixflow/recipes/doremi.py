@@ -129,22 +129,7 @@ def step_config(
         run = validate(copy.deepcopy(raw), cfg.base_dir, f"{cfg.source} ({step})")
     except ConfigError as err:
         raise ConfigError(f"{step}: {err}") from None
-    if step == "proxy":
-        _check_proxy_updates(run)
-    return run
-
-
-def _check_proxy_updates(run: RunConfig) -> None:
-    m = run.mixing
-    if m.update_times == 0:
-        raise ConfigError("proxy: update_times: expected -1 or >= 1 (DoReMi learns the weights in its updates)")
-    first = m.warmup_step if m.warmup_step > 0 else m.update_step
-    max_steps = run.training.get("max_steps")
-    if isinstance(max_steps, int) and 0 < max_steps < first:
-        raise ConfigError(
-            f"proxy: max_steps: expected >= {first} so that DoReMi updates at least once "
-            f"(warmup_step={m.warmup_step}, update_step={m.update_step})"
-        )
+    return run  # a proxy that never updates is refused by the loader (check_mixing), as for any adaptive run
 
 
 def read_summary(proxy_dir: str | Path) -> dict[str, Any]:
