@@ -278,6 +278,12 @@ def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, 
             "cutoff_len": 512}
     with pytest.raises(ConfigError, match="cutoff_len: 512 is longer than the model's max_position_embeddings 256"):
         load_config(write(tmp_path, rope))
+    shapes = {**base, "model_config": {"model_type": "llama", "hidden_size": -32, "num_hidden_layers": 1}}
+    with pytest.raises(ConfigError, match="model_config.hidden_size: expected a positive integer, got -32"):
+        load_config(write(tmp_path, shapes))
+    shapes["model_config"] = {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 5}
+    with pytest.raises(ConfigError, match="model_config.num_attention_heads: 5 does not divide hidden_size 32"):
+        load_config(write(tmp_path, shapes))
     cfg.update(tokenizer="byte")  # 259 ids fit
     assert load_config(write(tmp_path, cfg)).data.tokenizer == "byte"
 

@@ -246,6 +246,8 @@ def check_model_fits_data(run: RunConfig) -> None:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             config = None  # the model's own loading reports a missing or broken config
+    if m.model_config is not None:
+        errors += _shape_errors(dict(m.model_config))
     if config:
         for key in POSITION_KEYS:
             limit = config.get(key)
@@ -267,6 +269,26 @@ def check_model_fits_data(run: RunConfig) -> None:
                                   f"(ids ≥ {vocab} have no embedding); use the model's tokenizer or a larger model")
     if errors:
         raise ConfigErrors(errors)
+
+
+#: model_config keys that are sizes: positive integers.
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "vocab_size", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "head_dim")
+
+
+def _shape_errors(cfg: dict[str, typing.Any]) -> list[str]:
+    """Sizes a from-scratch model cannot be built with (else a traceback from deep in transformers)."""
+    errors = [f"model_config.{k}: expected a positive integer, got {cfg[k]!r}" for k in SIZE_KEYS
+              if k in cfg and (isinstance(cfg[k], bool) or not isinstance(cfg[k], int) or cfg[k] < 1)]
+    if errors:
+        return errors
+    hidden, heads = cfg.get("hidden_size", cfg.get("n_embd")), cfg.get("num_attention_heads", cfg.get("n_head"))
+    if hidden and heads and "head_dim" not in cfg and hidden % heads:
+        errors.append(f"model_config.num_attention_heads: {heads} does not divide hidden_size {hidden}")
+    kv = cfg.get("num_key_value_heads")
+    if heads and kv and heads % kv:
+        errors.append(f"model_config.num_key_value_heads: {kv} does not divide num_attention_heads {heads}")
+    return errors
 
 
 def check_training(run: RunConfig) -> None:
