@@ -164,3 +164,17 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, suffix):
     path.write_bytes(good + b'{"text": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=rf"bad\{suffix}:2: not valid UTF-8 \(byte 0xe9"):
         read_documents(DomainSource(name="d", path=str(path)))
+
+
+def test_a_corrupt_archive_and_a_line_that_is_not_an_object_are_one_line_each(tmp_path):
+    import gzip
+
+    from mixflow.data.sources import DomainSource, iter_documents
+
+    good = gzip.compress(b"\n".join(b'{"text": "document %d"}' % i for i in range(2000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(good[: len(good) // 2])  # a truncated download
+    with pytest.raises(ValueError, match=r"cut\.jsonl\.gz: not a readable \.gz"):
+        list(iter_documents(DomainSource("web", str(tmp_path / "cut.jsonl.gz"))))
+    (tmp_path / "list.jsonl").write_text('{"text": "fine"}\n["not", "an", "object"]\n')
+    with pytest.raises(ValueError, match=r"list\.jsonl:2: expected a JSON object with 'text', got a JSON list"):
+        list(iter_documents(DomainSource("web", str(tmp_path / "list.jsonl"))))

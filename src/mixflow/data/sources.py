@@ -12,6 +12,7 @@ import glob
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,16 +190,22 @@ def _file_records(
             f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
             f"expected one of {', '.join(formats)} (.jsonl, .json and .txt optionally {' or '.join(COMPRESSIONS)})"
         )
-    for where, row in located:
-        for key, value in zip(fields, row):
-            if key in text_fields and not isinstance(value, str):
-                raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
-        yield where, row
+    try:
+        for where, row in located:
+            for key, value in zip(fields, row):
+                if key in text_fields and not isinstance(value, str):
+                    raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+            yield where, row
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a truncated or corrupt archive, found mid-read
+        raise ValueError(f"{path}: not a readable {file_format(path)[1] or 'file'} ({err})") from None
 
 
 def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...]:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with {', '.join(repr(f) for f in fields)}, "
+                         f"got a JSON {type(record).__name__}")
     for key in fields:
-        if not isinstance(record, dict) or key not in record:
+        if key not in record:
             raise ValueError(f"{where}: missing field {key!r}")
     return tuple(record[key] for key in fields)
 
