@@ -370,3 +370,11 @@ def test_an_instruction_domain_trains_beside_a_text_domain(tmp_path, demo_data, 
     cfg.write_text(yaml.safe_dump(bad))
     assert main(["train", str(cfg), "--quiet"]) == 2
     assert "domains[1]: columns.images: images are not supported by mixflow" in capsys.readouterr().err
+
+
+def test_a_cutoff_len_longer_than_a_domain_names_the_key_and_every_domain(tmp_path, demo_data, capsys):
+    cfg = _config(tmp_path, demo_data, cutoff_len=1_000_000,
+                  model_config={**TINY_MODEL, "max_position_embeddings": 1_000_000})
+    assert main(["train", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all("cutoff_len: domain" in line and "no row of cutoff_len 1000000" in line for line in err)

@@ -73,7 +73,13 @@ def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | 
     seed = split_seed(run)
     val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)
     domains = []
-    for source, entry in zip(domain_sources(run), tokenize_domains(run, progress, overwrite_cache)):
+    pairs = list(zip(domain_sources(run), tokenize_domains(run, progress, overwrite_cache)))
+    empty = [f"cutoff_len: domain {s.name!r} has {e.meta['num_tokens']} tokens, which make no row of cutoff_len "
+             f"{run.data.cutoff_len} (packed rows are whole blocks); expected a smaller cutoff_len or more data"
+             for s, e in pairs if len(e.rows) == 0]
+    if empty:
+        raise ValueError("\n".join(empty))
+    for source, entry in pairs:
         train_index, val_index = split_indices(source.name, len(entry.rows), val_size, seed)
         domains.append(TokenizedDomain(source.name, entry.rows.take(train_index), entry.rows.take(val_index)))
     train = MixtureDataset(domains, split="train")
