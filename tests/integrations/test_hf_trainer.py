@@ -274,6 +274,17 @@ def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpo
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_without_a_terminal_progress_is_log_lines_not_bars(tmp_path, caplog, capsys):
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=4, disable_tqdm=False)  # pytest's stderr is not a terminal
+    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
+                             engine=_mixer(train, args))
+    with caplog.at_level("INFO", logger="mixflow.progress"):
+        trainer.train()
+    assert "train: 4/4 steps (100%)" in caplog.text
+    assert "it/s]" not in capsys.readouterr().err  # no tqdm bar was drawn
+
+
 def _fake_checkpoint(out, step, complete=True, state="{}"):
     path = out / f"checkpoint-{step}"
     path.mkdir()

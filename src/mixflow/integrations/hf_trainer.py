@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
 from mixflow.utils import distributed
 from mixflow.utils.distributed import is_sharded_tensor
+from mixflow.utils.progress import LogProgress
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,27 @@ class DomainProgressCallback(ProgressCallback):
         names = getattr(getattr(eval_dataloader, "dataset", None), "domain_names", None)
         if first and self.prediction_bar is not None and names and len(names) == 1:
             self.prediction_bar.set_description(f"eval {names[0]}")
+
+
+class LogProgressCallback(TrainerCallback):
+    """Instead of progress bars when stderr is not a terminal (a cluster log, nohup, CI): one log line
+    every few seconds with the step, its share of ``max_steps`` and the speed (:mod:`mixflow.utils.progress`)."""
+
+    def __init__(self) -> None:
+        self.bar: LogProgress | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.bar = LogProgress(total=state.max_steps, desc="train", unit="steps")
+        self.bar.n = float(state.global_step)  # a resumed run starts where its checkpoint was
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class MixflowCallback(TrainerCallback):
@@ -140,8 +163,9 @@ class MixflowTrainer(Trainer):
         engine.attach_model(self.model)  # forward hooks survive accelerate's wrapping (fully_shard is in place)
         self.callback = MixflowCallback(engine, max_nonfinite_steps, self.save_total_limit)
         self.add_callback(self.callback)
-        if self.pop_callback(ProgressCallback) is not None:  # the same bars, evaluation ones labelled
-            self.add_callback(DomainProgressCallback)
+        if self.pop_callback(ProgressCallback) is not None:  # the same bars, evaluation ones labelled,
+            # or log lines where nobody watches a terminal
+            self.add_callback(DomainProgressCallback if sys.stderr.isatty() else LogProgressCallback)
 
     # ---- data -------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
