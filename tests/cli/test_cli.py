@@ -359,6 +359,16 @@ def test_an_instruction_domain_trains_beside_a_text_domain(tmp_path, demo_data, 
     data = prepare_data(load_config(cfg, check_outputs=False), progress=False)
     row = data.train.single_domain(1)[0]
     assert (row["labels"] == -100).sum() > 0 and row["labels"][-1] == 258  # the byte tokenizer's EOS
+    # the preview shows the prompt as context and the response as the target, and the text's EOS marks
+    capsys.readouterr()
+    assert main(["data", "preview", str(cfg), "--domain", "sft", "-n", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("== sft: ") and "targets in ⟦…⟧" in shown.splitlines()[0]
+    assert "User: add 0 and 0\nAssistant: ⟦0⟧⟪EOS⟫" in shown and "User: add 1 and 1\nAssistant: ⟦2⟧⟪EOS⟫" in shown
+    assert main(["data", "preview", str(cfg), "--domain", "code", "-n", "1"]) == 0
+    assert "every token is a target" in capsys.readouterr().out
+    assert main(["data", "preview", str(cfg), "--domain", "poems"]) == 2
+    assert "domain: unknown ['poems']" in capsys.readouterr().err
     # LLaMA-Factory's stage is checked against the domains: sft needs every domain to be instruction data
     with pytest.raises(ConfigError, match="stage: sft trains on instruction data, but domain 'code' is plain text"):
         load_config(cfg, {"stage": "sft"}, check_outputs=False)

@@ -58,6 +58,17 @@ def _cmd_data_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_preview(args: argparse.Namespace) -> int:
+    from mixflow.config.load import load_config
+    from mixflow.config.parse import parse_overrides
+    from mixflow.recipes.preview import preview
+
+    run = load_config(args.config, parse_overrides(args.overrides), check_outputs=False)
+    domains = [d.strip() for d in args.domain.split(",")] if args.domain else None
+    print("\n".join(preview(run, domains, args.n)))
+    return 0
+
+
 def _cmd_data_tokenize(args: argparse.Namespace) -> int:
     from mixflow.config.load import load_config
     from mixflow.config.parse import parse_overrides
@@ -215,6 +226,12 @@ def _data_parser(sub: Any) -> None:
     d.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096; 0: no tokenizer)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_data_corpus)
+    d = data_sub.add_parser("preview", help="a few rows per domain as the model sees them, targets marked")
+    d.add_argument("config", help="YAML file: the training config whose domains are shown")
+    d.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
+    d.add_argument("--domain", default=None, help="comma-separated domains (default: all)")
+    d.add_argument("-n", type=int, default=3, help="rows per domain (default 3)")
+    d.set_defaults(func=_cmd_data_preview)
     d = data_sub.add_parser("tokenize", help="tokenize a config's domains once into the cache")
     d.add_argument("config", help="YAML file: the training config whose domains are tokenized")
     d.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")

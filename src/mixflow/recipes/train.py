@@ -33,7 +33,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train as configured; returns the final metrics (also written to ``<output_dir>/mixflow_results.json``)."""
     from transformers import set_seed
 
-    from mixflow.integrations.hf_trainer import MixflowTrainer, weights_are_finite
+    from mixflow.integrations.hf_trainer import MixflowTrainer
 
     problem = distributed.launcher_problem()
     if problem is not None:  # before anything is read, built or written
@@ -72,12 +72,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
         previous = Path(args.output_dir) / "mixflow_results.json"
         metrics = read_json(previous) if previous.is_file() else {"steps": trainer.already_complete}
         return {**metrics, "already_complete": True}
-    if not trainer.callback.stopped and not weights_are_finite(trainer.model):
-        trainer.callback.stopped = (f"training ended with non-finite weights (a non-finite gradient at step "
-                                    f"{trainer.state.global_step} or before); the final model is not saved")
-    if trainer.callback.stopped:
-        _write_stopped(trainer, args.output_dir)
-        raise ValueError(trainer.callback.stopped + f"; its checkpoints are in {args.output_dir}")
+    _stop_if_broken(trainer, args.output_dir)
     trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
     if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
@@ -91,6 +86,19 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def _stop_if_broken(trainer: Any, output_dir: str) -> None:
+    """A diverged run, or one whose final weights are not finite, stops here: no final model, the
+    reason in ``mixflow_results.json`` and in the error."""
+    from mixflow.integrations.hf_trainer import weights_are_finite
+
+    if not trainer.callback.stopped and not weights_are_finite(trainer.model):
+        trainer.callback.stopped = (f"training ended with non-finite weights (a non-finite gradient at step "
+                                    f"{trainer.state.global_step} or before); the final model is not saved")
+    if trainer.callback.stopped:
+        _write_stopped(trainer, output_dir)
+        raise ValueError(trainer.callback.stopped + f"; its checkpoints are in {output_dir}")
 
 
 def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, resumed_loss: float, final_step: int
