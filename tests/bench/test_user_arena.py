@@ -28,10 +28,11 @@ def _config(tmp_path, demo_data):
     return path
 
 
-def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path, demo_data, capsys):
+def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path, demo_data, capsys, caplog):
     config, out = _config(tmp_path, demo_data), tmp_path / "arena"
-    assert main(["arena", str(config), "--methods", "odm", "--seeds", "2", "--steps", "4", "--swarm", "3",
-                 "--clean", "code,prose", "--out", str(out), "--max-documents", "20"]) == 0
+    command = ["arena", str(config), "--methods", "odm", "--seeds", "2", "--steps", "4", "--swarm", "3",
+               "--clean", "code,prose", "--out", str(out), "--max-documents", "20"]
+    assert main(command) == 0
     payload = json.loads((out / "arena.json").read_text())
     methods = {row["method"] for row in payload["rows"]}
     assert {"uniform", "natural", "temperature", "unimax", "best static", "odm"} <= methods
@@ -45,7 +46,13 @@ def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path
     keys = yaml.safe_load((out / "recommendation.yaml").read_text())
     mine = yaml.safe_load(config.read_text())
     run = load_config(raw={**mine, **keys, "output_dir": str(tmp_path / "train")})
-    assert run.mixing.init_mixture_proportions is not None
+    assert run.algorithm is not None
+    # an interrupted or repeated arena reuses every finished run (same specs, same data)
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(command) == 0
+    assert "best static mixture from the cached swarm" in caplog.text
+    assert "arena: 12 of 12 runs reused from their saved results" in caplog.text  # 2 seeds × 6
+    assert json.loads((out / "arena.json").read_text())["recommendation"] == rec
 
 
 def test_arena_reports_every_mistake_before_training(tmp_path, demo_data, capsys):

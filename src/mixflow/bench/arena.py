@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.bench.arena_recommend import recommend, recommendation_yaml
 from mixflow.bench.arena_runs import RunSpec, run_specs
 from mixflow.bench.base import BenchResult, Row
-from mixflow.bench.stats import bootstrap_interval, interval_text
+from mixflow.bench.stats import bootstrap_interval
 from mixflow.data.proportions import unimax_proportions
+from mixflow.utils.jsonlog import write_json_atomic
 
 #: The simple mixtures every method must beat (their sampling rule, or a computed mixture).
 BASELINES = ("uniform", "natural", "temperature", "unimax")
@@ -49,6 +51,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "doremi": {},  # its own three-step pipeline
 }
 TARGET = "target loss"
+#: The same mean over the clean domains on the validation split (what the swarm selects on).
+VAL_TARGET = "validation target loss"
 #: The best static mixture trained for DoReMi's total steps (reference, proxy and target).
 EQUAL_COMPUTE = "best static (DoReMi's total steps)"
 TEMPERATURE, UNIMAX_EPOCHS = 3.0, 1.0
@@ -74,13 +78,15 @@ class Arena:
     swarm: int
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     log: Callable[..., None] = print
+    _digest: str = ""
 
     @property
     def steps(self) -> int:
         return int(self.base["max_steps"])
 
     def budget_tokens(self) -> float:
-        return float(self.steps * int(self.base["per_device_train_batch_size"]) * int(self.base["cutoff_len"]))
+        batch = int(self.base["per_device_train_batch_size"]) * int(self.base.get("gradient_accumulation_steps", 1))
+        return float(self.steps * batch * int(self.base["cutoff_len"]))
 
     def mixture(self, name: str) -> list[float]:
         """A baseline's sampling proportions."""
@@ -104,54 +110,25 @@ class Arena:
 
     def spec(self, method: str, seed: int, config: dict[str, Any], kind: str = "train",
              extra: dict[str, Any] | None = None) -> RunSpec:
+        if not self._digest:
+            self._digest = _data_digest(self)
         return RunSpec(method, seed, config, str(self.test_dir), tuple(self.domains), tuple(self.clean), kind,
-                       extra or {})
+                       extra or {}, self._digest)
 
 
-def split_domains(sources: list[Any], out: Path, test_every: int = 20, max_documents: int | None = None
-                  ) -> tuple[Path, Path]:
-    """Write every ``test_every``-th document of each domain to ``out/test`` and the rest to
-    ``out/train`` (JSON lines, ``dataset_info.json`` in each); (train dir, test dir). The split is a
-    fixed function of the documents' order, so every method sees the same one."""
-    from mixflow.data.sources import iter_documents
-
-    dirs = {"train": out / "train", "test": out / "test"}
-    for folder in dirs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for source in sources:
-        handles = {k: open(dirs[k] / f".{source.name}.jsonl.tmp", "w", encoding="utf-8") for k in dirs}
-        try:
-            held, tested = None, 0  # the last train document, written one behind: a domain too small for
-            for i, text in enumerate(iter_documents(source, limit=max_documents)):  # one test document gives it its last
-                if i % test_every == test_every - 1:
-                    handles["test"].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-                    tested += 1
-                    continue
-                if held is not None:
-                    handles["train"].write(json.dumps({"text": held}, ensure_ascii=False) + "\n")
-                held = text
-            if held is not None:
-                handles["test" if tested == 0 else "train"].write(json.dumps({"text": held}, ensure_ascii=False) + "\n")
-        finally:
-            for handle in handles.values():
-                handle.close()
-        for folder in dirs.values():
-            (folder / f".{source.name}.jsonl.tmp").replace(folder / f"{source.name}.jsonl")
-    for folder in dirs.values():
-        info = {src.name: {"file_name": f"{src.name}.jsonl", "columns": {"prompt": "text"}} for src in sources}
-        (folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return dirs["train"], dirs["test"]
+DOREMI_KEYS = {"reference": {"mixture_sample_rule": "uniform"}, "doremi": {}}
 
 
-def train_tokens(arena_base: dict[str, Any], train_dir: Path, domains: list[str]) -> dict[str, int]:
-    """Tokens per domain in the train files (through the tokenization cache the runs then reuse)."""
-    from mixflow.config.load import load_config
-    from mixflow.recipes.build import tokenize_domains
+def method_keys(arena: Arena, method: str) -> dict[str, Any]:
+    """The keys that make ``method`` in the arena (on top of the shared ones)."""
+    if method == "doremi":
+        return {**DOREMI_KEYS, "proxy": {"warmup_step": max(2, arena.steps // 20), "update_step": 5}}
+    return dict(METHODS[method])
 
-    raw = {**arena_base, "dataset": ",".join(domains), "dataset_dir": str(train_dir), "train_type": "static",
-           "output_dir": str(train_dir.parent / "tokens-probe")}
-    entries = tokenize_domains(load_config(raw=raw, check_outputs=False), progress=False)
-    return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in entries}
+
+def arena_recommendation_yaml(arena: Arena, rec: dict[str, Any]) -> str:
+    """:func:`recommendation_yaml` with the keys the recommended method was measured with."""
+    return recommendation_yaml(arena.domains, rec, method_keys(arena, rec["method"]) if rec["method"] != "static" else {})
 
 
 def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
@@ -159,11 +136,9 @@ def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
     out = arena.work / f"seed{seed}" / _slug(method)
     shared = {**arena.base, "dataset": ",".join(arena.domains), "dataset_dir": str(arena.train_dir), "seed": seed}
     if method == "doremi":
-        config = {**shared, "output_dir": str(out), "reference": {"mixture_sample_rule": "uniform"},
-                  "proxy": {"warmup_step": max(2, arena.steps // 20), "update_step": 5}, "doremi": {}}
-        return arena.spec(method, seed, config, kind="doremi")
-    keys = METHODS[method]
-    return arena.spec(method, seed, {**shared, "train_type": "dynamic_mix", **keys, "output_dir": str(out)})
+        return arena.spec(method, seed, {**shared, "output_dir": str(out), **method_keys(arena, method)}, kind="doremi")
+    return arena.spec(method, seed, {**shared, "train_type": "dynamic_mix", **method_keys(arena, method),
+                                     "output_dir": str(out)})
 
 
 def _slug(name: str) -> str:
@@ -191,13 +166,16 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(specs))
     results = run_specs(specs, arena.jobs, arena.log)
     x = np.array([r["extra"]["mixture"] for r in results])
-    y = np.array([r[TARGET] for r in results])
+    # selected on the validation split of the train files: the test split scores, it never chooses
+    y = np.array([r[VAL_TARGET] for r in results])
+    if not np.all(np.isfinite(y)):
+        raise ValueError("arena: a swarm run has no final validation loss (the arena evaluates at the last step)")
     chosen = regmix_choice(x, y, rng)
-    found = {"key": key, "members": [{"mixture": m.tolist(), TARGET: float(v)} for m, v in zip(x, y)],
+    found = {"key": key, "members": [{"mixture": m.tolist(), VAL_TARGET: float(v)} for m, v in zip(x, y)],
              "mixture": chosen.tolist(), "runs": len(results),
              "steps": int(sum(r["steps"] for r in results)), "seconds": float(sum(r["seconds"] for r in results))}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(found, indent=1), encoding="utf-8")
+    write_json_atomic(cache, found)
     return found
 
 
@@ -228,9 +206,43 @@ def regmix_choice(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, candid
     return mean / mean.sum()
 
 
+def check_specs(specs: list[RunSpec]) -> None:
+    """Every method's config validated as ``mixflow train`` (or ``mixflow doremi``) would, before any
+    run starts: all the problems at once, each naming its method (e.g. a batch too small for PiKE)."""
+    import tempfile
+
+    import yaml
+
+    from mixflow.config.errors import ConfigError, ConfigErrors
+    from mixflow.config.load import load_config
+    from mixflow.recipes.doremi import STEPS, parse_pipeline, step_config
+
+    problems = []
+    for spec in specs:
+        try:
+            if spec.kind == "doremi":
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "doremi.yaml"
+                    path.write_text(yaml.safe_dump(spec.config), encoding="utf-8")
+                    pipeline = parse_pipeline(path)
+                    for step in STEPS[:2]:
+                        step_config(pipeline, step)
+            else:
+                load_config(raw=spec.config, check_outputs=False)
+        except ConfigErrors as err:
+            problems += [f"{spec.method}: {m}" for m in err.messages]
+        except (ConfigError, ValueError, FileNotFoundError) as err:
+            problems.append(f"{spec.method}: {err}")
+    if problems:
+        raise ValueError("\n".join(["arena: these runs cannot start (choose --methods, or change the config):",
+                                     *problems]))
+
+
 def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Every baseline, the best static mixture and every method on every seed: the result, what it
     concludes (recommendation, gap closed, calibration) and every run's record (for plots)."""
+    check_specs([arena.spec("uniform", 0, arena.static_config(arena.work / "check", 0, arena.mixture("uniform")))]
+                + [method_spec(arena, m, 0) for m in arena.methods])
     best = search_best_static(arena)
     specs = []
     for seed in range(arena.seeds):
@@ -300,7 +312,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
             result.compare(method, "natural", TARGET, "lower")
     gap = gap_closed(runs)
     cal = calibration(runs)
-    rec = recommend(arena, result, best)
+    rec = recommend(arena.domains, best["mixture"], result.comparisons, arena.methods)
     better = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "better"]
     worse = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "worse"]
     same = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "no different"]
@@ -360,29 +372,3 @@ def calibration(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
             "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf}
 
 
-def recommend(arena: Arena, result: BenchResult, best: dict[str, Any]) -> dict[str, Any]:
-    """The mixture to train on, and the online method that beats it (if one does), in one sentence."""
-    mixture = {d: round(float(w), 4) for d, w in zip(arena.domains, best["mixture"])}
-    winners = [c for c in result.comparisons if c.baseline == "best static" and c.verdict == "better"]
-    if winners:
-        top = min(winners, key=lambda c: c.interval[0])
-        why = (f"{top.method} lowers the target loss below the best static mixture by "
-               f"{-top.interval[0]:.4f} (95% interval {interval_text(top)}) over {len(top.values)} seeds")
-        return {"mixture": mixture, "method": top.method, "why": why}
-    near = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "no different"]
-    why = ("no method beats the best static mixture with its whole 95% interval"
-           + (f" ({', '.join(near)} no different)" if near else "") + "; train on it")
-    return {"mixture": mixture, "method": "static", "why": why}
-
-
-def recommendation_yaml(arena: Arena, rec: dict[str, Any]) -> str:
-    """The recommendation as keys ready for ``mixflow train``."""
-    lines = [f"# mixflow arena: {rec['why']}", f"dataset: {','.join(arena.domains)}"]
-    if rec["method"] in ("static", "best static"):
-        lines += ["train_type: static", "mixture_sample_rule: mixture"]
-    else:
-        keys = METHODS.get(rec["method"], {})
-        lines += ["train_type: dynamic_mix" if "train_type" not in keys else f"train_type: {keys['train_type']}",
-                  f"component: {json.dumps(keys.get('component', {'name': rec['method']}))}"]
-    lines.append("init_mixture_proportions: [" + ", ".join(f"{w:.4f}" for w in rec["mixture"].values()) + "]")
-    return "\n".join(lines) + "\n"

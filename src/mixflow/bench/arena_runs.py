@@ -9,6 +9,7 @@ out of the training files). It returns plain JSON-able numbers, so a run's resul
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mixflow.utils.jsonlog import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -39,19 +42,54 @@ class RunSpec:
     kind: str = "train"
     extra: dict[str, Any] = field(default_factory=dict)
     """What the caller wants back untouched (a swarm member's mixture)."""
+    data_digest: str = ""
+    """A hash of the train and test files: a run's saved result is reused only for the same data."""
+
+    def digest(self) -> str:
+        """What identifies the run: its config, its data and what it is scored on."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def result_path(self) -> Path:
+        """Where the finished run's result is kept (beside its output folder)."""
+        return Path(str(self.config["output_dir"]) + ".result.json")
+
+
+def _saved(spec: RunSpec) -> dict[str, Any] | None:
+    try:
+        saved = json.loads(spec.result_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved["result"] if isinstance(saved, dict) and saved.get("digest") == spec.digest() else None
 
 
 def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> list[dict[str, Any]]:
-    """Results of every spec, in order; ``jobs`` processes at once (1: in this process's children too,
-    so a run's memory and threads never leak into the next)."""
-    results: list[dict[str, Any] | None] = [None] * len(specs)
+    """Results of every spec, in order; ``jobs`` processes at once, each run in a fresh process (its
+    memory and threads never leak into the next). A finished run's result is saved beside its output
+    folder and reused by a later call with the same spec and data, so an interrupted arena resumes;
+    the first failure cancels the runs not started yet and names the run."""
+    results: list[dict[str, Any] | None] = [_saved(spec) for spec in specs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if len(todo) < len(specs):
+        log("arena: %d of %d runs reused from their saved results", len(specs) - len(todo), len(specs))
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, asdict(spec)): i for i, spec in enumerate(specs)}
-        for done, future in enumerate(as_completed(futures), 1):
-            i = futures[future]
-            results[i] = future.result()
-            log("arena: %d/%d runs done (%s, seed %d: target loss %.4f)", done, len(specs), specs[i].method,
-                specs[i].seed, results[i]["target loss"] if results[i] else float("nan"))
+        futures = {pool.submit(run_one, asdict(specs[i])): i for i in todo}
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                i, spec = futures[future], specs[futures[future]]
+                try:
+                    results[i] = future.result()
+                except Exception as err:
+                    raise ValueError(f"arena: the {spec.method} run (seed {spec.seed}) failed: "
+                                     f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__} "
+                                     f"(its log: {spec.config['output_dir']}.log; finished runs are kept and reused)"
+                                     ) from err
+                write_json_atomic(spec.result_path, {"digest": spec.digest(), "result": results[i]})
+                log("arena: %d/%d runs done (%s, seed %d: target loss %.4f)", done, len(todo), spec.method,
+                    spec.seed, results[i]["target loss"])
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return [r for r in results if r is not None]
 
 
@@ -75,6 +113,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         out["test_loss"] = test_losses(out.pop("model_dir"), tokenizer, spec["test_dir"], spec["domains"],
                                        int(spec["config"]["cutoff_len"]))
     out["target loss"] = float(np.mean([out["test_loss"][d] for d in spec["clean"]]))
+    final = {d: losses[-1] for d, losses in out["curve"]["losses"].items() if losses}
+    out["validation target loss"] = float(np.mean([final[d] for d in spec["clean"]])) if all(
+        d in final for d in spec["clean"]) else float("nan")
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
     return out
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixflow.bench.arena import BASELINES, METHODS, TARGET, Arena, run_arena, split_domains, train_tokens
+from mixflow.bench.arena import BASELINES, METHODS, TARGET, Arena, run_arena
+from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
 from mixflow.bench.base import BenchContext, BenchResult, register_benchmark
 from mixflow.data.corpus import DOMAINS, build_corpus

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixflow.bench.arena import METHODS, TARGET, Arena, recommendation_yaml, run_arena, split_domains, train_tokens
+from mixflow.bench.arena import METHODS, TARGET, Arena, arena_recommendation_yaml, run_arena
+from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
 from mixflow.bench.base import commit
 from mixflow.bench.runner import write_result
@@ -97,5 +98,5 @@ def run_user_arena(
     write_result(out_dir, "arena", f"on {', '.join(names)}: which mixture and which method give the lowest {TARGET} "
                  f"(mean test loss over {', '.join(clean)})", str(config), result, seeds, quick,
                  time.perf_counter() - start, code, cmd, extra={"recommendation": rec})
-    (out_dir / "recommendation.yaml").write_text(recommendation_yaml(arena, rec), encoding="utf-8")
+    (out_dir / "recommendation.yaml").write_text(arena_recommendation_yaml(arena, rec), encoding="utf-8")
     return rec

@@ -1,0 +1,68 @@
+"""The arena's pieces that need no training: the recommendation (never a baseline, exactly the keys a
+method was measured with), the up-front check of every method's config, the train/test split."""
+
+import json
+
+import pytest
+import yaml
+
+from mixflow.bench.arena_data import split_domains
+from mixflow.bench.arena_recommend import recommend, recommendation_yaml
+from mixflow.bench.stats import compare
+from mixflow.data.sources import DomainSource
+
+
+def _vs_best(method, diffs):
+    return compare(method, [1.0 + d for d in diffs], "best static", [1.0] * len(diffs), "target loss", "lower")
+
+
+def test_a_baseline_never_becomes_the_recommended_method():
+    comparisons = [_vs_best("unimax", [-0.2, -0.21, -0.19]), _vs_best("odm", [0.01, -0.02, 0.0])]
+    rec = recommend(["a", "b"], [0.25, 0.75], comparisons, methods=["odm"])
+    assert rec["method"] == "static" and rec["mixture"] == {"a": 0.25, "b": 0.75} and "odm no different" in rec["why"]
+    rec = recommend(["a", "b"], [0.25, 0.75], [_vs_best("odm", [-0.1, -0.12, -0.11])], methods=["odm"])
+    assert rec["method"] == "odm" and "lowers the target loss below the best static mixture by 0.11" in rec["why"]
+
+
+def test_the_yaml_holds_exactly_the_keys_the_method_was_measured_with():
+    rec = {"method": "odm", "mixture": {"a": 0.5, "b": 0.5}, "why": "odm wins"}
+    keys = yaml.safe_load(recommendation_yaml(["a", "b"], rec, {"component": {"name": "odm"}, "update_step": 1}))
+    assert keys == {"dataset": "a,b", "train_type": "dynamic_mix", "component": {"name": "odm"}, "update_step": 1}
+    static = {"method": "static", "mixture": {"a": 0.3, "b": 0.7}, "why": "nothing beats it"}
+    keys = yaml.safe_load(recommendation_yaml(["a", "b"], static, {}))
+    assert keys["train_type"] == "static" and keys["init_mixture_proportions"] == [0.3, 0.7]
+    doremi = recommendation_yaml(["a", "b"], {"method": "doremi", "mixture": {}, "why": "w"},
+                                 {"reference": {}, "proxy": {"update_step": 5}, "doremi": {}})
+    assert "mixflow doremi THIS_FILE" in doremi and yaml.safe_load(doremi)["proxy"] == {"update_step": 5}
+
+
+def test_every_domain_keeps_a_test_document_and_the_split_is_fixed(tmp_path):
+    for name, n in (("big", 45), ("tiny", 2)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(n)))
+    sources = [DomainSource(n, str(tmp_path / f"{n}.jsonl")) for n in ("big", "tiny")]
+    train, test = split_domains(sources, tmp_path / "split")
+    lines = {(d, part): (folder / f"{d}.jsonl").read_text().splitlines()
+             for d in ("big", "tiny") for part, folder in (("train", train), ("test", test))}
+    assert [json.loads(x)["text"] for x in lines["big", "test"]] == ["big 19", "big 39"]
+    assert len(lines["big", "train"]) == 43 and lines["tiny", "test"] == [json.dumps({"text": "tiny 1"})]
+    assert json.loads((test / "dataset_info.json").read_text())["tiny"]["file_name"] == "tiny.jsonl"
+
+
+def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
+    from mixflow.bench.arena import Arena, check_specs, method_spec
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for name in ("a", "b", "c", "e"):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i} " * 40}) + "\n" for i in range(30)))
+    (data / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"{n}.jsonl"} for n in "abce"}))
+    base = {"tokenizer": "byte", "cutoff_len": 32, "val_size": 0.1, "per_device_train_batch_size": 8, "max_steps": 20,
+            "model_config": {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+                             "intermediate_size": 64, "max_position_embeddings": 32}, "use_cpu": True}
+    arena = Arena(train_dir=data, test_dir=data, domains=list("abce"), clean=list("abce"), tokens=dict.fromkeys("abce", 1),
+                  base=base, work=tmp_path / "w", seeds=2, jobs=1, swarm=2, methods=["odm", "pike", "va"])
+    with pytest.raises(ValueError) as err:
+        check_specs([method_spec(arena, m, 0) for m in arena.methods])
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("arena: these runs cannot start")
+    assert [line.split(":")[0] for line in lines[1:]] == ["pike", "va"] and "global batch of at least 9" in lines[1]
