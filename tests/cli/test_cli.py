@@ -160,8 +160,11 @@ def test_resume_true_without_a_checkpoint_fails_at_load_and_auto_starts_fresh(tm
     assert not (tmp_path / "run").exists()  # nothing was loaded or written
     assert main(["train", str(cfg), f"resume_from_checkpoint={tmp_path / 'nowhere'}", "--quiet"]) == 2
     assert "is not a checkpoint directory" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()  # a first attempt killed before its first checkpoint left its log
+    (tmp_path / "run" / "static_weights.jsonl").write_text('{"step": 2}\n')
     assert main(["train", str(cfg), "resume_from_checkpoint=auto", "--quiet"]) == 0  # fresh
     assert json.loads((tmp_path / "run" / "mixflow_results.json").read_text())["steps"] == 6
+    assert (tmp_path / "run" / "previous-1" / "static_weights.jsonl").read_text() == '{"step": 2}\n'
     assert main(["train", str(cfg), "resume_from_checkpoint=auto", "max_steps=8", "--quiet"]) == 0  # resumes at 6
     assert json.loads((tmp_path / "run" / "mixflow_results.json").read_text())["steps"] == 8
 

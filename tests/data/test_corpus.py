@@ -1,6 +1,7 @@
 """The arena corpus (`mixflow data corpus`): real text from files the machine ships, deterministic, with a
 manifest naming every file, and every missing source or bad argument reported at once."""
 
+import dataclasses
 import json
 
 import pytest
@@ -64,9 +65,18 @@ def test_build_is_deterministic_within_budget_and_records_its_files(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "a" / "tokenizer"), local_files_only=True)
     assert len(tok) == 300 and tok.decode(tok("beta line 1.2")["input_ids"]) == "beta line 1.2"
-    # another seed takes the files in another order
-    other = build_corpus(tmp_path / "c", seed=1, vocab_size=None, progress=False, domains=domains)
-    assert [f["path"] for f in other["domains"]["alpha"]["files"]] != [f["path"] for f in alpha["files"]]
+    # a dangling link is skipped and named, not a crash (a budget that reaches every file)
+    (tmp_path / "src" / "alpha" / "9.txt").symlink_to(tmp_path / "nowhere.txt")
+    everything = (dataclasses.replace(domains[0], budget=10**6),)
+    again = build_corpus(tmp_path / "d", vocab_size=None, progress=False, domains=everything)
+    assert [x["path"] for x in again["domains"]["alpha"]["skipped"]] == [str(tmp_path / "src" / "alpha" / "9.txt")]
+    # the order files are taken in is a fixed function of their paths and the seed
+    from pathlib import Path
+
+    from mixflow.data.corpus import _ordered
+
+    paths = [Path(f"/usr/share/man/man1/page{i}.1.gz") for i in range(30)]
+    assert _ordered(paths, 0) == _ordered(list(reversed(paths)), 0) != _ordered(paths, 1)
 
 
 def test_every_missing_source_and_bad_argument_is_reported_at_once(tmp_path):

@@ -124,14 +124,16 @@ def test_a_build_that_dies_leaves_no_entry_and_the_next_run_builds_it(tmp_path):
     dead = multiprocessing.get_context("spawn").Process(target=os.getpid)
     dead.start()
     dead.join()  # a pid that no process holds now
-    stale = target.parent / f"{target.name}.tmp-{dead.pid}"
+    stale = target.parent / f"{target.name}{tk._tmp_suffix(dead.pid)}"
     (stale / "tokens.bin").parent.mkdir()
     (stale / "tokens.bin").write_bytes(b"\0" * 1000)
-    live = target.parent / f"other-0123456789abcdef.tmp-{os.getppid()}"  # a running build is never touched
+    live = target.parent / f"other-0123456789abcdef{tk._tmp_suffix(os.getppid())}"  # a running build is never touched
     live.mkdir()
+    elsewhere = target.parent / f"other-0123456789abcdef.tmp-another-host-{dead.pid}"  # another machine's build
+    elsewhere.mkdir()
     entry = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
     assert not entry.reused and entry.directory == target and len(entry.rows) > 0
-    assert not stale.exists() and live.is_dir()  # the killed build's leftovers are cleaned up
+    assert not stale.exists() and live.is_dir() and elsewhere.is_dir()  # only this host's killed builds go
 
 
 def test_a_damaged_entry_is_one_error_naming_its_file(tmp_path):

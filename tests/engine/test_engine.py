@@ -327,3 +327,17 @@ def test_providers_stop_once_no_update_remains():
         mixer.end_step(step)
     assert algo.num_updates == 1
     assert calls == [0, 1]  # the micro-batches of steps 1 and 2 only; after the update none is needed
+
+
+def test_uniform_sample_weights_have_a_top_decile_share_of_one_tenth():
+    from mixflow.engine.sample_weights import SampleWeightStats
+
+    for n in (8, 10, 64):
+        stats = SampleWeightStats(2)
+        stats.add(torch.ones(n), torch.zeros(n, dtype=torch.long))
+        assert stats.summary(["a", "b"])["top_decile_share"] == pytest.approx(0.1)
+    stats = SampleWeightStats(2)
+    stats.add(torch.tensor([10.0] + [0.0] * 9), torch.tensor([1] + [0] * 9))
+    summary = stats.summary(["a", "b"])
+    assert summary["per_domain"] == {"a": 0.0, "b": 10.0}
+    assert (summary["mean"], summary["max"], summary["top_decile_share"]) == pytest.approx((1.0, 10.0, 1.0))

@@ -364,6 +364,10 @@ def check_output_dir(run: RunConfig) -> None:
                     "resume_from_checkpoint: auto to resume when there is one and start fresh otherwise"
                 ) from None
             run.training["resume_from_checkpoint"] = None  # auto, nothing to resume: a fresh run
+            if previous_run_files(out):  # a first attempt killed before its first checkpoint
+                logger.warning("resume_from_checkpoint: auto: %s holds no complete checkpoint; starting fresh, its "
+                               "files move to a previous-<n> folder", out)
+                run.safety.overwrite_output_dir = True
     elif isinstance(resume, str) and resume:
         if not Path(resume).is_dir():
             raise ConfigError(f"resume_from_checkpoint: {resume} is not a checkpoint directory")

@@ -33,6 +33,7 @@ import os
 import re
 import sysconfig
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,7 @@ def roff_text(source: str) -> str:
 def _man_text(path: Path) -> str:
     try:
         source = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
-    except (OSError, EOFError):  # a corrupt archive is no text
+    except (OSError, EOFError, zlib.error):  # a corrupt archive is no text (the manifest lists it as skipped)
         return ""
     return roff_text(source)
 
@@ -280,14 +281,19 @@ def _tokenizer(out: Path, domains: tuple[CorpusDomain, ...], vocab_size: int) ->
 
 
 def _write_domain(d: CorpusDomain, out: Path, budget: int, seed: int, bar: Any) -> dict[str, Any]:
-    used, written, documents = [], 0, 0
+    used, skipped, written, documents = [], [], 0, 0
     tmp = out / f".{d.name}.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for path in _ordered(d.files(), seed):
             if written >= budget:
                 break
-            raw = path.read_bytes()
-            pieces = [p for p in _documents(d.text(path)) if len(p.encode("utf-8")) >= MIN_DOCUMENT_BYTES]
+            try:
+                raw = path.read_bytes()
+                text = d.text(path)
+            except OSError as err:  # a dangling link, an unreadable file: named in the manifest
+                skipped.append({"path": str(path), "why": str(err)})
+                continue
+            pieces = [p for p in _documents(text) if len(p.encode("utf-8")) >= MIN_DOCUMENT_BYTES]
             if not pieces:
                 continue
             for piece in pieces:
@@ -303,4 +309,4 @@ def _write_domain(d: CorpusDomain, out: Path, budget: int, seed: int, bar: Any) 
     if written < budget:
         bar.update(budget - written)
     return {"description": d.description, "clean": d.clean, "budget_bytes": budget, "text_bytes": written,
-            "documents": documents, "files": used}
+            "documents": documents, "files": used, "skipped": skipped}

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -203,11 +204,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _tmp_suffix(pid: int | None = None) -> str:
+    # the host is in the name: a cache shared between machines (or containers) never judges another
+    # machine's build by a process id of its own
+    return f".tmp-{socket.gethostname()}-{os.getpid() if pid is None else pid}"
+
+
 def remove_stale_builds(directory: Path) -> list[Path]:
-    """Delete the ``*.tmp-<pid>`` folders of builds whose process is gone (a killed build); returns them."""
+    """Delete this host's ``*.tmp-<host>-<pid>`` folders of builds whose process is gone (a killed
+    build); returns them."""
     removed = []
-    for path in directory.glob("*.tmp-*") if directory.is_dir() else []:
-        pid = path.name.rsplit(".tmp-", 1)[1]
+    prefix = _tmp_suffix(0)[:-1]  # ".tmp-<host>-"
+    for path in directory.glob(f"*{prefix}*") if directory.is_dir() else []:
+        pid = path.name.rsplit(prefix, 1)[1]
         if path.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -221,7 +230,7 @@ def _build(source: DomainSource, tokenizer: TextTokenizer, key: dict[str, Any], 
            workers: int, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     remove_stale_builds(target.parent)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp = target.with_name(target.name + _tmp_suffix())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -59,8 +59,12 @@ class SampleWeightStats:
         self.count += s.numel()
         self.total += float(s.sum())
         self.largest = max(self.largest, float(s.max()))
-        top = max(1, s.numel() // 10)
-        self.top_share += float(s.topk(top).values.sum() / s.sum()) if float(s.sum()) > 0 else 0.0
+        # the top tenth of the samples by weight, fractional at the boundary, so uniform weights give 1/10
+        ordered = s.sort(descending=True).values
+        k = s.numel() / 10
+        whole = int(k)
+        top = ordered[:whole].sum() + (k - whole) * (ordered[whole] if whole < s.numel() else 0.0)
+        self.top_share += float(top / s.sum()) if float(s.sum()) > 0 else 0.0
         self.batches += 1
         self.domain_total.index_add_(0, ids, s)
         self.domain_count.index_add_(0, ids, torch.ones_like(s))

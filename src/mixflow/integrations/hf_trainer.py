@@ -87,7 +87,9 @@ class MixflowCallback(TrainerCallback):
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if args.should_save:  # the process that writes checkpoints, after a whole save
+        # world rank 0 only: it writes the engine's state, so only its checkpoints can be judged complete
+        # (with save_on_each_node the other nodes keep theirs)
+        if state.is_world_process_zero:
             best = {os.path.normpath(state.best_model_checkpoint)} if state.best_model_checkpoint else set()
             rotate_complete_checkpoints(args.output_dir, self.save_total_limit, best)
         return control

@@ -96,7 +96,9 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, tim
     with tempfile.TemporaryDirectory(prefix="mixflow-gloo-") as tmp:
         store = os.path.join(tmp, "store")
         procs = [
-            ctx.Process(target=_entry, args=(rank, world_size, store, timeout, fn, args, reports), daemon=True)
+            # not daemonic: a rank may start processes of its own (DataLoader workers, tokenizing pools);
+            # the loop below ends every rank itself
+            ctx.Process(target=_entry, args=(rank, world_size, store, timeout, fn, args, reports))
             for rank in range(world_size)
         ]
         for p in procs:

@@ -90,21 +90,22 @@ def local_rows(tensor: Any) -> tuple[torch.Tensor, int]:
     return tensor.to_local(), tensor.device_mesh.get_local_rank() * size
 
 
+#: Variables through which MPI launchers (mpirun with Open MPI, Intel MPI, MPICH) give the world size.
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+
+
 def launcher_problem(env: Any = None) -> str | None:
     """Why this process is alone although its launcher was asked for several (None: no sign of it).
 
     ``accelerate launch`` with a ``MULTI_CPU`` config and ``num_processes: N`` starts one process
-    unless mpirun and a hostfile are given: it sets ``MASTER_ADDR`` for a rendezvous but no
-    ``WORLD_SIZE``, and the run would silently train with 1/N of the global batch."""
+    unless mpirun and a hostfile are given: it sets ``ACCELERATE_USE_CPU=True`` and ``MASTER_ADDR`` for
+    a rendezvous but no world size, and the run would silently train with 1/N of the global batch."""
     import os
 
     env = os.environ if env is None else env
-    if env.get("WORLD_SIZE") is None and "MASTER_ADDR" in env and "ACCELERATE_USE_CPU" in env:
+    sized = env.get("WORLD_SIZE") is not None or any(env.get(v) for v in MPI_SIZE_VARIABLES)
+    if not sized and "MASTER_ADDR" in env and str(env.get("ACCELERATE_USE_CPU", "")).lower() == "true":
         return ("launch: accelerate started one process for a multi-process CPU config (distributed_type MULTI_CPU "
                 "starts several only through mpirun with a hostfile); use torchrun --nproc_per_node N, or an accelerate "
                 "config with distributed_type: MULTI_GPU, which runs torchrun (on CPU too)")
-    asked = env.get("WORLD_SIZE")
-    if asked is not None and asked.isdigit() and int(asked) > 1 and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() != int(asked):
-        return f"launch: WORLD_SIZE is {asked} but the process group has {dist.get_world_size()} process(es)"
     return None
