@@ -151,6 +151,9 @@ def test_mixflow_doremi_runs_the_three_steps_from_one_config(workspace, monkeypa
     assert set(result["metrics"]["target"]["val_loss"]) == set(DOMAINS)
     for name, w in zip(DOMAINS, summary["last"]):
         assert f"{w:9.4f}" in next(line for line in out.splitlines() if line.startswith(name))
+    # mixflow plot on the pipeline's folder draws its three steps
+    assert main(["plot", str(root)]) == 0
+    assert (root / "doremi_pipeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""``mixflow plot RUN_DIR``: weights and per-domain losses over training steps, as one PNG."""
+"""``mixflow plot RUN_DIR``: weights and per-domain losses over training steps, as one PNG; on a
+``mixflow doremi`` output folder, its three steps (reference, proxy weights with ᾱ, target)."""
 
 from __future__ import annotations
 
@@ -56,16 +57,32 @@ def scores_label(algorithm: str) -> str:
     return cls.scores_label if cls is not None else "per-domain score"
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write a PNG of the weights log (and training losses when available); return its path."""
+#: Line styles and markers cycled over the domains: lines that coincide (equal weights) stay visible.
+STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P"))
+
+
+def _style(i: int) -> dict[str, Any]:
+    line, marker = STYLES[i % len(STYLES)]
+    return {"linestyle": line, "marker": marker, "ms": 4, "markevery": 0.1}
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write a PNG of the weights log (and training losses when available); return its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir: not a directory: {run_dir}")
+    if (run_dir / "doremi_pipeline.json").is_file():
+        return plot_doremi(run_dir, out)
+    plt = _pyplot()
     log = find_weights_log(run_dir)
     records: list[dict[str, Any]] = list(read_jsonl(log))
     if not records:
@@ -73,26 +90,33 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     names = records[-1]["domain_names"]
     steps = [r["step"] for r in records]
     algorithm = log.name[: -len("_weights.jsonl")]
-    panels = {"weights": None, "scores": None}
+    panels: dict[str, Any] = {"weights": None, "scores": None}
     losses = _history_series(run_dir, "mix/loss/")
+    if losses and scores_label(algorithm).startswith("training loss"):
+        del panels["scores"]  # the scores are the training losses the panel below shows
     val = {n: v for n, v in _history_series(run_dir, "eval_", "_loss").items() if n in names}
     if losses:
         panels["training loss"] = losses
     if val:
         panels["validation loss"] = val
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True)
+    titles = list(panels)
+    series_axes = [(ax, panels[t]) for ax, t in zip(axes, titles) if t not in ("weights", "scores")]
     for i, name in enumerate(names):
-        axes[0].plot(steps, [r["domain_weights"][i] for r in records], marker="o", ms=3, label=name)
-        axes[1].plot(steps, [_num(r["perdomain_scores"][i]) for r in records], marker="o", ms=3, label=name)
-        for ax, series in zip(axes[2:], list(panels.values())[2:]):
+        final = _num(records[-1]["domain_weights"][i])
+        axes[0].plot(steps, [r["domain_weights"][i] for r in records], label=f"{name} ({final:.3g})", **_style(i))
+        if "scores" in panels:
+            axes[1].plot(steps, [_num(r["perdomain_scores"][i]) for r in records], label=name, **_style(i))
+        for ax, series in series_axes:
             if name in series:
                 xs, ys = zip(*series[name])
-                ax.plot(xs, ys, label=name)
+                ax.plot(xs, ys, label=name, **_style(i))
     axes[0].set_ylim(*weight_range(records))
     axes[0].set_ylabel("domain weight")
     axes[0].set_title(f"{algorithm} on {run_dir.name}: weights and per-domain statistics")
-    axes[1].set_ylabel(scores_label(algorithm), fontsize="small")
-    for ax, title in zip(axes[2:], list(panels)[2:]):
+    if "scores" in panels:
+        axes[1].set_ylabel(scores_label(algorithm), fontsize="small")
+    for ax, title in zip(axes[len(axes) - len(series_axes):], titles[len(titles) - len(series_axes):]):
         ax.set_ylabel(title + (" (mix/loss)" if title == "training loss" else ""))
     axes[-1].set_xlabel("training step")
     for ax in axes:
@@ -100,6 +124,51 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[0].legend(loc="best", fontsize="small")
     fig.tight_layout()
     out_path = Path(out) if out is not None else run_dir / f"{algorithm}_weights.png"
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def plot_doremi(root: Path, out: str | Path | None = None) -> Path:
+    """A ``mixflow doremi`` folder: the reference's validation losses, the proxy's weights α over its
+    updates with the averaged ᾱ the target trains on, and the target's validation losses."""
+    pipeline = json.loads((root / "doremi_pipeline.json").read_text(encoding="utf-8"))
+    names, dirs = pipeline["domain_names"], {k: Path(v) for k, v in pipeline["output_dirs"].items()}
+    proxy = list(read_jsonl(find_weights_log(dirs["proxy"])))
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9))
+    for ax, step in ((axes[0], "reference"), (axes[2], "target")):
+        # periodic validation losses where the run evaluated during training, else its training losses;
+        # the final validation loss of each domain as a cross at the last step
+        val = _history_series(dirs[step], "eval_", "_loss")
+        series, label = (val, "validation loss") if val else (_history_series(dirs[step], "mix/loss/"), "training loss")
+        final = pipeline["metrics"][step].get("val_loss", {})
+        last = pipeline["metrics"][step].get("steps")
+        for i, name in enumerate(names):
+            color = None
+            if name in series:
+                xs, ys = zip(*series[name])
+                (line,) = ax.plot(xs, ys, label=name, **_style(i))
+                color = line.get_color()
+            if name in final and last is not None:
+                ax.plot([last], [final[name]], "x", ms=8, color=color, label=None if color else name)
+        ax.set_ylabel(label + " (×: final validation)", fontsize="small")
+        ax.set_title(f"{step} ({dirs[step].name})", fontsize="small")
+    target = pipeline["target_weights"]
+    for i, name in enumerate(names):
+        (line,) = axes[1].plot([r["step"] for r in proxy], [r["domain_weights"][i] for r in proxy],
+                               label=f"{name} (ᾱ {target[i]:.3g})", **_style(i))
+        axes[1].axhline(target[i], color=line.get_color(), linewidth=0.8, alpha=0.6)
+    axes[1].set_ylim(*weight_range(proxy))
+    axes[1].set_ylabel("proxy weights α")
+    axes[1].set_title(f"proxy: α over its updates; thin lines: the {pipeline['output_weights']} weights the target "
+                      "trains on", fontsize="small")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="x-small")
+    fig.tight_layout()
+    out_path = Path(out) if out is not None else root / "doremi_pipeline.png"
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
