@@ -151,6 +151,17 @@ def test_mixflow_doremi_runs_the_three_steps_from_one_config(workspace, monkeypa
     assert set(result["metrics"]["target"]["val_loss"]) == set(DOMAINS)
     for name, w in zip(DOMAINS, summary["last"]):
         assert f"{w:9.4f}" in next(line for line in out.splitlines() if line.startswith(name))
+    # a rerun that resumes keeps every finished step and trains only what is missing
+    import shutil
+
+    kept = {step: (root / step / "mixflow_results.json").stat().st_mtime_ns for step in ("reference", "proxy")}
+    shutil.rmtree(root / "target")  # as if killed during the target step
+    assert main(["doremi", "examples/doremi.yaml", *TINY, "output_dir=pipe", "max_steps=4", "update_step=2",
+                 "proxy.warmup_step=2", "proxy.update_step=1", "doremi.output_weights=last",
+                 "resume_from_checkpoint=true", "--quiet"]) == 0
+    assert {step: (root / step / "mixflow_results.json").stat().st_mtime_ns for step in kept} == kept
+    assert json.loads((root / "target" / "mixflow_results.json").read_text())["steps"] == 4
+    assert json.loads((root / "doremi_pipeline.json").read_text())["target_weights"] == summary["last"]
     # mixflow plot on the pipeline's folder draws its three steps
     assert main(["plot", str(root)]) == 0
     assert (root / "doremi_pipeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -71,6 +71,11 @@ class PipelineConfig:
     source: str
     output_dirs: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def resuming(self) -> bool:
+        """``resume_from_checkpoint: true`` (or ``auto``) at the pipeline level: continue where it stopped."""
+        return self.shared.get("resume_from_checkpoint") in (True, "true", "auto")
+
 
 def parse_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
     """Split a pipeline YAML (plus overrides, dotted keys nest into sections) into its parts."""
@@ -118,6 +123,13 @@ def step_config(
     (target) are what earlier steps hand over; left out, placeholders check everything else."""
     raw = merge(cfg.shared, cfg.sections[step])
     raw["output_dir"] = cfg.output_dirs[step]
+    check_outputs = True
+    if cfg.resuming:  # each step resumes where it stopped: finished ones are kept, the others continue
+        raw.pop("resume_from_checkpoint", None)
+        if finished_step(cfg.output_dirs[step], raw.get("max_steps")) is not None:
+            check_outputs = False  # kept as it is, never trained again
+        else:
+            raw["resume_from_checkpoint"] = "auto"
     if step == "reference":
         raw.update(train_type="static", static_mix=True)
     elif step == "proxy":
@@ -126,10 +138,22 @@ def step_config(
     else:
         raw.update(train_type="static", static_mix=True, mixture_sample_rule="mixture", init_mixture_proportions=weights)
     try:
-        run = validate(copy.deepcopy(raw), cfg.base_dir, f"{cfg.source} ({step})")
+        run = validate(copy.deepcopy(raw), cfg.base_dir, f"{cfg.source} ({step})", check_outputs=check_outputs)
     except ConfigError as err:
         raise ConfigError(f"{step}: {err}") from None
     return run  # a proxy that never updates is refused by the loader (check_mixing), as for any adaptive run
+
+
+def finished_step(output_dir: str | Path, max_steps: Any) -> dict[str, Any] | None:
+    """A step's results when its run finished (``mixflow_results.json`` at ``max_steps``, not stopped)."""
+    path = Path(output_dir) / "mixflow_results.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(metrics, dict) and "stopped" not in metrics and metrics.get("steps") == max_steps:
+        return metrics
+    return None
 
 
 def read_summary(proxy_dir: str | Path) -> dict[str, Any]:
@@ -144,8 +168,13 @@ def read_summary(proxy_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _train(run: RunConfig, progress: bool) -> dict[str, Any]:
+def _train(run: RunConfig, progress: bool, resuming: bool = False) -> dict[str, Any]:
     # run_training seeds before building the model, so each step is reproducible from its `seed`.
+    if resuming:
+        done = finished_step(run.training["output_dir"], run.training.get("max_steps"))
+        if done is not None:
+            logger.info("doremi: %s finished before; its results are kept", run.training["output_dir"])
+            return done
     return run_training(run, progress=progress)
 
 
@@ -163,19 +192,19 @@ def run_pipeline(
     runs["target"] = step_config(cfg, "target", weights=[1.0 / k] * k)
 
     logger.info("doremi: step 1/3, reference model -> %s", cfg.output_dirs["reference"])
-    ref_metrics = _train(runs["reference"], progress)
+    ref_metrics = _train(runs["reference"], progress, cfg.resuming)
     distributed.barrier()  # every rank runs the pipeline; the main process writes the summary
 
     runs["proxy"] = step_config(cfg, "proxy", reference_path=cfg.output_dirs["reference"])
     logger.info("doremi: step 2/3, proxy model (reference %s) -> %s", cfg.output_dirs["reference"], cfg.output_dirs["proxy"])
-    proxy_metrics = _train(runs["proxy"], progress)
+    proxy_metrics = _train(runs["proxy"], progress, cfg.resuming)
     distributed.barrier()  # every rank runs the pipeline; the main process writes the summary
     summary = read_summary(cfg.output_dirs["proxy"])
     weights = [float(w) for w in summary["weights"]]
 
     runs["target"] = step_config(cfg, "target", weights=weights)
     logger.info("doremi: step 3/3, target model with the learned weights (%s) -> %s", summary["output_weights"], cfg.output_dirs["target"])
-    target_metrics = _train(runs["target"], progress)
+    target_metrics = _train(runs["target"], progress, cfg.resuming)
 
     result = {
         "domain_names": summary["domain_names"],
