@@ -247,6 +247,11 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
     assert "3 consecutive steps with a non-finite loss (steps 3-5)" in trainer.callback.stopped
     kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
     assert kept == ["checkpoint-1", "checkpoint-2"]  # no checkpoint of the diverged model
+    from mixflow.recipes.train import health_report
+
+    report = health_report(trainer)  # what the results file says about it, not a silent mean
+    assert report["nonfinite_steps"] == 3 and report["first_nonfinite_step"] == 3
+    assert "train_loss averages the finite ones only" in report["train_loss_note"]
 
 
 def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpoint(tmp_path, caplog):
@@ -285,6 +290,22 @@ def test_without_a_terminal_progress_is_log_lines_not_bars(tmp_path, caplog, cap
     assert "it/s]" not in capsys.readouterr().err  # no tqdm bar was drawn
 
 
+def test_a_collapsed_model_is_reported_once(tmp_path, caplog):
+    import math
+
+    train = MixtureDataset(tiny_domains())
+    args = _args(tmp_path, max_steps=4)
+    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
+                             engine=_mixer(train, args))
+    uniform = math.log(trainer.model.config.vocab_size)
+    with caplog.at_level("WARNING", logger="mixflow"):
+        trainer.log({"loss": uniform, "grad_norm": 0.0})  # then a log that learns again: the count restarts
+        trainer.log({"loss": uniform - 1.0, "grad_norm": 0.5})
+        for _ in range(6):
+            trainer.log({"loss": uniform + 1e-4, "grad_norm": 0.0})
+    assert caplog.text.count("collapsed to the uniform distribution") == 1 and trainer.collapsed_at == 0
+
+
 def _fake_checkpoint(out, step, complete=True, state="{}"):
     path = out / f"checkpoint-{step}"
     path.mkdir()
@@ -295,7 +316,7 @@ def _fake_checkpoint(out, step, complete=True, state="{}"):
 
 
 def test_rotation_counts_complete_checkpoints_only_and_removes_broken_ones_first(tmp_path, monkeypatch):
-    from mixflow.integrations import hf_trainer as module
+    from mixflow.integrations import checkpoints as module
 
     for step, complete, state in ((1, True, "{}"), (2, False, ""), (3, True, "{}"), (4, True, ""), (10, True, "{}")):
         _fake_checkpoint(tmp_path, step, complete, state)
@@ -358,8 +379,12 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tm
     assert resumed.state.global_step == 4 and resumed.engine.last_step == 4
 
 
-def test_per_domain_evaluation_bars_are_labelled_with_their_domain(tmp_path):
+def test_per_domain_evaluation_bars_are_labelled_with_their_domain(tmp_path, monkeypatch):
+    import sys
+
     from transformers.trainer_callback import ProgressCallback
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on a terminal only
 
     from mixflow.integrations.hf_trainer import DomainProgressCallback
 

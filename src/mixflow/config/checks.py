@@ -352,7 +352,7 @@ def check_output_dir(run: RunConfig) -> None:
     out = Path(run.training["output_dir"])
     resume = run.training.get("resume_from_checkpoint")
     if resume is True or resume in ("true", "auto"):
-        from mixflow.integrations.hf_trainer import newest_complete_checkpoint
+        from mixflow.integrations.checkpoints import newest_complete_checkpoint
 
         try:
             run.training["resume_from_checkpoint"] = newest_complete_checkpoint(str(out))

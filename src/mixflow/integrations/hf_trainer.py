@@ -9,11 +9,9 @@ engine's state into every checkpoint. The training loop itself is the Trainer's.
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
+import math
 import os
-import shutil
 import sys
 from typing import Any
 
@@ -24,6 +22,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
+from mixflow.integrations.checkpoints import (
+    checkpoint_step,
+    newest_complete_checkpoint,
+    rotate_complete_checkpoints,
+)
 from mixflow.utils import distributed
 from mixflow.utils.distributed import is_sharded_tensor
 from mixflow.utils.progress import LogProgress
@@ -77,6 +80,9 @@ class MixflowCallback(TrainerCallback):
         self.stopped: str | None = None
         #: The last step whose loss was finite.
         self.last_finite_step = 0
+        #: Every step whose loss (or updated weights) was not finite, and the first of them.
+        self.nonfinite_total = 0
+        self.first_nonfinite_step: int | None = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         # The Trainer has loaded the checkpoint's model, optimizer and scheduler by now: the resume
@@ -106,6 +112,9 @@ class MixflowCallback(TrainerCallback):
         if not bad:
             self.last_finite_step = state.global_step
             return control
+        self.nonfinite_total += 1
+        if self.first_nonfinite_step is None:
+            self.first_nonfinite_step = state.global_step
         control.should_save = False  # a checkpoint of a diverging model would replace a good one
         if self.max_nonfinite_steps and bad >= self.max_nonfinite_steps:
             self.stopped = (
@@ -240,10 +249,31 @@ class MixflowTrainer(Trainer):
             self.engine.save(output_dir)
 
     # ---- logs and resume ----------------------------------------------------------------
+    #: Consecutive training logs at the uniform distribution's loss with a zero gradient, and the step
+    #: a collapse was first reported at (None: never).
+    _flat_logs: int = 0
+    collapsed_at: int | None = None
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log, not an evaluation one
             logs = {**logs, **self.engine.metrics()}
+            self._watch_collapse(float(logs["loss"]), logs.get("grad_norm"))
         super().log(logs, start_time)
+
+    def _watch_collapse(self, loss: float, grad_norm: float | None) -> None:
+        """Warn once when the model sits at the uniform distribution (loss ln V, no gradient) for
+        COLLAPSE_LOGS logs in a row: a run that finishes rc 0 having learnt nothing (e.g. after a huge
+        learning rate) is said so."""
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        if not vocab or grad_norm is None:
+            return
+        flat = abs(loss - math.log(vocab)) <= 0.01 * math.log(vocab) and float(grad_norm) < 1e-8
+        self._flat_logs = self._flat_logs + 1 if flat else 0
+        if self._flat_logs == COLLAPSE_LOGS and self.collapsed_at is None:
+            self.collapsed_at = self.state.global_step
+            logger.warning("step %d: the model has collapsed to the uniform distribution (loss %.4f ≈ ln V = %.4f, "
+                           "gradient norm 0 over %d logs); it learns nothing from here (learning rate too high?)",
+                           self.state.global_step, loss, math.log(vocab), COLLAPSE_LOGS)
 
     #: The optimizer step the last ``train`` call resumed from (0: a fresh run).
     resumed_from_step: int = 0
@@ -291,81 +321,5 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
                 )
 
 
-#: The files of a complete checkpoint: the engine's state and the Trainer's state, written last.
-COMPLETE_MARKERS = ("mixflow_state.json", "trainer_state.json")
-
-
-#: A checkpoint being deleted is renamed to this prefix first, so a kill mid-deletion never leaves a
-#: half-deleted ``checkpoint-*`` that looks like a checkpoint.
-DELETING = ".deleting-"
-
-
-def rotate_complete_checkpoints(output_dir: str, limit: int | None, protected: set[str] = frozenset()) -> list[str]:
-    """Keep the ``limit`` newest *complete* checkpoints (and ``protected`` ones); incomplete ones (an
-    interrupted save or deletion) go first and never count towards the limit. Returns what was removed."""
-    if not limit or limit <= 0:
-        return []
-    for leftover in glob.glob(os.path.join(output_dir, DELETING + "*")):  # deletions a kill interrupted
-        shutil.rmtree(leftover, ignore_errors=True)
-    found = checkpoints_by_step(output_dir)
-    complete = [path for _, path in found if not checkpoint_problems(path)]
-    keep = {os.path.normpath(p) for p in protected}
-    doomed = [path for _, path in found if path not in complete]
-    doomed += [path for path in complete[:-limit] if os.path.normpath(path) not in keep]
-    for path in doomed:
-        trash = os.path.join(output_dir, DELETING + os.path.basename(path))
-        os.replace(path, trash)
-        shutil.rmtree(trash)
-    if doomed:
-        logger.info("save_total_limit %d: removed %s", limit, ", ".join(os.path.basename(p) for p in doomed))
-    return doomed
-
-
-def checkpoint_step(checkpoint: str | os.PathLike) -> int:
-    """The optimizer step a checkpoint was saved at (its ``trainer_state.json``)."""
-    path = os.path.join(checkpoint, "trainer_state.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return int(json.load(f)["global_step"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"resume_from_checkpoint: {path} is not a readable trainer state ({err})") from None
-
-
-def _unreadable(path: str) -> str | None:
-    """Why a checkpoint's JSON file cannot be trusted (empty or half-written), or None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            json.load(f)
-    except (OSError, ValueError) as err:
-        return f"{os.path.basename(path)} does not parse ({err})"
-    return None
-
-
-def checkpoint_problems(path: str) -> list[str]:
-    """Why a checkpoint cannot be resumed (an interrupted save, a half-deleted one); empty when complete."""
-    missing = [m for m in COMPLETE_MARKERS if not os.path.isfile(os.path.join(path, m))]
-    if missing:
-        return [f"no {' or '.join(missing)}"]
-    # the Trainer writes trainer_state.json in place: a kill inside that write leaves it empty
-    return [why for m in COMPLETE_MARKERS if (why := _unreadable(os.path.join(path, m)))]
-
-
-def checkpoints_by_step(output_dir: str) -> list[tuple[int, str]]:
-    """Every ``checkpoint-<step>`` folder of ``output_dir``, oldest first (by step, never by mtime)."""
-    found = []
-    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        step = name[len(PREFIX_CHECKPOINT_DIR) + 1:]
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-            found.append((int(step), os.path.join(output_dir, name)))
-    return sorted(found)
-
-
-def newest_complete_checkpoint(output_dir: str) -> str:
-    """The newest ``checkpoint-<step>`` that holds every file a resume needs; the newer ones it
-    skips are named in a warning with what they lack (a save that was interrupted)."""
-    for _, path in reversed(checkpoints_by_step(output_dir)):
-        problems = checkpoint_problems(path)
-        if not problems:
-            return path
-        logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (%s)", path, "; ".join(problems))
-    raise ValueError(f"resume_from_checkpoint: no complete checkpoint in {output_dir}")
+#: Training logs in a row at the uniform loss with a zero gradient before a collapse is reported.
+COLLAPSE_LOGS = 5

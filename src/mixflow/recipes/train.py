@@ -83,9 +83,25 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if eval_sets:
         metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
     metrics["final_sampling_weights"] = dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist()))
+    metrics.update(health_report(trainer))
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def health_report(trainer: Any) -> dict[str, Any]:
+    """What went wrong without stopping the run, said in the results (and the log) rather than hidden
+    in a mean: non-finite steps (the Trainer's train_loss leaves them out) and a collapse."""
+    out: dict[str, Any] = {}
+    callback = trainer.callback
+    if callback.nonfinite_total:
+        out.update(nonfinite_steps=callback.nonfinite_total, first_nonfinite_step=callback.first_nonfinite_step)
+        out["train_loss_note"] = (f"{callback.nonfinite_total} step(s) had a non-finite loss, the first at step "
+                                  f"{callback.first_nonfinite_step}; train_loss averages the finite ones only")
+        logger.warning("%s", out["train_loss_note"])
+    if trainer.collapsed_at is not None:
+        out["collapsed_at_step"] = trainer.collapsed_at
+    return out
 
 
 def _stop_if_broken(trainer: Any, output_dir: str) -> None:
