@@ -75,6 +75,14 @@ def test_llama_factory_keys_are_mapped_accepted_or_refused(tmp_path, base, caplo
                            ({"warmup_ratio": 2}, r"^warmup_ratio: expected a number in \[0, 1\)")):
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, {**base, **extra}))
+    # a LoRA config of LLaMA-Factory: every refused key in one attempt, no "did you mean" of another meaning
+    from mixflow.config.errors import ConfigErrors
+
+    lora = {**base, "finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "deepspeed": "ds_z3.json"}
+    with pytest.raises(ConfigErrors) as err:
+        load_config(write(tmp_path, lora))
+    assert [m.split(":")[0] for m in err.value.messages] == ["finetuning_type", "lora_rank", "lora_target", "deepspeed"]
+    assert "local_rank" not in "\n".join(err.value.messages)
 
 
 def test_tokenization_cache_keys_are_ours_now(tmp_path, base, caplog):

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mixflow.config.errors import ConfigError
-
 logger = logging.getLogger(__name__)
 
 #: Keys that only matter to LLaMA-Factory's own pipeline (templates, its plots, its reporting).
@@ -22,23 +20,33 @@ IGNORED = ("template", "plot_loss", "do_train", "ddp_timeout", "flash_attn", "tr
 ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {"finetuning_type": ("full",)}
 
 
-def translate(data: dict[str, Any], known: set[str]) -> dict[str, Any]:
-    """``data`` with LLaMA-Factory keys mapped, the harmless ones dropped (one warning), the rest refused.
+#: Prefixes of LLaMA-Factory's adapter keys (LoRA and its variants): refused as a family, so a config
+#: meets one error per key at once and never a "did you mean" of another meaning.
+ADAPTER_PREFIXES = ("lora_", "pissa_", "use_dora", "use_rslora", "additional_target", "loraplus_", "freeze_")
+
+
+def translate(data: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """(``data`` with LLaMA-Factory keys mapped and the harmless ones dropped (one warning), the errors
+    of the keys that are refused — every one of them, so a config is fixed in one attempt).
 
     Keys that are ours or TrainingArguments' (``known``) pass through untouched.
     """
     out = dict(data)
-    dropped = []
+    dropped, errors = [], []
     for key in list(out):
         if key in known:
             continue
         if key in ALLOWED_VALUES:
             if out[key] not in ALLOWED_VALUES[key]:
-                raise ConfigError(
+                errors.append(
                     f"{key}: {out[key]!r} is not supported (mixflow trains every weight of a causal LM); "
                     f"expected one of {list(ALLOWED_VALUES[key])} or remove it"
                 )
             dropped.append(key)
+            out.pop(key)
+        elif key.startswith(ADAPTER_PREFIXES):
+            errors.append(f"{key}: an adapter (LoRA) key of LLaMA-Factory; mixflow trains every weight "
+                          "(finetuning_type: full) and does not train adapters yet: remove it")
             out.pop(key)
         elif key in IGNORED:
             dropped.append(key)
@@ -46,10 +54,11 @@ def translate(data: dict[str, Any], known: set[str]) -> dict[str, Any]:
         elif key == "warmup_ratio":
             ratio = out.pop(key)
             if "warmup_steps" in out:
-                raise ConfigError("warmup_ratio: give warmup_ratio or warmup_steps (the learning-rate warmup), not both")
-            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
-                raise ConfigError(f"warmup_ratio: expected a number in [0, 1), got {ratio!r}")
-            out["warmup_steps"] = float(ratio)  # TrainingArguments reads a float below 1 as a ratio
+                errors.append("warmup_ratio: give warmup_ratio or warmup_steps (the learning-rate warmup), not both")
+            elif not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
+                errors.append(f"warmup_ratio: expected a number in [0, 1), got {ratio!r}")
+            else:
+                out["warmup_steps"] = float(ratio)  # TrainingArguments reads a float below 1 as a ratio
     if dropped:
         logger.warning("LLaMA-Factory key(s) %s accepted without effect here", ", ".join(sorted(dropped)))
-    return out
+    return out, errors

@@ -55,9 +55,10 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     sections: dict[type, dict[str, Any]] = {MixingConfig: {}, DataConfig: {}, ModelConfig: {}, SafetyConfig: {}}
     owners = {name: cls for cls in sections for name in fields_of(cls)}
     training_names = training_argument_names()
-    data = translate(data, set(owners) | training_names)  # LLaMA-Factory keys users bring along
+    data, refused = translate(data, set(owners) | training_names)  # LLaMA-Factory keys users bring along
     training: dict[str, Any] = {}
     errors = ErrorCollector()
+    errors.messages += refused
     known = sorted(set(owners) | training_names)
     for key, value in data.items():
         if key in owners:
