@@ -140,6 +140,19 @@ def test_an_accelerate_launch_that_started_one_of_several_processes_stops(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_quiet_silences_progress_everywhere_and_logs_get_lines_not_bars(tmp_path, demo_data, caplog, capsys):
+    cfg = _config(tmp_path, demo_data, disable_tqdm=False, tokenized_dir=str(tmp_path / "tok"))
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg), "output_dir=" + str(tmp_path / "loud")]) == 0
+    assert "train: 6/6 steps (100%)" in caplog.text  # stderr is not a terminal here: lines, not bars
+    assert "it/s]" not in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg), "output_dir=" + str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert not [r for r in caplog.records if r.name.startswith("mixflow.progress")]
+    assert "run summary:" in caplog.text  # what the run does is still said
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

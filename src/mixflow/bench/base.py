@@ -54,8 +54,8 @@ class BenchContext:
         return self.out_dir / "runs"
 
     def log(self, message: str, *args: Any) -> None:
-        """A progress line (every long run says where it is)."""
-        logger.info(message, *args)
+        """A progress line (every long run says where it is; ``--quiet`` silences them)."""
+        logging.getLogger("mixflow.progress.bench").info(message, *args)
 
 
 @dataclass

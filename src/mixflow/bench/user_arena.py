@@ -88,7 +88,7 @@ def run_user_arena(
     base = arena_base(run, steps, work)
     arena = Arena(train_dir=train_dir, test_dir=test_dir, domains=names, clean=clean,
                   tokens=train_tokens(base, train_dir, names), base=base, work=work / "runs", seeds=seeds, jobs=jobs,
-                  swarm=swarm, methods=methods or list(METHODS), log=logger.info)
+                  swarm=swarm, methods=methods or list(METHODS), log=logging.getLogger("mixflow.progress.arena").info)
     result, summary, runs = run_arena(arena)
     plots = [p for p in (curves_plot(out_dir / "arena-curves.png", runs, clean),
                          weights_plot(out_dir / "arena-weights.png", runs, names)) if p is not None]

@@ -173,6 +173,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--tiny", action="store_true", help="seconds each (checks the outputs only)")
     b.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 5, 3 with --quick)")
     b.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
+    b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_cmd_bench_run)
     b = bench_sub.add_parser("report", help="merge every result in DIR into DIR/report.md")
     b.add_argument("dir")
@@ -206,6 +207,7 @@ def _arena_parser(sub: Any) -> None:
     p.add_argument("--clean", default=None, help="comma-separated domains of the target (default: all)")
     p.add_argument("--max-documents", type=int, default=None, help="read at most this many documents per domain")
     p.add_argument("--out", default="build/arena", help="output folder (default build/arena)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_arena)
 
 
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train as a YAML config says (key=value overrides follow it)")
     p.add_argument("config", help="YAML file")
     p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("plot", help="PNG of weights and per-domain losses of a run directory")
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML file: a classification config with real_data")
     p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
     p.add_argument("--force", action="store_true", help="retrain both checkers and recompute the cache")
-    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=_cmd_checkers)
 
     p = sub.add_parser("list", help="registered algorithms and weighters with their parameters")
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doremi", help="DoReMi's three steps (reference, proxy, target) from one YAML config")
     p.add_argument("config", help="YAML file: shared keys plus reference:/proxy:/target:/doremi: sections")
     p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest, e.g. proxy.update_step=1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars for data preparation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=_cmd_doremi)
     _add_bench(sub)
     return parser
@@ -289,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mixflow").setLevel(logging.INFO)
+    # --quiet: no progress bars, and no progress lines in a log either (set on every call: main may run
+    # several commands in one process)
+    logging.getLogger("mixflow.progress").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.NOTSET)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, FileNotFoundError, ValueError) as err:

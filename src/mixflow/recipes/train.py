@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if problem is not None:  # before anything is read, built or written
         raise ValueError(problem)
     classification = run.data.task == "classification"
-    args = training_arguments(run)
+    args = _arguments(run, progress)
     # The main process reads (and, where needed, builds) the tokenization cache first; the others then
     # read the same files. Only it honours overwrite_cache, so the entry is rebuilt once per launch.
     with args.main_process_first(local=False, desc="tokenization cache"):
@@ -87,6 +88,19 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def _arguments(run: RunConfig, progress: bool) -> Any:
+    """The TrainingArguments, with ``progress=False`` (--quiet) silencing the Trainer's bars too, and no
+    transformers bars (saving shards) where nobody watches a terminal."""
+    args = training_arguments(run)
+    if not progress:
+        args.disable_tqdm = True
+    if not progress or not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return args
 
 
 def health_report(trainer: Any) -> dict[str, Any]:
