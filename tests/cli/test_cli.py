@@ -305,6 +305,14 @@ def test_a_resume_that_cannot_proceed_stops_in_one_line_and_leaves_the_log_alone
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "resume_from_checkpoint:" in err and "of shape" in err
     assert log.read_text() == before and not (tmp_path / "run" / "static_weights.superseded.jsonl").exists()
+    deeper = {**TINY_MODEL, "num_hidden_layers": TINY_MODEL["num_hidden_layers"] + 1}
+    assert main(["train", config, resume, "model_config=" + json.dumps(deeper), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds another model than this run's" in err and "num_hidden_layers" in err
+    assert main(["train", config, resume, "cutoff_len=16", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cutoff_len, val_size, max_samples or the data changed" in err
+    assert log.read_text() == before
 
 
 @pytest.mark.parametrize("logging_steps", [1, 2])

@@ -316,6 +316,12 @@ def test_every_error_of_every_layer_at_once_and_nothing_silently_accepted(tmp_pa
         load_config(write(tmp_path, odm))
     with pytest.raises(ConfigError, match="update_times: 0 means odm never updates"):
         load_config(write(tmp_path, {**odm, "warmup_step": 0, "update_step": 1, "update_times": 0}))
+    # a weight that is not a number, at load (not after the data is read)
+    nan = tmp_path / "nan.yaml"
+    nan.write_text(yaml.safe_dump({**base, "train_type": "static", "mixture_sample_rule": "mixture"}).replace(
+        "init_mixture_proportions:\n- 0.5\n- 0.5", "init_mixture_proportions: [.nan, 0.5]"))
+    with pytest.raises(ConfigError, match=r"init_mixture_proportions: expected finite weights"):
+        load_config(nan)
     # a key given twice in the file
     path = tmp_path / "twice.yaml"
     path.write_text(yaml.safe_dump(base) + "learning_rate: 0.1\nlearning_rate: 0.2\n")

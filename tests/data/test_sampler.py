@@ -308,12 +308,13 @@ def test_state_dict_index_checks_and_snapshot_window() -> None:
 
 def test_load_state_dict_checks_the_configuration() -> None:
     state = MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=11).state_dict()
-    for field, sampler in [
-        ("domain_sizes", MixtureSampler([500, 3000, 40, 10001], WEIGHTS, batch_size=64, seed=11)),
-        ("batch_size", MixtureSampler(SIZES, WEIGHTS, batch_size=32, seed=11)),
-        ("seed", MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=12)),
+    for field, sampler, says in [
+        ("domain_sizes", MixtureSampler([500, 3000, 40, 10001], WEIGHTS, batch_size=64, seed=11),
+         "the checkpoint's domains have"),
+        ("batch_size", MixtureSampler(SIZES, WEIGHTS, batch_size=32, seed=11), "expected"),
+        ("seed", MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=12), "expected"),
     ]:
-        with pytest.raises(ValueError, match=rf"^state\.{field}: expected"):
+        with pytest.raises(ValueError, match=rf"^state\.{field}: {says}"):
             sampler.load_state_dict(state)
     broken = dict(state)
     del broken["cursors"]

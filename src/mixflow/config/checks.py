@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import typing
 from pathlib import Path
@@ -96,6 +97,8 @@ def _check_weights(values: list[float] | None, key: str, k: int) -> None:
         return
     if len(values) != k:
         raise ConfigError(f"{key}: expected {k} values (one per domain), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{key}: expected finite weights, got {values}")
     if any(v < 0 for v in values):
         raise ConfigError(f"{key}: expected non-negative weights, got {values}")
     if sum(values) <= 0:

@@ -565,7 +565,9 @@ class MixtureSampler(Sampler[int]):
             raise ValueError(f"state.version: expected at most {self.STATE_VERSION}, got {version}")
         if list(state["domain_sizes"]) != self._sizes.tolist():
             raise ValueError(
-                f"state.domain_sizes: expected {self._sizes.tolist()} (this sampler), got {list(state['domain_sizes'])}"
+                f"state.domain_sizes: the checkpoint's domains have {list(state['domain_sizes'])} training rows, this "
+                f"run's {self._sizes.tolist()}: cutoff_len, val_size, max_samples or the data changed since it was "
+                "saved (resume with the same data settings, or start a new run)"
             )
         if state["batch_size"] != self._batch_size:
             raise ValueError(f"state.batch_size: expected {self._batch_size} (this sampler), got {state['batch_size']}")

@@ -312,6 +312,16 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
 
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(path, framework="pt") as f:
+        saved_keys = set(f.keys())
+        # a tied head is one tensor in the file; other differences mean another architecture
+        extra, missing = sorted(saved_keys - set(own)), sorted(set(own) - saved_keys - {"lm_head.weight"})
+        if extra or missing:
+            raise ValueError(
+                f"resume_from_checkpoint: {checkpoint} holds another model than this run's (only in the checkpoint: "
+                f"{', '.join(extra[:3]) or '-'}{' ...' if len(extra) > 3 else ''}; only in this run: "
+                f"{', '.join(missing[:3]) or '-'}{' ...' if len(missing) > 3 else ''}): the model config changed since "
+                "it was saved (num_hidden_layers, tie_word_embeddings, ...)"
+            )
         for key in f.keys():
             saved = tuple(f.get_slice(key).get_shape())
             if key in own and own[key] != saved:
