@@ -153,6 +153,25 @@ def test_quiet_silences_progress_everywhere_and_logs_get_lines_not_bars(tmp_path
     assert "run summary:" in caplog.text  # what the run does is still said
 
 
+def test_the_weight_trajectory_does_not_depend_on_the_dataloader_workers(tmp_path, demo_data, capsys):
+    cfg = _config(tmp_path, demo_data, component={"name": "odm"}, train_type="dynamic_mix", update_step=1,
+                  mixture_plan_horizon=5, max_steps=8, save_strategy="no", tokenized_dir=str(tmp_path / "tok"))
+    raw = yaml.safe_load(cfg.read_text())
+    raw.pop("component_name", None)
+    cfg.write_text(yaml.safe_dump(raw))
+    logs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        assert main(["train", str(cfg), f"output_dir={out}", f"dataloader_num_workers={workers}", "--quiet"]) == 0
+        logs[workers] = [json.loads(x)["sampling_weights"] for x in (out / "odm_weights.jsonl").read_text().splitlines()]
+    assert len(logs[0]) == 8 and logs[0] == logs[2]  # the weights apply at batch s + 5 either way
+    assert logs[0][-1] != logs[0][0]  # they did move
+    # a horizon shorter than the workers' read-ahead is refused before anything runs
+    assert main(["train", str(cfg), f"output_dir={tmp_path / 'short'}", "dataloader_num_workers=2",
+                 "mixture_plan_horizon=2", "--quiet"]) == 2
+    assert "mixture_plan_horizon: 2 is shorter than the DataLoader's read-ahead of 5 batches" in capsys.readouterr().err
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

@@ -385,3 +385,20 @@ def test_set_weights_validation() -> None:
     assert s.weights.tolist() == pytest.approx(WEIGHTS)
     with pytest.raises(ValueError, match="^epoch"):
         s.set_epoch(-1)
+
+
+def test_weights_scheduled_for_a_later_batch_apply_there_and_survive_a_resume() -> None:
+    sampler = MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=11)
+    it = sampler.iter_batches()
+    next(it)
+    next(it)  # batches 0 and 1 planned
+    with pytest.raises(ValueError, match="^from_batch: batch 1 is already planned"):
+        sampler.set_weights([0.25] * 4, from_batch=1)
+    sampler.set_weights([1.0, 0.0, 0.0, 0.0], from_batch=4)
+    state = sampler.state_dict()  # at the next batch to plan, 2, with the change for batch 4 pending
+    rows = [next(it) for _ in range(3)]  # batches 2, 3, 4
+    assert set(sampler.domain_ids(rows[2]).tolist()) == {0} and len(set(sampler.domain_ids(rows[0]).tolist())) > 1
+    resumed = MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=11)
+    resumed.load_state_dict(state)
+    again = resumed.iter_batches()
+    assert [b.tolist() for b in (next(again), next(again), next(again))] == [r.tolist() for r in rows]

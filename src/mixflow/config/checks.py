@@ -121,6 +121,12 @@ def check_mixing(run: RunConfig, base_dir: Path) -> None:
         schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    workers = run.training.get("dataloader_num_workers") or 0
+    ahead = 1 + (int(workers) * int(run.training.get("dataloader_prefetch_factor") or 2) if workers else 0)
+    if m.mixture_plan_horizon < ahead:
+        raise ConfigError(f"mixture_plan_horizon: {m.mixture_plan_horizon} is shorter than the DataLoader's read-ahead "
+                          f"of {ahead} batches (1 + dataloader_num_workers × prefetch); set it to {ahead} or more: new "
+                          "weights then apply at the same batch for any number of workers")
     algorithm = run.algorithm
     assert algorithm is not None, "resolve_components runs before check_mixing"
     steps = run.training.get("max_steps")

@@ -85,6 +85,11 @@ class MixingConfig:
     """Optimizer steps between two updates (and weights-log lines)."""
     update_times: int = -1
     """Number of updates; -1: until training ends."""
+    mixture_plan_horizon: int = 1
+    """The weights of the update after step s apply from global batch s + this (the Trainer's own
+    read-ahead is one batch). It must cover the DataLoader's read-ahead, 1 + dataloader_num_workers ×
+    dataloader_prefetch_factor; for a given value the weight trajectory is the same for any number of
+    workers (with workers, set it to that read-ahead or more)."""
     domain_prior: list[float] | None = None
     """π: importance of each domain in the objective (normalised); null = uniform."""
     on_exhausted: Literal["reshuffle", "stop"] = "reshuffle"

@@ -295,22 +295,30 @@ class MixtureSampler(Sampler[int]):
 
     # --------------------------------------------------------------- control
 
-    def set_weights(self, weights: Sequence[float]) -> None:
-        """Use new sampling weights from the next global batch not yet planned.
+    def set_weights(self, weights: Sequence[float], from_batch: int | None = None) -> None:
+        """Use new sampling weights from global batch ``from_batch`` (default: the next batch not yet
+        planned).
 
         ``weights`` must have one finite, non-negative entry per domain with
         a positive sum; they are normalised. The change is recorded with the
         batch index it applies to, so that :meth:`state_dict` for a batch
-        planned earlier replays it at the same batch. Setting the current
-        weights again is a no-op (in particular right after
-        :meth:`load_state_dict`, where it keeps a restored schedule intact);
-        other weights replace any change still scheduled for a later batch.
+        planned earlier replays it at the same batch, and a change scheduled
+        for a later batch survives a resume. ``from_batch`` before the next
+        unplanned batch is an error (that batch's rows are already drawn).
+        Setting the weights already scheduled last again is a no-op (in
+        particular right after :meth:`load_state_dict`, where it keeps a
+        restored schedule intact); other weights replace any change scheduled
+        for the same or a later batch.
         """
         new = validate_weights(weights, self.num_domains)
+        at = self._planned if from_batch is None else _check_int(from_batch, "from_batch", 0)
+        if at < self._planned:
+            raise ValueError(f"from_batch: batch {at} is already planned (batches up to {self._planned - 1} are); "
+                             "new weights apply from a batch not yet planned")
         if np.array_equal(new, self.weights):
             return
-        self._weight_changes = [c for c in self._weight_changes if c[0] < self._planned]
-        self._weight_changes.append((self._planned, new))
+        self._weight_changes = [c for c in self._weight_changes if c[0] < at]
+        self._weight_changes.append((at, new))
 
     def set_epoch(self, epoch: int) -> None:
         """Mix ``epoch`` into the shuffle keys of batches planned from now on.

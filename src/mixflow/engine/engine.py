@@ -52,6 +52,7 @@ class StepEngine:
         chunk_rows: int | None = None,
         objective_normalization: Normalization = "domain",
         row_target_tokens: RowTargetTokens | None = None,
+        plan_horizon: int | None = None,
     ) -> None:
         if sampler.num_domains != algorithm.num_domains:
             raise ValueError(
@@ -59,7 +60,7 @@ class StepEngine:
             )
         self.sampler = sampler
         self.algorithm = algorithm
-        self.weighter = weighter
+        self.weighter, self.plan_horizon = weighter, plan_horizon  # horizon: weights of step s apply at batch s + it
         # the sample weights since the last metrics call, and since the last weights-log line
         self._weight_stats = (SampleWeightStats(len(algorithm.domain_names)), SampleWeightStats(len(algorithm.domain_names)))
         self.schedule = schedule or UpdateSchedule()
@@ -75,8 +76,7 @@ class StepEngine:
         self.domain_names = list(algorithm.domain_names)
         k = self.num_domains = len(self.domain_names)
         self._step_stats, self._window_stats, self._metric_stats = (DomainStats.zeros(k) for _ in range(3))
-        self.last_step = 0
-        self.skipped_updates = 0
+        self.last_step, self.skipped_updates = 0, 0
         #: (the step's reduced statistics, whether its update applied) when it ran before the loss.
         self._early: tuple[DomainStats, bool] | None = None
         #: Consecutive optimizer steps whose training loss was not finite (a diverging run).
@@ -305,7 +305,7 @@ class StepEngine:
             self.skipped_updates += 1
             logger.warning("step %d: %s produced invalid weights; keeping the previous ones", step, self.algorithm.name)
             return False
-        self.sampler.set_weights(p)
+        self.sampler.set_weights(p, None if self.plan_horizon is None else step + self.plan_horizon)
         if self.log_path is not None and distributed.is_main_process():
             append_jsonl(self.log_path, self.log_record(step))
         self._write_summary(step)

@@ -127,6 +127,13 @@ class MixflowCallback(TrainerCallback):
 
 
 
+def read_ahead(args: TrainingArguments) -> int:
+    """Batches past the current one that are planned before a step ends: accelerate's own one, plus
+    each DataLoader worker's prefetch."""
+    workers = int(args.dataloader_num_workers or 0)
+    return 1 + (workers * int(args.dataloader_prefetch_factor or 2) if workers > 0 else 0)
+
+
 def weights_are_finite(model: Any) -> bool:
     """Whether every parameter of ``model`` is finite (on every rank: shards differ under FSDP)."""
     if model is None:
@@ -161,6 +168,14 @@ class MixflowTrainer(Trainer):
             )
         if engine.sampler.world_size != 1:
             raise ValueError("sampler world_size: expected 1 (accelerate shards the global stream across ranks)")
+        ahead = read_ahead(a)
+        if engine.plan_horizon is not None and engine.plan_horizon < ahead:
+            raise ValueError(
+                f"mixture_plan_horizon: the DataLoader reads {ahead} batches ahead (1 + dataloader_num_workers "
+                f"{a.dataloader_num_workers} × prefetch {a.dataloader_prefetch_factor or 2}), past the horizon "
+                f"{engine.plan_horizon} at which new weights apply; set mixture_plan_horizon: {ahead} or more (the same "
+                "value gives the same weight trajectory for any number of workers)"
+            )
         if a.max_steps is None or a.max_steps <= 0:
             raise ValueError("max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)")
         if not a.ignore_data_skip:

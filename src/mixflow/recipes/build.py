@@ -125,7 +125,8 @@ def build_engine(
     )
     return StepEngine(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context,
                       shift_labels=run.data.task != "classification",  # a classifier's labels are not shifted
-                      objective_normalization=m.objective_normalization, row_target_tokens=train.target_tokens)
+                      objective_normalization=m.objective_normalization, row_target_tokens=train.target_tokens,
+                      plan_horizon=m.mixture_plan_horizon)
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:
