@@ -172,6 +172,17 @@ def test_the_weight_trajectory_does_not_depend_on_the_dataloader_workers(tmp_pat
     assert "mixture_plan_horizon: 2 is shorter than the DataLoader's read-ahead of 5 batches" in capsys.readouterr().err
 
 
+def test_packed_documents_can_attend_to_themselves_only(tmp_path, demo_data):
+    cfg = _config(tmp_path, demo_data, packed_attention="document", save_strategy="no")
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    plain = _config(tmp_path, demo_data, save_strategy="no", output_dir=str(tmp_path / "plain"))
+    assert main(["train", str(plain), "--quiet"]) == 0
+    losses = [json.loads((out / "mixflow_results.json").read_text())["val_loss"] for out in (tmp_path / "run",
+                                                                                            tmp_path / "plain")]
+    assert losses[0] != losses[1]  # the same batches, another attention: another model
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["use_cache"] is False
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

@@ -117,3 +117,25 @@ def test_batches_carry_the_plan_they_were_drawn_with_across_read_ahead():
         expected = {0: 0.5, 1: 0.5} if g < second_planned else {0: 0.25, 1: 0.75}
         assert batch["sampling_probs"].tolist() == [expected[int(d)] for d in batch["domain_ids"]]
     assert ds[0].get("sampling_probs") is None  # a plain index (evaluation) carries no plan
+
+
+def test_document_attention_lets_each_packed_document_see_itself_only():
+    from mixflow.data.dataset import DomainCollator, document_positions
+    from tests.helpers import tiny_llama
+
+    eos = 2
+    first, second = [5, 9, 11, 7, eos], [13, 6, 8, 4, 10, 12]
+    assert document_positions(torch.tensor([first + second]), eos).tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]]
+    model = tiny_llama(seed=3).eval()
+    row = {"input_ids": first + second, "domain_ids": 0}
+    per_doc = DomainCollator(0, document_eos=eos)([row])
+    assert "attention_mask" not in per_doc
+    with torch.no_grad():
+        # no KV cache (training needs none): with one, transformers skips the packed-sequence mask
+        packed = model(input_ids=per_doc["input_ids"], position_ids=per_doc["position_ids"],
+                       use_cache=False).logits[0, len(first):]
+        alone = model(input_ids=torch.tensor([second])).logits[0]
+        causal = DomainCollator(0)([row])
+        seen = model(input_ids=causal["input_ids"], attention_mask=causal["attention_mask"]).logits[0, len(first):]
+    assert torch.allclose(packed, alone, atol=1e-5)  # the second document never saw the first
+    assert not torch.allclose(seen, alone, atol=1e-3)  # with plain causal packing it did

@@ -115,6 +115,11 @@ class DataConfig:
     packing: bool | None = None
     """Concatenate documents (EOS between them) and cut into full blocks; false: one row per document.
     Default: true for text domains, false for instruction domains (true packs whole examples)."""
+    packed_attention: Literal["causal", "document"] = "causal"
+    """causal: a packed row is one causal sequence (a token sees the earlier documents of its row);
+    document: each document attends to itself only, positions restarting after every EOS (position ids
+    from which transformers builds the mask; for the models whose masks it builds: Llama, Mistral,
+    Qwen2, Gemma, ...)."""
     stage: Literal["pt", "sft"] | None = None
     """LLaMA-Factory's training stage, checked against the domains: pt, every domain is plain text;
     sft, every domain is instruction data (alpaca / sharegpt). Unset: any mix of the two."""

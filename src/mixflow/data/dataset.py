@@ -140,13 +140,18 @@ class DomainCollator:
     feature has no ``labels`` its ``input_ids`` are used.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, document_eos: int | None = None) -> None:
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
             raise ValueError(f"pad_token_id: expected a non-negative integer, got {pad_token_id!r}")
         self.pad_token_id = pad_token_id
+        #: With an EOS id: ``position_ids`` that restart after every EOS and no ``attention_mask``, from
+        #: which transformers' masking builds a block-diagonal causal mask (each packed document attends
+        #: to itself only) for the models whose masks it builds (Llama, Mistral, Qwen2, Gemma, ...).
+        self.document_eos = document_eos
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """Batch ``features`` into ``input_ids``, ``attention_mask``, ``labels`` and ``domain_ids``."""
+        """Batch ``features`` into ``input_ids``, ``attention_mask`` (or, per document, ``position_ids``),
+        ``labels`` and ``domain_ids``."""
         if not features:
             raise ValueError("features: expected at least one feature to collate")
         inputs = [_as_long(f["input_ids"]) for f in features]
@@ -157,7 +162,20 @@ class DomainCollator:
         input_ids, attention_mask = pad_right(inputs, self.pad_token_id)
         label_ids, _ = pad_right(labels, IGNORE_INDEX)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+        if self.document_eos is not None:
+            # right padding comes after every real token, so causal attention never reaches it
+            batch = {"input_ids": input_ids, "position_ids": document_positions(input_ids, self.document_eos),
+                     "labels": label_ids}
         return {**batch, **mixflow_columns(features, require_domain=True)}
+
+
+def document_positions(input_ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """Positions that restart at 0 after every ``eos`` token of a row (a new packed document)."""
+    index = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 1:] = input_ids[:, :-1] == eos
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
 
 
 def pad_right(sequences: Sequence[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:

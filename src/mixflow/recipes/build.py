@@ -136,10 +136,16 @@ def build_model(run: RunConfig, tokenizer: Any) -> Any:
 
     path = run.model.model_name_or_path
     if path is not None and run.model.train_from_scratch:
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
-    if path is not None:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return AutoModelForCausalLM.from_config(scratch_config(run.model.model_config or {}, tokenizer))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+    elif path is not None:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    else:
+        model = AutoModelForCausalLM.from_config(scratch_config(run.model.model_config or {}, tokenizer))
+    if run.data.packed_attention == "document":
+        # transformers builds the per-document mask from restarting position ids only without a KV
+        # cache (training needs none)
+        model.config.use_cache = False
+    return model
 
 
 def training_arguments(run: RunConfig) -> Any:

@@ -4,8 +4,8 @@ decodes them, with the target tokens marked (instruction masks) and document bou
 
 Markup: ``⟦…⟧`` encloses the tokens that are targets when a domain has a mask (everything else
 is context the loss ignores); ``⟪EOS⟫`` is the end-of-document token between packed documents.
-Packed documents share a row and, with the models' ordinary causal attention, attend to earlier
-documents in the same row (README: Data).
+Packed documents share a row and, with ``packed_attention: causal`` (the default), attend to earlier
+documents in the same row; ``packed_attention: document`` keeps each to itself (README: Data).
 """
 
 from __future__ import annotations

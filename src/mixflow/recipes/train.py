@@ -242,7 +242,8 @@ def _prepare(run: RunConfig, progress: bool, overwrite_cache: bool) -> tuple[Any
     else:
         data = prepare_data(run, progress=progress, overwrite_cache=overwrite_cache)
     pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
-    collator = ClassificationCollator(pad) if run.data.task == "classification" else DomainCollator(pad)
+    eos = data.tokenizer.eos_token_id if run.data.packed_attention == "document" else None
+    collator = ClassificationCollator(pad) if run.data.task == "classification" else DomainCollator(pad, eos)
     return data, collator
 
 
