@@ -183,6 +183,17 @@ def test_packed_documents_can_attend_to_themselves_only(tmp_path, demo_data):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["use_cache"] is False
 
 
+def test_a_held_out_split_too_small_for_a_variance_is_an_error(tmp_path, demo_data, capsys):
+    cfg = _config(tmp_path, demo_data, component={"name": "erma"}, train_type="dynamic_mix", val_size=1,
+                  tokenized_dir=str(tmp_path / "tok"))
+    raw = yaml.safe_load(cfg.read_text())
+    raw.pop("component_name", None)
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "val_size: erma needs at least 2 held-out rows per domain" in err and "code (1)" in err
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data)
     assert main(["train", str(cfg), "--quiet"]) == 0

@@ -309,6 +309,16 @@ def test_every_error_of_every_layer_at_once_and_nothing_silently_accepted(tmp_pa
                      "save_steps: expected a number of steps > 0"):
         assert expected in text, expected
     assert "invalid literal" not in text
+    # each layer's checks report all their problems, not the first
+    layered = {**base, "cutoff_len": 0, "val_size": -1, "max_samples": 0,
+               "mixture_sample_rule": "temperature", "mixture_temperature": -1, "update_step": 0,
+               "model_config": {"model_type": "lama"}, "tokenizer": str(tmp_path / "no-tokenizer")}
+    with pytest.raises(ConfigErrors) as err:
+        load_config(write(tmp_path, layered))
+    keys = [m.split(":")[0] for m in err.value.messages]
+    for key in ("cutoff_len", "val_size", "max_samples", "mixture_temperature", "init_mixture_proportions",
+                "update_step", "model_config.model_type", "tokenizer"):
+        assert key in keys, key
     # an adaptive algorithm that would never update
     odm = {**base, "component_name": None, "component": {"name": "odm"}, "max_steps": 10, "warmup_step": 20}
     odm.pop("component_name")

@@ -6,14 +6,13 @@ Each check raises :class:`~mixflow.config.errors.ConfigError` with one line nami
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import typing
 from pathlib import Path
 
-from mixflow.algorithms.params import check_type, declared_paths, suggest
+from mixflow.algorithms.params import check_type, declared_paths
 from mixflow.algorithms.registry import lookup
 from mixflow.algorithms.static import StaticParams
 from mixflow.config.errors import ConfigError, ConfigErrors
@@ -27,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def check_data(run: RunConfig, base_dir: Path) -> None:
+    """The data keys; every problem of every domain at once (the structure first: which domains)."""
     d = run.data
     if (d.domains is None) == (d.dataset is None):
         raise ConfigError("dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)")
@@ -35,47 +35,62 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
         raise ConfigError("dataset: expected at least one domain")
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset: domain names must be unique, got {names}")
+    errors: list[str] = []
     try:
         check_cutoff_len(d.cutoff_len)
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        errors.append(str(err))
     if d.val_size < 0 or (d.val_size >= 1 and d.val_size != int(d.val_size)):
-        raise ConfigError(f"val_size: expected a fraction in [0, 1) or a whole number of rows, got {d.val_size}")
+        errors.append(f"val_size: expected a fraction in [0, 1) or a whole number of rows, got {d.val_size}")
     if d.max_samples is not None and d.max_samples < 1:
-        raise ConfigError(f"max_samples: expected a positive integer, got {d.max_samples}")
+        errors.append(f"max_samples: expected a positive integer, got {d.max_samples}")
     if d.preprocessing_num_workers is not None and d.preprocessing_num_workers < 1:
-        raise ConfigError(f"preprocessing_num_workers: expected a positive integer, got {d.preprocessing_num_workers}")
+        errors.append(f"preprocessing_num_workers: expected a positive integer, got {d.preprocessing_num_workers}")
     if d.tokenized_dir is not None:
         d.tokenized_dir = str(Path(d.tokenized_dir).expanduser())
-    if d.domains is not None:
-        for i, dom in enumerate(d.domains):
-            paths = [resolve_path(p, base_dir) for p in (dom.path if isinstance(dom.path, list) else [dom.path])]
-            dom.path = paths if isinstance(dom.path, list) else paths[0]
-            try:
-                resolve_files(DomainSource(dom.name, dom.path))
-            except (ValueError, FileNotFoundError) as err:
-                raise ConfigError(f"domains[{i}].path: {err}") from None
-            try:
-                source = domain_source(dom.name, dom.path, f"domains[{i}]", dom.text_field, dom.formatting,
-                                       dom.columns, dom.tags)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-            _check_kind(d, dom.name, source.formatting is not None)
-    else:
-        d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
-        info = Path(d.dataset_dir) / "dataset_info.json"
-        if not info.is_file():
-            raise ConfigError(f"dataset_dir: expected {info} to exist (it maps dataset names to files)")
+    errors += _inline_domain_errors(d, base_dir) if d.domains is not None else _dataset_errors(d, names, base_dir)
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
+
+
+def _inline_domain_errors(d: DataConfig, base_dir: Path) -> list[str]:
+    errors = []
+    for i, dom in enumerate(d.domains or []):
+        paths = [resolve_path(p, base_dir) for p in (dom.path if isinstance(dom.path, list) else [dom.path])]
+        dom.path = paths if isinstance(dom.path, list) else paths[0]
         try:
-            sources = sources_from_dataset_info(d.dataset_dir, names)
+            resolve_files(DomainSource(dom.name, dom.path))
         except (ValueError, FileNotFoundError) as err:
-            raise ConfigError(f"dataset: {err}") from None
-        for source in sources:
-            try:
-                resolve_files(source)
-            except (ValueError, FileNotFoundError) as err:
-                raise ConfigError(f"dataset: {err}") from None
+            errors.append(f"domains[{i}].path: {err}")
+            continue
+        try:
+            source = domain_source(dom.name, dom.path, f"domains[{i}]", dom.text_field, dom.formatting,
+                                   dom.columns, dom.tags)
+            _check_kind(d, dom.name, source.formatting is not None)
+        except ValueError as err:  # ConfigError included
+            errors.append(str(err))
+    return errors
+
+
+def _dataset_errors(d: DataConfig, names: list[str], base_dir: Path) -> list[str]:
+    d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
+    info = Path(d.dataset_dir) / "dataset_info.json"
+    if not info.is_file():
+        return [f"dataset_dir: expected {info} to exist (it maps dataset names to files)"]
+    try:
+        sources = sources_from_dataset_info(d.dataset_dir, names)
+    except (ValueError, FileNotFoundError) as err:
+        return [f"dataset: {err}"]
+    errors = []
+    for source in sources:
+        try:
+            resolve_files(source)
             _check_kind(d, source.name, source.formatting is not None)
+        except ConfigError as err:
+            errors.append(str(err))
+        except (ValueError, FileNotFoundError) as err:
+            errors.append(f"dataset: {err}")
+    return errors
 
 
 def _check_kind(d: DataConfig, name: str, instruction: bool) -> None:
@@ -105,46 +120,86 @@ def _check_weights(values: list[float] | None, key: str, k: int) -> None:
         raise ConfigError(f"{key}: expected a positive sum, got {values}")
 
 
+def _collect(errors: list[str], check: typing.Callable[..., typing.Any], *args: typing.Any) -> typing.Any:
+    """``check(*args)``, or None with its error(s) appended to ``errors``."""
+    try:
+        return check(*args)
+    except ConfigErrors as err:
+        errors += err.messages
+    except ConfigError as err:
+        errors.append(str(err))
+    return None
+
+
+def check_mixing_keys(run: RunConfig) -> None:
+    """The mixing keys on their own (they need no resolved component): every problem at once."""
+    errors = _mixing_key_errors(run)
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
+
+
 def check_mixing(run: RunConfig, base_dir: Path) -> None:
-    """The mixing keys, and what the chosen algorithm and weighter need from the rest of the run."""
+    """What the chosen algorithm and weighter need from the rest of the run: every problem at once."""
     m = run.mixing
-    k = len(domain_names(run))
-    _check_weights(m.init_mixture_proportions, "init_mixture_proportions", k)
-    _check_weights(m.domain_prior, "domain_prior", k)
+    try:
+        schedule: UpdateSchedule | None = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
+    except ValueError:
+        schedule = None  # reported by check_mixing_keys
+    errors = _algorithm_errors(run, schedule, len(domain_names(run)))
+    if errors:
+        raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
+
+
+def _mixing_key_errors(run: RunConfig) -> list[str]:
+    m = run.mixing
+    try:
+        k = len(domain_names(run))
+    except (ValueError, ConfigError):
+        return []  # the data keys' own check names the problem
+    errors: list[str] = []
+    _collect(errors, _check_weights, m.init_mixture_proportions, "init_mixture_proportions", k)
+    _collect(errors, _check_weights, m.domain_prior, "domain_prior", k)
     if m.mixture_sample_rule == "temperature" and m.mixture_temperature <= 0:
-        raise ConfigError(f"mixture_temperature: expected a positive number, got {m.mixture_temperature}")
+        errors.append(f"mixture_temperature: expected a positive number, got {m.mixture_temperature}")
     if m.init_mixture_proportions is not None and m.mixture_sample_rule != "mixture":
-        raise ConfigError(
+        errors.append(
             f"init_mixture_proportions: only used with mixture_sample_rule 'mixture', got rule {m.mixture_sample_rule!r}"
         )
     try:
-        schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
+        UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        errors.append(str(err))
     workers = run.training.get("dataloader_num_workers") or 0
-    ahead = 1 + (int(workers) * int(run.training.get("dataloader_prefetch_factor") or 2) if workers else 0)
-    if m.mixture_plan_horizon < ahead:
-        raise ConfigError(f"mixture_plan_horizon: {m.mixture_plan_horizon} is shorter than the DataLoader's read-ahead "
-                          f"of {ahead} batches (1 + dataloader_num_workers × prefetch); set it to {ahead} or more: new "
-                          "weights then apply at the same batch for any number of workers")
-    algorithm = run.algorithm
+    if isinstance(workers, int) and not isinstance(workers, bool):
+        prefetch = run.training.get("dataloader_prefetch_factor") or 2
+        ahead = 1 + (workers * int(prefetch) if workers else 0)
+        if m.mixture_plan_horizon < ahead:
+            errors.append(f"mixture_plan_horizon: {m.mixture_plan_horizon} is shorter than the DataLoader's read-ahead "
+                          f"of {ahead} batches (1 + dataloader_num_workers × prefetch); set it to {ahead} or more: "
+                          "new weights then apply at the same batch for any number of workers")
+    return errors
+
+
+def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -> list[str]:
+    """What the chosen algorithm and weighter need from the rest of the run."""
+    m, algorithm, errors = run.mixing, run.algorithm, []
     assert algorithm is not None, "resolve_components runs before check_mixing"
     steps = run.training.get("max_steps")
-    if algorithm.name != "static" and isinstance(steps, int) and steps > 0:
+    if schedule is not None and algorithm.name != "static" and isinstance(steps, int) and steps > 0:
         # an adaptive algorithm that never updates trains a static mixture while the user believes otherwise
         first = schedule.first_update()
         if first is None:
-            raise ConfigError(f"update_times: 0 means {algorithm.name} never updates; use train_type: static for a "
-                              "fixed mixture, or update_times: -1")
-        if first > steps:
-            raise ConfigError(f"warmup_step/update_step: {algorithm.name}'s first update would be at step {first}, after "
-                              f"max_steps {steps}: the run would train on its initial weights only")
+            errors.append(f"update_times: 0 means {algorithm.name} never updates; use train_type: static for a "
+                          "fixed mixture, or update_times: -1")
+        elif first > steps:
+            errors.append(f"warmup_step/update_step: {algorithm.name}'s first update would be at step {first}, after "
+                          f"max_steps {steps}: the run would train on its initial weights only")
     for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):
         if spec.name == "heldout_loss" and not run.data.val_size:
-            raise ConfigError(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
+            errors.append(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
     proportions = algorithm.params.proportions if isinstance(algorithm.params, StaticParams) else None
     if proportions is not None:
-        _check_weights(proportions, "static.params.proportions", k)
+        _collect(errors, _check_weights, proportions, "static.params.proportions", k)
         if m.init_mixture_proportions is not None and [float(x) for x in m.init_mixture_proportions] != proportions:
             # The seed's step 3 sets the learned weights at run level over a shared components file.
             logger.warning(
@@ -153,10 +208,11 @@ def check_mixing(run: RunConfig, base_dir: Path) -> None:
             )
             run.algorithm = dataclasses.replace(algorithm, params=dataclasses.replace(algorithm.params, proportions=None))
     if m.static_mix and algorithm.name != "static":
-        raise ConfigError(f"static_mix: true expects component_name 'static', got {algorithm.name!r}")
+        errors.append(f"static_mix: true expects component_name 'static', got {algorithm.name!r}")
     for component in (algorithm, run.weighter):
         if component is not None:
-            check_param_paths(component)
+            _collect(errors, check_param_paths, component)
+    return errors
 
 
 def check_param_paths(component: ResolvedComponent) -> None:
@@ -206,98 +262,6 @@ def check_task(run: RunConfig, base_dir: Path) -> None:
     needs = lookup(weighter.name, "weighter", "component_name").required_task if weighter is not None else None
     if needs is not None and needs != d.task:
         raise ConfigError(f"task: the {weighter.name} weighter needs task: {needs}, got {d.task}")
-
-
-def check_model(run: RunConfig) -> None:
-    m = run.model
-    if (m.model_name_or_path is None) == (m.model_config is None):
-        raise ConfigError("model_name_or_path: expected exactly one of 'model_name_or_path' (a local directory) or 'model_config'")
-    if m.model_name_or_path is not None and not Path(m.model_name_or_path).is_dir():
-        raise ConfigError(f"model_name_or_path: expected a local model directory, not found: {m.model_name_or_path}")
-    if m.train_from_scratch and m.model_name_or_path is None:
-        raise ConfigError("train_from_scratch: expected model_name_or_path (the config to start from); "
-                          "with model_config the model is from scratch already")
-    if m.model_config is not None and "model_type" not in m.model_config:
-        raise ConfigError("model_config.model_type: required (e.g. llama)")
-    if m.model_config is not None:
-        from transformers import CONFIG_MAPPING
-
-        if m.model_config["model_type"] not in CONFIG_MAPPING:
-            mt = str(m.model_config["model_type"])
-            raise ConfigError(f"model_config.model_type: unknown model type {mt!r}{suggest(mt, list(CONFIG_MAPPING.keys()))}")
-    tok = run.data.tokenizer
-    if tok not in (None, "byte") and not Path(tok).is_dir():
-        raise ConfigError(f"tokenizer: expected 'byte' or a local tokenizer directory, not found: {tok}")
-
-
-#: Files that make a model directory carry its own tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "mixflow_tokenizer.json")
-#: Keys under which model configs give their longest sequence.
-POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
-
-
-def check_model_fits_data(run: RunConfig) -> None:
-    """From the model's config.json (or model_config) and the tokenizer, before the model loads: a
-    model directory without a tokenizer needs ``tokenizer:``; ``cutoff_len`` within the model's
-    positions; the tokenizer's ids within the model's vocabulary (else an embedding IndexError, or a
-    device-side assert on a GPU, after loading — or silent garbage past a RoPE model's length)."""
-    m, d = run.model, run.data
-    errors: list[str] = []
-    config: dict[str, typing.Any] | None = dict(m.model_config) if m.model_config is not None else None
-    own_tokenizer = False
-    if m.model_name_or_path is not None:
-        path = Path(m.model_name_or_path)
-        own_tokenizer = any((path / f).is_file() for f in TOKENIZER_FILES)
-        if d.tokenizer is None and not own_tokenizer:
-            errors.append(f"tokenizer: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); set tokenizer: "
-                          "to a tokenizer directory, or 'byte' for the byte-level one")
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            config = None  # the model's own loading reports a missing or broken config
-    if m.model_config is not None:
-        errors += _shape_errors(dict(m.model_config))
-    if config:
-        for key in POSITION_KEYS:
-            limit = config.get(key)
-            if isinstance(limit, int) and d.cutoff_len > limit:
-                errors.append(f"cutoff_len: {d.cutoff_len} is longer than the model's {key} {limit}; expected at most {limit}")
-                break
-        vocab = config.get("vocab_size")
-        tokenizer = d.tokenizer if d.tokenizer is not None else (m.model_name_or_path if own_tokenizer else None)
-        if isinstance(vocab, int) and d.task == "causal_lm" and (tokenizer is not None or m.model_config is not None):
-            from mixflow.data.tokenizer import load_tokenizer
-
-            try:
-                size = load_tokenizer(tokenizer).vocab_size
-            except (OSError, ValueError) as err:
-                errors.append(f"tokenizer: {err}")
-            else:
-                if size > vocab:
-                    errors.append(f"tokenizer: its vocabulary has {size} tokens, more than the model's vocab_size {vocab} "
-                                  f"(ids ≥ {vocab} have no embedding); use the model's tokenizer or a larger model")
-    if errors:
-        raise ConfigErrors(errors)
-
-
-#: model_config keys that are sizes: positive integers.
-SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "vocab_size", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "head_dim")
-
-
-def _shape_errors(cfg: dict[str, typing.Any]) -> list[str]:
-    """Sizes a from-scratch model cannot be built with (else a traceback from deep in transformers)."""
-    errors = [f"model_config.{k}: expected a positive integer, got {cfg[k]!r}" for k in SIZE_KEYS
-              if k in cfg and (isinstance(cfg[k], bool) or not isinstance(cfg[k], int) or cfg[k] < 1)]
-    if errors:
-        return errors
-    hidden, heads = cfg.get("hidden_size", cfg.get("n_embd")), cfg.get("num_attention_heads", cfg.get("n_head"))
-    if hidden and heads and "head_dim" not in cfg and hidden % heads:
-        errors.append(f"model_config.num_attention_heads: {heads} does not divide hidden_size {hidden}")
-    kv = cfg.get("num_key_value_heads")
-    if heads and kv and heads % kv:
-        errors.append(f"model_config.num_key_value_heads: {kv} does not divide num_attention_heads {heads}")
-    return errors
 
 
 def check_training(run: RunConfig) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.algorithms.params import suggest
-from mixflow.config import checks
+from mixflow.config import checks, model_checks
 from mixflow.config.compat import translate
 from mixflow.config.components import resolve_components
 from mixflow.config.errors import ErrorCollector
@@ -81,8 +81,9 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     training_ok = errors.passes(checks.check_training, run)  # the components read the batch size
     if check_outputs and run.training.get("output_dir"):  # check_training reported a missing one
         errors.run(checks.check_output_dir, run)
-    if errors.passes(checks.check_model, run):
-        errors.run(checks.check_model_fits_data, run)
+    errors.run(checks.check_mixing_keys, run)
+    if errors.passes(model_checks.check_model, run):
+        errors.run(model_checks.check_model_fits_data, run)
     components = errors.run(resolve_components, run, base_dir) if data_ok and training_ok else None
     if components is not None:
         run.algorithm, run.weighter = components

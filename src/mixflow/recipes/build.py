@@ -108,6 +108,13 @@ def build_engine(
     )
     names = list(train.domain_names)
     algorithm = build_algorithm(run.algorithm.name, names, run.algorithm.params, init_weights=init, prior=m.domain_prior)
+    if any(spec.name == "heldout_loss" for spec in algorithm.provider_specs(algorithm.params)):
+        # a variance needs two rows: with fewer the algorithm would keep its initial weights unseen
+        short = [f"{n} ({len(heldout[n]) if heldout and n in heldout else 0})" for n in names
+                 if not heldout or n not in heldout or len(heldout[n]) < 2]
+        if short:
+            raise ValueError(f"val_size: {algorithm.name} needs at least 2 held-out rows per domain to estimate a "
+                             f"variance; these domains have fewer: {', '.join(short)}; raise val_size")
     weighter = None
     if run.weighter is not None:
         weighter = build_weighter(run.weighter.name, names, run.weighter.params)
