@@ -79,7 +79,7 @@ def run_user_arena(
         raise ValueError("\n".join(errors))
     out_dir = Path(out)
     work = out_dir / "work"
-    steps = steps or (int(run.training["max_steps"]) if run.training.get("max_steps", -1) > 0 else (60 if quick else 300))
+    steps = steps or (int(run.training["max_steps"]) if (run.training.get("max_steps") or -1) > 0 else (60 if quick else 300))
     swarm = swarm or (8 if quick else 24)
     code = commit()
     start = time.perf_counter()
