@@ -28,7 +28,8 @@ demo: install
 	$(BIN)/mixflow train examples/demo.yaml overwrite_output_dir=true
 	$(BIN)/mixflow plot $(DEMO_DIR)/run
 
-# Every benchmark at full size (51 minutes measured on 2 CPU cores; budget 90); results under benchmarks/results/.
+# Every benchmark at full size (51 minutes on 2 CPU cores before the interval rework and the new arena; to be
+# measured again); results under benchmarks/results/.
 bench: install
 	$(BIN)/mixflow bench run all --out benchmarks/results
 
