@@ -1,4 +1,4 @@
-"""DoReMi (ALGORITHMS.md "DoReMi"): the update rule and its Properties, the reference_loss provider with
+"""DoReMi (Xie et al. 2023, arXiv 2305.10429 "DoReMi"): the update rule and its Properties, the reference_loss provider with
 real tiny models, the weights reaching the gradient, config errors, 2 ranks, resume, NaN skip."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from mixflow.testing import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
 
 
-# ---- the property of ALGORITHMS.md: 2 domains, d = 10, C = I, equal n, σ² = (1, 10) ------------
+# ---- the property of the paper: 2 domains, d = 10, C = I, equal n, σ² = (1, 10) ------------
 def _regression(seed, mode, d=10, n=200, m=100, sigma2=(1.0, 10.0), steps=200, lr=0.2):
     """Full-batch gradient descent on Σ π_i w_i mean_i (x·θ − y)²; with FGLS, w is updated after every
     step from the held-out squared residuals (σ̂_i² = their mean). Returns (‖θ − θ*‖², w)."""

@@ -1,4 +1,4 @@
-"""IMP-Loss and DIMP-Loss (ALGORITHMS.md, "IMP-Loss and DIMP-Loss"): every Properties line."""
+"""IMP-Loss and DIMP-Loss (Kuo et al. 2025, ICLR, "IMP-Loss and DIMP-Loss"): every Properties line."""
 
 import math
 

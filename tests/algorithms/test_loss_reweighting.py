@@ -1,4 +1,4 @@
-"""Loss-based sample reweighting (ALGORITHMS.md, "Loss-based sample reweighting"): every Properties line."""
+"""Loss-based sample reweighting (Sow et al. 2025, arXiv 2502.06733, "Loss-based sample reweighting"): every Properties line."""
 
 import json
 import math

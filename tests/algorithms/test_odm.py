@@ -1,4 +1,4 @@
-"""ODM: the Properties of ALGORITHMS.md ("ODM"), the schedule of t, and the plumbing (StepEngine, resume,
+"""ODM: the properties the paper states ("ODM"), the schedule of t, and the plumbing (StepEngine, resume,
 NaN statistics, 2 ranks, config errors)."""
 
 import json

@@ -1,4 +1,4 @@
-"""PiKE and Balanced-PiKE: the Properties of ALGORITHMS.md ("PiKE"), the paper's Example 2.1, and the
+"""PiKE and Balanced-PiKE: the properties the paper states ("PiKE"), the paper's Example 2.1, and the
 plumbing (grad_stats across ranks, resume, NaN statistics, the HF Trainer)."""
 
 import json

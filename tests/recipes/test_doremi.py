@@ -31,7 +31,7 @@ TINY = [
     "disable_tqdm=true",
 ]
 
-# The seed's weights-analysis snippet (seeds/004), verbatim.
+# The weights-analysis snippet of the DoReMi pipeline's user documentation, verbatim.
 SEED_SNIPPET = '''
 import json
 

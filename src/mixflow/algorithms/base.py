@@ -1,6 +1,6 @@
 """Base types for algorithms.
 
-Two kinds of component turn the knobs of DESIGN.md:
+Two kinds of component turn the knobs of docs/design.md:
 
 - a :class:`DomainAlgorithm` observes per-domain statistics and produces *sampling weights* p
   (how often each domain is drawn) and/or *domain loss weights* w (how much each domain's loss
@@ -26,7 +26,7 @@ from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.algorithms.weights import as_distribution
 
-#: How an algorithm's sampling weights relate to the objective (DESIGN.md, "One training step").
+#: How an algorithm's sampling weights relate to the objective (docs/design.md, "One training step").
 #: ``objective``: the batch composition itself is the weighting, c_j = s_j.
 #: ``importance``: sampling only reduces variance, c_j = (q_d / p_d) · s_j with q ∝ π ⊙ w, so the
 #: gradient stays unbiased for Σ_i π_i w_i L_i.

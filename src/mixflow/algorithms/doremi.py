@@ -1,4 +1,4 @@
-"""DoReMi step 2 (Xie et al. 2023; ALGORITHMS.md "DoReMi"; seed 004): domain loss weights α learned on
+"""DoReMi step 2 (Xie et al. 2023, arXiv 2305.10429, Algorithm 1 "DoReMi"): domain loss weights α learned on
 a proxy model by exponentiated-gradient ascent on the excess loss over a reference model.
 
 Sampling stays as initialised (uniform by default, as in the seed and the paper's Algorithm 1); α
@@ -78,7 +78,7 @@ class DoReMi(DomainAlgorithm):
 
     def setup(self) -> None:
         k = self.num_domains
-        # α_0 uniform (ALGORITHMS.md defaults); the sampling weights stay at init_weights.
+        # α_0 uniform (the paper's defaults); the sampling weights stay at init_weights.
         self._loss_weights = np.full(k, 1.0 / k)
         # λ of the last update per domain: an absent domain keeps it; before any update it is 0, so an
         # absent domain's α only moves through the normalisation.
@@ -92,7 +92,7 @@ class DoReMi(DomainAlgorithm):
 
     @property
     def domain_weights(self) -> np.ndarray:
-        """α_t, the weights DoReMi learns (logged as ``domain_weights``, as in seed 004)."""
+        """α_t, the weights DoReMi learns (logged as ``domain_weights``, as the DoReMi pipeline's log does)."""
         return self.loss_weights
 
     @property
@@ -111,7 +111,7 @@ class DoReMi(DomainAlgorithm):
             # Group DRO: no reference, the excess is the proxy's token-mean loss itself.
             present = stats.present.cpu().numpy()
             return np.nan_to_num(stats.mean_token_loss.cpu().numpy()), present
-        # ALGORITHMS.md step 2: per-token clipped excess summed over the domain, / its token count.
+        # Xie et al. 2023, arXiv 2305.10429, Algorithm 1 step 2: per-token clipped excess summed over the domain, / its token count.
         return excess_loss(stats)
 
     def update(self, stats: DomainStats, step: int) -> None:

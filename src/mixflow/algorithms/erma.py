@@ -1,4 +1,4 @@
-"""ERMA (Salmani et al. 2025, seed 000; ALGORITHMS.md "ERMA"): loss weights for general models.
+"""ERMA (Salmani et al. 2025, arXiv 2511.06913 "ERMA"): loss weights for general models.
 
 The update from minimising the paper's generalisation bound:
 
@@ -88,13 +88,13 @@ class ERMA(DomainAlgorithm):
         return self.loss_weights
 
     def schedule(self, t: int) -> float:
-        """G(t) after t updates (ours; ALGORITHMS.md leaves it open, default 1)."""
+        """G(t) after t updates (ours; the paper leaves it open, default 1)."""
         if self.params.schedule == "inverse_sqrt":  # type: ignore[attr-defined]
             return 1.0 / np.sqrt(1.0 + t)
         return 1.0
 
     def update(self, stats: DomainStats, step: int) -> None:
-        """w_i ∝ w_i · exp(γ1 π_i G(t) L_i − γ2 π_i w_i Var_i), then Σ π_i w_i = 1 (ALGORITHMS.md, ERMA)."""
+        """w_i ∝ w_i · exp(γ1 π_i G(t) L_i − γ2 π_i w_i Var_i), then Σ π_i w_i = 1 (Salmani et al. 2025, arXiv 2511.06913, ERMA)."""
         p: ERMAParams = self.params  # type: ignore[assignment]
         loss, var, _ = heldout_moments(stats)
         known = np.isfinite(loss) & np.isfinite(var)

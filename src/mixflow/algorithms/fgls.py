@@ -1,4 +1,4 @@
-"""One-shot FGLS (Salmani et al. 2025, seed 000; ALGORITHMS.md "One-shot FGLS"): loss weights.
+"""One-shot FGLS (Salmani et al. 2025, arXiv 2511.06913 "One-shot FGLS"): loss weights.
 
 Aitken's theorem: for a linear model with per-domain label-noise variance σ_i², the best linear
 unbiased estimator weights domain i's squared loss by w_i ∝ 1/σ_i² (GLS). Feasible GLS needs σ_i²,
@@ -67,7 +67,7 @@ class OneShotFGLS(DomainAlgorithm):
         return self.loss_weights
 
     def update(self, stats: DomainStats, step: int) -> None:
-        """One smoothing step towards t ∝ 1/σ̂² (ALGORITHMS.md, One-shot FGLS)."""
+        """One smoothing step towards t ∝ 1/σ̂² (Salmani et al. 2025, arXiv 2511.06913, One-shot FGLS)."""
         p: FGLSParams = self.params  # type: ignore[assignment]
         sigma2, _, _ = heldout_moments(stats)
         known = np.isfinite(sigma2)

@@ -1,4 +1,4 @@
-"""IMP-Loss and DIMP-Loss (Kuo et al. 2025, seed 003; ALGORITHMS.md, "IMP-Loss and DIMP-Loss").
+"""IMP-Loss and DIMP-Loss (Kuo et al. 2025, ICLR, "IMP-Loss and DIMP-Loss").
 
 Training on a synthetic (LLM-generated) set Q with a small real set P′. A quality checker P̂′ is a
 classifier fine-tuned on P′, a diversity checker Q̂ one fine-tuned on Q (``mixflow checkers``

@@ -1,4 +1,4 @@
-"""Loss-based sample reweighting (Sow et al. 2025, seed 001; ALGORITHMS.md, "Loss-based sample
+"""Loss-based sample reweighting (Sow et al. 2025, arXiv 2502.06733, "Loss-based sample
 reweighting"): per-sample weights from each sample's loss, over the global batch.
 
 For the losses ℓ of a batch (all ranks' samples, in rank order):
@@ -87,7 +87,7 @@ def normalised_losses(losses: torch.Tensor, delta: float) -> torch.Tensor | None
 
 
 def strategy_scores(normalised: torch.Tensor, strategy: Strategy, delta: float) -> torch.Tensor:
-    """f(ℓ̃) of ALGORITHMS.md for one strategy."""
+    """f(ℓ̃) of Sow et al. 2025, arXiv 2502.06733 for one strategy."""
     if strategy == "linupper":
         return torch.clamp(normalised + delta, max=delta)
     if strategy == "upper":

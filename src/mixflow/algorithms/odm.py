@@ -1,4 +1,4 @@
-"""ODM — Online Data Mixing (Albalak et al. 2023; ALGORITHMS.md "ODM", corrected by the released code).
+"""ODM — Online Data Mixing (Albalak et al. 2023, arXiv 2312.02406 "ODM", corrected by the released code).
 
 A bandit with one arm per domain, in ``objective`` mode (the sampling distribution *is* the
 mixture). Two rules; t is the training iteration (the optimizer step, warmup included):

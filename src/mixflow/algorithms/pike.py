@@ -1,4 +1,4 @@
-"""PiKE and Balanced-PiKE (Li et al. 2025, seed 002; ALGORITHMS.md "PiKE").
+"""PiKE and Balanced-PiKE (Li et al. 2025, arXiv 2502.06244 "PiKE").
 
 Mix batches: b_k ≈ B·w_k samples of task k (the sampler's largest-remainder rounding), so the step's
 gradient is g = Σ_k (b_k/B) ḡ_k and w is the objective (``objective`` mode). Every update
@@ -13,7 +13,7 @@ E L(θ − ηg) ≤ L − η Σ_k w_k ⟨∇L, ∇L_k⟩ + (Lη²/2)(‖Σ_k w_k
 when task gradients do not conflict (⟨∇L, ∇L_k⟩ ≥ ‖∇L_k‖²): ζ2/ζ1 plays the role of L·η
 (smoothness × learning rate).
 
-Choices marked (ours) in ALGORITHMS.md, and ours here:
+Our choices, each a parameter:
 
 - **Normalised exponent (ours, default).** Gradient scales differ by orders of magnitude between
   models and parameter subsets, so with ``normalize: true`` the exponent is divided by the mean
@@ -30,7 +30,7 @@ Choices marked (ours) in ALGORITHMS.md, and ours here:
   never come back.
 - **Balanced-PiKE** (tilted objective (1/τ) log Σ_k exp(τ L_k)): y_k = τ·softmax(τ L)_k from the
   window's mean token losses, then the PiKE update on the y-weighted task losses y_k·L_k, i.e.
-  ‖∇L_k‖² and σ_k² both scaled by y_k² (ours, per ALGORITHMS.md).
+  ‖∇L_k‖² and σ_k² both scaled by y_k² (ours).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class BalancedPiKEParams(PiKEParams):
     tau: float = 3.0
     """τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5"""
     tilt: Literal["gain", "both"] = "both"
-    """both: ‖∇L_k‖² and σ_k² both scaled by y_k², y = τ·softmax(τL) (ALGORITHMS.md; it can push a lagging but
+    """both: ‖∇L_k‖² and σ_k² both scaled by y_k², y = τ·softmax(τL) (Li et al. 2025, arXiv 2502.06244; it can push a lagging but
     noisy task down); gain: K·softmax(τL)_k weighs ‖∇L_k‖² only, the first-order term of the tilted objective
     (ours; equal losses give PiKE exactly)"""
 

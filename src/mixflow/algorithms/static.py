@@ -1,4 +1,4 @@
-"""Static mixture (ALGORITHMS.md, "Static mixture"): fixed sampling weights, nothing learned."""
+"""Static mixture (docs/design.md; README, `mixture_sample_rule`): fixed sampling weights, nothing learned."""
 
 from __future__ import annotations
 

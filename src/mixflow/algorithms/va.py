@@ -1,4 +1,4 @@
-"""VA: variance-aware sampling (Salmani et al. 2025, seed 000; ALGORITHMS.md "VA").
+"""VA: variance-aware sampling (Salmani et al. 2025, arXiv 2511.06913 "VA").
 
 For the objective Σ_i π_i w_i L_i, the stratified gradient g = Σ_i π_i w_i (1/b_i) Σ_{j≤b_i} ∇ℓ_ij
 is unbiased for any per-domain counts b, and its variance is Σ_i π_i² w_i² v_i² / b_i (v_i²: the
@@ -129,7 +129,7 @@ class VarianceAwareSampling(DomainAlgorithm):
             self.inner.observe(stats, step)
 
     def update(self, stats: DomainStats, step: int) -> None:
-        """Inner loss weights first, then v² ← EMA(σ̂²) and p ∝ π ⊙ w ⊙ v with the floor (ALGORITHMS.md, VA)."""
+        """Inner loss weights first, then v² ← EMA(σ̂²) and p ∝ π ⊙ w ⊙ v with the floor (Salmani et al. 2025, arXiv 2511.06913, VA)."""
         if self.inner is not None:
             self.inner.update(stats, step)
             self._loss_weights = self.inner.loss_weights

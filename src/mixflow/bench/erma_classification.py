@@ -1,4 +1,4 @@
-"""``erma-classification``: ERMA (seed 000) against label noise in one domain.
+"""``erma-classification``: ERMA (arXiv 2511.06913) against label noise in one domain.
 
 Two tasks, each with a clean domain and a domain whose training (and held-out) labels are
 partly random, and a clean test set:
@@ -120,7 +120,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
 @register_benchmark(
     "erma-classification",
     claim="ERMA reaches a higher clean test accuracy than uniform weighting when one domain's labels are noisy (ERMA + VA and VA reported)",
-    source="seed 000 (Salmani et al. 2025), ERMA",
+    source="Salmani et al. 2025, arXiv 2511.06913, ERMA",
     needs=("sklearn",),
     seeds=10,
 )

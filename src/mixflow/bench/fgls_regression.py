@@ -1,4 +1,4 @@
-"""``fgls-regression``: One-shot FGLS on the seed paper's two-domain linear regression (seed 000).
+"""``fgls-regression``: One-shot FGLS on the paper's two-domain linear regression (arXiv 2511.06913).
 
 Two domains with the same inputs x ~ N(0, I_d) and label noise σ² = (1, 10). The estimation error
 ‖θ̂ − θ*‖² is reported in units of d/n. Methods: uniform OLS (w = 1), the GLS oracle (w ∝ 1/σ²,
@@ -117,7 +117,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
 @register_benchmark(
     "fgls-regression",
     claim="One-shot FGLS ends within 1.2× of the GLS oracle's estimation error and learns w₁/w₂ ≈ 10 (σ² = 1, 10)",
-    source="seed 000 (Salmani et al. 2025), One-shot FGLS",
+    source="Salmani et al. 2025, arXiv 2511.06913, One-shot FGLS",
 )
 def run(ctx: BenchContext) -> BenchResult:
     s = _sizes(ctx)

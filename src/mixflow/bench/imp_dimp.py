@@ -1,4 +1,4 @@
-"""``imp-dimp``: IMP-Loss and DIMP-Loss (seed 003) on the offline classification demo.
+"""``imp-dimp``: IMP-Loss and DIMP-Loss (ICLR 2025) on the offline classification demo.
 
 The synthetic training set (4 topics of template reviews, 30% of one topic's negative reviews
 labelled positive) is Q; 400 clean real reviews are P′. ``mixflow checkers`` trains the quality
@@ -94,7 +94,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     "imp-dimp",
     claim="IMP and DIMP reach a higher clean test accuracy than cross-entropy trained on the same rows the checkers see "
     "(synthetic + real) when the synthetic set has mislabelled rows, and IMP weights mislabelled rows below clean ones",
-    source="seed 003 (Kuo et al. 2025), IMP-Loss and DIMP-Loss",
+    source="Kuo et al. 2025, ICLR 2025, IMP-Loss and DIMP-Loss",
 )
 def run(ctx: BenchContext) -> BenchResult:
     s = _sizes(ctx)

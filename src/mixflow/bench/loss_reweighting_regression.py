@@ -1,4 +1,4 @@
-"""``loss-reweighting-regression``: loss-based sample reweighting on redundant data (seed 001).
+"""``loss-reweighting-regression``: loss-based sample reweighting on redundant data (arXiv 2502.06733).
 
 Linear regression, d = 20: an *informative* domain (fresh x ~ N(0, I), y = xᵀθ* + N(0, 0.5²)) and
 a *redundant* one of the same size made of copies of 4 noiseless points, which the model fits
@@ -90,7 +90,7 @@ def tune(strategy: str, seeds: int, steps: int, n: int) -> float:
     "loss-reweighting-regression",
     claim="linupper reweighting, each method with its learning rate tuned on the same grid, has a lower area under "
     "the log test-error curve than uniform weighting",
-    source="seed 001 (Sow et al. 2025), loss-based sample reweighting",
+    source="Sow et al. 2025, arXiv 2502.06733, loss-based sample reweighting",
     seeds=10,
 )
 def run(ctx: BenchContext) -> BenchResult:

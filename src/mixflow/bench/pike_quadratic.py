@@ -1,4 +1,4 @@
-"""``pike-quadratic``: the PiKE paper's Example 2.1 (seed 002), PiKE on its *own* gradient estimates.
+"""``pike-quadratic``: the PiKE paper's Example 2.1 (arXiv 2502.06244), PiKE on its *own* gradient estimates.
 
 Two tasks on θ ∈ R²: ℓ_k(θ; x) = ½(θ_k)² + xᵀθ with x ~ N(0, σ_k² I), θ_0 = (1, 1), SGD with
 mixed batches of B = 16 (b_k ≈ B·w_k rows of task k, the real ``MixtureSampler``). PiKE and
@@ -116,7 +116,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     "pike-quadratic",
     claim="PiKE with exact gradient statistics ends below the best static mixture (chosen on separate seeds) and "
     "Balanced-PiKE with exact statistics lowers the worst task's loss; PiKE on its own grad_stats estimates is reported",
-    source="seed 002 (Li et al. 2025), Example 2.1",
+    source="Li et al. 2025, arXiv 2502.06244, Example 2.1",
 )
 def run(ctx: BenchContext) -> BenchResult:
     s = _sizes(ctx)

@@ -143,7 +143,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     "sampler",
     claim="MixtureSampler draws at least as fast as a vectorised numpy index table with memory that does not grow with the data "
     "(the whole interval of the speed ratio ≥ 1×, of the memory ratio at 100× the rows < 2×)",
-    source="DESIGN.md (the sampler); issue 7",
+    source="docs/design.md (the sampler); issue 7",
     seeds=5,
 )
 def run(ctx: BenchContext) -> BenchResult:

@@ -1,4 +1,4 @@
-"""``va-sampling``: variance-aware sampling (seed 000) on two-domain linear regression.
+"""``va-sampling``: variance-aware sampling (arXiv 2511.06913) on two-domain linear regression.
 
 Part 1, at θ = θ* (then the gradient variance, and VA's learned ratio, are the paper's): inputs x ~ N(0, C_i) with C = (I, 100·I) and equal label noise, so
 the per-sample gradient spread is v_2/v_1 = 10. VA (defaults, fed by the ``grad_stats``
@@ -132,7 +132,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
 @register_benchmark(
     "va-sampling",
     claim="VA learns b₂/b₁ ≈ 10 for C = (I, 100·I), lowers the batch-gradient variance of proportional sampling without bias",
-    source="seed 000 (Salmani et al. 2025), variance-aware sampling",
+    source="Salmani et al. 2025, arXiv 2511.06913, variance-aware sampling",
 )
 def run(ctx: BenchContext) -> BenchResult:
     s = _sizes(ctx)

@@ -1,6 +1,6 @@
 """Which algorithm and weighter a run uses: ``train_type`` with ``component`` or a components file.
 
-The seed's keys (seeds/004): ``train_type`` (static | dynamic_mix | dynamic_weight),
+The keys of the DoReMi pipeline's user documentation: ``train_type`` (static | dynamic_mix | dynamic_weight),
 ``components_cfg_file`` (a YAML with ``mixers:`` and ``weighters:`` sections) and
 ``component_name``, or an inline ``component``. The choice is made once, at load, and the chosen
 component's params are built there (with the run's K and B), never again.

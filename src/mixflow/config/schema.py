@@ -1,6 +1,6 @@
 """The ``mixflow train`` configuration: typed dataclasses, one docstring per field.
 
-Mixing keys follow the seed documentation (seeds/004): ``train_type``, ``components_cfg_file``,
+Mixing keys follow the DoReMi pipeline's user documentation (the keys LLaMA-Factory-style trainers use): ``train_type``, ``components_cfg_file``,
 ``component_name``, ``mixture_sample_rule``, ``init_mixture_proportions``, ``static_mix``,
 ``warmup_step``, ``update_step``, ``update_times``. Model and training keys follow Hugging Face
 ``TrainingArguments`` names and are passed through to it.

@@ -1,6 +1,6 @@
 """Sampling proportions of a static mixture, and validation of weight vectors.
 
-The rules (ALGORITHMS.md, "Static mixture — sampling"):
+The rules (README, `mixture_sample_rule`, "Static mixture — sampling"):
 
 - ``mixture``: the given proportions, normalised; ``None`` means uniform;
 - ``stratified``: ``p_i ∝ n_i`` (domain sizes), i.e. every row equally likely;

@@ -1,6 +1,6 @@
 """The weighted objective of one micro-batch: the step's arithmetic, in one place.
 
-DESIGN.md: the coefficient of sample j is c_j = (domain part) · s_j, and the loss is
+docs/design.md: the coefficient of sample j is c_j = (domain part) · s_j, and the loss is
 Σ_j c_j · (Σ_tokens ℓ_j,t) / N, scaled exactly like the plain trainer's token-mean loss.
 """
 
@@ -78,7 +78,7 @@ def domain_coefficients(
     prior: torch.Tensor,
     sample_probs: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Domain part of c_j (DESIGN.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode
+    """Domain part of c_j (docs/design.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode
     (p_d from ``sample_probs`` when the batch carries its plan, else from ``sampling_weights``).
 
     In objective mode the batch composition is the weighting and w (all ones unless the algorithm

@@ -1,4 +1,4 @@
-"""Per-domain gradient statistics on a parameter subset (the group-split estimator of ALGORITHMS.md).
+"""Per-domain gradient statistics on a parameter subset (the group-split estimator of PiKE, Li et al. 2025, arXiv 2502.06244; docs/algorithms/pike.md).
 
 PiKE and VA need, per domain k, the squared norm of the mean gradient ‖∇L_k‖² and the per-sample
 gradient variance σ_k². On the micro-batches of a step that ends with an update, the provider

@@ -10,7 +10,7 @@ and all-reduces over ranks:
 - ``ref_token_count`` [K]: the number of those tokens;
 - ``ref_loss_sum`` [K]: Σ of the reference's per-token losses (for logs and diagnostics).
 
-λ_i = ref_excess_sum_i / ref_token_count_i is then exactly ALGORITHMS.md's "clip per token, then
+λ_i = ref_excess_sum_i / ref_token_count_i is then exactly DoReMi (Xie et al. 2023, arXiv 2305.10429, Algorithm 1): "clip per token, then
 average over the domain's tokens" over the update window, however the window was split across
 micro-batches and ranks.
 
@@ -106,7 +106,7 @@ class ReferenceLoss(StatisticProvider):
             ref = self._reference_losses(ctx.inputs, labels, shift)
         with torch.no_grad():
             mask = proxy.token_mask
-            # ALGORITHMS.md, DoReMi step 2: clip per token, then sum (the mean is taken per window).
+            # DoReMi (Xie et al. 2023, arXiv 2305.10429, Algorithm 1), DoReMi step 2: clip per token, then sum (the mean is taken per window).
             excess = (proxy.token_losses.detach().float() - ref.token_losses).clamp_min(0) * mask
             ids, k = ctx.domain_ids.to(device), ctx.num_domains
             return {

@@ -1,7 +1,7 @@
 """The few collectives mixflow needs, as no-ops outside a process group.
 
 mixflow only adds small reductions of per-domain statistics to a data-parallel run; it never
-assumes it is alone (DESIGN.md, "Scale"). The sharding helpers tell a provider when parameters
+assumes it is alone (docs/design.md). The sharding helpers tell a provider when parameters
 are FSDP2 DTensors.
 """
 
