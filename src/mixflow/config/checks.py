@@ -171,8 +171,9 @@ def _mixing_key_errors(run: RunConfig) -> list[str]:
         errors.append(str(err))
     workers = run.training.get("dataloader_num_workers") or 0
     if isinstance(workers, int) and not isinstance(workers, bool):
-        prefetch = run.training.get("dataloader_prefetch_factor") or 2
-        ahead = 1 + (workers * int(prefetch) if workers else 0)
+        from mixflow.integrations.hf_trainer import read_ahead
+
+        ahead = read_ahead(workers, run.training.get("dataloader_prefetch_factor"))
         if m.mixture_plan_horizon < ahead:
             errors.append(f"mixture_plan_horizon: {m.mixture_plan_horizon} is shorter than the DataLoader's read-ahead "
                           f"of {ahead} batches (1 + dataloader_num_workers × prefetch); set it to {ahead} or more: "

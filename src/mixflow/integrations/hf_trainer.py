@@ -127,11 +127,11 @@ class MixflowCallback(TrainerCallback):
 
 
 
-def read_ahead(args: TrainingArguments) -> int:
+def read_ahead(workers: int | None, prefetch_factor: int | None) -> int:
     """Batches past the current one that are planned before a step ends: accelerate's own one, plus
-    each DataLoader worker's prefetch."""
-    workers = int(args.dataloader_num_workers or 0)
-    return 1 + (workers * int(args.dataloader_prefetch_factor or 2) if workers > 0 else 0)
+    each DataLoader worker's prefetch (``prefetch_factor``, 2 when unset)."""
+    workers = int(workers or 0)
+    return 1 + (workers * int(prefetch_factor or 2) if workers > 0 else 0)
 
 
 def weights_are_finite(model: Any) -> bool:
@@ -168,7 +168,7 @@ class MixflowTrainer(Trainer):
             )
         if engine.sampler.world_size != 1:
             raise ValueError("sampler world_size: expected 1 (accelerate shards the global stream across ranks)")
-        ahead = read_ahead(a)
+        ahead = read_ahead(a.dataloader_num_workers, a.dataloader_prefetch_factor)
         if engine.plan_horizon is not None and engine.plan_horizon < ahead:
             raise ValueError(
                 f"mixture_plan_horizon: the DataLoader reads {ahead} batches ahead (1 + dataloader_num_workers "
