@@ -298,11 +298,20 @@ def test_two_ranks_hold_identical_weights_equal_to_one_process(tmp_path):
     run_distributed(_ranks_run, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1
-    # one process, the same global batches as two micro-batches (the ranks' slices)
+    # one process, the same global batches in one micro-batch: the groups are the global batch's,
+    # so the world size does not change the estimate (nor, then, the weights)
     data = MixtureDataset(tiny_domains())
-    single = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=2)
+    single = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=1)
     assert np.allclose(single, r0, rtol=1e-6, atol=1e-9)
     assert not np.allclose(single[-1], np.ones(3) / 3)
+
+
+def test_gradient_accumulation_does_not_change_the_weights():
+    data = MixtureDataset(tiny_domains())
+    whole = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=1)
+    accumulated = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=4)
+    assert np.allclose(whole, accumulated, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(whole[-1], np.ones(3) / 3)
 
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):

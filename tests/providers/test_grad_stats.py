@@ -10,11 +10,12 @@ from tests.helpers import tiny_llama
 
 
 def _context(model, ids, seed=0):
+    """One micro-batch; a different seed is a different step (a provider deals each step's samples into groups)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(1, 40, (len(ids), 6), generator=g)
     logits = model(input_ids=x).logits
     losses = sample_losses(logits, x)
-    return BatchContext(model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, step=0, update_pending=True), losses
+    return BatchContext(model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, step=seed, update_pending=True), losses
 
 
 def _per_sample_grads(model, losses, params):
@@ -41,6 +42,47 @@ def test_one_sample_per_group_matches_exact_per_sample_moments():
         mean_sq = gd.mean(dim=0).square().sum()
         assert np.isclose(sigma2[d], var.item(), rtol=1e-6)
         assert np.isclose(norm_sq[d], max(mean_sq.item() - var.item() / b, 0.0), rtol=1e-6, atol=1e-12)
+
+
+def _micro_batch(model, x, ids, rows, step):
+    part = x[rows]
+    losses = sample_losses(model(input_ids=part).logits, part)
+    return BatchContext(model, {"input_ids": part}, part, losses, torch.tensor(ids)[rows], 2, step=step,
+                        update_pending=True)
+
+
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_groups_are_the_global_batch_s_whatever_the_micro_batches(closed_form):
+    model = tiny_llama(seed=5)
+    ids = [0, 1, 0, 1, 1, 0, 0, 1, 1]
+    x = torch.randint(1, 40, (len(ids), 6), generator=torch.Generator().manual_seed(3))
+    totals = []
+    for splits in ([range(9)], [range(4), range(4, 9)], [range(3), range(3, 6), range(6, 9)]):
+        provider = GradientStatistics(groups=2, sketch_dim=0)
+        provider.attach(model)
+        if not closed_form:
+            provider._closed_form = False  # one partial backward per group part
+        stats = DomainStats.zeros(2)
+        for rows in splits:
+            part = DomainStats.zeros(2)
+            part.extras.update(provider.batch_statistics(_micro_batch(model, x, ids, list(rows), step=7)))
+            stats.add_(part)
+        totals.append(gradient_moments(stats))
+    # domain 0's rows are 0, 2, 5, 6: dealt round-robin into groups {0, 5} and {2, 6} in every split
+    for norm_sq, sigma2 in totals[1:]:
+        assert np.allclose(norm_sq, totals[0][0], rtol=1e-5) and np.allclose(sigma2, totals[0][1], rtol=1e-5)
+    assert np.all(np.isfinite(totals[0][1])) and np.all(totals[0][1] > 0)
+
+
+def test_a_new_step_deals_its_groups_afresh():
+    model = tiny_llama(seed=5)
+    provider = GradientStatistics(groups=2, sketch_dim=0)
+    x = torch.randint(1, 40, (4, 6), generator=torch.Generator().manual_seed(3))
+    first = provider.batch_statistics(_micro_batch(model, x, [0, 0, 1, 1], [0, 1, 2, 3], step=1))
+    again = provider.batch_statistics(_micro_batch(model, x, [0, 0, 1, 1], [0, 1, 2, 3], step=2))
+    for key in first:
+        assert torch.allclose(first[key], again[key], rtol=1e-5, atol=1e-8)
+    assert first["grad_group_samples"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
 def test_statistics_are_skipped_unless_an_update_is_pending():

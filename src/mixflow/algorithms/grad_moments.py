@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, DomainStats
+from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, DomainStats, gradient_sums
 
 #: Names of the smoothed sums, in state order.
 FIELDS = ("grad_sum", "grad_sq_sum", "groups", "groups_sq", "samples")
@@ -30,13 +30,12 @@ FIELDS = ("grad_sum", "grad_sq_sum", "groups", "groups_sq", "samples")
 
 def smooth_gradient_sums(state: dict[str, Any] | None, stats: DomainStats, beta: float) -> dict[str, np.ndarray]:
     """The sums after decaying ``state`` by β and adding this window's ``grad_stats`` sums."""
-    if GRAD_SUM not in stats.extras:
-        raise ValueError("grad_stats: no gradient statistics in this window (is the provider configured?)")
+    sums = gradient_sums(stats)
     new = {
-        "grad_sum": stats.extras[GRAD_SUM].cpu().double().numpy(),
-        "grad_sq_sum": stats.extras[GRAD_SQ_SUM].cpu().double().numpy(),
-        "groups": stats.extras[GRAD_GROUPS].cpu().double().numpy(),
-        "samples": stats.extras[GRAD_SAMPLES].cpu().double().numpy(),
+        "grad_sum": sums[GRAD_SUM].numpy(),
+        "grad_sq_sum": sums[GRAD_SQ_SUM].numpy(),
+        "groups": sums[GRAD_GROUPS].numpy(),
+        "samples": sums[GRAD_SAMPLES].numpy(),
     }
     new["groups_sq"] = new["groups"].copy()  # each new group has weight 1
     if not state:

@@ -219,7 +219,7 @@ class GradStatsParams(AlgorithmParams):
     grad_params: list[str] | None = None
     """grad_stats: parameter-name globs whose gradients are measured (null: the output head)"""
     grad_groups: int = 2
-    """grad_stats: groups per domain and micro-batch of the group-split estimator (>= 2)"""
+    """grad_stats: groups per domain in the global batch of the group-split estimator (>= 2)"""
     grad_sketch_dim: int = 4096
     """grad_stats: count-sketch dimension of the gradients (0: exact)"""
 
@@ -232,7 +232,14 @@ class GradStatsParams(AlgorithmParams):
             raise ValueError(f"{where}.grad_sketch_dim: expected an integer >= 0 (0: exact), got {self.grad_sketch_dim}")
 
 
-#: Σ over groups of the group-mean gradient, count-sketched [K, d].
+#: What the ``grad_stats`` provider returns (sums that add exactly over micro-batches and ranks):
+#: Σ of the per-sample gradients of each group of the *global* batch, count-sketched [K, G, d] ...
+GRAD_GROUP_SUM = "grad_group_sum"
+#: ... and the number of samples in each group [K, G].
+GRAD_GROUP_SAMPLES = "grad_group_samples"
+
+#: The moments' sufficient sums, derived from the two above after the all-reduce (or given directly,
+#: as the benchmarks do with exact statistics). Σ over groups of the group-mean gradient [K, d].
 GRAD_SUM = "grad_sum"
 #: Σ over groups of the group-mean gradient's squared norm [K].
 GRAD_SQ_SUM = "grad_sq_sum"
@@ -242,6 +249,29 @@ GRAD_GROUPS = "grad_groups"
 GRAD_SAMPLES = "grad_samples"
 
 
+def has_gradient_sums(stats: DomainStats) -> bool:
+    """Whether gradient statistics (per-group or already summed) reached this window."""
+    return GRAD_GROUP_SUM in stats.extras or GRAD_SUM in stats.extras
+
+
+def gradient_sums(stats: DomainStats) -> dict[str, torch.Tensor]:
+    """(``grad_sum``, ``grad_sq_sum``, ``grad_groups``, ``grad_samples``) of the window.
+
+    From the provider's per-group sums: each non-empty group's mean gradient v = sum / count, then
+    Σ v, Σ ‖v‖², the number of non-empty groups and of samples. The squared norms are taken only
+    here, after the sums were all-reduced, so a group may span micro-batches and ranks and the world
+    size does not change the estimate."""
+    if GRAD_GROUP_SUM not in stats.extras:
+        if GRAD_SUM not in stats.extras:
+            raise ValueError("grad_stats: no gradient statistics in this window (is the provider configured?)")
+        return {k: stats.extras[k].cpu().double() for k in (GRAD_SUM, GRAD_SQ_SUM, GRAD_GROUPS, GRAD_SAMPLES)}
+    total = stats.extras[GRAD_GROUP_SUM].cpu().double()  # [K, G, d]
+    count = stats.extras[GRAD_GROUP_SAMPLES].cpu().double()  # [K, G]
+    means = total / count.clamp_min(1)[..., None]  # an empty group's sum is 0: its "mean" adds nothing
+    return {GRAD_SUM: means.sum(dim=1), GRAD_SQ_SUM: means.square().sum(dim=(1, 2)),
+            GRAD_GROUPS: (count > 0).double().sum(dim=1), GRAD_SAMPLES: count.sum(dim=1)}
+
+
 def gradient_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
     """(‖∇L_k‖², σ_k²) per domain from ``grad_stats`` sums; NaN where fewer than two groups.
 
@@ -249,12 +279,8 @@ def gradient_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
     σ̂_k² = (b_k / G)·s² (a group mean of b_k/G samples has variance σ²·G/b_k);
     ‖∇L_k‖² ≈ ‖ĝ_k‖² − σ̂_k²/b_k, floored at 0 (E‖ĝ‖² = ‖∇L‖² + σ²/b).
     """
-    if GRAD_SUM not in stats.extras:
-        raise ValueError("grad_stats: no gradient statistics in this window (is the provider configured?)")
-    g_sum = stats.extras[GRAD_SUM].cpu().double()
-    sq = stats.extras[GRAD_SQ_SUM].cpu().double()
-    groups = stats.extras[GRAD_GROUPS].cpu().double()
-    n = stats.extras[GRAD_SAMPLES].cpu().double()
+    sums = gradient_sums(stats)
+    g_sum, sq, groups, n = sums[GRAD_SUM], sums[GRAD_SQ_SUM], sums[GRAD_GROUPS], sums[GRAD_SAMPLES]
     ok = groups >= 2
     g = groups.clamp_min(1)
     mean_sq = (g_sum / g[:, None]).square().sum(dim=1)

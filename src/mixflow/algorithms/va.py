@@ -26,7 +26,7 @@ import numpy as np
 from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
-from mixflow.algorithms.statistics import GRAD_SUM, DomainStats, GradStatsParams, gradient_moments
+from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments, has_gradient_sums
 from mixflow.algorithms.weights import floor_weights
 
 
@@ -40,7 +40,7 @@ class VAParams(GradStatsParams):
     """Inner loss-weight algorithm {name, params} (e.g. erma, fgls) supplying w; null: w = 1"""
     # VA's variance estimate wants more groups than PiKE's default (only the default differs).
     grad_groups: int = 4
-    """grad_stats: groups per domain and micro-batch of the group-split variance estimator"""
+    """grad_stats: groups per domain in the global batch of the group-split variance estimator"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
@@ -133,7 +133,7 @@ class VarianceAwareSampling(DomainAlgorithm):
         if self.inner is not None:
             self.inner.update(stats, step)
             self._loss_weights = self.inner.loss_weights
-        if GRAD_SUM not in stats.extras:
+        if not has_gradient_sums(stats):
             raise ValueError(
                 "va: no gradient statistics reached the update; pass model= to StepEngine.training_loss "
                 "(the grad_stats provider differentiates the training loss)"

@@ -2,17 +2,22 @@
 
 PiKE and VA need, per domain k, the squared norm of the mean gradient ‖∇L_k‖² and the per-sample
 gradient variance σ_k². On the micro-batches of a step that ends with an update, the provider
-splits each domain's samples into ``grad_groups`` groups and takes the gradient of each group's
-mean loss with respect to a parameter subset (one partial backward per group, on the training
-graph, no second forward). It returns *sums* that combine exactly across micro-batches and ranks:
+deals each domain's samples of the *global* batch round-robin into ``grad_groups`` groups (a
+sample's group is its position among the domain's samples of the step, counted over micro-batches
+and ranks in the sampler's order, so the groups do not depend on how the batch is split) and takes
+the gradient of each group's summed per-sample loss with respect to a parameter subset (one partial
+backward per group part, on the training graph, no second forward). It returns *sums* that combine
+exactly across micro-batches and ranks:
 
-- ``grad_sum`` [K, d]: Σ over groups of the group-mean gradient (count-sketched to d dimensions
-  when the subset is larger than ``grad_sketch_dim``: the sketch is linear, so sums stay exact,
-  and squared norms are preserved in expectation);
-- ``grad_sq_sum`` [K]: Σ over groups of the group-mean gradient's squared norm;
-- ``grad_groups`` [K] and ``grad_samples`` [K]: how many groups and samples contributed.
+- ``grad_group_sum`` [K, G, d]: per group, Σ of its samples' gradients (count-sketched to d
+  dimensions when the subset is larger than ``grad_sketch_dim``: the sketch is linear, so sums
+  stay exact, and squared norms are preserved in expectation);
+- ``grad_group_samples`` [K, G]: how many samples each group has.
 
-:func:`mixflow.algorithms.statistics.gradient_moments` turns them into (‖∇L_k‖², σ_k²). Cost per update: ``grad_groups × K'``
+After the all-reduce, :func:`mixflow.algorithms.statistics.gradient_sums` takes each group's mean
+and its squared norm, and :func:`~mixflow.algorithms.statistics.gradient_moments` turns them into
+(‖∇L_k‖², σ_k²): W ranks with A micro-batches each give the estimate of one process with the
+whole global batch in one micro-batch. Cost per update: ``grad_groups × K'``
 partial backward passes through the subset (K' = domains present per micro-batch), each running
 from the loss down to the earliest parameter in the subset.
 
@@ -35,10 +40,10 @@ from typing import Any
 
 import torch
 
-from mixflow.algorithms.statistics import GRAD_GROUPS, GRAD_SAMPLES, GRAD_SQ_SUM, GRAD_SUM, GradStatsParams
+from mixflow.algorithms.statistics import GRAD_GROUP_SAMPLES, GRAD_GROUP_SUM, GradStatsParams
 from mixflow.data.keys import IGNORE_INDEX
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
-from mixflow.utils.distributed import is_sharded_tensor, local_rows
+from mixflow.utils.distributed import all_gather_varlen, is_sharded_tensor, local_rows
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +166,9 @@ class GradientStatistics(StatisticProvider):
         #: The output head's input of the latest forward (kept by a forward hook).
         self._head_input: torch.Tensor | None = None
         self._warned_unattached = False
+        #: The step whose micro-batches are being grouped, and each domain's samples dealt so far in it.
+        self._step: int | None = None
+        self._dealt: torch.Tensor | None = None
 
     def _setup(self, model: Any) -> None:
         if self._params is None:
@@ -188,22 +196,39 @@ class GradientStatistics(StatisticProvider):
     def _keep_head_input(self, module: Any, args: tuple[Any, ...]) -> None:
         self._head_input = args[0].detach()
 
-    def _groups(self, ctx: BatchContext) -> list[tuple[int, torch.Tensor]]:
-        """(domain, sample indices) of every group of this micro-batch."""
-        has_tokens = ctx.losses.token_count > 0
+    def _groups(self, ctx: BatchContext) -> list[tuple[int, int, torch.Tensor]]:
+        """(domain, group, local sample indices) of every group part in this micro-batch.
+
+        Every rank sees the domains of the micro-batch on all ranks (one small all-gather), so it
+        knows each of its samples' position among the domain's samples of the step so far, in the
+        order one process would see the global batch (micro-batch, then rank, then row); the
+        sample goes to group position mod G."""
+        if ctx.step != self._step or self._dealt is None:
+            self._step, self._dealt = ctx.step, torch.zeros(ctx.num_domains, dtype=torch.long)
+        ids = torch.where(ctx.losses.token_count > 0, ctx.domain_ids, -1).long().cpu()  # -1: no target token
+        every, start = all_gather_varlen(ids)
+        position = torch.full_like(every, -1)
+        for d in range(ctx.num_domains):
+            rows = torch.nonzero(every == d).flatten()
+            position[rows] = self._dealt[d] + torch.arange(rows.numel())
+            self._dealt[d] += rows.numel()
+        group = position[start : start + ids.numel()] % self.groups
+        device = ctx.domain_ids.device
         out = []
         for d in range(ctx.num_domains):
-            idx = torch.nonzero((ctx.domain_ids == d) & has_tokens).flatten()
-            out += [(d, part) for part in torch.tensor_split(idx, min(self.groups, idx.numel()))] if idx.numel() else []
+            for g in range(self.groups):
+                part = torch.nonzero((ids == d) & (group == g)).flatten()
+                if part.numel():
+                    out.append((d, g, part.to(device)))
         return out
 
     def _autograd_gradient(self, ctx: BatchContext, part: torch.Tensor) -> torch.Tensor:
         assert self._params is not None
-        grads = torch.autograd.grad(ctx.losses.mean[part].mean(), self._params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(ctx.losses.mean[part].sum(), self._params, retain_graph=True, allow_unused=True)
         return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)])
 
-    def _head_gradients(self, ctx: BatchContext, groups: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor] | None:
-        """The head's gradient of every group's mean loss in closed form, already sketched, or None
+    def _head_gradients(self, ctx: BatchContext, groups: list[tuple[int, int, torch.Tensor]]) -> list[torch.Tensor] | None:
+        """The head's gradient of every group part's summed loss in closed form, already sketched, or None
         where the closed form does not apply."""
         hidden, logits, labels = self._head_input, ctx.losses.logits, ctx.labels
         if hidden is None or logits is None or labels is None or labels.dim() != 2 or hidden.shape[:2] != logits.shape[:2]:
@@ -216,14 +241,14 @@ class GradientStatistics(StatisticProvider):
         if ctx.losses.token_losses.shape[1] != labels.shape[1]:  # shifted: position t predicts label t+1
             logits, hidden, labels = logits[:, :-1], hidden[:, :-1], labels[:, 1:]
         labels = labels.to(logits.device)
-        # c_t = 1 / (n_j · |group|) on the sample's target tokens
+        # c_t = 1 / n_j on the sample's target tokens (the sample's mean loss; summed over the part)
         per_token = mask / ctx.losses.token_count.clamp_min(1)[:, None]
         assert isinstance(self._sketch, RowSketch)
         out = []
-        for _, part in groups:
+        for _, _, part in groups:
             z = logits[part].detach().reshape(-1, logits.shape[-1])
             target = torch.where(labels[part] == IGNORE_INDEX, 0, labels[part]).reshape(-1)
-            weight = (per_token[part] / part.numel()).reshape(-1)
+            weight = per_token[part].reshape(-1)
             keep = mask[part].reshape(-1)
             # the training loss is lse − z_y: its log-sum-exp comes back for free where a token counts
             # (elsewhere the row's max keeps exp finite; its weight is 0)
@@ -242,14 +267,12 @@ class GradientStatistics(StatisticProvider):
         self._setup(ctx.model)
         assert self._params is not None and self._sketch is not None
         k, device = ctx.num_domains, ctx.losses.token_loss_sum.device
-        grad_sum = torch.zeros(k, self._sketch.out_dim, dtype=torch.float64, device=device)
-        grad_sq = torch.zeros(k, dtype=torch.float64, device=device)
-        groups = torch.zeros(k, dtype=torch.float64, device=device)
-        samples = torch.zeros(k, dtype=torch.float64, device=device)
+        group_sum = torch.zeros(k, self.groups, self._sketch.out_dim, dtype=torch.float64, device=device)
+        samples = torch.zeros(k, self.groups, dtype=torch.float64, device=device)
         parts = self._groups(ctx)
         vectors = self._head_gradients(ctx, parts) if self._closed_form is not False and parts else None
         if vectors is not None and self._closed_form is None:
-            self._closed_form = self._agrees(ctx, parts[0][1], vectors[0])
+            self._closed_form = self._agrees(ctx, parts[0][2], vectors[0])
         if vectors is None and parts and any(is_sharded_tensor(p) for p in self._params):
             if self._head_input is not None:
                 raise ValueError("grad_stats: the sharded (FSDP) output head's logits are not its input times its "
@@ -261,13 +284,11 @@ class GradientStatistics(StatisticProvider):
                 self._warned_unattached = True
             parts, vectors = [], []  # zero groups: the algorithm sees no estimate, not a zero gradient
         if vectors is None or not self._closed_form:
-            vectors = [self._sketch(self._autograd_gradient(ctx, part)) for _, part in parts]
-        for (d, part), v in zip(parts, vectors):
-            grad_sum[d] += v
-            grad_sq[d] += v.square().sum()
-            groups[d] += 1
-            samples[d] += part.numel()
-        return {GRAD_SUM: grad_sum, GRAD_SQ_SUM: grad_sq, GRAD_GROUPS: groups, GRAD_SAMPLES: samples}
+            vectors = [self._sketch(self._autograd_gradient(ctx, part)) for _, _, part in parts]
+        for (d, g, part), v in zip(parts, vectors):
+            group_sum[d, g] += v
+            samples[d, g] += part.numel()
+        return {GRAD_GROUP_SUM: group_sum, GRAD_GROUP_SAMPLES: samples}
 
     def _agrees(self, ctx: BatchContext, part: torch.Tensor, closed: torch.Tensor) -> bool:
         """Whether the closed-form head gradient equals autograd's on one group (checked once, sketched).

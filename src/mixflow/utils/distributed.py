@@ -55,6 +55,22 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(out).to(tensor.device)
 
 
+def all_gather_varlen(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenation of a 1-D ``tensor`` from every rank in rank order, lengths allowed to differ,
+    and where this rank's part starts in it."""
+    if not is_distributed():
+        return tensor.detach().clone(), 0
+    device = _collective_device(tensor)
+    sizes = all_gather_cat(torch.tensor([tensor.numel()], device=device)).tolist()
+    if max(sizes) == 0:
+        return tensor.detach().clone(), 0
+    padded = torch.zeros(max(sizes), dtype=tensor.dtype, device=device)
+    padded[: tensor.numel()] = tensor.detach().to(device)
+    parts = all_gather_cat(padded).reshape(len(sizes), -1)
+    out = torch.cat([parts[r, :n] for r, n in enumerate(sizes)]).to(tensor.device)
+    return out, int(sum(sizes[: rank()]))
+
+
 def barrier() -> None:
     """Wait for every rank (a no-op outside a process group)."""
     if is_distributed():
