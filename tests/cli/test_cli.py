@@ -1,6 +1,7 @@
 """End-to-end: `mixflow data demo`, `mixflow train` on a tiny model, `mixflow plot`, `mixflow list`."""
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -151,6 +152,17 @@ def test_quiet_silences_progress_everywhere_and_logs_get_lines_not_bars(tmp_path
         assert main(["train", str(cfg), "output_dir=" + str(tmp_path / "quiet"), "--quiet"]) == 0
     assert not [r for r in caplog.records if r.name.startswith("mixflow.progress")]
     assert "run summary:" in caplog.text  # what the run does is still said
+    # the command's levels are its own: the caller's logging is as it was (a later test's caplog sees progress)
+    assert logging.getLogger("mixflow.progress").level == logging.NOTSET
+
+
+def test_main_leaves_the_caller_s_logger_levels_as_they_were(capsys):
+    logging.getLogger("mixflow").setLevel(logging.ERROR)
+    try:
+        assert main(["list"]) == 0
+        assert logging.getLogger("mixflow").level == logging.ERROR
+    finally:
+        logging.getLogger("mixflow").setLevel(logging.NOTSET)
 
 
 def test_the_weight_trajectory_does_not_depend_on_the_dataloader_workers(tmp_path, demo_data, capsys):

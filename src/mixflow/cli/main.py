@@ -290,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # --quiet: no progress bars, and no progress lines in a log either. The levels are the command's:
+    # restored when it returns, so a program (or a test) that calls main keeps its own logging.
+    levels = {name: logging.getLogger(name).level for name in ("mixflow", "mixflow.progress")}
     logging.getLogger("mixflow").setLevel(logging.INFO)
-    # --quiet: no progress bars, and no progress lines in a log either (set on every call: main may run
-    # several commands in one process)
     logging.getLogger("mixflow.progress").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.NOTSET)
     try:
         return int(args.func(args) or 0)
@@ -301,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for message in messages:  # each problem on its own line
             print(f"mixflow: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":
