@@ -6,7 +6,15 @@ import math
 import pytest
 
 from mixflow.bench.base import BenchResult, Row
-from mixflow.bench.stats import against_value, bootstrap_interval, compare, mean_interval, t_cdf, t_quantile
+from mixflow.bench.stats import (
+    against_value,
+    bootstrap_interval,
+    compare,
+    mean_interval,
+    ratio_interval,
+    t_cdf,
+    t_quantile,
+)
 
 
 @pytest.mark.parametrize("df", [1, 2, 4, 9, 30, 200])
@@ -65,6 +73,34 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_statistic():
     first = bootstrap_interval(values, median, resamples=2000, seed=1)
     assert first == bootstrap_interval(values, median, resamples=2000, seed=1)
     assert first[1] <= first[0] <= first[2]
+
+
+def test_fieller_ratio_interval_covers_at_its_level_with_three_seeds_where_a_bootstrap_does_not():
+    import random
+
+    rng = random.Random(5)
+    theta, trials, fieller_hits, bootstrap_hits = 0.6, 1500, 0, 0
+    for _ in range(trials):
+        seed_effect = [rng.gauss(0, 0.05) for _ in range(3)]  # shared by a and b: paired seeds
+        b = [0.2 + e + rng.gauss(0, 0.02) for e in seed_effect]
+        a = [theta * 0.2 + 0.8 * e + rng.gauss(0, 0.02) for e in seed_effect]
+        value, lo, hi = ratio_interval(a, b)
+        fieller_hits += lo <= theta <= hi
+        ratio = lambda idx: sum(a[i] for i in idx) / sum(b[i] for i in idx)  # noqa: E731
+        _, blo, bhi = bootstrap_interval([0, 1, 2], ratio, resamples=200, seed=1)
+        bootstrap_hits += blo <= theta <= bhi
+    assert 0.93 <= fieller_hits / trials <= 0.97
+    assert bootstrap_hits / trials < 0.85  # 10 distinct resamples of 3 seeds: far too narrow
+
+
+def test_fieller_ratio_interval_edge_cases():
+    assert ratio_interval([0.3, 0.2, 0.25], [0.3, 0.2, 0.25]) == pytest.approx((1.0, 1.0, 1.0))
+    # a denominator inside its own noise: the ratio is not determined
+    value, lo, hi = ratio_interval([0.1, 0.2, 0.15], [0.1, -0.1, 0.02])
+    assert lo == -math.inf and hi == math.inf
+    assert all(math.isnan(x) for x in ratio_interval([0.1], [0.2]))
+    with pytest.raises(ValueError, match="3 numerators for 2 denominators"):
+        ratio_interval([1, 2, 3], [1, 2])
 
 
 def test_a_censored_seed_reads_more_than_the_limit_and_keeps_the_mean_undefined():

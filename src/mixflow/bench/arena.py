@@ -12,7 +12,7 @@ domains, paired by seed — the engine behind ``mixflow bench run lm-arena`` and
 3. Every method with its documented defaults; DoReMi's three steps with the reference's and proxy's
    steps counted.
 4. Each method against ``best static`` (target loss, paired 95% intervals), the fraction of the
-   natural → best-static gap it closes (a paired bootstrap over seeds), the steps it needs to reach
+   natural → best-static gap it closes (Fieller's interval over the seeds' paired differences), the steps it needs to reach
    the best baseline's final validation loss (censored "> T" when never reached), and a
    recommendation.
 """
@@ -32,7 +32,7 @@ import numpy as np
 from mixflow.bench.arena_recommend import recommend, recommendation_yaml
 from mixflow.bench.arena_runs import RunSpec, run_specs
 from mixflow.bench.base import BenchResult, Row
-from mixflow.bench.stats import bootstrap_interval
+from mixflow.bench.stats import ratio_interval
 from mixflow.data.proportions import unimax_proportions
 from mixflow.utils.jsonlog import write_json_atomic
 
@@ -103,10 +103,13 @@ class Arena:
             raise ValueError(f"arena: unknown baseline {name!r}")
         return (p / p.sum()).tolist()
 
-    def static_config(self, out: Path, seed: int, mixture: list[float]) -> dict[str, Any]:
+    def static_config(self, out: Path, seed: int, mixture: list[float], data_seed: int | None = None) -> dict[str, Any]:
+        """A static run. A scoring seed seeds the model *and* the data (the sampler's stream, the
+        held-out split): a seed is a replicate of everything that is random, shared by every method
+        at that seed, so the comparisons stay paired."""
         return {**self.base, "dataset": ",".join(self.domains), "dataset_dir": str(self.train_dir),
                 "train_type": "static", "mixture_sample_rule": "mixture", "init_mixture_proportions": mixture,
-                "output_dir": str(out), "seed": seed}
+                "output_dir": str(out), "seed": seed, "data_seed": seed if data_seed is None else data_seed}
 
     def spec(self, method: str, seed: int, config: dict[str, Any], kind: str = "train",
              extra: dict[str, Any] | None = None) -> RunSpec:
@@ -134,7 +137,8 @@ def arena_recommendation_yaml(arena: Arena, rec: dict[str, Any]) -> str:
 def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
     """The run of one (non-baseline) method at one seed, with its documented defaults."""
     out = arena.work / f"seed{seed}" / _slug(method)
-    shared = {**arena.base, "dataset": ",".join(arena.domains), "dataset_dir": str(arena.train_dir), "seed": seed}
+    shared = {**arena.base, "dataset": ",".join(arena.domains), "dataset_dir": str(arena.train_dir), "seed": seed,
+              "data_seed": seed}
     if method == "doremi":
         return arena.spec(method, seed, {**shared, "output_dir": str(out), **method_keys(arena, method)}, kind="doremi")
     return arena.spec(method, seed, {**shared, "train_type": "dynamic_mix", **method_keys(arena, method),
@@ -160,8 +164,10 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     natural = np.array(arena.mixture("natural"))
     mixtures = [rng.dirichlet(np.ones(k)) if i % 2 == 0 else rng.dirichlet(natural * k * 2 + 0.2)
                 for i in range(arena.swarm)]
+    # one data seed for the whole swarm: its members differ by their mixture (and model seed), and
+    # are compared on one validation split
     specs = [arena.spec("swarm", 10_000 + i, arena.static_config(arena.work / "swarm" / f"member{i}", 10_000 + i,
-                                                                   m.tolist()), extra={"mixture": m.tolist()})
+                                                                   m.tolist(), data_seed=0), extra={"mixture": m.tolist()})
              for i, m in enumerate(mixtures)]
     arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(specs))
     results = run_specs(specs, arena.jobs, arena.log)
@@ -329,8 +335,9 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
         f"{cal['sd / gap']:.2f} (target ≤ 0.25), |natural − uniform| = {cal['|natural − uniform| / sd']:.1f} seed sd "
         f"(target > 4). Recommendation: {rec['method']} — {rec['why']}."
     )
-    result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{lo:.2f}, {hi:.2f}] "
-                     "(paired bootstrap over seeds)" for m, (v, lo, hi) in gap.items() if m not in ("natural",)]
+    result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{_bound(lo)}, {_bound(hi)}] "
+                     "(Fieller's 95% interval over the seeds' paired differences)"
+                     for m, (v, lo, hi) in gap.items() if m not in ("natural", "best static")]
     result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test files are "
                         "never trained or tuned on; validation curves (steps to reach) use the training files' "
                         "validation split")
@@ -340,23 +347,17 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
 
 
 def gap_closed(runs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[float, float, float]]:
-    """Per method: the fraction of the natural → best-static gap in mean target loss it closes, with a
-    paired bootstrap interval over seeds (1: as good as the best static mixture; < 0: worse than natural)."""
-    nat = np.array([r[TARGET] for r in runs["natural"]])
-    best = np.array([r[TARGET] for r in runs["best static"]])
-    out = {}
-    for method, results in runs.items():
-        m = np.array([r[TARGET] for r in results])
-        idx = list(range(len(m)))
+    """Per method: the fraction of the natural → best-static gap in mean target loss it closes, with
+    Fieller's 95% interval over the seeds' paired differences (1: as good as the best static
+    mixture; < 0: worse than natural; bounds ±∞ when the gap itself is inside the seed noise)."""
+    nat = [r[TARGET] for r in runs["natural"]]
+    gap = [n - r[TARGET] for n, r in zip(nat, runs["best static"])]
+    return {method: ratio_interval([n - r[TARGET] for n, r in zip(nat, results)], gap)
+            for method, results in runs.items()}
 
-        def fraction(sample: list[int], m: np.ndarray = m) -> float:
-            s = np.asarray(sample, dtype=int)
-            denom = nat[s].mean() - best[s].mean()
-            return float((nat[s].mean() - m[s].mean()) / denom) if abs(denom) > 1e-12 else math.nan
 
-        value, lo, hi = bootstrap_interval(idx, fraction, resamples=4000, seed=7)
-        out[method] = (value, lo, hi)
-    return out
+def _bound(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else ("−∞" if x < 0 else "∞")
 
 
 def calibration(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
@@ -367,8 +368,11 @@ def calibration(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     uni = np.array([r[TARGET] for r in runs["uniform"]])
     sd = float(np.std(best, ddof=1)) if len(best) > 1 else math.nan
     gap = float(nat.mean() - best.mean())
+    # what the paired intervals see: the spread of the seeds' differences, not of the runs themselves
+    paired = float(np.std(nat - best, ddof=1)) if len(best) > 1 else math.nan
     return {"seed sd of best static": sd, "natural − best static": gap,
             "sd / gap": sd / gap if gap > 0 else math.inf,
-            "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf}
+            "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf,
+            "paired sd of natural − best static": paired}
 
 
