@@ -27,8 +27,9 @@ LAYERS = {
     "integrations": 7,
     "config": 8,
     "recipes": 9,
-    "bench": 10,
-    "cli": 11,
+    "search": 10,
+    "bench": 11,
+    "cli": 12,
 }
 
 #: What the algorithms layer may not import: it does no I/O, no distributed work, no model loading.

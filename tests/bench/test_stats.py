@@ -86,7 +86,7 @@ def test_fieller_ratio_interval_covers_at_its_level_with_three_seeds_where_a_boo
         a = [theta * 0.2 + 0.8 * e + rng.gauss(0, 0.02) for e in seed_effect]
         value, lo, hi = ratio_interval(a, b)
         fieller_hits += lo <= theta <= hi
-        ratio = lambda idx: sum(a[i] for i in idx) / sum(b[i] for i in idx)  # noqa: E731
+        ratio = lambda idx, a=a, b=b: sum(a[i] for i in idx) / sum(b[i] for i in idx)  # noqa: E731
         _, blo, bhi = bootstrap_interval([0, 1, 2], ratio, resamples=200, seed=1)
         bootstrap_hits += blo <= theta <= bhi
     assert 0.93 <= fieller_hits / trials <= 0.97

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mixflow.cli.search import add_search
 from mixflow.config.errors import ConfigError, ConfigErrors
 
 
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=_cmd_doremi)
     _add_bench(sub)
+    add_search(sub)
     return parser
 
 

@@ -1,0 +1,108 @@
+"""A proposal from a fit: the constrained mixture, its predicted target with a bootstrap interval
+over the swarm's runs, and the keys that train it (``proposal.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mixflow.config.errors import ConfigError, ConfigErrors
+from mixflow.search.fit import Fit, load_fit, training_data
+from mixflow.search.propose import Constraints, repetition_caps, simulate
+from mixflow.search.regression import build_model
+from mixflow.utils.jsonlog import write_json_atomic
+
+
+def _prior(spec: str | None, domains: list[str]) -> np.ndarray | None:
+    if spec is None:
+        return None
+    if spec == "uniform":
+        return np.full(len(domains), 1.0 / len(domains))
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--prior: expected uniform or DOMAIN=WEIGHT,..., got {part!r}") from None
+    unknown = [d for d in weights if d not in domains]
+    if unknown or len(weights) != len(domains):
+        raise ConfigError(f"--prior: give every domain once ({', '.join(domains)}); unknown {unknown or 'none'}")
+    p = np.array([weights[d] for d in domains])
+    if np.any(p < 0) or p.sum() <= 0:
+        raise ConfigError("--prior: weights must be >= 0 and not all 0")
+    return p / p.sum()
+
+
+def constraints_for(fit: Fit, fixed: dict[str, float], prior: np.ndarray | None, kl: float | None, l1: float | None,
+                    tokens_per_run: float | None, max_epochs: float | None, domain_tokens: dict[str, float]) -> Constraints:
+    """The constraints in the fit's domain order; every unknown domain and missing option at once."""
+    errors = [f"--fix: unknown domain {d!r} (domains: {', '.join(fit.domains)})" for d in fixed if d not in fit.domains]
+    errors += [f"--domain-tokens: unknown domain {d!r}" for d in domain_tokens if d not in fit.domains]
+    caps: dict[int, float] = {}
+    if (tokens_per_run is None) != (max_epochs is None):
+        errors.append("--tokens-per-run and --max-epochs: a repetition cap needs both")
+    elif tokens_per_run is not None and max_epochs is not None:
+        if tokens_per_run <= 0 or max_epochs <= 0:
+            errors.append("--tokens-per-run and --max-epochs: expected numbers > 0")
+        else:
+            try:
+                caps = repetition_caps(domain_tokens, fit.domains, tokens_per_run, max_epochs)
+            except ConfigError as err:
+                errors.append(str(err))
+    if errors:
+        raise ConfigErrors(errors)
+    return Constraints(fixed={fit.domains.index(d): w for d, w in fixed.items()}, caps=caps, prior=prior, kl=kl, l1=l1)
+
+
+def propose(folder: str | Path, fixed: dict[str, float] | None = None, prior: str | None = None,
+            kl: float | None = None, l1: float | None = None, tokens_per_run: float | None = None,
+            max_epochs: float | None = None, domain_tokens: dict[str, float] | None = None, top_k: int = 128,
+            candidates: int = 100_000, bootstrap: int = 50, seed: int = 0) -> dict[str, Any]:
+    """The mixture the fit in ``folder`` predicts best under the constraints, and its prediction with
+    a 95% interval: the same proposal scored by ``bootstrap`` refits on runs resampled with
+    replacement (how much the prediction depends on which runs the swarm happened to have)."""
+    fit = load_fit(folder)
+    assert fit.regression is not None
+    p = _prior(prior, fit.domains)
+    constraints = constraints_for(fit, fixed or {}, p, kl, l1, tokens_per_run, max_epochs, domain_tokens or {})
+    mixture, _ = simulate(fit.regression.predict, len(fit.domains), constraints, p, candidates, top_k, seed)
+    predicted = float(fit.regression.predict(mixture[None, :])[0])
+    _, _, x, y = training_data(fit.table, fit.metrics, fit.target)
+    rng = np.random.default_rng(seed + 1)
+    draws = []
+    for _ in range(bootstrap):
+        rows = rng.integers(0, len(y), len(y))
+        draws.append(float(build_model(fit.model, seed).fit(x[rows], y[rows]).predict(mixture[None, :])[0]))
+    interval = [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))] if draws else [predicted, predicted]
+    return {"domains": fit.domains, "mixture": {d: float(w) for d, w in zip(fit.domains, mixture)},
+            "predicted": predicted, "predicted interval": interval, "bootstrap": bootstrap,
+            "model": fit.model, "target": fit.target, "runs": fit.runs, "cv": fit.cv,
+            "constraints": {"fixed": fixed or {}, "prior": None if p is None else p.tolist(), "kl": kl, "l1": l1,
+                            "caps": {fit.domains[i]: c for i, c in constraints.caps.items()}},
+            "top_k": top_k, "candidates": candidates, "seed": seed}
+
+
+def proposal_yaml(proposal: dict[str, Any]) -> str:
+    """The keys that train on the proposed mixture (``mixflow train``; ``init_mixture_proportions`` is
+    also a DoReMi pipeline's starting point), in the fit's domain order."""
+    low, high = proposal["predicted interval"]
+    header = [f"# mixflow search propose: {proposal['model']} fit of {proposal['target']} on {proposal['runs']} runs "
+              f"predicts {proposal['predicted']:.4g} [{low:.4g}, {high:.4g}] for this mixture",
+              "# dataset order: " + ", ".join(proposal["domains"])]
+    keys = {"dataset": ",".join(proposal["domains"]), "train_type": "static", "mixture_sample_rule": "mixture",
+            "init_mixture_proportions": [round(w, 6) for w in proposal["mixture"].values()]}
+    return "\n".join(header) + "\n" + yaml.safe_dump(keys, sort_keys=False)
+
+
+def write_proposal(proposal: dict[str, Any], out: str | Path) -> Path:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "proposal.json", proposal)
+    tmp = folder / "proposal.yaml.tmp"
+    tmp.write_text(proposal_yaml(proposal), encoding="utf-8")
+    tmp.replace(folder / "proposal.yaml")
+    return folder / "proposal.yaml"
