@@ -8,6 +8,7 @@ import pytest
 from mixflow.bench.base import BenchResult, Row
 from mixflow.bench.stats import (
     against_value,
+    bootstrap_comparison,
     bootstrap_interval,
     compare,
     mean_interval,
@@ -107,3 +108,16 @@ def test_a_censored_seed_reads_more_than_the_limit_and_keeps_the_mean_undefined(
     row = Row("odm", "steps to target", [100.0, None, 150.0], censored_at=300).as_dict()
     assert row["values"] == [100.0, "> 300", 150.0] and math.isnan(row["mean"]) and row["median"] == 150.0
     assert Row("odm", "steps to target", [None, None, 90.0], censored_at=300).as_dict()["median"] == "> 300"
+
+
+def test_a_bootstrap_comparison_reports_its_own_interval_and_sample_size():
+    values = [0.1, 0.3, 0.2, 0.4, 0.25, 0.35]
+    mean = lambda idx: sum(values[i] for i in idx) / len(idx)  # noqa: E731
+    c = bootstrap_comparison("a", "b", "rho", mean, len(values), "higher", "runs", claim_range=(0.1, None),
+                             resamples=500, seed=3)
+    estimate, lo, hi = c.interval
+    assert estimate == pytest.approx(sum(values) / 6) and lo < estimate < hi
+    assert (lo, hi) == bootstrap_interval(list(range(6)), mean, resamples=500, seed=3)[1:]
+    record = c.as_dict()
+    assert record["n_seeds"] == 6 and record["interval"] == "percentile bootstrap over 6 runs" and record["passes"]
+    assert c.verdict == "better"

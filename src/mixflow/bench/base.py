@@ -184,12 +184,14 @@ def commit(exclude: Path | None = None) -> str:
     """The git commit of the working tree (with ``-dirty`` when tracked files have changes outside
     ``exclude``, e.g. the results directory being written), or ``unknown``."""
     here = Path(__file__).parent
-    pathspec = ["--", ".", f":(exclude){Path(exclude).resolve()}"] if exclude is not None else []
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=here).stdout.strip()
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10,
                              cwd=here).stdout.strip()
+        # an exclude outside the work tree is no pathspec git accepts (it would fail and read as clean)
+        inside = exclude is not None and bool(top) and Path(exclude).resolve().is_relative_to(Path(top).resolve())
+        pathspec = ["--", ".", f":(exclude){Path(exclude).resolve()}"] if inside and exclude is not None else []
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *pathspec],
                                capture_output=True, text=True, timeout=10, cwd=top or here).stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -113,7 +113,7 @@ def table_markdown(payload: dict[str, Any], cmd: str) -> str:
         lines.append(f"| {row['method']} | {row['metric']} | {mean} | {_fmt(row['sd'])} | {values} |")
     if payload.get("comparisons"):
         lines += ["", "Paired by seed, 95% intervals (a ratio's interval is of the geometric mean):", "",
-                  "| method | baseline | metric | difference | 95% interval | seeds | verdict | claim |",
+                  "| method | baseline | metric | difference | 95% interval | seeds (or bootstrap) | verdict | claim |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in payload["comparisons"]:
             unit = "×" if c.get("scale") == "ratio" else ""
@@ -125,7 +125,7 @@ def table_markdown(payload: dict[str, Any], cmd: str) -> str:
                                                    f"< {_fmt(high)}{unit}" if high is not None else "") if x)
                 claim = f"{bounds}: {'holds' if c['passes'] else 'does not hold'}"
             lines.append(f"| {c['method']} | {c['baseline']} | {c['metric']} | {_fmt(c['diff_mean'])}{unit} | "
-                         f"[{_fmt(lo)}, {_fmt(hi)}]{unit} | {c['n_seeds']} | {c['verdict']} | {claim} |")
+                         f"[{_fmt(lo)}, {_fmt(hi)}]{unit} | {c.get('interval', c['n_seeds'])} | {c['verdict']} | {claim} |")
     lines += ["", "Setting: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in payload["setting"].items())]
     lines += [f"- {note}" for note in payload.get("notes", [])]
     lines += [f"![{p}]({p})" for p in payload.get("plots", [])]

@@ -153,6 +153,12 @@ class Comparison:
     claim_range: tuple[float | None, float | None] | None = None
     """Where the whole interval must lie for the benchmark's claim to hold (on the reported scale;
     None: open); None when this comparison is reported, not judged."""
+    bootstrap: tuple[float, float, float] | None = None
+    """(estimate, lower, upper) of a percentile bootstrap over ``bootstrap_units``, for a metric that
+    is not a mean over seeds (a rank correlation over runs); None: the t-interval over ``values``."""
+    bootstrap_units: str = ""
+    bootstrap_n: int = 0
+    """How many units the bootstrap resampled (reported as ``n_seeds``: the interval's sample size)."""
 
     def __post_init__(self) -> None:
         if self.better not in ("lower", "higher"):
@@ -163,6 +169,8 @@ class Comparison:
     @property
     def interval(self) -> tuple[float, float, float]:
         """(mean, lower, upper) on the reported scale."""
+        if self.bootstrap is not None:
+            return self.bootstrap
         mean, lo, hi = mean_interval(self.values)
         if self.scale == "ratio":
             return math.exp(mean), math.exp(lo), math.exp(hi)
@@ -199,12 +207,15 @@ class Comparison:
         mean, lo, hi = self.interval
         out: dict[str, Any] = {
             "method": self.method, "baseline": self.baseline, "metric": self.metric, "scale": self.scale,
-            "diff_mean": mean, "ci95": [lo, hi], "n_seeds": len(self.values), "verdict": self.verdict,
+            "diff_mean": mean, "ci95": [lo, hi], "verdict": self.verdict,
+            "n_seeds": self.bootstrap_n if self.bootstrap is not None else len(self.values),
             "better_when": self.better, "min_effect": self.min_effect, "values": list(self.values),
         }
         if self.claim_range is not None:
             out["claim_range"] = list(self.claim_range)
             out["passes"] = self.passes
+        if self.bootstrap is not None:
+            out["interval"] = f"percentile bootstrap over {self.bootstrap_units}"
         return out
 
     def describe(self) -> str:
@@ -242,6 +253,17 @@ def against_value(
     """One method's values against a fixed value (a claimed ratio, a bound), as a difference."""
     return compare(method, values, f"{value:g}", [value] * len(values), metric, better,
                    min_effect=min_effect, claim_range=claim_range)
+
+
+def bootstrap_comparison(
+    method: str, baseline: str, metric: str, statistic: Callable[[Sequence[int]], float], units: int, better: str,
+    what: str, claim_range: tuple[float | None, float | None] | None = None, resamples: int = 2000, seed: int = 0,
+) -> Comparison:
+    """``statistic`` (a function of the indices of ``units`` measured units, e.g. runs: a difference of
+    rank correlations on the same runs) with its percentile bootstrap interval over those units."""
+    estimate, lo, hi = bootstrap_interval(list(range(units)), statistic, resamples=resamples, seed=seed)
+    return Comparison(method, baseline, metric, (estimate,), better, claim_range=claim_range,
+                      bootstrap=(estimate, lo, hi), bootstrap_units=f"{units} {what}", bootstrap_n=units)
 
 
 def interval_text(c: Comparison) -> str:
