@@ -9,6 +9,16 @@ from typing import Any
 logger = logging.getLogger("mixflow.search")
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from mixflow.search.plan import plan_swarm
+
+    path = plan_swarm(args.config, args.runs, args.out, args.prior, args.concentration, args.seed, args.min_distance,
+                      args.overwrite)
+    print(f"search plan: wrote {path} and {args.runs} configs in {path.parent / 'runs'} "
+          "(run them with mixflow train, one per proxy, or your scheduler)")
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from mixflow.search.fit import fit_table, predict_table, write_fit
 
@@ -68,6 +78,18 @@ def add_search(sub: Any) -> None:
     """The ``search`` subcommands."""
     search = sub.add_parser("search", help="choose a mixture from a swarm of proxy runs (RegMix, mixing laws)")
     commands = search.add_subparsers(dest="search_command", required=True)
+
+    p = commands.add_parser("plan", help="draw a swarm's mixtures and write one mixflow train config per proxy")
+    p.add_argument("config", help="a mixflow train config of the proxy (its domains, model, steps)")
+    p.add_argument("--runs", type=int, required=True, help="how many proxies (O(K): RegMix used 512 for 17 domains)")
+    p.add_argument("--prior", default="natural", help="natural (default: token counts), uniform, or DOMAIN=W,...")
+    p.add_argument("--concentration", type=float, default=1.0, help="scales the Dirichlet strengths (higher: nearer the prior)")
+    p.add_argument("--min-distance", type=float, default=0.1, help="least L1 distance between two mixtures (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for plan.csv, plan.json and runs/NNNN.yaml")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plan in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_plan)
 
     p = commands.add_parser("fit", help="fit a regression from mixture to target; cross-validate; predict another table")
     p.add_argument("table", help="CSV: one row per run, a key column (run or index), one column per domain's weight")

@@ -1,0 +1,145 @@
+"""``mixflow search plan``: the mixtures of a swarm and one ready-to-run ``mixflow train`` config per proxy.
+
+Mixtures are drawn from Dirichlet distributions around a prior with a random strength (RegMix,
+Liu et al. 2024, arXiv 2407.01492, §3.1: α = prior × strength, strength log-uniform, so the swarm
+holds both sparse and near-prior mixtures); the prior itself and the uniform mixture are always
+members; a draw closer than ``min_distance`` (L1) to a member is rejected, so the swarm covers the
+simplex instead of piling up near the prior.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mixflow.config.errors import ConfigError, ConfigErrors
+from mixflow.config.load import load_config
+from mixflow.config.parse import read_yaml
+from mixflow.config.schema import MixingConfig
+from mixflow.recipes.inputs import domain_sources
+from mixflow.utils.jsonlog import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+#: The user's mixing keys a proxy run replaces (it trains one fixed mixture).
+MIXING_KEYS = tuple(f.name for f in dataclasses.fields(MixingConfig) if f.name not in ("on_exhausted", "objective_normalization"))
+#: RegMix's range of Dirichlet strengths (multiples of K·prior).
+STRENGTHS = (0.1, 5.0)
+
+
+def draw_mixtures(prior: np.ndarray, runs: int, concentration: float = 1.0, seed: int = 0,
+                  min_distance: float = 0.1) -> tuple[np.ndarray, float]:
+    """``runs`` mixtures [runs, K] (the prior and uniform first) and the minimum distance used: it is
+    halved, with a log line, when the draws cannot keep it (more runs than the simplex has room for)."""
+    k = len(prior)
+    uniform = np.full(k, 1.0 / k)
+    chosen = [prior] + ([uniform] if np.abs(prior - uniform).sum() > 1e-9 else [])
+    rng = np.random.default_rng(seed)
+    tries, distance = 0, float(min_distance)
+    while len(chosen) < runs:
+        strength = concentration * k * np.exp(rng.uniform(np.log(STRENGTHS[0]), np.log(STRENGTHS[1])))
+        w = rng.dirichlet(np.maximum(prior * strength, 1e-3))
+        tries += 1
+        if min(np.abs(w - c).sum() for c in chosen) >= distance:
+            chosen.append(w)
+            tries = 0
+        elif tries > 200:
+            distance /= 2
+            logger.info("search plan: no draw kept the minimum distance in 200 tries; lowering it to %.3g", distance)
+            tries = 0
+    return np.array(chosen[:runs]), distance
+
+
+def parse_prior(spec: str, domains: list[str], tokens: dict[str, int] | None) -> np.ndarray:
+    """``natural`` (token counts), ``uniform``, or DOMAIN=WEIGHT,... / W1,W2,... in domain order."""
+    if spec == "uniform":
+        return np.full(len(domains), 1.0 / len(domains))
+    if spec == "natural":
+        assert tokens is not None
+        p = np.array([float(tokens[d]) for d in domains])
+    else:
+        parts = [x.strip() for x in spec.split(",") if x.strip()]
+        try:
+            if all("=" in x for x in parts):
+                named = {a.strip(): float(b) for a, _, b in (x.partition("=") for x in parts)}
+                if sorted(named) != sorted(domains):
+                    raise ConfigError(f"--prior: give every domain once ({', '.join(domains)}), got {', '.join(named)}")
+                p = np.array([named[d] for d in domains])
+            else:
+                p = np.array([float(x) for x in parts])
+        except ValueError:
+            raise ConfigError(f"--prior: expected natural, uniform, DOMAIN=WEIGHT,... or {len(domains)} numbers, "
+                              f"got {spec!r}") from None
+        if len(p) != len(domains):
+            raise ConfigError(f"--prior: expected {len(domains)} weights (one per domain), got {len(p)}")
+    if np.any(p < 0) or p.sum() <= 0:
+        raise ConfigError("--prior: weights must be >= 0 and not all 0")
+    return p / p.sum()
+
+
+def _domain_tokens(run: Any) -> dict[str, int]:
+    from mixflow.recipes.build import tokenize_domains
+
+    return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in tokenize_domains(run, progress=False)}
+
+
+def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "natural", concentration: float = 1.0,
+               seed: int = 0, min_distance: float = 0.1, overwrite: bool = False) -> Path:
+    """Write ``out/runs/NNNN.yaml`` (the user's config with the run's mixture and output folder) and
+    ``out/plan.csv``; every generated config is validated before anything is written."""
+    folder = Path(out)
+    if (folder / "plan.csv").exists() and not overwrite:
+        raise ConfigError(f"{folder / 'plan.csv'}: a plan is already there; choose another --out or pass --overwrite")
+    if runs < 2:
+        raise ConfigError(f"--runs: expected an integer >= 2, got {runs}")
+    raw = read_yaml(config, "config")
+    run = load_config(config, check_outputs=False)  # every config error before any tokenization
+    domains = [source.name for source in domain_sources(run)]
+    p = parse_prior(prior, domains, _domain_tokens(run) if prior == "natural" else None)
+    mixtures, used = draw_mixtures(p, runs, concentration, seed, min_distance)
+    base = {k: v for k, v in raw.items() if k not in MIXING_KEYS}
+    configs, errors = {}, []
+    for i, w in enumerate(mixtures):
+        name = f"{i:04d}"
+        cfg = {**base, "train_type": "static", "mixture_sample_rule": "mixture",
+               "init_mixture_proportions": [round(float(x), 6) for x in w],
+               "output_dir": str((folder / "runs" / name).resolve())}
+        try:
+            load_config(raw=cfg, check_outputs=False)
+        except ConfigErrors as err:
+            errors += [f"run {name}: {m}" for m in err.messages]
+        except ConfigError as err:
+            errors.append(f"run {name}: {err}")
+        configs[name] = cfg
+    if errors:
+        raise ConfigErrors(errors[:20])
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    for name, cfg in configs.items():
+        (folder / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    tmp = folder / "plan.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *domains])
+        writer.writerows([name, *(f"{x:.6f}" for x in w)] for name, w in zip(configs, mixtures))
+    tmp.replace(folder / "plan.csv")
+    write_json_atomic(folder / "plan.json", {"config": str(Path(config).resolve()), "runs": runs, "domains": domains,
+                                              "prior": p.tolist(), "prior_spec": prior, "concentration": concentration,
+                                              "seed": seed, "min_distance": used})
+    logger.info("search plan: %d proxy configs in %s (prior %s, minimum L1 distance %.3g)", runs, folder / "runs",
+                prior, used)
+    return folder / "plan.csv"
+
+
+def read_plan(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "plan.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a search plan ({err}); run mixflow search plan first") from None
