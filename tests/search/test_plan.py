@@ -45,3 +45,22 @@ def test_plan_writes_one_valid_config_per_run_and_refuses_to_overwrite(tmp_path,
     assert first["output_dir"].endswith("swarm/runs/0003")
     load_config(out / "runs" / "0003.yaml", check_outputs=False)
     assert main(["search", "plan", str(cfg_path), "--runs", "6", "--out", str(out)]) == 2
+
+
+def test_run_then_collect_gives_the_table_fit_reads_and_a_rerun_skips_finished_runs(tmp_path, demo_data):  # noqa: F811
+    cfg_path = _config(tmp_path, demo_data, eval_strategy="steps", eval_steps=4, save_strategy="no", max_steps=4)
+    out = tmp_path / "swarm"
+    assert main(["search", "plan", str(cfg_path), "--runs", "3", "--prior", "uniform", "--out", str(out)]) == 0
+    assert main(["search", "collect", str(out)]) == 2  # nothing finished yet: one line, no table
+    assert main(["search", "run", str(out), "--jobs", "2"]) == 0
+    assert main(["search", "collect", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert [r["run"] for r in rows] == ["0000", "0001", "0002"]
+    assert all(float(r["metric/code"]) > 0 for r in rows) and float(rows[0]["code"]) == pytest.approx(0.25)
+    from mixflow.search.tables import load_table
+
+    table = load_table(out / "runs.csv")
+    assert table.domains == ["code", "prose", "arithmetic", "random"] and len(table.metrics) == 4
+    stamp = (out / "runs" / "0001" / "mixflow_results.json").stat().st_mtime_ns
+    assert main(["search", "run", str(out)]) == 0  # all finished: nothing retrained
+    assert (out / "runs" / "0001" / "mixflow_results.json").stat().st_mtime_ns == stamp

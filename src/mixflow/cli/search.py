@@ -19,6 +19,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mixflow.search.run import run_swarm
+
+    done = run_swarm(args.dir, args.jobs, args.threads)
+    print(f"search run: {done['done']} runs trained, {done['skipped']} already finished")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from mixflow.search.collect import collect
+
+    print(f"search collect: wrote {collect(args.dir)}")
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from mixflow.search.fit import fit_table, predict_table, write_fit
 
@@ -90,6 +105,17 @@ def add_search(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan in --out")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_plan)
+
+    p = commands.add_parser("run", help="train the planned proxies here, JOBS at a time (resumable)")
+    p.add_argument("dir", help="the folder of a mixflow search plan")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; 0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_run)
+
+    p = commands.add_parser("collect", help="the finished proxies' per-domain validation losses into DIR/runs.csv")
+    p.add_argument("dir", help="the folder of a mixflow search plan")
+    p.set_defaults(func=_cmd_collect)
 
     p = commands.add_parser("fit", help="fit a regression from mixture to target; cross-validate; predict another table")
     p.add_argument("table", help="CSV: one row per run, a key column (run or index), one column per domain's weight")

@@ -108,7 +108,8 @@ def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "nat
     configs, errors = {}, []
     for i, w in enumerate(mixtures):
         name = f"{i:04d}"
-        cfg = {**base, "train_type": "static", "mixture_sample_rule": "mixture",
+        # a proxy killed by its scheduler resumes from its last complete checkpoint when launched again
+        cfg = {"resume_from_checkpoint": "auto", **base, "train_type": "static", "mixture_sample_rule": "mixture",
                "init_mixture_proportions": [round(float(x), 6) for x in w],
                "output_dir": str((folder / "runs" / name).resolve())}
         try:
