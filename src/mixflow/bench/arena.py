@@ -6,9 +6,10 @@ domains, paired by seed — the engine behind ``mixflow bench run lm-arena`` and
    test files, which nothing ever trains or tunes on.
 2. Baselines: ``uniform``, ``natural`` (in proportion to the domains' sizes), ``temperature``
    (τ = 3), ``unimax`` (uniform under a one-epoch cap, Chung et al. 2023), and ``best static``: a
-   swarm of proxy runs on Dirichlet mixtures, a regression of their target loss on the mixture, the
-   mean of the top predicted mixtures over many candidates (RegMix, Liu et al. 2024, arXiv
-   2407.01492, §3), re-run on every scoring seed. The swarm is cached by the data and the setting.
+   swarm of proxy runs (the simple mixtures, Dirichlet draws, and the mixture ``mixflow search``'s
+   log-linear mixing law proposes from them: RegMix, Liu et al. 2024, arXiv 2407.01492, §3), the
+   member with the lowest measured validation loss re-run on every scoring seed. The swarm is
+   cached by the data and the setting.
 3. Every method with its documented defaults; DoReMi's three steps with the reference's and proxy's
    steps counted.
 4. Each method against ``best static`` (target loss, paired 95% intervals), the fraction of the
@@ -34,6 +35,8 @@ from mixflow.bench.arena_runs import RunSpec, run_specs
 from mixflow.bench.base import BenchResult, Row
 from mixflow.bench.stats import ratio_interval
 from mixflow.data.proportions import unimax_proportions
+from mixflow.search.propose import Constraints, simulate
+from mixflow.search.regression import build_model
 from mixflow.utils.jsonlog import write_json_atomic
 
 #: The simple mixtures every method must beat (their sampling rule, or a computed mixture).
@@ -150,9 +153,17 @@ def _slug(name: str) -> str:
 
 
 def search_best_static(arena: Arena) -> dict[str, Any]:
-    """The swarm (cached): its members' mixtures and target losses, and the chosen mixture."""
+    """The swarm (cached): its members' mixtures and validation target losses, and the chosen mixture.
+
+    Members: the simple mixtures (so the best static is never worse than they are on validation) and
+    ``arena.swarm`` Dirichlet draws; then ``mixflow search``'s log-linear mixing law fitted on them
+    proposes one more (RegMix's simulation), which is run too. The best static mixture is the member
+    with the lowest *measured* validation target: a regression fitted on a dozen runs can propose a
+    poor mixture (measured: one 0.35 nats worse than temperature sampling), and then it is not chosen.
+    """
     key = hashlib.sha256(json.dumps({"base": arena.base, "domains": arena.domains, "clean": arena.clean,
-                                     "tokens": arena.tokens, "swarm": arena.swarm, "data": _data_digest(arena)},
+                                     "tokens": arena.tokens, "swarm": arena.swarm, "data": _data_digest(arena),
+                                     "members": "baselines + dirichlet + loglinear proposal"},
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = arena.work / f"swarm-{key}.json"
     if cache.is_file():
@@ -162,27 +173,41 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     k = len(arena.domains)
     # half spread over the whole simplex, half around the natural mixture (where most of the mass is)
     natural = np.array(arena.mixture("natural"))
-    mixtures = [rng.dirichlet(np.ones(k)) if i % 2 == 0 else rng.dirichlet(natural * k * 2 + 0.2)
-                for i in range(arena.swarm)]
-    # one data seed for the whole swarm: its members differ by their mixture (and model seed), and
-    # are compared on one validation split
-    specs = [arena.spec("swarm", 10_000 + i, arena.static_config(arena.work / "swarm" / f"member{i}", 10_000 + i,
-                                                                   m.tolist(), data_seed=0), extra={"mixture": m.tolist()})
-             for i, m in enumerate(mixtures)]
-    arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(specs))
-    results = run_specs(specs, arena.jobs, arena.log)
+    named = {b: np.array(arena.mixture(b)) for b in BASELINES}
+    named.update({f"member {i}": rng.dirichlet(np.ones(k)) if i % 2 == 0 else rng.dirichlet(natural * k * 2 + 0.2)
+                  for i in range(arena.swarm)})
+    arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(named) + 1)
+    results = _swarm_runs(arena, named)
     x = np.array([r["extra"]["mixture"] for r in results])
     # selected on the validation split of the train files: the test split scores, it never chooses
     y = np.array([r[VAL_TARGET] for r in results])
     if not np.all(np.isfinite(y)):
         raise ValueError("arena: a swarm run has no final validation loss (the arena evaluates at the last step)")
-    chosen = regmix_choice(x, y, rng)
-    found = {"key": key, "members": [{"mixture": m.tolist(), VAL_TARGET: float(v)} for m, v in zip(x, y)],
-             "mixture": chosen.tolist(), "runs": len(results),
+    law = build_model("loglinear").fit(x, y)
+    proposal, _ = simulate(law.predict, k, Constraints(), natural, candidates=20_000, top_k=16, seed=12345)
+    results += _swarm_runs(arena, {"loglinear proposal": proposal}, first=len(named))
+    names = [*named, "loglinear proposal"]
+    values = [r[VAL_TARGET] for r in results]
+    best = int(np.nanargmin(values))
+    found = {"key": key, "members": [{"name": n, "mixture": r["extra"]["mixture"], VAL_TARGET: float(v)}
+                                     for n, r, v in zip(names, results, values)],
+             "mixture": results[best]["extra"]["mixture"], "chosen": names[best], "runs": len(results),
              "steps": int(sum(r["steps"] for r in results)), "seconds": float(sum(r["seconds"] for r in results))}
+    arena.log("arena: best static mixture: %s (validation target %.4f)", names[best], values[best])
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, found)
     return found
+
+
+def _swarm_runs(arena: Arena, mixtures: dict[str, np.ndarray], first: int = 0) -> list[dict[str, Any]]:
+    # one data seed for the whole swarm: its members differ by their mixture (and model seed), and
+    # are compared on one validation split
+    specs = [arena.spec("swarm", 10_000 + first + i,
+                        arena.static_config(arena.work / "swarm" / f"member{first + i}", 10_000 + first + i,
+                                            (m / m.sum()).tolist(), data_seed=0),
+                        extra={"mixture": (m / m.sum()).tolist(), "name": name})
+             for i, (name, m) in enumerate(mixtures.items())]
+    return run_specs(specs, arena.jobs, arena.log)
 
 
 def _data_digest(arena: Arena) -> str:
@@ -192,24 +217,6 @@ def _data_digest(arena: Arena) -> str:
             path = folder / f"{d}.jsonl"
             digest.update(path.read_bytes() if path.is_file() else d.encode())
     return digest.hexdigest()
-
-
-def regmix_choice(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, candidates: int = 20_000,
-                  top: int = 10) -> np.ndarray:
-    """Fit the target loss as a ridge regression on (w, log w) of the swarm's mixtures, predict it on
-    many Dirichlet candidates and average the ``top`` best (RegMix's simulate-and-average, which
-    is steadier than the single best swarm member)."""
-    def features(w: np.ndarray) -> np.ndarray:
-        return np.hstack([np.ones((len(w), 1)), w, np.log(w + 1e-3)])
-
-    f = features(x)
-    ridge = 1e-3 * np.eye(f.shape[1])
-    ridge[0, 0] = 0.0
-    coef = np.linalg.solve(f.T @ f + ridge, f.T @ y)
-    cands = rng.dirichlet(np.ones(x.shape[1]), size=candidates)
-    best = cands[np.argsort(features(cands) @ coef)[:top]]
-    mean = best.mean(axis=0)
-    return mean / mean.sum()
 
 
 def check_specs(specs: list[RunSpec]) -> None:
@@ -325,6 +332,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
     result.setting = {"steps": arena.steps, "seeds": arena.seeds, "domains": arena.domains, "clean domains": arena.clean,
                       "train tokens": arena.tokens, "best static mixture": dict(zip(arena.domains, best["mixture"])),
                       "swarm runs": best["runs"], "swarm steps": best["steps"], "swarm seconds": round(best["seconds"]),
+                      "best static chosen": best.get("chosen", "?"),
                       "baselines' mixtures": {b: dict(zip(arena.domains, np.round(arena.mixture(b), 4).tolist()))
                                               for b in BASELINES},
                       "calibration": cal, "best baseline": best_baseline}
@@ -341,7 +349,8 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
     result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test files are "
                         "never trained or tuned on; validation curves (steps to reach) use the training files' "
                         "validation split")
-    result.notes.append(f"best static: {best['runs']} swarm runs ({best['steps']} steps) chose it; DoReMi's steps count "
+    result.notes.append(f"best static: the swarm member {best.get('chosen', '?')!r}, lowest measured validation target "
+                        f"of {best['runs']} swarm runs ({best['steps']} steps); DoReMi's steps count "
                         "its reference and proxy")
     return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}
 
