@@ -64,3 +64,51 @@ def test_run_then_collect_gives_the_table_fit_reads_and_a_rerun_skips_finished_r
     stamp = (out / "runs" / "0001" / "mixflow_results.json").stat().st_mtime_ns
     assert main(["search", "run", str(out)]) == 0  # all finished: nothing retrained
     assert (out / "runs" / "0001" / "mixflow_results.json").stat().st_mtime_ns == stamp
+
+
+def test_relative_paths_of_the_config_still_resolve_from_the_proxy_configs_and_overwrite_archives(tmp_path, demo_data):  # noqa: F811
+    import os
+    import shutil
+
+    shutil.copytree(demo_data, tmp_path / "data")
+    cfg_path = _config(tmp_path, demo_data)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["dataset_dir"] = "data"  # relative to the config's folder
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    os.chdir(elsewhere)  # the command runs from another folder
+    try:
+        assert main(["search", "plan", str(cfg_path), "--runs", "3", "--prior", "uniform", "--out", "swarm"]) == 0
+        planned = yaml.safe_load((elsewhere / "swarm" / "runs" / "0001.yaml").read_text())
+        assert planned["dataset_dir"] == str((tmp_path / "data").resolve())
+        load_config(elsewhere / "swarm" / "runs" / "0001.yaml", check_outputs=False)
+        assert main(["search", "plan", str(cfg_path), "--runs", "3", "--prior", "uniform", "--seed", "1",
+                     "--out", "swarm", "--overwrite"]) == 0
+        assert (elsewhere / "swarm" / "previous-1" / "plan.csv").is_file()
+        assert (elsewhere / "swarm" / "previous-1" / "runs" / "0001.yaml").is_file()
+    finally:
+        os.chdir(cwd)
+
+
+def test_collect_leaves_out_a_stopped_run_and_reads_the_final_evaluation(tmp_path, caplog):
+    import json
+
+    from mixflow.search.collect import collect
+
+    out = tmp_path / "swarm"
+    (out / "runs").mkdir(parents=True)
+    (out / "plan.json").write_text(json.dumps({"domains": ["a", "b"]}))
+    (out / "plan.csv").write_text("run,a,b\n0000,0.5,0.5\n0001,0.2,0.8\n0002,0.9,0.1\n")
+    for name, result in (("0000", {"steps": 4, "val_loss": {"a": 2.5, "b": 3.5}}),
+                         ("0001", {"stopped": "diverged at step 3", "steps": 3})):
+        run_dir = out / "runs" / name
+        run_dir.mkdir()
+        (run_dir / "mixflow_results.json").write_text(json.dumps(result))
+    for name in ("0000", "0001", "0002"):
+        (out / "runs" / f"{name}.yaml").write_text(yaml.safe_dump({"output_dir": str(out / "runs" / name)}))
+    collect(out)
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["run"], r["metric/a"], r["metric/b"]) for r in rows] == [("0000", "2.5", "3.5")]
+    assert "1 runs have not finished" in caplog.text and "1 runs stopped early (diverged" in caplog.text

@@ -4,7 +4,7 @@ regions); impossible constraints are one error listing every conflict."""
 import numpy as np
 import pytest
 
-from mixflow.config.errors import ConfigErrors
+from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.search.propose import Constraints, repetition_caps, simulate
 
 OPTIMUM = np.array([0.1, 0.2, 0.3, 0.4])
@@ -54,3 +54,12 @@ def test_impossible_constraints_are_every_conflict_at_once():
     assert len(err.value.messages) == 2
     assert any("the free domains may hold at most 0.02" in m for m in err.value.messages)
     assert any("fixed at 0.9, above its cap 0.5" in m for m in err.value.messages)
+
+
+def test_more_impossible_constraints_are_errors_not_crashes():
+    with pytest.raises(ConfigErrors, match="fixed weights must be in"):
+        Constraints(fixed={0: 1.5}).check(3)  # no caps: named without a KeyError
+    with pytest.raises(ConfigErrors, match="give one trust region, not both"):
+        Constraints(prior=np.ones(3) / 3, kl=0.1, l1=0.1).check(3)
+    with pytest.raises(ConfigError, match="--candidates and --top-k"):
+        simulate(bowl, 4, Constraints(), None, candidates=0)

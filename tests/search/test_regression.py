@@ -65,3 +65,11 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # what an environment without it gives
     with pytest.raises(ConfigError, match=r"^--model lightgbm: needs the lightgbm package; install it with pip install 'mixflow\[search\]'$"):
         build_model("lightgbm")
+
+
+def test_loglinear_on_losses_a_few_ulps_apart_stays_finite_and_folds_must_be_two_or_more():
+    x, _ = swarm(12)
+    y = np.full(12, 3.0) + np.arange(12) * 4e-16
+    assert np.all(np.isfinite(build_model("loglinear").fit(x, y).predict(x)))
+    with pytest.raises(ConfigError, match="--folds: expected an integer >= 2, got 1"):
+        cross_validate("linear", x, y, folds=1)

@@ -61,3 +61,18 @@ def test_files_without_a_common_key_or_missing_are_errors(tmp_path):
         load_table(mix, loss)
     with pytest.raises(ConfigErrors, match="nope.csv: cannot read it"):
         load_table(tmp_path / "nope.csv")
+
+
+def test_metric_globs_of_a_one_file_table_and_duplicate_keys_in_the_metrics_file(tmp_path):
+    path = _write(tmp_path / "runs.csv", "run,web,code,loss_a,loss_b\na,0.5,0.5,3.0,2.0\nb,0.9,0.1,2.5,2.1\n")
+    table = load_table(path, metric_columns=["loss_*"])
+    assert table.domains == ["web", "code"] and sorted(table.metrics) == ["loss_a", "loss_b"]
+    mix = _write(tmp_path / "mix.csv", "run,a,b\nr,0.5,0.5\n")
+    loss = _write(tmp_path / "loss.csv", "run,metric/a\nr,2.0\nr,3.0\n")
+    with pytest.raises(ConfigErrors, match="loss.csv: line 3: run 'r' already on line 2"):
+        load_table(mix, loss)
+
+
+def test_a_quoted_field_may_hold_a_newline(tmp_path):
+    path = _write(tmp_path / "runs.csv", 'run,web,code,metric/x\n"a\nb",0.5,0.5,3.0\n')
+    assert load_table(path).keys == ["a\nb"]

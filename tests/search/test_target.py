@@ -30,3 +30,8 @@ def test_runs_without_the_target_are_left_out_with_a_warning(caplog):
     values, ok = target_values(target, metrics, "t.csv")
     assert values[:2].tolist() == [2.0, 3.0] and ok.tolist() == [True, True, False]
     assert "t.csv: 1 of 3 runs lack a value of the target" in caplog.text
+
+
+def test_an_empty_mean_is_an_error():
+    with pytest.raises(ConfigError, match="averages no column"):
+        parse_target("mean()", COLUMNS)

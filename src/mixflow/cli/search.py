@@ -43,11 +43,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 "MAE %.4g", fit.model, fit.runs, args.table, fit.target, fit.folds, cv["spearman"], cv["pearson"], cv["mae"])
     predictions = None
     if args.predict:
-        keys, predicted, found = predict_table(fit, args.predict, args.predict_metrics)
+        key, keys, predicted, found = predict_table(fit, args.predict, args.predict_metrics)
         fit.prediction.update({"table": args.predict, **found})
-        from mixflow.search.tables import load_table
-
-        predictions = (load_table(args.predict, args.predict_metrics).key, keys, predicted)
+        predictions = (key, keys, predicted)
         if found:
             logger.info("search fit: on %s (%d runs): Spearman %.3f, Pearson %.3f, MAE %.4g", args.predict,
                         found["runs"], found["spearman"], found["pearson"], found["mae"])

@@ -20,6 +20,10 @@ class ConfigErrors(ConfigError):
         self.messages = list(messages)
         super().__init__("\n".join(self.messages))
 
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:
+        # an error raised in a worker process crosses back pickled: keep the lines, not their characters
+        return (type(self), (self.messages,))
+
 
 class ErrorCollector:
     """Runs checks and keeps every :class:`ConfigError` they raise, so a run reports them all at once."""

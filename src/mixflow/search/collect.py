@@ -1,5 +1,6 @@
 """``mixflow search collect``: every finished proxy's final per-domain validation losses in one table
-(``runs.csv``: ``run``, the mixture's domain columns, ``metric/<domain>``), the input of ``search fit``."""
+(``runs.csv``: ``run``, the mixture's domain columns, ``metric/<domain>``: the evaluation after the
+last step, from ``mixflow_results.json``), the input of ``search fit``."""
 
 from __future__ import annotations
 
@@ -37,9 +38,23 @@ def run_output(folder: Path, name: str) -> Path:
     return Path(config["output_dir"])
 
 
+def results(out: Path) -> dict[str, Any] | None:
+    """A run's ``mixflow_results.json`` (written last, atomically), or None while it has none."""
+    try:
+        return dict(json.loads((out / "mixflow_results.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
 def finished(out: Path) -> bool:
-    """Whether a run ended (``mixflow_results.json`` is written last, atomically, and only then)."""
-    return (out / "mixflow_results.json").is_file()
+    """Whether a run ended, well or stopped (a diverged run writes its results with ``stopped``)."""
+    return results(out) is not None
+
+
+def stopped(out: Path) -> str | None:
+    """Why a run stopped early (it diverged), or None."""
+    found = results(out)
+    return None if found is None else found.get("stopped")
 
 
 def planned_runs(folder: Path) -> list[dict[str, str]]:
@@ -54,21 +69,21 @@ def collect(folder: str | Path) -> Path:
     root = Path(folder)
     plan = read_plan(root)
     domains = list(plan["domains"])
-    rows, missing = [], []
+    rows, missing, broken = [], [], []
     for entry in planned_runs(root):
         out = run_output(root, entry["run"])
-        if not finished(out):
-            missing.append(entry["run"])
+        found = results(out)
+        if found is None or found.get("stopped"):
+            (missing if found is None else broken).append(entry["run"])
             continue
-        curve = validation_curve(out)
-        if not curve["steps"]:
-            raise ConfigError(f"{out}/trainer_state.json: no evaluation of every domain; the proxies need "
-                              "val_size > 0 and an evaluation at the last step (eval_strategy: steps)")
-        rows.append([entry["run"], *(entry[d] for d in domains),
-                     *(f"{curve['losses'][d][-1]:.6g}" if d in curve["losses"] else "" for d in domains)])
-    if missing:
-        logger.warning("search collect: %d of %d runs have not finished and are left out (%s%s)", len(missing),
-                       len(missing) + len(rows), ", ".join(missing[:8]), ", ..." if len(missing) > 8 else "")
+        val = found.get("val_loss") or {}  # the evaluation after the last step (mixflow train writes it)
+        if not val:
+            raise ConfigError(f"{out}/mixflow_results.json: no validation loss; the proxies need val_size > 0")
+        rows.append([entry["run"], *(entry[d] for d in domains), *(f"{val[d]:.6g}" if d in val else "" for d in domains)])
+    for names, why in ((missing, "have not finished"), (broken, "stopped early (diverged; see their mixflow_results.json)")):
+        if names:
+            logger.warning("search collect: %d runs %s and are left out (%s%s)", len(names), why,
+                           ", ".join(names[:8]), ", ..." if len(names) > 8 else "")
     if not rows:
         raise ConfigError(f"{root}: no finished run to collect; run them first (mixflow search run {root})")
     tmp = root / "runs.csv.tmp"

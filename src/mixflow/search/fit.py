@@ -55,6 +55,8 @@ def scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 
 def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, float]:
     """Every run predicted by a model fitted on the other folds; the scores of those predictions."""
+    if folds < 2:
+        raise ConfigError(f"--folds: expected an integer >= 2, got {folds}")
     if len(y) < 2 * folds:
         raise ConfigError(f"search fit: {len(y)} runs are too few for {folds}-fold cross-validation "
                           f"(at least {2 * folds}); add runs or lower --folds")
@@ -110,13 +112,15 @@ def fit_table(table: str | Path, expr: str, metrics: str | Path | None = None, m
     loaded, target, x, y = training_data(table, metrics, expr)
     cv = cross_validate(model, x, y, folds, seed)
     regression = build_model(model, seed).fit(x, y)
-    return Fit(str(table), None if metrics is None else str(metrics), target.expr, model, seed, loaded.domains,
-               len(y), cv, folds, {"target columns": describe(target)}, regression)
+    # absolute paths: ``propose`` refits from fit.json, from wherever it is run
+    return Fit(str(Path(table).resolve()), None if metrics is None else str(Path(metrics).resolve()), target.expr,
+               model, seed, loaded.domains, len(y), cv, folds, {"target columns": describe(target)}, regression)
 
 
-def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None = None) -> tuple[list[str], np.ndarray, dict[str, float]]:
-    """Predictions for another table's runs ([key], predicted, and its scores where it has the target).
-    Its domains must be the fitted ones (any column order)."""
+def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None = None
+                  ) -> tuple[str, list[str], np.ndarray, dict[str, float]]:
+    """Predictions for another table's runs (its key column, [key], predicted, and its scores where it
+    has the target's columns). Its domains must be the fitted ones (any column order)."""
     assert fit.regression is not None
     loaded = load_table(other, other_metrics, metric_columns=_named_columns(fit.target))
     missing = [d for d in fit.domains if d not in loaded.domains]
@@ -130,10 +134,13 @@ def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None 
     try:
         target = parse_target(fit.target, list(loaded.metrics))
     except ConfigError:
-        return loaded.keys, predicted, found  # a table of mixtures to score, without losses
+        return loaded.key, loaded.keys, predicted, found  # a table of mixtures to score, without losses
+    if describe(target) != fit.prediction.get("target columns", describe(target)):
+        raise ConfigError(f"{loaded.source}: the target {fit.target!r} matches other columns here ({describe(target)}) "
+                          f"than in the fitted table ({fit.prediction['target columns']})")
     y, ok = target_values(target, loaded.metrics, loaded.source)
     found = {**scores(y[ok], predicted[ok]), "runs": int(ok.sum())}
-    return loaded.keys, predicted, found
+    return loaded.key, loaded.keys, predicted, found
 
 
 def write_fit(fit: Fit, out: str | Path, predictions: tuple[str, list[str], np.ndarray] | None = None) -> Path:

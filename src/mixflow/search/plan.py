@@ -84,6 +84,36 @@ def parse_prior(spec: str, domains: list[str], tokens: dict[str, int] | None) ->
     return p / p.sum()
 
 
+def absolute_paths(value: Any, base: Path) -> Any:
+    """``value`` with every string that names an existing file or folder relative to ``base`` made
+    absolute: the proxy configs live in ``out/runs/``, where the user's relative paths would not resolve."""
+    if isinstance(value, dict):
+        return {k: absolute_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [absolute_paths(v, base) for v in value]
+    if isinstance(value, str) and value and not Path(value).is_absolute() and "\n" not in value:
+        candidate = base / value
+        try:
+            return str(candidate.resolve()) if candidate.exists() else value
+        except OSError:
+            return value
+    return value
+
+
+def _archive(folder: Path) -> None:
+    """Move an earlier plan (its configs, runs and tables) into ``folder/previous-<n>/``: nothing is deleted,
+    and no run of the old plan can pass for one of the new."""
+    n = 1
+    while (folder / f"previous-{n}").exists():
+        n += 1
+    target = folder / f"previous-{n}"
+    target.mkdir()
+    for name in ("runs", "plan.csv", "plan.json", "runs.csv"):
+        if (folder / name).exists():
+            (folder / name).replace(target / name)
+    logger.warning("search plan: the earlier plan in %s moved to %s", folder, target)
+
+
 def _domain_tokens(run: Any) -> dict[str, int]:
     from mixflow.recipes.build import tokenize_domains
 
@@ -93,13 +123,14 @@ def _domain_tokens(run: Any) -> dict[str, int]:
 def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "natural", concentration: float = 1.0,
                seed: int = 0, min_distance: float = 0.1, overwrite: bool = False) -> Path:
     """Write ``out/runs/NNNN.yaml`` (the user's config with the run's mixture and output folder) and
-    ``out/plan.csv``; every generated config is validated before anything is written."""
+    ``out/plan.csv``; every generated config is validated before anything is written. ``overwrite``
+    moves an earlier plan and its runs into ``out/previous-<n>/``."""
     folder = Path(out)
     if (folder / "plan.csv").exists() and not overwrite:
         raise ConfigError(f"{folder / 'plan.csv'}: a plan is already there; choose another --out or pass --overwrite")
     if runs < 2:
         raise ConfigError(f"--runs: expected an integer >= 2, got {runs}")
-    raw = read_yaml(config, "config")
+    raw = absolute_paths(read_yaml(config, "config"), Path(config).resolve().parent)
     run = load_config(config, check_outputs=False)  # every config error before any tokenization
     domains = [source.name for source in domain_sources(run)]
     p = parse_prior(prior, domains, _domain_tokens(run) if prior == "natural" else None)
@@ -121,6 +152,8 @@ def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "nat
         configs[name] = cfg
     if errors:
         raise ConfigErrors(errors[:20])
+    if (folder / "plan.csv").exists():  # --overwrite, checked above
+        _archive(folder)
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     for name, cfg in configs.items():
         (folder / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

@@ -94,7 +94,7 @@ def proposal_yaml(proposal: dict[str, Any]) -> str:
               f"predicts {proposal['predicted']:.4g} [{low:.4g}, {high:.4g}] for this mixture",
               "# dataset order: " + ", ".join(proposal["domains"])]
     keys = {"dataset": ",".join(proposal["domains"]), "train_type": "static", "mixture_sample_rule": "mixture",
-            "init_mixture_proportions": [round(w, 6) for w in proposal["mixture"].values()]}
+            "init_mixture_proportions": [float(w) for w in proposal["mixture"].values()]}  # unrounded: caps hold exactly
     return "\n".join(header) + "\n" + yaml.safe_dump(keys, sort_keys=False)
 
 

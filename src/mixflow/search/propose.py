@@ -52,7 +52,11 @@ class Constraints:
             errors.append(f"--fix: every domain is fixed but the weights sum to {fixed:.4g}, expected 1")
         for d, w in self.fixed.items():
             if w > self.caps.get(d, 1.0) + 1e-12:
-                errors.append(f"--fix: domain {d} is fixed at {w:.4g}, above its cap {self.caps[d]:.4g}")
+                errors.append(f"--fix: domain {d} is fixed at {w:.4g}, above its cap {self.caps.get(d, 1.0):.4g}")
+        if self.kl is not None and self.l1 is not None:
+            errors.append("--kl and --l1: give one trust region, not both")
+        if any(r is not None and r < 0 for r in (self.kl, self.l1)):
+            errors.append("--kl/--l1: expected a radius >= 0")
         if (self.kl is not None or self.l1 is not None) and self.prior is None:
             errors.append("--kl/--l1: a trust region needs a prior mixture")
         elif self.prior is not None and (self.kl is not None or self.l1 is not None) and not errors:
@@ -149,6 +153,8 @@ def simulate(predict: Callable[[np.ndarray], np.ndarray], k: int, constraints: C
     """(the mean of the ``top_k`` feasible candidates with the lowest prediction, those candidates).
     Half the candidates are drawn around the prior (Dirichlet α = prior·K, RegMix's), half over the
     whole simplex (α = 1), so a good mixture far from the prior is not missed."""
+    if candidates < 1 or top_k < 1:
+        raise ConfigError(f"--candidates and --top-k: expected integers >= 1, got {candidates} and {top_k}")
     constraints.check(k)
     rng = np.random.default_rng(seed)
     center = prior if prior is not None else np.full(k, 1.0 / k)

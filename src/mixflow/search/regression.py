@@ -100,11 +100,13 @@ class LogLinear:
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> LogLinear:
         a = _design(x)
-        low, spread = float(np.min(y)), float(np.ptp(y)) or 1.0
+        low = float(np.min(y))
+        # a spread of a few ulps would put the first c on min(y) itself (log 0)
+        spread = max(float(np.ptp(y)), 1e-9 * max(abs(low), 1.0))
         # c below every observed loss: from well below (a pure exponential) up to just under the minimum
         cs = low - spread * np.geomspace(1e-3, 1e2, self.grid)
         fits = [self._inner(a, y, c) for c in cs]
-        best = int(np.argmin([sse for _, sse in fits]))
+        best = int(np.nanargmin([sse for _, sse in fits]))
         self.c, self.theta = float(cs[best]), fits[best][0]
         self._gauss_newton(a, y)
         return self

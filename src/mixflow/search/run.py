@@ -12,7 +12,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from mixflow.config.errors import ConfigError
-from mixflow.search.collect import finished, planned_runs, run_output
+from mixflow.search.collect import finished, planned_runs, run_output, stopped
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def run_swarm(folder: str | Path, jobs: int = 1, threads: int = 1) -> dict[str, 
         raise ConfigError(f"--jobs: expected an integer >= 1, got {jobs}")
     runs = planned_runs(root)
     todo = [r["run"] for r in runs if not finished(run_output(root, r["run"]))]
+    broken = [r["run"] for r in runs if stopped(run_output(root, r["run"]))]
+    if broken:  # retraining would diverge the same way: say so, never hide it
+        logger.warning("search run: %d runs stopped early (diverged) and are not retrained: %s", len(broken),
+                       ", ".join(broken[:8]) + (", ..." if len(broken) > 8 else ""))
     logger.info("search run: %d of %d runs to train (%d finished), %d at a time", len(todo), len(runs),
                 len(runs) - len(todo), jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -52,7 +56,7 @@ def run_swarm(folder: str | Path, jobs: int = 1, threads: int = 1) -> dict[str, 
                 except Exception as err:
                     raise ValueError(f"search run: run {name} failed ({root / 'runs' / f'{name}.yaml'}): "
                                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
-                                     "; finished runs are kept, rerun to continue") from err
+                                     "; finished runs are kept (the runs already started were let finish), rerun to continue") from err
                 logger.info("search run: %d/%d done (run %s)", done, len(todo), name)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,9 @@ column.
 from __future__ import annotations
 
 import csv
+import fnmatch
+import io
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from mixflow.config.errors import ConfigErrors
+
+logger = logging.getLogger(__name__)
 
 #: Columns that name a run rather than measure it (Olmix writes run, name and index).
 IDENTIFIERS = ("run", "run_id", "index", "name")
@@ -68,7 +73,7 @@ def read_csv(path: Path, errors: list[str]) -> tuple[list[str], list[tuple[int, 
     except OSError as err:
         errors.append(f"{path}: cannot read it ({err.strerror or err})")
         return [], []
-    reader = csv.reader(text.splitlines())  # splitlines: CRLF files (RegMix's 1B table) read like LF ones
+    reader = csv.reader(io.StringIO(text, newline=""))  # CRLF files (RegMix's 1B table) read like LF ones
     header = [c.strip() for c in next(reader, [])]
     if not header:
         errors.append(f"{path}: empty file, expected a CSV header line")
@@ -119,8 +124,9 @@ def load_table(table: str | Path, metrics: str | Path | None = None, metric_colu
     if any(not header for header, _ in read):  # a file that cannot be read: nothing more to check
         raise ConfigErrors(errors)
     key = _key_column([h for h, _ in read], paths, errors)
-    named = set(metric_columns)
     header, rows = read[0]
+    patterns = list(metric_columns)  # names or globs (a target's mean(loss_*)) of a one-file table's metrics
+    named = {c for c in header if any(fnmatch.fnmatchcase(c, p) for p in patterns)}
     if metrics is None:
         domains = [c for c in header if not _is_identifier(c) and not c.startswith(METRIC_PREFIX) and c not in named]
         metric_names = [c for c in header if c.startswith(METRIC_PREFIX) or c in named]
@@ -132,7 +138,8 @@ def load_table(table: str | Path, metrics: str | Path | None = None, metric_colu
     keys = [r[key] if key else str(i) for i, (_, r) in enumerate(rows)]
     mixtures = _mixtures(paths[0], rows, domains, errors)
     values = _metrics(paths, read, key, keys, metric_names, errors)
-    _check_keys(paths[0], rows, key, errors)
+    for path, (_, file_rows) in zip(paths, read):
+        _check_keys(path, file_rows, key, errors)
     if errors:
         raise ConfigErrors(errors)
     # a run with no value for a metric (not finished, not measured) holds NaN there; whoever needs
@@ -159,6 +166,11 @@ def _metrics(paths: list[Path], read: list[tuple[list[str], list[tuple[int, dict
              keys: list[str], names: list[str], errors: list[str]) -> dict[str, dict[str, float]]:
     path, (_, rows) = (paths[-1], read[-1])
     values: dict[str, dict[str, float]] = {m: {} for m in names}
+    known = set(keys)
+    strays = [row[key] for _, row in rows if key and row[key] not in known]
+    if strays and len(paths) > 1:
+        logger.warning("%s: %d rows name a %s that %s does not have; they are left out (%s%s)", path, len(strays),
+                       key, paths[0], ", ".join(strays[:5]), ", ..." if len(strays) > 5 else "")
     for i, (line, row) in enumerate(rows):
         k = row[key] if key else keys[i]
         for m in names:

@@ -41,6 +41,8 @@ def parse_target(expr: str, columns: list[str]) -> Target:
         return Target(expr, ((text, 1.0),))
     if text.startswith("mean(") and text.endswith(")"):
         names = [n.strip() for n in text[5:-1].split(",") if n.strip()]
+        if not names:
+            raise ConfigError(f"--target: {expr!r} averages no column; expected mean(col, ...)")
         matched = [c for n in names for c in _match(n, columns, expr)]
         unique = list(dict.fromkeys(matched))
         return Target(expr, tuple((c, 1.0 / len(unique)) for c in unique))
