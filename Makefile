@@ -28,8 +28,8 @@ demo: install
 	$(BIN)/mixflow train examples/demo.yaml overwrite_output_dir=true
 	$(BIN)/mixflow plot $(DEMO_DIR)/run
 
-# Every benchmark at full size (51 minutes on 2 CPU cores before the interval rework and the new arena; to be
-# measured again); results under benchmarks/results/.
+# Every benchmark at full size; results under benchmarks/results/. Long on 2 CPU cores (the arena alone
+# took about 80 minutes there; README "Benchmarks" has the measured times).
 bench: install
 	$(BIN)/mixflow bench run all --out benchmarks/results
 
