@@ -66,3 +66,34 @@ def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
     lines = str(err.value).splitlines()
     assert lines[0].startswith("arena: these runs cannot start")
     assert [line.split(":")[0] for line in lines[1:]] == ["pike", "va"] and "global batch of at least 9" in lines[1]
+
+
+def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm_is_cached(tmp_path, monkeypatch):
+    import numpy as np
+
+    from mixflow.bench import arena as arena_module
+    from mixflow.bench.arena import VAL_TARGET, Arena, search_best_static
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for name in "abc":
+        (data / f"{name}.jsonl").write_text(json.dumps({"text": name}) + "\n")
+    arena = Arena(train_dir=data, test_dir=data, domains=list("abc"), clean=list("abc"), tokens={"a": 600, "b": 300, "c": 100},
+                  base={"max_steps": 10, "per_device_train_batch_size": 4, "cutoff_len": 8}, work=tmp_path / "w",
+                  seeds=2, jobs=1, swarm=4, methods=[])
+    ran = []
+
+    def fake_runs(specs, jobs, log):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5)
+        ran.extend(s.extra["name"] for s in specs)
+        return [{"extra": s.extra, "steps": 10, "seconds": 1.0,
+                 VAL_TARGET: float(np.abs(np.array(s.extra["mixture"]) - [0.2, 0.3, 0.5]).sum())} for s in specs]
+
+    monkeypatch.setattr(arena_module, "run_specs", fake_runs)
+    found = search_best_static(arena)
+    assert ran[:4] == ["uniform", "natural", "temperature", "unimax"] and ran[-1] == "loglinear proposal"
+    assert len(ran) == 4 + 4 + 1 and found["runs"] == 9
+    values = {m["name"]: m[VAL_TARGET] for m in found["members"]}
+    assert found["chosen"] == min(values, key=values.__getitem__)  # measured, never only predicted
+    assert found["mixture"] == next(m["mixture"] for m in found["members"] if m["name"] == found["chosen"])
+    ran.clear()
+    assert search_best_static(arena) == found and ran == []  # the cached swarm: nothing runs again
