@@ -13,7 +13,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from mixflow.search.plan import plan_swarm
 
     path = plan_swarm(args.config, args.runs, args.out, args.prior, args.concentration, args.seed, args.min_distance,
-                      args.overwrite)
+                      args.overwrite, args.reuse)
     print(f"search plan: wrote {path} and {args.runs} configs in {path.parent / 'runs'} "
           "(run them with mixflow train, one per proxy, or your scheduler)")
     return 0
@@ -101,6 +101,8 @@ def add_search(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for plan.csv, plan.json and runs/NNNN.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan in --out")
+    p.add_argument("--reuse", help="an earlier proposal's folder: keep its ratios among the domains that stay, vary only "
+                   "their total and the added domains (Olmix's mixture reuse)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_plan)
 

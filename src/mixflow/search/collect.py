@@ -68,7 +68,8 @@ def collect(folder: str | Path) -> Path:
     unfinished ones are named in one warning and left out."""
     root = Path(folder)
     plan = read_plan(root)
-    domains = list(plan["domains"])
+    domains = list(plan["domains"])  # the metrics: every domain of the config
+    columns = list(plan.get("columns", domains))  # the mixture: what the swarm varied (reuse: fewer)
     rows, missing, broken = [], [], []
     for entry in planned_runs(root):
         out = run_output(root, entry["run"])
@@ -79,7 +80,7 @@ def collect(folder: str | Path) -> Path:
         val = found.get("val_loss") or {}  # the evaluation after the last step (mixflow train writes it)
         if not val:
             raise ConfigError(f"{out}/mixflow_results.json: no validation loss; the proxies need val_size > 0")
-        rows.append([entry["run"], *(entry[d] for d in domains), *(f"{val[d]:.6g}" if d in val else "" for d in domains)])
+        rows.append([entry["run"], *(entry[c] for c in columns), *(f"{val[d]:.6g}" if d in val else "" for d in domains)])
     for names, why in ((missing, "have not finished"), (broken, "stopped early (diverged; see their mixflow_results.json)")):
         if names:
             logger.warning("search collect: %d runs %s and are left out (%s%s)", len(names), why,
@@ -89,7 +90,7 @@ def collect(folder: str | Path) -> Path:
     tmp = root / "runs.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *domains, *(f"metric/{d}" for d in domains)])
+        writer.writerow(["run", *columns, *(f"metric/{d}" for d in domains)])
         writer.writerows(rows)
     tmp.replace(root / "runs.csv")
     logger.info("search collect: %d runs in %s", len(rows), root / "runs.csv")

@@ -24,6 +24,7 @@ from mixflow.config.load import load_config
 from mixflow.config.parse import read_yaml
 from mixflow.config.schema import MixingConfig
 from mixflow.recipes.inputs import domain_sources
+from mixflow.search.reuse import earlier_proposal, plan_reuse, runs_saved
 from mixflow.utils.jsonlog import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -121,20 +122,50 @@ def _domain_tokens(run: Any) -> dict[str, int]:
 
 
 def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "natural", concentration: float = 1.0,
-               seed: int = 0, min_distance: float = 0.1, overwrite: bool = False) -> Path:
+               seed: int = 0, min_distance: float = 0.1, overwrite: bool = False, reuse: str | Path | None = None) -> Path:
     """Write ``out/runs/NNNN.yaml`` (the user's config with the run's mixture and output folder) and
     ``out/plan.csv``; every generated config is validated before anything is written. ``overwrite``
-    moves an earlier plan and its runs into ``out/previous-<n>/``."""
+    moves an earlier plan and its runs into ``out/previous-<n>/``. ``reuse`` (an earlier proposal's
+    folder): only the added domains and the kept ones' total vary (:mod:`mixflow.search.reuse`)."""
     folder = Path(out)
     if (folder / "plan.csv").exists() and not overwrite:
         raise ConfigError(f"{folder / 'plan.csv'}: a plan is already there; choose another --out or pass --overwrite")
     if runs < 2:
         raise ConfigError(f"--runs: expected an integer >= 2, got {runs}")
+    earlier = earlier_proposal(reuse) if reuse is not None else None
     raw = absolute_paths(read_yaml(config, "config"), Path(config).resolve().parent)
     run = load_config(config, check_outputs=False)  # every config error before any tokenization
     domains = [source.name for source in domain_sources(run)]
     p = parse_prior(prior, domains, _domain_tokens(run) if prior == "natural" else None)
-    mixtures, used = draw_mixtures(p, runs, concentration, seed, min_distance)
+    plan: dict[str, Any] = {"config": str(Path(config).resolve()), "runs": runs, "domains": domains, "columns": domains,
+                            "prior": p.tolist(), "prior_spec": prior, "concentration": concentration, "seed": seed}
+    if earlier is not None:
+        reused = plan_reuse(earlier, domains)
+        if not reused.added:
+            raise ConfigError(f"--reuse: no domain was added (removed: {', '.join(reused.removed) or 'none'}), so no run "
+                              "is needed: train on the earlier mixture renormalised over the kept domains: "
+                              + ", ".join(f"{d}={w:.6g}" for d, w in reused.ratios.items()))
+        table, used = draw_mixtures(reused.reduce(p), runs, concentration, seed, min_distance)
+        mixtures = reused.expand(table)
+        plan.update(columns=reused.columns, reuse=reused.as_dict(), runs_saved=runs_saved(runs, reused))
+        logger.info("search plan: reusing %s: %d kept domains as one, %d added, %d removed; a full plan at the same "
+                    "runs per dimension would need %d more runs", reuse, len(reused.ratios), len(reused.added),
+                    len(reused.removed), plan["runs_saved"])
+    else:
+        table, used = draw_mixtures(p, runs, concentration, seed, min_distance)
+        mixtures = table
+    configs = _configs(raw, folder, mixtures)
+    if (folder / "plan.csv").exists():  # --overwrite, checked above
+        _archive(folder)
+    _write_plan(folder, configs, plan["columns"], table)
+    write_json_atomic(folder / "plan.json", {**plan, "min_distance": used})
+    logger.info("search plan: %d proxy configs in %s (prior %s, minimum L1 distance %.3g)", runs, folder / "runs",
+                prior, used)
+    return folder / "plan.csv"
+
+
+def _configs(raw: dict[str, Any], folder: Path, mixtures: np.ndarray) -> dict[str, dict[str, Any]]:
+    """One validated config per mixture (every problem at once, before anything is written)."""
     base = {k: v for k, v in raw.items() if k not in MIXING_KEYS}
     configs, errors = {}, []
     for i, w in enumerate(mixtures):
@@ -152,23 +183,19 @@ def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "nat
         configs[name] = cfg
     if errors:
         raise ConfigErrors(errors[:20])
-    if (folder / "plan.csv").exists():  # --overwrite, checked above
-        _archive(folder)
+    return configs
+
+
+def _write_plan(folder: Path, configs: dict[str, dict[str, Any]], columns: list[str], table: np.ndarray) -> None:
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     for name, cfg in configs.items():
         (folder / "runs" / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     tmp = folder / "plan.csv.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", *domains])
-        writer.writerows([name, *(f"{x:.6f}" for x in w)] for name, w in zip(configs, mixtures))
+        writer.writerow(["run", *columns])
+        writer.writerows([name, *(f"{x:.6f}" for x in w)] for name, w in zip(configs, table))
     tmp.replace(folder / "plan.csv")
-    write_json_atomic(folder / "plan.json", {"config": str(Path(config).resolve()), "runs": runs, "domains": domains,
-                                              "prior": p.tolist(), "prior_spec": prior, "concentration": concentration,
-                                              "seed": seed, "min_distance": used})
-    logger.info("search plan: %d proxy configs in %s (prior %s, minimum L1 distance %.3g)", runs, folder / "runs",
-                prior, used)
-    return folder / "plan.csv"
 
 
 def read_plan(folder: str | Path) -> dict[str, Any]:

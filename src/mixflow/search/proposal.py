@@ -3,6 +3,7 @@ over the swarm's runs, and the keys that train it (``proposal.yaml``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.search.fit import Fit, load_fit, training_data
 from mixflow.search.propose import Constraints, repetition_caps, simulate
 from mixflow.search.regression import build_model
+from mixflow.search.reuse import VIRTUAL, Reuse
 from mixflow.utils.jsonlog import write_json_atomic
 
 
@@ -78,12 +80,30 @@ def propose(folder: str | Path, fixed: dict[str, float] | None = None, prior: st
         rows = rng.integers(0, len(y), len(y))
         draws.append(float(build_model(fit.model, seed).fit(x[rows], y[rows]).predict(mixture[None, :])[0]))
     interval = [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))] if draws else [predicted, predicted]
-    return {"domains": fit.domains, "mixture": {d: float(w) for d, w in zip(fit.domains, mixture)},
+    out = {"domains": fit.domains, "mixture": {d: float(w) for d, w in zip(fit.domains, mixture)},
             "predicted": predicted, "predicted interval": interval, "bootstrap": bootstrap,
             "model": fit.model, "target": fit.target, "runs": fit.runs, "cv": fit.cv,
             "constraints": {"fixed": fixed or {}, "prior": None if p is None else p.tolist(), "kl": kl, "l1": l1,
                             "caps": {fit.domains[i]: c for i, c in constraints.caps.items()}},
             "top_k": top_k, "candidates": candidates, "seed": seed}
+    reused = _reuse_of(fit)
+    if reused is not None:  # a reuse plan's swarm: the proposal is over (reused, added); train on all domains
+        full = reused.expand(np.array([[out["mixture"][c] for c in reused.columns]]))[0]
+        out["training mixture"] = {d: float(w) for d, w in zip(reused.domains, full)}
+    return out
+
+
+def _reuse_of(fit: Fit) -> Reuse | None:
+    """The reuse recorded by the plan whose collected table the fit read (plan.json beside runs.csv)."""
+    plan = Path(fit.table).parent / "plan.json"
+    try:
+        record = json.loads(plan.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if "reuse" not in record or fit.domains != [VIRTUAL, *record["reuse"]["added"]]:
+        return None
+    r = record["reuse"]
+    return Reuse(list(record["domains"]), dict(r["ratios"]), list(r["added"]), list(r["removed"]))
 
 
 def proposal_yaml(proposal: dict[str, Any]) -> str:
@@ -92,9 +112,10 @@ def proposal_yaml(proposal: dict[str, Any]) -> str:
     low, high = proposal["predicted interval"]
     header = [f"# mixflow search propose: {proposal['model']} fit of {proposal['target']} on {proposal['runs']} runs "
               f"predicts {proposal['predicted']:.4g} [{low:.4g}, {high:.4g}] for this mixture",
-              "# dataset order: " + ", ".join(proposal["domains"])]
-    keys = {"dataset": ",".join(proposal["domains"]), "train_type": "static", "mixture_sample_rule": "mixture",
-            "init_mixture_proportions": [float(w) for w in proposal["mixture"].values()]}  # unrounded: caps hold exactly
+              "# dataset order: " + ", ".join(proposal.get("training mixture", proposal["mixture"]))]
+    mixture = proposal.get("training mixture", proposal["mixture"])  # a reuse plan's: expanded to every domain
+    keys = {"dataset": ",".join(mixture), "train_type": "static", "mixture_sample_rule": "mixture",
+            "init_mixture_proportions": [float(w) for w in mixture.values()]}  # unrounded: caps hold exactly
     return "\n".join(header) + "\n" + yaml.safe_dump(keys, sort_keys=False)
 
 
