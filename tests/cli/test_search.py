@@ -48,3 +48,17 @@ def test_bad_input_is_one_line_per_problem_and_no_output(tmp_path, capsys):
     assert not (tmp_path / "fit").exists()
     assert main(["search", "propose", str(tmp_path / "missing")]) == 2
     assert "not a search fit" in capsys.readouterr().err
+
+
+def test_propose_refits_without_cross_validating_again(tmp_path, monkeypatch):
+    mix, loss = _swarm(tmp_path)
+    out = tmp_path / "fit"
+    assert main(["search", "fit", str(mix), "--metrics", str(loss), "--target", "metric/web", "--out", str(out)]) == 0
+    recorded = json.loads((out / "fit.json").read_text())["cv"]
+
+    def no_cv(*args, **kwargs):
+        raise AssertionError("propose cross-validated the fit again")
+
+    monkeypatch.setattr("mixflow.search.fit.cross_validate", no_cv)
+    assert main(["search", "propose", str(out), "--candidates", "2000", "--bootstrap", "3"]) == 0
+    assert json.loads((out / "proposal.json").read_text())["cv"] == recorded

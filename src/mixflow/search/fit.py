@@ -83,11 +83,11 @@ class Fit:
     folds: int
     prediction: dict[str, Any] = field(default_factory=dict)
     regression: MixtureRegression | None = None
+    data: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """The (mixtures, targets) it was fitted on: a proposal's bootstrap refits on them."""
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("regression")
-        return out
+        return {k: v for k, v in asdict(self).items() if k not in ("regression", "data")}
 
 
 def training_data(table: str | Path, metrics: str | Path | None, expr: str) -> tuple[SwarmTable, Target, np.ndarray, np.ndarray]:
@@ -107,14 +107,16 @@ def _named_columns(expr: str) -> list[str]:
 
 
 def fit_table(table: str | Path, expr: str, metrics: str | Path | None = None, model: str = "loglinear",
-              folds: int = 5, seed: int = 0) -> Fit:
-    """Fit ``model`` on every run of the table and cross-validate it."""
+              folds: int = 5, seed: int = 0, cv: dict[str, float] | None = None) -> Fit:
+    """Fit ``model`` on every run of the table and cross-validate it (``cv``: the scores of an earlier
+    cross-validation of the same fit, which is then not run again)."""
     loaded, target, x, y = training_data(table, metrics, expr)
-    cv = cross_validate(model, x, y, folds, seed)
+    scores_cv = cv if cv is not None else cross_validate(model, x, y, folds, seed)
     regression = build_model(model, seed).fit(x, y)
     # absolute paths: ``propose`` refits from fit.json, from wherever it is run
     return Fit(str(Path(table).resolve()), None if metrics is None else str(Path(metrics).resolve()), target.expr,
-               model, seed, loaded.domains, len(y), cv, folds, {"target columns": describe(target)}, regression)
+               model, seed, loaded.domains, len(y), scores_cv, folds, {"target columns": describe(target)}, regression,
+               (x, y))
 
 
 def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None = None
@@ -160,13 +162,14 @@ def write_fit(fit: Fit, out: str | Path, predictions: tuple[str, list[str], np.n
 
 
 def load_fit(folder: str | Path) -> Fit:
-    """The fit recorded in ``folder/fit.json``, refitted (deterministic for its seed) from its table."""
+    """The fit recorded in ``folder/fit.json``, refitted (deterministic for its seed) from its table;
+    its recorded cross-validation is kept, not recomputed."""
     path = Path(folder) / "fit.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: not a search fit ({err}); run mixflow search fit first") from None
     fit = fit_table(record["table"], record["target"], record.get("metrics"), record["model"], record["folds"],
-                    record["seed"])
+                    record["seed"], cv=record["cv"])
     fit.prediction = record.get("prediction", {})
     return fit

@@ -11,32 +11,12 @@ import numpy as np
 import yaml
 
 from mixflow.config.errors import ConfigError, ConfigErrors
-from mixflow.search.fit import Fit, load_fit, training_data
+from mixflow.search.fit import Fit, load_fit
+from mixflow.search.plan import parse_prior
 from mixflow.search.propose import Constraints, repetition_caps, simulate
 from mixflow.search.regression import build_model
 from mixflow.search.reuse import VIRTUAL, Reuse
 from mixflow.utils.jsonlog import write_json_atomic
-
-
-def _prior(spec: str | None, domains: list[str]) -> np.ndarray | None:
-    if spec is None:
-        return None
-    if spec == "uniform":
-        return np.full(len(domains), 1.0 / len(domains))
-    weights: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, value = part.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--prior: expected uniform or DOMAIN=WEIGHT,..., got {part!r}") from None
-    unknown = [d for d in weights if d not in domains]
-    if unknown or len(weights) != len(domains):
-        raise ConfigError(f"--prior: give every domain once ({', '.join(domains)}); unknown {unknown or 'none'}")
-    p = np.array([weights[d] for d in domains])
-    if np.any(p < 0) or p.sum() <= 0:
-        raise ConfigError("--prior: weights must be >= 0 and not all 0")
-    return p / p.sum()
 
 
 def constraints_for(fit: Fit, fixed: dict[str, float], prior: np.ndarray | None, kl: float | None, l1: float | None,
@@ -69,11 +49,14 @@ def propose(folder: str | Path, fixed: dict[str, float] | None = None, prior: st
     replacement (how much the prediction depends on which runs the swarm happened to have)."""
     fit = load_fit(folder)
     assert fit.regression is not None
-    p = _prior(prior, fit.domains)
+    if prior == "natural":
+        raise ConfigError("--prior: natural needs token counts a fit does not have; give uniform or DOMAIN=WEIGHT,...")
+    p = None if prior is None else parse_prior(prior, fit.domains, None)
     constraints = constraints_for(fit, fixed or {}, p, kl, l1, tokens_per_run, max_epochs, domain_tokens or {})
     mixture, _ = simulate(fit.regression.predict, len(fit.domains), constraints, p, candidates, top_k, seed)
     predicted = float(fit.regression.predict(mixture[None, :])[0])
-    _, _, x, y = training_data(fit.table, fit.metrics, fit.target)
+    assert fit.data is not None
+    x, y = fit.data
     rng = np.random.default_rng(seed + 1)
     draws = []
     for _ in range(bootstrap):
