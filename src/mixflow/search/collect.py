@@ -18,20 +18,6 @@ from mixflow.search.plan import read_plan
 logger = logging.getLogger(__name__)
 
 
-def validation_curve(out: Path) -> dict[str, Any]:
-    """{"steps": [...], "losses": {domain: [...]}} of the Trainer's periodic evaluations (validation
-    split), read from ``out/trainer_state.json``; only the steps where every domain was evaluated."""
-    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
-    by_step: dict[int, dict[str, float]] = {}
-    for entry in state["log_history"]:  # the Trainer logs each evaluated domain as its own key
-        for key, value in entry.items():
-            if key.startswith("eval_") and key.endswith("_loss") and key != "eval_loss":
-                by_step.setdefault(int(entry["step"]), {})[key[len("eval_"):-len("_loss")]] = float(value)
-    names = sorted({d for losses in by_step.values() for d in losses})
-    steps = sorted(s for s, losses in by_step.items() if len(losses) == len(names))
-    return {"steps": steps, "losses": {d: [by_step[s][d] for s in steps] for d in names}}
-
-
 def run_output(folder: Path, name: str) -> Path:
     """The output folder a planned run's config names."""
     config = yaml.safe_load((folder / "runs" / f"{name}.yaml").read_text(encoding="utf-8"))
