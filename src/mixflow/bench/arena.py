@@ -332,7 +332,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
     result.setting = {"steps": arena.steps, "seeds": arena.seeds, "domains": arena.domains, "clean domains": arena.clean,
                       "train tokens": arena.tokens, "best static mixture": dict(zip(arena.domains, best["mixture"])),
                       "swarm runs": best["runs"], "swarm steps": best["steps"], "swarm seconds": round(best["seconds"]),
-                      "best static chosen": best.get("chosen", "?"),
+                      "best static chosen": best["chosen"],
                       "baselines' mixtures": {b: dict(zip(arena.domains, np.round(arena.mixture(b), 4).tolist()))
                                               for b in BASELINES},
                       "calibration": cal, "best baseline": best_baseline}
@@ -349,7 +349,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
     result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test files are "
                         "never trained or tuned on; validation curves (steps to reach) use the training files' "
                         "validation split")
-    result.notes.append(f"best static: the swarm member {best.get('chosen', '?')!r}, lowest measured validation target "
+    result.notes.append(f"best static: the swarm member {best['chosen']!r}, lowest measured validation target "
                         f"of {best['runs']} swarm runs ({best['steps']} steps); DoReMi's steps count "
                         "its reference and proxy")
     return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}

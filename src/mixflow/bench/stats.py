@@ -157,8 +157,9 @@ class Comparison:
     """(estimate, lower, upper) of a percentile bootstrap over ``bootstrap_units``, for a metric that
     is not a mean over seeds (a rank correlation over runs); None: the t-interval over ``values``."""
     bootstrap_units: str = ""
+    """What the bootstrap resampled ("runs")."""
     bootstrap_n: int = 0
-    """How many units the bootstrap resampled (reported as ``n_seeds``: the interval's sample size)."""
+    """How many of them (reported as ``n_seeds``: the interval's sample size)."""
 
     def __post_init__(self) -> None:
         if self.better not in ("lower", "higher"):
@@ -215,7 +216,7 @@ class Comparison:
             out["claim_range"] = list(self.claim_range)
             out["passes"] = self.passes
         if self.bootstrap is not None:
-            out["interval"] = f"percentile bootstrap over {self.bootstrap_units}"
+            out["interval"] = f"percentile bootstrap over {self.bootstrap_n} {self.bootstrap_units}"
         return out
 
     def describe(self) -> str:
@@ -263,7 +264,7 @@ def bootstrap_comparison(
     rank correlations on the same runs) with its percentile bootstrap interval over those units."""
     estimate, lo, hi = bootstrap_interval(list(range(units)), statistic, resamples=resamples, seed=seed)
     return Comparison(method, baseline, metric, (estimate,), better, claim_range=claim_range,
-                      bootstrap=(estimate, lo, hi), bootstrap_units=f"{units} {what}", bootstrap_n=units)
+                      bootstrap=(estimate, lo, hi), bootstrap_units=what, bootstrap_n=units)
 
 
 def interval_text(c: Comparison) -> str:
