@@ -1,5 +1,5 @@
 """The arena's pieces that need no training: the recommendation (never a baseline, exactly the keys a
-method was measured with), the up-front check of every method's config, the train/test split."""
+method was measured with), the up-front check of every method's config, the train/validation/test split."""
 
 import json
 
@@ -36,20 +36,34 @@ def test_the_yaml_holds_exactly_the_keys_the_method_was_measured_with():
     assert "mixflow doremi THIS_FILE" in doremi and yaml.safe_load(doremi)["proxy"] == {"update_step": 5}
 
 
-def test_every_domain_keeps_a_test_document_and_the_split_is_fixed(tmp_path):
-    for name, n in (("big", 45), ("tiny", 2)):
+def test_every_domain_keeps_a_validation_and_a_test_document_and_the_split_is_fixed(tmp_path):
+    for name, n in (("big", 45), ("tiny", 3)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(n)))
     sources = [DomainSource(n, str(tmp_path / f"{n}.jsonl")) for n in ("big", "tiny")]
-    train, test = split_domains(sources, tmp_path / "split")
-    lines = {(d, part): (folder / f"{d}.jsonl").read_text().splitlines()
-             for d in ("big", "tiny") for part, folder in (("train", train), ("test", test))}
-    assert [json.loads(x)["text"] for x in lines["big", "test"]] == ["big 19", "big 39"]
-    assert len(lines["big", "train"]) == 43 and lines["tiny", "test"] == [json.dumps({"text": "tiny 1"})]
-    assert json.loads((test / "dataset_info.json").read_text())["tiny"]["file_name"] == "tiny.jsonl"
+    split = split_domains(sources, tmp_path / "split")
+    texts = {(d, part): [json.loads(x)["text"] for x in (folder / f"{d}.jsonl").read_text().splitlines()]
+             for d in ("big", "tiny") for part, folder in split._asdict().items()}
+    assert texts["big", "test"] == ["big 19", "big 39"] and texts["big", "val"] == ["big 9", "big 29"]
+    assert texts["big", "train"] == [f"big {i}" for i in range(45) if i % 20 not in (9, 19)]  # in order, all kept
+    assert (texts["tiny", "train"], texts["tiny", "val"], texts["tiny", "test"]) == (["tiny 0"], ["tiny 1"], ["tiny 2"])
+    assert json.loads((split.val / "dataset_info.json").read_text())["tiny"]["file_name"] == "tiny.jsonl"
+    assert split_domains(sources, tmp_path / "again") == tuple(tmp_path / "again" / p for p in ("train", "val", "test"))
+    assert (tmp_path / "again" / "test" / "big.jsonl").read_bytes() == (split.test / "big.jsonl").read_bytes()
+
+
+def test_a_domain_too_small_to_split_is_named(tmp_path):
+    for name, n in (("ok", 30), ("two", 2), ("one", 1)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(n)))
+    with pytest.raises(ValueError) as err:
+        split_domains([DomainSource(n, str(tmp_path / f"{n}.jsonl")) for n in ("ok", "two", "one")], tmp_path / "s")
+    assert str(err.value).splitlines() == [
+        "domain 'two': 2 document(s); the arena splits documents into train, validation and test, so it needs at least 3",
+        "domain 'one': 1 document(s); the arena splits documents into train, validation and test, so it needs at least 3"]
 
 
 def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
-    from mixflow.bench.arena import Arena, check_specs, method_spec
+    from mixflow.bench.arena import Arena, method_spec
+    from mixflow.bench.arena_runs import check_specs
 
     data = tmp_path / "d"
     data.mkdir()
@@ -59,7 +73,7 @@ def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
     base = {"tokenizer": "byte", "cutoff_len": 32, "val_size": 0.1, "per_device_train_batch_size": 8, "max_steps": 20,
             "model_config": {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
                              "intermediate_size": 64, "max_position_embeddings": 32}, "use_cpu": True}
-    arena = Arena(train_dir=data, test_dir=data, domains=list("abce"), clean=list("abce"), tokens=dict.fromkeys("abce", 1),
+    arena = Arena(train_dir=data, test_dir=data, val_dir=data, domains=list("abce"), clean=list("abce"), tokens=dict.fromkeys("abce", 1),
                   base=base, work=tmp_path / "w", seeds=2, jobs=1, swarm=2, methods=["odm", "pike", "va"])
     with pytest.raises(ValueError) as err:
         check_specs([method_spec(arena, m, 0) for m in arena.methods])
@@ -78,22 +92,26 @@ def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm
     data.mkdir()
     for name in "abc":
         (data / f"{name}.jsonl").write_text(json.dumps({"text": name}) + "\n")
-    arena = Arena(train_dir=data, test_dir=data, domains=list("abc"), clean=list("abc"), tokens={"a": 600, "b": 300, "c": 100},
+    arena = Arena(train_dir=data, test_dir=data, val_dir=data, domains=list("abc"), clean=list("abc"), tokens={"a": 600, "b": 300, "c": 100},
                   base={"max_steps": 10, "per_device_train_batch_size": 4, "cutoff_len": 8}, work=tmp_path / "w",
                   seeds=2, jobs=1, swarm=4, methods=[])
     ran = []
 
-    def fake_runs(specs, jobs, log):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5)
-        ran.extend(s.extra["name"] for s in specs)
+    def fake_runs(specs, jobs, log):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5); the
+        ran.extend(s.extra["name"] for s in specs)  # natural mixture (0.6, 0.3, 0.1) is lucky on its first seed
         return [{"extra": s.extra, "steps": 10, "seconds": 1.0,
-                 VAL_TARGET: float(np.abs(np.array(s.extra["mixture"]) - [0.2, 0.3, 0.5]).sum())} for s in specs]
+                 VAL_TARGET: float(np.abs(np.array(s.extra["mixture"]) - [0.2, 0.3, 0.5]).sum())
+                 - (1.0 if s.extra["name"] == "natural" else 0.0)} for s in specs]
 
     monkeypatch.setattr(arena_module, "run_specs", fake_runs)
     found = search_best_static(arena)
-    assert ran[:4] == ["uniform", "natural", "temperature", "unimax"] and ran[-1] == "loglinear proposal"
-    assert len(ran) == 4 + 4 + 1 and found["runs"] == 9
-    values = {m["name"]: m[VAL_TARGET] for m in found["members"]}
-    assert found["chosen"] == min(values, key=values.__getitem__)  # measured, never only predicted
-    assert found["mixture"] == next(m["mixture"] for m in found["members"] if m["name"] == found["chosen"])
+    assert ran[:4] == ["uniform", "natural", "temperature", "unimax"] and ran[9 - 1] == "loglinear proposal"
+    assert "natural (seed 1)" in ran and "natural (seed 2)" in ran  # the lowest of one seed is measured again
+    assert len(ran) == 4 + 4 + 1 + 3 * 2 and found["runs"] == 15
+    members = {m["name"]: m for m in found["members"]}
+    replicated = {n: m["replicated mean"] for n, m in members.items() if "replicated mean" in m}
+    assert len(replicated) == 3 and replicated["natural"] == pytest.approx(members["natural"][VAL_TARGET] + 1 - 1 / 3)
+    assert found["chosen"] == min(replicated, key=replicated.__getitem__) != "natural"  # measured on 3 seeds
+    assert found["mixture"] == members[found["chosen"]]["mixture"]
     ran.clear()
     assert search_best_static(arena) == found and ran == []  # the cached swarm: nothing runs again

@@ -1,14 +1,15 @@
 """The arena: every mixing method against the simple mixtures and the best static one, on one set of
 domains, paired by seed — the engine behind ``mixflow bench run lm-arena`` and ``mixflow arena``.
 
-1. The documents of each domain are split once into train and *test* files; every method trains on
-   the train files (FGLS, ERMA and DoReMi hold their validation rows out of them) and is scored on the
-   test files, which nothing ever trains or tunes on.
+1. The documents of each domain are split once into train, validation and *test* files; every
+   method trains on the train files (FGLS, ERMA and DoReMi hold their ``val_size`` rows out of them),
+   the swarm chooses the best static mixture on the validation documents, and every run is scored
+   on the test documents, which nothing ever trains, tunes or chooses on.
 2. Baselines: ``uniform``, ``natural`` (in proportion to the domains' sizes), ``temperature``
    (τ = 3), ``unimax`` (uniform under a one-epoch cap, Chung et al. 2023), and ``best static``: a
    swarm of proxy runs (the simple mixtures, Dirichlet draws, and the mixture ``mixflow search``'s
    log-linear mixing law proposes from them: RegMix, Liu et al. 2024, arXiv 2407.01492, §3), the
-   member with the lowest measured validation loss re-run on every scoring seed. The swarm is
+   member with the lowest measured loss on the validation documents re-run on every scoring seed. The swarm is
    cached by the data and the setting.
 3. Every method with its documented defaults; DoReMi's three steps with the reference's and proxy's
    steps counted.
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.bench.arena_recommend import recommend, recommendation_yaml
-from mixflow.bench.arena_runs import RunSpec, run_specs
+from mixflow.bench.arena_runs import RunSpec, check_specs, run_specs
 from mixflow.bench.base import BenchResult, Row
 from mixflow.bench.stats import ratio_interval
 from mixflow.data.proportions import unimax_proportions
@@ -54,6 +55,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "doremi": {},  # its own three-step pipeline
 }
 TARGET = "target loss"
+#: The swarm's best members by one seed, and how many seeds each is then measured on.
+TOP_REPLICATED, REPLICATES = 3, 3
 #: The same mean over the clean domains on the validation split (what the swarm selects on).
 VAL_TARGET = "validation target loss"
 #: The best static mixture trained for DoReMi's total steps (reference, proxy and target).
@@ -68,6 +71,9 @@ class Arena:
     train_dir: Path
     """A dataset directory (``dataset_info.json``) with the train files."""
     test_dir: Path
+    """The test documents of every domain: they score every run."""
+    val_dir: Path
+    """The validation documents of every domain: they choose the best static mixture."""
     domains: list[str]
     clean: list[str]
     """The domains whose mean test loss is the target."""
@@ -118,8 +124,8 @@ class Arena:
              extra: dict[str, Any] | None = None) -> RunSpec:
         if not self._digest:
             self._digest = _data_digest(self)
-        return RunSpec(method, seed, config, str(self.test_dir), tuple(self.domains), tuple(self.clean), kind,
-                       extra or {}, self._digest)
+        return RunSpec(method, seed, config, str(self.test_dir), str(self.val_dir), tuple(self.domains),
+                       tuple(self.clean), kind, extra or {}, self._digest)
 
 
 DOREMI_KEYS = {"reference": {"mixture_sample_rule": "uniform"}, "doremi": {}}
@@ -157,13 +163,15 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
 
     Members: the simple mixtures (so the best static is never worse than they are on validation) and
     ``arena.swarm`` Dirichlet draws; then ``mixflow search``'s log-linear mixing law fitted on them
-    proposes one more (RegMix's simulation), which is run too. The best static mixture is the member
-    with the lowest *measured* validation target: a regression fitted on a dozen runs can propose a
-    poor mixture (measured: one 0.35 nats worse than temperature sampling), and then it is not chosen.
+    proposes one more (RegMix's simulation), which is run too. The best static mixture is *measured*
+    best: the members lowest on the validation documents are run on more seeds, and the lowest mean
+    wins (a regression fitted on a dozen runs can propose a poor mixture, measured once 0.35 nats
+    worse than temperature sampling, and then it is not chosen).
     """
     key = hashlib.sha256(json.dumps({"base": arena.base, "domains": arena.domains, "clean": arena.clean,
                                      "tokens": arena.tokens, "swarm": arena.swarm, "data": _data_digest(arena),
-                                     "members": "baselines + dirichlet + loglinear proposal"},
+                                     "members": "baselines + dirichlet + loglinear proposal",
+                                     "replicated": [TOP_REPLICATED, REPLICATES]},
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = arena.work / f"swarm-{key}.json"
     if cache.is_file():
@@ -179,7 +187,7 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(named) + 1)
     results = _swarm_runs(arena, named)
     x = np.array([r["extra"]["mixture"] for r in results])
-    # selected on the validation split of the train files: the test split scores, it never chooses
+    # chosen on the validation documents: the test documents score, they never choose
     y = np.array([r[VAL_TARGET] for r in results])
     if not np.all(np.isfinite(y)):
         raise ValueError("arena: a swarm run has no final validation loss (the arena evaluates at the last step)")
@@ -188,23 +196,44 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     results += _swarm_runs(arena, {"loglinear proposal": proposal}, first=len(named))
     names = [*named, "loglinear proposal"]
     values = [r[VAL_TARGET] for r in results]
-    best = int(np.nanargmin(values))
-    found = {"key": key, "members": [{"name": n, "mixture": r["extra"]["mixture"], VAL_TARGET: float(v)}
-                                     for n, r, v in zip(names, results, values)],
-             "mixture": results[best]["extra"]["mixture"], "chosen": names[best], "runs": len(results),
-             "steps": int(sum(r["steps"] for r in results)), "seconds": float(sum(r["seconds"] for r in results))}
-    arena.log("arena: best static mixture: %s (validation target %.4f)", names[best], values[best])
+    best, means, again = _replicate_best(arena, names, results)
+    members = [{"name": n, "mixture": r["extra"]["mixture"], VAL_TARGET: float(v),
+                **({"replicated mean": means[i]} if i in means else {})}
+               for i, (n, r, v) in enumerate(zip(names, results, values))]
+    members += [{"name": r["extra"]["name"], "mixture": r["extra"]["mixture"], VAL_TARGET: float(r[VAL_TARGET])}
+                for r in again]
+    found = {"key": key, "members": members,
+             "mixture": results[best]["extra"]["mixture"], "chosen": names[best], "runs": len(results) + len(again),
+             "steps": int(sum(r["steps"] for r in results + again)),
+             "seconds": float(sum(r["seconds"] for r in results + again))}
+    arena.log("arena: best static mixture: %s (validation target %.4f over %d seeds)", names[best], means[best], REPLICATES)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, found)
     return found
 
 
+def _replicate_best(arena: Arena, names: list[str], results: list[dict[str, Any]]
+                    ) -> tuple[int, dict[int, float], list[dict[str, Any]]]:
+    """(the chosen member, the mean validation target of each replicated one, the extra runs).
+
+    One seed per member is a noisy choice: a run's seed sd is about the gap between good mixtures,
+    so the lowest of ~17 single runs is partly luck. The best few are run on more seeds and the
+    lowest mean is chosen."""
+    values = [r[VAL_TARGET] for r in results]
+    top = [int(i) for i in np.argsort(values)[:TOP_REPLICATED]]
+    again = _swarm_runs(arena, {f"{names[i]} (seed {j})": np.array(results[i]["extra"]["mixture"])
+                                for i in top for j in range(1, REPLICATES)}, first=len(names))
+    per = REPLICATES - 1
+    means = {i: float(np.mean([values[i], *(r[VAL_TARGET] for r in again[t * per:(t + 1) * per])]))
+             for t, i in enumerate(top)}
+    return min(means, key=means.__getitem__), means, again
+
+
 def _swarm_runs(arena: Arena, mixtures: dict[str, np.ndarray], first: int = 0) -> list[dict[str, Any]]:
-    # one data seed for the whole swarm: its members differ by their mixture (and model seed), and
-    # are compared on one validation split
+    # the swarm's seeds are apart from the scoring seeds; each member's seeds the model and the data
     specs = [arena.spec("swarm", 10_000 + first + i,
                         arena.static_config(arena.work / "swarm" / f"member{first + i}", 10_000 + first + i,
-                                            (m / m.sum()).tolist(), data_seed=0),
+                                            (m / m.sum()).tolist()),
                         extra={"mixture": (m / m.sum()).tolist(), "name": name})
              for i, (name, m) in enumerate(mixtures.items())]
     return run_specs(specs, arena.jobs, arena.log)
@@ -213,42 +242,10 @@ def _swarm_runs(arena: Arena, mixtures: dict[str, np.ndarray], first: int = 0) -
 def _data_digest(arena: Arena) -> str:
     digest = hashlib.sha256()
     for d in arena.domains:
-        for folder in (arena.train_dir, arena.test_dir):
+        for folder in (arena.train_dir, arena.val_dir, arena.test_dir):
             path = folder / f"{d}.jsonl"
             digest.update(path.read_bytes() if path.is_file() else d.encode())
     return digest.hexdigest()
-
-
-def check_specs(specs: list[RunSpec]) -> None:
-    """Every method's config validated as ``mixflow train`` (or ``mixflow doremi``) would, before any
-    run starts: all the problems at once, each naming its method (e.g. a batch too small for PiKE)."""
-    import tempfile
-
-    import yaml
-
-    from mixflow.config.errors import ConfigError, ConfigErrors
-    from mixflow.config.load import load_config
-    from mixflow.recipes.doremi import STEPS, parse_pipeline, step_config
-
-    problems = []
-    for spec in specs:
-        try:
-            if spec.kind == "doremi":
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / "doremi.yaml"
-                    path.write_text(yaml.safe_dump(spec.config), encoding="utf-8")
-                    pipeline = parse_pipeline(path)
-                    for step in STEPS[:2]:
-                        step_config(pipeline, step)
-            else:
-                load_config(raw=spec.config, check_outputs=False)
-        except ConfigErrors as err:
-            problems += [f"{spec.method}: {m}" for m in err.messages]
-        except (ConfigError, ValueError, FileNotFoundError) as err:
-            problems.append(f"{spec.method}: {err}")
-    if problems:
-        raise ValueError("\n".join(["arena: these runs cannot start (choose --methods, or change the config):",
-                                     *problems]))
 
 
 def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list[dict[str, Any]]]]:
@@ -346,12 +343,13 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
     result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{_bound(lo)}, {_bound(hi)}] "
                      "(Fieller's 95% interval over the seeds' paired differences)"
                      for m, (v, lo, hi) in gap.items() if m not in ("natural", "best static")]
-    result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test files are "
-                        "never trained or tuned on; validation curves (steps to reach) use the training files' "
+    result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test documents "
+                        "are never trained, tuned or chosen on; validation curves (steps to reach) use the training files' "
                         "validation split")
-    result.notes.append(f"best static: the swarm member {best['chosen']!r}, lowest measured validation target "
-                        f"of {best['runs']} swarm runs ({best['steps']} steps); DoReMi's steps count "
-                        "its reference and proxy")
+    result.notes.append(f"best static: the swarm member {best['chosen']!r}, lowest mean target on the validation "
+                        f"documents over {REPLICATES} seeds among the {TOP_REPLICATED} best of one seed "
+                        f"({best['runs']} swarm runs, {best['steps']} steps); DoReMi's steps count its reference and "
+                        "proxy")
     return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}
 
 

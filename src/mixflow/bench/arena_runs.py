@@ -1,9 +1,9 @@
 """The arena's training runs: one process per run, one torch thread each, as many at once as asked.
 
 A run is a :class:`RunSpec` (a ``mixflow train`` config, or a DoReMi pipeline config); the worker
-trains it exactly as the command line does, then scores the final model on the *test* split, which
-no algorithm ever sees (FGLS, ERMA and DoReMi read the validation split that ``val_size`` holds
-out of the training files). It returns plain JSON-able numbers, so a run's result can be cached.
+trains it exactly as the command line does, then scores the final model on the *test* documents,
+which no algorithm ever sees, and on the validation documents a swarm chooses on (FGLS, ERMA and
+DoReMi read the rows that ``val_size`` holds out of the training files, not these). It returns plain JSON-able numbers, so a run's result can be cached.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class RunSpec:
     """A ``mixflow train`` config (``kind="train"``) or a ``mixflow doremi`` one (``kind="doremi"``)."""
     test_dir: str
     """A dataset directory with the test split of every domain (``dataset_info.json``)."""
+    val_dir: str
+    """The same with the validation documents (what a swarm chooses on)."""
     domains: tuple[str, ...]
     clean: tuple[str, ...]
     """The domains whose mean test loss is the target."""
@@ -93,6 +95,38 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> 
     return [r for r in results if r is not None]
 
 
+def check_specs(specs: list[RunSpec]) -> None:
+    """Every method's config validated as ``mixflow train`` (or ``mixflow doremi``) would, before any
+    run starts: all the problems at once, each naming its method (e.g. a batch too small for PiKE)."""
+    import tempfile
+
+    import yaml
+
+    from mixflow.config.errors import ConfigError, ConfigErrors
+    from mixflow.config.load import load_config
+    from mixflow.recipes.doremi import STEPS, parse_pipeline, step_config
+
+    problems = []
+    for spec in specs:
+        try:
+            if spec.kind == "doremi":
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "doremi.yaml"
+                    path.write_text(yaml.safe_dump(spec.config), encoding="utf-8")
+                    pipeline = parse_pipeline(path)
+                    for step in STEPS[:2]:
+                        step_config(pipeline, step)
+            else:
+                load_config(raw=spec.config, check_outputs=False)
+        except ConfigErrors as err:
+            problems += [f"{spec.method}: {m}" for m in err.messages]
+        except (ConfigError, ValueError, FileNotFoundError) as err:
+            problems.append(f"{spec.method}: {err}")
+    if problems:
+        raise ValueError("\n".join(["arena: these runs cannot start (choose --methods, or change the config):",
+                                     *problems]))
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one spec and score it (the worker; module level so it pickles)."""
     import torch
@@ -110,12 +144,13 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         out = _doremi(spec) if spec["kind"] == "doremi" else _train(spec["config"])
         out["seconds"] = time.perf_counter() - start
         tokenizer = spec["config"].get("tokenizer") or out["model_dir"]
-        out["test_loss"] = test_losses(out.pop("model_dir"), tokenizer, spec["test_dir"], spec["domains"],
+        model_dir = out.pop("model_dir")
+        out["test_loss"] = test_losses(model_dir, tokenizer, spec["test_dir"], spec["domains"],
                                        int(spec["config"]["cutoff_len"]))
+        out["validation_loss"] = test_losses(model_dir, tokenizer, spec["val_dir"], spec["domains"],
+                                             int(spec["config"]["cutoff_len"]))
     out["target loss"] = float(np.mean([out["test_loss"][d] for d in spec["clean"]]))
-    final = {d: losses[-1] for d, losses in out["curve"]["losses"].items() if losses}
-    out["validation target loss"] = float(np.mean([final[d] for d in spec["clean"]])) if all(
-        d in final for d in spec["clean"]) else float("nan")
+    out["validation target loss"] = float(np.mean([out["validation_loss"][d] for d in spec["clean"]]))
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
     return out
 

@@ -52,6 +52,28 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
             "vocab": 2048, "val_rows": 64}
 
 
+def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[Arena, dict[str, Any]]:
+    """The arena on ``mixflow data corpus`` at the context's size (``methods``: the size's own when
+    None), in the scratch folder every benchmark on this corpus shares (its swarm and runs are
+    cached there), and the setting it records."""
+    s = _sizes(ctx)
+    root = ctx.scratch / "lm-arena"
+    ctx.log("lm-arena: building the corpus (scale %g)", s["scale"])
+    manifest = build_corpus(root / "corpus", scale=s["scale"], vocab_size=s["vocab"], progress=False)
+    domains = [d.name for d in DOMAINS]
+    sources = sources_from_dataset_info(root / "corpus", domains)
+    split = split_domains(sources, root / "split", max_documents=s["max_documents"])
+    base = base_config(str(root / "corpus" / "tokenizer"), s["steps"], str(root / "tokenized"), s["val_rows"])
+    arena = Arena(train_dir=split.train, test_dir=split.test, val_dir=split.val, domains=domains,
+                  clean=[d.name for d in DOMAINS if d.clean], tokens=train_tokens(base, split.train, domains), base=base,
+                  work=root / "runs", seeds=ctx.seeds, jobs=s["jobs"], swarm=s["swarm"],
+                  methods=s["methods"] if methods is None else methods, log=ctx.log)
+    setting = {"corpus sha256": manifest["corpus_sha256"], "corpus scale": s["scale"],
+               "model": f"Llama 2×128, untied head, BPE {s['vocab']}", "batch": base["per_device_train_batch_size"],
+               "cutoff_len": base["cutoff_len"], "parallel runs": s["jobs"]}
+    return arena, setting
+
+
 @register_benchmark(
     "lm-arena",
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
@@ -62,26 +84,13 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:
-    s = _sizes(ctx)
-    root = ctx.scratch / "lm-arena"
-    ctx.log("lm-arena: building the corpus (scale %g)", s["scale"])
-    manifest = build_corpus(root / "corpus", scale=s["scale"], vocab_size=s["vocab"], progress=False)
-    domains = [d.name for d in DOMAINS]
-    sources = sources_from_dataset_info(root / "corpus", domains)
-    train_dir, test_dir = split_domains(sources, root / "split", max_documents=s["max_documents"])
-    base = base_config(str(root / "corpus" / "tokenizer"), s["steps"], str(root / "tokenized"), s["val_rows"])
-    arena = Arena(train_dir=train_dir, test_dir=test_dir, domains=domains,
-                  clean=[d.name for d in DOMAINS if d.clean], tokens=train_tokens(base, train_dir, domains), base=base,
-                  work=root / "runs", seeds=ctx.seeds, jobs=s["jobs"], swarm=s["swarm"], methods=s["methods"],
-                  log=ctx.log)
+    arena, setting = corpus_arena(ctx)
     result, summary, runs = run_arena(arena)
     result.compare("natural", "best static", TARGET, "lower", claim_range=(0.0, None))
     result.judge()
-    result.setting.update({"corpus sha256": manifest["corpus_sha256"], "corpus scale": s["scale"],
-                           "model": f"Llama 2×128, untied head, BPE {s['vocab']}", "batch": 32, "cutoff_len": 64,
-                           "baselines": list(BASELINES), "parallel runs": s["jobs"]})
+    result.setting.update({**setting, "baselines": list(BASELINES)})
     plots = [p for p in (curves_plot(ctx.out_dir / "lm-arena-curves.png", runs, arena.clean),
-                         weights_plot(ctx.out_dir / "lm-arena-weights.png", runs, domains)) if p is not None]
+                         weights_plot(ctx.out_dir / "lm-arena-weights.png", runs, arena.domains)) if p is not None]
     result.plots = [p.name for p in plots]
     result.notes.append(f"recommendation: {summary['recommendation']}")
     return result

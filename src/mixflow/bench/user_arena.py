@@ -83,11 +83,11 @@ def run_user_arena(
     swarm = swarm or (8 if quick else 24)
     code = commit()
     start = time.perf_counter()
-    logger.info("arena: splitting %d domains into train and test files under %s", len(sources), work / "split")
-    train_dir, test_dir = split_domains(sources, work / "split", max_documents=max_documents)
+    logger.info("arena: splitting %d domains into train, validation and test files under %s", len(sources), work / "split")
+    split = split_domains(sources, work / "split", max_documents=max_documents)
     base = arena_base(run, steps, work)
-    arena = Arena(train_dir=train_dir, test_dir=test_dir, domains=names, clean=clean,
-                  tokens=train_tokens(base, train_dir, names), base=base, work=work / "runs", seeds=seeds, jobs=jobs,
+    arena = Arena(train_dir=split.train, test_dir=split.test, val_dir=split.val, domains=names, clean=clean,
+                  tokens=train_tokens(base, split.train, names), base=base, work=work / "runs", seeds=seeds, jobs=jobs,
                   swarm=swarm, methods=methods or list(METHODS), log=logging.getLogger("mixflow.progress.arena").info)
     result, summary, runs = run_arena(arena)
     plots = [p for p in (curves_plot(out_dir / "arena-curves.png", runs, clean),
