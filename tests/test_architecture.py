@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,3 +241,78 @@ def test_files_stay_small():
         and "long file:" not in "\n".join(p.read_text(encoding="utf-8").splitlines()[:30])
     ]
     assert big == []
+
+
+REPO = PACKAGE.parents[1]
+#: Where the repository's own files are named from: every doc, README and source file.
+DOC_FOLDERS = ("docs", "src", "examples", "benchmarks")
+#: Files mixflow writes (named in docs as outputs, not files of the repository).
+OUTPUT_FILES = {"arena.md"}
+#: Dotted names that are not modules: logger names and the benchmarks' entry-point group.
+NOT_MODULES = ("mixflow.progress", "mixflow.benchmarks")
+FILE_NAME = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.(?:py|md))\b")
+DOTTED = re.compile(r"(?<![\w.])(mixflow(?:\.\w+)+)")
+
+
+def _documents(root: Path) -> list[Path]:
+    found = [root / "README.md"] if (root / "README.md").is_file() else []
+    for folder in DOC_FOLDERS:
+        found += [p for p in sorted((root / folder).rglob("*")) if p.suffix in (".md", ".py") and p.is_file()
+                  and "egg-info" not in str(p)]
+    return found
+
+
+def missing_names(root: Path, package: Path) -> list[str]:
+    """``FILE:LINE: NAME`` for each repository file or ``mixflow.`` module a doc or source file names
+    that does not exist. A path counts from the repository root, the naming file's folder or the
+    package; a bare file name may live anywhere in the repository; a path with a placeholder
+    (``DIR/``, ``NAME``, ``my_...``) or outside the repository's folders is an example, not a claim."""
+    basenames = {p.name for p in root.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts}
+    problems = []
+    for doc in _documents(root):
+        for number, line in enumerate(doc.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for name in FILE_NAME.findall(line):
+                parts = name.split("/")
+                if any(p.isupper() or p.startswith(("my_", "my-", "NAME")) for p in parts) or name in OUTPUT_FILES:
+                    continue
+                if len(parts) > 1 and parts[0] not in (*DOC_FOLDERS, "tests", "mixflow", "algorithms", "data",
+                                                       "providers", "engine", "recipes", "bench", "search", "cli"):
+                    continue  # another project's file (e.g. Megatron-LM's), named for comparison
+                here = (root / name, doc.parent / name, package / name, package.parent / name)
+                if not (any(p.exists() for p in here) or (len(parts) == 1 and name in basenames)):
+                    problems.append(f"{doc.relative_to(root)}:{number}: {name}")
+            problems += [f"{doc.relative_to(root)}:{number}: {name}" for name in DOTTED.findall(line)
+                         if not name.startswith(NOT_MODULES) and not _resolves(name.rstrip("."))]
+    return problems
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attribute in parts[k:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+def test_every_file_and_module_the_docs_name_exists():
+    assert missing_names(REPO, PACKAGE) == []
+
+
+def test_the_name_check_catches_a_stale_file_and_module(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "page.md").write_text(
+        "See `src/mixflow/gradstats.py`, `mixflow.engine.nothing_here`, `docs/page.md`, `DIR/report.md`,\n"
+        "`megatron/data/utils.py` and `mixflow.engine.engine.StepEngine`.\n"
+        "The rule is in ALGORITHMS.md.\n")
+    assert missing_names(tmp_path, PACKAGE) == ["docs/page.md:1: src/mixflow/gradstats.py",
+                                                "docs/page.md:1: mixflow.engine.nothing_here",
+                                                "docs/page.md:3: ALGORITHMS.md"]

@@ -76,7 +76,7 @@ class CheckerWeighter(SampleWeighter):
 
     def _lookup(self, sample_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self._quality is None or self._diversity is None:
-            # Reading the cache is the run builder's job (mixflow.recipes.checkers.load_weights_table).
+            # Reading the cache is the run builder's job (mixflow.recipes.build calls set_table).
             raise ValueError(f"{self.name}: no checker probabilities; call set_table() with the weights cache's tables")
         if sample_ids is None:
             raise ValueError(f"{self.name}: the batch has no 'sample_ids' (the dataset must yield global row indices)")

@@ -26,7 +26,7 @@ from mixflow.recipes.models import scratch_config
 @dataclass
 class ClassificationData:
     """Everything ``task: classification`` trains and evaluates on (the classification counterpart of
-    :class:`~mixflow.recipes.train.PreparedData`)."""
+    :class:`~mixflow.recipes.build.PreparedData`)."""
 
     tokenizer: Any
     domains: list[LabelledDomain]
