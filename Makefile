@@ -21,7 +21,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 lint: install
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples
 
 demo: install
 	$(BIN)/mixflow data demo $(DEMO_DIR)/data

@@ -11,6 +11,7 @@ from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
+from mixflow.algorithms.weights import Weights
 from mixflow.data.packing import TokenizedDomain
 
 VOCAB = 48
@@ -57,7 +58,7 @@ class FollowLossParams(AlgorithmParams):
 
 
 @register_algorithm
-class FollowLoss(DomainAlgorithm):
+class FollowLoss(DomainAlgorithm[FollowLossParams]):
     """Test algorithm: exponentiated-gradient on the window's mean loss (a DoReMi-like update without a
     reference), so weights move every update and trajectories can be compared across runs."""
 
@@ -66,11 +67,9 @@ class FollowLoss(DomainAlgorithm):
     Params = FollowLossParams
     mode = "objective"
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         loss = stats.mean_token_loss.numpy()
         loss = np.where(np.isnan(loss), 0.0, loss)
-        logits = np.log(self._sampling) + self.params.eta * loss
+        logits = np.log(self.sampling_weights) + self.params.eta * loss
         p = np.exp(logits - logits.max())
-        self._sampling = 0.9 * p / p.sum() + 0.1 / self.num_domains
-        self._scores = loss
-        self.num_updates += 1
+        return Weights(sampling=0.9 * p / p.sum() + 0.1 / self.num_domains, scores=loss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mixflow"
@@ -168,6 +170,7 @@ from dataclasses import dataclass
 from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import register_algorithm
+from mixflow.algorithms.weights import Weights
 
 
 @dataclass
@@ -177,15 +180,18 @@ class HalfParams(AlgorithmParams):
 
 
 @register_algorithm
-class Half(DomainAlgorithm):
+class Half(DomainAlgorithm[HalfParams]):
     name = "{name}"
     description = "moves p halfway to uniform at every update"
     Params = HalfParams
 
     def update(self, stats, step):
-        self._sampling = (1 - self.params.rate) * self._sampling + self.params.rate / self.num_domains
-        self.num_updates += 1
+        p = self.sampling_weights
+        return Weights(sampling=(1 - self.params.rate) * p + self.params.rate / self.num_domains)
 '''
+
+#: Trains the dropped-in algorithm (argv: the config file).
+TRAIN_IT = "import sys; from mixflow.cli.main import main; sys.exit(main(['train', '--quiet', sys.argv[1]]))"
 
 
 def _mixflow_list(pythonpath: list[Path]) -> str:
@@ -205,6 +211,24 @@ def test_a_new_algorithm_is_one_file(tmp_path):
     listing = _mixflow_list([copy])
     assert "  halfway: moves p halfway to uniform at every update" in listing
     assert "rate (a number, default 0.5): how far to move towards uniform" in listing
+    # and it trains: two steps, one update after each, through the same command a user runs
+    data = tmp_path / "data"
+    _write(data, {"a.jsonl": '{"text": "aaaa bbbb"}\n' * 40, "b.jsonl": '{"text": "cccc dddd"}\n' * 40,
+                  "dataset_info.json": '{"a": {"file_name": "a.jsonl"}, "b": {"file_name": "b.jsonl"}}'})
+    config = {"dataset": "a,b", "dataset_dir": str(data), "tokenizer": "byte", "cutoff_len": 16,
+              "train_type": "dynamic_mix", "component": {"name": "halfway"}, "update_step": 1,
+              "init_mixture_proportions": [0.9, 0.1], "per_device_train_batch_size": 4, "max_steps": 2,
+              "model_config": {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 16},
+              "output_dir": str(tmp_path / "run"), "use_cpu": True, "report_to": "none", "save_strategy": "no"}
+    (tmp_path / "halfway.yaml").write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    out = subprocess.run([sys.executable, "-c", TRAIN_IT, str(tmp_path / "halfway.yaml")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "halfway_weights.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert np.allclose(logged[-1]["sampling_weights"], [0.6, 0.4])  # 0.9 → 0.7 → 0.6: the returned p was applied
 
 
 def test_a_plugin_package_adds_an_algorithm_through_an_entry_point(tmp_path):
@@ -220,14 +244,17 @@ def test_a_plugin_package_adds_an_algorithm_through_an_entry_point(tmp_path):
 
 @pytest.mark.parametrize("limit_lines", [60])
 def test_functions_stay_short(limit_lines):
-    """No function over ~60 lines (a file says at its top why, where one must be longer)."""
+    """No function over ~60 lines (one that must be longer says why in a "# long function: ..."
+    comment of its own; a word elsewhere in the file exempts nothing)."""
     long = []
     for path in sorted(PACKAGE.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                if length > limit_lines and "long function:" not in text:
+                own = "\n".join(lines[node.lineno - 1:node.end_lineno])
+                if length > limit_lines and "# long function:" not in own:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
     assert long == []
 

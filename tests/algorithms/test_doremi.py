@@ -58,14 +58,14 @@ def _stats(excess_mean, tokens, proxy_loss=None) -> DomainStats:
 def test_one_update_is_the_exponentiated_gradient_step_with_smoothing():
     algo = _doremi(reweight_eta=0.7, reweight_eps=0.05)
     lam = np.array([0.2, 0.9, 0.4])
-    algo.update(_stats(lam, [10, 20, 30]), step=1)
+    algo.apply_update(_stats(lam, [10, 20, 30]), step=1)
     a = np.full(3, 1 / 3) * np.exp(0.7 * lam)
     expected = 0.95 * a / a.sum() + 0.05 / 3
     assert np.allclose(algo.loss_weights, expected, rtol=1e-13)
     assert np.allclose(algo.domain_weights, expected) and np.allclose(algo.scores, lam)
     assert np.allclose(algo.sampling_weights, 1 / 3)  # sampling stays as initialised
     # the next update starts from the smoothed α_1 (not from α′)
-    algo.update(_stats(lam, [10, 20, 30]), step=2)
+    algo.apply_update(_stats(lam, [10, 20, 30]), step=2)
     b = expected * np.exp(0.7 * lam)
     assert np.allclose(algo.loss_weights, 0.95 * b / b.sum() + 0.05 / 3, rtol=1e-13)
 
@@ -73,7 +73,7 @@ def test_one_update_is_the_exponentiated_gradient_step_with_smoothing():
 def test_proxy_equal_to_reference_keeps_alpha_uniform():
     algo = _doremi()
     for step in range(1, 51):
-        algo.update(_stats([0.0, 0.0, 0.0], [7, 3, 11]), step)
+        algo.apply_update(_stats([0.0, 0.0, 0.0], [7, 3, 11]), step)
     alpha = algo.loss_weights
     assert alpha[0] == alpha[1] == alpha[2] and alpha.sum() == pytest.approx(1.0, abs=1e-15)
     assert np.allclose(algo.average_weights, 1 / 3, rtol=1e-14)
@@ -86,7 +86,7 @@ def test_weights_stay_on_the_simplex_above_the_floor_whatever_the_excess():
     for step in range(1, 201):
         lam = rng.exponential(2.0, size=k) * rng.choice([1e-3, 1.0, 1e3], size=k)  # up to huge η·λ
         tokens = rng.integers(0, 4, size=k) * 8  # some domains absent from some windows
-        algo.update(_stats(lam, tokens), step)
+        algo.apply_update(_stats(lam, tokens), step)
         for alpha in (algo.loss_weights, algo.average_weights):
             assert np.all(np.isfinite(alpha))
             assert alpha.sum() == pytest.approx(1.0, abs=1e-12)
@@ -102,8 +102,8 @@ def test_random_token_domain_is_not_upweighted_but_group_dro_chases_it():
     dro = _doremi(names=names, reference=None)  # no reference: λ = the proxy's loss
     previous = doremi.loss_weights[3]
     for step in range(1, 21):
-        doremi.update(_stats(excess, [64] * 4, proxy_loss), step)
-        dro.update(_stats(excess, [64] * 4, proxy_loss), step)
+        doremi.apply_update(_stats(excess, [64] * 4, proxy_loss), step)
+        dro.apply_update(_stats(excess, [64] * 4, proxy_loss), step)
         assert doremi.loss_weights[3] <= previous
         previous = doremi.loss_weights[3]
     assert doremi.loss_weights[3] < 0.25 and doremi.average_weights[3] < 0.25
@@ -115,7 +115,7 @@ def test_a_domain_where_the_proxy_lags_is_upweighted():
     algo = _doremi()
     history = []
     for step in range(1, 6):
-        algo.update(_stats([0.1, 0.6, 0.1], [50, 50, 50]), step)
+        algo.apply_update(_stats([0.1, 0.6, 0.1], [50, 50, 50]), step)
         history.append(algo.loss_weights[1])
     assert np.all(np.diff(history) > 0) and history[0] > 1 / 3
     assert algo.loss_weights[0] == pytest.approx(algo.loss_weights[2])
@@ -124,9 +124,9 @@ def test_a_domain_where_the_proxy_lags_is_upweighted():
 
 def test_an_absent_domain_keeps_its_previous_excess():
     algo = _doremi(reweight_eta=1.0, reweight_eps=0.0)
-    algo.update(_stats([0.2, 0.4, 0.1], [10, 10, 10]), 1)
+    algo.apply_update(_stats([0.2, 0.4, 0.1], [10, 10, 10]), 1)
     alpha1 = algo.loss_weights
-    algo.update(_stats([0.3, 99.0, 0.1], [10, 0, 10]), 2)  # b absent: its 99 must not be read
+    algo.apply_update(_stats([0.3, 99.0, 0.1], [10, 0, 10]), 2)  # b absent: its 99 must not be read
     assert np.allclose(algo.scores, [0.3, 0.4, 0.1])
     a = alpha1 * np.exp([0.3, 0.4, 0.1])
     assert np.allclose(algo.loss_weights, a / a.sum(), rtol=1e-13)
@@ -136,7 +136,7 @@ def test_average_last_and_summary():
     algo = _doremi(output_weights="last")
     seen = []
     for step, lam in enumerate(([0.5, 0.0, 0.0], [0.0, 0.0, 0.9], [0.1, 0.2, 0.3]), start=1):
-        algo.update(_stats(lam, [5, 5, 5]), step)
+        algo.apply_update(_stats(lam, [5, 5, 5]), step)
         seen.append(algo.loss_weights)
     assert np.allclose(algo.average_weights, np.mean(seen, axis=0), rtol=1e-13)
     s = algo.summary()
@@ -152,7 +152,7 @@ def test_missing_reference_statistics_are_a_clear_error():
     stats = _stats([0.1, 0.1, 0.1], [4, 4, 4])
     stats.extras = {}
     with pytest.raises(ValueError, match="reference_loss provider"):
-        algo.update(stats, 1)
+        algo.apply_update(stats, 1)
 
 
 def test_group_dro_without_reference_warns_and_uses_the_proxy_loss(caplog):
@@ -161,7 +161,7 @@ def test_group_dro_without_reference_warns_and_uses_the_proxy_loss(caplog):
     assert "reference_model_path is null" in caplog.text and "Group DRO" in caplog.text
     stats = _stats([0, 0, 0], [10, 0, 10], proxy_loss=[1.0, 5.0, 2.0])
     stats.extras = {}
-    algo.update(stats, 1)
+    algo.apply_update(stats, 1)
     assert np.allclose(algo.scores, [1.0, 0.0, 2.0])  # b absent: keeps its initial λ = 0
 
 

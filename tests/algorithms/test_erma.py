@@ -33,7 +33,7 @@ def test_one_update_is_the_exponentiated_rule_normalised_to_sum_pi_w_1():
     algo = build_algorithm("erma", ["a", "b", "c"], {"gamma1": 0.3, "gamma2": 0.2, "max_log_decrease": None},
                            prior=[0.5, 0.3, 0.2])
     losses = [[1.0, 2.0, 3.0], [0.5, 0.5, 0.6], [4.0, 1.0, 2.5]]
-    algo.update(_stats(losses), 1)
+    algo.apply_update(_stats(losses), 1)
     pi = np.array([0.5, 0.3, 0.2])
     mean = np.array([np.mean(x) for x in losses])
     var = np.array([np.var(x, ddof=1) for x in losses])
@@ -48,7 +48,7 @@ def test_noisier_domain_gets_the_lower_weight():
     eps = [rng.normal(scale=s, size=500) for s in (1.0, 3.0)]  # same model, label noise σ = 1 vs 3
     algo = build_algorithm("erma", ["clean", "noisy"], {})
     for t in range(1, 4):
-        algo.update(_stats([0.5 * e**2 for e in eps]), t)
+        algo.apply_update(_stats([0.5 * e**2 for e in eps]), t)
         w = algo.loss_weights
         assert w[1] < w[0]
 
@@ -61,7 +61,7 @@ def test_fixed_point_for_squared_loss_recovers_inverse_noise_ratios():
     losses = [0.5 * e**2 for e in eps]
     algo = build_algorithm("erma", ["a", "b", "c"], {"gamma1": 1.0, "gamma2": 1.0})
     for t in range(1, 101):
-        algo.update(_stats(losses), t)
+        algo.apply_update(_stats(losses), t)
     w = algo.loss_weights
     # the exact fixed point of the sampled statistics is w ∝ L/Var; it is GLS up to sampling error
     mean = np.array([x.mean() for x in losses])
@@ -73,9 +73,9 @@ def test_fixed_point_for_squared_loss_recovers_inverse_noise_ratios():
 def test_inverse_sqrt_schedule_scales_the_loss_term():
     losses = [[1.0, 2.0], [3.0, 5.0]]
     algo = build_algorithm("erma", ["a", "b"], {"schedule": "inverse_sqrt", "max_log_decrease": None})
-    algo.update(_stats(losses), 1)
+    algo.apply_update(_stats(losses), 1)
     u1 = np.exp(algo.log_u)
-    algo.update(_stats(losses), 2)
+    algo.apply_update(_stats(losses), 2)
     mean, var = np.array([1.5, 4.0]), np.array([0.5, 2.0])
     step = 0.5 * 0.5 * mean / np.sqrt(2.0) - 0.5 * 0.5 * u1 * var  # G(1) = 1/sqrt(2) at the second update
     assert np.allclose(algo.log_u, np.log(u1) + step)
@@ -92,7 +92,7 @@ def test_normalized_exponent_variant_is_constrained_mirror_descent():
                          "heldout_loss_sq_sum": torch.tensor(n * L**2 + (n - 1) * V, dtype=torch.float64),
                          "heldout_count": torch.tensor([n, n], dtype=torch.float64)})
     for t in range(1, 301):
-        algo.update(stats, t)
+        algo.apply_update(stats, t)
     w = algo.loss_weights
     spread = 0.5 * (L - w * V)  # π_i(γ1 L_i − γ2 w_i Var_i) equal across domains at the fixed point
     assert np.isclose(spread[0], spread[1], atol=1e-6)
@@ -102,7 +102,7 @@ def test_normalized_exponent_variant_is_constrained_mirror_descent():
 def test_one_wild_estimate_lowers_a_log_weight_by_at_most_max_log_decrease():
     algo = build_algorithm("erma", ["a", "b"], {"max_log_decrease": 0.5})
     a, b = [0.1, 0.1, 0.2], [1000.0, 0.0, 3000.0]  # b: a wild estimate (huge variance)
-    algo.update(_stats([a, b]), 1)
+    algo.apply_update(_stats([a, b]), 1)
     # a's step is within the bound: γ1·π·L − γ2·π·w·Var with γ1 = γ2 = 0.5, π = 0.5, w = 1
     assert algo.log_u[0] == pytest.approx(0.25 * np.mean(a) - 0.25 * np.var(a, ddof=1))
     assert algo.log_u[1] == pytest.approx(-0.5)
@@ -136,7 +136,7 @@ def _classification(seed, use_erma, d=20, n=100, m=100, flip=0.4, steps=300, lr=
         w = algo.loss_weights if use_erma else np.ones(2)
         theta -= lr * sum(0.5 * wi * x.T @ (_sigmoid(x @ theta) - y) / n for wi, (x, y) in zip(w, train))
         if use_erma and t % 5 == 0:
-            algo.update(_stats([np.logaddexp(0, -(x @ theta) * (2 * y - 1)) for x, y in held]), t)
+            algo.apply_update(_stats([np.logaddexp(0, -(x @ theta) * (2 * y - 1)) for x, y in held]), t)
     return float(np.mean((x_test @ theta > 0) == (y_test > 0.5))), algo.loss_weights
 
 

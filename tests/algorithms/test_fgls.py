@@ -43,7 +43,7 @@ def _regression(seed, mode, d=10, n=200, m=100, sigma2=(1.0, 10.0), steps=200, l
         if mode == "fgls":
             stats = DomainStats.zeros(2)
             stats.extras.update(heldout_stats([(x @ theta - y) ** 2 for x, y in held]))
-            algo.update(stats, t + 1)
+            algo.apply_update(stats, t + 1)
     return float(np.sum((theta - theta_star) ** 2)), algo.loss_weights
 
 
@@ -67,14 +67,14 @@ def test_smoothing_moves_a_fraction_beta_towards_the_target_whatever_the_loss_sc
         algo = build_algorithm("fgls", ["a", "b"], {"beta": 0.25})
         stats = DomainStats.zeros(2)
         stats.extras.update(heldout_stats([[1.0 * scale] * 3, [4.0 * scale] * 3]))
-        algo.update(stats, 1)
+        algo.apply_update(stats, 1)
         target = np.array([1.0, 0.25]) / (0.5 * 1.25)  # ∝ 1/σ̂², Σ π t = 1
         assert np.allclose(algo.loss_weights, 0.75 * 1 + 0.25 * target)
         assert np.allclose(algo.scores, [1.0 * scale, 4.0 * scale])
     raw = build_algorithm("fgls", ["a", "b"], {"beta": 0.25, "target_scale": "raw"})
     stats = DomainStats.zeros(2)
     stats.extras.update(heldout_stats([[0.01] * 3, [0.04] * 3]))
-    raw.update(stats, 1)
+    raw.apply_update(stats, 1)
     expected = 0.75 + 0.25 / np.array([0.01, 0.04])
     assert np.allclose(raw.loss_weights, expected / (0.5 * expected.sum()))
 
@@ -83,7 +83,7 @@ def test_a_domain_without_heldout_rows_keeps_its_weight_and_params_are_checked()
     algo = build_algorithm("fgls", ["a", "b", "c"], {"beta": 1.0})
     stats = DomainStats.zeros(3)
     stats.extras.update(heldout_stats([[1.0, 1.0], [2.0, 2.0], []]))
-    algo.update(stats, 1)
+    algo.apply_update(stats, 1)
     w = algo.loss_weights
     assert np.isfinite(w).all() and np.isclose(w.mean(), 1.0)
     assert np.isclose(w[0] / w[1], 2.0)

@@ -13,6 +13,7 @@ from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.loss_reweighting import LossReweighting, LossReweightingParams
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import build_algorithm, build_weighter
+from mixflow.algorithms.weights import Weights
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
@@ -215,12 +216,11 @@ class _LossWeighted(DomainAlgorithm):
     description = "objective mode with domain loss weights [1, 2, 3]"
     Params = _P
 
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self._loss_weights = np.array([1.0, 2.0, 3.0])
+    def setup(self):
+        return Weights(loss=[1.0, 2.0, 3.0])
 
     def update(self, stats, step):
-        self.num_updates += 1
+        return Weights()
 
 
 class _ImportanceAlgo(_LossWeighted):

@@ -43,7 +43,7 @@ def _run(algo, losses_at, steps):
     for step in range(1, steps + 1):
         stats = loss_stats(losses_at(step))
         algo.observe(stats, step)
-        algo.update(stats, step)
+        algo.apply_update(stats, step)
         history.append(algo.sampling_weights)
     return np.array(history)
 
@@ -56,7 +56,7 @@ def test_p_is_on_the_simplex_with_every_p_at_least_epsilon_t(rule):
     for step in range(1, 201):
         stats = loss_stats(rng.uniform(0.5, 6.0, K) * np.array([1, 1, 2, 3]))
         algo.observe(stats, step)
-        algo.update(stats, step)
+        algo.apply_update(stats, step)
         p = algo.sampling_weights
         assert np.isclose(p.sum(), 1.0) and np.all(np.isfinite(p))
         assert np.all(p >= exploration_rate(step, K) - 1e-12)
@@ -73,7 +73,7 @@ def test_released_rule_follows_group_update_with_t_the_training_step():
     algo = _odm(k=2, alpha=0.9)
     for step in (1, 2, 3):
         algo.observe(loss_stats([3.0, 6.0]), step)
-    algo.update(loss_stats([3.0, 6.0]), 3)
+    algo.apply_update(loss_stats([3.0, 6.0]), 3)
     r = (1 - 0.9**3) * np.exp([3.0, 6.0])  # R̂ after three steps from R̂ = 0
     eps = min(0.5, math.sqrt(math.log(2) / (2 * 3)))  # t = 3: the step, not the update count
     assert np.allclose(algo.sampling_weights, (1 - 2 * eps) * r / r.sum() + eps)
@@ -126,7 +126,7 @@ def test_exp3_follows_algorithm_1_with_t_the_training_step():
     for step in range(1, 8):
         algo.observe(loss_stats([3.0, 1.0, 2.0, 1.0]), step)
     rewards = algo.rewards.copy()
-    algo.update(loss_stats([3.0, 1.0, 2.0, 1.0]), 7)  # one update, after 7 steps (e.g. a warmup)
+    algo.apply_update(loss_stats([3.0, 1.0, 2.0, 1.0]), 7)  # one update, after 7 steps (e.g. a warmup)
     # t = 7 is the training step: ε_6 inside the softmax and ε_7 outside, although it is the first update
     eps7, eps6 = exploration_rate(7, K), exploration_rate(6, K)
     z = eps6 * rewards
@@ -152,7 +152,7 @@ def test_exp3_importance_weights_only_domains_that_can_be_missing():
 def test_smoothed_mean_rewards_survive_huge_losses():
     algo = _odm(k=2)
     algo.observe(loss_stats([2.0, 5000.0]), 1)  # e^5000 overflows a float, ln R̂ does not
-    algo.update(loss_stats([2.0, 5000.0]), 1)
+    algo.apply_update(loss_stats([2.0, 5000.0]), 1)
     assert np.all(np.isfinite(algo.rewards)) and np.all(np.isfinite(algo.sampling_weights))
 
 

@@ -68,7 +68,7 @@ def test_stats_helper_round_trips_through_gradient_moments():
 # ---- Properties --------------------------------------------------------------------------------
 def test_equal_noise_larger_gradient_norm_gains_weight():
     algo = _pike()
-    algo.update(grad_stats([4.0, 1.0], [1.0, 1.0]), step=1)
+    algo.apply_update(grad_stats([4.0, 1.0], [1.0, 1.0]), step=1)
     w = algo.sampling_weights
     assert np.isclose(w.sum(), 1.0) and w[0] > 0.5 > w[1]
     # one normalised update moves log-weights by O(step_size)
@@ -77,7 +77,7 @@ def test_equal_noise_larger_gradient_norm_gains_weight():
 
 def test_equal_gradient_norms_noisier_task_loses_weight():
     algo = _pike()
-    algo.update(grad_stats([1.0, 1.0], [1.0, 60.0]), step=1)
+    algo.apply_update(grad_stats([1.0, 1.0], [1.0, 60.0]), step=1)
     w = algo.sampling_weights
     assert w[1] < 0.5 < w[0]
 
@@ -86,20 +86,20 @@ def test_without_the_noise_term_the_noisy_task_is_chased():
     # Task 1's gradient norm is a little larger but its per-sample gradients are far noisier.
     stats = grad_stats([1.0, 1.2], [0.5, 200.0])
     chasing = _pike(zeta2=0.0)
-    chasing.update(stats, step=1)
+    chasing.apply_update(stats, step=1)
     careful = _pike()  # default zeta2
-    careful.update(stats, step=1)
+    careful.apply_update(stats, step=1)
     assert chasing.sampling_weights[1] > 0.5 > careful.sampling_weights[1]
 
 
 def test_normalised_update_ignores_the_gradient_scale_and_raw_update_is_the_papers_rule():
     small, large = _pike(), _pike()
-    small.update(grad_stats([2.0, 1.0], [4.0, 1.0]), step=1)
-    large.update(grad_stats([2e6, 1e6], [4e6, 1e6]), step=1)
+    small.apply_update(grad_stats([2.0, 1.0], [4.0, 1.0]), step=1)
+    large.apply_update(grad_stats([2e6, 1e6], [4e6, 1e6]), step=1)
     assert np.allclose(small.sampling_weights, large.sampling_weights)
 
     raw = _pike(normalize=False, zeta1=0.3, zeta2=0.5, batch=8, min_weight=0.0, min_samples=0)
-    raw.update(grad_stats([2.0, 1.0], [4.0, 1.0]), step=1)
+    raw.apply_update(grad_stats([2.0, 1.0], [4.0, 1.0]), step=1)
     delta = 0.3 * np.array([2.0, 1.0]) - 0.5 / (2 * 8) * np.array([4.0, 1.0])
     expected = np.exp(delta) / np.exp(delta).sum()
     assert np.allclose(raw.sampling_weights, expected)
@@ -108,24 +108,24 @@ def test_normalised_update_ignores_the_gradient_scale_and_raw_update_is_the_pape
 
 def test_task_without_estimates_keeps_its_weight():
     algo = _pike(k=3, init=[0.2, 0.3, 0.5])
-    algo.update(grad_stats([4.0, 1.0, float("nan")], [1.0, 1.0, 1.0]), step=1)
+    algo.apply_update(grad_stats([4.0, 1.0, float("nan")], [1.0, 1.0, 1.0]), step=1)
     w = algo.sampling_weights
     assert np.isclose(w[2], 0.5) and np.isclose(w.sum(), 1.0) and w[0] > 0.2 and np.isnan(algo.scores[2])
     # no task with an estimate at all: nothing moves
-    algo.update(grad_stats([float("nan")] * 3, [1.0] * 3), step=2)
+    algo.apply_update(grad_stats([float("nan")] * 3, [1.0] * 3), step=2)
     assert np.allclose(algo.sampling_weights, w)
 
 
 def test_floors_keep_every_task_alive():
     algo = _pike(k=3, batch=40, min_weight=0.05, normalize=False, zeta1=50.0)
     for step in range(1, 6):
-        algo.update(grad_stats([1.0, 0.0, 0.0], [0.0, 0.0, 0.0]), step=step)
+        algo.apply_update(grad_stats([1.0, 0.0, 0.0], [0.0, 0.0, 0.0]), step=step)
         w = algo.sampling_weights
         assert np.isclose(w.sum(), 1.0) and np.all(w >= 0.05 - 1e-12)
     assert np.allclose(w, [0.9, 0.05, 0.05])
     # min_samples/B is the larger floor here: 4/40 = 0.1
     algo = _pike(k=3, batch=40, min_samples=4, normalize=False, zeta1=50.0)
-    algo.update(grad_stats([1.0, 0.0, 0.0], [0.0, 0.0, 0.0]), step=1)
+    algo.apply_update(grad_stats([1.0, 0.0, 0.0], [0.0, 0.0, 0.0]), step=1)
     assert np.allclose(algo.sampling_weights, [0.8, 0.1, 0.1])
     assert np.allclose(floor_weights(np.array([0.7, 0.3]), 0.5), [0.5, 0.5])
 
@@ -133,16 +133,16 @@ def test_floors_keep_every_task_alive():
 def test_balanced_pike_favours_the_higher_loss_task_relative_to_pike():
     stats = grad_stats([1.0, 1.0, 1.0], [0.5, 0.5, 0.5], losses=[1.0, 2.0, 1.5])
     plain, balanced = _pike(k=3), _pike(k=3, name="balanced_pike")
-    plain.update(stats, step=1)
-    balanced.update(stats, step=1)
+    plain.apply_update(stats, step=1)
+    balanced.apply_update(stats, step=1)
     assert np.allclose(plain.sampling_weights, np.ones(3) / 3)  # equal gradient statistics: no preference
     wb = balanced.sampling_weights
     assert wb[1] > wb[2] > wb[0]
     # with unequal statistics too, the lagging task's share is larger than under PiKE
     stats = grad_stats([2.0, 1.0], [0.5, 0.5], losses=[1.0, 1.6])
     plain, balanced = _pike(), _pike(name="balanced_pike")
-    plain.update(stats, step=1)
-    balanced.update(stats, step=1)
+    plain.apply_update(stats, step=1)
+    balanced.apply_update(stats, step=1)
     assert balanced.sampling_weights[1] > plain.sampling_weights[1]
 
 
@@ -181,7 +181,7 @@ def _quadratic(sigmas, lr, steps, seeds, batch, w_static=None, rng_seed=0, tail=
         grad = (b * theta[:, :2] + noise.sum(1)) / batch
         if algos is not None:
             for s, algo in enumerate(algos):
-                algo.update(grad_stats(theta[s, :2] ** 2, d * sig**2), step)
+                algo.apply_update(grad_stats(theta[s, :2] ** 2, d * sig**2), step)
         theta -= lr * grad
         if step > steps - tail:
             final.append(np.mean(0.5 * (theta**2).sum(1)))
@@ -348,7 +348,7 @@ def test_non_finite_gradient_statistics_skip_the_update_with_a_warning(caplog):
 def test_nan_estimate_inside_update_is_not_a_crash():
     algo = _pike()
     before = algo.sampling_weights
-    algo.update(grad_stats([float("nan"), 1.0], [1.0, 1.0]), step=1)
+    algo.apply_update(grad_stats([float("nan"), 1.0], [1.0, 1.0]), step=1)
     assert np.allclose(algo.sampling_weights, before) and np.all(np.isfinite(algo.sampling_weights))
 
 
@@ -395,10 +395,10 @@ def test_normalising_scale_is_averaged_over_updates():
     algo = _pike(scale_smoothing=0.9)
     first, second = ([4.0, 1.0], [2.0, 2.0]), ([0.5, 0.1], [2.0, 2.0])
     scales = [exponent_scale(*pike_terms(np.array(n), np.array(v), 16, algo.params)) for n, v in (first, second)]
-    algo.update(grad_stats(*first), step=1)
+    algo.apply_update(grad_stats(*first), step=1)
     assert algo.scale == pytest.approx(scales[0])  # the first update's own S
     w = algo.sampling_weights
-    algo.update(grad_stats(*second), step=2)
+    algo.apply_update(grad_stats(*second), step=2)
     assert algo.scale == pytest.approx(0.9 * scales[0] + 0.1 * scales[1])
     # the exponent is divided by the averaged S, not by this update's (much smaller) one
     delta = algo.params.step_size * (np.array(second[0]) - np.array(second[1]) / 32) / algo.scale
@@ -409,5 +409,5 @@ def test_normalising_scale_is_averaged_over_updates():
 
 def test_unbiased_norm_estimate_can_be_negative_and_moves_weights_down():
     algo = _pike()
-    algo.update(grad_stats([-0.5, 0.5], [8.0, 8.0]), step=1)  # a noisy window: ‖ĝ‖² < σ̂²/b for task 0
+    algo.apply_update(grad_stats([-0.5, 0.5], [8.0, 8.0]), step=1)  # a noisy window: ‖ĝ‖² < σ̂²/b for task 0
     assert algo.scores[0] < algo.scores[1] and algo.sampling_weights[0] < 0.5

@@ -71,7 +71,7 @@ class _Regression:
         for t in range(1, updates + 1):
             stats = DomainStats.zeros(2)
             stats.extras.update(self.grad_extras(provider, theta, next(it)))
-            va.update(stats, t)
+            va.apply_update(stats, t)
             sampler.set_weights(va.sampling_weights)
         return va
 
@@ -159,12 +159,12 @@ def _grad_sums(pairs):
 
 def test_ema_starts_at_the_first_estimate_and_an_unseen_domain_counts_as_typical():
     va = build_algorithm("va", ["a", "b", "c"], {"beta": 0.5})
-    va.update(_grad_sums([(1.0, -1.0), (0.0, 4.0), None]), 1)  # σ̂² = sample variance: 2 and 8
+    va.apply_update(_grad_sums([(1.0, -1.0), (0.0, 4.0), None]), 1)  # σ̂² = sample variance: 2 and 8
     assert np.allclose(va.v2[:2], [2.0, 8.0]) and np.isnan(va.v2[2])
     v = np.sqrt([2.0, 8.0])
     v = np.append(v, v.mean())
     assert np.allclose(va.sampling_weights, v / v.sum())
-    va.update(_grad_sums([(2.0, -2.0), None, (0.0, 2.0)]), 2)  # σ̂² = 8, absent, 2
+    va.apply_update(_grad_sums([(2.0, -2.0), None, (0.0, 2.0)]), 2)  # σ̂² = 8, absent, 2
     assert np.allclose(va.v2, [0.5 * 2 + 0.5 * 8, 8.0, 2.0])
 
 
@@ -183,7 +183,7 @@ def test_composition_with_erma_and_fgls_gives_both_weight_kinds():
             stats.extras.update(problem.grad_extras(grad_provider, problem.theta_star, next(it)))
             # held-out squared residuals: domain b has 4× the label noise
             stats.extras.update(heldout_stats([rng.normal(size=200) ** 2, (2 * rng.normal(size=200)) ** 2]))
-            va.update(stats, t)
+            va.apply_update(stats, t)
             sampler.set_weights(va.sampling_weights)
         w, p, v = va.loss_weights, va.sampling_weights, va.scores
         assert np.allclose(w, va.inner.loss_weights) and w[1] < w[0]  # loss weights: the inner's
@@ -274,7 +274,7 @@ def test_non_finite_statistics_skip_the_update_with_a_warning(caplog):
 def test_missing_gradient_statistics_are_a_clear_error():
     va = build_algorithm("va", ["a", "b"], {})
     with pytest.raises(ValueError, match="pass model= to StepEngine.training_loss"):
-        va.update(DomainStats.zeros(2), 1)
+        va.apply_update(DomainStats.zeros(2), 1)
 
 
 def test_mixflow_train_runs_erma_with_va_on_the_demo_corpus(tmp_path, demo_data):  # noqa: F811

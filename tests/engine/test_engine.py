@@ -12,6 +12,7 @@ import torch
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.registry import build_algorithm
+from mixflow.algorithms.weights import Weights
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import supersede_log_lines
 from mixflow.engine.engine import StepEngine
@@ -127,8 +128,7 @@ class _Broken(DomainAlgorithm):
     Params = _P
 
     def update(self, stats, step):
-        self._sampling = np.full(self.num_domains, np.nan)
-        self.num_updates += 1
+        return Weights(sampling=np.full(self.num_domains, np.nan))
 
 
 def test_invalid_weights_from_an_algorithm_are_rejected(caplog):
@@ -148,12 +148,11 @@ class _Importance(DomainAlgorithm):
     Params = _P
     mode = "importance"
 
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self._loss_weights = np.array([1.0, 2.0, 3.0])
+    def setup(self):
+        return Weights(loss=[1.0, 2.0, 3.0])
 
     def update(self, stats, step):
-        self.num_updates += 1
+        return Weights()
 
 
 def test_importance_mode_uses_the_weights_the_batch_was_drawn_with():
@@ -209,7 +208,7 @@ class _SeesExtras(DomainAlgorithm):
 
     def update(self, stats, step):
         self.seen = stats.extras["tokens_again"].tolist()
-        self.num_updates += 1
+        return Weights()
 
 
 def test_provider_statistics_reach_the_algorithm_summed_over_the_window():

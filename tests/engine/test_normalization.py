@@ -14,6 +14,7 @@ import torch
 from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.statistics import DomainStats
+from mixflow.algorithms.weights import Weights
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import TokenizedDomain
 from mixflow.data.sampler import MixtureSampler
@@ -38,11 +39,11 @@ class FixedImportance(DomainAlgorithm):
     Params = _FixedParams
     mode = "importance"
 
-    def setup(self) -> None:
-        self._loss_weights = Q[: self.num_domains].copy()
+    def setup(self) -> Weights:
+        return Weights(loss=Q[: self.num_domains].copy())
 
-    def update(self, stats: DomainStats, step: int) -> None:
-        pass
+    def update(self, stats: DomainStats, step: int) -> Weights:
+        return Weights()
 
 
 def _engine(sizes, normalization, batch=5, rank=0, world=1, row_target_tokens=None):

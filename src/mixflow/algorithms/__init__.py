@@ -16,6 +16,7 @@ from mixflow.algorithms.registry import (
     register_weighter,
 )
 from mixflow.algorithms.statistics import DomainStats
+from mixflow.algorithms.weights import Weights
 
 __all__ = [
     "AlgorithmParams",
@@ -25,6 +26,7 @@ __all__ = [
     "ProviderSpec",
     "SampleWeighter",
     "ValidationContext",
+    "Weights",
     "available_algorithms",
     "available_weighters",
     "build_algorithm",

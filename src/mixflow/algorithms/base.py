@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.statistics import DomainStats
-from mixflow.algorithms.weights import as_distribution
+from mixflow.algorithms.weights import Weights, as_distribution
+
+P = TypeVar("P", bound=AlgorithmParams)
 
 #: How an algorithm's sampling weights relate to the objective (docs/design.md, "One training step").
 #: ``objective``: the batch composition itself is the weighting, c_j = s_j.
@@ -44,14 +46,17 @@ class ProviderSpec(NamedTuple):
     """Who needs it, for messages (e.g. ``FGLS``, ``VA (loss_weights_from: erma)``)."""
 
 
-class DomainAlgorithm(ABC):
+class DomainAlgorithm(ABC, Generic[P]):
     """A domain-level algorithm: per-domain statistics in, sampling and/or loss weights out.
 
-    Subclasses set the class attributes, define a ``Params`` dataclass and implement
-    :meth:`update`; :meth:`setup` initialises their own state (the constructor is shared). They
-    keep every piece of evolving state in attributes listed in ``state_attributes`` (numpy
-    arrays, numbers or lists) so that the default :meth:`state_dict` / :meth:`load_state_dict`
-    capture it whole.
+    Subclasses set the class attributes, define a ``Params`` dataclass (and name it as the type
+    argument, ``DomainAlgorithm[MyParams]``, so ``self.params`` has its type) and implement
+    :meth:`update`; :meth:`setup` initialises their own state (the constructor is shared). The
+    contract: every hook that may change the weights (:meth:`setup`, :meth:`on_bind`,
+    :meth:`update`) *returns* them as :class:`~mixflow.algorithms.weights.Weights`, and the base
+    class applies them and counts the updates. Every other piece of evolving state lives in
+    attributes listed in ``state_attributes`` (numpy arrays, numbers or lists), so that the default
+    :meth:`state_dict` / :meth:`load_state_dict` capture it whole.
     """
 
     name: ClassVar[str]
@@ -75,12 +80,12 @@ class DomainAlgorithm(ABC):
     def __init__(
         self,
         domain_names: Sequence[str],
-        params: AlgorithmParams,
+        params: P,
         init_weights: Sequence[float] | np.ndarray,
         prior: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         self.domain_names = list(domain_names)
-        self.params = params
+        self.params: P = params
         k = len(self.domain_names)
         init = as_distribution(init_weights, "init_mixture_proportions")
         if init.size != k:
@@ -90,11 +95,13 @@ class DomainAlgorithm(ABC):
         self._loss_weights = np.ones(k, dtype=np.float64)
         self._scores = np.full(k, np.nan)
         self.num_updates = 0
-        self.setup()
+        self._apply(self.setup())
 
-    def setup(self) -> None:
+    def setup(self) -> Weights | None:
         """Initialise the algorithm's own state (called at the end of the constructor; params are
-        already validated). Default: nothing."""
+        already validated), and return the starting weights where they are not ``init_weights``
+        and ones. Default: nothing."""
+        return None
 
     @classmethod
     def provider_specs(cls, params: AlgorithmParams) -> list[ProviderSpec]:
@@ -133,17 +140,47 @@ class DomainAlgorithm(ABC):
     batch_size: int | None = None
 
     def bind(self, batch_size: int) -> None:
-        """Called once by the step engine with the sampler's global batch size B (for rules that
-        count samples per batch, e.g. a floor of b_i samples; their K·B checks already ran at config
-        load). Default: store it as ``self.batch_size``."""
+        """Called once by the step engine with the sampler's global batch size B: stored as
+        ``self.batch_size``, then :meth:`on_bind`'s weights applied."""
         self.batch_size = int(batch_size)
+        self._apply(self.on_bind())
+
+    def on_bind(self) -> Weights | None:
+        """What changes once B is known (rules that count samples per batch, e.g. a floor of b_i
+        samples; their K·B checks already ran at config load). Default: nothing."""
+        return None
 
     def observe(self, stats: DomainStats, step: int) -> None:
         """Called after every optimizer step with that step's (all-reduced) statistics."""
 
+    def apply_update(self, stats: DomainStats, step: int) -> Weights:
+        """What the step engine calls at each scheduled update: :meth:`update`, its weights applied
+        and the update counted (the schedule's ``update_times`` counts them)."""
+        weights = self.update(stats, step)
+        if not isinstance(weights, Weights):
+            raise TypeError(f"{self.name}.update must return Weights, got {type(weights).__name__}")
+        self._apply(weights)
+        self.num_updates += 1
+        return weights
+
     @abstractmethod
-    def update(self, stats: DomainStats, step: int) -> None:
-        """Called at each scheduled update with the statistics summed since the previous update."""
+    def update(self, stats: DomainStats, step: int) -> Weights:
+        """The update rule, run with the statistics summed since the previous update: the new
+        weights (``self.num_updates`` counts the updates before this one)."""
+
+    def _apply(self, weights: Weights | None) -> None:
+        if weights is None:
+            return
+        k = self.num_domains
+        for field, value in (("sampling", weights.sampling), ("loss", weights.loss), ("scores", weights.scores)):
+            if value is not None and np.shape(value) != (k,):
+                raise ValueError(f"{self.name}: {field} weights of shape {np.shape(value)}, expected ({k},)")
+        if weights.sampling is not None:
+            self._sampling = np.array(weights.sampling, dtype=np.float64)
+        if weights.loss is not None:
+            self._loss_weights = np.array(weights.loss, dtype=np.float64)
+        if weights.scores is not None:
+            self._scores = np.array(weights.scores, dtype=np.float64)
 
     def summary(self) -> dict[str, Any] | None:
         """The algorithm's result so far (JSON-serialisable), or None. When defined, the engine writes it
@@ -168,7 +205,7 @@ class DomainAlgorithm(ABC):
             setattr(self, name, value)
 
 
-class SampleWeighter(ABC):
+class SampleWeighter(ABC, Generic[P]):
     """Per-sample weights s from the per-sample losses of a batch (all ranks' samples together)."""
 
     name: ClassVar[str]
@@ -179,9 +216,9 @@ class SampleWeighter(ABC):
     #: probabilities); None: any. The front door checks it at config load.
     required_task: ClassVar[str | None] = None
 
-    def __init__(self, domain_names: Sequence[str], params: AlgorithmParams) -> None:
+    def __init__(self, domain_names: Sequence[str], params: P) -> None:
         self.domain_names = list(domain_names)
-        self.params = params
+        self.params: P = params
         self.setup()
 
     def setup(self) -> None:

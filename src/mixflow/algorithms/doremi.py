@@ -36,6 +36,7 @@ from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, excess_loss
+from mixflow.algorithms.weights import Weights
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class DoReMiParams(AlgorithmParams):
 
 
 @register_algorithm
-class DoReMi(DomainAlgorithm):
+class DoReMi(DomainAlgorithm[DoReMiParams]):
     """DoReMi's proxy run: α (loss weights) by exponentiated-gradient ascent on clipped excess loss."""
 
     name = "doremi"
@@ -76,19 +77,20 @@ class DoReMi(DomainAlgorithm):
     # Algorithm 1 updates α from the current batch, then takes the proxy's step on the new α.
     update_before_loss = True
 
-    def setup(self) -> None:
+    def setup(self) -> Weights | None:
         k = self.num_domains
         # α_0 uniform (the paper's defaults); the sampling weights stay at init_weights.
-        self._loss_weights = np.full(k, 1.0 / k)
+        alpha0 = np.full(k, 1.0 / k)
         # λ of the last update per domain: an absent domain keeps it; before any update it is 0, so an
         # absent domain's α only moves through the normalisation.
         self._lambda = np.zeros(k)
-        self._average = self._loss_weights.copy()
+        self._average = alpha0.copy()
         if self.params.reference_model_path is None:
             logger.warning(
                 "doremi: reference_model_path is null: λ is the proxy's own loss (Group DRO), not DoReMi's "
                 "excess loss; use this for debugging only"
             )
+        return Weights(loss=alpha0)
 
     @property
     def domain_weights(self) -> np.ndarray:
@@ -114,22 +116,21 @@ class DoReMi(DomainAlgorithm):
         # Xie et al. 2023, arXiv 2305.10429, Algorithm 1 step 2: per-token clipped excess summed over the domain, / its token count.
         return excess_loss(stats)
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         lam, present = self.excess_loss(stats)
         # A domain absent from the window keeps its previous λ.
         self._lambda = np.where(present, lam, self._lambda)
         k = self.num_domains
         c = self.params.reweight_eps
         # α′ = α ⊙ exp(η λ), in log space so a large η·λ cannot overflow.
-        log_alpha = np.log(self._loss_weights) + self.params.reweight_eta * self._lambda
+        log_alpha = np.log(self.loss_weights) + self.params.reweight_eta * self._lambda
         alpha = np.exp(log_alpha - log_alpha.max())
         # α_t = (1 − c) α′/Σα′ + c/K: the floor c/K keeps every domain in the objective.
         alpha = (1.0 - c) * alpha / alpha.sum() + c / k
-        self._loss_weights = alpha
-        self._scores = self._lambda.copy()
-        self.num_updates += 1
-        # ᾱ = (1/T) Σ_t α_t as a running mean (exact to rounding, and resumable from the state).
-        self._average = self._average + (alpha - self._average) / self.num_updates
+        # ᾱ = (1/T) Σ_t α_t as a running mean (exact to rounding, and resumable from the state); this is
+        # update number num_updates + 1
+        self._average = self._average + (alpha - self._average) / (self.num_updates + 1)
+        return Weights(loss=alpha, scores=self._lambda.copy())
 
     def summary(self) -> dict[str, Any]:
         """What step 3 reads (``<output_dir>/doremi_summary.json``)."""

@@ -37,6 +37,7 @@ from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
+from mixflow.algorithms.weights import Weights
 
 
 @dataclass
@@ -67,7 +68,7 @@ class ERMAParams(HeldoutParams):
 
 
 @register_algorithm
-class ERMA(DomainAlgorithm):
+class ERMA(DomainAlgorithm[ERMAParams]):
     """Exponentiated update of loss weights from held-out loss (up) and loss variance (down)."""
 
     name = "erma"
@@ -89,18 +90,18 @@ class ERMA(DomainAlgorithm):
 
     def schedule(self, t: int) -> float:
         """G(t) after t updates (ours; the paper leaves it open, default 1)."""
-        if self.params.schedule == "inverse_sqrt":  # type: ignore[attr-defined]
+        if self.params.schedule == "inverse_sqrt":
             return 1.0 / np.sqrt(1.0 + t)
         return 1.0
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         """w_i ∝ w_i · exp(γ1 π_i G(t) L_i − γ2 π_i w_i Var_i), then Σ π_i w_i = 1 (Salmani et al. 2025, arXiv 2511.06913, ERMA)."""
-        p: ERMAParams = self.params  # type: ignore[assignment]
+        p = self.params
         loss, var, _ = heldout_moments(stats)
         known = np.isfinite(loss) & np.isfinite(var)
         var = np.maximum(np.where(known, var, 0.0), p.var_floor)
         loss = np.where(known, loss, 0.0)
-        w_in_exponent = np.exp(self.log_u) if p.exponent_weights == "unnormalized" else self._loss_weights
+        w_in_exponent = np.exp(self.log_u) if p.exponent_weights == "unnormalized" else self.loss_weights
         g = self.schedule(self.num_updates)
         step_log = p.gamma1 * self.prior * g * loss - p.gamma2 * self.prior * w_in_exponent * var
         if p.max_log_decrease is not None:
@@ -109,9 +110,7 @@ class ERMA(DomainAlgorithm):
         if p.exponent_weights == "normalized":
             log_u = np.log(self._normalise(log_u))
         self.log_u = log_u
-        self._loss_weights = self._normalise(log_u)
-        self._scores = np.where(known, loss, np.nan)
-        self.num_updates += 1
+        return Weights(loss=self._normalise(log_u), scores=np.where(known, loss, np.nan))
 
     def _normalise(self, log_u: np.ndarray) -> np.ndarray:
         """w = u / Σ π u, computed from log u without overflow."""

@@ -30,6 +30,7 @@ from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
+from mixflow.algorithms.weights import Weights
 
 
 @dataclass
@@ -51,7 +52,7 @@ class FGLSParams(HeldoutParams):
 
 
 @register_algorithm
-class OneShotFGLS(DomainAlgorithm):
+class OneShotFGLS(DomainAlgorithm[FGLSParams]):
     """Loss weights w_i ∝ 1/σ̂_i² from held-out losses, smoothed over updates (one run, no refit)."""
 
     name = "fgls"
@@ -66,13 +67,13 @@ class OneShotFGLS(DomainAlgorithm):
         # The seed's log format names the weights the algorithm learns: here the loss weights.
         return self.loss_weights
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         """One smoothing step towards t ∝ 1/σ̂² (Salmani et al. 2025, arXiv 2511.06913, One-shot FGLS)."""
-        p: FGLSParams = self.params  # type: ignore[assignment]
+        p = self.params
         sigma2, _, _ = heldout_moments(stats)
         known = np.isfinite(sigma2)
         inv = 1.0 / np.maximum(np.where(known, sigma2, 1.0), p.noise_floor)
-        w = self._loss_weights
+        w = self.loss_weights
         if p.target_scale == "normalized":
             # Σ π t = 1 over the domains with an estimate (their current share of Σ π w): β is then a
             # true step size, independent of whether losses are ~0.01 or ~10.
@@ -82,6 +83,4 @@ class OneShotFGLS(DomainAlgorithm):
             target = inv
         target = np.where(known, target, w)  # no held-out estimate: keep the domain's weight
         w = (1 - p.beta) * w + p.beta * target
-        self._loss_weights = w / float(np.sum(self.prior * w))
-        self._scores = sigma2
-        self.num_updates += 1
+        return Weights(loss=w / float(np.sum(self.prior * w)), scores=sigma2)

@@ -51,7 +51,7 @@ class ImpParams(AlgorithmParams):
             raise ValueError(f"{where}.max_weight: expected a number > 0 or null, got {self.max_weight}")
 
 
-class CheckerWeighter(SampleWeighter):
+class CheckerWeighter(SampleWeighter[ImpParams]):
     """Shared part: the per-example checker probabilities, looked up by the samples' global row index."""
 
     Params = ImpParams

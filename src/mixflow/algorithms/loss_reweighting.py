@@ -102,7 +102,7 @@ def strategy_scores(normalised: torch.Tensor, strategy: Strategy, delta: float) 
 
 
 @register_weighter
-class LossReweighting(SampleWeighter):
+class LossReweighting(SampleWeighter[LossReweightingParams]):
     """Per-sample weights N · softmax(f(ℓ̃) / r) over the global batch (linupper by default)."""
 
     name = "loss"
@@ -111,8 +111,6 @@ class LossReweighting(SampleWeighter):
     #: last_step: the step the latest weights were computed at; r_current: the temperature used then
     #: (where the burn-in and the schedule stand); num_reweighted: batches weighted after the burn-in.
     state_attributes = ("last_step", "r_current", "num_reweighted")
-
-    params: LossReweightingParams
 
     def setup(self) -> None:
         params = self.params

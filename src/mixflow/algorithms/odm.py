@@ -41,6 +41,7 @@ from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
+from mixflow.algorithms.weights import Weights
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def smoothed_mean_distribution(log_rewards: np.ndarray, prior: np.ndarray, t: in
 
 
 @register_algorithm
-class OnlineDataMixing(DomainAlgorithm):
+class OnlineDataMixing(DomainAlgorithm[ODMParams]):
     """A bandit over domains with rewards from each domain's training loss (ODM)."""
 
     name = "odm"
@@ -114,7 +115,7 @@ class OnlineDataMixing(DomainAlgorithm):
         # survives a JSON checkpoint (as null) where −inf would not.
         start = np.nan if self.rule == "smoothed_mean" else 0.0
         self.rewards = np.full(self.num_domains, start, dtype=np.float64)
-        self._initial = self._sampling.copy()
+        self._initial = self.sampling_weights
         if self.rule == "smoothed_mean":
             self.scores_label = "ln R̂ (smoothed exp(loss))"
         else:
@@ -141,19 +142,16 @@ class OnlineDataMixing(DomainAlgorithm):
             old = old + (math.log(alpha) if alpha > 0 else -np.inf)
             self.rewards[present] = np.logaddexp(old, math.log1p(-alpha) + loss[present])
             return
-        chance = np.minimum(1.0, self._sampling * (self.batch_size or 1))
+        chance = np.minimum(1.0, self.sampling_weights * (self.batch_size or 1))
         present &= chance > 0
         self.rewards[present] = alpha * self.rewards[present] + (1 - alpha) * loss[present] / chance[present]
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         t = max(int(step), 1)  # the training iteration, warmup included
-        if self.rule == "smoothed_mean":
-            self._sampling = smoothed_mean_distribution(self.rewards, self._initial, t)
-        else:
-            self._sampling = exp3_distribution(self.rewards, t)
-        self._scores = self.rewards.copy()
         self._last_t = t
-        self.num_updates += 1
+        if self.rule == "smoothed_mean":
+            return Weights(sampling=smoothed_mean_distribution(self.rewards, self._initial, t), scores=self.rewards.copy())
+        return Weights(sampling=exp3_distribution(self.rewards, t), scores=self.rewards.copy())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rule = state.get("rule", "exp3")  # states written before the rule existed hold exp3 rewards

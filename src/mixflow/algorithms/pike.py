@@ -36,7 +36,7 @@ Our choices, each a parameter:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from mixflow.algorithms.grad_moments import smooth_gradient_sums, smoothed_momen
 from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams
-from mixflow.algorithms.weights import floor_weights
+from mixflow.algorithms.weights import Weights, floor_weights
 
 
 @dataclass
@@ -147,8 +147,12 @@ def pike_exponent(
     return delta
 
 
+#: PiKE's params type (Balanced-PiKE's adds τ and the tilt).
+PP = TypeVar("PP", bound=PiKEParams)
+
+
 @register_algorithm
-class PiKE(DomainAlgorithm):
+class PiKE(DomainAlgorithm[PP]):
     """PiKE: exponentiated update of the task mixture from gradient norms and gradient noise."""
 
     name = "pike"
@@ -159,12 +163,12 @@ class PiKE(DomainAlgorithm):
     providers = ("grad_stats",)
     state_attributes = ("grad_sums", "scale")
 
-    def setup(self) -> None:
-        self._sampling = floor_weights(self._sampling, self.params.min_weight)
+    def setup(self) -> Weights | None:
         #: The gradient sums pooled over past updates (:mod:`mixflow.algorithms.grad_moments`).
         self.grad_sums: dict[str, Any] = {}
         #: The normalising scale S averaged over updates (0 before the first).
         self.scale = 0.0
+        return Weights(sampling=floor_weights(self.sampling_weights, self.params.min_weight))
 
     @property
     def floor(self) -> float:
@@ -172,16 +176,15 @@ class PiKE(DomainAlgorithm):
         per_sample = self.params.min_samples / self.batch_size if self.batch_size else 0.0
         return max(self.params.min_weight, per_sample)
 
-    def bind(self, batch_size: int) -> None:
-        super().bind(batch_size)
-        self._sampling = floor_weights(self._sampling, self.floor)
+    def on_bind(self) -> Weights | None:
+        return Weights(sampling=floor_weights(self.sampling_weights, self.floor))
 
     def tilt(self, stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
         """Multipliers of (‖∇L_k‖², σ_k²) in the exponent: ones for PiKE (Balanced-PiKE's tilt)."""
         ones = np.ones(self.num_domains)
         return ones, ones
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         self.grad_sums = smooth_gradient_sums(self.grad_sums, stats, self.params.grad_smoothing)
         norm_sq, sigma2 = smoothed_moments(self.grad_sums, floor=self.params.floor_norm)
         # The y-weighted task loss y_k·L_k has gradient y_k·∇L_k: both moments scale by y_k².
@@ -196,19 +199,17 @@ class PiKE(DomainAlgorithm):
             self.scale = beta * self.scale + (1 - beta) * current
         delta = pike_exponent(norm_sq, sigma2, batch, self.params, scale=self.scale)
         ok = np.isfinite(delta)
-        w = self._sampling.copy()
+        w = self.sampling_weights
         if ok.any():
             # Tasks without estimates keep their weight; the others share the rest (w ← w/Σw).
             z = np.log(np.maximum(w[ok], 1e-300)) + delta[ok]
             moved = np.exp(z - z.max())
             w[ok] = moved / moved.sum() * w[ok].sum()
-        self._sampling = floor_weights(w, self.floor)
-        self._scores = np.where(ok, delta, np.nan)
-        self.num_updates += 1
+        return Weights(sampling=floor_weights(w, self.floor), scores=np.where(ok, delta, np.nan))
 
 
 @register_algorithm
-class BalancedPiKE(PiKE):
+class BalancedPiKE(PiKE[BalancedPiKEParams]):
     """Balanced-PiKE: PiKE on the tilted objective (1/τ)·log Σ_k exp(τ·L_k)."""
 
     name = "balanced_pike"

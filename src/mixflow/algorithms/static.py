@@ -8,7 +8,7 @@ from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
-from mixflow.algorithms.weights import as_distribution
+from mixflow.algorithms.weights import Weights, as_distribution
 
 
 @dataclass
@@ -27,7 +27,7 @@ class StaticParams(AlgorithmParams):
 
 
 @register_algorithm
-class StaticMixture(DomainAlgorithm):
+class StaticMixture(DomainAlgorithm[StaticParams]):
     """p is fixed for the whole run; the batch composition is the objective (c_j = s_j)."""
 
     name = "static"
@@ -36,11 +36,11 @@ class StaticMixture(DomainAlgorithm):
     mode = "objective"
     scores_label = "training loss (window mean)"
 
-    def setup(self) -> None:
-        if self.params.proportions is not None:
-            self._sampling = as_distribution(self.params.proportions, "static.params.proportions")
+    def setup(self) -> Weights | None:
+        if self.params.proportions is None:
+            return None
+        return Weights(sampling=as_distribution(self.params.proportions, "static.params.proportions"))
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         # Nothing to learn; the scores are kept so logs and plots show per-domain losses over time.
-        self._scores = stats.mean_token_loss.cpu().numpy()
-        self.num_updates += 1
+        return Weights(scores=stats.mean_token_loss.cpu().numpy())

@@ -27,7 +27,7 @@ from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments, has_gradient_sums
-from mixflow.algorithms.weights import floor_weights
+from mixflow.algorithms.weights import Weights, floor_weights
 
 
 @dataclass
@@ -83,7 +83,7 @@ class VAParams(GradStatsParams):
 
 
 @register_algorithm
-class VarianceAwareSampling(DomainAlgorithm):
+class VarianceAwareSampling(DomainAlgorithm[VAParams]):
     """Sampling b_i ∝ π_i w_i v_i with importance coefficients; optional inner loss weights."""
 
     name = "va"
@@ -106,33 +106,34 @@ class VarianceAwareSampling(DomainAlgorithm):
         extra = [ProviderSpec(s.name, s.params, who) for s in inner_cls.provider_specs(inner_params)]
         return own + [s for s in extra if s.name not in {o.name for o in own}]
 
-    def setup(self) -> None:
-        self.inner: DomainAlgorithm | None = None
+    def setup(self) -> Weights | None:
+        self.inner: DomainAlgorithm[Any] | None = None
         inner = self.params.inner()
         if inner is not None:
             inner_cls, inner_params = inner
             self.inner = build_algorithm(
-                inner_cls.name, self.domain_names, inner_params, init_weights=self._sampling, prior=self.prior,
+                inner_cls.name, self.domain_names, inner_params, init_weights=self.sampling_weights, prior=self.prior,
                 where="va.params.loss_weights_from",
             )
-            self._loss_weights = self.inner.loss_weights
         #: EMA of the per-sample gradient variance v_i² (NaN until a domain's first estimate)
         self.v2 = np.full(self.num_domains, np.nan)
+        return None if self.inner is None else Weights(loss=self.inner.loss_weights)
 
-    def bind(self, batch_size: int) -> None:
-        super().bind(batch_size)
-        if self.inner is not None:
-            self.inner.bind(batch_size)
+    def on_bind(self) -> Weights | None:
+        if self.inner is not None and self.batch_size is not None:
+            self.inner.bind(self.batch_size)
+        return None
 
     def observe(self, stats: DomainStats, step: int) -> None:
         if self.inner is not None:
             self.inner.observe(stats, step)
 
-    def update(self, stats: DomainStats, step: int) -> None:
+    def update(self, stats: DomainStats, step: int) -> Weights:
         """Inner loss weights first, then v² ← EMA(σ̂²) and p ∝ π ⊙ w ⊙ v with the floor (Salmani et al. 2025, arXiv 2511.06913, VA)."""
+        w = self.loss_weights
         if self.inner is not None:
-            self.inner.update(stats, step)
-            self._loss_weights = self.inner.loss_weights
+            self.inner.apply_update(stats, step)
+            w = self.inner.loss_weights
         if not has_gradient_sums(stats):
             raise ValueError(
                 "va: no gradient statistics reached the update; pass model= to StepEngine.training_loss "
@@ -147,20 +148,17 @@ class VarianceAwareSampling(DomainAlgorithm):
         self.v2 = np.where(known, ema, self.v2)
         v = np.sqrt(self.v2)
         if not np.isfinite(v).any():
-            self.num_updates += 1  # nothing estimable yet: keep p
-            return
+            return Weights(loss=w)  # nothing estimable yet: keep p
         # A domain never estimated (absent so far) is treated as typical until it is.
         v = np.where(np.isfinite(v), v, float(np.mean(v[np.isfinite(v)])))
-        self._sampling = self.floored(self.prior * self._loss_weights * v)
-        self._scores = np.sqrt(self.v2)
-        self.num_updates += 1
+        return Weights(sampling=self.floored(self.prior * w * v), loss=w, scores=np.sqrt(self.v2))
 
     def floored(self, target: np.ndarray) -> np.ndarray:
         """target / Σ target, with every domain of positive target raised to ≥ min_samples / B and
         the rest rescaled (water-filling); no floor before :meth:`bind`."""
         target = np.asarray(target, dtype=np.float64)
         if target.sum() <= 0:
-            return self._sampling.copy()
+            return self.sampling_weights
         floor = int(self.params.min_samples) / self.batch_size if self.batch_size else 0.0
         return floor_weights(target, floor, keep_zeros=True)
 

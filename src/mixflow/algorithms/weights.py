@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,3 +36,18 @@ def floor_weights(target: np.ndarray, floor: float, keep_zeros: bool = False) ->
         if not below.any():
             return np.where(fixed, floor, w * scale)
         fixed |= below
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a hook of an algorithm returns: the new value of each vector it changes (None: unchanged).
+
+    The base class applies it (:meth:`mixflow.algorithms.base.DomainAlgorithm.apply_update`); an
+    algorithm never writes its weights itself."""
+
+    sampling: np.ndarray | Sequence[float] | None = None
+    """p, the distribution the sampler draws domains from."""
+    loss: np.ndarray | Sequence[float] | None = None
+    """w, the per-domain loss weights."""
+    scores: np.ndarray | Sequence[float] | None = None
+    """The per-domain scores this update computed (logged as ``perdomain_scores``)."""

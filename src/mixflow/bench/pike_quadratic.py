@@ -97,7 +97,7 @@ def _sgd(sigmas: tuple[float, float], steps: int, seed: int, sampler: MixtureSam
             model.theta -= LR * model.theta.grad
         if engine is not None:
             if exact:
-                engine.algorithm.update(_exact_stats(model.theta.detach().numpy(), sig.numpy()), step)
+                engine.algorithm.apply_update(_exact_stats(model.theta.detach().numpy(), sig.numpy()), step)
                 sampler.set_weights(engine.algorithm.sampling_weights)
                 sampler.mark_consumed(step)
             else:

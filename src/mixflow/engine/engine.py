@@ -298,7 +298,7 @@ class StepEngine:
             logger.warning("step %d: non-finite loss statistics; skipping the %s update", step, self.algorithm.name)
             return False
         before = self.algorithm.state_dict()
-        self.algorithm.update(window, step)
+        self.algorithm.apply_update(window, step)
         p, w = self.algorithm.sampling_weights, self.algorithm.loss_weights
         if not (np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0 and np.all(np.isfinite(w)) and np.all(w >= 0)):
             self.algorithm.load_state_dict(before)
