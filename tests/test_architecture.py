@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mixflow"
 #: The layers, lowest first (docs/design.md). A module may import from its own layer and the ones
 #: listed before it, never from a later one.
 LAYERS = {
+    "errors": 0,  # the error types every layer raises
     "algorithms": 1,  # pure math
     "utils": 2,
     "testing": 2,

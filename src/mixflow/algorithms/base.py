@@ -224,6 +224,15 @@ class SampleWeighter(ABC, Generic[P]):
     def setup(self) -> None:
         """Initialise the weighter's own state (end of the constructor). Default: nothing."""
 
+    def input_files(self) -> dict[str, str]:
+        """Files the weighter reads, by kind (e.g. ``{"weights_cache": path}``): the run builder reads
+        each with its reader for that kind and hands the results to :meth:`load_inputs` before
+        training (this layer reads no file itself). Default: none."""
+        return {}
+
+    def load_inputs(self, inputs: dict[str, Any]) -> None:
+        """Receive what :meth:`input_files` named, read (same keys). Default: nothing."""
+
     @abstractmethod
     def weights(
         self, losses: torch.Tensor, domain_ids: torch.Tensor, step: int, sample_ids: torch.Tensor | None = None

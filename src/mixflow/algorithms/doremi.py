@@ -33,22 +33,15 @@ from typing import Any, Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
+from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
-from mixflow.algorithms.statistics import DomainStats, excess_loss
+from mixflow.algorithms.statistics import DomainStats, ReferenceLossParams, excess_loss
 from mixflow.algorithms.weights import Weights
 
 logger = logging.getLogger(__name__)
 
 @dataclass
-class DoReMiParams(AlgorithmParams):
-    reference_model_path: str | None = required_param(
-        "a local model directory, or null to run without a reference",
-        path="model_dir",
-        hint="train the reference first, DoReMi step 1, or give null to run without one",
-    )
-    """Reference model directory (DoReMi step 1's output_dir or a checkpoint of it); null: no reference, λ = the
-    proxy's loss (Group DRO, for debugging)."""
+class DoReMiParams(ReferenceLossParams):
     reweight_eta: float = 1.0
     """η: step size of the exponentiated-gradient update of α (seed example: 0.1)."""
     reweight_eps: float = 1e-3

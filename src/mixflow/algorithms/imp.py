@@ -19,6 +19,7 @@ stay in [min_prob, 1/min_prob], and equal probabilities still give exactly 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,11 +58,18 @@ class CheckerWeighter(SampleWeighter[ImpParams]):
     Params = ImpParams
     #: The checkers' probabilities and exp(−ℓ) are class probabilities: classification only.
     required_task = "classification"
-    params: ImpParams
 
     def setup(self) -> None:
         self._quality: torch.Tensor | None = None
         self._diversity: torch.Tensor | None = None
+
+    def input_files(self) -> dict[str, str]:
+        """The checker cache (``mixflow checkers`` writes it)."""
+        return {"weights_cache": str(self.params.weights_cache)}
+
+    def load_inputs(self, inputs: dict[str, Any]) -> None:
+        table = inputs["weights_cache"]
+        self.set_table(table.quality, table.diversity)
 
     def set_table(self, quality: np.ndarray | torch.Tensor, diversity: np.ndarray | torch.Tensor) -> None:
         """P̂′(y_j|x_j) and Q̂(y_j|x_j) for every training row j (indexed like ``sample_ids``)."""
@@ -76,7 +84,7 @@ class CheckerWeighter(SampleWeighter[ImpParams]):
 
     def _lookup(self, sample_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self._quality is None or self._diversity is None:
-            # Reading the cache is the run builder's job (mixflow.recipes.build calls set_table).
+            # Reading the cache is the run builder's job (input_files / load_inputs).
             raise ValueError(f"{self.name}: no checker probabilities; call set_table() with the weights cache's tables")
         if sample_ids is None:
             raise ValueError(f"{self.name}: the batch has no 'sample_ids' (the dataset must yield global row indices)")

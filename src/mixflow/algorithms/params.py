@@ -44,6 +44,9 @@ class AlgorithmParams:
 
     #: preset name -> the parameter values it stands for (keys the config sets win).
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The field holding fixed sampling proportions, one per domain (a static mixture's), or None: the
+    #: config checks them against K, and ``init_mixture_proportions`` overrides them with a warning.
+    proportions_field: ClassVar[str | None] = None
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """Semantic checks, run once at config load (``build_params``), before any data or model

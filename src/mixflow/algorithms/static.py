@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext
@@ -13,6 +14,8 @@ from mixflow.algorithms.weights import Weights, as_distribution
 
 @dataclass
 class StaticParams(AlgorithmParams):
+    proportions_field: ClassVar[str | None] = "proportions"
+
     proportions: list[float] | None = None
     """Sampling proportions, one per domain (normalised). null: use init_mixture_proportions / mixture_sample_rule."""
 

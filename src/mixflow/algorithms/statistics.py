@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
 
 
 def per_domain_sum(domain_ids: torch.Tensor, values: torch.Tensor, num_domains: int) -> torch.Tensor:
@@ -136,6 +136,19 @@ REF_EXCESS_SUM = "ref_excess_sum"
 REF_TOKEN_COUNT = "ref_token_count"
 #: Σ of the reference's per-token losses [K] (logs and diagnostics).
 REF_LOSS_SUM = "ref_loss_sum"
+
+
+@dataclass
+class ReferenceLossParams(AlgorithmParams):
+    """The ``reference_loss`` provider's configuration (DoReMi's)."""
+
+    reference_model_path: str | None = required_param(
+        "a local model directory, or null to run without a reference",
+        path="model_dir",
+        hint="train the reference first, DoReMi step 1, or give null to run without one",
+    )
+    """Reference model directory (DoReMi step 1's output_dir or a checkpoint of it); null: no reference, λ = the
+    proxy's loss (Group DRO, for debugging)."""
 
 
 def excess_loss(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from mixflow.algorithms.params import check_type, declared_paths
 from mixflow.algorithms.registry import lookup
-from mixflow.algorithms.static import StaticParams
 from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.paths import resolve_path
 from mixflow.config.schema import DataConfig, ResolvedComponent, RunConfig, domain_names
 from mixflow.data.packing import check_cutoff_len
 from mixflow.data.sources import DomainSource, domain_source, resolve_files, sources_from_dataset_info
 from mixflow.engine.schedule import UpdateSchedule
+from mixflow.providers.base import provider_needs
 
 logger = logging.getLogger(__name__)
 
@@ -196,18 +196,19 @@ def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -
             errors.append(f"warmup_step/update_step: {algorithm.name}'s first update would be at step {first}, after "
                           f"max_steps {steps}: the run would train on its initial weights only")
     for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):
-        if spec.name == "heldout_loss" and not run.data.val_size:
+        if provider_needs(spec.name).heldout_rows and not run.data.val_size:
             errors.append(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
-    proportions = algorithm.params.proportions if isinstance(algorithm.params, StaticParams) else None
+    key = algorithm.params.proportions_field
+    proportions = getattr(algorithm.params, key) if key is not None else None
     if proportions is not None:
-        _collect(errors, _check_weights, proportions, "static.params.proportions", k)
+        _collect(errors, _check_weights, proportions, f"{algorithm.name}.params.{key}", k)
         if m.init_mixture_proportions is not None and [float(x) for x in m.init_mixture_proportions] != proportions:
             # The seed's step 3 sets the learned weights at run level over a shared components file.
             logger.warning(
-                "init_mixture_proportions %s overrides static.params.proportions %s of %s",
-                m.init_mixture_proportions, proportions, algorithm.section,
+                "init_mixture_proportions %s overrides %s.params.%s %s of %s",
+                m.init_mixture_proportions, algorithm.name, key, proportions, algorithm.section,
             )
-            run.algorithm = dataclasses.replace(algorithm, params=dataclasses.replace(algorithm.params, proportions=None))
+            run.algorithm = dataclasses.replace(algorithm, params=dataclasses.replace(algorithm.params, **{key: None}))
     if m.static_mix and algorithm.name != "static":
         errors.append(f"static_mix: true expects component_name 'static', got {algorithm.name!r}")
     for component in (algorithm, run.weighter):

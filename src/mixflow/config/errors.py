@@ -1,28 +1,16 @@
-"""The configuration error types (their own module so every config module can raise them)."""
+"""The configuration error types (defined in :mod:`mixflow.errors`, re-exported here) and the collector
+that reports every config mistake at once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
 
+from mixflow.errors import ConfigError, ConfigErrors
+
+__all__ = ["ConfigError", "ConfigErrors", "ErrorCollector"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration mistake; the message is one line naming the key."""
-
-
-class ConfigErrors(ConfigError):
-    """Several configuration mistakes found in one pass; ``messages`` holds one line each, and
-    ``str()`` puts each on its own line."""
-
-    def __init__(self, messages: list[str]) -> None:
-        self.messages = list(messages)
-        super().__init__("\n".join(self.messages))
-
-    def __reduce__(self) -> tuple[type, tuple[list[str]]]:
-        # an error raised in a worker process crosses back pickled: keep the lines, not their characters
-        return (type(self), (self.messages,))
 
 
 class ErrorCollector:

@@ -112,17 +112,38 @@ class StatisticProvider:
 ENTRY_POINT_GROUP = "mixflow.providers"
 
 ProviderFactory = Callable[[Any, ProviderContext], StatisticProvider]
-_PROVIDERS: dict[str, ProviderFactory] = {}
 
 
-def register_provider(name: str) -> Callable[[ProviderFactory], ProviderFactory]:
-    """Register a factory ``(params, context) -> StatisticProvider`` under ``name``."""
+@dataclass(frozen=True)
+class ProviderNeeds:
+    """What a provider needs from the run, declared where it registers, so the config checks and the
+    run builder ask the provider instead of knowing it by name."""
+
+    heldout_rows: int = 0
+    """Held-out rows each domain must have (``val_size``); 0: none needed."""
+    preflight: Callable[[Any, Any], None] | None = None
+    """``(params, tokenizer) -> None``: checks run once the tokenizer is loaded and before any model
+    loads (raise a one-line ``ConfigError``)."""
+
+
+_PROVIDERS: dict[str, tuple[ProviderFactory, ProviderNeeds]] = {}
+
+
+def register_provider(name: str, needs: ProviderNeeds | None = None) -> Callable[[ProviderFactory], ProviderFactory]:
+    """Register a factory ``(params, context) -> StatisticProvider`` under ``name``, with what it needs."""
 
     def decorate(factory: ProviderFactory) -> ProviderFactory:
-        _PROVIDERS[name] = factory
+        _PROVIDERS[name] = (factory, needs or ProviderNeeds())
         return factory
 
     return decorate
+
+
+def provider_needs(name: str) -> ProviderNeeds:
+    """What the provider registered as ``name`` needs from the run (an unknown name needs nothing:
+    :func:`build_providers` names it)."""
+    discover()
+    return _PROVIDERS[name][1] if name in _PROVIDERS else ProviderNeeds()
 
 
 def discover() -> None:
@@ -141,4 +162,4 @@ def build_providers(specs: Sequence[ProviderSpec], context: ProviderContext | No
     missing = [s.name for s in specs if s.name not in available_providers()]
     if missing:
         raise ValueError(f"providers: unknown statistic provider(s) {missing}; registered: {available_providers()}")
-    return [_PROVIDERS[s.name](s.params, context) for s in specs]
+    return [_PROVIDERS[s.name][0](s.params, context) for s in specs]

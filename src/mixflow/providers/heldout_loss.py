@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM, heldout_rows
 from mixflow.data.keys import MIXFLOW_KEYS
 from mixflow.loss.per_sample import sample_losses
-from mixflow.providers.base import ProviderContext, StatisticProvider, UpdateContext, register_provider
+from mixflow.providers.base import ProviderContext, ProviderNeeds, StatisticProvider, UpdateContext, register_provider
 from mixflow.utils.distributed import is_sharded
 
 
@@ -122,7 +122,7 @@ class HeldoutLoss(StatisticProvider):
         return sl.mean.double().cpu()[valid], valid
 
 
-@register_provider("heldout_loss")
+@register_provider("heldout_loss", ProviderNeeds(heldout_rows=2))  # a variance needs two rows
 def _build(params: Any, context: ProviderContext | None) -> HeldoutLoss:
     if context is None or not context.heldout:
         raise ValueError("val_size: the heldout_loss provider needs a held-out split per domain; set val_size > 0")

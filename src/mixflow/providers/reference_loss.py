@@ -23,16 +23,24 @@ integration does), the reference runs then, while no training graph holds memory
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mixflow.algorithms.doremi import DoReMiParams
-from mixflow.algorithms.statistics import REF_EXCESS_SUM, REF_LOSS_SUM, REF_TOKEN_COUNT, per_domain_sum
+from mixflow.algorithms.statistics import (
+    REF_EXCESS_SUM,
+    REF_LOSS_SUM,
+    REF_TOKEN_COUNT,
+    ReferenceLossParams,
+    per_domain_sum,
+)
+from mixflow.errors import ConfigError
 from mixflow.loss.per_sample import SampleLosses, sample_losses
-from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
+from mixflow.providers.base import BatchContext, ProviderContext, ProviderNeeds, StatisticProvider, register_provider
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +134,28 @@ class ReferenceLoss(StatisticProvider):
         self._checked_vocab = True
 
 
-@register_provider("reference_loss")
+def check_reference_vocabulary(params: Any, tokenizer: Any) -> None:
+    """One error line when the reference model has fewer token ids than the tokenizer produces,
+    checked from its ``config.json`` before any model loads (a larger, padded embedding table is fine)."""
+    path = _params(params).reference_model_path
+    if path is None:
+        return
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return  # the front door already checked the directory; the loader names other formats
+    vocab = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else int(getattr(tokenizer, "vocab_size", 0))
+    if isinstance(vocab, int) and vocab < size:
+        raise ConfigError(f"reference_model_path: {path} has a vocabulary of {vocab} tokens but the tokenizer has "
+                          f"{size}; the reference must use the proxy's tokenizer")
+
+
+def _params(params: Any) -> ReferenceLossParams:
+    if not isinstance(params, ReferenceLossParams):
+        raise TypeError(f"reference_loss: expected params deriving from ReferenceLossParams, got {type(params).__name__}")
+    return params
+
+
+@register_provider("reference_loss", ProviderNeeds(preflight=check_reference_vocabulary))
 def _build(params: Any, context: ProviderContext | None) -> ReferenceLoss:
-    if not isinstance(params, DoReMiParams):
-        raise TypeError(f"reference_loss: expected DoReMi's params, got {type(params).__name__}")
-    return ReferenceLoss(params.reference_model_path)
+    return ReferenceLoss(_params(params).reference_model_path)

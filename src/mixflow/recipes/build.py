@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mixflow.algorithms.base import SampleWeighter
-from mixflow.algorithms.imp import CheckerWeighter
 from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
@@ -23,7 +23,7 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.data.tokenized import CacheEntry, tokenized_domain
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
-from mixflow.providers.base import ProviderContext
+from mixflow.providers.base import ProviderContext, provider_needs
 from mixflow.recipes.inputs import choose_tokenizer, domain_sources, split_seed, tokenized_dir
 from mixflow.recipes.models import scratch_config
 from mixflow.recipes.weights_cache import read_weights_cache
@@ -108,13 +108,14 @@ def build_engine(
     )
     names = list(train.domain_names)
     algorithm = build_algorithm(run.algorithm.name, names, run.algorithm.params, init_weights=init, prior=m.domain_prior)
-    if any(spec.name == "heldout_loss" for spec in algorithm.provider_specs(algorithm.params)):
-        # a variance needs two rows: with fewer the algorithm would keep its initial weights unseen
+    need = max([provider_needs(s.name).heldout_rows for s in algorithm.provider_specs(algorithm.params)], default=0)
+    if need:
+        # e.g. a variance needs two rows: with fewer the algorithm would keep its initial weights unseen
         short = [f"{n} ({len(heldout[n]) if heldout and n in heldout else 0})" for n in names
-                 if not heldout or n not in heldout or len(heldout[n]) < 2]
+                 if not heldout or n not in heldout or len(heldout[n]) < need]
         if short:
-            raise ValueError(f"val_size: {algorithm.name} needs at least 2 held-out rows per domain to estimate a "
-                             f"variance; these domains have fewer: {', '.join(short)}; raise val_size")
+            raise ValueError(f"val_size: {algorithm.name} needs at least {need} held-out rows per domain; these "
+                             f"domains have fewer: {', '.join(short)}; raise val_size")
     weighter = None
     if run.weighter is not None:
         weighter = build_weighter(run.weighter.name, names, run.weighter.params)
@@ -173,8 +174,15 @@ def derive_max_steps(args: Any, run: RunConfig, num_train_rows: int) -> None:
         logger.info("max_steps not set: %d steps = num_train_epochs × train rows / global batch", args.max_steps)
 
 
+#: How each kind of input file a weighter declares (``SampleWeighter.input_files``) is read.
+INPUT_READERS: dict[str, Callable[[str], Any]] = {"weights_cache": read_weights_cache}
+
+
 def load_weighter_inputs(weighter: SampleWeighter) -> None:
-    """Hand a weighter what it reads from disk (IMP/DIMP: the checker cache's per-row tables)."""
-    if isinstance(weighter, CheckerWeighter):
-        table = read_weights_cache(weighter.params.weights_cache)
-        weighter.set_table(table.quality, table.diversity)
+    """Hand a weighter what it declares it reads from disk (IMP/DIMP: the checker cache's tables)."""
+    files = weighter.input_files()
+    unknown = sorted(set(files) - set(INPUT_READERS))
+    if unknown:
+        raise ValueError(f"{weighter.name}: no reader for input file kind(s) {unknown}; known: {sorted(INPUT_READERS)}")
+    if files:
+        weighter.load_inputs({kind: INPUT_READERS[kind](path) for kind, path in files.items()})

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-
-from mixflow.config.errors import ConfigError
 
 
 def scratch_config(model_config: Mapping[str, Any], tokenizer: Any, **overrides: Any) -> Any:
@@ -24,21 +20,3 @@ def scratch_config(model_config: Mapping[str, Any], tokenizer: Any, **overrides:
             kwargs.setdefault(key, int(value))
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
-
-
-def check_reference_vocabulary(reference_model_path: str | None, tokenizer: Any) -> None:
-    """One error line when a reference model (DoReMi's) has fewer token ids than the tokenizer
-    produces, checked from its ``config.json`` before any model loads (a larger, padded embedding
-    table is fine)."""
-    if reference_model_path is None:
-        return
-    config = Path(reference_model_path) / "config.json"
-    if not config.is_file():
-        return  # the front door already checked the directory; the loader names other formats
-    vocab = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
-    size = len(tokenizer) if hasattr(tokenizer, "__len__") else int(getattr(tokenizer, "vocab_size", 0))
-    if isinstance(vocab, int) and vocab < size:
-        raise ConfigError(
-            f"reference_model_path: {reference_model_path} has a vocabulary of {vocab} tokens but the tokenizer "
-            f"has {size}; the reference must use the proxy's tokenizer"
-        )

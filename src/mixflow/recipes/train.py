@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mixflow.algorithms.registry import lookup
 from mixflow.config.checks import previous_run_files
 from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
 from mixflow.data.dataset import DomainCollator
 from mixflow.data.tokenizer import ByteTokenizer
+from mixflow.providers.base import provider_needs
 from mixflow.recipes.build import build_engine, build_model, derive_max_steps, prepare_data, training_arguments
 from mixflow.recipes.classification import (
     accuracy_metrics,
@@ -22,7 +24,6 @@ from mixflow.recipes.classification import (
     prepare_classification_data,
 )
 from mixflow.recipes.inputs import domain_sources
-from mixflow.recipes.models import check_reference_vocabulary
 from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.utils import distributed
 from mixflow.utils.jsonlog import read_json, write_json_atomic
@@ -48,8 +49,10 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     # only once the data has read without an error: a failed run leaves the previous one in place
     if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
         move_previous_run(Path(run.training["output_dir"]))
-    if run.algorithm is not None:  # a reference model must read the proxy's token ids (before any model loads)
-        check_reference_vocabulary(getattr(run.algorithm.params, "reference_model_path", None), data.tokenizer)
+    if run.algorithm is not None:  # e.g. a reference model must read the proxy's token ids (before any model loads)
+        for spec in lookup(run.algorithm.name, "algorithm", "component_name").provider_specs(run.algorithm.params):
+            if (preflight := provider_needs(spec.name).preflight) is not None:
+                preflight(spec.params, data.tokenizer)
     derive_max_steps(args, run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
     engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
