@@ -465,3 +465,22 @@ def test_a_cutoff_len_longer_than_a_domain_names_the_key_and_every_domain(tmp_pa
     assert main(["train", str(cfg), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all("cutoff_len: domain" in line and "no row of cutoff_len 1000000" in line for line in err)
+
+
+def test_a_user_error_is_one_line_and_a_defect_keeps_its_traceback(monkeypatch, capsys):
+    from mixflow.cli import main as cli_main
+    from mixflow.errors import DataError
+
+    def user_mistake(args):
+        raise DataError("corpus.jsonl:3: expected one JSON object per line")
+
+    monkeypatch.setattr(cli_main, "_cmd_list", user_mistake)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "mixflow: error: corpus.jsonl:3: expected one JSON object per line\n"
+
+    def defect(args):
+        raise ValueError("an index went wrong inside mixflow")
+
+    monkeypatch.setattr(cli_main, "_cmd_list", defect)
+    with pytest.raises(ValueError, match="an index went wrong"):  # not turned into a line: the traceback stays
+        main(["list"])

@@ -25,6 +25,7 @@ import torch
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.algorithms.weights import Weights, as_distribution
+from mixflow.errors import ConfigError, ResumeError
 
 P = TypeVar("P", bound=AlgorithmParams)
 
@@ -89,7 +90,7 @@ class DomainAlgorithm(ABC, Generic[P]):
         k = len(self.domain_names)
         init = as_distribution(init_weights, "init_mixture_proportions")
         if init.size != k:
-            raise ValueError(f"init_mixture_proportions: expected {k} values (one per domain), got {init.size}")
+            raise ConfigError(f"init_mixture_proportions: expected {k} values (one per domain), got {init.size}")
         self.prior = as_distribution(prior if prior is not None else np.ones(k), "prior")
         self._sampling = init.copy()
         self._loss_weights = np.ones(k, dtype=np.float64)
@@ -197,11 +198,11 @@ class DomainAlgorithm(ABC, Generic[P]):
         for name, value in state.items():
             current = getattr(self, name, None)
             if current is None and name not in self.state_attributes:
-                raise ValueError(f"{self.name} state: unknown entry {name!r}")
+                raise ResumeError(f"{self.name} state: unknown entry {name!r}")
             if isinstance(current, np.ndarray):
                 value = np.asarray(value, dtype=current.dtype)
                 if value.shape != current.shape:
-                    raise ValueError(f"{self.name} state: {name} has shape {value.shape}, expected {current.shape}")
+                    raise ResumeError(f"{self.name} state: {name} has shape {value.shape}, expected {current.shape}")
             setattr(self, name, value)
 
 
@@ -247,7 +248,7 @@ class SampleWeighter(ABC, Generic[P]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             if name not in self.state_attributes:
-                raise ValueError(f"{self.name} state: unknown entry {name!r}")
+                raise ResumeError(f"{self.name} state: unknown entry {name!r}")
             setattr(self, name, value)
 
 

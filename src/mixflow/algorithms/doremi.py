@@ -37,6 +37,7 @@ from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, ReferenceLossParams, excess_loss
 from mixflow.algorithms.weights import Weights
+from mixflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,9 @@ class DoReMiParams(ReferenceLossParams):
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if self.reweight_eta < 0 or not np.isfinite(self.reweight_eta):
-            raise ValueError(f"{where}.reweight_eta: expected a finite number >= 0, got {self.reweight_eta}")
+            raise ConfigError(f"{where}.reweight_eta: expected a finite number >= 0, got {self.reweight_eta}")
         if not 0 <= self.reweight_eps <= 1:
-            raise ValueError(f"{where}.reweight_eps: expected a number in [0, 1], got {self.reweight_eps}")
+            raise ConfigError(f"{where}.reweight_eps: expected a number in [0, 1], got {self.reweight_eps}")
 
 
 @register_algorithm

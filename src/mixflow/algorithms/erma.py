@@ -38,6 +38,7 @@ from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
 from mixflow.algorithms.weights import Weights
+from mixflow.errors import ConfigError
 
 
 @dataclass
@@ -60,11 +61,11 @@ class ERMAParams(HeldoutParams):
         super().validate(where, context)
         for key in ("gamma1", "gamma2"):
             if not getattr(self, key) >= 0:
-                raise ValueError(f"{where}.{key}: expected a number >= 0, got {getattr(self, key)}")
+                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {getattr(self, key)}")
         if self.max_log_decrease is not None and not self.max_log_decrease > 0:
-            raise ValueError(f"{where}.max_log_decrease: expected a positive number or null, got {self.max_log_decrease}")
+            raise ConfigError(f"{where}.max_log_decrease: expected a positive number or null, got {self.max_log_decrease}")
         if not self.var_floor > 0:
-            raise ValueError(f"{where}.var_floor: expected a positive number, got {self.var_floor}")
+            raise ConfigError(f"{where}.var_floor: expected a positive number, got {self.var_floor}")
 
 
 @register_algorithm

@@ -31,6 +31,7 @@ from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
 from mixflow.algorithms.weights import Weights
+from mixflow.errors import ConfigError
 
 
 @dataclass
@@ -46,9 +47,9 @@ class FGLSParams(HeldoutParams):
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
         if not 0 < self.beta <= 1:
-            raise ValueError(f"{where}.beta: expected a number in (0, 1], got {self.beta}")
+            raise ConfigError(f"{where}.beta: expected a number in (0, 1], got {self.beta}")
         if not self.noise_floor > 0:
-            raise ValueError(f"{where}.noise_floor: expected a positive number, got {self.noise_floor}")
+            raise ConfigError(f"{where}.noise_floor: expected a positive number, got {self.noise_floor}")
 
 
 @register_algorithm

@@ -27,6 +27,7 @@ import torch
 from mixflow.algorithms.base import SampleWeighter
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
 from mixflow.algorithms.registry import register_weighter
+from mixflow.errors import ConfigError, DataError
 
 
 @dataclass
@@ -45,11 +46,11 @@ class ImpParams(AlgorithmParams):
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load, before any data or model loads)."""
         if not self.weights_cache:
-            raise ValueError(f"{where}.weights_cache: required (the cache written by `mixflow checkers CONFIG`)")
+            raise ConfigError(f"{where}.weights_cache: required (the cache written by `mixflow checkers CONFIG`)")
         if not 0 < self.min_prob < 1:
-            raise ValueError(f"{where}.min_prob: expected a number in (0, 1), got {self.min_prob}")
+            raise ConfigError(f"{where}.min_prob: expected a number in (0, 1), got {self.min_prob}")
         if self.max_weight is not None and not self.max_weight > 0:
-            raise ValueError(f"{where}.max_weight: expected a number > 0 or null, got {self.max_weight}")
+            raise ConfigError(f"{where}.max_weight: expected a number > 0 or null, got {self.max_weight}")
 
 
 class CheckerWeighter(SampleWeighter[ImpParams]):
@@ -77,9 +78,9 @@ class CheckerWeighter(SampleWeighter[ImpParams]):
         d = torch.as_tensor(np.asarray(diversity), dtype=torch.float64).reshape(-1)
         for name, values in (("quality", q), ("diversity", d)):
             if values.numel() and not bool(((values >= 0) & (values <= 1)).all()):
-                raise ValueError(f"{self.name}.params.weights_cache: {name} probabilities must lie in [0, 1]")
+                raise DataError(f"{self.name}.params.weights_cache: {name} probabilities must lie in [0, 1]")
         if q.shape != d.shape:
-            raise ValueError(f"{self.name}.params.weights_cache: quality and diversity tables differ in length")
+            raise DataError(f"{self.name}.params.weights_cache: quality and diversity tables differ in length")
         self._quality, self._diversity = q, d
 
     def _lookup(self, sample_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +91,7 @@ class CheckerWeighter(SampleWeighter[ImpParams]):
             raise ValueError(f"{self.name}: the batch has no 'sample_ids' (the dataset must yield global row indices)")
         ids = sample_ids.detach().to("cpu", torch.long)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._quality.numel()):
-            raise ValueError(
+            raise DataError(
                 f"{self.name}.params.weights_cache: sample id {int(ids.max())} is outside the cache's "
                 f"{self._quality.numel()} rows (was it computed for this training set?)"
             )

@@ -27,6 +27,7 @@ import torch
 from mixflow.algorithms.base import SampleWeighter
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_weighter
+from mixflow.errors import ConfigError
 
 Strategy = Literal["linupper", "upper", "quadratic", "extremes", "uniform"]
 
@@ -62,18 +63,18 @@ class LossReweightingParams(AlgorithmParams):
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load)."""
         if not self.delta > 0:
-            raise ValueError(f"{where}.delta: expected a number > 0, got {self.delta}")
+            raise ConfigError(f"{where}.delta: expected a number > 0, got {self.delta}")
         if not self.r > 0:
-            raise ValueError(f"{where}.r: expected a number > 0, got {self.r}")
+            raise ConfigError(f"{where}.r: expected a number > 0, got {self.r}")
         if self.burn_in_steps < 0:
-            raise ValueError(f"{where}.burn_in_steps: expected an integer >= 0, got {self.burn_in_steps}")
+            raise ConfigError(f"{where}.burn_in_steps: expected an integer >= 0, got {self.burn_in_steps}")
         if self.r_schedule != "constant":
             if not self.r_start > self.r:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}.r_start: expected a number > r ({self.r}) for a decreasing schedule, got {self.r_start}"
                 )
             if self.r_schedule_steps < 1:
-                raise ValueError(f"{where}.r_schedule_steps: expected an integer >= 1, got {self.r_schedule_steps}")
+                raise ConfigError(f"{where}.r_schedule_steps: expected an integer >= 1, got {self.r_schedule_steps}")
 
 
 def normalised_losses(losses: torch.Tensor, delta: float) -> torch.Tensor | None:
@@ -98,7 +99,7 @@ def strategy_scores(normalised: torch.Tensor, strategy: Strategy, delta: float) 
         return normalised.abs()
     if strategy == "uniform":
         return torch.zeros_like(normalised)
-    raise ValueError(f"loss.params.strategy: unknown strategy {strategy!r}")
+    raise ConfigError(f"loss.params.strategy: unknown strategy {strategy!r}")
 
 
 @register_weighter

@@ -42,6 +42,7 @@ from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.algorithms.weights import Weights
+from mixflow.errors import ConfigError, ResumeError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ODMParams(AlgorithmParams):
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if not 0 <= self.alpha < 1:
-            raise ValueError(f"{where}.alpha: expected a number in [0, 1), got {self.alpha}")
+            raise ConfigError(f"{where}.alpha: expected a number in [0, 1), got {self.alpha}")
 
 
 def exploration_rate(t: int, num_domains: int) -> float:
@@ -156,5 +157,5 @@ class OnlineDataMixing(DomainAlgorithm[ODMParams]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rule = state.get("rule", "exp3")  # states written before the rule existed hold exp3 rewards
         if rule != self.rule:
-            raise ValueError(f"odm state: the checkpoint used rule {rule!r} but this run uses {self.rule!r}")
+            raise ResumeError(f"odm state: the checkpoint used rule {rule!r} but this run uses {self.rule!r}")
         super().load_state_dict(state)

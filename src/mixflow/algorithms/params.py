@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from mixflow.errors import ConfigError
+
 #: What a path-valued parameter must point at; the front door checks it (this layer does no I/O).
 PathKind = Literal["file", "model_dir"]
 
@@ -117,18 +119,18 @@ def build_params(
     preset = params.get("preset")
     if preset is not None and "preset" in fields:
         if preset not in cls.presets:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.preset: expected one of {sorted(cls.presets)}{suggest(str(preset), list(cls.presets))}, got {preset!r}"
             )
         params = {**cls.presets[preset], **params}
     for key in params:
         if key not in fields:
-            raise ValueError(f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}")
+            raise ConfigError(f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}")
     for name, f in fields.items():
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         if no_default and name not in params:
             expected = f.metadata.get("required")
-            raise ValueError(f"{where}.{name}: required" + (f" ({expected})" if expected else ""))
+            raise ConfigError(f"{where}.{name}: required" + (f" ({expected})" if expected else ""))
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in params.items():
@@ -154,41 +156,41 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
                 return check_type(value, option, where)
             except ValueError as err:
                 errors.append(err)
-        raise ValueError(f"{where}: expected {_describe(hint)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
     if hint is type(None):
         if value is None:
             return None
-        raise ValueError(f"{where}: expected null, got {value!r}")
+        raise ConfigError(f"{where}: expected null, got {value!r}")
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ValueError(f"{where}: expected one of {list(args)}{suggest(str(value), [str(a) for a in args])}, got {value!r}")
+        raise ConfigError(f"{where}: expected one of {list(args)}{suggest(str(value), [str(a) for a in args])}, got {value!r}")
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any
         return [check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         item = args[1] if len(args) == 2 else Any
         return {k: check_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 
 def _describe(hint: Any) -> str:

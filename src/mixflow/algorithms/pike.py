@@ -46,6 +46,7 @@ from mixflow.algorithms.params import ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams
 from mixflow.algorithms.weights import Weights, floor_weights
+from mixflow.errors import ConfigError
 
 
 @dataclass
@@ -77,29 +78,29 @@ class PiKEParams(GradStatsParams):
         for key in ("zeta1", "zeta2"):
             value = getattr(self, key)
             if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"{where}.{key}: expected a finite number >= 0, got {value}")
+                raise ConfigError(f"{where}.{key}: expected a finite number >= 0, got {value}")
         if self.zeta1 == 0 and self.zeta2 == 0:
-            raise ValueError(f"{where}.zeta1: expected zeta1 or zeta2 > 0 (both 0 never changes the weights)")
+            raise ConfigError(f"{where}.zeta1: expected zeta1 or zeta2 > 0 (both 0 never changes the weights)")
         if not (np.isfinite(self.step_size) and self.step_size > 0):
-            raise ValueError(f"{where}.step_size: expected a finite number > 0, got {self.step_size}")
+            raise ConfigError(f"{where}.step_size: expected a finite number > 0, got {self.step_size}")
         if not 0 <= self.min_weight < 1:
-            raise ValueError(f"{where}.min_weight: expected a number in [0, 1), got {self.min_weight}")
+            raise ConfigError(f"{where}.min_weight: expected a number in [0, 1), got {self.min_weight}")
         if self.min_samples < 0:
-            raise ValueError(f"{where}.min_samples: expected an integer >= 0, got {self.min_samples}")
+            raise ConfigError(f"{where}.min_samples: expected an integer >= 0, got {self.min_samples}")
         for key in ("grad_smoothing", "scale_smoothing"):
             if not 0 <= getattr(self, key) < 1:
-                raise ValueError(f"{where}.{key}: expected a number in [0, 1), got {getattr(self, key)}")
+                raise ConfigError(f"{where}.{key}: expected a number in [0, 1), got {getattr(self, key)}")
         if context is None:
             return
         k = context.num_domains
         if self.min_weight * k >= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.min_weight: expected a number < 1/K = {1 / k:.4g} ({k} domains), got {self.min_weight}"
             )
         b = context.batch_size
         if b is not None and self.min_samples > 0 and k * self.min_samples >= b:
             # every weight floored to min_samples/B ≥ 1/K: the mixture could never leave uniform
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.min_samples: K·min_samples = {k}·{self.min_samples} ≥ the global batch B = {b}, so every "
                 f"weight would stay at 1/K; use a global batch of at least {k * self.min_samples + 1} (larger leaves "
                 "the algorithm more room) or lower min_samples"
@@ -118,7 +119,7 @@ class BalancedPiKEParams(PiKEParams):
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
         if not (np.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"{where}.tau: expected a finite number > 0, got {self.tau}")
+            raise ConfigError(f"{where}.tau: expected a finite number > 0, got {self.tau}")
 
 
 def pike_terms(norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams) -> tuple[np.ndarray, np.ndarray]:

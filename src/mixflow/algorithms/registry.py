@@ -19,6 +19,7 @@ import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params, suggest
+from mixflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def lookup(name: str, kind: str, key: str) -> type:
     """The registered class ``name`` of ``kind`` ("algorithm" or "weighter"); errors name ``key``."""
     table = available_algorithms() if kind == "algorithm" else available_weighters()
     if name not in table:
-        raise ValueError(f"{key}: unknown {kind} {name!r}; expected one of {sorted(table)}{suggest(name, table)}")
+        raise ConfigError(f"{key}: unknown {kind} {name!r}; expected one of {sorted(table)}{suggest(name, table)}")
     return table[name]
 
 

@@ -10,6 +10,7 @@ from mixflow.algorithms.params import AlgorithmParams, ValidationContext
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.algorithms.weights import Weights, as_distribution
+from mixflow.errors import ConfigError
 
 
 @dataclass
@@ -24,7 +25,7 @@ class StaticParams(AlgorithmParams):
             return
         as_distribution(self.proportions, f"{where}.proportions")
         if context is not None and len(self.proportions) != context.num_domains:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.proportions: expected {context.num_domains} values (one per domain), got {len(self.proportions)}"
             )
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
+from mixflow.errors import ConfigError
 
 
 def per_domain_sum(domain_ids: torch.Tensor, values: torch.Tensor, num_domains: int) -> torch.Tensor:
@@ -184,7 +185,7 @@ class HeldoutParams(AlgorithmParams):
         rows = self.heldout_rows_per_update
         k = context.num_domains if context is not None else 1
         if isinstance(rows, int) and rows < 2 * k:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.heldout_rows_per_update: expected 'batch', 'all' or an integer >= 2·K = {2 * k} "
                 f"(a variance needs two rows per domain), got {rows}"
             )
@@ -238,11 +239,11 @@ class GradStatsParams(AlgorithmParams):
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         if self.grad_groups < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.grad_groups: expected an integer >= 2 (a variance needs two groups), got {self.grad_groups}"
             )
         if self.grad_sketch_dim < 0:
-            raise ValueError(f"{where}.grad_sketch_dim: expected an integer >= 0 (0: exact), got {self.grad_sketch_dim}")
+            raise ConfigError(f"{where}.grad_sketch_dim: expected an integer >= 0 (0: exact), got {self.grad_sketch_dim}")
 
 
 #: What the ``grad_stats`` provider returns (sums that add exactly over micro-batches and ranks):

@@ -28,6 +28,7 @@ from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments, has_gradient_sums
 from mixflow.algorithms.weights import Weights, floor_weights
+from mixflow.errors import ConfigError, ResumeError
 
 
 @dataclass
@@ -45,13 +46,13 @@ class VAParams(GradStatsParams):
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
         if not 0 <= self.beta < 1:
-            raise ValueError(f"{where}.beta: expected a number in [0, 1), got {self.beta}")
+            raise ConfigError(f"{where}.beta: expected a number in [0, 1), got {self.beta}")
         if self.min_samples < 2:
-            raise ValueError(f"{where}.min_samples: expected an integer >= 2 (a variance needs two samples), got {self.min_samples}")
+            raise ConfigError(f"{where}.min_samples: expected an integer >= 2 (a variance needs two samples), got {self.min_samples}")
         k, b = (context.num_domains, context.batch_size) if context is not None else (None, None)
         if k is not None and b is not None and k * self.min_samples >= b:
             # every weight floored to min_samples/B ≥ 1/K: the mixture could never leave uniform
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.min_samples: K·min_samples = {k}·{self.min_samples} ≥ the global batch B = {b}, so every "
                 f"weight would stay at 1/K; use a global batch of at least {k * self.min_samples + 1} (larger leaves "
                 "the algorithm more room) or lower min_samples"
@@ -62,15 +63,15 @@ class VAParams(GradStatsParams):
         key = f"{where}.loss_weights_from"
         unknown = sorted(set(spec) - {"name", "params"})
         if unknown:
-            raise ValueError(f"{key}.{unknown[0]}: unknown key; expected 'name' and 'params'")
+            raise ConfigError(f"{key}.{unknown[0]}: unknown key; expected 'name' and 'params'")
         name = spec.get("name")
         table = available_algorithms()
         if not isinstance(name, str) or name not in table or name == "va":
             choices = sorted(n for n in table if n != "va")
-            raise ValueError(f"{key}.name: expected a loss-weight algorithm, one of {choices}, got {name!r}")
+            raise ConfigError(f"{key}.name: expected a loss-weight algorithm, one of {choices}, got {name!r}")
         params = spec.get("params") or {}
         if not isinstance(params, dict):
-            raise ValueError(f"{key}.params: expected a mapping, got {params!r}")
+            raise ConfigError(f"{key}.params: expected a mapping, got {params!r}")
         build_params(table[name].Params, params, f"{key}.params", context)
 
     def inner(self) -> tuple[type[DomainAlgorithm], AlgorithmParams] | None:
@@ -173,7 +174,7 @@ class VarianceAwareSampling(DomainAlgorithm[VAParams]):
         state = dict(state)
         inner = state.pop("inner", None)
         if (inner is None) != (self.inner is None):
-            raise ValueError("va state: the checkpoint and this run disagree on loss_weights_from")
+            raise ResumeError("va state: the checkpoint and this run disagree on loss_weights_from")
         super().load_state_dict(state)
         if self.inner is not None:
             self.inner.load_state_dict(inner)

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixflow.errors import ConfigError
+
 
 def as_distribution(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     """``values`` normalised to sum 1; an error naming ``name`` unless finite, non-negative, positive sum."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
-        raise ValueError(f"{name}: expected finite non-negative values with a positive sum, got {arr.tolist()}")
+        raise ConfigError(f"{name}: expected finite non-negative values with a positive sum, got {arr.tolist()}")
     return arr / arr.sum()
 
 

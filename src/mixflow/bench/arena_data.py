@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from mixflow.errors import DataError
+
 
 class Split(NamedTuple):
     """The arena's three document splits (dataset directories with ``dataset_info.json``)."""
@@ -46,7 +48,7 @@ def split_domains(sources: list[Any], out: Path, every: int = 20, max_documents:
         for folder in dirs.values():
             (folder / f".{source.name}.jsonl.tmp").replace(folder / f"{source.name}.jsonl")
     if problems:
-        raise ValueError("\n".join(problems))
+        raise DataError("\n".join(problems))
     for folder in dirs.values():
         info = {src.name: {"file_name": f"{src.name}.jsonl", "columns": {"prompt": "text"}} for src in sources}
         (folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

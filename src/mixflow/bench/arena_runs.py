@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.errors import MixflowError
 from mixflow.utils.jsonlog import write_json_atomic
 
 
@@ -82,7 +83,7 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> 
                 try:
                     results[i] = future.result()
                 except Exception as err:
-                    raise ValueError(f"arena: the {spec.method} run (seed {spec.seed}) failed: "
+                    raise MixflowError(f"arena: the {spec.method} run (seed {spec.seed}) failed: "
                                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__} "
                                      f"(its log: {spec.config['output_dir']}.log; finished runs are kept and reused)"
                                      ) from err
@@ -123,7 +124,7 @@ def check_specs(specs: list[RunSpec]) -> None:
         except (ConfigError, ValueError, FileNotFoundError) as err:
             problems.append(f"{spec.method}: {err}")
     if problems:
-        raise ValueError("\n".join(["arena: these runs cannot start (choose --methods, or change the config):",
+        raise ConfigError("\n".join(["arena: these runs cannot start (choose --methods, or change the config):",
                                      *problems]))
 
 

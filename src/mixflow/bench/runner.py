@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.bench.base import BenchContext, Benchmark, BenchResult, available_benchmarks, commit, machine, timed
+from mixflow.errors import ConfigError
 from mixflow.utils.jsonlog import read_json, write_json_atomic
 
 #: What ``pip install`` adds the optional benchmark dependencies.
@@ -23,11 +24,11 @@ def select(names: Sequence[str]) -> list[Benchmark]:
     else:
         unknown = [n for n in names if n not in table]
         if unknown:
-            raise ValueError(f"bench: unknown benchmark {unknown[0]!r}; expected one of {sorted(table)} or 'all'")
+            raise ConfigError(f"bench: unknown benchmark {unknown[0]!r}; expected one of {sorted(table)} or 'all'")
         chosen = [table[n] for n in names]
     missing = sorted({m for b in chosen for m in b.needs if importlib.util.find_spec(m) is None})
     if missing:
-        raise ValueError(f"bench: {', '.join(missing)} not installed; run: {EXTRA}")
+        raise ConfigError(f"bench: {', '.join(missing)} not installed; run: {EXTRA}")
     return chosen
 
 

@@ -21,6 +21,7 @@ from mixflow.bench.base import commit
 from mixflow.bench.runner import write_result
 from mixflow.config.load import load_config
 from mixflow.config.schema import RunConfig
+from mixflow.errors import ConfigError
 from mixflow.recipes.inputs import domain_sources
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def run_user_arena(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "seeds" else 1)):
             errors.append(f"{key}: expected an integer ≥ {2 if key == 'seeds' else 1}, got {value!r}")
     if errors:
-        raise ValueError("\n".join(errors))
+        raise ConfigError("\n".join(errors))
     out_dir = Path(out)
     work = out_dir / "work"
     steps = steps or (int(run.training["max_steps"]) if (run.training.get("max_steps") or -1) > 0 else (60 if quick else 300))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mixflow.cli.search import add_search
-from mixflow.config.errors import ConfigError, ConfigErrors
+from mixflow.errors import ConfigError, ConfigErrors, MixflowError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -149,7 +149,7 @@ def _cmd_bench_run(args: argparse.Namespace) -> int:
     from mixflow.bench.runner import run_benchmarks, write_report
 
     if args.seeds is not None and args.seeds < 1:
-        raise ValueError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+        raise ConfigError(f"--seeds: expected an integer >= 1, got {args.seeds}")
     for path in run_benchmarks(args.names, quick=args.quick, seeds=args.seeds, out=args.out, tiny=args.tiny):
         print(path.with_suffix(".md"))
     print(write_report(args.out))
@@ -299,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mixflow.progress").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.NOTSET)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (MixflowError, FileNotFoundError) as err:
+        # what the user gave is wrong: one line each, naming it; any other exception is a defect and keeps
+        # its traceback
         messages = err.messages if isinstance(err, ConfigErrors) else (str(err).splitlines() or [str(err)])
         for message in messages:  # each problem on its own line
             print(f"mixflow: error: {' '.join(message.split())}", file=sys.stderr)

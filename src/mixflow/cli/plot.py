@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mixflow.errors import DataError
 from mixflow.utils.jsonlog import read_jsonl
 
 
@@ -16,7 +17,7 @@ def find_weights_log(run_dir: Path) -> Path:
     if not logs:
         raise FileNotFoundError(f"run_dir: no *_weights.jsonl in {run_dir} (is it a mixflow output_dir?)")
     if len(logs) > 1:
-        raise ValueError(f"run_dir: several weights logs in {run_dir}: {[p.name for p in logs]}; keep one per run")
+        raise DataError(f"run_dir: several weights logs in {run_dir}: {[p.name for p in logs]}; keep one per run")
     return logs[0]
 
 
@@ -86,7 +87,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     log = find_weights_log(run_dir)
     records: list[dict[str, Any]] = list(read_jsonl(log))
     if not records:
-        raise ValueError(f"{log}: no updates logged yet")
+        raise DataError(f"{log}: no updates logged yet")
     names = records[-1]["domain_names"]
     steps = [r["step"] for r in records]
     algorithm = log.name[: -len("_weights.jsonl")]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from mixflow.errors import ConfigError
+
 #: The one special token: the end of a document (packing separates documents with it).
 EOS = "<|endoftext|>"
 
@@ -13,7 +15,7 @@ EOS = "<|endoftext|>"
 def train_bpe(texts: Iterable[str], out: str | Path, vocab_size: int) -> Path:
     """Train byte-level BPE with ``vocab_size`` tokens (EOS included) on ``texts``; save it to ``out``."""
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
-        raise ValueError(f"vocab_size: expected an integer ≥ 257 (the 256 bytes and EOS), got {vocab_size!r}")
+        raise ConfigError(f"vocab_size: expected an integer ≥ 257 (the 256 bytes and EOS), got {vocab_size!r}")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -22,6 +22,7 @@ from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns
 from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import TokenizedDomain, _split
 from mixflow.data.sources import DomainSource, read_records
+from mixflow.errors import ConfigError, DataError
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -47,11 +48,11 @@ class LabelVocabulary:
         if labels and all(isinstance(y, str) for y in labels):
             names = sorted(set(labels))
             if num_labels is not None and num_labels != len(names):
-                raise ValueError(f"num_labels: expected {len(names)} (the distinct string labels {names}), got {num_labels}")
+                raise ConfigError(f"num_labels: expected {len(names)} (the distinct string labels {names}), got {num_labels}")
             return cls(len(names), names)
         if not all(isinstance(y, (int, np.integer)) and not isinstance(y, bool) for y in labels):
             bad = next(y for y in labels if not (isinstance(y, (int, np.integer)) and not isinstance(y, bool)))
-            raise ValueError(f"label_field: expected integer labels or string labels (not mixed), got {bad!r}")
+            raise DataError(f"label_field: expected integer labels or string labels (not mixed), got {bad!r}")
         if num_labels is not None:
             return cls(num_labels)
         # A classifier needs at least two classes even if the data shows only one.
@@ -63,12 +64,12 @@ class LabelVocabulary:
             index = {name: i for i, name in enumerate(self.names)}
             unknown = [y for y in labels if y not in index]
             if unknown:
-                raise ValueError(f"{where}: label {unknown[0]!r} is not one of the training labels {self.names}")
+                raise DataError(f"{where}: label {unknown[0]!r} is not one of the training labels {self.names}")
             return np.asarray([index[y] for y in labels], dtype=np.int64)
         out = np.asarray([int(y) if not isinstance(y, str) else -1 for y in labels], dtype=np.int64)
         bad = out[(out < 0) | (out >= self.num_labels)]
         if bad.size:
-            raise ValueError(f"{where}: label {int(bad[0])} is outside 0..{self.num_labels - 1} (num_labels {self.num_labels})")
+            raise DataError(f"{where}: label {int(bad[0])} is outside 0..{self.num_labels - 1} (num_labels {self.num_labels})")
         return out
 
 

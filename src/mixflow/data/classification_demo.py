@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.errors import ConfigError
+
 TOPICS: dict[str, list[str]] = {
     "products": ["battery", "screen", "charger", "keyboard", "camera", "speaker"],
     "movies": ["plot", "acting", "soundtrack", "ending", "script", "director"],
@@ -70,7 +72,7 @@ def build_classification_demo(
     """Write the demo's files under ``out_dir``; returns their paths and the flipped count."""
     for key, value in (("synthetic_per_topic", synthetic_per_topic), ("real_size", real_size), ("test_per_topic", test_per_topic)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+            raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
     out = Path(out_dir)
     (out / "synthetic").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

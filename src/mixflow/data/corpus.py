@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixflow.errors import ConfigError
 from mixflow.utils.jsonlog import write_json_atomic
 from mixflow.utils.progress import progress as progress_bar
 
@@ -239,7 +240,7 @@ def build_corpus(
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257):
         errors.append(f"vocab_size: expected an integer ≥ 257, got {vocab_size!r}")
     if errors:
-        raise ValueError("\n".join(errors))
+        raise ConfigError("\n".join(errors))
     missing = check_sources(domains)
     if missing:
         raise FileNotFoundError("\n".join(missing))

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.errors import ConfigError
 from mixflow.utils.progress import progress as progress_bar
 
 DEMO_DOMAINS = ("code", "prose", "arithmetic", "random")
@@ -49,9 +50,9 @@ def build_demo_corpus(
     the path of each domain's file, keyed by domain name.
     """
     if isinstance(max_bytes_per_domain, bool) or not isinstance(max_bytes_per_domain, int):
-        raise ValueError(f"max_bytes_per_domain: expected a positive integer, got {max_bytes_per_domain!r}")
+        raise ConfigError(f"max_bytes_per_domain: expected a positive integer, got {max_bytes_per_domain!r}")
     if max_bytes_per_domain < 1:
-        raise ValueError(f"max_bytes_per_domain: expected a positive integer, got {max_bytes_per_domain}")
+        raise ConfigError(f"max_bytes_per_domain: expected a positive integer, got {max_bytes_per_domain}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.errors import DataError
+
 #: formatting → its columns (LLaMA-Factory's names) with their defaults (None: not read).
 COLUMNS: dict[str, dict[str, str | None]] = {
     "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "system": None, "history": None},
@@ -70,29 +72,29 @@ def formatting_of(kind: str | None, columns: Mapping[str, Any] | None, tags: Map
         kind = "alpaca" if any(k in columns for k in INSTRUCTION_KEYS) else None
     if kind is None:
         if tags:
-            raise ValueError(f"{where}: tags: only sharegpt formatting has tags")
+            raise DataError(f"{where}: tags: only sharegpt formatting has tags")
         return None
     if kind not in COLUMNS:
-        raise ValueError(f"{where}: formatting: {kind!r} is not supported; expected one of {', '.join(COLUMNS)}")
+        raise DataError(f"{where}: formatting: {kind!r} is not supported; expected one of {', '.join(COLUMNS)}")
     for key, value in columns.items():
         if key in UNSUPPORTED_COLUMNS:
-            raise ValueError(f"{where}: columns.{key}: {UNSUPPORTED_COLUMNS[key]} are not supported by mixflow; "
+            raise DataError(f"{where}: columns.{key}: {UNSUPPORTED_COLUMNS[key]} are not supported by mixflow; "
                              "remove the column")
         if key not in COLUMNS[kind]:
-            raise ValueError(f"{where}: columns.{key}: not a {kind} column; expected some of {', '.join(COLUMNS[kind])}")
+            raise DataError(f"{where}: columns.{key}: not a {kind} column; expected some of {', '.join(COLUMNS[kind])}")
         if not isinstance(value, str):
-            raise ValueError(f"{where}: columns.{key}: expected a field name (string), got {value!r}")
+            raise DataError(f"{where}: columns.{key}: expected a field name (string), got {value!r}")
     chosen = {k: v for k, v in {**COLUMNS[kind], **columns}.items() if v is not None}
     out_tags: dict[str, str] = {}
     if kind == "sharegpt":
         for key, value in (tags or {}).items():
             if key not in TAGS:
-                raise ValueError(f"{where}: tags.{key}: not a sharegpt tag; expected some of {', '.join(TAGS)}")
+                raise DataError(f"{where}: tags.{key}: not a sharegpt tag; expected some of {', '.join(TAGS)}")
             if not isinstance(value, str):
-                raise ValueError(f"{where}: tags.{key}: expected a string, got {value!r}")
+                raise DataError(f"{where}: tags.{key}: expected a string, got {value!r}")
         out_tags = {**TAGS, **(tags or {})}
     elif tags:
-        raise ValueError(f"{where}: tags: only sharegpt formatting has tags")
+        raise DataError(f"{where}: tags: only sharegpt formatting has tags")
     return Formatting(kind, chosen, out_tags)
 
 
@@ -101,20 +103,20 @@ def conversation(fmt: Formatting, record: Mapping[str, Any], where: str) -> list
     c = fmt.columns
     system = record.get(c["system"]) if "system" in c else None
     if system is not None and not isinstance(system, str):
-        raise ValueError(f"{where}: field {c['system']!r} must be a string")
+        raise DataError(f"{where}: field {c['system']!r} must be a string")
     turns: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     if fmt.kind == "alpaca":
         history = record.get(c["history"]) if "history" in c else None
         for i, pair in enumerate(history or []):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                raise ValueError(f"{where}: field {c['history']!r} item {i}: expected [user, assistant] strings")
+                raise DataError(f"{where}: field {c['history']!r} item {i}: expected [user, assistant] strings")
             turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
         prompt, query, response = record[c["prompt"]], record.get(c["query"]) if "query" in c else None, record[c["response"]]
         for name, value in ((c["prompt"], prompt), (c["response"], response)):
             if not isinstance(value, str):
-                raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+                raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
         if query is not None and not isinstance(query, str):
-            raise ValueError(f"{where}: field {c['query']!r} must be a string")
+            raise DataError(f"{where}: field {c['query']!r} must be a string")
         user = prompt + ("\n" + query if query else "")
         return turns + [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
     return turns + _sharegpt_turns(fmt, record[c["messages"]], bool(system), where)
@@ -125,30 +127,30 @@ def _sharegpt_turns(fmt: Formatting, messages: Any, has_system: bool, where: str
     roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system"}
     unsupported = {t["observation_tag"], t["function_tag"]}
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: field {fmt.columns['messages']!r}: expected a non-empty list of turns")
+        raise DataError(f"{where}: field {fmt.columns['messages']!r}: expected a non-empty list of turns")
     out: list[dict[str, str]] = []
     for i, turn in enumerate(messages):
         if not isinstance(turn, Mapping) or t["role_tag"] not in turn or t["content_tag"] not in turn:
-            raise ValueError(f"{where}: turn {i}: expected an object with {t['role_tag']!r} and {t['content_tag']!r}")
+            raise DataError(f"{where}: turn {i}: expected an object with {t['role_tag']!r} and {t['content_tag']!r}")
         tag, content = turn[t["role_tag"]], turn[t["content_tag"]]
         if tag in unsupported:
-            raise ValueError(f"{where}: turn {i}: role {tag!r} (tool calls) is not supported by mixflow")
+            raise DataError(f"{where}: turn {i}: role {tag!r} (tool calls) is not supported by mixflow")
         if tag not in roles:
-            raise ValueError(f"{where}: turn {i}: role {tag!r}; expected one of {', '.join(map(repr, roles))}")
+            raise DataError(f"{where}: turn {i}: role {tag!r}; expected one of {', '.join(map(repr, roles))}")
         if not isinstance(content, str):
-            raise ValueError(f"{where}: turn {i}: {t['content_tag']!r} must be a string")
+            raise DataError(f"{where}: turn {i}: {t['content_tag']!r} must be a string")
         role = roles[tag]
         if role == "system":
             if i != 0 or has_system:
-                raise ValueError(f"{where}: turn {i}: a system turn may only come first")
+                raise DataError(f"{where}: turn {i}: a system turn may only come first")
             out.append({"role": role, "content": content})
             continue
         expected = "user" if len([x for x in out if x["role"] != "system"]) % 2 == 0 else "assistant"
         if role != expected:
-            raise ValueError(f"{where}: turn {i}: expected a {expected} turn (user and assistant alternate), got {tag!r}")
+            raise DataError(f"{where}: turn {i}: expected a {expected} turn (user and assistant alternate), got {tag!r}")
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant":
-        raise ValueError(f"{where}: the last turn must be the assistant's")
+        raise DataError(f"{where}: the last turn must be the assistant's")
     return out
 
 
@@ -190,7 +192,7 @@ def _render_template(hf: Any, turns: list[dict[str, str]], where: str) -> tuple[
         before = hf.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
         upto = hf.apply_chat_template(turns[: i + 1], tokenize=False)
         if not (upto.startswith(before) and full.startswith(upto)):
-            raise ValueError(f"{where}: the tokenizer's chat template does not render a conversation as the "
+            raise DataError(f"{where}: the tokenizer's chat template does not render a conversation as the "
                              "continuation of its prefix, so its response tokens cannot be located")
         spans.append((len(before), len(upto)))
     enc = hf(full, add_special_tokens=False, return_offsets_mapping=True)

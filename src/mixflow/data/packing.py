@@ -11,6 +11,7 @@ import numpy as np
 from mixflow.data.rows import TokenRows
 from mixflow.data.sources import DomainSource, iter_documents
 from mixflow.data.tokenizer import TextTokenizer, encode_batch
+from mixflow.errors import ConfigError, DataError
 from mixflow.utils.iterables import batched
 from mixflow.utils.progress import progress as progress_bar
 
@@ -64,12 +65,12 @@ def tokenize_domain(
     """
     check_cutoff_len(cutoff_len)
     if source.formatting is not None:
-        raise ValueError(f"domain {source.name!r}: instruction data ({source.formatting.kind}) is tokenized through "
+        raise ConfigError(f"domain {source.name!r}: instruction data ({source.formatting.kind}) is tokenized through "
                          "the cache (mixflow.data.tokenized.tokenized_domain), which keeps its target mask")
     if max_documents is not None and not (_is_int(max_documents) and max_documents >= 1):
-        raise ValueError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
+        raise ConfigError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
     if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):
-        raise ValueError(f"val_size: expected a float in [0, 1) or an int >= 1, got {val_size!r}")
+        raise ConfigError(f"val_size: expected a float in [0, 1) or an int >= 1, got {val_size!r}")
 
     documents = iter_documents(source, limit=max_documents)
     with progress_bar(documents, enabled=progress, desc=f"tokenize {source.name}", unit="doc", leave=False) as bar:
@@ -88,7 +89,7 @@ MIN_CUTOFF_LEN = 2
 def check_cutoff_len(cutoff_len: object) -> None:
     """The one check of ``cutoff_len`` (the config loader and the tokenizer path both call it)."""
     if not (_is_int(cutoff_len) and cutoff_len >= MIN_CUTOFF_LEN):
-        raise ValueError(f"cutoff_len: expected an integer >= {MIN_CUTOFF_LEN}, got {cutoff_len!r}")
+        raise ConfigError(f"cutoff_len: expected an integer >= {MIN_CUTOFF_LEN}, got {cutoff_len!r}")
 
 
 def _is_int(value: object) -> bool:
@@ -136,7 +137,7 @@ def split_indices(name: str, total: int, val_size: float | int, seed: int) -> tu
     else:
         num_val = int(val_size)
     if total - num_val < 1:
-        raise ValueError(
+        raise DataError(
             f"domain {name!r}: {total} rows leave no training rows after holding out "
             f"{num_val} (val_size={val_size!r}); expected more data or a smaller val_size"
         )

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.errors import ConfigError
+
 __all__ = ["SAMPLE_RULES", "resolve_proportions", "unimax_proportions", "validate_domain_sizes", "validate_weights"]
 
 SAMPLE_RULES = ("mixture", "stratified", "uniform", "temperature")
@@ -35,47 +37,47 @@ def validate_weights(weights: Any, k: int, name: str = "weights") -> np.ndarray:
         # A torch tensor (algorithms work in torch); duck-typed so this module needs no torch.
         weights = weights.detach().cpu().double().numpy()
     if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
-        raise ValueError(f"{name}: expected a list of {k} numbers (one per domain), got {type(weights).__name__}")
+        raise ConfigError(f"{name}: expected a list of {k} numbers (one per domain), got {type(weights).__name__}")
     if isinstance(weights, np.ndarray) and (weights.ndim != 1 or weights.dtype.kind not in "iuf"):
-        raise ValueError(
+        raise ConfigError(
             f"{name}: expected a flat list of {k} numbers, got an array of {weights.dtype} with shape {weights.shape}"
         )
     if len(weights) != k:
-        raise ValueError(f"{name}: expected {k} values (one per domain), got {len(weights)}")
+        raise ConfigError(f"{name}: expected {k} values (one per domain), got {len(weights)}")
     if not isinstance(weights, np.ndarray):
         for i, w in enumerate(weights):
             # bool is an int subclass and "0.5" would convert: both are config mistakes.
             if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
-                raise ValueError(f"{name}: expected numbers, got {w!r} at index {i}")
+                raise ConfigError(f"{name}: expected numbers, got {w!r} at index {i}")
     arr = np.array(weights, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise ValueError(f"{name}: expected finite values, got {arr[bad[0]]} at index {bad[0]}")
+        raise ConfigError(f"{name}: expected finite values, got {arr[bad[0]]} at index {bad[0]}")
     neg = np.flatnonzero(arr < 0)
     if neg.size:
-        raise ValueError(f"{name}: expected non-negative values, got {arr[neg[0]]} at index {neg[0]}")
+        raise ConfigError(f"{name}: expected non-negative values, got {arr[neg[0]]} at index {neg[0]}")
     with np.errstate(over="ignore"):  # an overflowing sum is reported below
         total = float(arr.sum())
     if not total > 0:
-        raise ValueError(f"{name}: expected a positive sum, got all zeros")
+        raise ConfigError(f"{name}: expected a positive sum, got all zeros")
     if not math.isfinite(total):
-        raise ValueError(f"{name}: expected values whose sum is finite, got a sum that overflows")
+        raise ConfigError(f"{name}: expected values whose sum is finite, got a sum that overflows")
     return arr / total
 
 
 def validate_domain_sizes(domain_sizes: Any, name: str = "domain_sizes") -> np.ndarray:
     """Check a non-empty sequence of positive integer sizes; return it as int64."""
     if isinstance(domain_sizes, (str, bytes)) or not hasattr(domain_sizes, "__len__"):
-        raise ValueError(f"{name}: expected a list of positive integers, got {type(domain_sizes).__name__}")
+        raise ConfigError(f"{name}: expected a list of positive integers, got {type(domain_sizes).__name__}")
     if len(domain_sizes) == 0:
-        raise ValueError(f"{name}: expected at least one domain, got an empty list")
+        raise ConfigError(f"{name}: expected at least one domain, got an empty list")
     sizes = []
     for i, n in enumerate(domain_sizes):
         # bool is an int subclass; True as a size is surely a mistake.
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-            raise ValueError(f"{name}: expected positive integers, got {n!r} at index {i}")
+            raise ConfigError(f"{name}: expected positive integers, got {n!r} at index {i}")
         if int(n) < 1:
-            raise ValueError(f"{name}: expected positive integers, got {int(n)} at index {i}")
+            raise ConfigError(f"{name}: expected positive integers, got {int(n)} at index {i}")
         sizes.append(int(n))
     return np.array(sizes, dtype=np.int64)
 
@@ -95,7 +97,7 @@ def resolve_proportions(
     is only used by ``temperature``.
     """
     if rule not in SAMPLE_RULES:
-        raise ValueError(f"rule: expected one of {', '.join(SAMPLE_RULES)}, got {rule!r}")
+        raise ConfigError(f"rule: expected one of {', '.join(SAMPLE_RULES)}, got {rule!r}")
     sizes = validate_domain_sizes(domain_sizes)
     k = sizes.size
     given = None if proportions is None else validate_weights(proportions, k, name="proportions")
@@ -113,7 +115,7 @@ def resolve_proportions(
         or not math.isfinite(temperature)
         or temperature <= 0
     ):
-        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+        raise ConfigError(f"temperature: expected a finite number > 0, got {temperature!r}")
     # In log space: n_i^(1/τ) overflows for small τ and large domains.
     logits = np.log(sizes.astype(np.float64)) / float(temperature)
     p = np.exp(logits - logits.max())
@@ -132,7 +134,7 @@ def unimax_proportions(domain_sizes: Sequence[int], budget: float, max_epochs: f
     for name, value in (("budget", budget), ("max_epochs", max_epochs)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0 \
                 or not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+            raise ConfigError(f"{name}: expected a finite number > 0, got {value!r}")
     alloc = np.zeros_like(sizes)
     left = float(budget)
     order = np.argsort(sizes, kind="stable")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mixflow.errors import DataError
+
 
 class TokenFile:
     """A 1-D token array in a file, read a slice at a time with ``pread``.
@@ -45,7 +47,7 @@ class TokenFile:
         size = self.dtype.itemsize
         data = os.pread(self._fd, (stop - start) * size, start * size)
         if len(data) != (stop - start) * size:
-            raise ValueError(f"{self.path}: ends before token {stop} (a damaged cache entry)")
+            raise DataError(f"{self.path}: ends before token {stop} (a damaged cache entry)")
         return np.frombuffer(data, dtype=self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from torch.utils.data import Sampler
 
 from mixflow.data.permutation import derive_key, derive_keys, permute_many
 from mixflow.data.proportions import validate_domain_sizes, validate_weights
+from mixflow.errors import ResumeError
 
 __all__ = ["MixtureSampler", "PlannedIndex"]
 
@@ -560,27 +561,27 @@ class MixtureSampler(Sampler[int]):
         the same, each rank takes its own slice).
         """
         if not isinstance(state, dict):
-            raise ValueError(f"state: expected a dict from MixtureSampler.state_dict(), got {type(state).__name__}")
+            raise ResumeError(f"state: expected a dict from MixtureSampler.state_dict(), got {type(state).__name__}")
         required = (
             "version", "domain_sizes", "batch_size", "seed", "batch_index", "cursors",
             "domain_epochs", "credits", "weights", "epoch", "weight_schedule", "epoch_schedule",
         )  # fmt: skip
         missing = [key for key in required if key not in state]
         if missing:
-            raise ValueError(f"state: missing field {missing[0]!r}")
+            raise ResumeError(f"state: missing field {missing[0]!r}")
         version = _check_int(state["version"], "state.version", 1)
         if version > self.STATE_VERSION:
-            raise ValueError(f"state.version: expected at most {self.STATE_VERSION}, got {version}")
+            raise ResumeError(f"state.version: expected at most {self.STATE_VERSION}, got {version}")
         if list(state["domain_sizes"]) != self._sizes.tolist():
-            raise ValueError(
+            raise ResumeError(
                 f"state.domain_sizes: the checkpoint's domains have {list(state['domain_sizes'])} training rows, this "
                 f"run's {self._sizes.tolist()}: cutoff_len, val_size, max_samples or the data changed since it was "
                 "saved (resume with the same data settings, or start a new run)"
             )
         if state["batch_size"] != self._batch_size:
-            raise ValueError(f"state.batch_size: expected {self._batch_size} (this sampler), got {state['batch_size']}")
+            raise ResumeError(f"state.batch_size: expected {self._batch_size} (this sampler), got {state['batch_size']}")
         if state["seed"] != self._seed:
-            raise ValueError(f"state.seed: expected {self._seed} (this sampler), got {state['seed']}")
+            raise ResumeError(f"state.seed: expected {self._seed} (this sampler), got {state['seed']}")
 
         self._restore(state)
 
@@ -591,10 +592,10 @@ class MixtureSampler(Sampler[int]):
         cursors = self._int_vector(state["cursors"], "state.cursors")
         domain_epochs = self._int_vector(state["domain_epochs"], "state.domain_epochs")
         if np.any(cursors >= self._sizes):
-            raise ValueError("state.cursors: expected each cursor below its domain size")
+            raise ResumeError("state.cursors: expected each cursor below its domain size")
         credits = np.array(state["credits"], dtype=np.float64)
         if credits.shape != (k,) or not np.all(np.isfinite(credits)):
-            raise ValueError(f"state.credits: expected {k} finite numbers")
+            raise ResumeError(f"state.credits: expected {k} finite numbers")
         # Stored weights are already normalised; re-normalising could change
         # the last bits and with them the plan, so only check them.
         validate_weights(state["weights"], k, name="state.weights")
@@ -603,20 +604,20 @@ class MixtureSampler(Sampler[int]):
         weight_changes = []
         for entry in state["weight_schedule"]:
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-                raise ValueError("state.weight_schedule: expected [batch_index, weights] pairs")
+                raise ResumeError("state.weight_schedule: expected [batch_index, weights] pairs")
             index = _check_int(entry[0], "state.weight_schedule batch_index", g + 1)
             validate_weights(entry[1], k, name="state.weight_schedule weights")
             weight_changes.append((index, np.array(entry[1], dtype=np.float64)))
         epoch_changes = []
         for entry in state["epoch_schedule"]:
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-                raise ValueError("state.epoch_schedule: expected [batch_index, epoch] pairs")
+                raise ResumeError("state.epoch_schedule: expected [batch_index, epoch] pairs")
             index = _check_int(entry[0], "state.epoch_schedule batch_index", g + 1)
             epoch_changes.append((index, _check_int(entry[1], "state.epoch_schedule epoch", 0)))
         for name, changes in (("state.weight_schedule", weight_changes), ("state.epoch_schedule", epoch_changes)):
             indices = [c[0] for c in changes]
             if indices != sorted(set(indices)):
-                raise ValueError(f"{name}: expected strictly increasing batch indices, got {indices}")
+                raise ResumeError(f"{name}: expected strictly increasing batch indices, got {indices}")
 
         self._planned = g
         self._consumed = g
@@ -634,7 +635,7 @@ class MixtureSampler(Sampler[int]):
     def _int_vector(self, values: Any, name: str) -> np.ndarray:
         """K non-negative integers from a state field."""
         if not isinstance(values, (list, tuple)) or len(values) != self.num_domains:
-            raise ValueError(f"{name}: expected {self.num_domains} integers (one per domain)")
+            raise ResumeError(f"{name}: expected {self.num_domains} integers (one per domain)")
         return np.array([_check_int(v, name, 0) for v in values], dtype=np.int64)
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.data.instructions import Formatting, formatting_of
+from mixflow.errors import DataError
 from mixflow.utils.jsonlog import read_json
 
 SUPPORTED_FORMATS = (".jsonl", ".json", ".txt", ".parquet", "a datasets.save_to_disk directory")
@@ -99,7 +100,7 @@ def iter_located_records(
             count += 1
             in_file += 1
         if not in_file:
-            raise ValueError(f"domain {source.name!r}: {path} holds no records (an empty shard)")
+            raise DataError(f"domain {source.name!r}: {path} holds no records (an empty shard)")
 
 
 def resolve_files(source: DomainSource) -> list[Path]:
@@ -108,7 +109,7 @@ def resolve_files(source: DomainSource) -> list[Path]:
     matches nothing is an error naming it."""
     specs = source.path if isinstance(source.path, list) else [source.path]
     if not specs:
-        raise ValueError(f"domain {source.name!r}: expected at least one path")
+        raise DataError(f"domain {source.name!r}: expected at least one path")
     out: list[Path] = []
     for spec in specs:
         if glob.has_magic(spec):
@@ -130,7 +131,7 @@ def _expand(source: DomainSource, path: Path) -> list[Path]:
         return [path]
     files = sorted(f for f in path.rglob("*") if f.is_file() and file_format(f)[0] in _READABLE)
     if not files:
-        raise ValueError(
+        raise DataError(
             f"domain {source.name!r}: folder {path} holds no {', '.join(_READABLE)} file "
             f"(optionally {' or '.join(COMPRESSIONS)}) and is not a datasets.save_to_disk directory"
         )
@@ -160,7 +161,7 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
         try:
             import zstandard
         except ImportError:
-            raise ValueError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
+            raise DataError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
     return open(path, "rb")
 
@@ -173,7 +174,7 @@ def _file_records(
         names, batches = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
         for key in fields:
             if key not in names:
-                raise ValueError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
+                raise DataError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
         wanted = (*fields, *optional)
         present = [k for k in wanted if k in names]
         order = [present.index(k) if k in names else None for k in wanted]  # None: an absent optional column
@@ -186,7 +187,7 @@ def _file_records(
         located = ((f"{path}:{n}", (line,)) for n, line in _text_lines(path))
     else:
         formats = SUPPORTED_FORMATS if list(fields) == [source.text_field] else SUPPORTED_FORMATS[:2] + SUPPORTED_FORMATS[3:]
-        raise ValueError(
+        raise DataError(
             f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
             f"expected one of {', '.join(formats)} (.jsonl, .json and .txt optionally {' or '.join(COMPRESSIONS)})"
         )
@@ -194,19 +195,19 @@ def _file_records(
         for where, row in located:
             for key, value in zip(fields, row):
                 if key in text_fields and not isinstance(value, str):
-                    raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+                    raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
             yield where, row
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a truncated or corrupt archive, found mid-read
-        raise ValueError(f"{path}: not a readable {file_format(path)[1] or 'file'} ({err})") from None
+        raise DataError(f"{path}: not a readable {file_format(path)[1] or 'file'} ({err})") from None
 
 
 def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...]:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object with {', '.join(repr(f) for f in fields)}, "
+        raise DataError(f"{where}: expected a JSON object with {', '.join(repr(f) for f in fields)}, "
                          f"got a JSON {type(record).__name__}")
     for key in fields:
         if key not in record:
-            raise ValueError(f"{where}: missing field {key!r}")
+            raise DataError(f"{where}: missing field {key!r}")
     return tuple(record[key] for key in fields)
 
 
@@ -217,7 +218,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
+                raise DataError(f"{path}:{number}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
             if line.strip():
                 yield number, line.rstrip("\r\n")
 
@@ -227,14 +228,14 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     if file_format(path)[0] == ".json" and _starts_with_bracket(path):
         records = _read_json_array(path)
         if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON array of objects")
+            raise DataError(f"{path}: expected a JSON array of objects")
         yield from ((f"{path} item {i}", r) for i, r in enumerate(records))
         return
     for number, line in _text_lines(path):
         try:
             yield f"{path}:{number}", json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: expected one JSON object per line ({exc.msg})") from None
+            raise DataError(f"{path}:{number}: expected one JSON object per line ({exc.msg})") from None
 
 
 def _read_json_array(path: Path) -> Any:
@@ -245,7 +246,7 @@ def _read_json_array(path: Path) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: expected a JSON array of objects ({err})") from None
+        raise DataError(f"{path}: expected a JSON array of objects ({err})") from None
 
 
 def _starts_with_bracket(path: Path) -> bool:
@@ -281,14 +282,14 @@ def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Batches
     import datasets
 
     if not _is_saved_dataset(path):
-        raise ValueError(
+        raise DataError(
             f"domain {source.name!r}: directory {path} is not a datasets.save_to_disk directory "
             "(no state.json/dataset_info.json or dataset_dict.json)"
         )
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
-            raise ValueError(f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}")
+            raise DataError(f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}")
         loaded = loaded["train"]
 
     def batches(columns: list[str]) -> Iterator[dict[str, list[Any]]]:
@@ -309,14 +310,14 @@ def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list
         raise FileNotFoundError(f"dataset info {info_path} not found")
     info = read_json(info_path)
     if not isinstance(info, dict):
-        raise ValueError(f"{info_path}: expected a JSON object mapping names to entries")
+        raise DataError(f"{info_path}: expected a JSON object mapping names to entries")
 
     sources = []
     for name in names:
         if name not in info:
             close = difflib.get_close_matches(name, list(info), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
+            raise DataError(
                 f"dataset {name!r} not in {info_path}; available: {', '.join(sorted(info))}{hint}"
             )
         sources.append(_source_from_entry(name, info[name], info_path))
@@ -330,15 +331,15 @@ _REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_f
 
 def _source_from_entry(name: str, entry: Any, info_path: Path) -> DomainSource:
     if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
-        raise ValueError(f"{info_path}: entry {name!r} needs a string field 'file_name'")
+        raise DataError(f"{info_path}: entry {name!r} needs a string field 'file_name'")
     where = f"{info_path}: entry {name!r}"
     for key in entry:
         if key in _REMOTE_KEYS:
-            raise ValueError(f"{where}: {key}: mixflow reads local files only (file_name); remove it")
+            raise DataError(f"{where}: {key}: mixflow reads local files only (file_name); remove it")
         if key not in ENTRY_KEYS:
-            raise ValueError(f"{where}: {key}: not supported by mixflow; expected some of {', '.join(ENTRY_KEYS)}")
+            raise DataError(f"{where}: {key}: not supported by mixflow; expected some of {', '.join(ENTRY_KEYS)}")
     if entry.get("ranking"):
-        raise ValueError(f"{where}: ranking: preference (ranking) data is not supported by mixflow")
+        raise DataError(f"{where}: ranking: preference (ranking) data is not supported by mixflow")
     return domain_source(name, str(info_path.parent / entry["file_name"]), where, text_field=entry.get("text_field"),
                          formatting=entry.get("formatting"), columns=entry.get("columns"), tags=entry.get("tags"))
 
@@ -349,18 +350,18 @@ def domain_source(name: str, path: str | list[str], where: str, text_field: Any 
     instruction data when ``formatting`` or an instruction column says so, else plain text read
     from ``text_field`` or ``columns.prompt`` (default ``text``). ``where`` names it in errors."""
     if columns is not None and not isinstance(columns, dict):
-        raise ValueError(f"{where}: columns: expected an object mapping column roles to fields")
+        raise DataError(f"{where}: columns: expected an object mapping column roles to fields")
     fmt = formatting_of(formatting, columns, tags, where)
     if fmt is None:
         extra = sorted(set(columns or {}) - {"prompt"})
         if extra:
-            raise ValueError(f"{where}: columns.{extra[0]}: a text entry reads one column ('prompt' or text_field)")
+            raise DataError(f"{where}: columns.{extra[0]}: a text entry reads one column ('prompt' or text_field)")
         if text_field is None and columns:
             text_field = columns.get("prompt")
     elif text_field is not None:
-        raise ValueError(f"{where}: text_field: an instruction entry ({fmt.kind}) reads its columns, not text_field")
+        raise DataError(f"{where}: text_field: an instruction entry ({fmt.kind}) reads its columns, not text_field")
     if text_field is None:
         text_field = "text"
     if not isinstance(text_field, str):
-        raise ValueError(f"{where}: text_field: expected a string, got {text_field!r}")
+        raise DataError(f"{where}: text_field: expected a string, got {text_field!r}")
     return DomainSource(name=name, path=path, text_field=text_field, formatting=fmt)

@@ -42,6 +42,7 @@ from mixflow.data.instructions import conversation
 from mixflow.data.rows import TokenFile, TokenRows
 from mixflow.data.sources import DomainSource, iter_documents, iter_located_records, resolve_files
 from mixflow.data.tokenizer import TextTokenizer, tokenizer_fingerprint
+from mixflow.errors import ConfigError, DataError
 from mixflow.utils.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def tokenized_domain(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"tokenized_dir: cannot create {target.parent} ({err.strerror}); "
+        raise ConfigError(f"tokenized_dir: cannot create {target.parent} ({err.strerror}); "
                          "expected a writable directory (set tokenized_dir)") from None
     with _locked(target.with_name(target.name + ".lock"), source.name):
         if (target / META).is_file() and not overwrite:
@@ -183,7 +184,7 @@ def _open_rows(directory: Path, meta: dict[str, Any]) -> TokenRows:
     dtype = np.dtype(meta["dtype"])
     size = (directory / TOKENS).stat().st_size
     if size != meta["num_tokens"] * dtype.itemsize:
-        raise ValueError(f"{directory / TOKENS}: {size} bytes, expected {meta['num_tokens'] * dtype.itemsize} "
+        raise DataError(f"{directory / TOKENS}: {size} bytes, expected {meta['num_tokens'] * dtype.itemsize} "
                          "(a damaged cache entry: delete it or set overwrite_cache: true)")
     tokens = TokenFile(directory / TOKENS, dtype, meta["num_tokens"])
     if meta["key"]["formatting"] is not None:  # instruction rows: a target mask and per-row target counts
@@ -303,7 +304,7 @@ def _write_tokens(name: str, batches: Iterable[list[Any]], tokenizer: TextTokeni
 def _checked_ids(name: str, ids: np.ndarray, vocab_size: int) -> np.ndarray:
     """``ids``, after checking they fit the vocabulary (and so the token dtype)."""
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(f"domain {name!r}: the tokenizer produced an id outside [0, {vocab_size})")
+        raise DataError(f"domain {name!r}: the tokenizer produced an id outside [0, {vocab_size})")
     return ids
 
 

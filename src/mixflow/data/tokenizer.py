@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mixflow.errors import ConfigError, DataError
 from mixflow.utils.jsonlog import read_json
 
 TOKENIZER_FILE = "mixflow_tokenizer.json"
@@ -77,7 +78,7 @@ class ByteTokenizer:
             raise FileNotFoundError(f"tokenizer file {path} not found")
         config = read_json(path)
         if not isinstance(config, dict) or config.get("type") != "byte":
-            raise ValueError(f'{path}: field "type" must be "byte"')
+            raise DataError(f'{path}: field "type" must be "byte"')
         return cls()
 
 
@@ -88,7 +89,7 @@ class HFTokenizerAdapter:
         self.tokenizer = tokenizer
         eos = tokenizer.eos_token_id
         if eos is None:
-            raise ValueError("tokenizer.eos_token_id: expected an EOS token for packing documents")
+            raise ConfigError("tokenizer.eos_token_id: expected an EOS token for packing documents")
         self.eos_token_id: int = int(eos)
         pad = tokenizer.pad_token_id
         # Many causal-LM tokenizers (GPT-2, Llama) define no pad token; padded
@@ -157,7 +158,7 @@ def load_tokenizer(path: str | None) -> ByteTokenizer | HFTokenizerAdapter:
         hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer {path!r}: expected 'byte' or a local tokenizer directory ({first_line})"
         ) from None
     return HFTokenizerAdapter(hf_tokenizer)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mixflow.errors import ResumeError
 from mixflow.utils.jsonlog import append_jsonl, read_jsonl, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
 def check_compatible(state: Mapping[str, Any], domain_names: list[str], algorithm_name: str) -> None:
     """Raise one line when a saved engine state cannot be restored into this run."""
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+        raise ResumeError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
     for key, mine in (("domain_names", domain_names), ("algorithm_name", algorithm_name)):
         if state[key] != mine:
-            raise ValueError(f"mixflow state: {key} is {state[key]!r} in the checkpoint but {mine!r} in this run")
+            raise ResumeError(f"mixflow state: {key} is {state[key]!r} in the checkpoint but {mine!r} in this run")
 
 
 def supersede_log_lines(path: Path, step: int) -> int:

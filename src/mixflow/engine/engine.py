@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
@@ -27,6 +26,8 @@ from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetT
 from mixflow.engine.records import step_metrics, weights_log_record
 from mixflow.engine.sample_weights import SampleWeightStats, global_sample_weights
 from mixflow.engine.schedule import UpdateSchedule
+from mixflow.engine.updater import guarded_update
+from mixflow.errors import ResumeError
 from mixflow.loss.objective import coefficients, step_loss, weighted_loss
 from mixflow.loss.per_sample import SampleLosses, sample_losses
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, UpdateContext, build_providers
@@ -291,20 +292,12 @@ class StepEngine:
         return self._update(window, step)
 
     def _update(self, window: DomainStats, step: int) -> bool:
-        present = window.present
-        values = [window.token_loss_sum[present], *(v[present] for v in window.extras.values())]
-        if not all(bool(torch.isfinite(v).all()) for v in values):
+        skipped = guarded_update(self.algorithm, window, step)
+        if skipped is not None:
             self.skipped_updates += 1
-            logger.warning("step %d: non-finite loss statistics; skipping the %s update", step, self.algorithm.name)
+            logger.warning(skipped)
             return False
-        before = self.algorithm.state_dict()
-        self.algorithm.apply_update(window, step)
-        p, w = self.algorithm.sampling_weights, self.algorithm.loss_weights
-        if not (np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0 and np.all(np.isfinite(w)) and np.all(w >= 0)):
-            self.algorithm.load_state_dict(before)
-            self.skipped_updates += 1
-            logger.warning("step %d: %s produced invalid weights; keeping the previous ones", step, self.algorithm.name)
-            return False
+        p = self.algorithm.sampling_weights
         self.sampler.set_weights(p, None if self.plan_horizon is None else step + self.plan_horizon)
         if self.log_path is not None and distributed.is_main_process():
             append_jsonl(self.log_path, self.log_record(step))
@@ -370,7 +363,7 @@ class StepEngine:
         self.sampler.load_state_dict(state["sampler"])
         self.algorithm.load_state_dict(state["algorithm"])
         if (state["weighter"] is None) != (self.weighter is None):
-            raise ValueError("mixflow state: the checkpoint and this run disagree on whether a weighter is used")
+            raise ResumeError("mixflow state: the checkpoint and this run disagree on whether a weighter is used")
         if self.weighter is not None:
             self.weighter.load_state_dict(state["weighter"])
         self._window_stats.load_state_dict(state["window_stats"])

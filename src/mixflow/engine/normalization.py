@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mixflow.data.sampler import MixtureSampler
+from mixflow.errors import ConfigError
 
 Normalization = Literal["domain", "token"]
 #: Target tokens of each global row (e.g. :meth:`MixtureDataset.target_tokens`).
@@ -39,7 +40,7 @@ class DomainTokens:
         self, sampler: MixtureSampler, normalization: Normalization = "domain", row_target_tokens: RowTargetTokens | None = None
     ) -> None:
         if normalization not in ("domain", "token"):
-            raise ValueError(f"objective_normalization: expected 'domain' or 'token', got {normalization!r}")
+            raise ConfigError(f"objective_normalization: expected 'domain' or 'token', got {normalization!r}")
         self.normalization = normalization
         self.sampler = sampler
         self.row_target_tokens = row_target_tokens
@@ -68,12 +69,12 @@ class DomainTokens:
         if n == int(micro.sum()):
             return _share(micro)
         if self.row_target_tokens is None or batch_index is None:
-            raise ValueError(
+            raise ConfigError(
                 "objective_normalization: domain needs the rows' target tokens when a step has several "
                 "micro-batches or ranks (pass row_target_tokens= to StepEngine and batch_index=), or use "
                 "objective_normalization: token"
             )
-        raise ValueError(
+        raise ConfigError(
             f"objective_normalization: domain: num_items_in_batch = {n} is neither the step's target tokens "
             f"({int(global_tokens.sum())} on all ranks, {int(local_tokens.sum())} on this one) nor the "
             f"micro-batch's ({int(micro.sum())}); use objective_normalization: token for this loop"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mixflow.errors import ConfigError
+
 
 @dataclass
 class UpdateSchedule:
@@ -21,7 +23,7 @@ class UpdateSchedule:
         # The one check of these keys: the config loader builds a schedule to run it.
         for key, low in (("warmup_step", 0), ("update_step", 1), ("update_times", -1)):
             if getattr(self, key) < low:
-                raise ValueError(f"{key}: expected an integer >= {low}, got {getattr(self, key)}")
+                raise ConfigError(f"{key}: expected an integer >= {low}, got {getattr(self, key)}")
 
     def first_update(self) -> int | None:
         """The step of the first update (None: ``update_times`` is 0, there is none)."""

@@ -12,6 +12,8 @@ import shutil
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from mixflow.errors import ResumeError
+
 logger = logging.getLogger(__name__)
 
 #: The files of a complete checkpoint: the engine's state and the Trainer's state, written last.
@@ -51,7 +53,7 @@ def checkpoint_step(checkpoint: str | os.PathLike) -> int:
         with open(path, encoding="utf-8") as f:
             return int(json.load(f)["global_step"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"resume_from_checkpoint: {path} is not a readable trainer state ({err})") from None
+        raise ResumeError(f"resume_from_checkpoint: {path} is not a readable trainer state ({err})") from None
 
 
 def _unreadable(path: str) -> str | None:
@@ -91,4 +93,4 @@ def newest_complete_checkpoint(output_dir: str) -> str:
         if not problems:
             return path
         logger.warning("resume_from_checkpoint: skipping %s, an interrupted save (%s)", path, "; ".join(problems))
-    raise ValueError(f"resume_from_checkpoint: no complete checkpoint in {output_dir}")
+    raise ResumeError(f"resume_from_checkpoint: no complete checkpoint in {output_dir}")

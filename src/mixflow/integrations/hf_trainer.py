@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
+from mixflow.errors import ConfigError, ResumeError
 from mixflow.integrations.checkpoints import (
     checkpoint_step,
     newest_complete_checkpoint,
@@ -162,22 +163,22 @@ class MixflowTrainer(Trainer):
         a = self.args
         expected = a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps
         if engine.sampler.batch_size != expected:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler batch_size: expected per_device_train_batch_size × world_size × "
                 f"gradient_accumulation_steps = {expected}, got {engine.sampler.batch_size}"
             )
         if engine.sampler.world_size != 1:
-            raise ValueError("sampler world_size: expected 1 (accelerate shards the global stream across ranks)")
+            raise ConfigError("sampler world_size: expected 1 (accelerate shards the global stream across ranks)")
         ahead = read_ahead(a.dataloader_num_workers, a.dataloader_prefetch_factor)
         if engine.plan_horizon is not None and engine.plan_horizon < ahead:
-            raise ValueError(
+            raise ConfigError(
                 f"mixture_plan_horizon: the DataLoader reads {ahead} batches ahead (1 + dataloader_num_workers "
                 f"{a.dataloader_num_workers} × prefetch {a.dataloader_prefetch_factor or 2}), past the horizon "
                 f"{engine.plan_horizon} at which new weights apply; set mixture_plan_horizon: {ahead} or more (the same "
                 "value gives the same weight trajectory for any number of workers)"
             )
         if a.max_steps is None or a.max_steps <= 0:
-            raise ValueError("max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)")
+            raise ConfigError("max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)")
         if not a.ignore_data_skip:
             # The sampler restores its own position from the checkpoint; letting the Trainer also
             # replay the skipped batches would skip them twice.
@@ -331,7 +332,7 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
         # a tied head is one tensor in the file; other differences mean another architecture
         extra, missing = sorted(saved_keys - set(own)), sorted(set(own) - saved_keys - {"lm_head.weight"})
         if extra or missing:
-            raise ValueError(
+            raise ResumeError(
                 f"resume_from_checkpoint: {checkpoint} holds another model than this run's (only in the checkpoint: "
                 f"{', '.join(extra[:3]) or '-'}{' ...' if len(extra) > 3 else ''}; only in this run: "
                 f"{', '.join(missing[:3]) or '-'}{' ...' if len(missing) > 3 else ''}): the model config changed since "
@@ -340,7 +341,7 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
         for key in f.keys():
             saved = tuple(f.get_slice(key).get_shape())
             if key in own and own[key] != saved:
-                raise ValueError(
+                raise ResumeError(
                     f"resume_from_checkpoint: {checkpoint} holds {key} of shape {saved}, this run's model has "
                     f"{own[key]} (the model config differs from the run that saved it)"
                 )

@@ -27,6 +27,7 @@ import torch
 
 from mixflow.algorithms.base import ProviderSpec
 from mixflow.algorithms.registry import discover_modules
+from mixflow.errors import ConfigError
 from mixflow.loss.per_sample import SampleLosses
 
 
@@ -161,5 +162,5 @@ def build_providers(specs: Sequence[ProviderSpec], context: ProviderContext | No
     """Instantiate the providers an algorithm asked for (:meth:`DomainAlgorithm.provider_specs`)."""
     missing = [s.name for s in specs if s.name not in available_providers()]
     if missing:
-        raise ValueError(f"providers: unknown statistic provider(s) {missing}; registered: {available_providers()}")
+        raise ConfigError(f"providers: unknown statistic provider(s) {missing}; registered: {available_providers()}")
     return [_PROVIDERS[s.name][0](s.params, context) for s in specs]

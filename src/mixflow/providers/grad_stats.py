@@ -42,6 +42,7 @@ import torch
 
 from mixflow.algorithms.statistics import GRAD_GROUP_SAMPLES, GRAD_GROUP_SUM, GradStatsParams
 from mixflow.data.keys import IGNORE_INDEX
+from mixflow.errors import ConfigError
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, register_provider
 from mixflow.utils.distributed import all_gather_varlen, is_sharded_tensor, local_rows
 
@@ -59,12 +60,12 @@ def select_parameters(model: Any, patterns: list[str] | None) -> list[torch.nn.P
     if patterns is None:
         head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
         if head is None:
-            raise ValueError("grad_params: the model has no output head; give parameter name patterns")
+            raise ConfigError("grad_params: the model has no output head; give parameter name patterns")
         return [p for p in head.parameters() if p.requires_grad]
     chosen = [p for n, p in inner.named_parameters() if p.requires_grad and any(fnmatch.fnmatch(n, pat) for pat in patterns)]
     if not chosen:
         names = [n for n, _ in inner.named_parameters()][:8]
-        raise ValueError(f"grad_params: no trainable parameter matches {patterns}; names look like {names}")
+        raise ConfigError(f"grad_params: no trainable parameter matches {patterns}; names look like {names}")
     return chosen
 
 
@@ -155,7 +156,7 @@ class GradientStatistics(StatisticProvider):
 
     def __init__(self, patterns: list[str] | None = None, groups: int = 2, sketch_dim: int = 4096) -> None:
         if groups < 2:
-            raise ValueError(f"grad_groups: expected an integer >= 2 (a variance needs two groups), got {groups}")
+            raise ConfigError(f"grad_groups: expected an integer >= 2 (a variance needs two groups), got {groups}")
         self.patterns = patterns
         self.groups = groups
         self.sketch_dim = sketch_dim
@@ -179,7 +180,7 @@ class GradientStatistics(StatisticProvider):
             # After the forward a sharded parameter is a DTensor outside the autograd graph (FSDP2
             # differentiates its gathered copy), so only statistics from activations can be computed.
             if any(is_sharded_tensor(p) for p in self._params) and not closed:
-                raise ValueError("grad_params: these parameters are sharded (FSDP), where mixflow computes gradient "
+                raise ConfigError("grad_params: these parameters are sharded (FSDP), where mixflow computes gradient "
                                  "statistics only for an untied, bias-free output head, from its activations; "
                                  "remove grad_params")
             if closed:
@@ -275,7 +276,7 @@ class GradientStatistics(StatisticProvider):
             self._closed_form = self._agrees(ctx, parts[0][2], vectors[0])
         if vectors is None and parts and any(is_sharded_tensor(p) for p in self._params):
             if self._head_input is not None:
-                raise ValueError("grad_stats: the sharded (FSDP) output head's logits are not its input times its "
+                raise ConfigError("grad_stats: the sharded (FSDP) output head's logits are not its input times its "
                                  "weight (scaled or capped logits), so its gradients cannot be computed from activations")
             if not self._warned_unattached:  # the hook came too late for this batch: skip it, never fake it
                 logger.warning("grad_stats: no gradient statistics from the first micro-batch: the output head is "
@@ -300,7 +301,7 @@ class GradientStatistics(StatisticProvider):
             embeddings = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
             tied = embeddings is not None and getattr(embeddings, "weight", None) is self._params[0]
             if tied:
-                raise ValueError("grad_stats: the output head is tied to the input embeddings and sharded (FSDP); "
+                raise ConfigError("grad_stats: the output head is tied to the input embeddings and sharded (FSDP); "
                                  "its gradient statistics need an untied head (tie_word_embeddings: false)")
             return True
         exact = self._sketch(self._autograd_gradient(ctx, part)).to(closed.dtype)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from mixflow.algorithms.statistics import HELDOUT_COUNT, HELDOUT_LOSS_SQ_SUM, HELDOUT_LOSS_SUM, heldout_rows
 from mixflow.data.keys import MIXFLOW_KEYS
+from mixflow.errors import ConfigError
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import ProviderContext, ProviderNeeds, StatisticProvider, UpdateContext, register_provider
 from mixflow.utils.distributed import is_sharded
@@ -125,10 +126,10 @@ class HeldoutLoss(StatisticProvider):
 @register_provider("heldout_loss", ProviderNeeds(heldout_rows=2))  # a variance needs two rows
 def _build(params: Any, context: ProviderContext | None) -> HeldoutLoss:
     if context is None or not context.heldout:
-        raise ValueError("val_size: the heldout_loss provider needs a held-out split per domain; set val_size > 0")
+        raise ConfigError("val_size: the heldout_loss provider needs a held-out split per domain; set val_size > 0")
     missing = [n for n in context.domain_names if n not in context.heldout or len(context.heldout[n]) == 0]
     if missing:
-        raise ValueError(f"val_size: domain(s) {missing} have no held-out rows; raise val_size")
+        raise ConfigError(f"val_size: domain(s) {missing} have no held-out rows; raise val_size")
     rows = heldout_rows(getattr(params, "heldout_rows_per_update", "all"), len(context.domain_names), context.batch_size)
     return HeldoutLoss([context.heldout[n] for n in context.domain_names], context.collator, context.eval_batch_size,
                        context.task, rows_per_update=rows)

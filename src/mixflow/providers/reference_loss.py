@@ -102,7 +102,7 @@ class ReferenceLoss(StatisticProvider):
             return {}
         proxy = ctx.losses
         if ctx.labels.dim() != 2:
-            raise ValueError("reference_loss: expected a causal LM batch (labels [B, T]); DoReMi's reference is a language model")
+            raise ConfigError("reference_loss: expected a causal LM batch (labels [B, T]); DoReMi's reference is a language model")
         device = proxy.token_losses.device
         labels = ctx.labels.to(device)
         # The training forward's token losses tell whether labels were shifted (causal LM: one
@@ -127,7 +127,7 @@ class ReferenceLoss(StatisticProvider):
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         valid = labels[labels >= 0]
         if vocab is not None and valid.numel() and int(valid.max()) >= int(vocab):
-            raise ValueError(
+            raise ConfigError(
                 f"reference_model_path: the reference's vocabulary has {vocab} tokens but the batch has token id "
                 f"{int(valid.max())}; the reference must use the proxy's tokenizer"
             )

@@ -23,6 +23,7 @@ from mixflow.data.sampler import MixtureSampler
 from mixflow.data.tokenized import CacheEntry, tokenized_domain
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
+from mixflow.errors import ConfigError, DataError
 from mixflow.providers.base import ProviderContext, provider_needs
 from mixflow.recipes.inputs import choose_tokenizer, domain_sources, split_seed, tokenized_dir
 from mixflow.recipes.models import scratch_config
@@ -47,7 +48,7 @@ def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: boo
     :mod:`mixflow.data.tokenized`). ``overwrite_cache`` (default: the config's) rebuilds matching
     entries; ``verify`` also checks each file's content hash against the entry's."""
     if run.data.task == "classification":
-        raise ValueError("task: classification examples are tokenized in memory by each run; "
+        raise ConfigError("task: classification examples are tokenized in memory by each run; "
                          "the tokenization cache is for causal_lm domains")
     tokenizer = choose_tokenizer(run)
     cache = tokenized_dir(run)
@@ -78,7 +79,7 @@ def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | 
              f"{run.data.cutoff_len} (packed rows are whole blocks); expected a smaller cutoff_len or more data"
              for s, e in pairs if len(e.rows) == 0]
     if empty:
-        raise ValueError("\n".join(empty))
+        raise DataError("\n".join(empty))
     for source, entry in pairs:
         train_index, val_index = split_indices(source.name, len(entry.rows), val_size, seed)
         domains.append(TokenizedDomain(source.name, entry.rows.take(train_index), entry.rows.take(val_index)))
@@ -114,7 +115,7 @@ def build_engine(
         short = [f"{n} ({len(heldout[n]) if heldout and n in heldout else 0})" for n in names
                  if not heldout or n not in heldout or len(heldout[n]) < need]
         if short:
-            raise ValueError(f"val_size: {algorithm.name} needs at least {need} held-out rows per domain; these "
+            raise ConfigError(f"val_size: {algorithm.name} needs at least {need} held-out rows per domain; these "
                              f"domains have fewer: {', '.join(short)}; raise val_size")
     weighter = None
     if run.weighter is not None:

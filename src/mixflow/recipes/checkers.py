@@ -34,6 +34,7 @@ from mixflow.config.components import static_component
 from mixflow.config.schema import DomainConfig, RunConfig
 from mixflow.data.classification import ClassificationCollator, LabelVocabulary, read_labelled
 from mixflow.data.sources import DomainSource
+from mixflow.errors import ConfigError
 from mixflow.recipes.classification import prepare_classification_data
 from mixflow.recipes.inputs import as_path_list, domain_sources, source_name
 from mixflow.recipes.train import run_training
@@ -156,9 +157,9 @@ def label_probabilities(model_dir: str | Path, dataset: Any, collator: Any, batc
 def run_checkers(run: RunConfig, progress: bool = True, force: bool = False) -> CheckersResult:
     """Train (or reuse) both checkers and (re)compute the per-example cache; see the module docstring."""
     if run.data.task != "classification":
-        raise ValueError("task: `mixflow checkers` needs task: classification")
+        raise ConfigError("task: `mixflow checkers` needs task: classification")
     if not as_path_list(run.data.real_data):
-        raise ValueError("real_data: required by `mixflow checkers` (the small real set the quality checker trains on)")
+        raise ConfigError("real_data: required by `mixflow checkers` (the small real set the quality checker trains on)")
     out = Path(run.training["output_dir"])
     dirs = {"quality": out / "quality", "diversity": out / "diversity"}
     cache_path = out / CACHE_FILE
@@ -203,7 +204,7 @@ def _shared_vocabulary(run: RunConfig) -> LabelVocabulary:
         vocabulary.encode(labels, f"real_data: {path}")
         real.extend(labels)
     if vocabulary.names is not None and sorted(set(real)) != vocabulary.names:
-        raise ValueError(
+        raise ConfigError(
             f"real_data: has the labels {sorted(set(real))} but the training data {vocabulary.names}; "
             "the quality checker must see every class"
         )

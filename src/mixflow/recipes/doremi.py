@@ -44,6 +44,7 @@ from mixflow.config.errors import ConfigError
 from mixflow.config.load import validate
 from mixflow.config.parse import merge, parse_overrides, read_yaml
 from mixflow.config.schema import RunConfig, domain_names
+from mixflow.errors import MixflowError
 from mixflow.recipes.train import run_training
 from mixflow.utils import distributed
 from mixflow.utils.jsonlog import write_json_atomic
@@ -164,7 +165,7 @@ def read_summary(proxy_dir: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         summary = json.load(f)
     if not summary.get("num_updates"):
-        raise ValueError(f"proxy: {path} records no DoReMi update (raise max_steps or lower warmup_step/update_step)")
+        raise MixflowError(f"proxy: {path} records no DoReMi update (raise max_steps or lower warmup_step/update_step)")
     return summary
 
 

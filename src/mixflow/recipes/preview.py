@@ -16,6 +16,7 @@ import numpy as np
 
 from mixflow.config.schema import RunConfig
 from mixflow.data.keys import IGNORE_INDEX
+from mixflow.errors import ConfigError
 from mixflow.recipes.build import tokenize_domains
 from mixflow.recipes.inputs import choose_tokenizer, domain_sources
 
@@ -54,7 +55,7 @@ def preview(run: RunConfig, domains: list[str] | None = None, rows: int = 3) -> 
     names = [s.name for s in domain_sources(run)]
     unknown = [d for d in domains or [] if d not in names]
     if unknown:
-        raise ValueError(f"domain: unknown {unknown}; expected one of {names}")
+        raise ConfigError(f"domain: unknown {unknown}; expected one of {names}")
     tokenizer = choose_tokenizer(run)
     out = []
     for name, entry in zip(names, tokenize_domains(run, progress=False)):

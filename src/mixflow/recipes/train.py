@@ -15,6 +15,7 @@ from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
 from mixflow.data.dataset import DomainCollator
 from mixflow.data.tokenizer import ByteTokenizer
+from mixflow.errors import ConfigError, MixflowError
 from mixflow.providers.base import provider_needs
 from mixflow.recipes.build import build_engine, build_model, derive_max_steps, prepare_data, training_arguments
 from mixflow.recipes.classification import (
@@ -39,7 +40,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
 
     problem = distributed.launcher_problem()
     if problem is not None:  # before anything is read, built or written
-        raise ValueError(problem)
+        raise ConfigError(problem)
     classification = run.data.task == "classification"
     args = _arguments(run, progress)
     # The main process reads (and, where needed, builds) the tokenization cache first; the others then
@@ -131,7 +132,7 @@ def _stop_if_broken(trainer: Any, output_dir: str) -> None:
                                     f"{trainer.state.global_step} or before); the final model is not saved")
     if trainer.callback.stopped:
         _write_stopped(trainer, output_dir)
-        raise ValueError(trainer.callback.stopped + f"; its checkpoints are in {output_dir}")
+        raise MixflowError(trainer.callback.stopped + f"; its checkpoints are in {output_dir}")
 
 
 def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, resumed_loss: float, final_step: int

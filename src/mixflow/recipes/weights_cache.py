@@ -16,6 +16,7 @@ import numpy as np
 from mixflow.algorithms.imp import ImpParams
 from mixflow.config.schema import RunConfig
 from mixflow.data.sources import DomainSource, resolve_files
+from mixflow.errors import DataError
 from mixflow.recipes.inputs import domain_sources, split_seed
 
 CACHE_FILE = "imp_cache.npz"
@@ -70,7 +71,7 @@ def read_weights_cache(path: str | Path) -> WeightsCache:
     try:
         with np.load(path, allow_pickle=False) as f:
             if int(f["version"]) != CACHE_VERSION:
-                raise ValueError(f"weights_cache: {path} has version {int(f['version'])}, expected {CACHE_VERSION}; rerun `mixflow checkers`")
+                raise DataError(f"weights_cache: {path} has version {int(f['version'])}, expected {CACHE_VERSION}; rerun `mixflow checkers`")
             return WeightsCache(
                 quality=f["quality"].astype(np.float64),
                 diversity=f["diversity"].astype(np.float64),
@@ -83,7 +84,7 @@ def read_weights_cache(path: str | Path) -> WeightsCache:
     except (KeyError, OSError, ValueError) as err:
         if isinstance(err, ValueError) and str(err).startswith("weights_cache:"):
             raise
-        raise ValueError(f"weights_cache: {path} is not a cache written by `mixflow checkers` ({type(err).__name__})") from None
+        raise DataError(f"weights_cache: {path} is not a cache written by `mixflow checkers` ({type(err).__name__})") from None
 
 
 # ---- fingerprints --------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def verify_weights_cache(run: RunConfig) -> None:
     path = weighter.params.weights_cache
     cache = read_weights_cache(path)
     if cache.data_fingerprint != data_fingerprint(run):
-        raise ValueError(
+        raise DataError(
             f"{weighter.name}.params.weights_cache: {path} was computed for other training data (files, fields, "
             f"val_size, seed or max_samples differ); rerun `mixflow checkers` with this run's data keys"
         )

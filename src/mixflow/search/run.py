@@ -12,6 +12,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from mixflow.config.errors import ConfigError
+from mixflow.errors import MixflowError
 from mixflow.search.collect import finished, planned_runs, run_output, stopped
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def run_swarm(folder: str | Path, jobs: int = 1, threads: int = 1) -> dict[str, 
                 try:
                     future.result()
                 except Exception as err:
-                    raise ValueError(f"search run: run {name} failed ({root / 'runs' / f'{name}.yaml'}): "
+                    raise MixflowError(f"search run: run {name} failed ({root / 'runs' / f'{name}.yaml'}): "
                                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
                                      "; finished runs are kept (the runs already started were let finish), rerun to continue") from err
                 logger.info("search run: %d/%d done (run %s)", done, len(todo), name)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mixflow.errors import DataError
+
 
 def _clean(value: Any) -> Any:
     # JSON has no NaN; null says "no value" to any reader, including the seed's plotting snippet.
@@ -50,7 +52,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+                raise DataError(f"{path}:{number}: not a JSON object ({err.msg})") from None
 
 
 def read_json(path: str | os.PathLike, expected: str = "valid JSON") -> Any:
@@ -60,11 +62,11 @@ def read_json(path: str | os.PathLike, expected: str = "valid JSON") -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: expected {expected} ({err.msg})") from None
+        raise DataError(f"{path}:{err.lineno}: expected {expected} ({err.msg})") from None
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
