@@ -22,6 +22,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy
 
 demo: install
 	$(BIN)/mixflow data demo $(DEMO_DIR)/data

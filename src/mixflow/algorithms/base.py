@@ -64,8 +64,9 @@ class DomainAlgorithm(ABC, Generic[P]):
     description: ClassVar[str]
     Params: ClassVar[type[AlgorithmParams]] = AlgorithmParams
     mode: ClassVar[Mode] = "objective"
-    #: What ``perdomain_scores`` (``scores``) holds for this algorithm, for plots and readers.
-    scores_label: ClassVar[str] = "per-domain score"
+    #: What ``perdomain_scores`` (``scores``) holds for this algorithm, for plots and readers (a
+    #: class attribute; an instance may say more precisely, e.g. per rule).
+    scores_label: str = "per-domain score"
     #: Names of statistic providers (:mod:`mixflow.providers`) whose sums this algorithm reads from
     #: ``DomainStats.extras``; the builder instantiates them from the same params.
     providers: ClassVar[tuple[str, ...]] = ()

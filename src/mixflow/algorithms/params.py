@@ -15,7 +15,7 @@ import inspect
 import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -99,7 +99,7 @@ def declared_paths(params: AlgorithmParams) -> list[tuple[str, PathKind, str, st
     return out
 
 
-def suggest(name: str, choices: Sequence[str]) -> str:
+def suggest(name: str, choices: Iterable[str]) -> str:
     """" (did you mean 'x'?)" for the closest choice, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -206,7 +206,7 @@ def _describe(hint: Any) -> str:
         return "null"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
-def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
+def describe_params(cls: Any) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for each parameter of an algorithm or weighter class."""
     rows = []
     hints = typing.get_type_hints(cls.Params)

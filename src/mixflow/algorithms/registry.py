@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import pkgutil
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 
@@ -89,9 +89,16 @@ def available_weighters() -> dict[str, type[SampleWeighter]]:
     return dict(sorted(_WEIGHTERS.items()))
 
 
-def lookup(name: str, kind: str, key: str) -> type:
+@overload
+def lookup(name: str, kind: Literal["algorithm"], key: str) -> type[DomainAlgorithm[Any]]: ...
+@overload
+def lookup(name: str, kind: Literal["weighter"], key: str) -> type[SampleWeighter[Any]]: ...
+@overload
+def lookup(name: str, kind: str, key: str) -> type[DomainAlgorithm[Any]] | type[SampleWeighter[Any]]: ...
+def lookup(name: str, kind: str, key: str) -> type[DomainAlgorithm[Any]] | type[SampleWeighter[Any]]:
     """The registered class ``name`` of ``kind`` ("algorithm" or "weighter"); errors name ``key``."""
-    table = available_algorithms() if kind == "algorithm" else available_weighters()
+    table: Mapping[str, type[DomainAlgorithm[Any]] | type[SampleWeighter[Any]]] = (
+        available_algorithms() if kind == "algorithm" else available_weighters())
     if name not in table:
         raise ConfigError(f"{key}: unknown {kind} {name!r}; expected one of {sorted(table)}{suggest(name, table)}")
     return table[name]

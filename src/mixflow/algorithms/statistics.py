@@ -46,7 +46,7 @@ class DomainStats:
     def zeros(cls, num_domains: int, device: torch.device | str = "cpu") -> DomainStats:
         """Empty statistics for ``num_domains`` domains."""
         z = lambda: torch.zeros(num_domains, dtype=torch.float64, device=device)  # noqa: E731
-        return cls(*(z() for _ in SUM_FIELDS))
+        return cls(token_loss_sum=z(), token_count=z())  # the SUM_FIELDS
 
     @classmethod
     def from_samples(

@@ -81,15 +81,16 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> 
             for done, future in enumerate(as_completed(futures), 1):
                 i, spec = futures[future], specs[futures[future]]
                 try:
-                    results[i] = future.result()
+                    finished = future.result()
                 except Exception as err:
                     raise MixflowError(f"arena: the {spec.method} run (seed {spec.seed}) failed: "
                                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__} "
                                      f"(its log: {spec.config['output_dir']}.log; finished runs are kept and reused)"
                                      ) from err
-                write_json_atomic(spec.result_path, {"digest": spec.digest(), "result": results[i]})
+                results[i] = finished
+                write_json_atomic(spec.result_path, {"digest": spec.digest(), "result": finished})
                 log("arena: %d/%d runs done (%s, seed %d: target loss %.4f)", done, len(todo), spec.method,
-                    spec.seed, results[i]["target loss"])
+                    spec.seed, finished["target loss"])
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -64,7 +64,7 @@ class Row:
 
     method: str
     metric: str
-    values: list[float]
+    values: Sequence[float | None]
     censored_at: float | None = None
     """For a "steps to reach" metric: a seed that never reached it is None in ``values`` and is
     reported as "> censored_at" (its value is only known to be larger), never dropped."""
@@ -113,10 +113,14 @@ class BenchResult:
         return any(row.method == method and row.metric == metric for row in self.rows)
 
     def values(self, method: str, metric: str) -> list[float]:
-        """The per-seed values of one row (an error when the benchmark did not measure it)."""
+        """The per-seed values of one row (an error when the benchmark did not measure it, or when a
+        seed is censored: it has no value to pair, and dropping it would bias a comparison)."""
         for row in self.rows:
             if row.method == method and row.metric == metric:
-                return list(row.values)
+                known = [v for v in row.values if v is not None]
+                if len(known) < len(row.values):
+                    raise ValueError(f"row {method!r} / {metric!r} has censored seeds (None): no values to pair")
+                return known
         raise KeyError(f"no row {method!r} / {metric!r}")
 
     def compare(self, method: str, baseline: str, metric: str, better: str, **kwargs: Any) -> Comparison:

@@ -31,7 +31,7 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import build_providers
 
-METHODS = {"Uniform": ("static", {}), "ERMA": ("erma", {}), "VA": ("va", {}),
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {"Uniform": ("static", {}), "ERMA": ("erma", {}), "VA": ("va", {}),
            "ERMA + VA": ("va", {"loss_weights_from": {"name": "erma"}})}
 BATCH, UPDATE_STEP = 64, 10
 

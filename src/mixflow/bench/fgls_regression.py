@@ -130,16 +130,19 @@ def run(ctx: BenchContext) -> BenchResult:
         ctx.log("fgls-regression: seed %d/%d", seed + 1, ctx.seeds)
         problems = [Problem(1000 * seed + r, s["d"], s["n"], s["m"]) for r in range(s["draws"])]
         oracle_w = 1 / np.array(SIGMA2)
-        add("uniform OLS", "full-batch error (d/n)", np.mean([p.error(weighted_least_squares(p, np.ones(2))) for p in problems]))
-        add("GLS oracle", "full-batch error (d/n)", np.mean([p.error(weighted_least_squares(p, oracle_w)) for p in problems]))
+        add("uniform OLS", "full-batch error (d/n)",
+            float(np.mean([p.error(weighted_least_squares(p, np.ones(2))) for p in problems])))
+        add("GLS oracle", "full-batch error (d/n)",
+            float(np.mean([p.error(weighted_least_squares(p, oracle_w)) for p in problems])))
         runs = [fgls_full_batch(p, s["gd_steps"]) for p in problems]
-        add("One-shot FGLS", "full-batch error (d/n)", np.mean([p.error(t) for p, (t, _) in zip(problems, runs)]))
-        add("One-shot FGLS", "full-batch w1/w2", np.mean([w[0] / w[1] for _, w in runs]))
+        add("One-shot FGLS", "full-batch error (d/n)",
+            float(np.mean([p.error(t) for p, (t, _) in zip(problems, runs)])))
+        add("One-shot FGLS", "full-batch w1/w2", float(np.mean([w[0] / w[1] for _, w in runs])))
         for method, label in (("uniform", "uniform OLS"), ("oracle", "GLS oracle"), ("fgls", "One-shot FGLS")):
             out = [sgd(p, method, s["sgd_steps"], s["batch"], seed) for p in problems[:2]]
-            add(label, "mini-batch error (d/n)", np.mean([e for e, _ in out]))
+            add(label, "mini-batch error (d/n)", float(np.mean([e for e, _ in out])))
             if method == "fgls":
-                add(label, "mini-batch w1/w2", np.mean([w[0] / w[1] for _, w in out]))
+                add(label, "mini-batch w1/w2", float(np.mean([w[0] / w[1] for _, w in out])))
     rows = [Row(m, metric, v) for (m, metric), v in cols.items()]
     result = BenchResult(setting={**s, "sigma2": list(SIGMA2), "fgls params": "defaults"}, rows=rows, holds=None, verdict="")
     full = result.compare("One-shot FGLS", "GLS oracle", "full-batch error (d/n)", "lower", scale="ratio",

@@ -93,8 +93,12 @@ def _sgd(sigmas: tuple[float, float], steps: int, seed: int, sampler: MixtureSam
             loss = engine.weighted_loss(losses, tasks, batch_index=step - 1, model=model)
         model.zero_grad()
         loss.backward()
+        grad = model.theta.grad
+        if grad is None:  # backward() through the losses always fills it; None means θ left the graph
+            raise RuntimeError("pike-quadratic: θ has no gradient after backward()")
         with torch.no_grad():
-            model.theta -= LR * model.theta.grad
+            # `-=` in place, spelled sub_: torch types `-=` as rebinding the Parameter to a plain Tensor
+            model.theta.sub_(LR * grad)
         if engine is not None:
             if exact:
                 engine.algorithm.apply_update(_exact_stats(model.theta.detach().numpy(), sig.numpy()), step)
@@ -120,7 +124,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
 )
 def run(ctx: BenchContext) -> BenchResult:
     s = _sizes(ctx)
-    variants = {
+    variants: dict[str, tuple[str, dict[str, Any], bool]] = {
         "PiKE (defaults)": ("pike", {}, False),
         "PiKE (ζ2 = ηL)": ("pike", {"zeta2": LR}, False),  # the descent-lemma value, the same for every case
         # the estimator before issue 8: ‖∇L‖² floored at 0, each update normalised by its own S

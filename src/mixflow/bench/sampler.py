@@ -74,7 +74,10 @@ def _draw(method: str, samples: int, rows: int, seed: int) -> float:
         from torch.utils.data import WeightedRandomSampler
 
         weights = torch.repeat_interleave(torch.as_tensor(p / rows), rows)
-        draws = WeightedRandomSampler(weights, samples, replacement=True, generator=torch.Generator().manual_seed(seed))
+        # torch annotates weights as Sequence[float], but converts them with torch.as_tensor and takes a
+        # tensor as is; a list here would add its own time and memory to what this method is measured by
+        draws = WeightedRandomSampler(weights, samples, replacement=True,  # type: ignore[arg-type]
+                                      generator=torch.Generator().manual_seed(seed))
         for _ in draws:  # the Sampler protocol, as a DataLoader reads it
             pass
     else:

@@ -16,9 +16,11 @@ import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 LEVEL = 0.95
+#: What a bootstrap resamples: measured values, or the indices of units (``bootstrap_comparison``).
+_T = TypeVar("_T")
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -115,7 +117,7 @@ def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], l
 
 
 def bootstrap_interval(
-    values: Sequence[float], statistic: Callable[[Sequence[float]], float], level: float = LEVEL,
+    values: Sequence[_T], statistic: Callable[[Sequence[_T]], float], level: float = LEVEL,
     resamples: int = 10000, seed: int = 0,
 ) -> tuple[float, float, float]:
     """(statistic, lower, upper): a percentile bootstrap interval, for statistics that are not a mean

@@ -30,7 +30,7 @@ from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import build_providers
 
 D, BATCH = 10, 64
-METHODS = {"Uniform": ("static", {}), "FGLS": ("fgls", {}), "VA": ("va", {}),
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {"Uniform": ("static", {}), "FGLS": ("fgls", {}), "VA": ("va", {}),
            "FGLS + VA": ("va", {"loss_weights_from": {"name": "fgls"}})}
 
 
@@ -87,8 +87,12 @@ def sgd(model: Regression, engine: StepEngine, steps: int, lr: float, train: boo
         model.zero_grad()
         loss.backward()
         if train:
+            grad = model.weight.grad
+            if grad is None:  # backward() through the losses always fills it; None means θ left the graph
+                raise RuntimeError("va-sampling: the weight has no gradient after backward()")
             with torch.no_grad():
-                model.weight -= lr * model.weight.grad
+                # `-=` in place, spelled sub_: torch types `-=` as rebinding the Parameter to a plain Tensor
+                model.weight.sub_(lr * grad)
         engine.end_step(step + 1, model=model)
         errors.append(model.error())
     return errors
@@ -110,12 +114,12 @@ def fixed_theta(seed: int, updates: int, batches: int) -> dict[str, float]:
         full = 0.5 * grads[: model.n].mean(0) + 0.5 * grads[model.n:].mean(0)
         for label, probs in (("VA", p), ("proportional", np.array([0.5, 0.5]))):
             sampler = MixtureSampler([model.n, model.n], probs, BATCH, seed=seed + 1)
-            it, g = sampler.iter_batches(), []
+            it, draws = sampler.iter_batches(), []
             for _ in range(batches):
                 rows = torch.as_tensor(next(it))
                 c = torch.as_tensor(0.5 / probs)[torch.as_tensor(sampler.domain_ids(rows.numpy()))]  # q_d / p_d
-                g.append((c[:, None] * grads[rows]).sum(0) / BATCH)
-            g = torch.stack(g)
+                draws.append((c[:, None] * grads[rows]).sum(0) / BATCH)
+            g = torch.stack(draws)
             if where == "near":
                 out[f"{label} gradient MSE"] = float(((g - full) ** 2).sum(1).mean())
             else:
@@ -163,10 +167,10 @@ def run(ctx: BenchContext) -> BenchResult:
     bias = against_value("VA", result.values("VA", "bias / ‖∇‖"), 0.0, "bias / ‖∇‖", "lower", claim_range=(None, 0.05))
     result.comparisons.append(bias)
     result.compare("VA", "proportional", "bias / ‖∇‖", "lower")
-    for case in ("C = (100·I, 1·I)", "C = (1·I, 100·I)"):
+    for case_label in ("C = (100·I, 1·I)", "C = (1·I, 100·I)"):
         for method in METHODS:
             if method != "Uniform":
-                result.compare(method, "Uniform", f"{case} final test error", "lower", scale="ratio")
+                result.compare(method, "Uniform", f"{case_label} final test error", "lower", scale="ratio")
     result.judge()
     result.verdict = (f"learned b₂/b₁ = 10 {ratio.interval[0]:+.2f} [{ratio.interval[1]:+.2f}, {ratio.interval[2]:+.2f}] "
                       f"(claim: within [8, 12.5]); batch-gradient MSE {interval_text(mse)} proportional sampling's "

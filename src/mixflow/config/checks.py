@@ -200,7 +200,7 @@ def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -
             errors.append(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
     key = algorithm.params.proportions_field
     proportions = getattr(algorithm.params, key) if key is not None else None
-    if proportions is not None:
+    if key is not None and proportions is not None:
         _collect(errors, _check_weights, proportions, f"{algorithm.name}.params.{key}", k)
         if m.init_mixture_proportions is not None and [float(x) for x in m.init_mixture_proportions] != proportions:
             # The seed's step 3 sets the learned weights at run level over a shared components file.
@@ -261,8 +261,8 @@ def check_task(run: RunConfig, base_dir: Path) -> None:
         if run.model.num_labels < 2:
             raise ConfigError(f"num_labels: expected an integer >= 2, got {run.model.num_labels}")
     weighter = run.weighter
-    needs = lookup(weighter.name, "weighter", "component_name").required_task if weighter is not None else None
-    if needs is not None and needs != d.task:
+    if weighter is not None and (needs := lookup(weighter.name, "weighter", "component_name").required_task) not in (
+            None, d.task):
         raise ConfigError(f"task: the {weighter.name} weighter needs task: {needs}, got {d.task}")
 
 

@@ -73,6 +73,7 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     safety = errors.run(build_section, SafetyConfig, sections[SafetyConfig])
     if mixing is None or data_cfg is None or model is None or safety is None:
         errors.raise_if_any()  # the checks below read the typed sections (an unknown key hides none of them)
+        raise AssertionError("a section failed to build without an error message")
     training = {**TRAINING_DEFAULTS, **training}
     run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, safety=safety)
     # Every check that can run does, and all their errors are reported together; the ones that

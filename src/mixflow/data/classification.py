@@ -111,7 +111,7 @@ def tokenize_labelled(
     :func:`~mixflow.data.packing.tokenize_domain` does for unpacked text (same permutation)."""
     rows = [encode_text(tokenizer, t, cutoff_len) for t in texts]
     # Split the row *indices* with the language-model split, so both tasks hold out the same rows.
-    split = _split(name, list(range(len(rows))), val_size, seed)
+    split = _split(name, np.arange(len(rows), dtype=np.int64), val_size, seed)
     train_index = np.asarray(split.train, dtype=np.int64)
     val_index = np.asarray(split.val, dtype=np.int64)
     return LabelledDomain(

@@ -105,7 +105,7 @@ def _write_jsonl(path: Path, documents: Iterable[tuple[str, int]], bar: Any) -> 
 def _stdlib_files() -> list[Path]:
     """Standard-library ``.py`` files sorted by path, without tests or third-party packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
+    files: list[Path] = []
     for directory, subdirs, names in os.walk(root):
         # Pruning here, rather than filtering afterwards, avoids walking a large site-packages.
         subdirs[:] = [d for d in subdirs if d not in _SKIPPED_DIRS]

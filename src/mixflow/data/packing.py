@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def check_cutoff_len(cutoff_len: object) -> None:
         raise ConfigError(f"cutoff_len: expected an integer >= {MIN_CUTOFF_LEN}, got {cutoff_len!r}")
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:  # numpy integers too: they compare like ints
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

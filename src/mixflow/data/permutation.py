@@ -277,4 +277,4 @@ def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
     """
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or int(n) < 1:
         raise ValueError(f"n: expected a positive integer, got {n!r}")
-    return permute_many(positions, np.int64(n), _as_u64(key, "key").reshape(()))
+    return permute_many(positions, np.asarray(n, dtype=np.int64), _as_u64(key, "key").reshape(()))

@@ -36,6 +36,10 @@ class TokenFile:
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.length,)
+
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
             raise TypeError("TokenFile: only contiguous slices can be read")

@@ -138,7 +138,7 @@ class MixtureSampler(Sampler[int]):
     def __init__(
         self,
         domain_sizes: Sequence[int],
-        weights: Sequence[float],
+        weights: Sequence[float] | np.ndarray,
         batch_size: int,
         seed: int = 0,
         rank: int = 0,
@@ -296,7 +296,7 @@ class MixtureSampler(Sampler[int]):
 
     # --------------------------------------------------------------- control
 
-    def set_weights(self, weights: Sequence[float], from_batch: int | None = None) -> None:
+    def set_weights(self, weights: Sequence[float] | np.ndarray, from_batch: int | None = None) -> None:
         """Use new sampling weights from global batch ``from_batch`` (default: the next batch not yet
         planned).
 

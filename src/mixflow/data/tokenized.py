@@ -188,7 +188,7 @@ def _open_rows(directory: Path, meta: dict[str, Any]) -> TokenRows:
                          "(a damaged cache entry: delete it or set overwrite_cache: true)")
     tokens = TokenFile(directory / TOKENS, dtype, meta["num_tokens"])
     if meta["key"]["formatting"] is not None:  # instruction rows: a target mask and per-row target counts
-        return TokenRows(tokens, offsets=np.load(directory / OFFSETS), mask=TokenFile(directory / MASK, np.uint8,
+        return TokenRows(tokens, offsets=np.load(directory / OFFSETS), mask=TokenFile(directory / MASK, np.dtype(np.uint8),
                          meta["num_tokens"]), row_targets=np.load(directory / TARGETS))
     if meta["key"]["packing"]:
         return TokenRows(tokens, block=meta["key"]["cutoff_len"])
@@ -342,10 +342,10 @@ def _write_examples(name: str, batches: Iterable[list[Any]], tokenizer: TextToke
                 out_mask.write(mask.astype(np.uint8).tobytes())
                 kept.append((len(ids), int(mask.sum()), bool(mask[0])))
             if kept:
-                length, count, first = zip(*kept)
+                length, count, first_is_target_doc = zip(*kept)
                 lengths.append(np.asarray(length, dtype=np.int64))
                 counts.append(np.asarray(count, dtype=np.int64))
-                firsts.append(np.asarray(first, dtype=bool))
+                firsts.append(np.asarray(first_is_target_doc, dtype=bool))
             num_docs += len(batch)
             bar.update(len(batch))
         for handle in (out, out_mask):

@@ -184,8 +184,9 @@ class StepEngine:
             elif batch_index is not None and sampling_probs is None:
                 p = self.sampler.planned_weights(batch_index)
         device = losses.token_loss_sum.device
-        vectors = (p, self.algorithm.loss_weights, self.algorithm.prior)
-        return (*(torch.as_tensor(v, dtype=torch.float64, device=device) for v in vectors), sampling_probs)
+        p_t, w_t, prior_t = (torch.as_tensor(v, dtype=torch.float64, device=device)
+                       for v in (p, self.algorithm.loss_weights, self.algorithm.prior))
+        return p_t, w_t, prior_t, sampling_probs
 
     def _sample_weights(
         self,

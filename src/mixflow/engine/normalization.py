@@ -102,7 +102,7 @@ class DomainTokens:
         expected = self.sampler.planned_weights(batch_index) * self.sampler.batch_size
         rows = np.bincount(domains, minlength=k)
         rare = (expected < 1) & (rows > 0)
-        weighted = global_tokens.copy()
+        weighted = global_tokens.astype(np.float64)
         weighted[rare] *= expected[rare] / rows[rare]
         counts = (global_tokens, weighted, np.bincount(domains[mine], weights=tokens[mine], minlength=k))
         self._cache = (batch_index, counts)

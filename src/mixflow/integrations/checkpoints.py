@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Set as AbstractSet
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -25,7 +26,7 @@ COMPLETE_MARKERS = ("mixflow_state.json", "trainer_state.json")
 DELETING = ".deleting-"
 
 
-def rotate_complete_checkpoints(output_dir: str, limit: int | None, protected: set[str] = frozenset()) -> list[str]:
+def rotate_complete_checkpoints(output_dir: str, limit: int | None, protected: AbstractSet[str] = frozenset()) -> list[str]:
     """Keep the ``limit`` newest *complete* checkpoints (and ``protected`` ones); incomplete ones (an
     interrupted save or deletion) go first and never count towards the limit. Returns what was removed."""
     if not limit or limit <= 0:

@@ -98,7 +98,7 @@ class MixflowCallback(TrainerCallback):
         # (with save_on_each_node the other nodes keep theirs)
         if state.is_world_process_zero:
             best = {os.path.normpath(state.best_model_checkpoint)} if state.best_model_checkpoint else set()
-            rotate_complete_checkpoints(args.output_dir, self.save_total_limit, best)
+            rotate_complete_checkpoints(str(args.output_dir), self.save_total_limit, best)
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -202,6 +202,7 @@ class MixflowTrainer(Trainer):
         # `remove_unused_columns` keeps only the model's forward arguments; the domain ids must
         # survive it to reach compute_loss (which removes them before the forward).
         super()._set_signature_columns_if_needed()
+        assert self._signature_columns is not None, "the Trainer sets the signature columns above"
         for key in MIXFLOW_KEYS:
             if key not in self._signature_columns:
                 self._signature_columns.append(key)
@@ -258,7 +259,7 @@ class MixflowTrainer(Trainer):
         complete checkpoint to resume from."""
         super().save_model(output_dir, _internal_call=_internal_call)
         is_checkpoint = output_dir is not None and os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
-        if _internal_call and is_checkpoint and self.is_world_process_zero():
+        if _internal_call and is_checkpoint and output_dir is not None and self.is_world_process_zero():
             # on_step_end ran first: the engine's state is at the boundary of batch `global_step`
             if self.engine.last_step != self.state.global_step:
                 raise RuntimeError(f"checkpoint at step {self.state.global_step}: the engine ended step {self.engine.last_step}")
@@ -300,8 +301,9 @@ class MixflowTrainer(Trainer):
         self.resumed_from_step = 0
         self.already_complete = None
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = newest_complete_checkpoint(str(self.args.output_dir))
         if resume_from_checkpoint:
+            assert self.model is not None, "the Trainer is built with the model"
             check_model_shapes(self.model, resume_from_checkpoint)
             self.engine.load(resume_from_checkpoint, rewrite_log=False)
             step = checkpoint_step(resume_from_checkpoint)

@@ -57,8 +57,8 @@ class BatchContext:
     """The model being trained (wrapped as the integration holds it), or None in pure-math tests."""
     inputs: Mapping[str, Any]
     """The model inputs of the batch (without labels and mixflow's keys)."""
-    labels: torch.Tensor
-    """The labels of the batch, -100 where ignored."""
+    labels: torch.Tensor | None
+    """The labels of the batch, -100 where ignored (None where the caller has none)."""
     losses: SampleLosses
     """The training forward's per-token and per-sample losses (with the autograd graph)."""
     domain_ids: torch.Tensor
@@ -112,7 +112,7 @@ class StatisticProvider:
 #: Entry-point group through which plugin packages add provider modules.
 ENTRY_POINT_GROUP = "mixflow.providers"
 
-ProviderFactory = Callable[[Any, ProviderContext], StatisticProvider]
+ProviderFactory = Callable[[Any, ProviderContext | None], StatisticProvider]
 
 
 @dataclass(frozen=True)

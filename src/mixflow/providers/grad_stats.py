@@ -183,11 +183,11 @@ class GradientStatistics(StatisticProvider):
                 raise ConfigError("grad_params: these parameters are sharded (FSDP), where mixflow computes gradient "
                                  "statistics only for an untied, bias-free output head, from its activations; "
                                  "remove grad_params")
-            if closed:
+            if closed and isinstance(head, torch.nn.Linear):
                 self._closed_form = None  # decided on the first batch
                 head.register_forward_pre_hook(self._keep_head_input)
                 # one sketch for both paths, so every group's vector lives in the same space
-                self._sketch = RowSketch(*head.weight.shape, self.sketch_dim)
+                self._sketch = RowSketch(head.weight.shape[0], head.weight.shape[1], self.sketch_dim)
             else:
                 self._sketch = CountSketch(sum(p.numel() for p in self._params), self.sketch_dim)
 

@@ -71,6 +71,8 @@ class ReferenceLoss(StatisticProvider):
         if self._model is None:
             from transformers import AutoModelForCausalLM
 
+            if self.path is None:
+                raise ValueError("reference_loss: no reference_model_path to load (Group DRO reads no reference)")
             logger.info("reference_loss: loading the reference model from %s", self.path)
             self._model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
             self._freeze(self._model)
@@ -101,7 +103,7 @@ class ReferenceLoss(StatisticProvider):
         if self.path is None and self._model is None:
             return {}
         proxy = ctx.losses
-        if ctx.labels.dim() != 2:
+        if ctx.labels is None or ctx.labels.dim() != 2:
             raise ConfigError("reference_loss: expected a causal LM batch (labels [B, T]); DoReMi's reference is a language model")
         device = proxy.token_losses.device
         labels = ctx.labels.to(device)

@@ -75,8 +75,8 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
     if trainer.already_complete is not None:  # nothing trained: the finished run's own results, untouched
         previous = Path(args.output_dir) / "mixflow_results.json"
-        metrics = read_json(previous) if previous.is_file() else {"steps": trainer.already_complete}
-        return {**metrics, "already_complete": True}
+        earlier = read_json(previous) if previous.is_file() else {"steps": trainer.already_complete}
+        return {**earlier, "already_complete": True}
     _stop_if_broken(trainer, args.output_dir)
     trainer.save_model(args.output_dir)
     trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
@@ -240,6 +240,7 @@ def _write_stopped(trainer: Any, output_dir: str) -> None:
 
 def _prepare(run: RunConfig, progress: bool, overwrite_cache: bool) -> tuple[Any, Any]:
     """(tokenized data, collator) for the run's task."""
+    data: Any  # PreparedData or ClassificationData: the same fields where this reads them
     if run.data.task == "classification":  # labelled rows, loss and accuracy per evaluated set
         verify_weights_cache(run)  # a stale IMP/DIMP cache is an error before any data is tokenized
         data = prepare_classification_data(run, progress=progress)

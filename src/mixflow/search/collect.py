@@ -56,7 +56,9 @@ def collect(folder: str | Path) -> Path:
     plan = read_plan(root)
     domains = list(plan["domains"])  # the metrics: every domain of the config
     columns = list(plan.get("columns", domains))  # the mixture: what the swarm varied (reuse: fewer)
-    rows, missing, broken = [], [], []
+    rows: list[list[Any]] = []
+    missing: list[str] = []
+    broken: list[str] = []
     for entry in planned_runs(root):
         out = run_output(root, entry["run"])
         found = results(out)

@@ -71,7 +71,8 @@ def propose(folder: str | Path, fixed: dict[str, float] | None = None, prior: st
             "top_k": top_k, "candidates": candidates, "seed": seed}
     reused = _reuse_of(fit)
     if reused is not None:  # a reuse plan's swarm: the proposal is over (reused, added); train on all domains
-        full = reused.expand(np.array([[out["mixture"][c] for c in reused.columns]]))[0]
+        by_domain = dict(zip(fit.domains, mixture))
+        full = reused.expand(np.array([[by_domain[c] for c in reused.columns]]))[0]
         out["training mixture"] = {d: float(w) for d, w in zip(reused.domains, full)}
     return out
 

@@ -122,8 +122,8 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, tim
     if any(status == _FAILED for status, _ in outcome.values()):
         # the function failed on some rank: its peers' errors at the barrier (or their being stopped)
         # follow from it and would only bury the traceback that matters
-        failed = [f"rank {rank}:\n{text}" for rank, (status, text) in sorted(outcome.items()) if status == _FAILED]
-        raise AssertionError("\n".join(failed))
+        failures = [f"rank {rank}:\n{text}" for rank, (status, text) in sorted(outcome.items()) if status == _FAILED]
+        raise AssertionError("\n".join(failures))
     problems = []
     for rank, p in enumerate(procs):
         status, text = outcome.get(rank, (None, ""))
