@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> StepEngine:
         batch = next(batches)
         domain_ids = batch.pop("domain_ids")
         sample_ids = batch.pop("sample_ids")  # used by per-example weighters (IMP); popped before the forward
-        probs = batch.pop("sampling_probs")  # each row's p_d in its batch's plan (importance weights)
         labels = batch.pop("labels")
         engine.before_forward(batch, labels)  # providers that run another model (DoReMi) do it here
         logits = model(**batch).logits  # the one forward; no labels, mixflow computes the loss
         # 2. The weighted loss step: per-sample losses from these logits, times c_j.
+        # batch_index: importance weights read the p this batch was planned with from the sampler
         loss = engine.training_loss(logits, labels, domain_ids, batch_index=step, model=model, inputs=batch,
-                                    sample_ids=sample_ids, sampling_probs=probs)
+                                    sample_ids=sample_ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

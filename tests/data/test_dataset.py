@@ -95,7 +95,7 @@ def test_collator_rejects_mismatched_labels():
         DomainCollator(0)([{"input_ids": [1, 2], "labels": [1], "domain_ids": 0}])
 
 
-def test_batches_carry_the_plan_they_were_drawn_with_across_read_ahead():
+def test_the_sampler_keeps_the_plan_of_every_batch_a_dataloader_read_ahead():
     from torch.utils.data import DataLoader
 
     from mixflow.data.sampler import MixtureSampler
@@ -106,17 +106,17 @@ def test_batches_carry_the_plan_they_were_drawn_with_across_read_ahead():
     # one worker process: the main process reads indices ahead (prefetch) and pickles them across
     loader = iter(DataLoader(ds, batch_size=4, sampler=sampler, collate_fn=DomainCollator(0), num_workers=1))
     first = next(loader)
-    assert first["sampling_probs"].dtype == torch.float64
-    assert first["sampling_probs"].tolist() == [0.5] * 4
+    assert set(first) == {"input_ids", "attention_mask", "labels", "domain_ids", "sample_ids"}  # no per-row p
     # the DataLoader has read the next batch's indices already; new weights apply to later plans
     second_planned = sampler.planned_batches
     assert second_planned > 1  # batches after the first were planned before the change
     sampler.set_weights([0.25, 0.75])
-    batches = [next(loader) for _ in range(3)]
-    for g, batch in enumerate(batches, start=1):
-        expected = {0: 0.5, 1: 0.5} if g < second_planned else {0: 0.25, 1: 0.75}
-        assert batch["sampling_probs"].tolist() == [expected[int(d)] for d in batch["domain_ids"]]
-    assert ds[0].get("sampling_probs") is None  # a plain index (evaluation) carries no plan
+    batches = [first] + [next(loader) for _ in range(3)]
+    for g, batch in enumerate(batches):
+        expected = [0.5, 0.5] if g < second_planned else [0.25, 0.75]
+        assert sampler.planned_weights(g).tolist() == expected  # what importance weights divide by
+        counts = np.bincount(batch["domain_ids"].numpy(), minlength=2)
+        assert counts.tolist() == [round(4 * expected[0]), round(4 * expected[1])]  # drawn with that plan
 
 
 def test_document_attention_lets_each_packed_document_see_itself_only():

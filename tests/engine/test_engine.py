@@ -49,7 +49,7 @@ def _feed(mixer, domain_ids, step, scale=1.0):
     return mixer.training_loss(logits, labels, torch.as_tensor(domain_ids), batch_index=step)
 
 
-def test_importance_coefficients_use_the_plan_the_batch_carries():
+def test_importance_coefficients_use_the_plan_the_batch_was_drawn_with():
     algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=[0.5, 0.25, 0.25])
 
     class Importance(type(algo)):
@@ -61,11 +61,11 @@ def test_importance_coefficients_use_the_plan_the_batch_carries():
     engine = StepEngine(sampler, algo, objective_normalization="token")
     ids = [0, 0, 0, 1, 2, 2]
     logits, labels = _logits_for(ids)
-    carried = torch.tensor([0.5, 0.5, 0.5, 0.25, 0.25, 0.25], dtype=torch.float64)
-    engine.sampler.set_weights([0.2, 0.4, 0.4])  # the sampler has moved on; the batch has not
-    with_plan = engine.training_loss(logits, labels, torch.tensor(ids), batch_index=0, sampling_probs=carried)
+    next(engine.sampler.iter_batches())  # batch 0 planned with p = (0.5, 0.25, 0.25)
+    engine.sampler.set_weights([0.2, 0.4, 0.4])  # the sampler has moved on; batch 0's plan has not
+    with_plan = engine.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
     engine._step_stats = type(engine._step_stats).zeros(3)
-    # q = π (uniform) over the p each sample carries: coefficients 2/3, 4/3, 4/3 by domain
+    # q = π (uniform) over batch 0's p: coefficients 2/3, 4/3, 4/3 by domain
     c = torch.tensor([2 / 3, 2 / 3, 2 / 3, 4 / 3, 4 / 3, 4 / 3], dtype=torch.float64)
     losses = sample_losses(logits, labels)
     expected = (losses.token_loss_sum * c).sum() / losses.token_count.sum()

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns, pad_right, with_plan
+from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns, pad_right
 from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import TokenizedDomain, _split
 from mixflow.data.sources import DomainSource, read_records
@@ -142,7 +142,7 @@ class ClassificationDataset(MixtureDataset):
             DOMAIN_KEY: self.global_domain_ids[position],
             SAMPLE_KEY: self.domain_offsets[position] + row,
         }
-        return with_plan(item, index)
+        return item
 
     @property
     def labels(self) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, PROB_KEY, SAMPLE_KEY
+from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
 from mixflow.data.packing import Rows, TokenizedDomain
 
 
@@ -102,7 +102,7 @@ class MixtureDataset(Dataset):
             DOMAIN_KEY: self.global_domain_ids[position],
             SAMPLE_KEY: self.domain_offsets[position] + row,
         }
-        return with_plan(item, index)
+        return item
 
     def single_domain(self, d: int) -> MixtureDataset:
         """A dataset with only domain ``d``'s rows, still reporting ``domain_ids == d``.
@@ -119,14 +119,6 @@ class MixtureDataset(Dataset):
             ids=[self.global_domain_ids[d]],
         )
         return subset
-
-
-def with_plan(item: dict[str, Any], index: Any) -> dict[str, Any]:
-    """``item`` with the sampling weight its index carries (a :class:`PlannedIndex` from the sampler)."""
-    prob = getattr(index, "prob", None)
-    if prob is not None:
-        item[PROB_KEY] = prob
-    return item
 
 
 def _as_long(value: Any) -> torch.Tensor:
@@ -190,13 +182,10 @@ def pad_right(sequences: Sequence[torch.Tensor], value: int) -> tuple[torch.Tens
 
 
 def mixflow_columns(features: Sequence[Mapping[str, Any]], require_domain: bool) -> dict[str, torch.Tensor]:
-    """``domain_ids`` (and ``sample_ids`` when every feature has one) as ``LongTensor[B]``, and the
-    plan's ``sampling_probs`` as ``float64[B]`` when every feature carries one."""
+    """``domain_ids`` (and ``sample_ids`` when every feature has one) as ``LongTensor[B]``."""
     out = {}
     if require_domain or all(DOMAIN_KEY in f for f in features):
         out[DOMAIN_KEY] = torch.as_tensor([int(f[DOMAIN_KEY]) for f in features], dtype=torch.long)
     if all(SAMPLE_KEY in f for f in features):
         out[SAMPLE_KEY] = torch.as_tensor([int(f[SAMPLE_KEY]) for f in features], dtype=torch.long)
-    if all(PROB_KEY in f for f in features):
-        out[PROB_KEY] = torch.as_tensor([float(f[PROB_KEY]) for f in features], dtype=torch.float64)
     return out

@@ -45,7 +45,7 @@ from mixflow.data.permutation import derive_key, derive_keys, permute_many
 from mixflow.data.proportions import validate_domain_sizes, validate_weights
 from mixflow.errors import ResumeError
 
-__all__ = ["MixtureSampler", "PlannedIndex"]
+__all__ = ["MixtureSampler"]
 
 _ON_EXHAUSTED = ("reshuffle", "stop")
 # Distinct tags keep the key streams of domain orders and batch shuffles apart
@@ -70,23 +70,6 @@ class _Snapshot:
     epoch: int
     rows: np.ndarray | None = None
     """The batch's global rows (all ranks, in slice order), once planned."""
-
-
-class PlannedIndex(int):
-    """A global row index that also carries ``prob``: the sampling weight of its row's domain in the
-    plan of its global batch. It is an ``int`` everywhere an index is expected (DataLoader,
-    accelerate's sharding, worker processes); :class:`~mixflow.data.dataset.MixtureDataset` puts
-    ``prob`` into the sample, so the plan travels with the batch."""
-
-    prob: float
-
-    def __new__(cls, index: int, prob: float) -> PlannedIndex:
-        obj = super().__new__(cls, index)
-        obj.prob = prob
-        return obj
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (PlannedIndex, (int(self), self.prob))
 
 
 def _check_int(value: Any, name: str, minimum: int | None = None) -> int:
@@ -370,12 +353,11 @@ class MixtureSampler(Sampler[int]):
             yield batch[lo : lo + local]
 
     def __iter__(self) -> Iterator[int]:
-        """Yield global row indices one by one (this rank's slices, batch after batch), each a
-        :class:`PlannedIndex` carrying its domain's weight in the batch's plan."""
+        """Yield global row indices one by one (this rank's slices, batch after batch), as plain
+        ``int``s: the plan of each batch stays with the sampler (:meth:`planned_weights`), its one
+        record of p."""
         for batch in self.iter_batches():
-            # iter_batches planned this batch just now, so the weights in force are the plan's.
-            probs = self._weights[self.domain_ids(batch)]
-            yield from map(PlannedIndex, batch.tolist(), probs.tolist())
+            yield from batch.tolist()
 
     # --------------------------------------------------------------- planning
 

@@ -115,18 +115,15 @@ class StepEngine:
         model: Any = None,
         inputs: Mapping[str, Any] | None = None,
         sample_ids: torch.Tensor | None = None,
-        sampling_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted loss of one micro-batch; records its per-domain statistics for the step.
 
-        ``batch_index``: the global batch (optimizer step) of the micro-batch. ``sampling_probs``: each
-        sample's p_d from its plan (the batch's column; else the sampler's record of the plan), which
-        importance-mode coefficients under ``objective_normalization: token`` divide by.
-        ``sample_ids`` (global row indices) reach the sample weighter, for per-example weights."""
+        ``batch_index``: the global batch (0-based: optimizer step − 1) of the micro-batch; importance
+        weights read the plan that batch was drawn with from the sampler (its one record of p, kept
+        for every batch not yet consumed). ``sample_ids`` (global row indices) reach the sample
+        weighter, for per-example weights."""
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
-        return self.weighted_loss(
-            losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids, sampling_probs
-        )
+        return self.weighted_loss(losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids)
 
     def weighted_loss(
         self,
@@ -138,7 +135,6 @@ class StepEngine:
         model: Any = None,
         inputs: Mapping[str, Any] | None = None,
         sample_ids: torch.Tensor | None = None,
-        sampling_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`training_loss` for per-sample losses computed elsewhere (a regression's squared
         residuals, a custom loss): records the statistics and returns Σ_j c_j ℓ_j / N."""
@@ -148,8 +144,8 @@ class StepEngine:
         if self._whole_step_update_due(domain_ids.numel(), step + 1):
             self._update_within_step(step + 1)
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        p, w, prior, probs = self._vectors(losses, domain_ids, batch_index, num_items_in_batch, sampling_probs)
-        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch, probs)
+        p, w, prior = self._vectors(losses, domain_ids, batch_index, num_items_in_batch)
+        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch)
         return loss
 
     @property
@@ -167,26 +163,26 @@ class StepEngine:
                      sample_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        p, w, prior, probs = self._vectors(losses, domain_ids, batch_index, None, None)
-        return coefficients(domain_ids, self.algorithm.mode, p, w, prior, s, probs)
+        p, w, prior = self._vectors(losses, domain_ids, batch_index, None)
+        return coefficients(domain_ids, self.algorithm.mode, p, w, prior, s)
 
     def _vectors(self, losses: SampleLosses, domain_ids: torch.Tensor, batch_index: int | None,
-                 num_items_in_batch: torch.Tensor | int | None, sampling_probs: torch.Tensor | None,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(p, w, π, per-sample p or None) as float64 tensors on the losses' device. In importance mode
-        p is the plan the batch was drawn with, or, under ``objective_normalization: domain``, each
-        domain's share of the step's target tokens (:mod:`mixflow.engine.normalization`)."""
+                 num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(p, w, π) as float64 tensors on the losses' device. In importance mode p is what the
+        weights q_d / p_d divide by: each domain's share of the step's target tokens under
+        ``objective_normalization: domain`` (:mod:`mixflow.engine.normalization`), the plan batch
+        ``batch_index`` was drawn with under ``token`` (the sampler's current p for a batch built by
+        hand, without an index)."""
         p = self.sampler.weights
         if self.algorithm.mode == "importance":
             if self._domain_tokens.normalization == "domain":
-                p, sampling_probs = self._domain_tokens.shares(
-                    domain_ids, losses.token_count, num_items_in_batch, batch_index), None
-            elif batch_index is not None and sampling_probs is None:
+                p = self._domain_tokens.shares(domain_ids, losses.token_count, num_items_in_batch, batch_index)
+            elif batch_index is not None:
                 p = self.sampler.planned_weights(batch_index)
         device = losses.token_loss_sum.device
         p_t, w_t, prior_t = (torch.as_tensor(v, dtype=torch.float64, device=device)
-                       for v in (p, self.algorithm.loss_weights, self.algorithm.prior))
-        return p_t, w_t, prior_t, sampling_probs
+                             for v in (p, self.algorithm.loss_weights, self.algorithm.prior))
+        return p_t, w_t, prior_t
 
     def _sample_weights(
         self,

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, PROB_KEY, SAMPLE_KEY
+from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, SAMPLE_KEY
 from mixflow.engine.engine import StepEngine
 from mixflow.errors import ConfigError, ResumeError
 from mixflow.integrations.checkpoints import (
@@ -218,7 +218,6 @@ class MixflowTrainer(Trainer):
         inputs = dict(inputs)
         domain_ids = inputs.pop(DOMAIN_KEY, None)
         sample_ids = inputs.pop(SAMPLE_KEY, None)
-        sampling_probs = inputs.pop(PROB_KEY, None)
         labels = inputs.pop("labels", None)
         if labels is None:
             raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
@@ -244,7 +243,6 @@ class MixflowTrainer(Trainer):
             model=model,
             inputs=inputs,
             sample_ids=sample_ids,
-            sampling_probs=sampling_probs,
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts all ranks' tokens while DDP averages gradients over ranks.

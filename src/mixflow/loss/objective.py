@@ -8,41 +8,40 @@ from __future__ import annotations
 
 import torch
 
+from mixflow.algorithms.base import Mode
 from mixflow.loss.per_sample import SampleLosses
 
 
 def step_loss(
     losses: SampleLosses,
     domain_ids: torch.Tensor,
-    mode: str,
+    mode: Mode,
     sampling_weights: torch.Tensor,
     loss_weights: torch.Tensor,
     prior: torch.Tensor,
     sample_weights: torch.Tensor | None,
     num_items_in_batch: torch.Tensor | int | None,
-    sample_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weighted loss, coefficients or None when all are 1) of one micro-batch.
 
-    ``sampling_weights`` is the p the batch was drawn with, ``loss_weights`` w and ``prior`` π (all
-    [K]); ``sample_weights`` s [B] or None; ``sample_probs`` [B] the p_d each sample carries from
-    its batch's plan (then ``sampling_weights`` is not read in importance mode).
+    ``sampling_weights`` is the p importance weights divide by (the plan the batch was drawn with,
+    or each domain's token share: :mod:`mixflow.engine.normalization`), ``loss_weights`` w and
+    ``prior`` π (all [K]); ``sample_weights`` s [B] or None.
     """
-    c = coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_weights, sample_probs)
+    c = coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_weights)
     return weighted_loss(losses, c, num_items_in_batch), c
 
 
 def coefficients(
     domain_ids: torch.Tensor,
-    mode: str,
+    mode: Mode,
     sampling_weights: torch.Tensor,
     loss_weights: torch.Tensor,
     prior: torch.Tensor,
     sample_weights: torch.Tensor | None = None,
-    sample_probs: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """c_j = (domain part of sample j's domain) · s_j; None when every coefficient is 1."""
-    c = domain_coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_probs)
+    c = domain_coefficients(domain_ids, mode, sampling_weights, loss_weights, prior)
     if sample_weights is not None:
         c = sample_weights if c is None else c * sample_weights
     return c
@@ -72,14 +71,12 @@ def weighted_loss(
 
 def domain_coefficients(
     domain_ids: torch.Tensor,
-    mode: str,
+    mode: Mode,
     sampling_weights: torch.Tensor,
     loss_weights: torch.Tensor,
     prior: torch.Tensor,
-    sample_probs: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Domain part of c_j (docs/design.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode
-    (p_d from ``sample_probs`` when the batch carries its plan, else from ``sampling_weights``).
+    """Domain part of c_j (docs/design.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode.
 
     In objective mode the batch composition is the weighting and w (all ones unless the algorithm
     sets loss weights) multiplies each sample's loss directly. In importance mode
@@ -95,6 +92,5 @@ def domain_coefficients(
         raise ValueError(f"mode: expected 'objective' or 'importance', got {mode!r}")
     q = prior * loss_weights
     q = (q / q.sum()).to(domain_ids.device)[domain_ids.long()]
-    p = sampling_weights.to(domain_ids.device)[domain_ids.long()] if sample_probs is None else sample_probs
-    p = p.to(device=q.device, dtype=q.dtype)
+    p = sampling_weights.to(device=q.device, dtype=q.dtype)[domain_ids.long()]
     return torch.where(p > 0, q / p.clamp_min(1e-30), torch.zeros_like(q))
