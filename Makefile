@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 DEMO_DIR ?= build/demo
 
-.PHONY: install test lint demo bench soak-distributed clean
+.PHONY: install test test-fast lint demo bench soak-distributed clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The inner loop: everything but the slow end-to-end tests, the benchmarks' machinery and the
+# multi-process tests (`make test` runs them all, and CI runs `make test`).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not bench and not distributed" tests
 
 lint: install
 	$(BIN)/ruff check src tests examples

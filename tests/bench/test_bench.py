@@ -25,6 +25,7 @@ def test_list_names_every_benchmark_with_its_claim_and_source(capsys):
         assert f"{name}: {bench.claim} ({bench.source})" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(available_benchmarks()))
 def test_each_benchmark_writes_its_json_table_and_plots(tmp_path, name):
     (path,) = run_benchmarks([name], tiny=True, out=tmp_path)

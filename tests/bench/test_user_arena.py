@@ -28,6 +28,7 @@ def _config(tmp_path, demo_data):
     return path
 
 
+@pytest.mark.slow
 def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path, demo_data, capsys, caplog):
     config, out = _config(tmp_path, demo_data), tmp_path / "arena"
     command = ["arena", str(config), "--methods", "odm", "--seeds", "2", "--steps", "4", "--swarm", "3",
