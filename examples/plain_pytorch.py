@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from mixflow import MixtureSampler, StepEngine, UpdateSchedule, build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
-from mixflow.data.packing import tokenize_domain
+from mixflow.data.packing import tokenize_in_memory
 from mixflow.data.sources import sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> StepEngine:
 
     tokenizer = ByteTokenizer()
     sources = sources_from_dataset_info(args.data_dir, args.domains.split(","))
-    domains = [tokenize_domain(s, tokenizer, args.cutoff_len, max_documents=args.max_documents, progress=False) for s in sources]
+    domains = [tokenize_in_memory(s, tokenizer, args.cutoff_len, max_documents=args.max_documents, progress=False) for s in sources]
     train = MixtureDataset(domains)
 
     # 1. The algorithm decides the weights; the sampler draws this rank's slice of each global batch.

@@ -206,9 +206,9 @@ def test_reference_path_missing_vs_null_vs_nonexistent(tmp_path, caplog):
     train = MixtureDataset(tiny_domains())
     run.data.domains = run.data.domains[:3]
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        mixer = build_engine(run, train, batch_size=6, seed=0)
+        engine = build_engine(run, train, batch_size=6, seed=0)
     assert "Group DRO" in caplog.text
-    assert mixer.algorithm.params.reference_model_path is None
+    assert engine.algorithm.params.reference_model_path is None
 
 
 def test_cli_reports_a_missing_reference_path_in_one_line(tmp_path, capsys):
@@ -240,21 +240,21 @@ def _batches(train, sampler, steps):
         yield collate([train[int(i)] for i in rows])
 
 
-def _drive(mixer, proxy, train, steps, optimizer=None):
+def _drive(engine, proxy, train, steps, optimizer=None):
     """A minimal training loop: the training forward, the step engine's loss and statistics, end_step."""
-    for step, batch in enumerate(_batches(train, mixer.sampler, steps), start=mixer.last_step + 1):
+    for step, batch in enumerate(_batches(train, engine.sampler, steps), start=engine.last_step + 1):
         domain_ids, labels = batch.pop("domain_ids"), batch.pop("labels")
         batch.pop("sample_ids", None)
         logits = proxy(**batch).logits
-        loss = mixer.training_loss(logits, labels, domain_ids, batch_index=step - 1, model=proxy, inputs=batch)
+        loss = engine.training_loss(logits, labels, domain_ids, batch_index=step - 1, model=proxy, inputs=batch)
         if optimizer is not None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        mixer.end_step(step, model=proxy)
+        engine.end_step(step, model=proxy)
 
 
-def _doremi_mixer(train, reference, batch=6, update_step=1, log_dir=None, **params):
+def _doremi_engine(train, reference, batch=6, update_step=1, log_dir=None, **params):
     algo = build_algorithm("doremi", train.domain_names, {"reference_model_path": reference, **params})
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=4)
     return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir)
@@ -263,12 +263,12 @@ def _doremi_mixer(train, reference, batch=6, update_step=1, log_dir=None, **para
 def test_real_models_proxy_equal_to_reference_keeps_alpha_uniform(tmp_path):
     train = MixtureDataset(tiny_domains())
     reference = _save(tiny_llama(seed=1), tmp_path / "ref")
-    mixer = _doremi_mixer(train, reference)
-    assert isinstance(mixer.providers[0], ReferenceLoss)
-    _drive(mixer, tiny_llama(seed=1), train, steps=3)
-    assert mixer.algorithm.num_updates == 3
-    assert np.all(np.abs(mixer.algorithm.scores) < 1e-5)
-    assert np.allclose(mixer.algorithm.loss_weights, 1 / 3, atol=1e-5)
+    engine = _doremi_engine(train, reference)
+    assert isinstance(engine.providers[0], ReferenceLoss)
+    _drive(engine, tiny_llama(seed=1), train, steps=3)
+    assert engine.algorithm.num_updates == 3
+    assert np.all(np.abs(engine.algorithm.scores) < 1e-5)
+    assert np.allclose(engine.algorithm.loss_weights, 1 / 3, atol=1e-5)
 
 
 def test_real_models_domain_where_the_proxy_lags_is_upweighted(tmp_path):
@@ -283,9 +283,9 @@ def test_real_models_domain_where_the_proxy_lags_is_upweighted(tmp_path):
         out.loss.backward()
         opt.step()
         opt.zero_grad()
-    mixer = _doremi_mixer(train, _save(ref_model, tmp_path / "ref"))
-    _drive(mixer, tiny_llama(seed=1), train, steps=3)
-    alpha, lam = mixer.algorithm.loss_weights, mixer.algorithm.scores
+    engine = _doremi_engine(train, _save(ref_model, tmp_path / "ref"))
+    _drive(engine, tiny_llama(seed=1), train, steps=3)
+    alpha, lam = engine.algorithm.loss_weights, engine.algorithm.scores
     assert np.argmax(lam) == 1 and lam[1] > 0.5
     assert np.argmax(alpha) == 1 and alpha[1] > 0.5
     assert alpha.sum() == pytest.approx(1.0) and alpha.min() >= 1e-3 / 3
@@ -327,14 +327,14 @@ def test_proxy_loss_is_the_alpha_weighted_domain_loss(alpha):
     algo = _doremi(names=train.domain_names)
     algo.load_state_dict({"_loss_weights": alpha})
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
-    mixer = StepEngine(sampler, algo, providers=[])
+    engine = StepEngine(sampler, algo, providers=[])
     batch = next(iter(_batches(train, sampler, 1)))
     ids, labels = batch.pop("domain_ids"), batch.pop("labels")
     batch.pop("sample_ids", None)
     assert torch.bincount(ids, minlength=3).tolist() == [2, 2, 2]  # uniform sampling, B = 6
 
     model = tiny_llama(seed=0)
-    loss = mixer.training_loss(model(**batch).logits, labels, ids, batch_index=0)
+    loss = engine.training_loss(model(**batch).logits, labels, ids, batch_index=0)
     loss.backward()
     g_mix = _grads(model)
     model.zero_grad()
@@ -360,7 +360,7 @@ def _group_dro_step(rows_per_micro_batch):
     train = MixtureDataset(tiny_domains())
     algo = DoReMi(train.domain_names, DoReMiParams(reference_model_path=None), init_weights=np.ones(3))
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
-    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), providers=[])
+    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), providers=[])
     batch = next(iter(_batches(train, sampler, 1)))
     ids, labels = batch.pop("domain_ids"), batch.pop("labels")
     batch.pop("sample_ids", None)
@@ -369,34 +369,34 @@ def _group_dro_step(rows_per_micro_batch):
     losses = []
     for part in torch.split(torch.arange(6), rows_per_micro_batch):
         logits = model(**{k: v[part] for k, v in batch.items()}).logits
-        losses.append(mixer.training_loss(logits, labels[part], ids[part], batch_index=0))
+        losses.append(engine.training_loss(logits, labels[part], ids[part], batch_index=0))
     with torch.no_grad():
         tok = F.cross_entropy(model(**batch).logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
     domain_loss = np.array([tok[ids == d].mean().item() for d in range(3)])
-    return losses, before, mixer, domain_loss
+    return losses, before, engine, domain_loss
 
 
 def test_without_accumulation_the_step_trains_on_the_alpha_of_its_own_batch():
-    losses, before, mixer, domain_loss = _group_dro_step(rows_per_micro_batch=6)
-    algo = mixer.algorithm
+    losses, before, engine, domain_loss = _group_dro_step(rows_per_micro_batch=6)
+    algo = engine.algorithm
     # Algorithm 1: α_t from this batch's λ (here the domain losses), then the loss Σ α_t,i L_i
     assert algo.num_updates == 1
     expected = before * np.exp(domain_loss)
     expected = (1 - 1e-3) * expected / expected.sum() + 1e-3 / 3
     assert np.allclose(algo.loss_weights, expected, rtol=1e-5)
     assert losses[0].item() == pytest.approx(float((expected * domain_loss).sum()), rel=1e-5)
-    assert mixer.end_step(1) is True and algo.num_updates == 1  # end_step does not update twice
-    mixer.state_dict()  # between steps again
+    assert engine.end_step(1) is True and algo.num_updates == 1  # end_step does not update twice
+    engine.state_dict()  # between steps again
 
 
 def test_with_gradient_accumulation_the_update_follows_the_step():
-    losses, before, mixer, domain_loss = _group_dro_step(rows_per_micro_batch=3)
-    assert mixer.algorithm.num_updates == 0  # no micro-batch saw the whole step
+    losses, before, engine, domain_loss = _group_dro_step(rows_per_micro_batch=3)
+    assert engine.algorithm.num_updates == 0  # no micro-batch saw the whole step
     assert np.allclose(before, 1 / 3)
-    assert mixer.end_step(1) is True and mixer.algorithm.num_updates == 1
+    assert engine.end_step(1) is True and engine.algorithm.num_updates == 1
     expected = np.exp(domain_loss)
     expected = (1 - 1e-3) * expected / expected.sum() + 1e-3 / 3
-    assert np.allclose(mixer.algorithm.loss_weights, expected, rtol=1e-5)
+    assert np.allclose(engine.algorithm.loss_weights, expected, rtol=1e-5)
 
 
 # ---- StepEngine integration: NaN skip, 2 ranks, resume -----------------------------------------------------
@@ -413,7 +413,7 @@ class _Canned(StatisticProvider):
     def batch_statistics(self, ctx):
         tokens = torch.zeros(ctx.num_domains, dtype=torch.float64).index_add_(
             0, ctx.domain_ids, ctx.losses.token_count.double())
-        value = float("nan") if ctx.step in self.nan_steps else 1.0
+        value = float("nan") if ctx.batch_index in self.nan_steps else 1.0
         return {EXCESS_KEY: tokens * torch.as_tensor(self.excess) * value, TOKENS_KEY: tokens}
 
 
@@ -421,14 +421,14 @@ def test_non_finite_statistics_skip_the_doremi_update(tmp_path, caplog):
     train = MixtureDataset(tiny_domains())
     algo = _doremi(names=train.domain_names)
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
-    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=tmp_path,
+    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=tmp_path,
                   providers=[_Canned([0.1, 0.5, 0.2], nan_steps={0})])
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        _drive(mixer, tiny_llama(), train, steps=1)
+        _drive(engine, tiny_llama(), train, steps=1)
     assert "non-finite" in caplog.text
     assert np.allclose(algo.loss_weights, 1 / 3) and algo.num_updates == 0
     assert not (tmp_path / "doremi_summary.json").exists()
-    _drive(mixer, tiny_llama(), train, steps=1)  # a finite window goes through
+    _drive(engine, tiny_llama(), train, steps=1)  # a finite window goes through
     assert algo.num_updates == 1 and algo.loss_weights[1] > 1 / 3
     assert json.loads((tmp_path / "doremi_summary.json").read_text())["num_updates"] == 1
 
@@ -437,8 +437,8 @@ def _rank_run(rank, world, out, reference):
     train = MixtureDataset(tiny_domains())
     algo = build_algorithm("doremi", train.domain_names, {"reference_model_path": reference})
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=4, rank=rank, world_size=world)
-    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=os.path.join(out, f"log{world}"))
-    _drive(mixer, tiny_llama(seed=0), train, steps=4)
+    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=os.path.join(out, f"log{world}"))
+    _drive(engine, tiny_llama(seed=0), train, steps=4)
     torch.save({"alpha": algo.loss_weights, "lam": algo.scores, "avg": algo.average_weights},
                os.path.join(out, f"w{world}_r{rank}.pt"))
 
@@ -467,11 +467,11 @@ def _trainer_run(out, reference, max_steps, resume=None):
                              lr_scheduler_type="constant", max_steps=max_steps, logging_steps=1,
                              save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0,
                              dataloader_num_workers=0, disable_tqdm=True)
-    mixer = _doremi_mixer(train, reference, batch=6, update_step=2, log_dir=out, reweight_eta=2.0)
+    engine = _doremi_engine(train, reference, batch=6, update_step=2, log_dir=out, reweight_eta=2.0)
     trainer = MixflowTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), engine=mixer)
+                             data_collator=DomainCollator(0), engine=engine)
     trainer.train(resume_from_checkpoint=resume)
-    return mixer
+    return engine
 
 
 def test_resume_reproduces_the_alpha_trajectory_and_summary(tmp_path):

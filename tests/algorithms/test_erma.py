@@ -18,7 +18,7 @@ from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tes
     _model,
     cli_config,
     demo_data,  # noqa: F401  (fixture)
-    heldout_mixer,
+    heldout_engine,
     train_steps,
 )
 
@@ -161,10 +161,10 @@ def test_config_checks(tmp_path):
 
 # ---- StepEngine level ---------------------------------------------------------------------------------
 def _two_rank_erma(rank, world, out):
-    train, mixer = heldout_mixer("erma", {"gamma1": 2.0, "gamma2": 2.0}, rank=rank, world=world, update_step=1)
+    train, engine = heldout_engine("erma", {"gamma1": 2.0, "gamma2": 2.0}, rank=rank, world=world, update_step=1)
     model, head = _model()
-    train_steps(mixer, train, model, head, 1, 4)
-    torch.save({"w": mixer.algorithm.loss_weights, "state": mixer.algorithm.state_dict()},
+    train_steps(engine, train, model, head, 1, 4)
+    torch.save({"w": engine.algorithm.loss_weights, "state": engine.algorithm.state_dict()},
                os.path.join(out, f"r{rank}_of_{world}.pt"))
 
 
@@ -180,14 +180,14 @@ def test_two_ranks_hold_identical_weights_equal_to_a_single_process(tmp_path):
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):
     params = {"gamma1": 2.0, "gamma2": 2.0, "schedule": "inverse_sqrt"}
-    train, full = heldout_mixer("erma", params, log_dir=tmp_path / "full")
+    train, full = heldout_engine("erma", params, log_dir=tmp_path / "full")
     model, head = _model()
     train_steps(full, train, model, head, 1, 8)
 
-    train, cut = heldout_mixer("erma", params, log_dir=tmp_path / "cut")
+    train, cut = heldout_engine("erma", params, log_dir=tmp_path / "cut")
     train_steps(cut, train, model, head, 1, 5)
     cut.save(tmp_path / "ckpt")
-    train, resumed = heldout_mixer("erma", params, log_dir=tmp_path / "cut")
+    train, resumed = heldout_engine("erma", params, log_dir=tmp_path / "cut")
     resumed.load(tmp_path / "ckpt")
     assert np.array_equal(resumed.algorithm.log_u, cut.algorithm.log_u)
     train_steps(resumed, train, model, head, 6, 8)
@@ -200,13 +200,13 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
 
 def test_non_finite_heldout_losses_skip_the_update_with_a_warning(caplog):
-    train, mixer = heldout_mixer("erma", {}, update_step=1)
+    train, engine = heldout_engine("erma", {}, update_step=1)
     model, head = _model()
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        assert train_steps(mixer, train, model, head, 1, 3, nan_at=2) == [True, False, True]
+        assert train_steps(engine, train, model, head, 1, 3, nan_at=2) == [True, False, True]
     assert "non-finite" in caplog.text
-    assert mixer.algorithm.num_updates == 2 and mixer.skipped_updates == 1
-    assert np.isfinite(mixer.algorithm.loss_weights).all()
+    assert engine.algorithm.num_updates == 2 and engine.skipped_updates == 1
+    assert np.isfinite(engine.algorithm.loss_weights).all()
 
 
 def test_mixflow_train_runs_erma_on_the_demo_corpus(tmp_path, demo_data):  # noqa: F811

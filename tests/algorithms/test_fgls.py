@@ -1,7 +1,7 @@
 """One-shot FGLS: GLS-level error on the seed's 2-domain regression, the held-out provider, the
 config check, the step engine (2 ranks, resume, NaN skip) and `mixflow train`.
 
-The step engine-level helpers here (``heldout_mixer``, ``train_steps``) are shared with test_erma/test_va.
+The engine-level helpers here (``heldout_engine``, ``train_steps``) are shared with test_erma/test_va.
 """
 
 import json
@@ -184,14 +184,14 @@ def test_config_without_a_heldout_split_is_a_one_line_error(tmp_path):
 
 
 # ---- StepEngine level: shared harness ---------------------------------------------------------------
-def heldout_mixer(algorithm, params, rank=0, world=1, update_step=2, log_dir=None, batch=6):
+def heldout_engine(algorithm, params, rank=0, world=1, update_step=2, log_dir=None, batch=6):
     """A StepEngine over tiny_domains() with the held-out provider context (3 domains, 4 held-out rows each)."""
     train, ctx = heldout_context()
     algo = build_algorithm(algorithm, train.domain_names, params, init_weights=np.ones(3) / 3)
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
-    mixer = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir,
+    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir,
                   provider_context=ctx)
-    return train, mixer
+    return train, engine
 
 
 def set_model_to_step(model, base_head, step):
@@ -201,12 +201,12 @@ def set_model_to_step(model, base_head, step):
         model.lm_head.weight.copy_(base_head * (1.0 + 0.4 * step))
 
 
-def train_steps(mixer, train, model, base_head, first, last, nan_at=None, nan_logits_at=None):
+def train_steps(engine, train, model, base_head, first, last, nan_at=None, nan_logits_at=None):
     """Run optimizer steps first..last: forward the rank's slice, the step engine's loss and end_step(model=...).
     ``nan_at``: the model turns NaN before that step's update (held-out losses are NaN);
     ``nan_logits_at``: that step's training logits are NaN."""
     collate = DomainCollator(0)
-    it = mixer.sampler.iter_batches()
+    it = engine.sampler.iter_batches()
     updated = []
     for step in range(first, last + 1):
         rows = next(it)
@@ -215,14 +215,14 @@ def train_steps(mixer, train, model, base_head, first, last, nan_at=None, nan_lo
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if step == nan_logits_at:
             logits = logits * float("nan")
-        loss = mixer.training_loss(logits, batch["labels"], batch["domain_ids"], batch_index=step - 1, model=model)
+        loss = engine.training_loss(logits, batch["labels"], batch["domain_ids"], batch_index=step - 1, model=model)
         loss.backward()
         model.zero_grad()
         set_model_to_step(model, base_head, step)
         if step == nan_at:
             with torch.no_grad():
                 model.lm_head.weight.fill_(float("nan"))
-        updated.append(mixer.end_step(step, model=model))
+        updated.append(engine.end_step(step, model=model))
     return updated
 
 
@@ -232,10 +232,10 @@ def _model():
 
 
 def _two_rank_fgls(rank, world, out):
-    train, mixer = heldout_mixer("fgls", {"beta": 0.5}, rank=rank, world=world, update_step=1)
+    train, engine = heldout_engine("fgls", {"beta": 0.5}, rank=rank, world=world, update_step=1)
     model, head = _model()
-    train_steps(mixer, train, model, head, 1, 4)
-    torch.save({"w": mixer.algorithm.loss_weights, "p": mixer.algorithm.sampling_weights},
+    train_steps(engine, train, model, head, 1, 4)
+    torch.save({"w": engine.algorithm.loss_weights, "p": engine.algorithm.sampling_weights},
                os.path.join(out, f"r{rank}_of_{world}.pt"))
 
 
@@ -251,14 +251,14 @@ def test_two_ranks_hold_identical_weights_equal_to_a_single_process(tmp_path):
 
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):
-    train, full = heldout_mixer("fgls", {}, log_dir=tmp_path / "full")
+    train, full = heldout_engine("fgls", {}, log_dir=tmp_path / "full")
     model, head = _model()
     train_steps(full, train, model, head, 1, 6)
 
-    train, cut = heldout_mixer("fgls", {}, log_dir=tmp_path / "cut")
+    train, cut = heldout_engine("fgls", {}, log_dir=tmp_path / "cut")
     train_steps(cut, train, model, head, 1, 3)
     cut.save(tmp_path / "ckpt")
-    train, resumed = heldout_mixer("fgls", {}, log_dir=tmp_path / "cut")
+    train, resumed = heldout_engine("fgls", {}, log_dir=tmp_path / "cut")
     resumed.load(tmp_path / "ckpt")
     train_steps(resumed, train, model, head, 4, 6)
 
@@ -271,14 +271,14 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
 
 def test_non_finite_heldout_losses_skip_the_update_with_a_warning(caplog):
-    train, mixer = heldout_mixer("fgls", {}, update_step=1)
+    train, engine = heldout_engine("fgls", {}, update_step=1)
     model, head = _model()
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        assert train_steps(mixer, train, model, head, 1, 2, nan_at=2) == [True, False]
+        assert train_steps(engine, train, model, head, 1, 2, nan_at=2) == [True, False]
     assert "non-finite" in caplog.text
-    before = mixer.algorithm.loss_weights
-    assert np.isfinite(before).all() and mixer.algorithm.num_updates == 1
-    assert train_steps(mixer, train, model, head, 3, 3) == [True]
+    before = engine.algorithm.loss_weights
+    assert np.isfinite(before).all() and engine.algorithm.num_updates == 1
+    assert train_steps(engine, train, model, head, 3, 3) == [True]
 
 
 # ---- end to end --------------------------------------------------------------------------------

@@ -56,14 +56,14 @@ def test_equal_checkers_make_imp_exactly_cross_entropy(tmp_path):
     logits = torch.randn(n, c, generator=g, requires_grad=True)
     labels = torch.randint(0, c, (n,), generator=g)
 
-    def mixer(weighter):
+    def engine(weighter):
         algo = build_algorithm("static", ["all"], {}, init_weights=[1.0])
         return StepEngine(MixtureSampler([40], algo.sampling_weights, n), algo, weighter=weighter, shift_labels=False)
 
     domain = torch.zeros(n, dtype=torch.long)
-    loss_imp = mixer(imp).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
+    loss_imp = engine(imp).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
     (g_imp,) = torch.autograd.grad(loss_imp, logits)
-    loss_plain = mixer(None).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
+    loss_plain = engine(None).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
     (g_plain,) = torch.autograd.grad(loss_plain, logits)
     assert torch.equal(loss_imp, loss_plain) and torch.equal(g_imp, g_plain)
     ce = F.cross_entropy(logits, labels)
@@ -74,7 +74,7 @@ def test_equal_checkers_make_imp_exactly_cross_entropy(tmp_path):
     imp2 = _build("imp", _cache(tmp_path / "c2.npz", probs.numpy(), q.numpy()))
     w = imp2.weights(torch.zeros(n), domain, 0, ids)
     assert torch.allclose(w[1:], torch.full((n - 1,), 2.0, dtype=torch.float64))
-    loss2 = mixer(imp2).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
+    loss2 = engine(imp2).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
     per = F.cross_entropy(logits, labels, reduction="none").double()
     assert torch.allclose(loss2.double(), (w * per).sum() / n, atol=1e-6)
 

@@ -239,19 +239,19 @@ def _logits(ids, seed=0, t=5, v=7):
 def test_composes_with_a_domain_algorithm_coefficient_is_the_product(algo_cls):
     algo = algo_cls(["a", "b", "c"], _P(), init_weights=[0.5, 0.25, 0.25])
     weighter = _weighter(strategy="linupper", r=0.5)
-    mixer = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo, weighter=weighter)
+    engine = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo, weighter=weighter)
     alone = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo)
-    next(mixer.sampler.iter_batches())
+    next(engine.sampler.iter_batches())
     next(alone.sampler.iter_batches())
     ids = torch.tensor([0, 1, 2, 0, 1, 2])
     logits, labels = _logits(ids.tolist())
     losses = sample_losses(logits, labels)
     domain_part = alone.coefficients(ids, losses, batch_index=0)
     s = _weighter(strategy="linupper", r=0.5).weights(losses.mean.detach().double(), ids, 0)
-    combined = mixer.coefficients(ids, losses, batch_index=0)
+    combined = engine.coefficients(ids, losses, batch_index=0)
     assert domain_part is not None and not torch.allclose(s, torch.ones_like(s))
     assert torch.allclose(combined, domain_part * s, rtol=1e-12)
-    loss = mixer.training_loss(logits, labels, ids, batch_index=0)
+    loss = engine.training_loss(logits, labels, ids, batch_index=0)
     expected = (combined * losses.token_loss_sum.double()).sum() / losses.token_count.sum()
     assert torch.isclose(loss.double(), expected)
 
@@ -308,10 +308,10 @@ def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation
                                  dataloader_num_workers=0, disable_tqdm=True)
         algo = build_algorithm("static", train.domain_names, {}, init_weights=np.ones(3) / 3)
         weighter = build_weighter("loss", train.domain_names, weighter_params) if weighter_params else None
-        mixer = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo, weighter=weighter)
+        engine = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo, weighter=weighter)
         rec = Grads()
         trainer = MixflowTrainer(model=tiny_llama(seed=1), args=args, train_dataset=train,
-                                 data_collator=DomainCollator(0), engine=mixer, callbacks=[rec])
+                                 data_collator=DomainCollator(0), engine=engine, callbacks=[rec])
         trainer.train()
         return rec.grads, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
@@ -362,7 +362,7 @@ def _rank_weights(rank, world, out):
     algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=np.ones(3) / 3)
     weighter = _Recorder(build_weighter("loss", ["a", "b", "c"], {"strategy": "linupper", "r": 0.5}))
     sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1, rank=rank, world_size=world)
-    mixer = StepEngine(sampler, algo, weighter=weighter, schedule=UpdateSchedule(update_step=1))
+    engine = StepEngine(sampler, algo, weighter=weighter, schedule=UpdateSchedule(update_step=1))
     it = sampler.iter_batches()
     local = []
     for step in range(1, 4):
@@ -372,9 +372,9 @@ def _rank_weights(rank, world, out):
         sl = slice(rank * n, (rank + 1) * n)
         ids = torch.as_tensor(sampler.domain_ids(rows))
         losses = sample_losses(logits[sl], labels[sl])
-        local.append(mixer.coefficients(ids, losses, batch_index=step - 1))
-        mixer.training_loss(logits[sl], labels[sl], ids, batch_index=step - 1)
-        mixer.end_step(step)
+        local.append(engine.coefficients(ids, losses, batch_index=step - 1))
+        engine.training_loss(logits[sl], labels[sl], ids, batch_index=step - 1)
+        engine.end_step(step)
     torch.save({"global": [w for _, w in weighter.seen[::2]], "local": local}, os.path.join(out, f"w{rank}.pt"))
 
 
@@ -397,7 +397,7 @@ def test_resume_restores_weighter_state_and_trajectory(tmp_path):
     params = {"strategy": "linupper", "r": 0.5, "burn_in_steps": 2, "r_schedule": "cosine", "r_start": 5.0,
               "r_schedule_steps": 4}
 
-    def mixer():
+    def engine():
         algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=np.ones(3) / 3)
         return StepEngine(MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo,
                      weighter=_Recorder(build_weighter("loss", ["a", "b", "c"], params)))
@@ -413,16 +413,16 @@ def test_resume_restores_weighter_state_and_trajectory(tmp_path):
             out.append(m.weighter.seen[-1][1])
         return out
 
-    full = mixer()
+    full = engine()
     full_weights = steps(full, 1, 7)
-    cut = mixer()
+    cut = engine()
     steps(cut, 1, 4)
     cut.save(tmp_path / "ckpt")
     state = cut.state_dict()["weighter"]
     # burn-in over (steps 0, 1 uniform; 2, 3 reweighted) and the schedule's position at batch 3
     assert state == {"last_step": 3, "r_current": pytest.approx(cut.weighter.inner.temperature(3)), "num_reweighted": 2}
     assert 0.5 < state["r_current"] < 5.0
-    resumed = mixer()
+    resumed = engine()
     resumed.load(tmp_path / "ckpt")
     assert resumed.weighter.state_dict() == state
     after = steps(resumed, 5, 7)

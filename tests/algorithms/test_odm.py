@@ -182,46 +182,46 @@ def _logits_for(domain_ids, scales, vocab=5, length=4):
     return logits, torch.ones(len(ids), length, dtype=torch.long)
 
 
-def _mixer(rank=0, world=1, batch=8, **schedule):
+def _engine(rank=0, world=1, batch=8, **schedule):
     algo = _odm(k=3)
     sampler = MixtureSampler([50, 50, 50], algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
     return StepEngine(sampler, algo, schedule=UpdateSchedule(**schedule))
 
 
-def _steps(mixer, start, stop, scales=(3.0, 1.0, 1.0), nan_at=None):
-    it = mixer.sampler.iter_batches()
+def _steps(engine, start, stop, scales=(3.0, 1.0, 1.0), nan_at=None):
+    it = engine.sampler.iter_batches()
     out = []
     for step in range(start, stop):
         rows = next(it)
-        ids = mixer.sampler.domain_ids(rows)
+        ids = engine.sampler.domain_ids(rows)
         logits, labels = _logits_for(ids, scales)
         if step == nan_at:
             logits[0, 0, 0] = float("nan")
-        mixer.training_loss(logits, labels, torch.as_tensor(ids), batch_index=step - 1)
-        mixer.end_step(step)
-        out.append(mixer.algorithm.sampling_weights.tolist())
+        engine.training_loss(logits, labels, torch.as_tensor(ids), batch_index=step - 1)
+        engine.end_step(step)
+        out.append(engine.algorithm.sampling_weights.tolist())
     return out
 
 
 def test_warmup_keeps_the_initial_proportions_and_rewards_learn_every_step():
-    mixer = _mixer(warmup_step=4, update_step=1)
-    weights = _steps(mixer, 1, 4)
-    assert np.allclose(weights, 1 / 3) and mixer.algorithm.num_updates == 0
-    assert np.all(np.isfinite(mixer.algorithm.rewards))  # observe ran at every warmup step
-    after = _steps(mixer, 4, 5)[-1]
+    engine = _engine(warmup_step=4, update_step=1)
+    weights = _steps(engine, 1, 4)
+    assert np.allclose(weights, 1 / 3) and engine.algorithm.num_updates == 0
+    assert np.all(np.isfinite(engine.algorithm.rewards))  # observe ran at every warmup step
+    after = _steps(engine, 4, 5)[-1]
     # the first update uses t = 4 (the step) and the warmup's rewards: p moves, it is not reset
-    assert mixer.algorithm.num_updates == 1 and mixer.algorithm.epsilon == exploration_rate(4, 3)
+    assert engine.algorithm.num_updates == 1 and engine.algorithm.epsilon == exploration_rate(4, 3)
     assert after[0] > 1 / 3 + 0.02
 
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):
-    full = _mixer(update_step=2)
+    full = _engine(update_step=2)
     first = _steps(full, 1, 8)
     full_rest = _steps(full, 8, 20)
-    cut = _mixer(update_step=2)
+    cut = _engine(update_step=2)
     assert _steps(cut, 1, 8) == first
     cut.save(tmp_path)  # mid-window: rewards moved since the last update
-    resumed = _mixer(update_step=2)
+    resumed = _engine(update_step=2)
     resumed.load(tmp_path)
     assert np.array_equal(resumed.algorithm.rewards, cut.algorithm.rewards)
     assert _steps(resumed, 8, 20) == full_rest
@@ -229,22 +229,22 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
 
 def test_non_finite_step_skips_the_update_and_spares_the_rewards(caplog):
-    mixer = _mixer(update_step=1)
-    _steps(mixer, 1, 3)
-    rewards = mixer.algorithm.rewards.copy()
+    engine = _engine(update_step=1)
+    _steps(engine, 1, 3)
+    rewards = engine.algorithm.rewards.copy()
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        _steps(mixer, 3, 4, nan_at=3)
+        _steps(engine, 3, 4, nan_at=3)
     assert "non-finite" in caplog.text
-    assert np.array_equal(mixer.algorithm.rewards, rewards) and mixer.algorithm.num_updates == 2
-    _steps(mixer, 4, 5)
-    assert mixer.algorithm.num_updates == 3 and np.all(np.isfinite(mixer.algorithm.sampling_weights))
+    assert np.array_equal(engine.algorithm.rewards, rewards) and engine.algorithm.num_updates == 2
+    _steps(engine, 4, 5)
+    assert engine.algorithm.num_updates == 3 and np.all(np.isfinite(engine.algorithm.sampling_weights))
 
 
 def _ranks(rank, world, out):
-    mixer = _mixer(rank=rank, world=world, update_step=1)
-    weights = _steps(mixer, 1, 12)
+    engine = _engine(rank=rank, world=world, update_step=1)
+    weights = _steps(engine, 1, 12)
     with open(os.path.join(out, f"r{rank}.json"), "w") as f:
-        json.dump({"weights": weights, "rewards": mixer.algorithm.rewards.tolist()}, f)
+        json.dump({"weights": weights, "rewards": engine.algorithm.rewards.tolist()}, f)
 
 
 @pytest.mark.distributed

@@ -251,12 +251,12 @@ class TinyLM(torch.nn.Module):
         return SimpleNamespace(logits=self.head(torch.tanh(self.mix(self.embed(input_ids)))))
 
 
-def _train_steps(mixer, model, data, steps, slices=1, lr=0.1, start=1):
+def _train_steps(engine, model, data, steps, slices=1, lr=0.1, start=1):
     """Plain-loop training of ``model`` with the step engine; each global batch is split into ``slices``
     micro-batches (what ``slices`` ranks would each hold), gradients averaged over them."""
     collate = DomainCollator(0)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    it = mixer.sampler.iter_batches()
+    it = engine.sampler.iter_batches()
     trajectory = []
     for step in range(start, start + steps):
         rows = next(it)
@@ -265,7 +265,7 @@ def _train_steps(mixer, model, data, steps, slices=1, lr=0.1, start=1):
             ids, labels = batch.pop("domain_ids"), batch.pop("labels")
             batch.pop("sample_ids", None)
             logits = model(**batch).logits
-            loss = mixer.training_loss(logits, labels, ids, batch_index=step - 1, model=model, inputs=batch)
+            loss = engine.training_loss(logits, labels, ids, batch_index=step - 1, model=model, inputs=batch)
             (loss / slices).backward()
         if torch.distributed.is_initialized():
             for p in model.parameters():  # what DDP would do
@@ -273,12 +273,12 @@ def _train_steps(mixer, model, data, steps, slices=1, lr=0.1, start=1):
                 p.grad /= torch.distributed.get_world_size()
         opt.step()
         opt.zero_grad()
-        mixer.end_step(step, model=model)
-        trajectory.append(mixer.algorithm.sampling_weights.tolist())
+        engine.end_step(step, model=model)
+        trajectory.append(engine.algorithm.sampling_weights.tolist())
     return trajectory
 
 
-def _pike_mixer(data, batch=8, rank=0, world=1, update_step=1, log_dir=None, name="pike"):
+def _pike_engine(data, batch=8, rank=0, world=1, update_step=1, log_dir=None, name="pike"):
     names = data.domain_names
     algo = build_algorithm(name, names, {"min_samples": 1}, init_weights=np.ones(len(names)) / len(names))
     sampler = MixtureSampler(data.domain_sizes, algo.sampling_weights, batch, seed=2, rank=rank, world_size=world)
@@ -287,8 +287,8 @@ def _pike_mixer(data, batch=8, rank=0, world=1, update_step=1, log_dir=None, nam
 
 def _ranks_run(rank, world, out):
     data = MixtureDataset(tiny_domains())
-    mixer = _pike_mixer(data, rank=rank, world=world)
-    trajectory = _train_steps(mixer, TinyLM(seed=4), data, steps=4)
+    engine = _pike_engine(data, rank=rank, world=world)
+    trajectory = _train_steps(engine, TinyLM(seed=4), data, steps=4)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(trajectory, f)
 
@@ -301,15 +301,15 @@ def test_two_ranks_hold_identical_weights_equal_to_one_process(tmp_path):
     # one process, the same global batches in one micro-batch: the groups are the global batch's,
     # so the world size does not change the estimate (nor, then, the weights)
     data = MixtureDataset(tiny_domains())
-    single = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=1)
+    single = _train_steps(_pike_engine(data), TinyLM(seed=4), data, steps=4, slices=1)
     assert np.allclose(single, r0, rtol=1e-6, atol=1e-9)
     assert not np.allclose(single[-1], np.ones(3) / 3)
 
 
 def test_gradient_accumulation_does_not_change_the_weights():
     data = MixtureDataset(tiny_domains())
-    whole = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=1)
-    accumulated = _train_steps(_pike_mixer(data), TinyLM(seed=4), data, steps=4, slices=4)
+    whole = _train_steps(_pike_engine(data), TinyLM(seed=4), data, steps=4, slices=1)
+    accumulated = _train_steps(_pike_engine(data), TinyLM(seed=4), data, steps=4, slices=4)
     assert np.allclose(whole, accumulated, rtol=1e-6, atol=1e-9)
     assert not np.allclose(whole[-1], np.ones(3) / 3)
 
@@ -317,13 +317,13 @@ def test_gradient_accumulation_does_not_change_the_weights():
 def test_resume_reproduces_the_weight_trajectory(tmp_path):
     data = MixtureDataset(tiny_domains())
     model = TinyLM(seed=6)
-    full = _pike_mixer(data, update_step=2, name="balanced_pike")
+    full = _pike_engine(data, update_step=2, name="balanced_pike")
     first = _train_steps(full, model, data, steps=3)
     full.save(tmp_path / "ckpt")
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     rest = _train_steps(full, model, data, steps=4, start=4)
 
-    resumed = _pike_mixer(data, update_step=2, name="balanced_pike")
+    resumed = _pike_engine(data, update_step=2, name="balanced_pike")
     resumed.load(tmp_path / "ckpt")
     model2 = TinyLM(seed=99)
     model2.load_state_dict(saved_model)
@@ -335,14 +335,14 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
 def test_non_finite_gradient_statistics_skip_the_update_with_a_warning(caplog):
     data = MixtureDataset(tiny_domains())
-    mixer = _pike_mixer(data)
+    engine = _pike_engine(data)
     model = TinyLM()
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        _train_steps(mixer, model, data, steps=1)
+        _train_steps(engine, model, data, steps=1)
     assert "non-finite" in caplog.text
-    assert mixer.algorithm.num_updates == 0 and np.allclose(mixer.algorithm.sampling_weights, np.ones(3) / 3)
+    assert engine.algorithm.num_updates == 0 and np.allclose(engine.algorithm.sampling_weights, np.ones(3) / 3)
 
 
 def test_nan_estimate_inside_update_is_not_a_crash():
@@ -372,14 +372,14 @@ def test_grad_stats_work_inside_the_hf_trainer(tmp_path):
                                  report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0)
         params = {"min_samples": 1} if name == "pike" else {}
         algo = build_algorithm(name, train.domain_names, params, init_weights=np.ones(3) / 3)
-        mixer = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo,
+        engine = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo,
                       schedule=UpdateSchedule(update_step=1), log_dir=out)
         grads = Grads()
         MixflowTrainer(model=tiny_llama(seed=1), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                       engine=mixer, callbacks=[grads]).train()
-        return mixer, grads.first
+                       engine=engine, callbacks=[grads]).train()
+        return engine, grads.first
 
-    mixer, grads = run("pike", tmp_path / "pike", steps=3)
+    engine, grads = run("pike", tmp_path / "pike", steps=3)
     records = [json.loads(x) for x in (tmp_path / "pike" / "pike_weights.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.all(np.isfinite(r["perdomain_scores"])) for r in records)  # every task had estimates

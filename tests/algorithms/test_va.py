@@ -23,7 +23,7 @@ from tests.algorithms.test_fgls import (  # shared harness (helpers only, no tes
     _model,
     cli_config,
     demo_data,  # noqa: F401  (fixture)
-    heldout_mixer,
+    heldout_engine,
     train_steps,
 )
 
@@ -58,7 +58,7 @@ class _Regression:
         ones = torch.ones(len(rows))
         losses = SampleLosses(per, ones, per[:, None], ones[:, None].bool())
         ids = torch.as_tensor(self.ids[rows])
-        ctx = BatchContext(model, {}, y, losses, ids, 2, step=0, update_pending=True)
+        ctx = BatchContext(model, {}, y, losses, ids, 2, batch_index=0, update_pending=True)
         return provider.batch_statistics(ctx)
 
     def fit_va(self, theta, updates=30, batch=64, params=None):
@@ -215,10 +215,10 @@ VA_FGLS = {"grad_groups": 1000, "grad_sketch_dim": 0, "loss_weights_from": {"nam
 
 
 def _two_rank_va(rank, world, out):
-    train, mixer = heldout_mixer("va", VA_FGLS, rank=rank, world=world, update_step=1, batch=12)
+    train, engine = heldout_engine("va", VA_FGLS, rank=rank, world=world, update_step=1, batch=12)
     model, head = _model()
-    train_steps(mixer, train, model, head, 1, 4)
-    a = mixer.algorithm
+    train_steps(engine, train, model, head, 1, 4)
+    a = engine.algorithm
     torch.save({"p": a.sampling_weights, "w": a.loss_weights, "bound": a.batch_size},
                os.path.join(out, f"r{rank}_of_{world}.pt"))
 
@@ -237,14 +237,14 @@ def test_two_ranks_hold_identical_weights_equal_to_a_single_process(tmp_path):
 
 def test_resume_reproduces_the_weight_trajectory(tmp_path):
     params = {"loss_weights_from": {"name": "erma", "params": {"gamma1": 2.0}}}
-    train, full = heldout_mixer("va", params, log_dir=tmp_path / "full", batch=12)
+    train, full = heldout_engine("va", params, log_dir=tmp_path / "full", batch=12)
     model, head = _model()
     train_steps(full, train, model, head, 1, 8)
 
-    train, cut = heldout_mixer("va", params, log_dir=tmp_path / "cut", batch=12)
+    train, cut = heldout_engine("va", params, log_dir=tmp_path / "cut", batch=12)
     train_steps(cut, train, model, head, 1, 5)
     cut.save(tmp_path / "ckpt")
-    train, resumed = heldout_mixer("va", params, log_dir=tmp_path / "cut", batch=12)
+    train, resumed = heldout_engine("va", params, log_dir=tmp_path / "cut", batch=12)
     resumed.load(tmp_path / "ckpt")
     train_steps(resumed, train, model, head, 6, 8)
 
@@ -259,13 +259,13 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
 
 
 def test_non_finite_statistics_skip_the_update_with_a_warning(caplog):
-    train, mixer = heldout_mixer("va", {}, update_step=1, batch=12)
+    train, engine = heldout_engine("va", {}, update_step=1, batch=12)
     model, head = _model()
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        assert train_steps(mixer, train, model, head, 1, 3, nan_logits_at=2) == [True, False, True]
+        assert train_steps(engine, train, model, head, 1, 3, nan_logits_at=2) == [True, False, True]
     assert "non-finite" in caplog.text
-    assert np.isfinite(mixer.algorithm.sampling_weights).all()
-    train, composed = heldout_mixer("va", VA_FGLS, update_step=1, batch=12)
+    assert np.isfinite(engine.algorithm.sampling_weights).all()
+    train, composed = heldout_engine("va", VA_FGLS, update_step=1, batch=12)
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         assert train_steps(composed, train, model, head, 1, 2, nan_at=2) == [True, False]
     assert composed.algorithm.inner.num_updates == 1  # the inner algorithm's update was skipped too

@@ -278,8 +278,8 @@ def test_plain_pytorch_example_trains_and_resumes(tmp_path, demo_data):
     module = _plain_example()
     common = ["--data-dir", str(demo_data), "--batch-size", "8", "--cutoff-len", "32", "--max-documents", "20",
               "--out", str(tmp_path / "plain")]
-    mixer = module.main(common + ["--steps", "10"])
-    assert mixer.last_step == 10
+    engine = module.main(common + ["--steps", "10"])
+    assert engine.last_step == 10
     resumed = module.main(common + ["--steps", "20", "--resume"])
     assert resumed.last_step == 20
     steps = [json.loads(x)["step"] for x in (tmp_path / "plain" / "static_weights.jsonl").read_text().splitlines()]

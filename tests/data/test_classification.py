@@ -16,7 +16,7 @@ from mixflow.data.classification import (
     tokenize_labelled,
 )
 from mixflow.data.classification_demo import FLIP_RATE, NEGATIVE, POSITIVE, build_classification_demo
-from mixflow.data.packing import tokenize_domain
+from mixflow.data.packing import tokenize_in_memory
 from mixflow.data.sources import DomainSource
 from mixflow.data.tokenizer import ByteTokenizer
 from mixflow.loss.objective import weighted_loss
@@ -92,7 +92,7 @@ def test_dataset_rows_labels_ids_and_the_language_model_split(tmp_path):
     # the held-out rows are the ones the language-model path holds out for the same file and seed
     path = tmp_path / "a.txt"
     path.write_text("\n".join(texts) + "\n")
-    lm = tokenize_domain(DomainSource("a", str(path)), tok, 8, packing=False, val_size=0.25, seed=7, progress=False)
+    lm = tokenize_in_memory(DomainSource("a", str(path)), tok, 8, packing=False, val_size=0.25, seed=7, progress=False)
     assert [r.tolist() for r in a.val] == [r.tolist() for r in lm.val]
     assert all(len(r) == 8 for r in a.train)  # truncated, not packed
     train = ClassificationDataset([a, b])

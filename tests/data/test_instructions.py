@@ -12,7 +12,7 @@ from mixflow.data import tokenized as tk
 from mixflow.data.dataset import MixtureDataset
 from mixflow.data.instructions import conversation, formatting_of, render
 from mixflow.data.keys import IGNORE_INDEX
-from mixflow.data.packing import TokenizedDomain, tokenize_domain
+from mixflow.data.packing import TokenizedDomain, tokenize_in_memory
 from mixflow.data.sources import DomainSource, sources_from_dataset_info
 from mixflow.data.tokenizer import ByteTokenizer, HFTokenizerAdapter
 
@@ -42,7 +42,7 @@ def test_alpaca_columns_train_on_the_response_not_the_instruction(tmp_path):
                             {"instruction": "Greet", "input": "", "output": "hello"}]})
     (source,) = sources_from_dataset_info(tmp_path, ["alp"])
     assert source.formatting is not None and source.formatting.kind == "alpaca"
-    entry = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=64, packing=False, progress=False)
+    entry = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=64, packing=False, progress=False)
     rows = [(entry.rows[i], entry.rows.labels(i, IGNORE_INDEX)) for i in range(len(entry.rows))]
     texts = [bytes(int(t) for t in ids if t < 256).decode() for ids, _ in rows]
     assert texts == ["User: Add\n2 and 3\nAssistant: 5", "User: Greet\nAssistant: hello"]
@@ -105,12 +105,12 @@ def test_packing_whole_examples_and_dropping_examples_without_a_target(tmp_path)
     path = tmp_path / "a.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     source = DomainSource("alp", str(path), formatting=formatting_of("alpaca", None, None, "x"))
-    single = tk.tokenized_domain(source, TOK, tmp_path / "c", cutoff_len=48, packing=False, progress=False)
+    single = tk.cache_domain(source, TOK, tmp_path / "c", cutoff_len=48, packing=False, progress=False)
     # The 40-character instruction leaves no response token within 48 tokens: dropped.
     assert len(single.rows) == 3 and single.meta["dropped_examples"] == 1
     lengths = single.rows.lengths().tolist()
     assert lengths == [21, 21, 23]
-    packed = tk.tokenized_domain(source, TOK, tmp_path / "c", cutoff_len=48, packing=True, progress=False)
+    packed = tk.cache_domain(source, TOK, tmp_path / "c", cutoff_len=48, packing=True, progress=False)
     assert packed.rows.lengths().tolist() == [42, 23]  # whole examples, never split, each row ≤ 48
     assert np.array_equal(np.concatenate([packed.rows[i] for i in range(2)]),
                           np.concatenate([single.rows[i] for i in range(3)]))
@@ -122,7 +122,7 @@ def test_target_tokens_count_only_the_responses(tmp_path):
                             for i in range(6)), encoding="utf-8")
     source = DomainSource("alp", str(path), formatting=formatting_of("alpaca", None, None, "x"))
     for packing in (False, True):
-        entry = tk.tokenized_domain(source, TOK, tmp_path / "c", cutoff_len=64, packing=packing, progress=False)
+        entry = tk.cache_domain(source, TOK, tmp_path / "c", cutoff_len=64, packing=packing, progress=False)
         ds = MixtureDataset([TokenizedDomain("alp", entry.rows.take(np.arange(len(entry.rows))), entry.rows.take([]))])
         counted = [int((ds[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in range(len(ds))]
         assert ds.target_tokens(np.arange(len(ds))).tolist() == counted
@@ -160,7 +160,7 @@ def test_a_malformed_conversation_names_its_line(tmp_path, turns, message):
                     + "\n" + json.dumps({"conversations": turns}) + "\n", encoding="utf-8")
     source = DomainSource("s", str(path), formatting=formatting_of("sharegpt", None, None, "x"))
     with pytest.raises(ValueError, match=rf"^{path}:2: " + message):
-        tk.tokenized_domain(source, TOK, tmp_path / "c", cutoff_len=64, progress=False)
+        tk.cache_domain(source, TOK, tmp_path / "c", cutoff_len=64, progress=False)
     assert not [p for p in (tmp_path / "c").iterdir() if p.is_dir()]  # nothing half-built is left
 
 
@@ -169,4 +169,4 @@ def test_the_in_memory_path_refuses_instruction_data(tmp_path):
     path.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n", encoding="utf-8")
     source = DomainSource("alp", str(path), formatting=formatting_of("alpaca", None, None, "x"))
     with pytest.raises(ValueError, match="tokenized through the cache"):
-        tokenize_domain(source, TOK, cutoff_len=16, progress=False)
+        tokenize_in_memory(source, TOK, cutoff_len=16, progress=False)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mixflow.data.packing import TokenizedDomain, tokenize_domain
+from mixflow.data.packing import TokenizedDomain, tokenize_in_memory
 from mixflow.data.sources import DomainSource
 from mixflow.data.tokenizer import ByteTokenizer
 
@@ -21,7 +21,7 @@ def _source(tmp_path, texts, name="dom"):
 
 def test_packed_blocks_shape_and_eos_between_documents(tmp_path):
     source = _source(tmp_path, ["abc", "de", "fghij"])
-    dom = tokenize_domain(source, TOK, cutoff_len=4, progress=False)
+    dom = tokenize_in_memory(source, TOK, cutoff_len=4, progress=False)
     stream = [*b"abc", EOS, *b"de", EOS, *b"fghij", EOS]  # 13 tokens -> 3 full blocks
     assert isinstance(dom.train, np.ndarray)
     assert dom.train.dtype == np.int32
@@ -32,7 +32,7 @@ def test_packed_blocks_shape_and_eos_between_documents(tmp_path):
 
 
 def test_document_longer_than_block_spans_blocks(tmp_path):
-    dom = tokenize_domain(_source(tmp_path, ["x" * 10]), TOK, cutoff_len=4, progress=False)
+    dom = tokenize_in_memory(_source(tmp_path, ["x" * 10]), TOK, cutoff_len=4, progress=False)
     # 10 bytes + EOS = 11 tokens: two full blocks, the 3-token tail is dropped.
     assert dom.train.shape == (2, 4)
     assert dom.train.ravel().tolist() == [ord("x")] * 8
@@ -40,13 +40,13 @@ def test_document_longer_than_block_spans_blocks(tmp_path):
 
 def test_max_documents(tmp_path):
     source = _source(tmp_path, ["aaa", "bbb", "ccc"])
-    dom = tokenize_domain(source, TOK, cutoff_len=4, max_documents=2, progress=False)
+    dom = tokenize_in_memory(source, TOK, cutoff_len=4, max_documents=2, progress=False)
     assert dom.train.ravel().tolist() == [*b"aaa", EOS, *b"bbb", EOS]
 
 
 def test_unpacked_truncates_and_drops_empty(tmp_path):
     source = _source(tmp_path, ["abcdefgh", "", "xy"])
-    dom = tokenize_domain(source, TOK, cutoff_len=5, packing=False, progress=False)
+    dom = tokenize_in_memory(source, TOK, cutoff_len=5, packing=False, progress=False)
     assert isinstance(dom.train, list)
     assert [row.tolist() for row in dom.train] == [list(b"abcde"), list(b"xy")]
     assert all(row.dtype == np.int32 for row in dom.train)
@@ -57,7 +57,7 @@ def test_val_split_disjoint_and_sized(tmp_path, val_size, expected_val):
     # 20 distinct documents of 3 bytes + EOS pack into exactly 20 distinct blocks.
     texts = [f"{i:03d}" for i in range(20)]
     source = _source(tmp_path, texts)
-    dom = tokenize_domain(source, TOK, cutoff_len=4, val_size=val_size, seed=1, progress=False)
+    dom = tokenize_in_memory(source, TOK, cutoff_len=4, val_size=val_size, seed=1, progress=False)
     assert dom.num_val == expected_val
     assert dom.num_train == 20 - expected_val
     train = {tuple(r) for r in dom.train.tolist()}
@@ -68,22 +68,22 @@ def test_val_split_disjoint_and_sized(tmp_path, val_size, expected_val):
 
 def test_small_fraction_still_holds_out_one_row(tmp_path):
     source = _source(tmp_path, [f"{i:03d}" for i in range(5)])
-    dom = tokenize_domain(source, TOK, cutoff_len=4, val_size=0.01, progress=False)
+    dom = tokenize_in_memory(source, TOK, cutoff_len=4, val_size=0.01, progress=False)
     assert (dom.num_train, dom.num_val) == (4, 1)
 
 
 def test_val_split_is_seeded(tmp_path):
     source = _source(tmp_path, [f"{i:03d}" for i in range(20)])
-    a = tokenize_domain(source, TOK, cutoff_len=4, val_size=4, seed=3, progress=False)
-    b = tokenize_domain(source, TOK, cutoff_len=4, val_size=4, seed=3, progress=False)
-    c = tokenize_domain(source, TOK, cutoff_len=4, val_size=4, seed=4, progress=False)
+    a = tokenize_in_memory(source, TOK, cutoff_len=4, val_size=4, seed=3, progress=False)
+    b = tokenize_in_memory(source, TOK, cutoff_len=4, val_size=4, seed=3, progress=False)
+    c = tokenize_in_memory(source, TOK, cutoff_len=4, val_size=4, seed=4, progress=False)
     assert np.array_equal(a.val, b.val)
     assert not np.array_equal(a.val, c.val)
 
 
 def test_val_split_unpacked(tmp_path):
     source = _source(tmp_path, ["a", "bb", "ccc", "dddd"])
-    dom = tokenize_domain(source, TOK, cutoff_len=8, packing=False, val_size=1, progress=False)
+    dom = tokenize_in_memory(source, TOK, cutoff_len=8, packing=False, val_size=1, progress=False)
     rows = sorted(r.tolist() for r in dom.train + dom.val)
     assert rows == sorted([list(b"a"), list(b"bb"), list(b"ccc"), list(b"dddd")])
     assert (dom.num_train, dom.num_val) == (3, 1)
@@ -92,20 +92,20 @@ def test_val_split_unpacked(tmp_path):
 def test_zero_train_rows_names_domain(tmp_path):
     source = _source(tmp_path, ["abc", "def"], name="tiny")
     with pytest.raises(ValueError, match="'tiny'"):
-        tokenize_domain(source, TOK, cutoff_len=4, val_size=2, progress=False)
+        tokenize_in_memory(source, TOK, cutoff_len=4, val_size=2, progress=False)
     with pytest.raises(ValueError, match="'tiny'"):
-        tokenize_domain(source, TOK, cutoff_len=1000, progress=False)
+        tokenize_in_memory(source, TOK, cutoff_len=1000, progress=False)
 
 
 @pytest.mark.parametrize("val_size", [1.0, -0.1, -1, "0.1", True])
 def test_bad_val_size(tmp_path, val_size):
     with pytest.raises(ValueError, match="val_size"):
-        tokenize_domain(_source(tmp_path, ["abc"]), TOK, cutoff_len=2, val_size=val_size, progress=False)
+        tokenize_in_memory(_source(tmp_path, ["abc"]), TOK, cutoff_len=2, val_size=val_size, progress=False)
 
 
 def test_bad_cutoff_len(tmp_path):
     with pytest.raises(ValueError, match="cutoff_len"):
-        tokenize_domain(_source(tmp_path, ["abc"]), TOK, cutoff_len=0, progress=False)
+        tokenize_in_memory(_source(tmp_path, ["abc"]), TOK, cutoff_len=0, progress=False)
 
 
 def test_counts_on_dataclass():

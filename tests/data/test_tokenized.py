@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from mixflow.data import tokenized as tk
-from mixflow.data.packing import split_indices, tokenize_domain
+from mixflow.data.packing import split_indices, tokenize_in_memory
 from mixflow.data.rows import TokenFile, TokenRows
 from mixflow.data.sources import DomainSource
 from mixflow.data.tokenizer import ByteTokenizer, HFTokenizerAdapter
@@ -47,8 +47,8 @@ def _hf_tokenizer():
 def test_cached_rows_equal_the_in_memory_rows(tmp_path, packing):
     # 2500 documents: more than one tokenizer batch, so batch boundaries are crossed.
     source = _source(tmp_path, _texts(2500))
-    entry = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, packing=packing, progress=False)
-    memory = tokenize_domain(source, TOK, cutoff_len=16, packing=packing, progress=False)
+    entry = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, packing=packing, progress=False)
+    memory = tokenize_in_memory(source, TOK, cutoff_len=16, packing=packing, progress=False)
     assert not entry.reused
     assert isinstance(entry.rows.tokens, TokenFile) and entry.rows.tokens.dtype == np.uint16
     assert _rows(entry.rows) == _rows(memory.train)
@@ -59,8 +59,8 @@ def test_cached_rows_equal_the_in_memory_rows(tmp_path, packing):
 def test_workers_give_the_same_tokens_as_one_process(tmp_path):
     source = _source(tmp_path, _texts(2300, seed=1))
     tok = _hf_tokenizer()
-    one = tk.tokenized_domain(source, tok, tmp_path / "a", cutoff_len=8, progress=False)
-    two = tk.tokenized_domain(source, tok, tmp_path / "b", cutoff_len=8, workers=2, progress=False)
+    one = tk.cache_domain(source, tok, tmp_path / "a", cutoff_len=8, progress=False)
+    two = tk.cache_domain(source, tok, tmp_path / "b", cutoff_len=8, workers=2, progress=False)
     assert two.meta["workers"] == 2
     assert np.array_equal(one.rows.tokens[:], two.rows.tokens[:]) and len(one.rows.tokens) == len(two.rows.tokens)
     assert len(one.rows) > 0
@@ -68,22 +68,22 @@ def test_workers_give_the_same_tokens_as_one_process(tmp_path):
 
 def test_a_matching_entry_is_reused_and_a_changed_source_makes_a_new_one(tmp_path):
     source = _source(tmp_path, _texts(50))
-    first = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
-    again = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+    first = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+    again = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
     assert again.reused and again.directory == first.directory
     assert os.stat(again.directory / tk.TOKENS).st_ino == os.stat(first.directory / tk.TOKENS).st_ino
-    other_len = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=8, progress=False)
+    other_len = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=8, progress=False)
     assert not other_len.reused and other_len.directory != first.directory
     _source(tmp_path, _texts(50) + ["one more document"])  # same path, new content
-    changed = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+    changed = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
     assert not changed.reused and changed.directory != first.directory
     assert changed.meta["num_documents"] == 51
 
 
 def test_overwrite_rebuilds_a_matching_entry(tmp_path):
     source = _source(tmp_path, _texts(30))
-    first = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
-    rebuilt = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, overwrite=True, progress=False)
+    first = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+    rebuilt = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, overwrite=True, progress=False)
     assert not rebuilt.reused and rebuilt.directory == first.directory
     assert _rows(rebuilt.rows) == _rows(first.rows)
     assert not list((tmp_path / "cache").glob("*.old-*")) and not list((tmp_path / "cache").glob("*.tmp-*"))
@@ -91,13 +91,13 @@ def test_overwrite_rebuilds_a_matching_entry(tmp_path):
 
 def test_verify_catches_a_content_change_that_keeps_size_and_mtime(tmp_path):
     source = _source(tmp_path, ["aaaa bbbb"] * 20)
-    first = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=8, progress=False)
+    first = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=8, progress=False)
     st = os.stat(source.path)
     _source(tmp_path, ["cccc dddd"] * 20)  # same length
     os.utime(source.path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    stale = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=8, progress=False)
+    stale = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=8, progress=False)
     assert stale.reused  # paths, sizes and mtimes match: only hashing tells
-    checked = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=8, verify=True, progress=False)
+    checked = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=8, verify=True, progress=False)
     assert not checked.reused and checked.directory == first.directory
     assert bytes(np.asarray(checked.rows[0], dtype=np.uint8)).startswith(b"cccc")
 
@@ -117,7 +117,7 @@ class _FailingTokenizer(ByteTokenizer):
 def test_a_build_that_dies_leaves_no_entry_and_the_next_run_builds_it(tmp_path):
     source = _source(tmp_path, _texts(2500))
     with pytest.raises(KeyboardInterrupt):
-        tk.tokenized_domain(source, _FailingTokenizer(), tmp_path / "cache", cutoff_len=16, progress=False)
+        tk.cache_domain(source, _FailingTokenizer(), tmp_path / "cache", cutoff_len=16, progress=False)
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
     # What a SIGKILL leaves behind (a half-written temporary directory) is never trusted either.
     target = tk.entry_dir(tmp_path / "cache", "web", tk.fingerprint(tk.cache_key(source, TOK, 16, True, None)))
@@ -131,18 +131,18 @@ def test_a_build_that_dies_leaves_no_entry_and_the_next_run_builds_it(tmp_path):
     live.mkdir()
     elsewhere = target.parent / f"other-0123456789abcdef.tmp-another-host-{dead.pid}"  # another machine's build
     elsewhere.mkdir()
-    entry = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+    entry = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
     assert not entry.reused and entry.directory == target and len(entry.rows) > 0
     assert not stale.exists() and live.is_dir() and elsewhere.is_dir()  # only this host's killed builds go
 
 
 def test_a_damaged_entry_is_one_error_naming_its_file(tmp_path):
     source = _source(tmp_path, _texts(100))
-    entry = tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+    entry = tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
     with open(entry.directory / tk.TOKENS, "r+b") as f:
         f.truncate(10)
     with pytest.raises(ValueError, match=r"tokens\.bin: 10 bytes, expected .*overwrite_cache"):
-        tk.tokenized_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
+        tk.cache_domain(source, TOK, tmp_path / "cache", cutoff_len=16, progress=False)
 
 
 def test_an_unwritable_cache_directory_is_one_error_naming_the_key(tmp_path):
@@ -150,7 +150,7 @@ def test_an_unwritable_cache_directory_is_one_error_naming_the_key(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match=r"^tokenized_dir: cannot create .*a_file/cache"):
-        tk.tokenized_domain(source, TOK, blocker / "cache", cutoff_len=16, progress=False)
+        tk.cache_domain(source, TOK, blocker / "cache", cutoff_len=16, progress=False)
 
 
 class _WideTokenizer(ByteTokenizer):
@@ -162,7 +162,7 @@ class _WideTokenizer(ByteTokenizer):
 
 def test_a_vocabulary_over_65536_is_stored_as_uint32(tmp_path):
     source = _source(tmp_path, ["x", "y"])
-    entry = tk.tokenized_domain(source, _WideTokenizer(), tmp_path / "cache", cutoff_len=4, progress=False)
+    entry = tk.cache_domain(source, _WideTokenizer(), tmp_path / "cache", cutoff_len=4, progress=False)
     assert entry.rows.tokens.dtype == np.uint32
     assert _rows(entry.rows) == [[69_999, 65_536, 3, ByteTokenizer.eos_token_id], [69_999, 65_536, 3, ByteTokenizer.eos_token_id]]
 
@@ -175,7 +175,7 @@ class _SlowTokenizer(ByteTokenizer):
 
 def _build_in_child(args):
     path, cache = args
-    entry = tk.tokenized_domain(DomainSource("web", path), _SlowTokenizer(), cache, cutoff_len=16, progress=False)
+    entry = tk.cache_domain(DomainSource("web", path), _SlowTokenizer(), cache, cutoff_len=16, progress=False)
     return entry.reused, str(entry.directory)
 
 

@@ -25,7 +25,7 @@ from tests.helpers import FollowLoss  # registers test_follow_loss
 K = 3
 
 
-def _mixer(algorithm="test_follow_loss", batch=6, rank=0, world=1, **kw):
+def _engine(algorithm="test_follow_loss", batch=6, rank=0, world=1, **kw):
     algo = build_algorithm(algorithm, ["a", "b", "c"], {}, init_weights=np.ones(K) / K)
     sampler = MixtureSampler([30, 30, 30], algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
     return StepEngine(sampler, algo, **kw)
@@ -40,13 +40,13 @@ def _logits_for(domain_ids, scale=1.0, vocab=5, length=4):
     return logits, labels
 
 
-def _feed(mixer, domain_ids, step, scale=1.0):
+def _feed(engine, domain_ids, step, scale=1.0):
     # As in training, the sampler plans global batch `step` before it is trained on; the test then
     # chooses the batch's domain ids itself to control the statistics.
-    while mixer.sampler.planned_batches <= step:
-        next(mixer.sampler.iter_batches())
+    while engine.sampler.planned_batches <= step:
+        next(engine.sampler.iter_batches())
     logits, labels = _logits_for(domain_ids, scale)
-    return mixer.training_loss(logits, labels, torch.as_tensor(domain_ids), batch_index=step)
+    return engine.training_loss(logits, labels, torch.as_tensor(domain_ids), batch_index=step)
 
 
 def test_importance_coefficients_use_the_plan_the_batch_was_drawn_with():
@@ -86,10 +86,10 @@ def test_schedule_follows_the_seed_semantics():
 
 
 def test_updates_change_sampler_weights_and_log_whole_lines(tmp_path):
-    mixer = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
+    engine = _engine(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
     for step in range(1, 5):
-        _feed(mixer, [0, 1, 2, 2, 1, 0], step - 1)
-        mixer.end_step(step)
+        _feed(engine, [0, 1, 2, 2, 1, 0], step - 1)
+        engine.end_step(step)
     lines = (tmp_path / "test_follow_loss_weights.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
     assert [r["step"] for r in records] == [2, 4]
@@ -99,22 +99,22 @@ def test_updates_change_sampler_weights_and_log_whole_lines(tmp_path):
         assert np.isclose(sum(r["domain_weights"]), 1.0)
     # domain c has the highest loss here (largest wrong logit), so the follow-loss rule upweights it
     assert records[-1]["sampling_weights"][2] > records[-1]["sampling_weights"][0]
-    assert np.allclose(mixer.sampler.weights, records[-1]["sampling_weights"])
+    assert np.allclose(engine.sampler.weights, records[-1]["sampling_weights"])
 
 
 def test_non_finite_statistics_skip_the_update_with_a_warning(caplog):
-    mixer = _mixer(schedule=UpdateSchedule(update_step=1))
+    engine = _engine(schedule=UpdateSchedule(update_step=1))
     logits, labels = _logits_for([0, 1, 2, 0, 1, 2])
     logits[0, 0, 0] = float("nan")
-    next(mixer.sampler.iter_batches())
-    mixer.training_loss(logits, labels, torch.tensor([0, 1, 2, 0, 1, 2]), batch_index=0)
+    next(engine.sampler.iter_batches())
+    engine.training_loss(logits, labels, torch.tensor([0, 1, 2, 0, 1, 2]), batch_index=0)
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        assert mixer.end_step(1) is False
+        assert engine.end_step(1) is False
     assert "non-finite" in caplog.text
-    assert np.allclose(mixer.algorithm.sampling_weights, np.ones(K) / K)
+    assert np.allclose(engine.algorithm.sampling_weights, np.ones(K) / K)
     # the next (finite) update goes through
-    _feed(mixer, [0, 1, 2, 0, 1, 2], 1)
-    assert mixer.end_step(2) is True
+    _feed(engine, [0, 1, 2, 0, 1, 2], 1)
+    assert engine.end_step(2) is True
 
 
 @dataclass
@@ -133,12 +133,12 @@ class _Broken(DomainAlgorithm):
 
 def test_invalid_weights_from_an_algorithm_are_rejected(caplog):
     algo = _Broken(["a", "b", "c"], _P(), init_weights=[0.2, 0.3, 0.5])
-    mixer = StepEngine(MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1))
-    _feed(mixer, [0, 1, 2, 0, 1, 2], 0)
+    engine = StepEngine(MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1))
+    _feed(engine, [0, 1, 2, 0, 1, 2], 0)
     with caplog.at_level(logging.WARNING, logger="mixflow"):
-        assert mixer.end_step(1) is False
+        assert engine.end_step(1) is False
     assert "invalid weights" in caplog.text
-    assert np.allclose(mixer.algorithm.sampling_weights, [0.2, 0.3, 0.5])
+    assert np.allclose(engine.algorithm.sampling_weights, [0.2, 0.3, 0.5])
     assert algo.num_updates == 0  # state restored whole
 
 
@@ -157,12 +157,12 @@ class _Importance(DomainAlgorithm):
 
 def test_importance_mode_uses_the_weights_the_batch_was_drawn_with():
     algo = _Importance(["a", "b", "c"], _P(), init_weights=[0.5, 0.25, 0.25])
-    mixer = StepEngine(MixtureSampler([40, 40, 40], algo.sampling_weights, 8), algo)
-    batch0 = next(mixer.sampler.iter_batches())  # plan batch 0 with p = (0.5, .25, .25)
-    mixer.sampler.set_weights([0.1, 0.1, 0.8])  # read-ahead: a later batch will use other weights
-    ids = torch.as_tensor(mixer.sampler.domain_ids(batch0))
+    engine = StepEngine(MixtureSampler([40, 40, 40], algo.sampling_weights, 8), algo)
+    batch0 = next(engine.sampler.iter_batches())  # plan batch 0 with p = (0.5, .25, .25)
+    engine.sampler.set_weights([0.1, 0.1, 0.8])  # read-ahead: a later batch will use other weights
+    ids = torch.as_tensor(engine.sampler.domain_ids(batch0))
     logits, labels = _logits_for(ids.tolist())
-    loss = mixer.training_loss(logits, labels, ids, batch_index=0)
+    loss = engine.training_loss(logits, labels, ids, batch_index=0)
     q = np.array([1, 2, 3]) / 6
     c = (q / np.array([0.5, 0.25, 0.25]))[ids.numpy()]
     from mixflow.loss.per_sample import sample_losses
@@ -182,10 +182,10 @@ class _Halves(SampleWeighter):
 
 
 def test_sample_weights_multiply_the_coefficients():
-    mixer = _mixer(weighter=_Halves(["a", "b", "c"], _P()))
+    engine = _engine(weighter=_Halves(["a", "b", "c"], _P()))
     ids = [0, 1, 2, 0, 1, 2]
     logits, labels = _logits_for(ids, scale=2.0)
-    loss = mixer.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
+    loss = engine.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
     from mixflow.loss.per_sample import sample_losses
 
     sl = sample_losses(logits, labels)
@@ -213,29 +213,29 @@ class _SeesExtras(DomainAlgorithm):
 
 def test_provider_statistics_reach_the_algorithm_summed_over_the_window():
     algo = _SeesExtras(["a", "b", "c"], _P(), init_weights=np.ones(3) / 3)
-    mixer = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=2),
+    engine = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=2),
                   providers=[_CountTokens()])
     for step in (1, 2):
-        _feed(mixer, [0, 0, 1, 2, 2, 2], step - 1)
-        mixer.end_step(step)
+        _feed(engine, [0, 0, 1, 2, 2, 2], step - 1)
+        engine.end_step(step)
     assert algo.seen == [2 * 2 * 3, 1 * 2 * 3, 3 * 2 * 3]  # samples × steps × 3 target tokens
 
 
 def test_state_roundtrip_and_mid_step_guard(tmp_path):
-    mixer = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
+    engine = _engine(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
     for step in (1, 2, 3):
-        _feed(mixer, [0, 1, 2, 0, 1, 2], step - 1)
-        mixer.end_step(step)
-    mixer.save(tmp_path / "ckpt")
-    other = _mixer(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
+        _feed(engine, [0, 1, 2, 0, 1, 2], step - 1)
+        engine.end_step(step)
+    engine.save(tmp_path / "ckpt")
+    other = _engine(schedule=UpdateSchedule(update_step=2), log_dir=tmp_path)
     other.load(tmp_path / "ckpt")
     assert other.last_step == 3
-    assert np.allclose(other.algorithm.sampling_weights, mixer.algorithm.sampling_weights)
-    assert other._window_stats.token_count.tolist() == mixer._window_stats.token_count.tolist()
-    _feed(mixer, [0, 1, 2, 0, 1, 2], 3)
+    assert np.allclose(other.algorithm.sampling_weights, engine.algorithm.sampling_weights)
+    assert other._window_stats.token_count.tolist() == engine._window_stats.token_count.tolist()
+    _feed(engine, [0, 1, 2, 0, 1, 2], 3)
     with pytest.raises(RuntimeError, match="middle of an optimizer step"):
-        mixer.state_dict()
-    wrong = _mixer(algorithm="static")
+        engine.state_dict()
+    wrong = _engine(algorithm="static")
     with pytest.raises(ValueError, match="algorithm_name"):
         wrong.load(tmp_path / "ckpt")
 
@@ -256,14 +256,14 @@ def _global_batches(steps, batch=8):
 
 
 def _run_ranks(rank, world, out):
-    mixer = _mixer(batch=8, rank=rank, world=world, schedule=UpdateSchedule(update_step=1))
-    it = mixer.sampler.iter_batches()
+    engine = _engine(batch=8, rank=rank, world=world, schedule=UpdateSchedule(update_step=1))
+    it = engine.sampler.iter_batches()
     for step in range(1, 5):
         rows = next(it)
-        ids = mixer.sampler.domain_ids(rows)
-        _feed(mixer, ids.tolist(), step - 1, scale=float(step))
-        mixer.end_step(step)
-    torch.save({"weights": mixer.algorithm.sampling_weights, "rows": rows}, os.path.join(out, f"r{rank}.pt"))
+        ids = engine.sampler.domain_ids(rows)
+        _feed(engine, ids.tolist(), step - 1, scale=float(step))
+        engine.end_step(step)
+    torch.save({"weights": engine.algorithm.sampling_weights, "rows": rows}, os.path.join(out, f"r{rank}.pt"))
 
 
 class _Early(FollowLoss):
@@ -316,14 +316,14 @@ def test_providers_stop_once_no_update_remains():
 
     class _Counting(_CountTokens):
         def batch_statistics(self, ctx):
-            calls.append(ctx.step)
+            calls.append(ctx.batch_index)
             return super().batch_statistics(ctx)
 
-    mixer = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo,
+    engine = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo,
                   schedule=UpdateSchedule(update_step=2, update_times=1), providers=[_Counting()])
     for step in (1, 2, 3, 4):
-        _feed(mixer, [0, 0, 1, 2, 2, 2], step - 1)
-        mixer.end_step(step)
+        _feed(engine, [0, 0, 1, 2, 2, 2], step - 1)
+        engine.end_step(step)
     assert algo.num_updates == 1
     assert calls == [0, 1]  # the micro-batches of steps 1 and 2 only; after the update none is needed
 

@@ -68,7 +68,7 @@ def _monte_carlo(engine, steps, rng, pass_n=False):
         losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
                               torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
         n = int(counts.sum()) if pass_n else None
-        values.append(engine.weighted_loss(losses, torch.as_tensor(ids), num_items_in_batch=n,
+        values.append(engine.training_loss_from_samples(losses, torch.as_tensor(ids), num_items_in_batch=n,
                                            batch_index=step - 1).item())
         present.append(bool((ids == 1).any()))
         engine.end_step(step)

@@ -39,7 +39,7 @@ def _args(out, **kw):
     return TrainingArguments(**base)
 
 
-def _mixer(train, args, algorithm="static", log_dir=None, update_step=2):
+def _engine(train, args, algorithm="static", log_dir=None, update_step=2):
     batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
     names = train.domain_names
     algo = build_algorithm(algorithm, names, {}, init_weights=np.ones(len(names)) / len(names))
@@ -80,15 +80,15 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
     train = MixtureDataset(domains)
     collator = DomainCollator(pad_token_id=0)
     args = _args(tmp_path / "mix")
-    mixer = _mixer(train, args)
+    engine = _engine(train, args)
     # The exact index stream the mixflow run will consume, from an identical sampler.
-    twin = MixtureSampler(train.domain_sizes, mixer.sampler.weights, mixer.sampler.batch_size, seed=3)
+    twin = MixtureSampler(train.domain_sizes, engine.sampler.weights, engine.sampler.batch_size, seed=3)
     stream = iter(twin)
-    indices = [next(stream) for _ in range(args.max_steps * mixer.sampler.batch_size)]
+    indices = [next(stream) for _ in range(args.max_steps * engine.sampler.batch_size)]
 
     rec_mix, rec_plain = _GradRecorder(), _GradRecorder()
     model_mix = tiny_llama(seed=1)
-    t_mix = MixflowTrainer(model=model_mix, args=args, train_dataset=train, data_collator=collator, engine=mixer,
+    t_mix = MixflowTrainer(model=model_mix, args=args, train_dataset=train, data_collator=collator, engine=engine,
                            callbacks=[rec_mix])
     t_mix.train()
     model_plain = tiny_llama(seed=1)
@@ -115,9 +115,9 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
 def test_per_domain_metrics_reach_the_log_history(tmp_path):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=2)
-    mixer = _mixer(train, args, log_dir=tmp_path, update_step=1)
+    engine = _engine(train, args, log_dir=tmp_path, update_step=1)
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), engine=mixer)
+                             data_collator=DomainCollator(0), engine=engine)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     for name in train.domain_names:
@@ -131,7 +131,7 @@ def test_domain_ids_survive_remove_unused_columns(tmp_path):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=1, remove_unused_columns=True)
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), engine=_mixer(train, args))
+                             data_collator=DomainCollator(0), engine=_engine(train, args))
     batch = next(iter(trainer.get_train_dataloader()))
     assert "domain_ids" in batch and batch["domain_ids"].shape == (4,)
 
@@ -139,9 +139,9 @@ def test_domain_ids_survive_remove_unused_columns(tmp_path):
 def test_wrong_sampler_batch_size_is_an_error(tmp_path):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path)
-    mixer = _mixer(train, _args(tmp_path, gradient_accumulation_steps=1))
+    engine = _engine(train, _args(tmp_path, gradient_accumulation_steps=1))
     with pytest.raises(ValueError, match="sampler batch_size: expected"):
-        MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=mixer)
+        MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine)
 
 
 class _BatchRecorder(TrainerCallback):
@@ -163,23 +163,23 @@ def _train_run(out, max_steps, resume=None, save_steps=3, world_size=1):
     train = MixtureDataset(tiny_domains())
     args = _args(out, max_steps=max_steps, save_strategy="steps", save_steps=save_steps,
                  gradient_accumulation_steps=1, per_device_train_batch_size=4 // world_size)
-    mixer = _mixer(train, args, algorithm="test_follow_loss", log_dir=out, update_step=2)
+    engine = _engine(train, args, algorithm="test_follow_loss", log_dir=out, update_step=2)
     trainer = _RecordingTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
-                                data_collator=DomainCollator(0), engine=mixer)
+                                data_collator=DomainCollator(0), engine=engine)
     trainer.train(resume_from_checkpoint=resume)
-    return trainer, mixer
+    return trainer, engine
 
 
 def test_resume_reproduces_batches_and_weight_trajectory(tmp_path):
     import tests.helpers  # noqa: F401  (registers test_follow_loss)
 
-    full, full_mixer = _train_run(tmp_path / "full", max_steps=6)
+    full, full_engine = _train_run(tmp_path / "full", max_steps=6)
     _train_run(tmp_path / "cut", max_steps=3)
-    resumed, resumed_mixer = _train_run(tmp_path / "cut", max_steps=6, resume=str(tmp_path / "cut" / "checkpoint-3"))
+    resumed, resumed_engine = _train_run(tmp_path / "cut", max_steps=6, resume=str(tmp_path / "cut" / "checkpoint-3"))
 
     after = [b for b in full.seen if b[0] >= 3]
     assert resumed.seen == after
-    assert np.allclose(full_mixer.algorithm.sampling_weights, resumed_mixer.algorithm.sampling_weights)
+    assert np.allclose(full_engine.algorithm.sampling_weights, resumed_engine.algorithm.sampling_weights)
     full_log = [json.loads(x) for x in (tmp_path / "full" / "test_follow_loss_weights.jsonl").read_text().splitlines()]
     cut_log = [json.loads(x) for x in (tmp_path / "cut" / "test_follow_loss_weights.jsonl").read_text().splitlines()]
     assert [r["step"] for r in cut_log] == [r["step"] for r in full_log] == [2, 4, 6]
@@ -198,15 +198,15 @@ def test_resume_from_a_non_mixflow_checkpoint_is_a_clear_error(tmp_path):
 def _two_rank_run(rank, world_size, out):
     import tests.helpers  # noqa: F401
 
-    full, mixer = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2)
+    full, engine = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2)
     rows = [r for _, batch in full.seen for r in batch]
-    torch.save({"rows": rows, "weights": mixer.algorithm.sampling_weights.tolist(),
+    torch.save({"rows": rows, "weights": engine.algorithm.sampling_weights.tolist(),
                 "steps": [s for s, _ in full.seen]}, os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.barrier()
-    resumed, rmixer = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2,
+    resumed, resumed_engine = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2,
                                  resume=os.path.join(out, "full", "checkpoint-2"))
     assert resumed.seen == [b for b in full.seen if b[0] >= 2]
-    assert np.allclose(rmixer.algorithm.sampling_weights, mixer.algorithm.sampling_weights)
+    assert np.allclose(resumed_engine.algorithm.sampling_weights, engine.algorithm.sampling_weights)
 
 
 @pytest.mark.distributed
@@ -240,7 +240,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
 
     model.lm_head.register_forward_hook(poison)
     trainer = MixflowTrainer(model=model, args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_mixer(train, args), max_nonfinite_steps=3)
+                             engine=_engine(train, args), max_nonfinite_steps=3)
     trainer.train()
     assert trainer.state.global_step == 5  # steps 3, 4, 5 were non-finite: stop after the third
     assert trainer.callback.last_finite_step == 2
@@ -266,7 +266,7 @@ def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpo
 
     model.lm_head.weight.register_hook(poison)
     trainer = MixflowTrainer(model=model, args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_mixer(train, args), max_nonfinite_steps=3)
+                             engine=_engine(train, args), max_nonfinite_steps=3)
     with caplog.at_level("WARNING", logger="mixflow"):
         trainer.train()
     assert "step 3: the model holds non-finite weights after its update" in caplog.text
@@ -283,7 +283,7 @@ def test_without_a_terminal_progress_is_log_lines_not_bars(tmp_path, caplog, cap
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=4, disable_tqdm=False)  # pytest's stderr is not a terminal
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_mixer(train, args))
+                             engine=_engine(train, args))
     with caplog.at_level("INFO", logger="mixflow.progress"):
         trainer.train()
     assert "train: 4/4 steps (100%)" in caplog.text
@@ -296,7 +296,7 @@ def test_a_collapsed_model_is_reported_once(tmp_path, caplog):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=4)
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_mixer(train, args))
+                             engine=_engine(train, args))
     uniform = math.log(trainer.model.config.vocab_size)
     with caplog.at_level("WARNING", logger="mixflow"):
         trainer.log({"loss": uniform, "grad_norm": 0.0})  # then a log that learns again: the count restarts
@@ -361,7 +361,7 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tm
             return original(*a, **k)
         return wrapper
 
-    engine = _mixer(train, args, log_dir=tmp_path)
+    engine = _engine(train, args, log_dir=tmp_path)
     targets = {"engine state": (StepEngine, "save"), "optimizer": (Trainer, "_save_optimizer_and_scheduler"),
                "trainer state": (TrainerState, "save_to_json"), "rotation": (hf_trainer_module, "rotate_checkpoints")}
     owner, name = targets[point]
@@ -374,7 +374,7 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tm
     expected = "checkpoint-3" if point == "rotation" else "checkpoint-2"  # rotation runs only after a whole save
     assert newest_complete_checkpoint(str(tmp_path)).endswith(expected)
     resumed = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_mixer(train, args, log_dir=tmp_path))
+                             engine=_engine(train, args, log_dir=tmp_path))
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4 and resumed.engine.last_step == 4
 
@@ -394,7 +394,7 @@ def test_per_domain_evaluation_bars_are_labelled_with_their_domain(tmp_path, mon
     evals = {name: val.single_domain(d) for d, name in enumerate(val.domain_names)}
     args = _args(tmp_path, max_steps=1, disable_tqdm=False, per_device_eval_batch_size=2)
     trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, eval_dataset=evals,
-                             data_collator=DomainCollator(0), engine=_mixer(train, args))
+                             data_collator=DomainCollator(0), engine=_engine(train, args))
     bars = [c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)]
     assert len(bars) == 1 and isinstance(bars[0], DomainProgressCallback)
     seen, callback = [], bars[0]

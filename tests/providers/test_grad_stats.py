@@ -15,7 +15,7 @@ def _context(model, ids, seed=0):
     x = torch.randint(1, 40, (len(ids), 6), generator=g)
     logits = model(input_ids=x).logits
     losses = sample_losses(logits, x)
-    return BatchContext(model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, step=seed, update_pending=True), losses
+    return BatchContext(model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, batch_index=seed, update_pending=True), losses
 
 
 def _per_sample_grads(model, losses, params):
@@ -47,7 +47,7 @@ def test_one_sample_per_group_matches_exact_per_sample_moments():
 def _micro_batch(model, x, ids, rows, step):
     part = x[rows]
     losses = sample_losses(model(input_ids=part).logits, part)
-    return BatchContext(model, {"input_ids": part}, part, losses, torch.tensor(ids)[rows], 2, step=step,
+    return BatchContext(model, {"input_ids": part}, part, losses, torch.tensor(ids)[rows], 2, batch_index=step,
                         update_pending=True)
 
 
@@ -178,7 +178,7 @@ def test_closed_form_skips_ignored_tokens_like_the_backward():
 
     def ctx():
         losses = sample_losses(model(input_ids=x).logits, labels)
-        return BatchContext(model, {"input_ids": x}, labels, losses, ids, 2, step=0, update_pending=True)
+        return BatchContext(model, {"input_ids": x}, labels, losses, ids, 2, batch_index=0, update_pending=True)
 
     closed = GradientStatistics(groups=2, sketch_dim=256)
     closed.batch_statistics(ctx())  # the hook sees the next forward

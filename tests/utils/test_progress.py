@@ -4,9 +4,9 @@ import logging
 
 import numpy as np
 
-from mixflow.data.packing import tokenize_domain
+from mixflow.data.packing import tokenize_in_memory
 from mixflow.data.sources import DomainSource
-from mixflow.data.tokenized import tokenized_domain
+from mixflow.data.tokenized import cache_domain
 from mixflow.data.tokenizer import ByteTokenizer
 from mixflow.utils import progress as progress_module
 from mixflow.utils.progress import LogProgress, progress
@@ -31,10 +31,10 @@ def test_tokenization_reports_to_the_log(tmp_path, caplog, monkeypatch):
     path = tmp_path / "a.jsonl"
     path.write_text("".join(f'{{"text": "document {i} " }}\n' for i in range(30)))
     with caplog.at_level(logging.INFO, logger="mixflow"):
-        domain = tokenize_domain(DomainSource("a", str(path)), ByteTokenizer(), cutoff_len=16, progress=True)
+        domain = tokenize_in_memory(DomainSource("a", str(path)), ByteTokenizer(), cutoff_len=16, progress=True)
     assert domain.num_train > 0 and isinstance(domain.train, np.ndarray)
     assert "tokenize a: 30 doc" in caplog.text  # streamed: the count is known only at the end
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="mixflow"):  # the cache, which training uses
-        tokenized_domain(DomainSource("b", str(path)), ByteTokenizer(), tmp_path / "cache", cutoff_len=16, progress=True)
+        cache_domain(DomainSource("b", str(path)), ByteTokenizer(), tmp_path / "cache", cutoff_len=16, progress=True)
     assert "tokenize b: 30 doc" in caplog.text

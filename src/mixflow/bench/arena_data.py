@@ -82,9 +82,9 @@ def _split_one(documents: Iterable[str], handles: dict[str, Any], every: int) ->
 def train_tokens(arena_base: dict[str, Any], train_dir: Path, domains: list[str]) -> dict[str, int]:
     """Tokens per domain in the train files (through the tokenization cache the runs then reuse)."""
     from mixflow.config.load import load_config
-    from mixflow.recipes.build import tokenize_domains
+    from mixflow.recipes.build import cache_domains
 
     raw = {**arena_base, "dataset": ",".join(domains), "dataset_dir": str(train_dir), "train_type": "static",
            "output_dir": str(train_dir.parent / "tokens-probe")}
-    entries = tokenize_domains(load_config(raw=raw, check_outputs=False), progress=False)
+    entries = cache_domains(load_config(raw=raw, check_outputs=False), progress=False)
     return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in entries}

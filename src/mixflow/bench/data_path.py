@@ -11,7 +11,7 @@ A synthetic corpus of pseudo-words with Zipf frequencies is written as JSON line
   larger corpus from the cache (byte tokenizer), each in a fresh interpreter; and the peak RSS of
   building each cache above the interpreter's after its imports (streaming: it must not grow with
   the corpus either).
-- **setup**: the data setup (``tokenize_domains``) of the first run (builds the cache) against the
+- **setup**: the data setup (``cache_domains``) of the first run (builds the cache) against the
   second (finds it), on the larger corpus.
 """
 
@@ -77,10 +77,10 @@ def _datasets_map(corpus: Path, tokenizer: Any, cache: Path) -> tuple[float, int
 
 def _ours(corpus: Path, tokenizer: Any, cache: Path, workers: int) -> tuple[float, int]:
     from mixflow.data.sources import DomainSource
-    from mixflow.data.tokenized import tokenized_domain
+    from mixflow.data.tokenized import cache_domain
 
     start = time.perf_counter()
-    entry = tokenized_domain(DomainSource("bench", str(corpus)), tokenizer, cache, cutoff_len=1024, packing=False,
+    entry = cache_domain(DomainSource("bench", str(corpus)), tokenizer, cache, cutoff_len=1024, packing=False,
                              workers=workers, overwrite=True, progress=False)
     return time.perf_counter() - start, int(entry.meta["num_tokens"])
 
@@ -115,7 +115,7 @@ def worker(kind: str, config: str) -> None:
     import transformers  # noqa: F401
 
     from mixflow.config.load import load_config
-    from mixflow.recipes.build import tokenize_domains
+    from mixflow.recipes.build import cache_domains
     from mixflow.recipes.train import run_training
 
     proc = psutil.Process()
@@ -132,13 +132,13 @@ def worker(kind: str, config: str) -> None:
     record: dict[str, float] = {}
     if kind == "setup":
         start = time.perf_counter()
-        tokenize_domains(run, progress=False, overwrite_cache=True)
+        cache_domains(run, progress=False, overwrite_cache=True)
         record["first_s"] = time.perf_counter() - start
         done.set()
         watcher.join()
         record["build_rss_mib"] = max(0, peak[0] - before) / 2**20
         start = time.perf_counter()
-        tokenize_domains(run, progress=False)
+        cache_domains(run, progress=False)
         record["second_s"] = time.perf_counter() - start
     else:
         run_training(run, progress=False)

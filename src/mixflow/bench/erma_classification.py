@@ -102,7 +102,7 @@ def train(task: Task, method: str, hidden: int, steps: int, lr: float, seed: int
         ids = torch.as_tensor(sampler.domain_ids(rows.numpy()))
         ce = F.cross_entropy(model(task.x_train[rows]), task.y_train[rows], reduction="none")
         losses = SampleLosses(ce, torch.ones_like(ids), ce[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
-        loss = engine.weighted_loss(losses, ids, batch_index=step, model=model)
+        loss = engine.training_loss_from_samples(losses, ids, batch_index=step, model=model)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

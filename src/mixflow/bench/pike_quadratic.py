@@ -90,7 +90,7 @@ def _sgd(sigmas: tuple[float, float], steps: int, seed: int, sampler: MixtureSam
         if engine is None:
             loss = losses.token_loss_sum.mean()
         else:
-            loss = engine.weighted_loss(losses, tasks, batch_index=step - 1, model=model)
+            loss = engine.training_loss_from_samples(losses, tasks, batch_index=step - 1, model=model)
         model.zero_grad()
         loss.backward()
         grad = model.theta.grad

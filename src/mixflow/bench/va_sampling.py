@@ -83,7 +83,7 @@ def sgd(model: Regression, engine: StepEngine, steps: int, lr: float, train: boo
     for step in range(steps):
         rows = torch.as_tensor(next(batches))
         ids = torch.as_tensor(engine.sampler.domain_ids(rows.numpy()))
-        loss = engine.weighted_loss(model.losses(rows), ids, batch_index=step, model=model)
+        loss = engine.training_loss_from_samples(model.losses(rows), ids, batch_index=step, model=model)
         model.zero_grad()
         loss.backward()
         if train:

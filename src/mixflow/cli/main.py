@@ -73,10 +73,10 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
 def _cmd_data_tokenize(args: argparse.Namespace) -> int:
     from mixflow.config.load import load_config
     from mixflow.config.parse import parse_overrides
-    from mixflow.recipes.build import tokenize_domains
+    from mixflow.recipes.build import cache_domains
 
     run = load_config(args.config, parse_overrides(args.overrides), check_outputs=False)
-    entries = tokenize_domains(run, progress=not args.quiet, overwrite_cache=args.overwrite or None, verify=args.verify)
+    entries = cache_domains(run, progress=not args.quiet, overwrite_cache=args.overwrite or None, verify=args.verify)
     width = max(len("domain"), *(len(e.meta["key"]["domain"]) for e in entries))
     print(f"{'domain':<{width}}  {'documents':>10}  {'tokens':>12}  {'rows':>9}  {'state':<8}  entry")
     for e in entries:

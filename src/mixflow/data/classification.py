@@ -108,7 +108,7 @@ def tokenize_labelled(
     seed: int = 0,
 ) -> LabelledDomain:
     """Tokenize one labelled domain and hold out ``val_size`` examples exactly as
-    :func:`~mixflow.data.packing.tokenize_domain` does for unpacked text (same permutation)."""
+    :func:`~mixflow.data.packing.tokenize_in_memory` does for unpacked text (same permutation)."""
     rows = [encode_text(tokenizer, t, cutoff_len) for t in texts]
     # Split the row *indices* with the language-model split, so both tasks hold out the same rows.
     split = _split(name, np.arange(len(rows), dtype=np.int64), val_size, seed)

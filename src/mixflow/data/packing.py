@@ -46,7 +46,7 @@ class TokenizedDomain:
         return len(self.val)
 
 
-def tokenize_domain(
+def tokenize_in_memory(
     source: DomainSource,
     tokenizer: TextTokenizer,
     cutoff_len: int,
@@ -67,7 +67,7 @@ def tokenize_domain(
     check_cutoff_len(cutoff_len)
     if source.formatting is not None:
         raise ConfigError(f"domain {source.name!r}: instruction data ({source.formatting.kind}) is tokenized through "
-                         "the cache (mixflow.data.tokenized.tokenized_domain), which keeps its target mask")
+                         "the cache (mixflow.data.tokenized.cache_domain), which keeps its target mask")
     if max_documents is not None and not (_is_int(max_documents) and max_documents >= 1):
         raise ConfigError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
     if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):

@@ -126,7 +126,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def tokenized_domain(
+def cache_domain(
     source: DomainSource,
     tokenizer: TextTokenizer,
     cache_dir: str | Path,

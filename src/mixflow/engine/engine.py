@@ -79,7 +79,7 @@ class StepEngine:
         self._step_stats, self._window_stats, self._metric_stats = (DomainStats.zeros(k) for _ in range(3))
         self.last_step, self.skipped_updates = 0, 0
         #: (the step's reduced statistics, whether its update applied) when it ran before the loss.
-        self._early: tuple[DomainStats, bool] | None = None
+        self._updated_in_step: tuple[DomainStats, bool] | None = None
         #: Consecutive optimizer steps whose training loss was not finite (a diverging run).
         self.nonfinite_steps = 0
         self.algorithm.bind(sampler.batch_size)
@@ -123,9 +123,9 @@ class StepEngine:
         for every batch not yet consumed). ``sample_ids`` (global row indices) reach the sample
         weighter, for per-example weights."""
         losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
-        return self.weighted_loss(losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids)
+        return self.training_loss_from_samples(losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids)
 
-    def weighted_loss(
+    def training_loss_from_samples(
         self,
         losses: SampleLosses,
         domain_ids: torch.Tensor,
@@ -139,10 +139,10 @@ class StepEngine:
         """:meth:`training_loss` for per-sample losses computed elsewhere (a regression's squared
         residuals, a custom loss): records the statistics and returns Σ_j c_j ℓ_j / N."""
         domain_ids = domain_ids.to(losses.token_loss_sum.device).long()
-        step = self.last_step if batch_index is None else batch_index
-        self._record(losses, domain_ids, labels, model, inputs, step)
-        if self._whole_step_update_due(domain_ids.numel(), step + 1):
-            self._update_within_step(step + 1)
+        batch = self.last_step if batch_index is None else batch_index  # 0-based: this is optimizer step batch + 1
+        self._record(losses, domain_ids, labels, model, inputs, batch)
+        if self._whole_step_update_due(domain_ids.numel(), batch + 1):
+            self._update_within_step(batch + 1)
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
         p, w, prior = self._vectors(losses, domain_ids, batch_index, num_items_in_batch)
         loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch)
@@ -204,14 +204,14 @@ class StepEngine:
         labels: torch.Tensor | None,
         model: Any,
         inputs: Mapping[str, Any] | None,
-        step: int,
+        batch_index: int,
     ) -> None:
         stats = DomainStats.from_samples(domain_ids, losses.token_loss_sum, losses.token_count, self.num_domains)
         # Extra statistics only feed updates; once update_times is used up none will come, so the
         # providers' extra forwards and backwards would be wasted.
         if self.providers and self.updates_remaining:
             ctx = BatchContext(
-                model, inputs or {}, labels, losses, domain_ids, self.num_domains, step, self.update_pending
+                model, inputs or {}, labels, losses, domain_ids, self.num_domains, batch_index, self.update_pending
             )
             for provider in self.providers:
                 for key, value in provider.batch_statistics(ctx).items():
@@ -223,7 +223,7 @@ class StepEngine:
         is due, and this micro-batch is all of the rank's rows of the step (no gradient accumulation)."""
         return (
             self.algorithm.update_before_loss and not self._update_time_stats  # those run at end_step
-            and self._early is None
+            and self._updated_in_step is None
             # a rank's rows per step: the sampler shards the batch itself, or (the Trainer) accelerate does
             and rows == self.sampler.batch_size // max(self.sampler.world_size, distributed.world_size())
             and self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
@@ -236,7 +236,7 @@ class StepEngine:
         self._window_stats.add_(reduced)
         self._metric_stats.add_(reduced)
         window, self._window_stats = self._window_stats, DomainStats.zeros(self.num_domains)
-        self._early = (reduced, self._update(window, step))
+        self._updated_in_step = (reduced, self._update(window, step))
 
     def _reduce_step(self) -> DomainStats:
         """This step's statistics summed over data-parallel ranks (and the step's sums reset)."""
@@ -256,10 +256,10 @@ class StepEngine:
 
         ``model`` reaches providers that compute statistics at update time (held-out losses).
         """
-        early, self._early = self._early, None
-        if early is not None:  # the step's update already ran before its loss
-            self._finish_step(early[0], step, pending=False)
-            return early[1]
+        in_step, self._updated_in_step = self._updated_in_step, None
+        if in_step is not None:  # the step's update already ran before its loss
+            self._finish_step(in_step[0], step, pending=False)
+            return in_step[1]
         pending = self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
         if pending:
             done = self.algorithm.num_updates + self.skipped_updates
@@ -330,7 +330,7 @@ class StepEngine:
         """Everything needed to continue exactly after the last completed step: the sampler's
         position at that step's boundary, the algorithm's state, the statistics accumulated since
         the last update, counters. Call it between optimizer steps."""
-        if self._step_stats.token_count.sum() > 0 or self._early is not None:
+        if self._step_stats.token_count.sum() > 0 or self._updated_in_step is not None:
             raise RuntimeError("StepEngine.state_dict: called in the middle of an optimizer step")
         return {
             "version": STATE_VERSION,

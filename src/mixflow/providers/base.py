@@ -64,8 +64,9 @@ class BatchContext:
     domain_ids: torch.Tensor
     """Domain index of every sample, shape [B]."""
     num_domains: int
-    step: int = 0
-    """Index of the global batch (optimizer step) this micro-batch belongs to."""
+    batch_index: int = 0
+    """Index of the global batch this micro-batch belongs to (0-based: the optimizer step − 1; mixflow
+    says ``step`` only for the 1-based optimizer step, as ``end_step`` and :class:`UpdateContext` do)."""
     update_pending: bool = False
     """Whether the optimizer step this micro-batch belongs to ends with a scheduled update."""
 

@@ -167,8 +167,8 @@ class GradientStatistics(StatisticProvider):
         #: The output head's input of the latest forward (kept by a forward hook).
         self._head_input: torch.Tensor | None = None
         self._warned_unattached = False
-        #: The step whose micro-batches are being grouped, and each domain's samples dealt so far in it.
-        self._step: int | None = None
+        #: The global batch whose micro-batches are being grouped, and each domain's samples dealt so far in it.
+        self._batch: int | None = None
         self._dealt: torch.Tensor | None = None
 
     def _setup(self, model: Any) -> None:
@@ -204,8 +204,8 @@ class GradientStatistics(StatisticProvider):
         knows each of its samples' position among the domain's samples of the step so far, in the
         order one process would see the global batch (micro-batch, then rank, then row); the
         sample goes to group position mod G."""
-        if ctx.step != self._step or self._dealt is None:
-            self._step, self._dealt = ctx.step, torch.zeros(ctx.num_domains, dtype=torch.long)
+        if ctx.batch_index != self._batch or self._dealt is None:
+            self._batch, self._dealt = ctx.batch_index, torch.zeros(ctx.num_domains, dtype=torch.long)
         ids = torch.where(ctx.losses.token_count > 0, ctx.domain_ids, -1).long().cpu()  # -1: no target token
         every, start = all_gather_varlen(ids)
         position = torch.full_like(every, -1)

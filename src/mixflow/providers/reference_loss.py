@@ -58,7 +58,7 @@ class ReferenceLoss(StatisticProvider):
             self._freeze(model)
         self._checked_vocab = False
         #: (the batch's input_ids, the reference's losses) computed before the training forward.
-        self._early: tuple[Any, SampleLosses] | None = None
+        self._before_forward_losses: tuple[Any, SampleLosses] | None = None
 
     @staticmethod
     def _freeze(model: Any) -> None:
@@ -84,9 +84,9 @@ class ReferenceLoss(StatisticProvider):
     def before_forward(self, inputs: Mapping[str, Any], labels: torch.Tensor | None, shift: bool) -> None:
         # The same forward costs ~20% more CPU time while the training graph holds memory, so the
         # reference runs here when the caller offers the batch first; batch_statistics checks it.
-        self._early = None
+        self._before_forward_losses = None
         if (self.path is not None or self._model is not None) and labels is not None and labels.dim() == 2:
-            self._early = (inputs.get("input_ids"), self._reference_losses(inputs, labels, shift))
+            self._before_forward_losses = (inputs.get("input_ids"), self._reference_losses(inputs, labels, shift))
 
     def _reference_losses(self, inputs: Mapping[str, Any], labels: torch.Tensor, shift: bool) -> SampleLosses:
         device = labels.device
@@ -99,7 +99,7 @@ class ReferenceLoss(StatisticProvider):
             return sample_losses(logits, labels, shift=shift)
 
     def batch_statistics(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
-        early, self._early = self._early, None
+        before, self._before_forward_losses = self._before_forward_losses, None
         if self.path is None and self._model is None:
             return {}
         proxy = ctx.losses
@@ -110,8 +110,8 @@ class ReferenceLoss(StatisticProvider):
         # The training forward's token losses tell whether labels were shifted (causal LM: one
         # position fewer than the labels), so the reference is scored on exactly the same targets.
         shift = proxy.token_losses.shape[1] != labels.shape[1]
-        if early is not None and early[0] is ctx.inputs.get("input_ids") and early[1].token_losses.shape == proxy.token_losses.shape:
-            ref = early[1]
+        if before is not None and before[0] is ctx.inputs.get("input_ids") and before[1].token_losses.shape == proxy.token_losses.shape:
+            ref = before[1]
         else:
             ref = self._reference_losses(ctx.inputs, labels, shift)
         with torch.no_grad():

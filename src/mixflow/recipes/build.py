@@ -20,7 +20,7 @@ from mixflow.data.dataset import MixtureDataset
 from mixflow.data.packing import TokenizedDomain, split_indices
 from mixflow.data.proportions import resolve_proportions
 from mixflow.data.sampler import MixtureSampler
-from mixflow.data.tokenized import CacheEntry, tokenized_domain
+from mixflow.data.tokenized import CacheEntry, cache_domain
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.errors import ConfigError, DataError
@@ -42,7 +42,7 @@ class PreparedData:
     val: dict[str, MixtureDataset]
 
 
-def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None,
+def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None,
                      verify: bool = False) -> list[CacheEntry]:
     """Every domain's tokenization cache entry, built where it is missing or stale (see
     :mod:`mixflow.data.tokenized`). ``overwrite_cache`` (default: the config's) rebuilds matching
@@ -56,7 +56,7 @@ def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: boo
     entries = []
     for source in domain_sources(run):
         packing = run.data.packing if run.data.packing is not None else source.formatting is None
-        entry = tokenized_domain(
+        entry = cache_domain(
             source, tokenizer, cache, run.data.cutoff_len, packing=packing,
             max_documents=run.data.max_samples, workers=run.data.preprocessing_num_workers or 1,
             overwrite=overwrite, verify=verify, progress=progress,
@@ -69,12 +69,12 @@ def tokenize_domains(run: RunConfig, progress: bool = True, overwrite_cache: boo
 
 
 def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None) -> PreparedData:
-    """Every domain's rows, read from the tokenization cache (:func:`tokenize_domains`),
+    """Every domain's rows, read from the tokenization cache (:func:`cache_domains`),
     split into training and held-out rows per domain."""
     seed = split_seed(run)
     val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)
     domains = []
-    pairs = list(zip(domain_sources(run), tokenize_domains(run, progress, overwrite_cache)))
+    pairs = list(zip(domain_sources(run), cache_domains(run, progress, overwrite_cache)))
     empty = [f"cutoff_len: domain {s.name!r} has {e.meta['num_tokens']} tokens, which make no row of cutoff_len "
              f"{run.data.cutoff_len} (packed rows are whole blocks); expected a smaller cutoff_len or more data"
              for s, e in pairs if len(e.rows) == 0]

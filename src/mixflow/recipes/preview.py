@@ -17,7 +17,7 @@ import numpy as np
 from mixflow.config.schema import RunConfig
 from mixflow.data.keys import IGNORE_INDEX
 from mixflow.errors import ConfigError
-from mixflow.recipes.build import tokenize_domains
+from mixflow.recipes.build import cache_domains
 from mixflow.recipes.inputs import choose_tokenizer, domain_sources
 
 TARGET_OPEN, TARGET_CLOSE, EOS_MARK = "⟦", "⟧", "⟪EOS⟫"
@@ -58,7 +58,7 @@ def preview(run: RunConfig, domains: list[str] | None = None, rows: int = 3) -> 
         raise ConfigError(f"domain: unknown {unknown}; expected one of {names}")
     tokenizer = choose_tokenizer(run)
     out = []
-    for name, entry in zip(names, tokenize_domains(run, progress=False)):
+    for name, entry in zip(names, cache_domains(run, progress=False)):
         if domains and name not in domains:
             continue
         masked = entry.rows.mask is not None

@@ -116,9 +116,9 @@ def _archive(folder: Path) -> None:
 
 
 def _domain_tokens(run: Any) -> dict[str, int]:
-    from mixflow.recipes.build import tokenize_domains
+    from mixflow.recipes.build import cache_domains
 
-    return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in tokenize_domains(run, progress=False)}
+    return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in cache_domains(run, progress=False)}
 
 
 def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "natural", concentration: float = 1.0,
