@@ -33,28 +33,22 @@ from typing import Any, Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import ValidationContext
+from mixflow.algorithms.params import bounded
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, ReferenceLossParams, excess_loss
 from mixflow.algorithms.weights import Weights
-from mixflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 @dataclass
 class DoReMiParams(ReferenceLossParams):
-    reweight_eta: float = 1.0
+    reweight_eta: float = bounded(1.0, ge=0, finite=True)
     """η: step size of the exponentiated-gradient update of α (seed example: 0.1)."""
-    reweight_eps: float = 1e-3
+    reweight_eps: float = bounded(1e-3, ge=0, le=1)
     """c: smoothing towards uniform; every α_i >= c/K (seed example: 0.01)."""
     output_weights: Literal["average", "last"] = "average"
     """Weights for step 3: 'average' = mean of α over updates (the paper's ᾱ), 'last' = the final α."""
 
-    def validate(self, where: str, context: ValidationContext | None = None) -> None:
-        if self.reweight_eta < 0 or not np.isfinite(self.reweight_eta):
-            raise ConfigError(f"{where}.reweight_eta: expected a finite number >= 0, got {self.reweight_eta}")
-        if not 0 <= self.reweight_eps <= 1:
-            raise ConfigError(f"{where}.reweight_eps: expected a number in [0, 1], got {self.reweight_eps}")
 
 
 @register_algorithm

@@ -34,38 +34,30 @@ from typing import Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import ValidationContext
+from mixflow.algorithms.params import ValidationContext, bounded
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
 from mixflow.algorithms.weights import Weights
-from mixflow.errors import ConfigError
 
 
 @dataclass
 class ERMAParams(HeldoutParams):
-    gamma1: float = 0.5
+    gamma1: float = bounded(0.5, ge=0)
     """γ1: step on the held-out loss term γ1·π_i·G(t)·L_i"""
-    gamma2: float = 0.5
+    gamma2: float = bounded(0.5, ge=0)
     """γ2: step on the variance term γ2·π_i·w_i·Var_i"""
     schedule: Literal["constant", "inverse_sqrt"] = "constant"
     """G(t) (ours): constant = 1; inverse_sqrt = 1/sqrt(1 + t), t = updates done"""
     exponent_weights: Literal["unnormalized", "normalized"] = "unnormalized"
     """w in the variance term (ours): unnormalized = the multiplicative state u (fixed point w ∝ L/Var, 1/σ² for
     squared loss); normalized = w with Σπw = 1 (constrained mirror descent)"""
-    max_log_decrease: float | None = 1.0
+    max_log_decrease: float | None = bounded(1.0, gt=0)
     """Largest decrease of log u_i in one update (ours: one wild variance estimate cannot bury a domain); null: none"""
-    var_floor: float = 1e-8
+    var_floor: float = bounded(1e-8, gt=0)
     """Smallest Var_i used (a domain with identical held-out losses)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
-        for key in ("gamma1", "gamma2"):
-            if not getattr(self, key) >= 0:
-                raise ConfigError(f"{where}.{key}: expected a number >= 0, got {getattr(self, key)}")
-        if self.max_log_decrease is not None and not self.max_log_decrease > 0:
-            raise ConfigError(f"{where}.max_log_decrease: expected a positive number or null, got {self.max_log_decrease}")
-        if not self.var_floor > 0:
-            raise ConfigError(f"{where}.var_floor: expected a positive number, got {self.var_floor}")
 
 
 @register_algorithm

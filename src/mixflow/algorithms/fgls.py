@@ -27,29 +27,24 @@ from typing import Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import ValidationContext
+from mixflow.algorithms.params import ValidationContext, bounded
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, HeldoutParams, heldout_moments
 from mixflow.algorithms.weights import Weights
-from mixflow.errors import ConfigError
 
 
 @dataclass
 class FGLSParams(HeldoutParams):
-    beta: float = 0.1
+    beta: float = bounded(0.1, gt=0, le=1)
     """Smoothing β of w ← (1−β)·w + β·t, t ∝ 1/σ̂² (ours; 1 = no smoothing)"""
     target_scale: Literal["normalized", "raw"] = "normalized"
     """normalized: t = (1/σ̂²)/Σπ(1/σ̂²), so β is the step whatever the loss's units (ours); raw: t = 1/σ̂² literally,
     then renormalise (the step then depends on the loss scale)"""
-    noise_floor: float = 1e-8
+    noise_floor: float = bounded(1e-8, gt=0)
     """Smallest σ̂² used (a domain with zero held-out loss would get infinite weight)"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
-        if not 0 < self.beta <= 1:
-            raise ConfigError(f"{where}.beta: expected a number in (0, 1], got {self.beta}")
-        if not self.noise_floor > 0:
-            raise ConfigError(f"{where}.noise_floor: expected a positive number, got {self.noise_floor}")
 
 
 @register_algorithm

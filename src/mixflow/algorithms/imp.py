@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mixflow.algorithms.base import SampleWeighter
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, bounded, required_param
 from mixflow.algorithms.registry import register_weighter
 from mixflow.errors import ConfigError, DataError
 
@@ -38,19 +38,15 @@ class ImpParams(AlgorithmParams):
         hint="run `mixflow checkers CONFIG` first",
     )
     """Path of the checker cache written by `mixflow checkers` (P̂′(y|x) and Q̂(y|x) per training example)."""
-    min_prob: float = 1e-3
+    min_prob: float = bounded(1e-3, gt=0, lt=1)
     """(ours) Floor on both probabilities of a weight ratio, in (0, 1)."""
-    max_weight: float | None = None
+    max_weight: float | None = bounded(None, gt=0)
     """(ours) Upper bound on a weight; null: no bound beyond 1 / min_prob."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load, before any data or model loads)."""
         if not self.weights_cache:
             raise ConfigError(f"{where}.weights_cache: required (the cache written by `mixflow checkers CONFIG`)")
-        if not 0 < self.min_prob < 1:
-            raise ConfigError(f"{where}.min_prob: expected a number in (0, 1), got {self.min_prob}")
-        if self.max_weight is not None and not self.max_weight > 0:
-            raise ConfigError(f"{where}.max_weight: expected a number > 0 or null, got {self.max_weight}")
 
 
 class CheckerWeighter(SampleWeighter[ImpParams]):

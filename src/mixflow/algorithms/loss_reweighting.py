@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from mixflow.algorithms.base import SampleWeighter
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, bounded
 from mixflow.algorithms.registry import register_weighter
 from mixflow.errors import ConfigError
 
@@ -46,35 +46,26 @@ class LossReweightingParams(AlgorithmParams):
     paper's larger runs)."""
     strategy: Strategy = "linupper"
     """f of the normalised loss: linupper, upper (the released code's), quadratic, extremes or uniform."""
-    delta: float = 1.0
+    delta: float = bounded(1.0, gt=0)
     """δ: normalised losses span [-δ, δ] (> 0)."""
-    r: float = 1.0
+    r: float = bounded(1.0, gt=0)
     """Temperature of softmax(f / r) (> 0); with a decreasing schedule, its final value."""
-    burn_in_steps: int = 0
+    burn_in_steps: int = bounded(0, ge=0)
     """Optimizer steps of uniform weighting before reweighting starts (paper: 1000)."""
     r_schedule: Schedule = "constant"
     """(ours) constant: r throughout; linear or cosine: r decreases from r_start to r over r_schedule_steps steps after
     the burn-in (large r is nearly uniform, so the weighting fades in)."""
     r_start: float = 10.0
     """Temperature at the start of a linear/cosine schedule (> r)."""
-    r_schedule_steps: int = 1000
+    r_schedule_steps: int = bounded(1000, ge=1)
     """Length of the linear/cosine schedule in optimizer steps (>= 1)."""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         """One-line errors naming the key (run at config load)."""
-        if not self.delta > 0:
-            raise ConfigError(f"{where}.delta: expected a number > 0, got {self.delta}")
-        if not self.r > 0:
-            raise ConfigError(f"{where}.r: expected a number > 0, got {self.r}")
-        if self.burn_in_steps < 0:
-            raise ConfigError(f"{where}.burn_in_steps: expected an integer >= 0, got {self.burn_in_steps}")
-        if self.r_schedule != "constant":
-            if not self.r_start > self.r:
-                raise ConfigError(
-                    f"{where}.r_start: expected a number > r ({self.r}) for a decreasing schedule, got {self.r_start}"
-                )
-            if self.r_schedule_steps < 1:
-                raise ConfigError(f"{where}.r_schedule_steps: expected an integer >= 1, got {self.r_schedule_steps}")
+        if self.r_schedule != "constant" and not self.r_start > self.r:
+            raise ConfigError(
+                f"{where}.r_start: expected a number > r ({self.r}) for a decreasing schedule, got {self.r_start}"
+            )
 
 
 def normalised_losses(losses: torch.Tensor, delta: float) -> torch.Tensor | None:

@@ -38,11 +38,11 @@ from typing import Any, Literal
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext
+from mixflow.algorithms.params import AlgorithmParams, bounded
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.algorithms.weights import Weights
-from mixflow.errors import ConfigError, ResumeError
+from mixflow.errors import ResumeError
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,9 @@ class ODMParams(AlgorithmParams):
     rule: Rule = "smoothed_mean"
     """smoothed_mean: the released code's rule (EMA of exp(L), linear normalisation); exp3: the
     paper's Algorithm 1 as printed (EMA of L/p inside a softmax)"""
-    alpha: float = 0.9
+    alpha: float = bounded(0.9, ge=0, lt=1)
     """Reward smoothing R̂_i ← α·R̂_i + (1−α)·reward after every step (released default 0.9; the
     paper's 1B run used 0.5)"""
-
-    def validate(self, where: str, context: ValidationContext | None = None) -> None:
-        if not 0 <= self.alpha < 1:
-            raise ConfigError(f"{where}.alpha: expected a number in [0, 1), got {self.alpha}")
 
 
 def exploration_rate(t: int, num_domains: int) -> float:

@@ -63,6 +63,61 @@ def param(default: Any, path: PathKind, hint: str = "") -> Any:
     return dataclasses.field(default=default, metadata={"path": path, "hint": hint})
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric parameter must lie in, declared on its field (:func:`bounded`) and checked
+    by :func:`build_params` before the params' own ``validate``; ``mixflow list`` shows it."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    finite: bool = False
+    """Also refuse ±inf (NaN never lies in a range)."""
+    why: str = ""
+
+    def admits(self, value: float) -> bool:
+        return not (
+            value != value  # NaN
+            or (self.finite and abs(value) == float("inf"))
+            or (self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+            or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)
+        )
+
+    def describe(self, kind: str, optional: bool) -> str:
+        """E.g. "a number in [0, 1)", "a finite number > 0", "an integer >= 2 (why) or null"."""
+        low = (f"[{self.ge:g}", f">= {self.ge:g}") if self.ge is not None else (
+            (f"({self.gt:g}", f"> {self.gt:g}") if self.gt is not None else None)
+        high = (f"{self.le:g}]", f"<= {self.le:g}") if self.le is not None else (
+            (f"{self.lt:g})", f"< {self.lt:g}") if self.lt is not None else None)
+        what = f"a finite {kind.split(' ', 1)[1]}" if self.finite else kind
+        if low and high:
+            text = f"{what} in {low[0]}, {high[0]}"
+        else:
+            text = f"{what} {(low or high or ('', ''))[1]}".rstrip()
+        return text + (f" ({self.why})" if self.why else "") + (" or null" if optional else "")
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, finite: bool = False, why: str = "") -> Any:
+    """A numeric parameter's field with its range (``ge``/``gt`` below, ``le``/``lt`` above): a value
+    outside it is the config error ``<where>.<name>: expected a number in [0, 1), got 2``."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt, finite, why)})
+
+
+def check_bounds(params: AlgorithmParams, where: str) -> None:
+    """Every declared range of ``params`` (one error for the first value outside its range)."""
+    hints = typing.get_type_hints(type(params))
+    for f in dataclasses.fields(params):
+        bounds = f.metadata.get("bounds")
+        value = getattr(params, f.name)
+        if bounds is None or value is None or bounds.admits(float(value)):
+            continue
+        args = typing.get_args(hints[f.name])
+        kind = "an integer" if int in (hints[f.name], *args) else "a number"
+        raise ConfigError(f"{where}.{f.name}: expected {bounds.describe(kind, type(None) in args)}, got {value}")
+
+
 def required_param(expected: str, path: PathKind | None = None, hint: str = "") -> Any:
     """A parameter without a default (declare it before the defaulted ones). Omitting it is the config
     error ``<where>.<name>: required (<expected>)``."""
@@ -136,6 +191,7 @@ def build_params(
     for key, value in params.items():
         values[key] = check_type(value, hints[key], f"{where}.{key}")
     typed = cls(**values)
+    check_bounds(typed, where)
     typed.validate(where, context)
     return typed
 
@@ -218,5 +274,8 @@ def describe_params(cls: Any) -> list[tuple[str, str, Any, str]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
-        rows.append((f.name, _describe(hints[f.name]), default, docs.get(f.name, "")))
+        bounds, args = f.metadata.get("bounds"), typing.get_args(hints[f.name])
+        kind = "an integer" if int in (hints[f.name], *args) else "a number"
+        what = bounds.describe(kind, type(None) in args) if bounds is not None else _describe(hints[f.name])
+        rows.append((f.name, what, default, docs.get(f.name, "")))
     return rows

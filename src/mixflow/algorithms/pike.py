@@ -42,7 +42,7 @@ import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.grad_moments import smooth_gradient_sums, smoothed_moments
-from mixflow.algorithms.params import ValidationContext
+from mixflow.algorithms.params import ValidationContext, bounded
 from mixflow.algorithms.registry import register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams
 from mixflow.algorithms.weights import Weights, floor_weights
@@ -51,45 +51,32 @@ from mixflow.errors import ConfigError
 
 @dataclass
 class PiKEParams(GradStatsParams):
-    zeta1: float = 1.0
+    zeta1: float = bounded(1.0, ge=0, finite=True)
     """ζ1: weight of the squared gradient norm ‖∇L_k‖² in the exponent"""
-    zeta2: float = 1.0
+    zeta2: float = bounded(1.0, ge=0, finite=True)
     """ζ2: weight of the noise term σ_k²/(2B); ζ2/ζ1 ~ smoothness × learning rate (0: ignore noise)"""
     normalize: bool = True
     """Divide the exponent by the mean over tasks of ζ1‖∇L_k‖² + ζ2σ_k²/(2B) and scale by step_size (ours)"""
-    step_size: float = 0.1
+    step_size: float = bounded(0.1, gt=0, finite=True)
     """With normalize: the size of one update in log-weight units (ours)"""
-    min_weight: float = 0.01
+    min_weight: float = bounded(0.01, ge=0, lt=1)
     """Floor on every task's weight, so that no task dies (must be < 1/K)"""
-    min_samples: int = 2
+    min_samples: int = bounded(2, ge=0)
     """Floor of min_samples/B on every weight, so each task keeps the 2 samples a variance needs (ours; 0: off)"""
-    grad_smoothing: float = 0.0
+    grad_smoothing: float = bounded(0.0, ge=0, lt=1)
     """β: pool the gradient groups of past updates with weights β^age (ours; 0: this window only, the paper's
     one-batch estimate); less variance, but a lag of about β/(1−β) updates while the model moves"""
     floor_norm: bool = False
     """Floor the ‖∇L_k‖² estimate at 0 (ours: false keeps it unbiased; the floor biases noisy tasks upward, while
     the multiplicative update averages an unbiased exponent's noise over updates)"""
-    scale_smoothing: float = 0.9
+    scale_smoothing: float = bounded(0.9, ge=0, lt=1)
     """With normalize: the normalising scale S is an average over updates with weights scale_smoothing^age (ours;
     0: this update's S), so a noisy S does not make the update size random"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
-        for key in ("zeta1", "zeta2"):
-            value = getattr(self, key)
-            if not (np.isfinite(value) and value >= 0):
-                raise ConfigError(f"{where}.{key}: expected a finite number >= 0, got {value}")
         if self.zeta1 == 0 and self.zeta2 == 0:
             raise ConfigError(f"{where}.zeta1: expected zeta1 or zeta2 > 0 (both 0 never changes the weights)")
-        if not (np.isfinite(self.step_size) and self.step_size > 0):
-            raise ConfigError(f"{where}.step_size: expected a finite number > 0, got {self.step_size}")
-        if not 0 <= self.min_weight < 1:
-            raise ConfigError(f"{where}.min_weight: expected a number in [0, 1), got {self.min_weight}")
-        if self.min_samples < 0:
-            raise ConfigError(f"{where}.min_samples: expected an integer >= 0, got {self.min_samples}")
-        for key in ("grad_smoothing", "scale_smoothing"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: expected a number in [0, 1), got {getattr(self, key)}")
         if context is None:
             return
         k = context.num_domains
@@ -109,17 +96,13 @@ class PiKEParams(GradStatsParams):
 
 @dataclass
 class BalancedPiKEParams(PiKEParams):
-    tau: float = 3.0
+    tau: float = bounded(3.0, gt=0, finite=True)
     """τ of the tilted objective (1/τ)·log Σ_k exp(τ·L_k); the paper uses 1, 3 or 5"""
     tilt: Literal["gain", "both"] = "both"
     """both: ‖∇L_k‖² and σ_k² both scaled by y_k², y = τ·softmax(τL) (Li et al. 2025, arXiv 2502.06244; it can push a lagging but
     noisy task down); gain: K·softmax(τL)_k weighs ‖∇L_k‖² only, the first-order term of the tilted objective
     (ours; equal losses give PiKE exactly)"""
 
-    def validate(self, where: str, context: ValidationContext | None = None) -> None:
-        super().validate(where, context)
-        if not (np.isfinite(self.tau) and self.tau > 0):
-            raise ConfigError(f"{where}.tau: expected a finite number > 0, got {self.tau}")
 
 
 def pike_terms(norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, required_param
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, bounded, required_param
 from mixflow.errors import ConfigError
 
 
@@ -232,18 +232,11 @@ class GradStatsParams(AlgorithmParams):
 
     grad_params: list[str] | None = None
     """grad_stats: parameter-name globs whose gradients are measured (null: the output head)"""
-    grad_groups: int = 2
+    grad_groups: int = bounded(2, ge=2, why="a variance needs two groups")
     """grad_stats: groups per domain in the global batch of the group-split estimator (>= 2)"""
-    grad_sketch_dim: int = 4096
+    grad_sketch_dim: int = bounded(4096, ge=0, why="0: exact")
     """grad_stats: count-sketch dimension of the gradients (0: exact)"""
 
-    def validate(self, where: str, context: ValidationContext | None = None) -> None:
-        if self.grad_groups < 2:
-            raise ConfigError(
-                f"{where}.grad_groups: expected an integer >= 2 (a variance needs two groups), got {self.grad_groups}"
-            )
-        if self.grad_sketch_dim < 0:
-            raise ConfigError(f"{where}.grad_sketch_dim: expected an integer >= 0 (0: exact), got {self.grad_sketch_dim}")
 
 
 #: What the ``grad_stats`` provider returns (sums that add exactly over micro-batches and ranks):

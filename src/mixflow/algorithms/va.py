@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
-from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params
+from mixflow.algorithms.params import AlgorithmParams, ValidationContext, bounded, build_params
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments, has_gradient_sums
 from mixflow.algorithms.weights import Weights, floor_weights
@@ -33,22 +33,18 @@ from mixflow.errors import ConfigError, ResumeError
 
 @dataclass
 class VAParams(GradStatsParams):
-    beta: float = 0.9
+    beta: float = bounded(0.9, ge=0, lt=1)
     """EMA factor of v_i² ← β·v_i² + (1−β)·σ̂_i² (ours); the first estimate is taken as is"""
-    min_samples: int = 2
+    min_samples: int = bounded(2, ge=2, why="a variance needs two samples")
     """Floor: at least this many rows of every domain (with π_i·w_i > 0) per global batch"""
     loss_weights_from: dict[str, Any] | None = None
     """Inner loss-weight algorithm {name, params} (e.g. erma, fgls) supplying w; null: w = 1"""
     # VA's variance estimate wants more groups than PiKE's default (only the default differs).
-    grad_groups: int = 4
+    grad_groups: int = bounded(4, ge=2, why="a variance needs two groups")
     """grad_stats: groups per domain in the global batch of the group-split variance estimator"""
 
     def validate(self, where: str, context: ValidationContext | None = None) -> None:
         super().validate(where, context)
-        if not 0 <= self.beta < 1:
-            raise ConfigError(f"{where}.beta: expected a number in [0, 1), got {self.beta}")
-        if self.min_samples < 2:
-            raise ConfigError(f"{where}.min_samples: expected an integer >= 2 (a variance needs two samples), got {self.min_samples}")
         k, b = (context.num_domains, context.batch_size) if context is not None else (None, None)
         if k is not None and b is not None and k * self.min_samples >= b:
             # every weight floored to min_samples/B ≥ 1/K: the mixture could never leave uniform
