@@ -70,7 +70,7 @@ def fgls_full_batch(p: Problem, steps: int, lr: float = 0.2) -> tuple[np.ndarray
         theta -= lr * sum(0.5 * wi * 2 * x.T @ (x @ theta - y) / p.n for wi, (x, y) in zip(w, p.train))
         window = DomainStats.zeros(2)
         window.extras.update(heldout_stats(p.residuals(theta)))
-        algo.update(window, t + 1)
+        algo.apply_update(window, t + 1)
     return theta, algo.loss_weights
 
 
