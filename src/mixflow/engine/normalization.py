@@ -20,12 +20,11 @@ in every one of them (true on average for p_d·B ≫ ranks × micro-batches).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
-from mixflow.data.sampler import MixtureSampler
 from mixflow.errors import ConfigError
 
 Normalization = Literal["domain", "token"]
@@ -33,11 +32,28 @@ Normalization = Literal["domain", "token"]
 RowTargetTokens = Callable[[np.ndarray], np.ndarray]
 
 
+class BatchPlans(Protocol):
+    """What :class:`DomainTokens` reads of a sampler: the plan of a global batch and how it is sliced
+    over ranks (:class:`~mixflow.data.sampler.MixtureSampler` provides it; nothing else of it is read)."""
+
+    @property
+    def num_domains(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def local_batch_size(self) -> int: ...
+    @property
+    def rank(self) -> int: ...
+    def planned_rows(self, batch_index: int) -> np.ndarray: ...
+    def planned_weights(self, batch_index: int) -> np.ndarray: ...
+    def domain_ids(self, indices: np.ndarray) -> np.ndarray: ...
+
+
 class DomainTokens:
     """Per-domain target tokens of a step, in the population its loss normaliser counts."""
 
     def __init__(
-        self, sampler: MixtureSampler, normalization: Normalization = "domain", row_target_tokens: RowTargetTokens | None = None
+        self, sampler: BatchPlans, normalization: Normalization = "domain", row_target_tokens: RowTargetTokens | None = None
     ) -> None:
         if normalization not in ("domain", "token"):
             raise ConfigError(f"objective_normalization: expected 'domain' or 'token', got {normalization!r}")
