@@ -14,7 +14,7 @@ from mixflow.algorithms.registry import build_algorithm
 from mixflow.algorithms.statistics import DomainStats, heldout_stats
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
-from mixflow.loss.objective import domain_coefficients
+from mixflow.loss.objective import DomainVectors, domain_coefficients
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import BatchContext, build_providers
 from mixflow.testing import run_distributed
@@ -86,7 +86,7 @@ class _Regression:
             rows = next(it)
             ids = torch.as_tensor(self.ids[rows])
             mode = "importance" if importance else "objective"
-            c = domain_coefficients(ids, mode, torch.as_tensor(p), torch.ones(2, dtype=torch.float64), prior)
+            c = domain_coefficients(ids, mode, DomainVectors(torch.as_tensor(p), torch.ones(2, dtype=torch.float64), prior))
             c = np.ones(len(rows)) if c is None else c.numpy()
             out.append((c[:, None] * grads[rows]).sum(0) / batch)
         return np.array(out)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixflow.loss.objective import domain_coefficients, weighted_loss
+from mixflow.loss.objective import DomainVectors, domain_coefficients, weighted_loss
 from mixflow.loss.per_sample import sample_losses
 
 
@@ -73,7 +73,7 @@ def test_domain_coefficients_importance_mode_is_q_over_p():
     p = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
     w = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
     prior = torch.full((3,), 1 / 3, dtype=torch.float64)
-    c = domain_coefficients(ids, "importance", p, w, prior)
+    c = domain_coefficients(ids, "importance", DomainVectors(p, w, prior))
     q = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
     assert torch.allclose(c, (q / p)[ids])
     # E_p[c] = Σ_d p_d q_d / p_d = 1: the scale of the plain loss is kept.
@@ -84,11 +84,11 @@ def test_domain_coefficients_objective_mode():
     ids = torch.tensor([0, 1])
     p = torch.tensor([0.9, 0.1], dtype=torch.float64)
     prior = torch.full((2,), 0.5, dtype=torch.float64)
-    assert domain_coefficients(ids, "objective", p, torch.ones(2, dtype=torch.float64), prior) is None
-    c = domain_coefficients(ids, "objective", p, torch.tensor([2.0, 0.5], dtype=torch.float64), prior)
+    assert domain_coefficients(ids, "objective", DomainVectors(p, torch.ones(2, dtype=torch.float64), prior)) is None
+    c = domain_coefficients(ids, "objective", DomainVectors(p, torch.tensor([2.0, 0.5], dtype=torch.float64), prior))
     assert c.tolist() == [2.0, 0.5]
     with pytest.raises(ValueError, match="mode"):
-        domain_coefficients(ids, "bogus", p, torch.ones(2), prior)
+        domain_coefficients(ids, "bogus", DomainVectors(p, torch.ones(2), prior))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("rows", [1, 3, 64])

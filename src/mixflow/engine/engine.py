@@ -28,7 +28,7 @@ from mixflow.engine.sample_weights import SampleWeightStats, global_sample_weigh
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.engine.updater import guarded_update
 from mixflow.errors import ResumeError
-from mixflow.loss.objective import coefficients, step_loss, weighted_loss
+from mixflow.loss.objective import DomainVectors, coefficients, step_loss, weighted_loss
 from mixflow.loss.per_sample import SampleLosses, sample_losses
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, UpdateContext, build_providers
 from mixflow.utils import distributed
@@ -144,8 +144,8 @@ class StepEngine:
         if self._whole_step_update_due(domain_ids.numel(), batch + 1):
             self._update_within_step(batch + 1)
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        p, w, prior = self._vectors(losses, domain_ids, batch_index, num_items_in_batch)
-        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, p, w, prior, s, num_items_in_batch)
+        vectors = self._vectors(losses, domain_ids, batch_index, num_items_in_batch)
+        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, vectors, s, num_items_in_batch)
         return loss
 
     @property
@@ -163,11 +163,10 @@ class StepEngine:
                      sample_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        p, w, prior = self._vectors(losses, domain_ids, batch_index, None)
-        return coefficients(domain_ids, self.algorithm.mode, p, w, prior, s)
+        return coefficients(domain_ids, self.algorithm.mode, self._vectors(losses, domain_ids, batch_index, None), s)
 
     def _vectors(self, losses: SampleLosses, domain_ids: torch.Tensor, batch_index: int | None,
-                 num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 num_items_in_batch: torch.Tensor | int | None) -> DomainVectors:
         """(p, w, π) as float64 tensors on the losses' device. In importance mode p is what the
         weights q_d / p_d divide by: each domain's share of the step's target tokens under
         ``objective_normalization: domain`` (:mod:`mixflow.engine.normalization`), the plan batch
@@ -180,9 +179,8 @@ class StepEngine:
             elif batch_index is not None:
                 p = self.sampler.planned_weights(batch_index)
         device = losses.token_loss_sum.device
-        p_t, w_t, prior_t = (torch.as_tensor(v, dtype=torch.float64, device=device)
-                             for v in (p, self.algorithm.loss_weights, self.algorithm.prior))
-        return p_t, w_t, prior_t
+        return DomainVectors(*(torch.as_tensor(v, dtype=torch.float64, device=device)
+                               for v in (p, self.algorithm.loss_weights, self.algorithm.prior)))
 
     def _sample_weights(
         self,

@@ -6,42 +6,45 @@ docs/design.md: the coefficient of sample j is c_j = (domain part) · s_j, and t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mixflow.algorithms.base import Mode
 from mixflow.loss.per_sample import SampleLosses
 
 
+class DomainVectors(NamedTuple):
+    """The per-domain vectors of one micro-batch's objective (each [K], float64)."""
+
+    sampling: torch.Tensor
+    """p: what importance weights divide by (the plan the batch was drawn with, or each domain's
+    token share: :mod:`mixflow.engine.normalization`)."""
+    loss: torch.Tensor
+    """w: the domain loss weights."""
+    prior: torch.Tensor
+    """π: the prior over domains."""
+
+
 def step_loss(
     losses: SampleLosses,
     domain_ids: torch.Tensor,
     mode: Mode,
-    sampling_weights: torch.Tensor,
-    loss_weights: torch.Tensor,
-    prior: torch.Tensor,
+    vectors: DomainVectors,
     sample_weights: torch.Tensor | None,
     num_items_in_batch: torch.Tensor | int | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weighted loss, coefficients or None when all are 1) of one micro-batch.
-
-    ``sampling_weights`` is the p importance weights divide by (the plan the batch was drawn with,
-    or each domain's token share: :mod:`mixflow.engine.normalization`), ``loss_weights`` w and
-    ``prior`` π (all [K]); ``sample_weights`` s [B] or None.
-    """
-    c = coefficients(domain_ids, mode, sampling_weights, loss_weights, prior, sample_weights)
+    """(weighted loss, coefficients or None when all are 1) of one micro-batch; ``sample_weights``
+    s [B] or None."""
+    c = coefficients(domain_ids, mode, vectors, sample_weights)
     return weighted_loss(losses, c, num_items_in_batch), c
 
 
 def coefficients(
-    domain_ids: torch.Tensor,
-    mode: Mode,
-    sampling_weights: torch.Tensor,
-    loss_weights: torch.Tensor,
-    prior: torch.Tensor,
-    sample_weights: torch.Tensor | None = None,
+    domain_ids: torch.Tensor, mode: Mode, vectors: DomainVectors, sample_weights: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """c_j = (domain part of sample j's domain) · s_j; None when every coefficient is 1."""
-    c = domain_coefficients(domain_ids, mode, sampling_weights, loss_weights, prior)
+    c = domain_coefficients(domain_ids, mode, vectors)
     if sample_weights is not None:
         c = sample_weights if c is None else c * sample_weights
     return c
@@ -69,13 +72,7 @@ def weighted_loss(
     return total / denom
 
 
-def domain_coefficients(
-    domain_ids: torch.Tensor,
-    mode: Mode,
-    sampling_weights: torch.Tensor,
-    loss_weights: torch.Tensor,
-    prior: torch.Tensor,
-) -> torch.Tensor | None:
+def domain_coefficients(domain_ids: torch.Tensor, mode: Mode, vectors: DomainVectors) -> torch.Tensor | None:
     """Domain part of c_j (docs/design.md): w_d in ``objective`` mode, q_d / p_d in ``importance`` mode.
 
     In objective mode the batch composition is the weighting and w (all ones unless the algorithm
@@ -84,6 +81,7 @@ def domain_coefficients(
     gradient is unbiased for Σ π_i w_i L_i whatever p the sampler used. Returns None when every
     coefficient is 1 (the plain loss, bit for bit).
     """
+    sampling_weights, loss_weights, prior = vectors
     if mode == "objective":
         if bool(torch.all(loss_weights == 1)):
             return None
