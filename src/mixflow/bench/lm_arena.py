@@ -84,8 +84,8 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
-    # a run costs over a minute at full size; even with 4 seeds the arena took about 80 minutes on 2 shared
-    # cores (README "Benchmarks"): over the issue's 45-minute budget, said so there
+    # a run costs about 85 s at full size; with 4 seeds the arena took 94 minutes on 2 shared cores
+    # (README "Benchmarks"): over the issue's 45-minute budget, said so there
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:
