@@ -147,10 +147,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         out["seconds"] = time.perf_counter() - start
         tokenizer = spec["config"].get("tokenizer") or out["model_dir"]
         model_dir = out.pop("model_dir")
-        out["test_loss"] = test_losses(model_dir, tokenizer, spec["test_dir"], spec["domains"],
-                                       int(spec["config"]["cutoff_len"]))
-        out["validation_loss"] = test_losses(model_dir, tokenizer, spec["val_dir"], spec["domains"],
-                                             int(spec["config"]["cutoff_len"]))
+        out["test_loss"], out["validation_loss"] = split_losses(
+            model_dir, tokenizer, [spec["test_dir"], spec["val_dir"]], spec["domains"], int(spec["config"]["cutoff_len"]))
     out["target loss"] = float(np.mean([out["test_loss"][d] for d in spec["clean"]]))
     out["validation target loss"] = float(np.mean([out["validation_loss"][d] for d in spec["clean"]]))
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
@@ -219,34 +217,40 @@ def logged_weights(out: Path) -> list[dict[str, Any]]:
     return records
 
 
-def test_losses(model_dir: str, tokenizer_path: str, test_dir: str, domains: Sequence[str], cutoff_len: int,
-                batch: int = 32) -> dict[str, float]:
-    """Mean next-token loss of the saved model on each domain's test split: its documents, each ended
-    by EOS, concatenated and cut into rows of ``cutoff_len`` (the last row shorter): every token counts."""
-    import torch
+def split_losses(model_dir: str, tokenizer_path: str, split_dirs: Sequence[str], domains: Sequence[str],
+                 cutoff_len: int, batch: int = 32) -> list[dict[str, float]]:
+    """Per split directory (test, validation), the mean next-token loss of the saved model on each
+    domain's documents, each ended by EOS, concatenated and cut into rows of ``cutoff_len`` (the last
+    row shorter): every token counts. The model and tokenizer load once for all splits."""
     from transformers import AutoModelForCausalLM
 
     from mixflow.data.sources import iter_documents, sources_from_dataset_info
-    from mixflow.data.tokenizer import encode_batch, load_tokenizer
+    from mixflow.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    out = {}
-    for source in sources_from_dataset_info(test_dir, list(domains)):
-        stream = np.concatenate([np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
-                                 for ids in encode_batch(tokenizer, list(iter_documents(source)))])
-        full = len(stream) // cutoff_len * cutoff_len
-        pieces = [stream[i:min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
-                  for i in range(0, full, batch * cutoff_len)]
-        if len(stream) - full > 1:
-            pieces.append(stream[full:][None, :])
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for rows in pieces:
-                ids = torch.as_tensor(rows)
-                logits = model(input_ids=ids).logits[:, :-1].float()
-                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                                 ids[:, 1:].reshape(-1), reduction="sum"))
-                count += ids[:, 1:].numel()
-        out[source.name] = total / max(count, 1)
-    return out
+    return [{source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch)
+             for source in sources_from_dataset_info(folder, list(domains))} for folder in split_dirs]
+
+
+def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int) -> float:
+    import torch
+
+    from mixflow.data.tokenizer import encode_batch
+
+    stream = np.concatenate([np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
+                             for ids in encode_batch(tokenizer, list(documents))])
+    full = len(stream) // cutoff_len * cutoff_len
+    pieces = [stream[i:min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
+              for i in range(0, full, batch * cutoff_len)]
+    if len(stream) - full > 1:
+        pieces.append(stream[full:][None, :])
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for rows in pieces:
+            ids = torch.as_tensor(rows)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             ids[:, 1:].reshape(-1), reduction="sum"))
+            count += ids[:, 1:].numel()
+    return total / max(count, 1)
