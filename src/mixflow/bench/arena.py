@@ -145,7 +145,7 @@ def arena_recommendation_yaml(arena: Arena, rec: dict[str, Any]) -> str:
 
 def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
     """The run of one (non-baseline) method at one seed, with its documented defaults."""
-    out = arena.work / f"seed{seed}" / _slug(method)
+    out = arena.work / f"seed{seed}" / slug(method)
     shared = {**arena.base, "dataset": ",".join(arena.domains), "dataset_dir": str(arena.train_dir), "seed": seed,
               "data_seed": seed}
     if method == "doremi":
@@ -154,7 +154,8 @@ def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
                                      "output_dir": str(out)})
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A method's run folder name (letters and digits kept, the rest "_")."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
@@ -195,11 +196,10 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     proposal, _ = simulate(law.predict, k, Constraints(), natural, candidates=20_000, top_k=16, seed=12345)
     results += _swarm_runs(arena, {"loglinear proposal": proposal}, first=len(named))
     names = [*named, "loglinear proposal"]
-    values = [r[VAL_TARGET] for r in results]
     best, means, again = _replicate_best(arena, names, results)
-    members = [{"name": n, "mixture": r["extra"]["mixture"], VAL_TARGET: float(v),
+    members = [{"name": n, "mixture": r["extra"]["mixture"], VAL_TARGET: float(r[VAL_TARGET]),
                 **({"replicated mean": means[i]} if i in means else {})}
-               for i, (n, r, v) in enumerate(zip(names, results, values))]
+               for i, (n, r) in enumerate(zip(names, results))]
     members += [{"name": r["extra"]["name"], "mixture": r["extra"]["mixture"], VAL_TARGET: float(r[VAL_TARGET])}
                 for r in again]
     found = {"key": key, "members": members,

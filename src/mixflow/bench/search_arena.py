@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.bench.arena import TARGET, VAL_TARGET, Arena, search_best_static
+from mixflow.bench.arena import TARGET, VAL_TARGET, Arena, search_best_static, slug
 from mixflow.bench.arena_runs import run_specs
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
 from mixflow.bench.lm_arena import corpus_arena
@@ -47,8 +47,8 @@ def propose_mixture(arena: Arena, x: np.ndarray, y: np.ndarray) -> list[float]:
 
 
 def _runs(arena: Arena, mixtures: dict[str, list[float]]) -> dict[str, list[dict[str, Any]]]:
-    specs = [arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / name.replace(" ", "_"), seed,
-                                                        mixture))
+    # the same run folders as lm-arena's (arena.slug), so its finished baselines are reused
+    specs = [arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / slug(name), seed, mixture))
              for seed in range(arena.seeds) for name, mixture in mixtures.items()]
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in run_specs(specs, arena.jobs, arena.log):
