@@ -111,11 +111,13 @@ def check_bounds(params: AlgorithmParams, where: str) -> None:
     for f in dataclasses.fields(params):
         bounds = f.metadata.get("bounds")
         value = getattr(params, f.name)
-        if bounds is None or value is None or bounds.admits(float(value)):
-            continue
-        args = typing.get_args(hints[f.name])
-        kind = "an integer" if int in (hints[f.name], *args) else "a number"
-        raise ConfigError(f"{where}.{f.name}: expected {bounds.describe(kind, type(None) in args)}, got {value}")
+        if bounds is not None and value is not None and not bounds.admits(float(value)):
+            raise ConfigError(f"{where}.{f.name}: expected {_range_text(bounds, hints[f.name])}, got {value}")
+
+
+def _range_text(bounds: Bounds, hint: Any) -> str:
+    args = typing.get_args(hint)
+    return bounds.describe("an integer" if int in (hint, *args) else "a number", type(None) in args)
 
 
 def required_param(expected: str, path: PathKind | None = None, hint: str = "") -> Any:
@@ -274,8 +276,7 @@ def describe_params(cls: Any) -> list[tuple[str, str, Any, str]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
-        bounds, args = f.metadata.get("bounds"), typing.get_args(hints[f.name])
-        kind = "an integer" if int in (hints[f.name], *args) else "a number"
-        what = bounds.describe(kind, type(None) in args) if bounds is not None else _describe(hints[f.name])
+        bounds = f.metadata.get("bounds")
+        what = _range_text(bounds, hints[f.name]) if bounds is not None else _describe(hints[f.name])
         rows.append((f.name, what, default, docs.get(f.name, "")))
     return rows
