@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.bench.arena_recommend import recommend, recommendation_yaml
-from mixflow.bench.arena_runs import RunSpec, check_specs, run_specs
+from mixflow.bench.arena_runs import SWARM, RunSpec, check_specs, run_specs
 from mixflow.bench.base import BenchResult, Row
 from mixflow.bench.stats import ratio_interval
 from mixflow.data.proportions import unimax_proportions
@@ -55,7 +55,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "doremi": {},  # its own three-step pipeline
 }
 TARGET = "target loss"
-#: The swarm's best members by one seed, and how many seeds each is then measured on.
+#: The swarm's best members by one seed, and how many seeds each is then measured on (full size).
 TOP_REPLICATED, REPLICATES = 3, 3
 #: The same mean over the clean domains on the validation split (what the swarm selects on).
 VAL_TARGET = "validation target loss"
@@ -87,6 +87,10 @@ class Arena:
     swarm: int
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     log: Callable[..., None] = print
+    replicate: tuple[int, int] = (TOP_REPLICATED, REPLICATES)
+    """The swarm's best members by one seed, and how many seeds each is then measured on."""
+    devices: int = 0
+    """CUDA devices, one run on each (the runs' config must not say ``use_cpu``); 0: ``jobs`` CPU runs."""
     _digest: str = ""
 
     @property
@@ -172,7 +176,7 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     key = hashlib.sha256(json.dumps({"base": arena.base, "domains": arena.domains, "clean": arena.clean,
                                      "tokens": arena.tokens, "swarm": arena.swarm, "data": _data_digest(arena),
                                      "members": "baselines + dirichlet + loglinear proposal",
-                                     "replicated": [TOP_REPLICATED, REPLICATES]},
+                                     "replicated": list(arena.replicate)},
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = arena.work / f"swarm-{key}.json"
     if cache.is_file():
@@ -206,7 +210,8 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
              "mixture": results[best]["extra"]["mixture"], "chosen": names[best], "runs": len(results) + len(again),
              "steps": int(sum(r["steps"] for r in results + again)),
              "seconds": float(sum(r["seconds"] for r in results + again))}
-    arena.log("arena: best static mixture: %s (validation target %.4f over %d seeds)", names[best], means[best], REPLICATES)
+    arena.log("arena: best static mixture: %s (validation target %.4f over %d seeds)", names[best], means[best],
+              arena.replicate[1])
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, found)
     return found
@@ -220,10 +225,11 @@ def _replicate_best(arena: Arena, names: list[str], results: list[dict[str, Any]
     so the lowest of ~17 single runs is partly luck. The best few are run on more seeds and the
     lowest mean is chosen."""
     values = [r[VAL_TARGET] for r in results]
-    top = [int(i) for i in np.argsort(values)[:TOP_REPLICATED]]
+    n_top, seeds = arena.replicate
+    top = [int(i) for i in np.argsort(values)[:n_top]]
     again = _swarm_runs(arena, {f"{names[i]} (seed {j})": np.array(results[i]["extra"]["mixture"])
-                                for i in top for j in range(1, REPLICATES)}, first=len(names))
-    per = REPLICATES - 1
+                                for i in top for j in range(1, seeds)}, first=len(names))
+    per = seeds - 1
     means = {i: float(np.mean([values[i], *(r[VAL_TARGET] for r in again[t * per:(t + 1) * per])]))
              for t, i in enumerate(top)}
     return min(means, key=means.__getitem__), means, again
@@ -231,12 +237,12 @@ def _replicate_best(arena: Arena, names: list[str], results: list[dict[str, Any]
 
 def _swarm_runs(arena: Arena, mixtures: dict[str, np.ndarray], first: int = 0) -> list[dict[str, Any]]:
     # the swarm's seeds are apart from the scoring seeds; each member's seeds the model and the data
-    specs = [arena.spec("swarm", 10_000 + first + i,
+    specs = [arena.spec(SWARM, 10_000 + first + i,
                         arena.static_config(arena.work / "swarm" / f"member{first + i}", 10_000 + first + i,
                                             (m / m.sum()).tolist()),
                         extra={"mixture": (m / m.sum()).tolist(), "name": name})
              for i, (name, m) in enumerate(mixtures.items())]
-    return run_specs(specs, arena.jobs, arena.log)
+    return run_specs(specs, arena.jobs, arena.log, arena.devices)
 
 
 def _data_digest(arena: Arena) -> str:
@@ -267,10 +273,11 @@ def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list
             config.update(max_steps=3 * arena.steps, eval_steps=max(1, arena.steps // 2),
                           warmup_steps=3 * int(arena.base.get("warmup_steps", 0)))
             specs.append(arena.spec(EQUAL_COMPUTE, seed, config))
-    arena.log("arena: %d runs (%d seeds × %d methods and baselines), %d at a time", len(specs), arena.seeds,
-              len(specs) // arena.seeds, arena.jobs)
+    arena.log("arena: %d runs (%d seeds × %d methods and baselines), %s", len(specs), arena.seeds,
+              len(specs) // arena.seeds, f"one on each of {arena.devices} devices" if arena.devices
+              else f"{arena.jobs} at a time")
     runs: dict[str, list[dict[str, Any]]] = {}
-    for r in run_specs(specs, arena.jobs, arena.log):
+    for r in run_specs(specs, arena.jobs, arena.log, arena.devices):
         runs.setdefault(r["method"], []).append(r)
     for results in runs.values():
         results.sort(key=lambda r: r["seed"])
@@ -347,7 +354,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
                         "are never trained, tuned or chosen on; validation curves (steps to reach) use the training files' "
                         "validation split")
     result.notes.append(f"best static: the swarm member {best['chosen']!r}, lowest mean target on the validation "
-                        f"documents over {REPLICATES} seeds among the {TOP_REPLICATED} best of one seed "
+                        f"documents over {arena.replicate[1]} seeds among the {arena.replicate[0]} best of one seed "
                         f"({best['runs']} swarm runs, {best['steps']} steps); DoReMi's steps count its reference and "
                         "proxy")
     return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}

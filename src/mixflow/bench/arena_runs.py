@@ -26,6 +26,9 @@ import numpy as np
 from mixflow.errors import MixflowError
 from mixflow.utils.jsonlog import write_json_atomic
 
+#: The method name of a swarm member: scored on the validation documents only.
+SWARM = "swarm"
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -58,6 +61,41 @@ class RunSpec:
         return Path(str(self.config["output_dir"]) + ".result.json")
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system says, else all): the
+    arena runs that many at once by default, one torch thread each, so every core is used."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not every system reports an affinity
+        return max(1, os.cpu_count() or 1)
+
+
+def accelerators() -> int:
+    """The CUDA devices this process sees (0 without any): the arena then runs one run on each."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _pin_device(devices: Any) -> None:
+    """Worker initializer: take one device index off the queue and see only that device."""
+    index = devices.get()
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+
+
+def worker_pool(jobs: int, devices: int = 0) -> ProcessPoolExecutor:
+    """The arena's workers: ``jobs`` spawned processes on the CPU, or with ``devices`` > 0 one per
+    device, each seeing only its own (``CUDA_VISIBLE_DEVICES``), so runs never share a device."""
+    context = get_context("spawn")
+    if devices <= 0:
+        return ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context)
+    queue = context.Queue()
+    for index in range(devices):
+        queue.put(index)
+    return ProcessPoolExecutor(max_workers=devices, mp_context=context, initializer=_pin_device, initargs=(queue,))
+
+
 def _saved(spec: RunSpec) -> dict[str, Any] | None:
     try:
         saved = json.loads(spec.result_path.read_text(encoding="utf-8"))
@@ -66,16 +104,18 @@ def _saved(spec: RunSpec) -> dict[str, Any] | None:
     return saved["result"] if isinstance(saved, dict) and saved.get("digest") == spec.digest() else None
 
 
-def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> list[dict[str, Any]]:
-    """Results of every spec, in order; ``jobs`` processes at once, each run in a fresh process (its
-    memory and threads never leak into the next). A finished run's result is saved beside its output
+def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None], devices: int = 0) -> list[dict[str, Any]]:
+    """Results of every spec, in order; ``jobs`` worker processes at once (spawned, one torch thread
+    each; a worker imports torch once and trains one run after another, each seeded by its own
+    config, so no run depends on which worker or which run before it), or one per device when
+    ``devices`` > 0 (:func:`worker_pool`). A finished run's result is saved beside its output
     folder and reused by a later call with the same spec and data, so an interrupted arena resumes;
     the first failure cancels the runs not started yet and names the run."""
     results: list[dict[str, Any] | None] = [_saved(spec) for spec in specs]
     todo = [i for i, r in enumerate(results) if r is None]
     if len(todo) < len(specs):
         log("arena: %d of %d runs reused from their saved results", len(specs) - len(todo), len(specs))
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
+    with worker_pool(jobs, devices) as pool:
         futures = {pool.submit(run_one, asdict(specs[i])): i for i in todo}
         try:
             for done, future in enumerate(as_completed(futures), 1):
@@ -89,8 +129,9 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None]) -> 
                                      ) from err
                 results[i] = finished
                 write_json_atomic(spec.result_path, {"digest": spec.digest(), "result": finished})
-                log("arena: %d/%d runs done (%s, seed %d: target loss %.4f)", done, len(todo), spec.method,
-                    spec.seed, finished["target loss"])
+                scored = "validation target loss" if spec.method == SWARM else "target loss"
+                log("arena: %d/%d runs done (%s, seed %d: %s %.4f)", done, len(todo), spec.method, spec.seed, scored,
+                    finished[scored])
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -147,10 +188,13 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         out["seconds"] = time.perf_counter() - start
         tokenizer = spec["config"].get("tokenizer") or out["model_dir"]
         model_dir = out.pop("model_dir")
-        out["test_loss"], out["validation_loss"] = split_losses(
-            model_dir, tokenizer, [spec["test_dir"], spec["val_dir"]], spec["domains"], int(spec["config"]["cutoff_len"]))
-    out["target loss"] = float(np.mean([out["test_loss"][d] for d in spec["clean"]]))
-    out["validation target loss"] = float(np.mean([out["validation_loss"][d] for d in spec["clean"]]))
+        # a swarm member is read on the validation documents (they choose the best static mixture),
+        # every other run on the test documents (they score): scoring a split nobody reads was an
+        # eighth of a run's time
+        split, key, target = (("val_dir", "validation_loss", "validation target loss") if spec["method"] == SWARM
+                              else ("test_dir", "test_loss", "target loss"))
+        [out[key]] = split_losses(model_dir, tokenizer, [spec[split]], spec["domains"], int(spec["config"]["cutoff_len"]))
+    out[target] = float(np.mean([out[key][d] for d in spec["clean"]]))
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
     return out
 

@@ -13,15 +13,18 @@ from typing import Any
 from mixflow.bench.arena import BASELINES, METHODS, TARGET, Arena, run_arena
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
+from mixflow.bench.arena_runs import accelerators, usable_cores
 from mixflow.bench.base import BenchContext, BenchResult, register_benchmark
 from mixflow.data.corpus import DOMAINS, build_corpus
 from mixflow.data.sources import sources_from_dataset_info
 
 
-def base_config(tokenizer: str, steps: int, tokenized: str, val_rows: int = 64, batch: int = 16) -> dict[str, Any]:
+def base_config(tokenizer: str, steps: int, tokenized: str, val_rows: int = 64, batch: int = 16,
+                use_cpu: bool = True) -> dict[str, Any]:
     """The shared ``mixflow train`` keys of every arena run on the corpus. ``val_rows`` per domain are
     held out for the periodic evaluations and the methods that read held-out losses (a count, not a
-    fraction: 5% of the largest domain was 60% of an evaluation's cost and tells no more)."""
+    fraction: 5% of the largest domain was 60% of an evaluation's cost and tells no more).
+    ``use_cpu``: False where the runs go one per accelerator."""
     return {
         "tokenizer": tokenizer, "tokenized_dir": tokenized, "cutoff_len": 64, "val_size": val_rows,
         "model_config": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2,
@@ -33,27 +36,30 @@ def base_config(tokenizer: str, steps: int, tokenized: str, val_rows: int = 64, 
         "warmup_steps": max(1, steps // 20), "max_steps": steps, "logging_steps": max(1, steps // 10),
         "eval_strategy": "steps", "eval_steps": max(1, steps // 6), "per_device_eval_batch_size": 64,
         "save_strategy": "no", "report_to": "none", "data_seed": 0, "dataloader_num_workers": 0,
-        "use_cpu": True, "disable_tqdm": True, "overwrite_output_dir": True,  # the benchmark's own scratch runs
+        "use_cpu": use_cpu, "disable_tqdm": True, "overwrite_output_dir": True,  # the benchmark's own scratch runs
     }
 
 
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
     # The vocabulary is 2048: at this model's size the head is most of a step's cost (4096 tokens cost
     # 1.6× the step time, measured on one thread) and the rare tokens are never learned in the steps given.
+    # Runs go as many at once as there are cores (one torch thread each). --quick is the full
+    # arena's pipeline at a tenth of the corpus, 30 steps of the full batch, and the swarm's 2 best
+    # members measured on 2 seeds (not 3 on 3): about 3 minutes on 2 cores.
     if ctx.tiny:
         return {"scale": 0.04, "steps": 4, "batch": 32, "swarm": 4, "methods": ["odm", "doremi"], "jobs": 2,
-                "max_documents": 30, "vocab": 512, "val_rows": 2}
+                "max_documents": 30, "vocab": 512, "val_rows": 2, "replicate": (2, 2)}
     if ctx.quick:
-        return {"scale": 0.1, "steps": 30, "batch": 32, "swarm": 4, "methods": list(METHODS), "jobs": 2,
-                "max_documents": None, "vocab": 2048, "val_rows": 8}
+        return {"scale": 0.1, "steps": 30, "batch": 16, "swarm": 4, "methods": list(METHODS), "jobs": usable_cores(),
+                "max_documents": None, "vocab": 2048, "val_rows": 8, "replicate": (2, 2)}
     # Calibrated on 4 seeds of uniform, natural and temperature, the same 819k training tokens each:
     # 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd 0.072 (0.9 sd apart; fixing the
     # data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
     # every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
     # 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
     # 1e-2 was worse; a run costs about 85 s on one thread.
-    return {"scale": 1.0, "steps": 800, "batch": 16, "swarm": 12, "methods": list(METHODS), "jobs": 2,
-            "max_documents": None, "vocab": 2048, "val_rows": 64}
+    return {"scale": 1.0, "steps": 800, "batch": 16, "swarm": 12, "methods": list(METHODS), "jobs": usable_cores(),
+            "max_documents": None, "vocab": 2048, "val_rows": 64, "replicate": (3, 3)}
 
 
 def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[Arena, dict[str, Any]]:
@@ -67,15 +73,18 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     domains = [d.name for d in DOMAINS]
     sources = sources_from_dataset_info(root / "corpus", domains)
     split = split_domains(sources, root / "split", max_documents=s["max_documents"])
+    devices = 0 if ctx.tiny else accelerators()  # the test suite's size stays on the CPU
     base = base_config(str(root / "corpus" / "tokenizer"), s["steps"], str(root / "tokenized"), s["val_rows"],
-                       s["batch"])
+                       s["batch"], use_cpu=devices == 0)
     arena = Arena(train_dir=split.train, test_dir=split.test, val_dir=split.val, domains=domains,
                   clean=[d.name for d in DOMAINS if d.clean], tokens=train_tokens(base, split.train, domains), base=base,
                   work=root / "runs", seeds=ctx.seeds, jobs=s["jobs"], swarm=s["swarm"],
-                  methods=s["methods"] if methods is None else methods, log=ctx.log)
+                  methods=s["methods"] if methods is None else methods, log=ctx.log, replicate=s["replicate"],
+                  devices=devices)
     setting = {"corpus sha256": manifest["corpus_sha256"], "corpus scale": s["scale"],
                "model": f"Llama 2×128, untied head, BPE {s['vocab']}", "batch": base["per_device_train_batch_size"],
-               "cutoff_len": base["cutoff_len"], "parallel runs": s["jobs"]}
+               "cutoff_len": base["cutoff_len"], "parallel runs": devices or s["jobs"],
+               "device": f"{devices} CUDA devices, one run each" if devices else "CPU, one torch thread per run"}
     return arena, setting
 
 
@@ -84,8 +93,8 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
-    # a run costs about 85 s at full size; with 4 seeds the arena took 94 minutes on 2 shared cores
-    # (README "Benchmarks"): over the issue's 45-minute budget, said so there
+    # a run trains for about 70 s at full size on one thread; its 99 run-equivalents took 94 minutes
+    # on 2 shared cores (README "Benchmarks"): over the issue's 45-minute budget, said so there
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:

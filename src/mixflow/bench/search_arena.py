@@ -51,7 +51,7 @@ def _runs(arena: Arena, mixtures: dict[str, list[float]]) -> dict[str, list[dict
     specs = [arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / slug(name), seed, mixture))
              for seed in range(arena.seeds) for name, mixture in mixtures.items()]
     runs: dict[str, list[dict[str, Any]]] = {}
-    for r in run_specs(specs, arena.jobs, arena.log):
+    for r in run_specs(specs, arena.jobs, arena.log, arena.devices):
         runs.setdefault(r["method"], []).append(r)
     return {name: sorted(results, key=lambda r: r["seed"]) for name, results in runs.items()}
 

@@ -17,6 +17,7 @@ from typing import Any
 from mixflow.bench.arena import METHODS, TARGET, Arena, arena_recommendation_yaml, run_arena
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
+from mixflow.bench.arena_runs import accelerators, usable_cores
 from mixflow.bench.base import commit
 from mixflow.bench.runner import write_result
 from mixflow.config.load import load_config
@@ -54,7 +55,7 @@ def arena_base(run: RunConfig, steps: int, work: Path) -> dict[str, Any]:
 
 def run_user_arena(
     config: str | Path, overrides: Mapping[str, Any] | None = None, methods: list[str] | None = None, seeds: int = 3,
-    steps: int | None = None, quick: bool = False, out: str | Path = "build/arena", jobs: int = 2, swarm: int | None = None,
+    steps: int | None = None, quick: bool = False, out: str | Path = "build/arena", jobs: int | None = None, swarm: int | None = None,
     clean: list[str] | None = None, max_documents: int | None = None,
 ) -> dict[str, Any]:
     """Run the arena on the config's domains; returns the recommendation (also in ``out/arena.json``)."""
@@ -80,6 +81,7 @@ def run_user_arena(
         raise ConfigError("\n".join(errors))
     out_dir = Path(out)
     work = out_dir / "work"
+    jobs = jobs or usable_cores()
     steps = steps or (int(run.training["max_steps"]) if (run.training.get("max_steps") or -1) > 0 else (60 if quick else 300))
     swarm = swarm or (8 if quick else 24)
     code = commit()
@@ -89,6 +91,7 @@ def run_user_arena(
     base = arena_base(run, steps, work)
     arena = Arena(train_dir=split.train, test_dir=split.test, val_dir=split.val, domains=names, clean=clean,
                   tokens=train_tokens(base, split.train, names), base=base, work=work / "runs", seeds=seeds, jobs=jobs,
+                  devices=0 if base.get("use_cpu") else accelerators(),
                   swarm=swarm, methods=methods or list(METHODS), log=logging.getLogger("mixflow.progress.arena").info)
     result, summary, runs = run_arena(arena)
     plots = [p for p in (curves_plot(out_dir / "arena-curves.png", runs, clean),

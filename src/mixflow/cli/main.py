@@ -204,7 +204,9 @@ def _arena_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="target steps of every run (default: max_steps, else 300)")
     p.add_argument("--quick", action="store_true", help="60 steps and a swarm of 8 unless given")
     p.add_argument("--swarm", type=int, default=None, help="proxy runs that search the best static mixture (default 24)")
-    p.add_argument("--jobs", type=int, default=2, help="runs at once, one torch thread each (default 2)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="CPU runs at once, one torch thread each (default: one per usable CPU "
+                        "core); with CUDA devices (and no use_cpu), one run on each device")
     p.add_argument("--clean", default=None, help="comma-separated domains of the target (default: all)")
     p.add_argument("--max-documents", type=int, default=None, help="read at most this many documents per domain")
     p.add_argument("--out", default="build/arena", help="output folder (default build/arena)")

@@ -1,0 +1,35 @@
+"""The arena's worker processes: one per device where there are devices, each seeing only its own."""
+
+from __future__ import annotations
+
+import os
+
+from mixflow.bench.arena_runs import usable_cores, worker_pool
+
+
+def _visible_device(barrier) -> tuple[int, str]:
+    barrier.wait(timeout=60)  # both workers hold a task at once: two distinct processes answer
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def _environment(name: str) -> str:
+    return os.environ.get(name, "unset")
+
+
+def test_with_devices_each_worker_sees_only_its_own(monkeypatch):
+    from multiprocessing import get_context
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # the parent's own restriction is respected
+    with get_context("spawn").Manager() as manager:
+        barrier = manager.Barrier(2)
+        with worker_pool(jobs=8, devices=2) as pool:
+            answers = [f.result(timeout=120) for f in [pool.submit(_visible_device, barrier) for _ in range(2)]]
+    assert len({pid for pid, _ in answers}) == 2
+    assert sorted(device for _, device in answers) == ["5", "7"]
+
+
+def test_on_the_cpu_the_workers_see_what_the_parent_sees(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with worker_pool(jobs=1) as pool:
+        assert pool.submit(_environment, "CUDA_VISIBLE_DEVICES").result(timeout=120) == "unset"
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
