@@ -97,6 +97,33 @@ def test_resume_through_the_cli_continues_the_log(tmp_path, demo_data):
     assert moved == [4, 6]
 
 
+SCHEDULE = {"name": "schedule", "params": {"interpolation": "linear", "stages": [
+    {"at": 0, "proportions": [0.4, 0.3, 0.2, 0.1]}, {"at": 2, "proportions": [0.1, 0.2, 0.3, 0.4]},
+    {"at": 4, "algorithm": {"name": "odm"}}, {"at": 6, "proportions": "learned"}]}}
+
+
+def test_a_schedule_resumed_across_its_boundaries_trains_as_the_uninterrupted_run(tmp_path, demo_data, caplog):
+    def weights(run):
+        log = [json.loads(x) for x in (run / "schedule_weights.jsonl").read_text().splitlines()]
+        return [(r["step"], r["from_step"], r["stage"], r["sampling_weights"]) for r in log]
+
+    for d in "ab":
+        (tmp_path / d).mkdir()
+    whole = _config(tmp_path / "a", demo_data, train_type="dynamic_mix", component=SCHEDULE, update_step=1, max_steps=9)
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(whole), "--quiet"]) == 0
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
+    assert "stage 2 (steps 5–6): odm, from the p in force" in summary
+    cut = _config(tmp_path / "b", demo_data, train_type="dynamic_mix", component=SCHEDULE, update_step=1, max_steps=9)
+    assert main(["train", str(cut), "max_steps=9", "save_steps=3", "--quiet"]) == 0
+    assert main(["train", str(cut), f"resume_from_checkpoint={tmp_path / 'b' / 'run' / 'checkpoint-3'}", "--quiet"]) == 0
+    a, b = weights(tmp_path / "a" / "run"), weights(tmp_path / "b" / "run")
+    assert a == b and [r[:3] for r in a][:3] == [(0, 2, 0), (1, 3, 1), (1, 3, 1)]  # planned lines included
+    results = [json.loads((tmp_path / d / "run" / "mixflow_results.json").read_text()) for d in "ab"]
+    assert results[0]["final_sampling_weights"] == results[1]["final_sampling_weights"]
+    assert results[0]["eval_loss"] == results[1]["eval_loss"]
+
+
 def test_the_run_summary_says_what_the_run_uses_and_writes(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data, update_step=25, save_strategy="no")
     with caplog.at_level("INFO", logger="mixflow"):
@@ -104,7 +131,7 @@ def test_the_run_summary_says_what_the_run_uses_and_writes(tmp_path, demo_data, 
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
     assert "proportions=None" not in summary and "=None" not in summary
     assert "tokenizer: byte (259 tokens)" in summary
-    assert "sampling weights: code 0.4000, prose 0.3000, arithmetic 0.2000, random 0.1000" in summary
+    assert "sampling weights at step 1: code 0.4000, prose 0.3000, arithmetic 0.2000, random 0.1000" in summary
     assert "none before max_steps 6: the weights stay as above" in summary
     assert f"writes mixflow_results.json in {tmp_path / 'run'}" in summary
     assert not (tmp_path / "run" / "static_weights.jsonl").exists()

@@ -142,6 +142,43 @@ def test_invalid_weights_from_an_algorithm_are_rejected(caplog):
     assert algo.num_updates == 0  # state restored whole
 
 
+class _Observing(DomainAlgorithm):
+    name = "test_observing"
+    description = "changes p and w between updates: new ones after step 3, unusable ones after step 5"
+    Params = _P
+
+    def observe(self, stats, step):
+        if step == 3:
+            return Weights(sampling=[0.6, 0.3, 0.1], loss=[1.0, 0.5, 2.0])
+        if step == 5:
+            return Weights(sampling=[-1.0, 1.0, 1.0])
+        return None
+
+    def update(self, stats, step):
+        return Weights()
+
+
+def test_weights_changed_between_updates_take_the_updates_road(tmp_path, caplog):
+    algo = _Observing(["a", "b", "c"], _P(), init_weights=[0.2, 0.3, 0.5])
+    sampler = MixtureSampler([40, 40, 40], algo.sampling_weights, 10)
+    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1000), plan_horizon=2, log_dir=tmp_path)
+    p, w = {}, {}
+    with caplog.at_level(logging.WARNING, logger="mixflow"):
+        for step in range(1, 9):
+            while sampler.planned_batches < step + 2:  # the loader reads as far ahead as the horizon allows
+                next(sampler.iter_batches())
+            p[step], w[step] = sampler.planned_weights(step - 1).tolist(), algo.loss_weights.tolist()
+            _feed(engine, [0, 1, 2] * 3 + [0], step - 1)
+            engine.end_step(step)
+    # p decided after step 3 is drawn from step 3 + lead (1 + horizon), w counts from the next step
+    assert all(np.allclose(p[s], [0.2, 0.3, 0.5]) for s in range(1, 6)) and all(np.allclose(p[s], [0.6, 0.3, 0.1]) for s in (6, 7, 8))
+    assert w[3] == [1.0, 1.0, 1.0] and w[4] == [1.0, 0.5, 2.0]
+    assert "test_observing.observe: sampling weights [-1.0, 1.0, 1.0] are not finite" in caplog.text
+    assert np.allclose(algo.sampling_weights, [0.6, 0.3, 0.1])  # the unusable ones were never applied
+    log = [json.loads(x) for x in (tmp_path / "test_observing_weights.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["from_step"], r["sampling_weights"]) for r in log] == [(3, 6, [0.6, 0.3, 0.1])]
+
+
 class _Importance(DomainAlgorithm):
     name = "test_importance"
     description = "uniform sampling, loss weights [1, 2, 3] (normalised), importance mode"

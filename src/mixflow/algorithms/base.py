@@ -24,7 +24,7 @@ import torch
 
 from mixflow.algorithms.params import AlgorithmParams
 from mixflow.algorithms.statistics import DomainStats
-from mixflow.algorithms.weights import Weights, as_distribution
+from mixflow.algorithms.weights import Weights, as_distribution, invalid_weights
 from mixflow.errors import ConfigError, ResumeError
 
 P = TypeVar("P", bound=AlgorithmParams)
@@ -34,6 +34,10 @@ P = TypeVar("P", bound=AlgorithmParams)
 #: ``importance``: sampling only reduces variance, c_j = (q_d / p_d) · s_j with q ∝ π ⊙ w, so the
 #: gradient stays unbiased for Σ_i π_i w_i L_i.
 Mode = Literal["objective", "importance"]
+
+
+class InvalidWeights(ValueError):
+    """Weights an algorithm returned that cannot be sampled from or weighted with."""
 
 
 class ProviderSpec(NamedTuple):
@@ -140,11 +144,19 @@ class DomainAlgorithm(ABC, Generic[P]):
     # ---- what the step calls ---------------------------------------------------------------
     #: The global batch size B, once :meth:`bind` ran (None in pure-math use without a sampler).
     batch_size: int | None = None
+    #: The run's optimizer steps and the tokens of one step's rows (B × cutoff_len), where known.
+    max_steps: int | None = None
+    tokens_per_step: int | None = None
+    #: Weights decided at the end of step s are drawn with from step s + lead (1 + the engine's
+    #: ``mixture_plan_horizon``: the batches read ahead are already drawn).
+    lead: int = 1
 
-    def bind(self, batch_size: int) -> None:
-        """Called once by the step engine with the sampler's global batch size B: stored as
-        ``self.batch_size``, then :meth:`on_bind`'s weights applied."""
+    def bind(self, batch_size: int, max_steps: int | None = None, tokens_per_step: int | None = None,
+             lead: int = 1) -> None:
+        """Called once by the step engine with the sampler's global batch size B (and what it knows
+        of the run's length): stored as attributes, then :meth:`on_bind`'s weights applied."""
         self.batch_size = int(batch_size)
+        self.max_steps, self.tokens_per_step, self.lead = max_steps, tokens_per_step, int(lead)
         self._apply(self.on_bind())
 
     def on_bind(self) -> Weights | None:
@@ -152,8 +164,55 @@ class DomainAlgorithm(ABC, Generic[P]):
         samples; their K·B checks already ran at config load). Default: nothing."""
         return None
 
-    def observe(self, stats: DomainStats, step: int) -> None:
-        """Called after every optimizer step with that step's (all-reduced) statistics."""
+    def observe(self, stats: DomainStats, step: int) -> Weights | None:
+        """Called after every optimizer step with that step's (all-reduced) statistics. Weights it
+        returns change between updates and go where an update's go (:meth:`apply_observe`): w from
+        the next step, p from step ``step + self.lead``. Default: nothing changes."""
+        return None
+
+    def apply_observe(self, stats: DomainStats, step: int) -> Weights | None:
+        """What the step engine calls after every step: :meth:`observe`, its weights (if any) checked
+        and applied; :class:`InvalidWeights` when they cannot be used (nothing is applied then)."""
+        weights = self.observe(stats, step)
+        if weights is not None:
+            self._apply(self._checked(weights, "observe"))
+        return weights
+
+    def planned_sampling(self, step: int) -> np.ndarray | Sequence[float] | None:
+        """Sampling weights decided in advance for optimizer step ``step`` (1-based), or None to leave
+        p as it is. The step engine asks for every step once, in order, ``lead`` steps ahead (before
+        that step's batch is drawn), and the batch of step ``step`` is drawn with exactly these: a
+        schedule is exact at every step, whatever the read-ahead. Default: None."""
+        return None
+
+    def take_planned(self, step: int) -> np.ndarray | None:
+        """:meth:`planned_sampling` checked and applied (p then reads as the latest planned, normalised);
+        None when it keeps p."""
+        planned = self.planned_sampling(step)
+        if planned is None:
+            return None
+        p = np.asarray(planned, dtype=np.float64)
+        self._checked(Weights(sampling=p), f"planned_sampling({step})")
+        self._apply(Weights(sampling=p / p.sum()))
+        return p  # as given: the sampler normalises it once, as it did the initial p
+
+    def describe(self) -> list[str] | None:
+        """Lines the run summary prints about what this run's algorithm will do, once bound (e.g. a
+        schedule's stages with their steps); None: its params, as given."""
+        return None
+
+    def log_fields(self, from_step: int) -> dict[str, Any]:
+        """Extra fields of the weights-log line of weights drawn from step ``from_step`` (JSON-
+        serialisable; e.g. a schedule's stage). Default: none."""
+        return {}
+
+    def _checked(self, weights: Weights, hook: str) -> Weights:
+        if not isinstance(weights, Weights):
+            raise TypeError(f"{self.name}.{hook} must return Weights, got {type(weights).__name__}")
+        problem = invalid_weights(weights)
+        if problem is not None:
+            raise InvalidWeights(f"{self.name}.{hook}: {problem}")
+        return weights
 
     def apply_update(self, stats: DomainStats, step: int) -> Weights:
         """What the step engine calls at each scheduled update: :meth:`update`, its weights applied

@@ -118,12 +118,15 @@ class VarianceAwareSampling(DomainAlgorithm[VAParams]):
 
     def on_bind(self) -> Weights | None:
         if self.inner is not None and self.batch_size is not None:
-            self.inner.bind(self.batch_size)
+            self.inner.bind(self.batch_size, self.max_steps, self.tokens_per_step, self.lead)
         return None
 
-    def observe(self, stats: DomainStats, step: int) -> None:
+    def observe(self, stats: DomainStats, step: int) -> Weights | None:
         if self.inner is not None:
-            self.inner.observe(stats, step)
+            changed = self.inner.apply_observe(stats, step)
+            if changed is not None and changed.loss is not None:
+                return Weights(loss=self.inner.loss_weights)  # the inner's w, changed between updates
+        return None
 
     def update(self, stats: DomainStats, step: int) -> Weights:
         """Inner loss weights first, then v² ← EMA(σ̂²) and p ∝ π ⊙ w ⊙ v with the floor (Salmani et al. 2025, arXiv 2511.06913, VA)."""

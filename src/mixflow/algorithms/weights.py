@@ -53,3 +53,17 @@ class Weights:
     """w, the per-domain loss weights."""
     scores: np.ndarray | Sequence[float] | None = None
     """The per-domain scores this update computed (logged as ``perdomain_scores``)."""
+
+
+def invalid_weights(weights: Weights) -> str | None:
+    """Why ``weights`` cannot be used (p not finite, negative or summing to 0; w not finite or
+    negative), or None when they can."""
+    if weights.sampling is not None:
+        p = np.asarray(weights.sampling, dtype=np.float64)
+        if not (np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0):
+            return f"sampling weights {p.tolist()} are not finite and non-negative with a positive sum"
+    if weights.loss is not None:
+        w = np.asarray(weights.loss, dtype=np.float64)
+        if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
+            return f"loss weights {w.tolist()} are not finite and non-negative"
+    return None

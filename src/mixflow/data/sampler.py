@@ -262,6 +262,17 @@ class MixtureSampler(Sampler[int]):
         """
         return self._planned_snapshot(batch_index).weights.copy()
 
+    def scheduled_weights(self, batch_index: int) -> np.ndarray:
+        """The weights batch ``batch_index`` is drawn with: its plan's for a planned batch not yet
+        consumed, else the weights in force as things stand (those set for it or an earlier batch)."""
+        if batch_index < self._planned:
+            return self.planned_weights(batch_index)
+        weights = self._weights
+        for index, changed in self._weight_changes:
+            if index <= batch_index:
+                weights = changed
+        return weights.copy()
+
     def planned_rows(self, batch_index: int) -> np.ndarray:
         """The global rows of planned batch ``batch_index`` (all ranks; rank r's slice is
         ``[r·B/W, (r+1)·B/W)``), e.g. to count the step's tokens per domain before its first forward."""

@@ -4,7 +4,9 @@ Per micro-batch it turns logits into per-sample losses, records per-domain stati
 the weighted loss (:mod:`mixflow.loss.objective` does the arithmetic); after each optimizer step
 it all-reduces the statistics over data-parallel ranks, runs the algorithm's update when the
 schedule says so, hands new sampling weights to the sampler and appends a line to the weights
-log. Integrations (Hugging Face Trainer, a plain PyTorch loop) only call
+log. Weights an algorithm changes between updates (``observe``) or decides ahead of the step
+they apply to (``planned_sampling``, a schedule) take the same road. Integrations (Hugging Face
+Trainer, a plain PyTorch loop) only call
 :meth:`StepEngine.training_loss`, :meth:`StepEngine.end_step` and the state methods.
 """
 
@@ -18,21 +20,20 @@ from typing import Any
 
 import torch
 
-from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
+from mixflow.algorithms.base import DomainAlgorithm, InvalidWeights, SampleWeighter
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
-from mixflow.engine.checkpoint import STATE_VERSION, check_compatible, read_state, supersede_log_lines, write_state
+from mixflow.engine.checkpoint import STATE_VERSION, check_compatible, read_state, write_state
 from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetTokens
-from mixflow.engine.records import step_metrics, weights_log_record
+from mixflow.engine.records import WeightsLog, step_metrics
 from mixflow.engine.sample_weights import SampleWeightStats, global_sample_weights
 from mixflow.engine.schedule import UpdateSchedule
-from mixflow.engine.updater import guarded_update
+from mixflow.engine.updater import WeightsRoute, guarded_update
 from mixflow.errors import ResumeError
 from mixflow.loss.objective import DomainVectors, coefficients, step_loss, weighted_loss
 from mixflow.loss.per_sample import SampleLosses, sample_losses
 from mixflow.providers.base import BatchContext, ProviderContext, StatisticProvider, UpdateContext, build_providers
 from mixflow.utils import distributed
-from mixflow.utils.jsonlog import append_jsonl, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class StepEngine:
         objective_normalization: Normalization = "domain",
         row_target_tokens: RowTargetTokens | None = None,
         plan_horizon: int | None = None,
+        max_steps: int | None = None,
+        tokens_per_step: int | None = None,
     ) -> None:
         if sampler.num_domains != algorithm.num_domains:
             raise ValueError(
@@ -66,6 +69,8 @@ class StepEngine:
         self._weight_stats = (SampleWeightStats(len(algorithm.domain_names)), SampleWeightStats(len(algorithm.domain_names)))
         self.schedule = schedule or UpdateSchedule()
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.weights_log = WeightsLog(log_dir, algorithm, weighter, self._weight_stats[1])
+        self.route = WeightsRoute(algorithm, sampler, self.weights_log, plan_horizon, max_steps)
         specs = algorithm.provider_specs(algorithm.params)
         context = replace(provider_context, batch_size=sampler.batch_size) if provider_context is not None else None
         self.providers = list(providers) if providers is not None else build_providers(specs, context)
@@ -82,15 +87,16 @@ class StepEngine:
         self._updated_in_step: tuple[DomainStats, bool] | None = None
         #: Consecutive optimizer steps whose training loss was not finite (a diverging run).
         self.nonfinite_steps = 0
-        self.algorithm.bind(sampler.batch_size)
-        # The sampler starts from the algorithm's initial p (e.g. init_mixture_proportions).
+        self.algorithm.bind(sampler.batch_size, max_steps, tokens_per_step, self.route.lead)
+        # The sampler starts from the algorithm's initial p (e.g. init_mixture_proportions), and
+        # takes the planned p of the steps drawn before the first end_step.
         self.sampler.set_weights(self.algorithm.sampling_weights)
+        self.route.plan_ahead(0)
 
     @property
     def log_path(self) -> Path | None:
         """``<log_dir>/<algorithm>_weights.jsonl``, ``<algorithm>+<weighter>_weights.jsonl`` with a weighter."""
-        name = self.algorithm.name + (f"+{self.weighter.name}" if self.weighter is not None else "")
-        return None if self.log_dir is None else self.log_dir / f"{name}_weights.jsonl"
+        return self.weights_log.path
 
     # ---- per micro-batch ----------------------------------------------------------------
     def attach_model(self, model: Any) -> None:
@@ -273,46 +279,39 @@ class StepEngine:
         return self._finish_step(reduced, step, pending)
 
     def _finish_step(self, reduced: DomainStats, step: int, pending: bool) -> bool:
-        """Observe the step's statistics, count non-finite steps, advance the sampler, and run the
-        update when ``pending``."""
-        self.algorithm.observe(reduced, step)
+        """Count non-finite steps, advance the sampler, plan the steps ahead, then observe the step's
+        statistics and run the update when ``pending`` (p either returns wins over a planned p)."""
+        self.route.started()
         self.last_step = step
         present = reduced.present
         finite = bool(torch.isfinite(reduced.token_loss_sum[present]).all()) if bool(present.any()) else True
         self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
         self.sampler.mark_consumed(step)
+        self.route.plan_ahead(step)  # first: the lines below then say the p of the step they name
+        try:
+            observed = self.algorithm.apply_observe(reduced, step)
+        except InvalidWeights as err:
+            logger.warning("step %d: %s; keeping the previous weights", step, err)
+            observed = None
+        if observed is not None:
+            self.route.commit(step, observed.sampling is not None)
         if not pending:
             return False
         window, self._window_stats = self._window_stats, DomainStats.zeros(self.num_domains)
         return self._update(window, step)
 
     def _update(self, window: DomainStats, step: int) -> bool:
-        skipped = guarded_update(self.algorithm, window, step)
-        if skipped is not None:
+        weights = guarded_update(self.algorithm, window, step)
+        if isinstance(weights, str):
             self.skipped_updates += 1
-            logger.warning(skipped)
+            logger.warning(weights)
             return False
-        p = self.algorithm.sampling_weights
-        self.sampler.set_weights(p, None if self.plan_horizon is None else step + self.plan_horizon)
-        if self.log_path is not None and distributed.is_main_process():
-            append_jsonl(self.log_path, self.log_record(step))
-        self._write_summary(step)
+        self.route.commit(step, weights.sampling is not None)
         return True
 
-    def _write_summary(self, step: int) -> None:
-        """``<log_dir>/<algorithm>_summary.json`` from ``algorithm.summary()`` (main process, atomic)."""
-        summary = self.algorithm.summary()
-        if summary is not None and self.log_dir is not None and distributed.is_main_process():
-            write_json_atomic(self.log_dir / f"{self.algorithm.name}_summary.json", {"step": step, **summary})
-
     def log_record(self, step: int) -> dict[str, Any]:
-        """The weights-log line: the seed's DoReMi format plus sampling and loss weights (and with a
-        weighter, what its sample weights did since the previous line)."""
-        record = weights_log_record(step, self.domain_names, self.algorithm)
-        if self.weighter is not None:
-            record["sample_weights"] = self._weight_stats[1].summary(self.domain_names)
-            self._weight_stats[1].reset()
-        return record
+        """The weights-log line for the weights now (:class:`~mixflow.engine.records.WeightsLog`)."""
+        return self.weights_log.record(step)
 
     def metrics(self, reset: bool = True) -> dict[str, float]:
         """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
@@ -366,6 +365,7 @@ class StepEngine:
         self.last_step = int(state["step"])
         self.skipped_updates = int(state["skipped_updates"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.route.restored(self.last_step)
 
     def save(self, checkpoint_dir: str | Path) -> Path:
         """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""
@@ -382,7 +382,6 @@ class StepEngine:
     def resume_log(self) -> None:
         """Move the weights-log lines of updates after the restored step to the superseded log (the
         resumed run writes them again) and rewrite the summary for the restored state."""
-        if self.log_path is not None and distributed.is_main_process():
-            supersede_log_lines(self.log_path, self.last_step)
-        self._write_summary(self.last_step)  # describe the restored state, not a superseded later one
+        self.weights_log.supersede(self.last_step)
+        self.weights_log.write_summary(self.last_step)  # describe the restored state, not a superseded later one
 

@@ -98,10 +98,12 @@ def build_engine(
     seed: int,
     heldout: dict[str, MixtureDataset] | None = None,
     collator: Any = None,
+    max_steps: int | None = None,
 ) -> StepEngine:
     """Sampler, algorithm and weighter as configured (their params were built at load), at their
     initial weights. ``heldout`` and ``collator`` reach statistic providers that evaluate held-out
-    losses."""
+    losses; ``max_steps`` (and B × cutoff_len tokens a step) reach algorithms that plan by the run's
+    length (a schedule's fractions and tokens)."""
     m = run.mixing
     assert run.algorithm is not None, "a RunConfig comes from load_config, which resolves the algorithm"
     init = resolve_proportions(
@@ -135,7 +137,8 @@ def build_engine(
     return StepEngine(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context,
                       shift_labels=run.data.task != "classification",  # a classifier's labels are not shifted
                       objective_normalization=m.objective_normalization, row_target_tokens=train.target_tokens,
-                      plan_horizon=m.mixture_plan_horizon)
+                      plan_horizon=m.mixture_plan_horizon, max_steps=max_steps,
+                      tokens_per_step=batch_size * run.data.cutoff_len)
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:

@@ -56,7 +56,8 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                 preflight(spec.params, data.tokenizer)
     derive_max_steps(args, run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
-    engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator)
+    engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator,
+                          max_steps=args.max_steps)
     if distributed.is_main_process():
         logger.info("%s", run_summary(run, data.domains, args, engine, data.tokenizer))
     # A from-scratch model's initial weights must not depend on the process: seed before building it,
@@ -191,9 +192,12 @@ def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any, toke
                  f"{accum}: global batch {engine.sampler.batch_size}; {args.max_steps} steps")
     algo, schedule = engine.algorithm, engine.schedule
     params = ", ".join(f"{k}={v}" for k, v in vars(algo.params).items() if v is not None)
-    lines.append(f"  algorithm {algo.name} ({algo.mode} mode){': ' + params if params else ''}")
-    lines.append("  sampling weights: " + ", ".join(f"{n} {w:.4f}" for n, w in zip(engine.domain_names,
-                                                                                 algo.sampling_weights)))
+    described = algo.describe()
+    lines.append(f"  algorithm {algo.name} ({algo.mode} mode)" + (":" if described else f": {params}" if params else ""))
+    lines += [f"    {line}" for line in described or ()]
+    first_p = engine.sampler.scheduled_weights(engine.last_step)  # the batch the first step trains on
+    lines.append(f"  sampling weights at step {engine.last_step + 1}: "
+                 + ", ".join(f"{n} {w:.4f}" for n, w in zip(engine.domain_names, first_p)))
     if engine.weighter is not None:
         wparams = ", ".join(f"{k}={v}" for k, v in vars(engine.weighter.params).items())
         lines.append(f"  sample weighter {engine.weighter.name}: {wparams}")
