@@ -32,6 +32,32 @@ print("ok")
 """
 
 
+RAMP_CHECK = """
+import numpy as np
+from mixflow.data.sampler import MixtureSampler
+from mixflow.engine.engine import StepEngine
+from mixflow.engine.schedule import UpdateSchedule
+algo = Ramp(["a", "b"], FollowLossParams(eta=1.0), init_weights=[0.9, 0.1])
+sampler = MixtureSampler([100, 100], algo.sampling_weights, 10)
+engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1000), plan_horizon=1, max_steps=20)
+drawn = []
+for step in range(1, 13):
+    batch = next(sampler.iter_batches())
+    drawn.append(sampler.planned_weights(step - 1)[0])
+    engine.end_step(step)
+assert np.allclose(drawn, [0.9 - 0.04 * (s - 1) for s in range(1, 12)] + [0.5]), drawn
+print("ok")
+"""
+
+
+def test_the_ramp_example_draws_each_step_with_its_planned_p():
+    text = README.read_text(encoding="utf-8")
+    follow = re.search(r"## Add your own.*?```python\n(.*?)```", text, re.S).group(1)
+    ramp = re.search(r"### When new weights take effect.*?```python\n(.*?)```", text, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", follow + ramp + RAMP_CHECK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_the_worked_example_runs_as_printed():
     code = re.search(r"## Add your own.*?```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)
     out = subprocess.run([sys.executable, "-c", code + CHECK], capture_output=True, text=True, timeout=300)

@@ -276,10 +276,16 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
 
     def summary(self) -> dict[str, Any] | None:
         """The stages with the step each starts at (1-based), and the stage now."""
-        return {"stage": self.stage, "stages": [
-            {"from_step": s + 1, **({"algorithm": st["algorithm"]["name"]} if "algorithm" in st else
-                                    {"proportions": self.learned.get(str(i), st["proportions"])})}
-            for i, (s, st) in enumerate(zip(self.starts, self.params.stages))]}
+        stages = []
+        for i, (start, stage) in enumerate(zip(self.starts, self.params.stages)):
+            entry: dict[str, Any] = {"from_step": start + 1}
+            if "algorithm" in stage:
+                entry["algorithm"] = stage["algorithm"]["name"]
+            else:  # a learned stage's proportions once it began
+                entry.update(proportions=self.learned.get(str(i), stage["proportions"]),
+                             learned=stage["proportions"] == LEARNED)
+            stages.append(entry)
+        return {"stage": self.stage, "stages": stages}
 
     # ---- checkpoint state: the schedule's own plus the running stage algorithm's ----------------
     def state_dict(self) -> dict[str, Any]:

@@ -90,6 +90,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise DataError(f"{log}: no updates logged yet")
     names = records[-1]["domain_names"]
     steps = [r["step"] for r in records]
+    # where a line says from which step its p is drawn, p is plotted from there, holding until the next
+    drawn = [r.get("from_step", r["step"]) for r in records]
+    held = {"drawstyle": "steps-post"} if any("from_step" in r for r in records) else {}
     algorithm = log.name[: -len("_weights.jsonl")]
     panels: dict[str, Any] = {"weights": None, "scores": None}
     losses = _history_series(run_dir, "mix/loss/")
@@ -105,7 +108,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     series_axes = [(ax, panels[t]) for ax, t in zip(axes, titles) if t not in ("weights", "scores")]
     for i, name in enumerate(names):
         final = _num(records[-1]["domain_weights"][i])
-        axes[0].plot(steps, [r["domain_weights"][i] for r in records], label=f"{name} ({final:.3g})", **_style(i))
+        axes[0].plot(drawn, [r["domain_weights"][i] for r in records], label=f"{name} ({final:.3g})", **held, **_style(i))
         if "scores" in panels:
             axes[1].plot(steps, [_num(r["perdomain_scores"][i]) for r in records], label=name, **_style(i))
         for ax, series in series_axes:
@@ -122,12 +125,28 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[-1].set_xlabel("training step")
     for ax in axes:
         ax.grid(True, alpha=0.3)
+    mark_stages(axes, run_dir / f"{algorithm}_summary.json")
     axes[0].legend(loc="best", fontsize="small")
     fig.tight_layout()
     out_path = Path(out) if out is not None else run_dir / f"{algorithm}_weights.png"
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def mark_stages(axes: Any, summary: Path) -> None:
+    """A schedule's stages (its summary's ``stages``) as dashed lines where each begins, labelled
+    with the stage and what it trains on."""
+    if not summary.is_file():
+        return
+    stages = json.loads(summary.read_text(encoding="utf-8")).get("stages") or []
+    for i, stage in enumerate(stages):
+        what = stage.get("algorithm") or ("learned" if stage.get("learned") else "fixed")
+        for ax in axes:
+            if stage["from_step"] > 1:
+                ax.axvline(stage["from_step"], color="0.4", linestyle="--", linewidth=0.8)
+        axes[0].annotate(f" stage {i}: {what}", (stage["from_step"], 0.98), xycoords=("data", "axes fraction"),
+                         fontsize="x-small", va="top")
 
 
 def plot_doremi(root: Path, out: str | Path | None = None) -> Path:

@@ -56,8 +56,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                 preflight(spec.params, data.tokenizer)
     derive_max_steps(args, run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
-    engine = build_engine(run, data.train, batch, seed=args.seed, heldout=data.val, collator=collator,
-                          max_steps=args.max_steps)
+    engine = build_engine(run, data.train, batch, args.seed, data.val, collator, max_steps=args.max_steps)
     if distributed.is_main_process():
         logger.info("%s", run_summary(run, data.domains, args, engine, data.tokenizer))
     # A from-scratch model's initial weights must not depend on the process: seed before building it,
