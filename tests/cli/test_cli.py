@@ -124,6 +124,35 @@ def test_a_schedule_resumed_across_its_boundaries_trains_as_the_uninterrupted_ru
     assert results[0]["val_loss"] == results[1]["val_loss"]  # the same model, bit for bit
 
 
+def test_a_domain_at_max_epochs_leaves_the_mixture_said_once_and_in_the_results(tmp_path, demo_data, caplog, capsys):
+    cfg = _config(tmp_path, demo_data, max_epochs={"random": 0.003}, max_steps=8)  # 2 rows of random's ~900
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg)]) == 0
+    results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
+    step = results["left_the_mixture"]["random"]
+    assert 1 <= step <= 8 and set(results["epochs"]) == {"code", "prose", "arithmetic", "random"}
+    warnings = [r.getMessage() for r in caplog.records if "reached max_epochs" in r.getMessage()]
+    assert len(warnings) == 1 and f"at step {step}" in warnings[0] and "2 rows" in warnings[0]
+    assert "random" in capsys.readouterr().out.split("max_epochs reached at step")[0].splitlines()[-1]
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
+    assert "epochs over 8 steps at this p: code" in summary and "; max_epochs: random 0.00" in summary
+
+
+def test_unimax_spreads_the_run_as_evenly_as_the_caps_allow(tmp_path, demo_data, caplog):
+    cfg = _config(tmp_path, demo_data, mixture_sample_rule="unimax", unimax_max_epochs=0.001,
+                  init_mixture_proportions=None)
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg), "--quiet"]) == 0
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
+    from mixflow.data.proportions import unimax_proportions
+
+    lines = summary.splitlines()
+    rows = [int(x.split()[1]) for x in lines[2:6]]  # the train rows column of the four domains
+    drawn = next(x for x in lines if "sampling weights at step 1" in x).split(": ", 1)[1].split(", ")
+    expected = unimax_proportions(rows, 6 * 8, 0.001)  # max_steps × global batch rows, at most 0.001 epochs
+    assert [float(x.split()[1]) for x in drawn] == pytest.approx(expected.tolist(), abs=6e-5)
+
+
 def test_the_run_summary_says_what_the_run_uses_and_writes(tmp_path, demo_data, caplog):
     cfg = _config(tmp_path, demo_data, update_step=25, save_strategy="no")
     with caplog.at_level("INFO", logger="mixflow"):

@@ -137,7 +137,24 @@ BAD = [
     ({"learning_rate": -1.0}, r"learning_rate: expected a number >= 0"),
     ({"val_size": 1.5}, r"val_size: expected a fraction"),
     ({"train_type": "static", "component_name": "doremii"}, r"component_name: 'doremii' is ignored with train_type static"),
+    ({"max_epochs": [1.0]}, r"max_epochs: expected 2 values \(one per domain: wiki, code\), got 1"),
+    ({"max_epochs": {"wik": 2}}, r"max_epochs.wik: not a domain of this run \(wiki, code\)"),
+    ({"max_epochs": 0}, r"max_epochs: expected a finite number > 0, got 0"),
+    ({"unimax_max_epochs": 0}, r"unimax_max_epochs: expected a number > 0, got 0"),
+    ({"component": {"name": "schedule", "params": {"stages": [{"at": 0, "proportions": [1, 1]},
+                                                              {"at": 5, "algorithm": {"name": "fgls"}}]}}},
+     r"stages\[1\].algorithm.name: expected an algorithm whose sampling is the objective"),
 ]
+
+
+def test_a_schedule_of_fixed_stages_needs_no_update_before_max_steps(tmp_path, base):
+    stages = [{"at": 0, "proportions": [1, 1]}, {"at": 5, "proportions": [1, 3]}]
+    cfg = {**base, "component": {"name": "schedule", "params": {"stages": stages}}, "update_step": 1000, "max_steps": 10}
+    cfg.pop("init_mixture_proportions")
+    assert load_config(write(tmp_path, cfg)).algorithm.name == "schedule"
+    stages[1] = {"at": 5, "algorithm": {"name": "odm"}}  # an algorithm stage updates: its first update must come
+    with pytest.raises(ConfigError, match="schedule's first update would be at step 1000, after max_steps 10"):
+        load_config(write(tmp_path, cfg))
 
 
 @pytest.mark.parametrize("change,message", BAD, ids=[next(iter(c)) for c, _ in BAD])

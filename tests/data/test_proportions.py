@@ -109,3 +109,12 @@ def test_unimax_spreads_the_budget_uniformly_under_an_epoch_cap():
     assert np.allclose(unimax_proportions([5, 5], budget=4), [0.5, 0.5])
     with pytest.raises(ValueError, match="max_epochs: expected a finite number > 0"):
         unimax_proportions([5, 5], budget=4, max_epochs=0)
+
+
+def test_the_unimax_rule_needs_the_budget_and_spreads_it() -> None:
+    from mixflow.data.proportions import resolve_proportions
+
+    with pytest.raises(ValueError, match="unimax needs the run's budget"):
+        resolve_proportions("unimax", [10, 1000, 1000])
+    # 300 rows, at most 2 epochs: the 10-row domain takes its 20, the others share the rest equally
+    assert np.allclose(resolve_proportions("unimax", [10, 1000, 1000], budget=300, max_epochs=2.0), [20 / 300, 140 / 300, 140 / 300])

@@ -11,6 +11,7 @@ import pytest
 
 from mixflow.data.permutation import derive_key, permute
 from mixflow.data.sampler import _TAG_DOMAIN, MixtureSampler
+from mixflow.errors import ResumeError
 
 SIZES = [500, 3000, 40, 10000]
 WEIGHTS = [0.3, 0.4, 0.1, 0.2]
@@ -396,3 +397,43 @@ def test_weights_scheduled_for_a_later_batch_apply_there_and_survive_a_resume() 
     resumed.load_state_dict(state)
     again = resumed.iter_batches()
     assert [b.tolist() for b in (next(again), next(again), next(again))] == [r.tolist() for r in rows]
+
+
+def _counts(sampler: MixtureSampler, batches: list[np.ndarray]) -> np.ndarray:
+    return np.array([np.bincount(sampler.domain_ids(b), minlength=4) for b in batches])
+
+
+def test_a_domain_at_its_max_epochs_leaves_the_mixture_and_the_others_renormalise() -> None:
+    # domain 2 (40 rows, p 0.1 of 64-row batches: ~6.4 a batch) may give 1.5 epochs = 60 rows
+    s = MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=11, max_epochs=[None, None, 1.5, None])
+    counts = _counts(s, global_batches(s, 40))
+    per_domain = counts.cumsum(axis=0)
+    assert per_domain[-1, 2] == 60 and (counts.sum(axis=1) == 64).all()  # exactly its cap; full batches
+    left = int(np.argmax(per_domain[:, 2] == 60))
+    assert (counts[left + 1:, 2] == 0).all()
+    later = counts[left + 1:].sum(axis=0)  # the rest keep their ratios 0.3 : 0.4 : 0.2
+    assert np.allclose(later[[0, 1, 3]] / later.sum(), np.array([0.3, 0.4, 0.2]) / 0.9, atol=0.01)
+    assert np.allclose(s.planned_weights(39), [1 / 3, 4 / 9, 0, 2 / 9])  # what the batch was drawn with
+    assert s.drawn_before(40)[2] == 60 and s.row_caps is not None and s.row_caps[2] == 60
+
+
+def test_the_stream_ends_when_every_domain_of_the_mixture_is_capped() -> None:
+    s = MixtureSampler([20, 30], [0.5, 0.5], batch_size=10, seed=1, max_epochs=1.0)
+    batches = global_batches(s, 100)
+    # every row once: domain 0's 20, then domain 1 alone until its 30; a sixth batch has no row left
+    assert len(batches) == 5 and _counts_two(s, batches).tolist() == [20, 30]
+
+
+def _counts_two(s: MixtureSampler, batches: list[np.ndarray]) -> np.ndarray:
+    return np.bincount(np.concatenate([s.domain_ids(b) for b in batches]), minlength=2)
+
+
+def test_resume_across_a_cap_reproduces_the_stream_and_refuses_other_caps() -> None:
+    caps = [None, None, 1.5, None]
+    original = MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=11, max_epochs=caps)
+    global_batches(original, 7)  # domain 2 reaches its 60 rows around batch 9
+    state = original.state_dict()
+    expected = global_batches(original, 20)
+    assert all(np.array_equal(x, y) for x, y in zip(global_batches(resumed(state, max_epochs=caps), 20), expected))
+    with pytest.raises(ResumeError, match="max_epochs"):
+        resumed(state)

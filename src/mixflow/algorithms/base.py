@@ -116,6 +116,12 @@ class DomainAlgorithm(ABC, Generic[P]):
         split) and the step engine builds the providers from it."""
         return [ProviderSpec(name, params, cls.name.upper()) for name in cls.providers]
 
+    @classmethod
+    def needs_updates(cls, params: AlgorithmParams) -> bool:
+        """Whether a run with these params changes its weights through :meth:`update` (the config
+        check refuses such a run whose first update falls after max_steps). Default: True."""
+        return True
+
     @property
     def num_domains(self) -> int:
         return len(self.domain_names)

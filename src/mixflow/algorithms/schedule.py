@@ -158,6 +158,11 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
                           for s in found[0].provider_specs(found[1]) if s.name not in {x.name for x in specs}]
         return specs
 
+    @classmethod
+    def needs_updates(cls, params: AlgorithmParams) -> bool:
+        """Only a stage algorithm updates: fixed stages are planned, not updated."""
+        return any("algorithm" in stage for stage in params.stages)  # type: ignore[attr-defined]
+
     def setup(self) -> Weights | None:
         self.starts: list[int] = []  # S_i, once bound
         self.stage = 0  # the stage of the latest planned step

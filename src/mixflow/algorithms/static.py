@@ -40,6 +40,10 @@ class StaticMixture(DomainAlgorithm[StaticParams]):
     mode = "objective"
     scores_label = "training loss (window mean)"
 
+    @classmethod
+    def needs_updates(cls, params: AlgorithmParams) -> bool:
+        return False  # its updates only log per-domain losses
+
     def setup(self) -> Weights | None:
         if self.params.proportions is None:
             return None

@@ -11,6 +11,7 @@ import math
 import os
 import typing
 from pathlib import Path
+from typing import Any
 
 from mixflow.algorithms.params import check_type, declared_paths
 from mixflow.algorithms.registry import lookup
@@ -161,6 +162,9 @@ def _mixing_key_errors(run: RunConfig) -> list[str]:
     _collect(errors, _check_weights, m.domain_prior, "domain_prior", k)
     if m.mixture_sample_rule == "temperature" and m.mixture_temperature <= 0:
         errors.append(f"mixture_temperature: expected a positive number, got {m.mixture_temperature}")
+    if not m.unimax_max_epochs > 0:
+        errors.append(f"unimax_max_epochs: expected a number > 0, got {m.unimax_max_epochs}")
+    errors += _max_epochs_errors(m.max_epochs, domain_names(run))
     if m.init_mixture_proportions is not None and m.mixture_sample_rule != "mixture":
         errors.append(
             f"init_mixture_proportions: only used with mixture_sample_rule 'mixture', got rule {m.mixture_sample_rule!r}"
@@ -181,12 +185,37 @@ def _mixing_key_errors(run: RunConfig) -> list[str]:
     return errors
 
 
+def _max_epochs_errors(value: Any, names: list[str]) -> list[str]:
+    """``max_epochs``: a number > 0, one per domain (null: no cap) or {domain: number > 0}."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        errors = [f"max_epochs.{k}: not a domain of this run ({', '.join(names)})" for k in value if k not in names]
+        items = list(value.items())
+    elif isinstance(value, list):
+        errors = [] if len(value) == len(names) else [
+            f"max_epochs: expected {len(names)} values (one per domain: {', '.join(names)}), got {len(value)}"]
+        items = [(str(i), v) for i, v in enumerate(value) if v is not None]
+    else:
+        items, errors = [("", value)], []
+    return errors + [f"max_epochs{'.' + k if k else ''}: expected a finite number > 0, got {v!r}"
+                     for k, v in items if not (isinstance(v, (int, float)) and 0 < v < float("inf"))]
+
+
+def per_domain_epochs(value: Any, names: list[str]) -> float | list[float | None] | None:
+    """``max_epochs`` as the sampler takes it: one number, or one per domain in ``names`` order."""
+    if isinstance(value, dict):
+        return [value.get(n) for n in names]
+    return value
+
+
 def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -> list[str]:
     """What the chosen algorithm and weighter need from the rest of the run."""
     m, algorithm, errors = run.mixing, run.algorithm, []
     assert algorithm is not None, "resolve_components runs before check_mixing"
     steps = run.training.get("max_steps")
-    if schedule is not None and algorithm.name != "static" and isinstance(steps, int) and steps > 0:
+    updates = lookup(algorithm.name, "algorithm", "component_name").needs_updates(algorithm.params)
+    if schedule is not None and updates and isinstance(steps, int) and steps > 0:
         # an adaptive algorithm that never updates trains a static mixture while the user believes otherwise
         first = schedule.first_update()
         if first is None:

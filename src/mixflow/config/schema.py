@@ -70,11 +70,15 @@ class MixingConfig:
     """Entry of the components file to use (of ``mixers`` or ``weighters``, by ``train_type``)."""
     component: ComponentConfig | None = None
     """The component given inline instead of through ``components_cfg_file``."""
-    mixture_sample_rule: Literal["mixture", "stratified", "uniform", "temperature"] = "mixture"
+    mixture_sample_rule: Literal["mixture", "stratified", "uniform", "temperature", "unimax"] = "mixture"
     """Initial sampling weights: mixture = init_mixture_proportions; stratified ∝ domain sizes;
-    uniform; temperature ∝ size^(1/mixture_temperature)."""
+    uniform; temperature ∝ size^(1/mixture_temperature); unimax = as uniform as the run's rows
+    (max_steps × global batch) allow with no domain repeated more than unimax_max_epochs times."""
     mixture_temperature: float = 1.0
     """τ of the temperature rule (1 = stratified, larger flattens towards uniform)."""
+    unimax_max_epochs: float = 1.0
+    """UniMax's cap (Chung et al. 2023): the most epochs of a domain its proportions plan for. The
+    proportions only plan it; max_epochs enforces a cap."""
     init_mixture_proportions: list[float] | None = None
     """Initial proportions, one per domain (normalised); null with rule mixture means uniform."""
     static_mix: bool = False
@@ -94,6 +98,10 @@ class MixingConfig:
     """π: importance of each domain in the objective (normalised); null = uniform."""
     on_exhausted: Literal["reshuffle", "stop"] = "reshuffle"
     """When a domain runs out of rows: reshuffle it and continue, or stop the stream."""
+    max_epochs: float | list[float | None] | dict[str, float] | None = None
+    """The most times a domain's training rows are seen (one number for all, one per domain with
+    null for none, or {domain: epochs}): a domain that reaches it leaves the mixture and the others
+    renormalise; the stream ends when none of p's domains is left. null: no cap (on_exhausted)."""
     objective_normalization: Literal["domain", "token"] = "domain"
     """Importance-mode algorithms (DoReMi's proxy, FGLS, ERMA, VA): domain = each domain's token sum divided by
     its own tokens in the step, so every domain counts exactly q_i whatever its row lengths; token = all the step's

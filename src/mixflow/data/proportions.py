@@ -23,7 +23,7 @@ from mixflow.errors import ConfigError
 
 __all__ = ["SAMPLE_RULES", "resolve_proportions", "unimax_proportions", "validate_domain_sizes", "validate_weights"]
 
-SAMPLE_RULES = ("mixture", "stratified", "uniform", "temperature")
+SAMPLE_RULES = ("mixture", "stratified", "uniform", "temperature", "unimax")
 
 
 def validate_weights(weights: Any, k: int, name: str = "weights") -> np.ndarray:
@@ -87,14 +87,17 @@ def resolve_proportions(
     domain_sizes: Sequence[int],
     proportions: Sequence[float] | None = None,
     temperature: float = 1.0,
+    budget: float | None = None,
+    max_epochs: float = 1.0,
 ) -> np.ndarray:
     """Sampling proportions for a static mixture rule; a float64 array summing to 1.
 
     ``rule`` is one of ``mixture``, ``stratified``, ``uniform``,
-    ``temperature``. ``proportions`` is only used by ``mixture`` (``None``
+    ``temperature``, ``unimax``. ``proportions`` is only used by ``mixture`` (``None``
     means uniform); when given with another rule it is still validated, so a
     list of the wrong length never passes silently. ``temperature`` (τ > 0)
-    is only used by ``temperature``.
+    is only used by ``temperature``; ``budget`` (the rows the run draws, in the units of
+    ``domain_sizes``) and ``max_epochs`` by ``unimax`` (:func:`unimax_proportions`).
     """
     if rule not in SAMPLE_RULES:
         raise ConfigError(f"rule: expected one of {', '.join(SAMPLE_RULES)}, got {rule!r}")
@@ -108,6 +111,10 @@ def resolve_proportions(
         return np.full(k, 1.0 / k)
     if rule == "stratified":
         return sizes / sizes.sum(dtype=np.float64)
+    if rule == "unimax":
+        if budget is None:
+            raise ConfigError("mixture_sample_rule: unimax needs the run's budget (max_steps × global batch rows)")
+        return unimax_proportions(sizes.tolist(), budget, max_epochs)
 
     if (
         isinstance(temperature, (bool, np.bool_))

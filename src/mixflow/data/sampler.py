@@ -16,7 +16,11 @@ gradient-accumulation micro-batches of one optimizer step) is planned:
    its rows (:mod:`mixflow.data.permutation`), keyed by ``(seed, d,
    domain epoch)``: without replacement until the domain is exhausted, then a
    new domain epoch with a new order (``on_exhausted="reshuffle"``), or the
-   end of the stream (``on_exhausted="stop"``).
+   end of the stream (``on_exhausted="stop"``). With ``max_epochs``, a domain
+   that has given ``floor(max_epochs · size)`` rows leaves the mixture: the
+   batch that reaches the cap takes only the rows left, the others share the
+   rest in proportion to p, and later batches draw from p without it,
+   renormalised (the stream ends when no domain of p is left).
 3. **Shuffle.** The B rows are sorted by a hash keyed by ``(seed, epoch, g)``
    (a uniform shuffle) so that domains are spread over ranks and micro-batches.
 4. **Slice.** Rank ``r`` of ``W`` takes rows ``[r·B/W, (r+1)·B/W)``.
@@ -70,6 +74,24 @@ class _Snapshot:
     epoch: int
     rows: np.ndarray | None = None
     """The batch's global rows (all ranks, in slice order), once planned."""
+
+
+def _row_caps(max_epochs: Any, sizes: np.ndarray) -> np.ndarray | None:
+    """floor(max_epochs · size) per domain (one number for all, or one per domain with None for
+    uncapped), or None without caps."""
+    if max_epochs is None:
+        return None
+    values = [max_epochs] * sizes.size if isinstance(max_epochs, (int, float)) else list(max_epochs)
+    if len(values) != sizes.size:
+        raise ValueError(f"max_epochs: expected {sizes.size} values (one per domain), got {len(values)}")
+    caps = np.full(sizes.size, np.iinfo(np.int64).max // 4, dtype=np.int64)
+    for d, value in enumerate(values):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not np.isfinite(value):
+            raise ValueError(f"max_epochs: expected numbers > 0 (or null: no cap), got {value!r}")
+        caps[d] = max(1, int(np.floor(value * sizes[d])))
+    return caps
 
 
 def _check_int(value: Any, name: str, minimum: int | None = None) -> int:
@@ -127,6 +149,7 @@ class MixtureSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         on_exhausted: str = "reshuffle",
+        max_epochs: float | Sequence[float | None] | None = None,
     ) -> None:
         super().__init__()
         self._sizes = validate_domain_sizes(domain_sizes)
@@ -146,6 +169,7 @@ class MixtureSampler(Sampler[int]):
         if on_exhausted not in _ON_EXHAUSTED:
             raise ValueError(f"on_exhausted: expected one of {', '.join(_ON_EXHAUSTED)}, got {on_exhausted!r}")
         self._on_exhausted = on_exhausted
+        self._max_rows = _row_caps(max_epochs, self._sizes)
 
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)[:-1]]).astype(np.int64)
         self._total_rows = int(self._sizes.sum())
@@ -254,13 +278,58 @@ class MixtureSampler(Sampler[int]):
         return int(self.domain_ids(np.array([index], dtype=np.int64))[0])
 
     def planned_weights(self, batch_index: int) -> np.ndarray:
-        """Weights that were in force when global batch ``batch_index`` was planned.
+        """Weights that were in force when global batch ``batch_index`` was planned (without the
+        domains that had reached ``max_epochs``, renormalised: what the batch was drawn with).
 
         With read-ahead these can differ from :attr:`weights`; corrections
         such as ``π/p`` must use the ``p`` the batch was drawn with. Needs a
         kept snapshot (a planned batch not yet marked consumed).
         """
-        return self._planned_snapshot(batch_index).weights.copy()
+        snap = self._planned_snapshot(batch_index)
+        return self._effective(snap.weights, snap.drawn).copy()
+
+    def drawn_before(self, batch_index: int) -> np.ndarray:
+        """Rows each domain had given (all its epochs) before global batch ``batch_index``: a planned
+        batch not yet consumed, or the next to plan."""
+        if batch_index == self._planned:
+            return self._drawn.copy()
+        return self._planned_snapshot(batch_index).drawn.copy()
+
+    @property
+    def row_caps(self) -> np.ndarray | None:
+        """Rows each domain may give (``floor(max_epochs · size)``; a very large number where
+        uncapped), or None without ``max_epochs``."""
+        return None if self._max_rows is None else self._max_rows.copy()
+
+    def _effective(self, weights: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+        """``weights`` without the domains at their cap, renormalised (all 0 when none is left)."""
+        if self._max_rows is None or bool(np.all(drawn < self._max_rows)):
+            return weights
+        kept = np.where(drawn < self._max_rows, weights, 0.0)
+        total = kept.sum()
+        return kept / total if total > 0 else kept
+
+    def _within_caps(self, counts: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+        """``counts`` with no domain past its cap: a domain's rows beyond it go to the domains with
+        room, in proportion to ``weights`` (largest remainders); None when they have none."""
+        if self._max_rows is None:
+            return counts
+        room = self._max_rows - self._drawn
+        extra = int(np.maximum(counts - room, 0).sum())
+        counts = np.minimum(counts, room)
+        while extra > 0:
+            space = np.where(weights > 0, room - counts, 0)
+            if not bool(np.any(space > 0)):
+                return None
+            share = np.where(space > 0, weights, 0.0)
+            due = share / share.sum() * extra
+            give = np.floor(due).astype(np.int64)
+            top = np.argsort(-(due - give), kind="stable")[: extra - int(give.sum())]
+            give[top] += 1
+            give = np.minimum(give, space)
+            counts = counts + give
+            extra -= int(give.sum())
+        return counts
 
     def scheduled_weights(self, batch_index: int) -> np.ndarray:
         """The weights batch ``batch_index`` is drawn with: its plan's for a planned batch not yet
@@ -415,7 +484,14 @@ class MixtureSampler(Sampler[int]):
         """Plan global batch ``planned_batches``; None when the stream has ended."""
         g = self._planned
         weights, epoch = self._resolve(g)
-        counts, credit = self._allocate(weights, self._credit)
+        drawing = self._effective(weights, self._drawn)
+        if not drawing.sum() > 0:
+            return None  # every domain of the mixture has given its max_epochs
+        counts, credit = self._allocate(drawing, self._credit)
+        capped = self._within_caps(counts, drawing)
+        if capped is None:
+            return None  # the domains with rows left cannot fill a batch
+        counts = capped
         drawn_after = self._drawn + counts
         if self._on_exhausted == "stop" and bool(np.any(drawn_after > self._sizes)):
             # Nothing is committed: a later set_weights that drops the
@@ -542,6 +618,7 @@ class MixtureSampler(Sampler[int]):
             "credits": snap.credit.tolist(),
             "weights": snap.weights.tolist(),
             "epoch": snap.epoch,
+            "row_caps": None if self._max_rows is None else self._max_rows.tolist(),
             "weight_schedule": [[idx, w.tolist()] for idx, w in self._weight_changes if idx > g],
             "epoch_schedule": [[idx, e] for idx, e in self._epoch_changes if idx > g],
         }
@@ -575,6 +652,10 @@ class MixtureSampler(Sampler[int]):
             raise ResumeError(f"state.batch_size: expected {self._batch_size} (this sampler), got {state['batch_size']}")
         if state["seed"] != self._seed:
             raise ResumeError(f"state.seed: expected {self._seed} (this sampler), got {state['seed']}")
+        caps = None if self._max_rows is None else self._max_rows.tolist()
+        if state.get("row_caps") != caps:
+            raise ResumeError(f"state.row_caps: the checkpoint's max_epochs caps ({state.get('row_caps')} rows) differ "
+                              f"from this run's ({caps}); resume with the same max_epochs")
 
         self._restore(state)
 

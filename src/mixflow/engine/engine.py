@@ -24,6 +24,7 @@ from mixflow.algorithms.base import DomainAlgorithm, InvalidWeights, SampleWeigh
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import STATE_VERSION, check_compatible, read_state, write_state
+from mixflow.engine.epochs import DomainEpochs
 from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetTokens
 from mixflow.engine.records import WeightsLog, step_metrics
 from mixflow.engine.sample_weights import SampleWeightStats, global_sample_weights
@@ -71,6 +72,7 @@ class StepEngine:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.weights_log = WeightsLog(log_dir, algorithm, weighter, self._weight_stats[1])
         self.route = WeightsRoute(algorithm, sampler, self.weights_log, plan_horizon, max_steps)
+        self.epochs = DomainEpochs(sampler, algorithm.domain_names)
         specs = algorithm.provider_specs(algorithm.params)
         context = replace(provider_context, batch_size=sampler.batch_size) if provider_context is not None else None
         self.providers = list(providers) if providers is not None else build_providers(specs, context)
@@ -287,6 +289,7 @@ class StepEngine:
         finite = bool(torch.isfinite(reduced.token_loss_sum[present]).all()) if bool(present.any()) else True
         self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
         self.sampler.mark_consumed(step)
+        self.epochs.after_step(step)
         self.route.plan_ahead(step)  # first: the lines below then say the p of the step they name
         try:
             observed = self.algorithm.apply_observe(reduced, step)
@@ -317,6 +320,7 @@ class StepEngine:
         """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
         out = step_metrics(self.domain_names, self._metric_stats, self.algorithm)
         out.update(self._weight_stats[0].metrics(self.domain_names))
+        out.update(self.epochs.metrics(self.last_step))
         if reset:
             self._metric_stats = DomainStats.zeros(self.num_domains)
             self._weight_stats[0].reset()
@@ -341,6 +345,7 @@ class StepEngine:
             "weighter": self.weighter.state_dict() if self.weighter is not None else None,
             "window_stats": self._window_stats.state_dict(),
             "metric_stats": self._metric_stats.state_dict(),
+            "epochs": self.epochs.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -366,6 +371,7 @@ class StepEngine:
         self.skipped_updates = int(state["skipped_updates"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.route.restored(self.last_step)
+        self.epochs.load_state_dict(state.get("epochs", {}))
 
     def save(self, checkpoint_dir: str | Path) -> Path:
         """Write the state atomically to ``<checkpoint_dir>/mixflow_state.json`` (call on one rank)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from mixflow.algorithms.base import SampleWeighter
 from mixflow.algorithms.registry import build_algorithm, build_weighter
+from mixflow.config.checks import per_domain_epochs
 from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.dataset import MixtureDataset
@@ -107,7 +108,8 @@ def build_engine(
     m = run.mixing
     assert run.algorithm is not None, "a RunConfig comes from load_config, which resolves the algorithm"
     init = resolve_proportions(
-        m.mixture_sample_rule, train.domain_sizes, m.init_mixture_proportions, temperature=m.mixture_temperature
+        m.mixture_sample_rule, train.domain_sizes, m.init_mixture_proportions, temperature=m.mixture_temperature,
+        budget=None if max_steps is None else float(max_steps * batch_size), max_epochs=m.unimax_max_epochs,
     )
     names = list(train.domain_names)
     algorithm = build_algorithm(run.algorithm.name, names, run.algorithm.params, init_weights=init, prior=m.domain_prior)
@@ -124,7 +126,8 @@ def build_engine(
         weighter = build_weighter(run.weighter.name, names, run.weighter.params)
         load_weighter_inputs(weighter)
     sampler = MixtureSampler(
-        train.domain_sizes, algorithm.sampling_weights, batch_size, seed=seed, on_exhausted=m.on_exhausted
+        train.domain_sizes, algorithm.sampling_weights, batch_size, seed=seed, on_exhausted=m.on_exhausted,
+        max_epochs=per_domain_epochs(m.max_epochs, names),
     )
     schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
     context = ProviderContext(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.registry import lookup
 from mixflow.config.checks import previous_run_files
 from mixflow.config.components import global_batch_size
@@ -87,7 +88,8 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
                                         trainer.state.global_step))
     if eval_sets:
         metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
-    metrics["final_sampling_weights"] = dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist()))
+    metrics.update(final_sampling_weights=dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist())),
+                   **engine.epochs.results(trainer.state.global_step))
     metrics.update(health_report(trainer))
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
@@ -197,20 +199,34 @@ def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any, toke
     first_p = engine.sampler.scheduled_weights(engine.last_step)  # the batch the first step trains on
     lines.append(f"  sampling weights at step {engine.last_step + 1}: "
                  + ", ".join(f"{n} {w:.4f}" for n, w in zip(engine.domain_names, first_p)))
+    lines.append(epochs_line(engine, first_p, args.max_steps))
     if engine.weighter is not None:
         wparams = ", ".join(f"{k}={v}" for k, v in vars(engine.weighter.params).items())
         lines.append(f"  sample weighter {engine.weighter.name}: {wparams}")
     first = schedule.first_update()
     updates = first is not None and first <= args.max_steps
+    plans = type(algo).planned_sampling is not DomainAlgorithm.planned_sampling  # e.g. a schedule's stages
+    still = "" if updates else f"; none before max_steps {args.max_steps}" + ("" if plans else ": the weights stay as above")
     lines.append(f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
-                 f"update_times {schedule.update_times}"
-                 + ("" if updates else f"; none before max_steps {args.max_steps}: the weights stay as above"))
-    writes = [str(engine.log_path)] if updates and engine.log_path is not None else []
+                 f"update_times {schedule.update_times}{still}")
+    writes = [str(engine.log_path)] if (updates or plans) and engine.log_path is not None else []
     if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
         writes.append(f"checkpoints (every {args.save_steps} steps and at the end)")
     writes.append("mixflow_results.json")
     lines.append(f"  writes {', '.join(writes)} in {args.output_dir}")
     return "\n".join(lines)
+
+
+def epochs_line(engine: Any, p: Any, max_steps: int) -> str:
+    """The epochs of each domain over the run if p stayed as it is, and the max_epochs caps."""
+    rows = engine.sampler.batch_size * max_steps
+    sizes, caps = engine.sampler.domain_sizes, engine.sampler.row_caps
+    line = f"  epochs over {max_steps} steps at this p: " + ", ".join(
+        f"{n} {w * rows / size:.3g}" for n, w, size in zip(engine.domain_names, p, sizes))
+    if caps is not None:
+        line += "; max_epochs: " + ", ".join(f"{n} {cap / size:.3g}" for n, cap, size in zip(engine.domain_names, caps, sizes)
+                                             if cap < 2**60)
+    return line
 
 
 def move_previous_run(out: Path) -> Path | None:
@@ -271,12 +287,15 @@ def format_table(metrics: dict[str, Any]) -> str:
         return format_classification_table(metrics)
     weights = metrics.get("final_sampling_weights", {})
     val = metrics.get("val_loss", {})
+    epochs, left = metrics.get("epochs", {}), metrics.get("left_the_mixture", {})
     names = list(weights) or list(val)
     width = max([len("domain"), *(len(n) for n in names)])
-    lines = [f"{'domain':<{width}}  {'val loss':>9}  {'val ppl':>9}  {'weight':>7}"]
+    lines = [f"{'domain':<{width}}  {'val loss':>9}  {'val ppl':>9}  {'weight':>7}  {'epochs':>7}"]
     for name in names:
         loss = val.get(name)
         loss_s = f"{loss:9.4f}" if loss is not None else f"{'-':>9}"
         ppl_s = f"{math.exp(min(loss, 50)):9.2f}" if loss is not None else f"{'-':>9}"
-        lines.append(f"{name:<{width}}  {loss_s}  {ppl_s}  {weights.get(name, float('nan')):7.4f}")
+        seen = f"{epochs[name]:7.3f}" if name in epochs else f"{'-':>7}"
+        note = f"  (max_epochs reached at step {left[name]})" if name in left else ""
+        lines.append(f"{name:<{width}}  {loss_s}  {ppl_s}  {weights.get(name, float('nan')):7.4f}  {seen}{note}")
     return "\n".join(lines)
