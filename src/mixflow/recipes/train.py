@@ -51,10 +51,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     # only once the data has read without an error: a failed run leaves the previous one in place
     if run.safety.overwrite_output_dir and not run.training.get("resume_from_checkpoint"):
         move_previous_run(Path(run.training["output_dir"]))
-    if run.algorithm is not None:  # e.g. a reference model must read the proxy's token ids (before any model loads)
-        for spec in lookup(run.algorithm.name, "algorithm", "component_name").provider_specs(run.algorithm.params):
-            if (preflight := provider_needs(spec.name).preflight) is not None:
-                preflight(spec.params, data.tokenizer)
+    _preflight(run, data.tokenizer)
     derive_max_steps(args, run, len(data.train))
     batch = global_batch_size(run.training, world_size=args.world_size)
     engine = build_engine(run, data.train, batch, args.seed, data.val, collator, max_steps=args.max_steps)
@@ -94,6 +91,15 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
+
+
+def _preflight(run: RunConfig, tokenizer: Any) -> None:
+    """The providers' checks against the data before any model loads (e.g. a reference model must
+    read the proxy's token ids)."""
+    if run.algorithm is not None:
+        for spec in lookup(run.algorithm.name, "algorithm", "component_name").provider_specs(run.algorithm.params):
+            if (preflight := provider_needs(spec.name).preflight) is not None:
+                preflight(spec.params, tokenizer)
 
 
 def _arguments(run: RunConfig, progress: bool) -> Any:
