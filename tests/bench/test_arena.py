@@ -97,7 +97,7 @@ def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm
                   seeds=2, jobs=1, swarm=4, methods=[])
     ran = []
 
-    def fake_runs(specs, jobs, log):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5); the
+    def fake_runs(specs, jobs, log, devices=0):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5); the
         ran.extend(s.extra["name"] for s in specs)  # natural mixture (0.6, 0.3, 0.1) is lucky on its first seed
         return [{"extra": s.extra, "steps": 10, "seconds": 1.0,
                  VAL_TARGET: float(np.abs(np.array(s.extra["mixture"]) - [0.2, 0.3, 0.5]).sum())

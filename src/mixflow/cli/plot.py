@@ -58,6 +58,36 @@ def scores_label(algorithm: str) -> str:
     return cls.scores_label if cls is not None else "per-domain score"
 
 
+#: Above this many domains the plots name the ones whose weight peaks highest and group the rest.
+NAMED_DOMAINS = 12
+
+
+def domain_groups(names: list[str], records: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
+    """(label, domain indices) of each line: every domain, or with more than :data:`NAMED_DOMAINS`
+    the ``NAMED_DOMAINS - 1`` whose weight peaks highest, then one group of the rest."""
+    if len(names) <= NAMED_DOMAINS:
+        return [(n, [i]) for i, n in enumerate(names)]
+    peak = [max(_num(r["domain_weights"][i]) for r in records) for i in range(len(names))]
+    top = sorted(sorted(range(len(names)), key=lambda i: -peak[i])[: NAMED_DOMAINS - 1])
+    rest = [i for i in range(len(names)) if i not in set(top)]
+    return [(names[i], [i]) for i in top] + [(f"the other {len(rest)} domains", rest)]
+
+
+def _mean(values: Any) -> float:
+    finite = [v for v in values if v == v]  # NaN: a domain with no score yet
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _group_series(series: dict[str, list[tuple[int, float]]], names: list[str]) -> tuple[list[int], list[float]]:
+    """One line for ``names``: the series of a single domain, or the mean over the group at each step."""
+    by_step: dict[int, list[float]] = {}
+    for name in names:
+        for step, value in series.get(name, []):
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
 #: Line styles and markers cycled over the domains: lines that coincide (equal weights) stay visible.
 STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P"))
 
@@ -106,16 +136,18 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True)
     titles = list(panels)
     series_axes = [(ax, panels[t]) for ax, t in zip(axes, titles) if t not in ("weights", "scores")]
-    for i, name in enumerate(names):
-        final = _num(records[-1]["domain_weights"][i])
-        axes[0].plot(drawn, [r["domain_weights"][i] for r in records], label=f"{name} ({final:.3g})", **held, **_style(i))
+    for g, (label, idx) in enumerate(domain_groups(names, records)):
+        # a group of many domains: their weights summed, their scores and losses averaged
+        w = [sum(_num(r["domain_weights"][i]) for i in idx) for r in records]
+        axes[0].plot(drawn, w, label=f"{label}{' (sum)' if len(idx) > 1 else ''} ({w[-1]:.3g})", **held, **_style(g))
         if "scores" in panels:
-            axes[1].plot(steps, [_num(r["perdomain_scores"][i]) for r in records], label=name, **_style(i))
+            axes[1].plot(steps, [_mean(_num(r["perdomain_scores"][i]) for i in idx) for r in records], label=label,
+                         **_style(g))
         for ax, series in series_axes:
-            if name in series:
-                xs, ys = zip(*series[name])
-                ax.plot(xs, ys, label=name, **_style(i))
-    axes[0].set_ylim(*weight_range(records))
+            xs, ys = _group_series(series, [names[i] for i in idx])
+            if xs:
+                ax.plot(xs, ys, label=label, **_style(g))
+    axes[0].set_ylim(*weight_range([{"domain_weights": [line.get_ydata().max() for line in axes[0].lines]}]))
     axes[0].set_ylabel("domain weight")
     axes[0].set_title(f"{algorithm} on {run_dir.name}: weights and per-domain statistics")
     if "scores" in panels:
