@@ -53,6 +53,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "erma + va": {"component": {"name": "va", "params": {"loss_weights_from": {"name": "erma"}}}, "update_step": 10},
     "loss reweighting": {"train_type": "dynamic_weight", "mixture_sample_rule": "uniform", "component": {"name": "loss"}},
     "doremi": {},  # its own three-step pipeline
+    "ado": {},  # its released schedule scaled to the run (method_keys)
 }
 TARGET = "target loss"
 #: The swarm's best members by one seed, and how many seeds each is then measured on (full size).
@@ -139,6 +140,10 @@ def method_keys(arena: Arena, method: str) -> dict[str, Any]:
     """The keys that make ``method`` in the arena (on top of the shared ones)."""
     if method == "doremi":
         return {**DOREMI_KEYS, "proxy": {"warmup_step": max(2, arena.steps // 20), "update_step": 5}}
+    if method == "ado":  # released: fits every 1000 of 60 000 steps, from 1000, the first 1000 ignored
+        every = max(1, arena.steps // 60)
+        return {"component": {"name": "ado", "params": {"fit_every": every, "start_step": every, "ignore_steps": every}},
+                "mixture_sample_rule": "stratified", "update_step": 1}
     return dict(METHODS[method])
 
 
