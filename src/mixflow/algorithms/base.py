@@ -184,6 +184,12 @@ class DomainAlgorithm(ABC, Generic[P]):
             self._apply(self._checked(weights, "observe"))
         return weights
 
+    def update_due(self, step: int) -> bool | None:
+        """Whether optimizer step ``step`` ends with an update, for an algorithm that keeps its own
+        calendar (e.g. Aioli's rounds); None: the run's schedule decides (``warmup_step``,
+        ``update_step``, ``update_times``). Default: None."""
+        return None
+
     def planned_sampling(self, step: int) -> np.ndarray | Sequence[float] | None:
         """Sampling weights decided in advance for optimizer step ``step`` (1-based), or None to leave
         p as it is. The step engine asks for every step once, in order, ``lead`` steps ahead (before

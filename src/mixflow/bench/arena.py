@@ -54,6 +54,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "loss reweighting": {"train_type": "dynamic_weight", "mixture_sample_rule": "uniform", "component": {"name": "loss"}},
     "doremi": {},  # its own three-step pipeline
     "ado": {},  # its released schedule scaled to the run (method_keys)
+    "aioli": {"component": {"name": "aioli"}},  # its released rounds: 4 of 200 steps in 800
 }
 TARGET = "target loss"
 #: The swarm's best members by one seed, and how many seeds each is then measured on (full size).

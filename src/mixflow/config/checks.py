@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from mixflow.algorithms.base import DomainAlgorithm
 from mixflow.algorithms.params import check_type, declared_paths
 from mixflow.algorithms.registry import lookup
 from mixflow.config.errors import ConfigError, ConfigErrors
@@ -214,7 +215,9 @@ def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -
     m, algorithm, errors = run.mixing, run.algorithm, []
     assert algorithm is not None, "resolve_components runs before check_mixing"
     steps = run.training.get("max_steps")
-    updates = lookup(algorithm.name, "algorithm", "component_name").needs_updates(algorithm.params)
+    cls = lookup(algorithm.name, "algorithm", "component_name")
+    # an algorithm with its own calendar (update_due) is not updated on the run's schedule
+    updates = cls.needs_updates(algorithm.params) and cls.update_due is DomainAlgorithm.update_due
     if schedule is not None and updates and isinstance(steps, int) and steps > 0:
         # an adaptive algorithm that never updates trains a static mixture while the user believes otherwise
         first = schedule.first_update()

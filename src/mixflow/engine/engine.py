@@ -165,7 +165,13 @@ class StepEngine:
     @property
     def update_pending(self) -> bool:
         """Whether the optimizer step now in progress will end with a scheduled update."""
-        return self.schedule.is_update(self.last_step + 1, self.algorithm.num_updates + self.skipped_updates)
+        return self._is_update(self.last_step + 1)
+
+    def _is_update(self, step: int) -> bool:
+        """Whether step ``step`` ends with an update: the algorithm's own calendar where it keeps one
+        (``update_due``), else the run's schedule (warmup_step, update_step, update_times)."""
+        own = self.algorithm.update_due(step)
+        return own if own is not None else self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
 
     def coefficients(self, domain_ids: torch.Tensor, losses: SampleLosses, batch_index: int | None = None,
                      sample_ids: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -232,7 +238,7 @@ class StepEngine:
             and self._updated_in_step is None
             # a rank's rows per step: the sampler shards the batch itself, or (the Trainer) accelerate does
             and rows == self.sampler.batch_size // max(self.sampler.world_size, distributed.world_size())
-            and self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
+            and self._is_update(step)
         )
 
     def _update_within_step(self, step: int) -> None:
@@ -266,7 +272,7 @@ class StepEngine:
         if in_step is not None:  # the step's update already ran before its loss
             self._finish_step(in_step[0], step, pending=False)
             return in_step[1]
-        pending = self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
+        pending = self._is_update(step)
         if pending:
             done = self.algorithm.num_updates + self.skipped_updates
             ctx = UpdateContext(model, step, self.num_domains, distributed.rank(), distributed.world_size(), done)

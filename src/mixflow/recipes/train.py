@@ -213,8 +213,12 @@ def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any, toke
     updates = first is not None and first <= args.max_steps
     plans = type(algo).planned_sampling is not DomainAlgorithm.planned_sampling  # e.g. a schedule's stages
     still = "" if updates else f"; none before max_steps {args.max_steps}" + ("" if plans else ": the weights stay as above")
-    lines.append(f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
-                 f"update_times {schedule.update_times}{still}")
+    if type(algo).update_due is not DomainAlgorithm.update_due:
+        updates, still = True, ""
+        lines.append(f"  updates: on {algo.name}'s own calendar (warmup_step and update_step do not apply)")
+    else:
+        lines.append(f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
+                     f"update_times {schedule.update_times}{still}")
     writes = [str(engine.log_path)] if (updates or plans) and engine.log_path is not None else []
     if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
         writes.append(f"checkpoints (every {args.save_steps} steps and at the end)")
