@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from mixflow.bench.arena_recommend import recommend, recommendation_yaml
-from mixflow.bench.arena_runs import SWARM, RunSpec, check_specs, run_specs
+from mixflow.bench.arena_runs import SWARM, RunSpec, check_specs, reused, run_specs
+from mixflow.bench.arena_scores import TARGET, bound_text, calibration, gap_closed, mean_curve, steps_to
 from mixflow.bench.base import BenchResult, Row
-from mixflow.bench.stats import ratio_interval
 from mixflow.data.proportions import unimax_proportions
 from mixflow.search.propose import Constraints, simulate
 from mixflow.search.regression import build_model
@@ -56,7 +55,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "ado": {},  # its released schedule scaled to the run (method_keys)
     "aioli": {"component": {"name": "aioli"}},  # its released rounds: 4 of 200 steps in 800
 }
-TARGET = "target loss"
 #: The swarm's best members by one seed, and how many seeds each is then measured on (full size).
 TOP_REPLICATED, REPLICATES = 3, 3
 #: The same mean over the clean domains on the validation split (what the swarm selects on).
@@ -282,26 +280,17 @@ def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list
     arena.log("arena: %d runs (%d seeds × %d methods and baselines), %s", len(specs), arena.seeds,
               len(specs) // arena.seeds, f"one on each of {arena.devices} devices" if arena.devices
               else f"{arena.jobs} at a time")
+    earlier = reused(specs)
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in run_specs(specs, arena.jobs, arena.log, arena.devices):
         runs.setdefault(r["method"], []).append(r)
     for results in runs.values():
         results.sort(key=lambda r: r["seed"])
     result, summary = score(arena, runs, best)
+    if earlier:  # provenance: those runs ran at an earlier commit with the same config and data
+        result.notes.append(f"{earlier} of the {len(specs)} runs were reused from their saved results (the same run "
+                            "config and data digest), not run again by this invocation")
     return result, summary, runs
-
-
-def steps_to(curve: dict[str, Any], clean: list[str], target: float) -> float | None:
-    """The first evaluation step whose mean clean validation loss is ≤ ``target``; None: never (censored)."""
-    losses = [curve["losses"][d] for d in clean if d in curve["losses"]]
-    for i, step in enumerate(curve["steps"]):
-        if losses and np.mean([dl[i] for dl in losses]) <= target:
-            return float(step)
-    return None
-
-
-def _mean_curve(curve: dict[str, Any], clean: list[str]) -> list[float]:
-    return [float(np.mean([curve["losses"][d][i] for d in clean])) for i in range(len(curve["steps"]))]
 
 
 def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, Any]
@@ -318,7 +307,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
     result = BenchResult(setting={}, rows=rows, holds=None, verdict="")
     by_baseline = {b: float(np.mean([r[TARGET] for r in runs[b]])) for b in (*BASELINES, "best static")}
     best_baseline = min(by_baseline, key=by_baseline.__getitem__)
-    reach = float(np.mean([_mean_curve(r["curve"], arena.clean)[-1] for r in runs[best_baseline]]))
+    reach = float(np.mean([mean_curve(r["curve"], arena.clean)[-1] for r in runs[best_baseline]]))
     steps_rows: dict[str, list[float | None]] = {}
     for method, results in runs.items():
         steps_rows[method] = [steps_to(r["curve"], arena.clean, reach) for r in results]
@@ -353,7 +342,7 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
         f"{cal['sd / gap']:.2f} (target ≤ 0.25), |natural − uniform| = {cal['|natural − uniform| / sd']:.1f} seed sd "
         f"(target > 4). Recommendation: {rec['method']} — {rec['why']}."
     )
-    result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{_bound(lo)}, {_bound(hi)}] "
+    result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{bound_text(lo)}, {bound_text(hi)}] "
                      "(Fieller's 95% interval over the seeds' paired differences)"
                      for m, (v, lo, hi) in gap.items() if m not in ("natural", "best static")]
     result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test documents "
@@ -364,35 +353,3 @@ def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, A
                         f"({best['runs']} swarm runs, {best['steps']} steps); DoReMi's steps count its reference and "
                         "proxy")
     return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}
-
-
-def gap_closed(runs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[float, float, float]]:
-    """Per method: the fraction of the natural → best-static gap in mean target loss it closes, with
-    Fieller's 95% interval over the seeds' paired differences (1: as good as the best static
-    mixture; < 0: worse than natural; bounds ±∞ when the gap itself is inside the seed noise)."""
-    nat = [r[TARGET] for r in runs["natural"]]
-    gap = [n - r[TARGET] for n, r in zip(nat, runs["best static"])]
-    return {method: ratio_interval([n - r[TARGET] for n, r in zip(nat, results)], gap)
-            for method, results in runs.items()}
-
-
-def _bound(x: float) -> str:
-    return f"{x:.2f}" if math.isfinite(x) else ("−∞" if x < 0 else "∞")
-
-
-def calibration(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
-    """The arena's power: the seed sd of the best static mixture's target loss over the natural →
-    best-static gap (target ≤ 0.25), and |natural − uniform| in those seed sd (target > 4)."""
-    best = np.array([r[TARGET] for r in runs["best static"]])
-    nat = np.array([r[TARGET] for r in runs["natural"]])
-    uni = np.array([r[TARGET] for r in runs["uniform"]])
-    sd = float(np.std(best, ddof=1)) if len(best) > 1 else math.nan
-    gap = float(nat.mean() - best.mean())
-    # what the paired intervals see: the spread of the seeds' differences, not of the runs themselves
-    paired = float(np.std(nat - best, ddof=1)) if len(best) > 1 else math.nan
-    return {"seed sd of best static": sd, "natural − best static": gap,
-            "sd / gap": sd / gap if gap > 0 else math.inf,
-            "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf,
-            "paired sd of natural − best static": paired}
-
-

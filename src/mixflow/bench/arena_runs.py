@@ -96,6 +96,11 @@ def worker_pool(jobs: int, devices: int = 0) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=devices, mp_context=context, initializer=_pin_device, initargs=(queue,))
 
 
+def reused(specs: Sequence[RunSpec]) -> int:
+    """How many of ``specs`` have a saved result of the same spec and data (run before, not again)."""
+    return sum(_saved(spec) is not None for spec in specs)
+
+
 def _saved(spec: RunSpec) -> dict[str, Any] | None:
     try:
         saved = json.loads(spec.result_path.read_text(encoding="utf-8"))
