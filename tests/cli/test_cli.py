@@ -540,3 +540,21 @@ def test_a_user_error_is_one_line_and_a_defect_keeps_its_traceback(monkeypatch, 
     monkeypatch.setattr(cli_main, "_cmd_list", defect)
     with pytest.raises(ValueError, match="an index went wrong"):  # not turned into a line: the traceback stays
         main(["list"])
+
+
+@pytest.mark.parametrize("name", ["schedule", "ado", "aioli"])
+def test_the_examples_of_the_newer_components_load_and_train_a_few_steps(tmp_path, demo_data, name):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / f"{name}.yaml"
+    overrides = [f"dataset_dir={demo_data}", f"output_dir={tmp_path / 'run'}", "cutoff_len=32", "save_steps=1000",
+                 f"model_config={json.dumps(TINY_MODEL)}", "per_device_train_batch_size=8", "val_size=4"]
+    if name == "aioli":  # 4 rounds of 8 steps, LearnParams 4 × 1 step
+        overrides.append("component.params={round_steps: 8, sweeps: 1, sweep_steps: 1}")
+    if name == "ado":
+        overrides.append("component.params={fit_every: 4, start_step: 4, ignore_steps: 0, block: 1, smooth_window: 5, eps_min: 0.5}")
+    assert main(["train", str(example), *overrides, "max_steps=12", "--quiet"]) == 0
+    results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
+    assert results["steps"] == 12 and set(results["epochs"]) == {"code", "prose", "arithmetic", "random"}
+    log = [json.loads(x) for x in (tmp_path / "run" / f"{name}_weights.jsonl").read_text().splitlines()]
+    assert any(r["sampling_weights"] != log[0]["sampling_weights"] for r in log)  # p moved during the run
