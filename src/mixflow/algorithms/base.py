@@ -324,6 +324,18 @@ class SampleWeighter(ABC, Generic[P]):
             setattr(self, name, value)
 
 
+def with_inner(state: dict[str, Any], inner: DomainAlgorithm[Any] | None) -> dict[str, Any]:
+    """An algorithm's state with the state of the algorithm it runs inside (VA's loss weights, a
+    schedule's stage) under ``inner``, when there is one."""
+    return state if inner is None else {**state, "inner": inner.state_dict()}
+
+
+def split_inner(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the algorithm's own state, the inner algorithm's or None): :func:`with_inner` undone."""
+    own = dict(state)
+    return own, own.pop("inner", None)
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
+from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec, split_inner, with_inner
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, build_params
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
 from mixflow.algorithms.statistics import DomainStats
@@ -294,14 +294,10 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
 
     # ---- checkpoint state: the schedule's own plus the running stage algorithm's ----------------
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.inner is not None:
-            state["inner"] = self.inner.state_dict()
-        return state
+        return with_inner(super().state_dict(), self.inner)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        inner = state.pop("inner", None)
+        state, inner = split_inner(state)
         super().load_state_dict(state)
         self.inner = None
         if self.inner_stage >= 0:

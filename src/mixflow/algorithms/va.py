@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec
+from mixflow.algorithms.base import DomainAlgorithm, ProviderSpec, split_inner, with_inner
 from mixflow.algorithms.params import AlgorithmParams, ValidationContext, bounded, build_params
 from mixflow.algorithms.registry import available_algorithms, build_algorithm, register_algorithm
 from mixflow.algorithms.statistics import DomainStats, GradStatsParams, gradient_moments, has_gradient_sums
@@ -164,16 +164,12 @@ class VarianceAwareSampling(DomainAlgorithm[VAParams]):
 
     # ---- checkpoint state: VA's own plus the inner algorithm's --------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.inner is not None:
-            state["inner"] = self.inner.state_dict()
-        return state
+        return with_inner(super().state_dict(), self.inner)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        inner = state.pop("inner", None)
+        state, inner = split_inner(state)
         if (inner is None) != (self.inner is None):
             raise ResumeError("va state: the checkpoint and this run disagree on loss_weights_from")
         super().load_state_dict(state)
-        if self.inner is not None:
+        if self.inner is not None and inner is not None:
             self.inner.load_state_dict(inner)
