@@ -61,13 +61,13 @@ def _inline_domain_errors(d: DataConfig, base_dir: Path) -> list[str]:
         paths = [resolve_path(p, base_dir) for p in (dom.path if isinstance(dom.path, list) else [dom.path])]
         dom.path = paths if isinstance(dom.path, list) else paths[0]
         try:
-            resolve_files(DomainSource(dom.name, dom.path))
+            resolve_files(DomainSource(dom.name, dom.path, token_format=dom.format))
         except (ValueError, FileNotFoundError) as err:
             errors.append(f"domains[{i}].path: {err}")
             continue
         try:
             source = domain_source(dom.name, dom.path, f"domains[{i}]", dom.text_field, dom.formatting,
-                                   dom.columns, dom.tags)
+                                   dom.columns, dom.tags, dom.format, dom.dtype, dom.eos_id)
             _check_kind(d, dom.name, source.formatting is not None)
         except ValueError as err:  # ConfigError included
             errors.append(str(err))

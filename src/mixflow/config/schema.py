@@ -32,6 +32,13 @@ class DomainConfig:
     """LLaMA-Factory column roles → fields, e.g. ``{prompt: instruction, query: input, response: output}``."""
     tags: dict[str, str] | None = None
     """sharegpt: role and content tags (LLaMA-Factory's names and defaults)."""
+    format: Literal["megatron", "numpy", "mixflow"] | None = None
+    """Already tokenized, read in place: a Megatron prefix (PREFIX.bin + PREFIX.idx), a numpy token
+    array (.npy, or a raw file with ``dtype``), a mixflow cache entry; None: from the path (text otherwise)."""
+    dtype: str | None = None
+    """A raw numpy token file's integer dtype (e.g. uint16)."""
+    eos_id: int | None = None
+    """Where a numpy token stream's documents end (default: the tokenizer's EOS id)."""
 
 
 @dataclass

@@ -27,10 +27,12 @@ class TokenFile:
 
     ndim = 1
 
-    def __init__(self, path: str | Path, dtype: np.dtype | str, length: int) -> None:
+    def __init__(self, path: str | Path, dtype: np.dtype | str, length: int, offset: int = 0) -> None:
         self.path = str(path)
         self.dtype = np.dtype(dtype)
         self.length = int(length)
+        self.offset = int(offset)
+        """Bytes before the first token (a header, e.g. a ``.npy`` file's)."""
         self._fd: int | None = None
 
     def __len__(self) -> int:
@@ -49,7 +51,7 @@ class TokenFile:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         size = self.dtype.itemsize
-        data = os.pread(self._fd, (stop - start) * size, start * size)
+        data = os.pread(self._fd, (stop - start) * size, self.offset + start * size)
         if len(data) != (stop - start) * size:
             raise DataError(f"{self.path}: ends before token {stop} (a damaged cache entry)")
         return np.frombuffer(data, dtype=self.dtype)
@@ -63,20 +65,25 @@ class TokenFile:
 
 
 class TokenRows:
-    """Rows of ``tokens``: blocks of ``block`` tokens, or documents between ``offsets[i]`` and
-    ``offsets[i + 1]``; ``index`` picks (and orders) a subset of them (a split)."""
+    """Rows of ``tokens``: blocks of ``block`` tokens, documents between ``offsets[i]`` and
+    ``offsets[i + 1]``, or any spans ``[spans[0][i], spans[1][i])`` (documents cut at a length);
+    ``index`` picks (and orders) a subset of them (a split)."""
 
     def __init__(self, tokens: np.ndarray | TokenFile, *, block: int | None = None, offsets: np.ndarray | None = None,
                  index: np.ndarray | None = None, mask: np.ndarray | TokenFile | None = None,
-                 row_targets: np.ndarray | None = None) -> None:
-        if (block is None) == (offsets is None):
-            raise ValueError("TokenRows: expected exactly one of block (packed) or offsets (per-document rows)")
+                 row_targets: np.ndarray | None = None, spans: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        if sum(x is not None for x in (block, offsets, spans)) != 1:
+            raise ValueError("TokenRows: expected exactly one of block (packed), offsets (per-document rows) or spans")
+        self._ends: np.ndarray | None = None
+        if spans is not None:  # stored as offsets (the starts) and ends: the per-document code paths apply
+            offsets, self._ends = np.asarray(spans[0], dtype=np.int64), np.asarray(spans[1], dtype=np.int64)
         if tokens.ndim != 1:
             raise ValueError(f"tokens: expected a 1-D token array, got shape {tokens.shape}")
         self.tokens = tokens
         self.block = block
         self.offsets = offsets
-        total = len(tokens) // block if block is not None else len(offsets) - 1  # type: ignore[arg-type]
+        total = (len(tokens) // block if block is not None else
+                 len(self._ends) if self._ends is not None else len(offsets) - 1)  # type: ignore[arg-type]
         self.index = index
         self._len = total if index is None else len(index)
         if (mask is None) != (row_targets is None) or (mask is not None and block is not None):
@@ -99,12 +106,15 @@ class TokenRows:
         j = self._base(int(i))
         if self.block is not None:
             return j * self.block, (j + 1) * self.block
+        if self._ends is not None:
+            return int(self.offsets[j]), int(self._ends[j])  # type: ignore[index]
         return int(self.offsets[j]), int(self.offsets[j + 1])  # type: ignore[index]
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """Row ``i`` as an int32 array."""
+        """Row ``i`` as an int32 array (writable: torch takes it as is)."""
         start, stop = self._span(i)
-        return np.asarray(self.tokens[start:stop], dtype=np.int32)
+        row = np.asarray(self.tokens[start:stop], dtype=np.int32)
+        return row if row.flags.writeable else row.copy()  # an int32 file's slice is its read-only buffer
 
     def labels(self, i: int, ignore_index: int, ids: np.ndarray | None = None) -> np.ndarray | None:
         """Row ``i``'s labels, ``ignore_index`` where a token is not a target; None without a mask.
@@ -125,7 +135,8 @@ class TokenRows:
         """Tokens of every row (int64)."""
         if self.block is not None:
             return np.full(self._len, self.block, dtype=np.int64)
-        per_doc = np.diff(np.asarray(self.offsets, dtype=np.int64))
+        starts = np.asarray(self.offsets, dtype=np.int64)
+        per_doc = self._ends - starts if self._ends is not None else np.diff(starts)
         return per_doc if self.index is None else per_doc[self.index]
 
     @property
@@ -137,5 +148,6 @@ class TokenRows:
         """The rows at ``index`` (positions in these rows), sharing the token array."""
         idx = np.asarray(index, dtype=np.int64)
         base = idx if self.index is None else self.index[idx]
-        return TokenRows(self.tokens, block=self.block, offsets=self.offsets, index=base, mask=self.mask,
-                         row_targets=self.row_targets)
+        spans = None if self._ends is None else (self.offsets, self._ends)
+        return TokenRows(self.tokens, block=self.block, offsets=None if spans else self.offsets, index=base,
+                         mask=self.mask, row_targets=self.row_targets, spans=spans)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.data.instructions import Formatting, formatting_of
+from mixflow.data.pretokenized import detect_token_format, source_errors
 from mixflow.errors import DataError
 from mixflow.utils.jsonlog import read_json
 
@@ -42,6 +43,13 @@ class DomainSource:
     """Field holding each example's label (``task: classification``); None for text domains."""
     formatting: Formatting | None = None
     """Instruction data (alpaca or sharegpt records rendered to a conversation); None: plain text."""
+    token_format: str | None = None
+    """Already tokenized, read in place (:mod:`mixflow.data.pretokenized`): ``megatron``, ``numpy``
+    or ``mixflow``; None: text, tokenized into the cache."""
+    dtype: str | None = None
+    """A raw numpy token file's dtype (e.g. ``uint16``)."""
+    eos_id: int | None = None
+    """Where a numpy token stream's documents end (default: the tokenizer's EOS)."""
 
 
 def read_documents(source: DomainSource) -> list[str]:
@@ -120,10 +128,15 @@ def resolve_files(source: DomainSource) -> list[Path]:
                 out += _expand(source, Path(match))
         else:
             path = Path(spec)
+            megatron = [Path(spec + ext) for ext in (".bin", ".idx")]
+            if not path.exists() and all(f.is_file() for f in megatron):
+                out += megatron  # a Megatron dataset's prefix
+                continue
             if not path.exists():
                 raise FileNotFoundError(f"domain {source.name!r}: path {path} not found")
-            out += _expand(source, path)
+            out += [path] if source.token_format is not None else _expand(source, path)
     return out
+
 
 
 def _expand(source: DomainSource, path: Path) -> list[Path]:
@@ -325,7 +338,7 @@ def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list
 
 
 #: dataset_info.json entry keys mixflow reads; the others LLaMA-Factory knows are refused by name.
-ENTRY_KEYS = ("file_name", "formatting", "columns", "tags", "text_field", "ranking")
+ENTRY_KEYS = ("file_name", "formatting", "columns", "tags", "text_field", "ranking", "format", "dtype", "eos_id")
 _REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 
@@ -341,14 +354,27 @@ def _source_from_entry(name: str, entry: Any, info_path: Path) -> DomainSource:
     if entry.get("ranking"):
         raise DataError(f"{where}: ranking: preference (ranking) data is not supported by mixflow")
     return domain_source(name, str(info_path.parent / entry["file_name"]), where, text_field=entry.get("text_field"),
-                         formatting=entry.get("formatting"), columns=entry.get("columns"), tags=entry.get("tags"))
+                         formatting=entry.get("formatting"), columns=entry.get("columns"), tags=entry.get("tags"),
+                         token_format=entry.get("format"), dtype=entry.get("dtype"), eos_id=entry.get("eos_id"))
 
 
 def domain_source(name: str, path: str | list[str], where: str, text_field: Any = None, formatting: Any = None,
-                  columns: Any = None, tags: Any = None) -> DomainSource:
+                  columns: Any = None, tags: Any = None, token_format: Any = None, dtype: Any = None,
+                  eos_id: Any = None) -> DomainSource:
     """A domain from LLaMA-Factory's keys (a ``dataset_info.json`` entry or an inline domain):
     instruction data when ``formatting`` or an instruction column says so, else plain text read
-    from ``text_field`` or ``columns.prompt`` (default ``text``). ``where`` names it in errors."""
+    from ``text_field`` or ``columns.prompt`` (default ``text``); already tokenized when ``format``
+    (or the path: a Megatron prefix, a ``.npy`` file, a cache entry) says so. ``where`` names it in errors."""
+    token_format = token_format if token_format is not None else detect_token_format(path)
+    if token_format is not None:
+        problems = source_errors(path, where, token_format, dtype, eos_id, {
+            "text_field": text_field, "formatting": formatting, "columns": columns, "tags": tags})
+        if problems:
+            raise DataError("\n".join(problems))
+        return DomainSource(name=name, path=path, token_format=token_format, dtype=dtype, eos_id=eos_id)
+    if dtype is not None or eos_id is not None:
+        raise DataError(f"{where}: {'dtype' if dtype is not None else 'eos_id'}: only for a pre-tokenized domain "
+                        "(format: numpy); this one is text")
     if columns is not None and not isinstance(columns, dict):
         raise DataError(f"{where}: columns: expected an object mapping column roles to fields")
     fmt = formatting_of(formatting, columns, tags, where)

@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mixflow.algorithms.base import SampleWeighter
@@ -19,9 +20,12 @@ from mixflow.config.components import global_batch_size
 from mixflow.config.schema import RunConfig
 from mixflow.data.dataset import MixtureDataset
 from mixflow.data.packing import TokenizedDomain, split_indices
+from mixflow.data.pretokenized import read_pretokenized
 from mixflow.data.proportions import resolve_proportions
 from mixflow.data.sampler import MixtureSampler
+from mixflow.data.sources import DomainSource
 from mixflow.data.tokenized import CacheEntry, cache_domain
+from mixflow.data.tokenizer import ByteTokenizer
 from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.errors import ConfigError, DataError
@@ -57,6 +61,9 @@ def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool |
     entries = []
     for source in domain_sources(run):
         packing = run.data.packing if run.data.packing is not None else source.formatting is None
+        if source.token_format is not None:  # already tokenized: read in place, nothing cached
+            entries.append(pretokenized_entry(run, source, tokenizer, packing))
+            continue
         entry = cache_domain(
             source, tokenizer, cache, run.data.cutoff_len, packing=packing,
             max_documents=run.data.max_samples, workers=run.data.preprocessing_num_workers or 1,
@@ -67,6 +74,20 @@ def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool |
                         entry.directory, len(entry.rows))
         entries.append(entry)
     return entries
+
+
+def pretokenized_entry(run: RunConfig, source: DomainSource, tokenizer: Any, packing: bool) -> CacheEntry:
+    """A pre-tokenized domain as a cache entry (its rows read in place); the tokenizer it was made
+    with must be declared (its vocabulary bounds the ids, its EOS ends a numpy stream's documents)."""
+    if run.data.tokenizer is None and isinstance(tokenizer, ByteTokenizer):
+        raise ConfigError(f"tokenizer: domain {source.name!r} is already tokenized ({source.token_format}); set "
+                          "tokenizer: to the tokenizer it was tokenized with (or use a model directory that has it)")
+    domain = read_pretokenized(source, run.data.cutoff_len, packing, int(tokenizer.vocab_size),
+                               getattr(tokenizer, "eos_token_id", None))
+    logger.info("%s: %s read in place (%s): %d rows, %d tokens", source.name, domain.source, source.token_format,
+                len(domain.rows), domain.num_tokens)
+    meta = {"num_tokens": domain.num_tokens, "num_documents": domain.documents, "format": source.token_format}
+    return CacheEntry(Path(domain.source), domain.rows, meta, reused=True)
 
 
 def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None) -> PreparedData:

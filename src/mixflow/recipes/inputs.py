@@ -34,7 +34,8 @@ def split_seed(run: RunConfig) -> int:
 def domain_sources(run: RunConfig) -> list[DomainSource]:
     """The configured domains as :class:`DomainSource` objects, in order."""
     if run.data.domains is not None:
-        return [domain_source(d.name, d.path, f"domains[{i}]", d.text_field, d.formatting, d.columns, d.tags)
+        return [domain_source(d.name, d.path, f"domains[{i}]", d.text_field, d.formatting, d.columns, d.tags,
+                              d.format, d.dtype, d.eos_id)
                 for i, d in enumerate(run.data.domains)]
     return sources_from_dataset_info(run.data.dataset_dir, domain_names(run))
 
