@@ -277,7 +277,7 @@ def test_real_models_domain_where_the_proxy_lags_is_upweighted(tmp_path):
     # The reference has learned domain d1 (its token band); the proxy starts from the same init.
     ref_model = tiny_llama(seed=1)
     opt = torch.optim.Adam(ref_model.parameters(), lr=3e-2)
-    rows = torch.as_tensor(domains[1].train, dtype=torch.long)
+    rows = torch.as_tensor(np.stack([domains[1].train[i] for i in range(len(domains[1].train))]), dtype=torch.long)
     for _ in range(8):
         out = ref_model(input_ids=rows, labels=rows)
         out.loss.backward()

@@ -64,10 +64,11 @@ def _data(vocab: int, rows: int, k: int = K) -> tuple[Any, dict[str, Any]]:
     """(train dataset, held-out datasets per domain) of random tokens, ``k`` domains."""
     from mixflow.data.dataset import MixtureDataset
     from mixflow.data.packing import TokenizedDomain
+    from mixflow.data.rows import as_token_rows
 
     rng = np.random.default_rng(0)
-    domains = [TokenizedDomain(f"d{d}", train=rng.integers(1, vocab, size=(rows, SEQ)).astype(np.int32),
-                               val=rng.integers(1, vocab, size=(32, SEQ)).astype(np.int32)) for d in range(k)]
+    domains = [TokenizedDomain(f"d{d}", train=as_token_rows(rng.integers(1, vocab, size=(rows, SEQ)).astype(np.int32)),
+                               val=as_token_rows(rng.integers(1, vocab, size=(32, SEQ)).astype(np.int32))) for d in range(k)]
     val = MixtureDataset(domains, split="val")
     return MixtureDataset(domains), {d.name: val.single_domain(i) for i, d in enumerate(domains)}
 

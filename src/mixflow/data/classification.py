@@ -20,7 +20,8 @@ import torch
 
 from mixflow.data.dataset import DomainCollator, MixtureDataset, mixflow_columns, pad_right
 from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
-from mixflow.data.packing import TokenizedDomain, _split
+from mixflow.data.packing import TokenizedDomain, split_indices
+from mixflow.data.rows import as_token_rows
 from mixflow.data.sources import DomainSource, read_records
 from mixflow.errors import ConfigError, DataError
 
@@ -111,13 +112,11 @@ def tokenize_labelled(
     :func:`~mixflow.data.packing.tokenize_in_memory` does for unpacked text (same permutation)."""
     rows = [encode_text(tokenizer, t, cutoff_len) for t in texts]
     # Split the row *indices* with the language-model split, so both tasks hold out the same rows.
-    split = _split(name, np.arange(len(rows), dtype=np.int64), val_size, seed)
-    train_index = np.asarray(split.train, dtype=np.int64)
-    val_index = np.asarray(split.val, dtype=np.int64)
+    train_index, val_index = split_indices(name, len(rows), val_size, seed)
     return LabelledDomain(
         name=name,
-        train=[rows[i] for i in train_index],
-        val=[rows[i] for i in val_index],
+        train=as_token_rows([rows[i] for i in train_index]),
+        val=as_token_rows([rows[i] for i in val_index]),
         train_labels=labels[train_index],
         val_labels=labels[val_index],
     )

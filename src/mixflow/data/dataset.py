@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mixflow.data.keys import DOMAIN_KEY, IGNORE_INDEX, SAMPLE_KEY
-from mixflow.data.packing import Rows, TokenizedDomain
+from mixflow.data.packing import TokenizedDomain
+from mixflow.data.rows import TokenRows
 
 
 class MixtureDataset(Dataset):
@@ -39,7 +40,7 @@ class MixtureDataset(Dataset):
             ids=list(range(len(domains))),
         )
 
-    def _init(self, names: list[str], rows: list[Rows], ids: list[int]) -> None:
+    def _init(self, names: list[str], rows: list[TokenRows], ids: list[int]) -> None:
         self.domain_names: list[str] = names
         self.domain_sizes: list[int] = [len(r) for r in rows]
         self.domain_offsets: list[int] = list(itertools.accumulate(self.domain_sizes[:-1], initial=0))
@@ -59,7 +60,7 @@ class MixtureDataset(Dataset):
         out = np.empty(idx.shape, dtype=np.int64)
         for d in np.unique(positions).tolist():
             mask = positions == d
-            counts = getattr(self._rows[d], "target_counts", lambda: None)()
+            counts = self._rows[d].target_counts()
             if counts is not None:  # instruction rows: only the response tokens are targets
                 out[mask] = counts[idx[mask] - self.domain_offsets[d]]
             else:
@@ -70,13 +71,7 @@ class MixtureDataset(Dataset):
         """Tokens of each row of domain position ``d`` (computed once per domain)."""
         cache = self.__dict__.setdefault("_lengths", {})
         if d not in cache:
-            rows = self._rows[d]
-            if hasattr(rows, "lengths"):  # TokenRows: from the offsets, without reading a token
-                cache[d] = rows.lengths()
-            elif isinstance(rows, np.ndarray):  # packed: every row is cutoff_len long
-                cache[d] = np.full(len(rows), rows.shape[1] if rows.ndim == 2 else 0, dtype=np.int64)
-            else:
-                cache[d] = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+            cache[d] = self._rows[d].lengths()  # from the offsets, without reading a token
         return cache[d]
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -95,7 +90,7 @@ class MixtureDataset(Dataset):
         rows = self._rows[position]
         ids = np.asarray(rows[row])
         input_ids = torch.as_tensor(ids, dtype=torch.long)
-        labels = rows.labels(row, IGNORE_INDEX, ids) if hasattr(rows, "labels") else None
+        labels = rows.labels(row, IGNORE_INDEX, ids)
         item = {
             "input_ids": input_ids,
             "labels": input_ids.clone() if labels is None else torch.as_tensor(labels, dtype=torch.long),

@@ -9,7 +9,7 @@ from typing import TypeGuard
 
 import numpy as np
 
-from mixflow.data.rows import TokenRows
+from mixflow.data.rows import TokenRows, as_token_rows
 from mixflow.data.sources import DomainSource, iter_documents
 from mixflow.data.tokenizer import TextTokenizer, encode_batch
 from mixflow.errors import ConfigError, DataError
@@ -19,9 +19,6 @@ from mixflow.utils.progress import progress as progress_bar
 #: Documents per tokenizer call.
 BATCH_DOCUMENTS = 1000
 
-Rows = np.ndarray | list[np.ndarray] | TokenRows
-"""Packed rows: a 2-D int32 array ``[rows, cutoff_len]``; unpacked: a list of 1-D int32 arrays; or
-:class:`~mixflow.data.rows.TokenRows` over a token stream (in memory, or read from the cache) of either kind."""
 
 
 @dataclass
@@ -30,10 +27,14 @@ class TokenizedDomain:
 
     name: str
     """Domain name."""
-    train: Rows
-    """Training rows: 2-D int32 array when packed, list of 1-D int32 arrays otherwise."""
-    val: Rows
+    train: TokenRows
+    """Training rows (:class:`~mixflow.data.rows.TokenRows`; a 2-D array of packed rows or a list of
+    1-D rows is taken as such, :func:`~mixflow.data.rows.as_token_rows`)."""
+    val: TokenRows
     """Held-out rows, same layout as ``train``; empty when no split was asked for."""
+
+    def __post_init__(self) -> None:
+        self.train, self.val = as_token_rows(self.train), as_token_rows(self.val)
 
     @property
     def num_train(self) -> int:
@@ -77,9 +78,9 @@ def tokenize_in_memory(
     with progress_bar(documents, enabled=progress, desc=f"tokenize {source.name}", unit="doc", leave=False) as bar:
         encoded = (ids for batch in batched(bar, BATCH_DOCUMENTS) for ids in encode_batch(tokenizer, batch))
         if packing:
-            rows: Rows = _pack(encoded, tokenizer.eos_token_id, cutoff_len)
+            rows = as_token_rows(_pack(encoded, tokenizer.eos_token_id, cutoff_len))
         else:
-            rows = [np.asarray(ids[:cutoff_len], dtype=np.int32) for ids in encoded if len(ids)]
+            rows = as_token_rows([np.asarray(ids[:cutoff_len], dtype=np.int32) for ids in encoded if len(ids)])
     return _split(source.name, rows, val_size, seed)
 
 
@@ -119,11 +120,11 @@ def _pack(encoded: Iterable[Sequence[int]], eos_token_id: int, cutoff_len: int) 
     return np.concatenate(blocks, axis=0)
 
 
-def _split(name: str, rows: Rows, val_size: float | int, seed: int) -> TokenizedDomain:
+def _split(name: str, rows: TokenRows, val_size: float | int, seed: int) -> TokenizedDomain:
     train_index, val_index = split_indices(name, len(rows), val_size, seed)
     if not len(val_index):
-        return TokenizedDomain(name=name, train=rows, val=_take(rows, val_index))
-    return TokenizedDomain(name=name, train=_take(rows, train_index), val=_take(rows, val_index))
+        return TokenizedDomain(name=name, train=rows, val=rows.take(val_index))
+    return TokenizedDomain(name=name, train=rows.take(train_index), val=rows.take(val_index))
 
 
 def split_indices(name: str, total: int, val_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,10 +151,4 @@ def split_indices(name: str, total: int, val_size: float | int, seed: int) -> tu
     return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
-def _take(rows: Rows, index: np.ndarray) -> Rows:
-    if isinstance(rows, TokenRows):
-        return rows.take(index)
-    if isinstance(rows, np.ndarray):
-        return rows[index]
-    return [rows[i] for i in index]
 

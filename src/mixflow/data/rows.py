@@ -151,3 +151,16 @@ class TokenRows:
         spans = None if self._ends is None else (self.offsets, self._ends)
         return TokenRows(self.tokens, block=self.block, offsets=None if spans else self.offsets, index=base,
                          mask=self.mask, row_targets=self.row_targets, spans=spans)  # type: ignore[arg-type]
+
+
+def as_token_rows(rows: np.ndarray | list[np.ndarray] | TokenRows) -> TokenRows:
+    """``rows`` as :class:`TokenRows`: a 2-D array of packed rows (one block per row), a list of
+    1-D rows (documents end to end), or TokenRows as they are. The one shape every consumer reads."""
+    if isinstance(rows, TokenRows):
+        return rows
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        block = max(int(rows.shape[1]), 1)
+        return TokenRows(np.ascontiguousarray(rows, dtype=np.int32).reshape(-1), block=block)
+    parts = [np.asarray(r, dtype=np.int32).reshape(-1) for r in rows]
+    offsets = np.concatenate([[0], np.cumsum([p.size for p in parts], dtype=np.int64)]).astype(np.int64)
+    return TokenRows(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32), offsets=offsets)

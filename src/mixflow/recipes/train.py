@@ -169,9 +169,7 @@ def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, r
 
 
 def _tokens(rows: Any) -> int:
-    if hasattr(rows, "num_tokens"):  # TokenRows: from the index, without reading the tokens
-        return int(rows.num_tokens)
-    return int(rows.size) if hasattr(rows, "size") and getattr(rows, "ndim", 1) == 2 else int(sum(len(r) for r in rows))
+    return int(rows.num_tokens)  # TokenRows: from the index, without reading the tokens
 
 
 def tokenizer_line(run: RunConfig, tokenizer: Any) -> str:
