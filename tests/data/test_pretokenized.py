@@ -166,3 +166,22 @@ def test_a_pretokenized_entrys_mistakes_are_named_all_at_once(tmp_path):
         domain_source("web", str(tmp_path / "web"), "domains[0]", token_format="arrow")
     with pytest.raises(DataError, match=r"dtype: only for a pre-tokenized domain"):
         domain_source("text", "notes.jsonl", "domains[1]", dtype="uint16")
+
+
+def test_several_prefixes_are_one_domain_whether_a_folder_a_glob_or_a_list(tmp_path):
+    from mixflow.data.sources import detect_token_format
+
+    shards = tmp_path / "web"
+    write_megatron(shards / "web_00_text_document", _with_eos(DOCS[:2]))
+    write_megatron(shards / "web_01_text_document", _with_eos(DOCS[2:]), "int32")  # dtypes may differ
+    stream = np.concatenate(_with_eos(DOCS)).tolist()
+    ways = [str(shards), str(shards / "web_*_text_document"),
+            [str(shards / "web_00_text_document"), str(shards / "web_01_text_document")]]
+    for path in ways:
+        assert detect_token_format(path) == "megatron"
+        per_doc = read_megatron(path, cutoff_len=16, packing=False)
+        assert [per_doc.rows[i].tolist() for i in range(len(per_doc.rows))] == [d.tolist() for d in _with_eos(DOCS)]
+        packed = read_megatron(path, cutoff_len=5, packing=True)  # blocks run across the two files
+        assert [t for i in range(len(packed.rows)) for t in packed.rows[i].tolist()] == stream[: 5 * len(packed.rows)]
+    with pytest.raises(FileNotFoundError, match="matches no Megatron index"):
+        read_megatron(str(shards / "books_*"), 5, True)

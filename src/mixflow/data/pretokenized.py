@@ -3,7 +3,8 @@ mixflow's own cache entries. Nothing is copied; rows are read a slice at a time
 (:class:`~mixflow.data.rows.TokenFile`), so memory stays flat in the corpus size, and a domain's
 sizes come from its index (or, for a raw array split at EOS, one scan of it).
 
-**Megatron** (Megatron-LM ``core/datasets/indexed_dataset.py``'s ``MMIDIDX`` layout): ``PREFIX.idx``
+**Megatron** (Megatron-LM ``core/datasets/indexed_dataset.py``'s ``MMIDIDX`` layout; a domain may be
+several prefixes — a folder, a glob, a list — read as one stream): ``PREFIX.idx``
 holds, little-endian, the magic ``MMIDIDX\\x00\\x00``, a version (uint64, 1), a dtype code (uint8:
 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float64, 7 float32, 8 uint16), the sequence count S
 and the document-index count D (uint64 each), then S sequence lengths (int32), S byte pointers into
@@ -32,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mixflow.data.rows import TokenFile, TokenRows
+from mixflow.data.rows import TokenFile, TokenFiles, TokenRows
 from mixflow.errors import DataError
 
 Format = Literal["megatron", "numpy", "mixflow"]
@@ -53,6 +54,8 @@ class PretokenizedDomain:
     documents: int
     source: str
     """The file(s) it was read from, for messages."""
+    offsets: np.ndarray | None = None
+    """Every document's first token and the stream's end, where the reader knows them."""
 
 
 def megatron_index(idx: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
@@ -79,9 +82,33 @@ def megatron_index(idx: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndar
     return np.dtype(MEGATRON_DTYPES[code]), lengths, pointers.copy(), docs.copy()
 
 
-def read_megatron(prefix: str | Path, cutoff_len: int, packing: bool) -> PretokenizedDomain:
-    """The rows of ``PREFIX.bin`` / ``PREFIX.idx``."""
-    prefix = Path(str(prefix).removesuffix(".bin").removesuffix(".idx"))
+def megatron_prefixes(path: str | Path | list[str]) -> list[Path]:
+    """The Megatron prefixes a domain's path names: a prefix, a folder (every ``*.idx`` in it), a
+    glob of prefixes, or a list of any of these; in order (sorted within a folder or a glob)."""
+    if isinstance(path, list):
+        return [q for item in path for q in megatron_prefixes(item)]
+    text = str(path).removesuffix(".bin").removesuffix(".idx")
+    if glob.has_magic(text):
+        found = sorted(glob.glob(text + ".idx")) or sorted(m for m in glob.glob(text) if m.endswith(".idx"))
+        if not found:
+            raise FileNotFoundError(f"{path}: matches no Megatron index (PREFIX.idx)")
+        return [Path(f.removesuffix(".idx")) for f in found]
+    if Path(text).is_dir():
+        indexes = sorted(Path(text).glob("*.idx"))
+        if not indexes:
+            raise FileNotFoundError(f"{path}: a folder without a Megatron index (PREFIX.idx)")
+        return [f.with_suffix("") for f in indexes]
+    return [Path(text)]
+
+
+def read_megatron(prefix: str | Path | list[str], cutoff_len: int, packing: bool) -> PretokenizedDomain:
+    """The rows of ``PREFIX.bin`` / ``PREFIX.idx`` — or of several prefixes (a folder, a glob, a
+    list) read as one stream, document after document (:func:`megatron_prefixes`)."""
+    prefixes = megatron_prefixes(prefix)
+    if len(prefixes) > 1:
+        parts = [read_megatron(q, cutoff_len, False) for q in prefixes]
+        return _joined(parts, cutoff_len, packing, ", ".join(map(str, prefixes)))
+    prefix = prefixes[0]
     idx, binary = prefix.with_name(prefix.name + ".idx"), prefix.with_name(prefix.name + ".bin")
     for path in (idx, binary):
         if not path.is_file():
@@ -100,7 +127,18 @@ def read_megatron(prefix: str | Path, cutoff_len: int, packing: bool) -> Pretoke
     # a document is its sequences, which are contiguous: its tokens run from its first sequence's start
     offsets = np.append(starts[docs[:-1]], starts[-1] + lengths[-1]).astype(np.int64)
     tokens = TokenFile(binary, dtype, int(starts[-1] + lengths[-1]))
-    return _domain(tokens, offsets, cutoff_len, packing, str(prefix))
+    domain = _domain(tokens, offsets, cutoff_len, packing, str(prefix))
+    return PretokenizedDomain(domain.rows, domain.num_tokens, domain.documents, domain.source, offsets)
+
+
+def _joined(parts: list[PretokenizedDomain], cutoff_len: int, packing: bool, source: str) -> PretokenizedDomain:
+    """Several prefixes' documents as one stream (their token files end to end)."""
+    files = [part.rows.tokens for part in parts]
+    assert all(isinstance(f, TokenFile) for f in files) and all(part.offsets is not None for part in parts)
+    stream = TokenFiles(files)  # type: ignore[arg-type]
+    offsets = np.concatenate([part.offsets[:-1] + stream.starts[k] for k, part in enumerate(parts)]  # type: ignore[index]
+                             + [stream.starts[-1:]]).astype(np.int64)
+    return _domain(stream, offsets, cutoff_len, packing, source)
 
 
 def read_numpy(path: str | Path, cutoff_len: int, packing: bool, eos_id: int | None, dtype: str | None = None
@@ -173,7 +211,7 @@ def read_mixflow(entry: str | Path, cutoff_len: int, packing: bool) -> Pretokeni
     return _domain(tokens, offsets, cutoff_len, packing, str(entry))
 
 
-def _domain(tokens: TokenFile, offsets: np.ndarray | None, cutoff_len: int, packing: bool, source: str
+def _domain(tokens: TokenFile | TokenFiles, offsets: np.ndarray | None, cutoff_len: int, packing: bool, source: str
             ) -> PretokenizedDomain:
     if packing:
         rows = TokenRows(tokens, block=cutoff_len)
@@ -190,7 +228,7 @@ def _domain(tokens: TokenFile, offsets: np.ndarray | None, cutoff_len: int, pack
     return PretokenizedDomain(rows, int((ends[keep] - starts[keep]).sum()), int(keep.sum()), source)
 
 
-def _document_rows(tokens: TokenFile, starts: np.ndarray, ends: np.ndarray) -> TokenRows:
+def _document_rows(tokens: TokenFile | TokenFiles, starts: np.ndarray, ends: np.ndarray) -> TokenRows:
     """Rows ``[starts[i], ends[i])`` (documents cut at cutoff_len): TokenRows over offsets when the
     rows are whole documents end to end, else a view of the cut rows."""
     if np.array_equal(starts[1:], ends[:-1]):
@@ -224,7 +262,7 @@ def read_pretokenized(source: Any, cutoff_len: int, packing: bool, vocab_size: i
     naming the file, before any model loads)."""
     path = str(source.path)
     if source.token_format == "megatron":
-        domain = read_megatron(path, cutoff_len, packing)
+        domain = read_megatron(source.path, cutoff_len, packing)
     elif source.token_format == "numpy":
         domain = read_numpy(path, cutoff_len, packing, source.eos_id if source.eos_id is not None else eos_id,
                             source.dtype)
@@ -243,9 +281,13 @@ def read_pretokenized(source: Any, cutoff_len: int, packing: bool, vocab_size: i
 def detect_token_format(path: str | list[str]) -> str | None:
     """The pre-tokenized format a domain's path says (a Megatron prefix, a ``.npy`` array, a mixflow
     cache entry folder), or None for text."""
-    if isinstance(path, list) or glob.has_magic(path):
-        return None
+    if isinstance(path, list):
+        return "megatron" if path and all(detect_token_format(x) == "megatron" for x in path) else None
+    if glob.has_magic(path):
+        return "megatron" if glob.glob(path + ".idx") else None
     p = Path(path)
+    if p.is_dir() and any(p.glob("*.idx")) and not any(p.glob("*.json*")):
+        return "megatron"
     if not p.exists() and Path(path + ".bin").is_file() and Path(path + ".idx").is_file():
         return "megatron"
     if p.suffix == ".npy" and p.is_file():
@@ -262,8 +304,8 @@ def source_errors(path: str | list[str], where: str, token_format: Any, dtype: A
               for key, value in text_keys.items() if value is not None]
     if token_format not in TOKEN_FORMATS:
         errors.append(f"{where}: format: expected one of {list(TOKEN_FORMATS)}, got {token_format!r}")
-    if isinstance(path, list) or glob.has_magic(path):
-        errors.append(f"{where}: a pre-tokenized domain is one path (a Megatron prefix, a token file or a cache entry)")
+    if token_format != "megatron" and (isinstance(path, list) or glob.has_magic(path)):
+        errors.append(f"{where}: a {token_format} domain is one path (several are for Megatron prefixes)")
     if dtype is not None:
         try:
             if np.dtype(dtype).kind not in "iu":

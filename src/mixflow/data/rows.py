@@ -64,12 +64,49 @@ class TokenFile:
             os.close(self._fd)  # type: ignore[arg-type]
 
 
+class TokenFiles:
+    """Several token files read as one stream (a domain of several Megatron prefixes): a slice is
+    read from each file it spans."""
+
+    ndim = 1
+
+    def __init__(self, parts: list[TokenFile]) -> None:
+        if not parts:
+            raise ValueError("TokenFiles: expected at least one file")
+        self.parts = parts
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        self.dtype = np.result_type(*(p.dtype for p in parts))
+        self.length = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.length,)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("TokenFiles: only contiguous slices can be read")
+        start, stop, _ = key.indices(self.length)
+        if stop <= start:
+            return np.empty(0, dtype=self.dtype)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        for k in range(first, len(self.parts)):
+            lo, hi = int(self.starts[k]), int(self.starts[k + 1])
+            if lo >= stop:
+                break
+            pieces.append(self.parts[k][max(start, lo) - lo:min(stop, hi) - lo])
+        return pieces[0].astype(self.dtype, copy=False) if len(pieces) == 1 else np.concatenate(pieces).astype(self.dtype)
+
+
 class TokenRows:
     """Rows of ``tokens``: blocks of ``block`` tokens, documents between ``offsets[i]`` and
     ``offsets[i + 1]``, or any spans ``[spans[0][i], spans[1][i])`` (documents cut at a length);
     ``index`` picks (and orders) a subset of them (a split)."""
 
-    def __init__(self, tokens: np.ndarray | TokenFile, *, block: int | None = None, offsets: np.ndarray | None = None,
+    def __init__(self, tokens: np.ndarray | TokenFile | TokenFiles, *, block: int | None = None, offsets: np.ndarray | None = None,
                  index: np.ndarray | None = None, mask: np.ndarray | TokenFile | None = None,
                  row_targets: np.ndarray | None = None, spans: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if sum(x is not None for x in (block, offsets, spans)) != 1:

@@ -121,7 +121,7 @@ def resolve_files(source: DomainSource) -> list[Path]:
     out: list[Path] = []
     for spec in specs:
         if glob.has_magic(spec):
-            matches = sorted(glob.glob(spec, recursive=True))
+            matches = sorted(glob.glob(spec, recursive=True)) or sorted(glob.glob(spec + ".idx"))  # or prefixes
             if not matches:
                 raise FileNotFoundError(f"domain {source.name!r}: pattern {spec} matches no file")
             for match in matches:
