@@ -558,3 +558,24 @@ def test_the_examples_of_the_newer_components_load_and_train_a_few_steps(tmp_pat
     assert results["steps"] == 12 and set(results["epochs"]) == {"code", "prose", "arithmetic", "random"}
     log = [json.loads(x) for x in (tmp_path / "run" / f"{name}_weights.jsonl").read_text().splitlines()]
     assert any(r["sampling_weights"] != log[0]["sampling_weights"] for r in log)  # p moved during the run
+
+
+def test_evaluation_sets_of_their_own_are_reported_beside_the_held_out_rows(tmp_path, demo_data, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("tokenized"))
+    (data / "wiki_eval.jsonl").write_text("".join(json.dumps({"text": f"an evaluation document {i} " * 8}) + "\n"
+                                                  for i in range(12)))
+    info = json.loads((data / "dataset_info.json").read_text())
+    info["wiki_eval"] = {"file_name": "wiki_eval.jsonl"}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    cfg = _config(tmp_path, data, dataset="code,prose", init_mixture_proportions=[0.5, 0.5], eval_dataset="wiki_eval",
+                  max_steps=2, save_steps=100)
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
+    assert set(results["val_loss"]) == {"code", "prose", "wiki_eval"}  # the held-out rows and the set of its own
+    bad = _config(tmp_path, data, dataset="code,prose", init_mixture_proportions=[0.5, 0.5], eval_dataset="code,wiki")
+    assert main(["train", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "eval_dataset: 'code' is a training domain" in err and "dataset 'wiki' not in" in err

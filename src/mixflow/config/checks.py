@@ -18,95 +18,11 @@ from mixflow.algorithms.params import check_type, declared_paths
 from mixflow.algorithms.registry import lookup
 from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.paths import resolve_path
-from mixflow.config.schema import DataConfig, ResolvedComponent, RunConfig, domain_names
-from mixflow.data.packing import check_cutoff_len
-from mixflow.data.sources import DomainSource, domain_source, resolve_files, sources_from_dataset_info
+from mixflow.config.schema import ResolvedComponent, RunConfig, domain_names
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import provider_needs
 
 logger = logging.getLogger(__name__)
-
-
-def check_data(run: RunConfig, base_dir: Path) -> None:
-    """The data keys; every problem of every domain at once (the structure first: which domains)."""
-    d = run.data
-    if (d.domains is None) == (d.dataset is None):
-        raise ConfigError("dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)")
-    names = domain_names(run)
-    if not names:
-        raise ConfigError("dataset: expected at least one domain")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"dataset: domain names must be unique, got {names}")
-    errors: list[str] = []
-    try:
-        check_cutoff_len(d.cutoff_len)
-    except ValueError as err:
-        errors.append(str(err))
-    if d.val_size < 0 or (d.val_size >= 1 and d.val_size != int(d.val_size)):
-        errors.append(f"val_size: expected a fraction in [0, 1) or a whole number of rows, got {d.val_size}")
-    if d.max_samples is not None and d.max_samples < 1:
-        errors.append(f"max_samples: expected a positive integer, got {d.max_samples}")
-    if d.preprocessing_num_workers is not None and d.preprocessing_num_workers < 1:
-        errors.append(f"preprocessing_num_workers: expected a positive integer, got {d.preprocessing_num_workers}")
-    if d.tokenized_dir is not None:
-        d.tokenized_dir = str(Path(d.tokenized_dir).expanduser())
-    errors += _inline_domain_errors(d, base_dir) if d.domains is not None else _dataset_errors(d, names, base_dir)
-    if errors:
-        raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
-
-
-def _inline_domain_errors(d: DataConfig, base_dir: Path) -> list[str]:
-    errors = []
-    for i, dom in enumerate(d.domains or []):
-        paths = [resolve_path(p, base_dir) for p in (dom.path if isinstance(dom.path, list) else [dom.path])]
-        dom.path = paths if isinstance(dom.path, list) else paths[0]
-        try:
-            resolve_files(DomainSource(dom.name, dom.path, token_format=dom.format))
-        except (ValueError, FileNotFoundError) as err:
-            errors.append(f"domains[{i}].path: {err}")
-            continue
-        try:
-            source = domain_source(dom.name, dom.path, f"domains[{i}]", dom.text_field, dom.formatting,
-                                   dom.columns, dom.tags, dom.format, dom.dtype, dom.eos_id)
-            _check_kind(d, dom.name, source.formatting is not None)
-        except ValueError as err:  # ConfigError included
-            errors.append(str(err))
-    return errors
-
-
-def _dataset_errors(d: DataConfig, names: list[str], base_dir: Path) -> list[str]:
-    d.dataset_dir = resolve_path(d.dataset_dir, base_dir)
-    info = Path(d.dataset_dir) / "dataset_info.json"
-    if not info.is_file():
-        return [f"dataset_dir: expected {info} to exist (it maps dataset names to files)"]
-    try:
-        sources = sources_from_dataset_info(d.dataset_dir, names)
-    except (ValueError, FileNotFoundError) as err:
-        return [f"dataset: {err}"]
-    errors = []
-    for source in sources:
-        try:
-            resolve_files(source)
-            _check_kind(d, source.name, source.formatting is not None)
-        except ConfigError as err:
-            errors.append(str(err))
-        except (ValueError, FileNotFoundError) as err:
-            errors.append(f"dataset: {err}")
-    return errors
-
-
-def _check_kind(d: DataConfig, name: str, instruction: bool) -> None:
-    """A domain's kind (plain text or instruction data) against ``stage`` and ``task``."""
-    stage = d.stage
-    if instruction and d.task == "classification":
-        raise ConfigError(f"task: classification reads a text and a label per example, but domain {name!r} is "
-                          "instruction data (alpaca / sharegpt)")
-    if stage == "sft" and not instruction:
-        raise ConfigError(f"stage: sft trains on instruction data, but domain {name!r} is plain text (give it a "
-                          "formatting and columns, or remove stage)")
-    if stage == "pt" and instruction:
-        raise ConfigError(f"stage: pt trains on plain text, but domain {name!r} is instruction data (use stage: sft, "
-                          "or remove stage to mix both)")
 
 
 def _check_weights(values: list[float] | None, key: str, k: int) -> None:

@@ -1,7 +1,7 @@
 """Load a ``mixflow train`` YAML file: read it, apply overrides, route keys to typed sections.
 
 Everything is validated here, once, before any data is tokenized or any model is loaded
-(:mod:`mixflow.config.checks` holds the cross-field checks, :mod:`mixflow.config.components` the
+(:mod:`mixflow.config.checks` and :mod:`mixflow.config.data_checks` hold the cross-field checks, :mod:`mixflow.config.components` the
 choice of algorithm). Each failure is a :class:`ConfigError` whose message is one line naming the
 key and what was expected.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixflow.algorithms.params import suggest
-from mixflow.config import checks, model_checks
+from mixflow.config import checks, data_checks, model_checks
 from mixflow.config.compat import translate
 from mixflow.config.components import resolve_components
 from mixflow.config.errors import ErrorCollector
@@ -78,7 +78,7 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     run = RunConfig(mixing=mixing, data=data_cfg, model=model, training=training, source=source, safety=safety)
     # Every check that can run does, and all their errors are reported together; the ones that
     # depend on the chosen components run once those resolved.
-    data_ok = errors.passes(checks.check_data, run, base_dir)
+    data_ok = errors.passes(data_checks.check_data, run, base_dir)
     training_ok = errors.passes(checks.check_training, run)  # the components read the batch size
     if check_outputs and run.training.get("output_dir"):  # check_training reported a missing one
         errors.run(checks.check_output_dir, run)

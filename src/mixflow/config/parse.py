@@ -123,7 +123,7 @@ def build_section(cls: type, values: dict[str, Any]) -> Any:
     typed = {}
     for key, value in values.items():
         hint = hints[key]
-        if key == "dataset" and isinstance(value, str):  # the seed's comma-separated form
+        if key in ("dataset", "eval_dataset") and isinstance(value, str):  # the seed's comma-separated form
             value = [v.strip() for v in value.split(",") if v.strip()]
         if key == "domains" and value is not None:
             value = [build_nested(DomainConfig, v, f"domains[{i}]") for i, v in enumerate(_as_list(value, key))]

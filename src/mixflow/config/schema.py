@@ -123,6 +123,11 @@ class DataConfig:
     """Domain names in ``<dataset_dir>/dataset_info.json`` (a list or a comma-separated string)."""
     dataset_dir: str = "data"
     """Directory holding ``dataset_info.json`` and the files it names."""
+    eval_dataset: list[str] | None = None
+    """Evaluation sets of their own for a language model (LLaMA-Factory's key; names in
+    ``<dataset_dir>/dataset_info.json`` other than the training domains', a list or a comma-separated
+    string): each is evaluated whole, beside the domains' held-out rows (``val_size``), and reported
+    as ``eval_<name>_loss``; the algorithms keep reading the held-out rows only."""
     domains: list[DomainConfig] | None = None
     """Domains given inline: ``[{name, path, text_field}]``."""
     cutoff_len: int = 1024

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mixflow.algorithms.base import SampleWeighter
 from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config.checks import per_domain_epochs
@@ -23,7 +25,7 @@ from mixflow.data.packing import TokenizedDomain, split_indices
 from mixflow.data.pretokenized import read_pretokenized
 from mixflow.data.proportions import resolve_proportions
 from mixflow.data.sampler import MixtureSampler
-from mixflow.data.sources import DomainSource
+from mixflow.data.sources import DomainSource, sources_from_dataset_info
 from mixflow.data.tokenized import CacheEntry, cache_domain
 from mixflow.data.tokenizer import ByteTokenizer
 from mixflow.engine.engine import StepEngine
@@ -45,13 +47,17 @@ class PreparedData:
     domains: list[TokenizedDomain]
     train: MixtureDataset
     val: dict[str, MixtureDataset]
+    """Each domain's held-out rows: what the algorithms read."""
+    evaluation: dict[str, MixtureDataset]
+    """What the Trainer evaluates: the held-out rows and ``eval_dataset``'s sets."""
 
 
 def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None,
-                     verify: bool = False) -> list[CacheEntry]:
-    """Every domain's tokenization cache entry, built where it is missing or stale (see
-    :mod:`mixflow.data.tokenized`). ``overwrite_cache`` (default: the config's) rebuilds matching
-    entries; ``verify`` also checks each file's content hash against the entry's."""
+                     verify: bool = False, sources: list[DomainSource] | None = None) -> list[CacheEntry]:
+    """Every domain's tokenization cache entry (or ``sources``', e.g. the evaluation sets), built
+    where it is missing or stale (see :mod:`mixflow.data.tokenized`). ``overwrite_cache`` (default:
+    the config's) rebuilds matching entries; ``verify`` also checks each file's content hash against
+    the entry's."""
     if run.data.task == "classification":
         raise ConfigError("task: classification examples are tokenized in memory by each run; "
                          "the tokenization cache is for causal_lm domains")
@@ -59,7 +65,7 @@ def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool |
     cache = tokenized_dir(run)
     overwrite = run.data.overwrite_cache if overwrite_cache is None else overwrite_cache
     entries = []
-    for source in domain_sources(run):
+    for source in sources if sources is not None else domain_sources(run):
         packing = run.data.packing if run.data.packing is not None else source.formatting is None
         if source.token_format is not None:  # already tokenized: read in place, nothing cached
             entries.append(pretokenized_entry(run, source, tokenizer, packing))
@@ -110,7 +116,20 @@ def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | 
     if any(d.num_val for d in domains):
         full_val = MixtureDataset(domains, split="val")
         val = {d.name: full_val.single_domain(i) for i, d in enumerate(domains) if d.num_val}
-    return PreparedData(choose_tokenizer(run), domains, train, val)
+    return PreparedData(choose_tokenizer(run), domains, train, val, {**val, **evaluation_sets(run, progress)})
+
+
+def evaluation_sets(run: RunConfig, progress: bool = True) -> dict[str, MixtureDataset]:
+    """``eval_dataset``'s sets, tokenized like the domains (every row is evaluated)."""
+    if not run.data.eval_dataset:
+        return {}
+    sources = sources_from_dataset_info(run.data.dataset_dir, list(run.data.eval_dataset))
+    out = {}
+    for source, entry in zip(sources, cache_domains(run, progress, sources=sources)):
+        if len(entry.rows) == 0:
+            raise DataError(f"eval_dataset: {source.name!r} makes no row of cutoff_len {run.data.cutoff_len}")
+        out[source.name] = MixtureDataset([TokenizedDomain(source.name, entry.rows, entry.rows.take(np.zeros(0, dtype=np.int64)))])
+    return out
 
 
 def build_engine(

@@ -61,7 +61,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     # as the Trainer does only later (the same seed the Trainer uses).
     set_seed(args.seed)
     model = build_classifier(run, data.tokenizer, data.vocabulary) if classification else build_model(run, data.tokenizer)
-    eval_sets = data.evaluation if classification else data.val
+    eval_sets = data.evaluation  # the held-out rows and eval_dataset's sets (data.val: the algorithms')
     extra: dict[str, Any] = {}
     if classification:
         args.prediction_loss_only = False  # accuracy needs the logits
