@@ -575,6 +575,12 @@ def test_evaluation_sets_of_their_own_are_reported_beside_the_held_out_rows(tmp_
     assert main(["train", str(cfg), "--quiet"]) == 0
     results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
     assert set(results["val_loss"]) == {"code", "prose", "wiki_eval"}  # the held-out rows and the set of its own
+    from mixflow.config.load import load_config
+    from mixflow.recipes.build import prepare_data
+
+    prepared = prepare_data(load_config(cfg, check_outputs=False), progress=False)
+    assert set(prepared.val) == {"code", "prose"}  # what FGLS, ERMA, VA and Aioli read: never an evaluation set
+    assert set(prepared.evaluation) == {"code", "prose", "wiki_eval"} and len(prepared.evaluation["wiki_eval"]) > 0
     bad = _config(tmp_path, data, dataset="code,prose", init_mixture_proportions=[0.5, 0.5], eval_dataset="code,wiki")
     assert main(["train", str(bad), "--quiet"]) == 2
     err = capsys.readouterr().err
