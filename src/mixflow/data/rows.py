@@ -17,23 +17,12 @@ import numpy as np
 from mixflow.errors import DataError
 
 
-class TokenFile:
-    """A 1-D token array in a file, read a slice at a time with ``pread``.
-
-    Not a memory map on purpose: every page a map touches stays counted in the process's resident
-    memory, so a run that samples rows all over a large corpus would look as if it held it; a read
-    costs one system call and keeps nothing. Safe to share with forked DataLoader workers and to
-    pickle (the file is reopened in the new process)."""
+class _TokenStream:
+    """A 1-D token array read a contiguous slice at a time (the part every reader shares)."""
 
     ndim = 1
-
-    def __init__(self, path: str | Path, dtype: np.dtype | str, length: int, offset: int = 0) -> None:
-        self.path = str(path)
-        self.dtype = np.dtype(dtype)
-        self.length = int(length)
-        self.offset = int(offset)
-        """Bytes before the first token (a header, e.g. a ``.npy`` file's)."""
-        self._fd: int | None = None
+    length: int
+    dtype: np.dtype
 
     def __len__(self) -> int:
         return self.length
@@ -44,10 +33,33 @@ class TokenFile:
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("TokenFile: only contiguous slices can be read")
+            raise TypeError(f"{type(self).__name__}: only contiguous slices can be read")
         start, stop, _ = key.indices(self.length)
         if stop <= start:
             return np.empty(0, dtype=self.dtype)
+        return self._read(start, stop)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TokenFile(_TokenStream):
+    """A 1-D token array in a file, read a slice at a time with ``pread``.
+
+    Not a memory map on purpose: every page a map touches stays counted in the process's resident
+    memory, so a run that samples rows all over a large corpus would look as if it held it; a read
+    costs one system call and keeps nothing. Safe to share with forked DataLoader workers and to
+    pickle (the file is reopened in the new process)."""
+
+    def __init__(self, path: str | Path, dtype: np.dtype | str, length: int, offset: int = 0) -> None:
+        self.path = str(path)
+        self.dtype = np.dtype(dtype)
+        self.length = int(length)
+        self.offset = int(offset)
+        """Bytes before the first token (a header, e.g. a ``.npy`` file's)."""
+        self._fd: int | None = None
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         size = self.dtype.itemsize
@@ -64,11 +76,9 @@ class TokenFile:
             os.close(self._fd)  # type: ignore[arg-type]
 
 
-class TokenFiles:
+class TokenFiles(_TokenStream):
     """Several token files read as one stream (a domain of several Megatron prefixes): a slice is
     read from each file it spans."""
-
-    ndim = 1
 
     def __init__(self, parts: list[TokenFile]) -> None:
         if not parts:
@@ -78,19 +88,7 @@ class TokenFiles:
         self.dtype = np.result_type(*(p.dtype for p in parts))
         self.length = int(self.starts[-1])
 
-    def __len__(self) -> int:
-        return self.length
-
-    @property
-    def shape(self) -> tuple[int]:
-        return (self.length,)
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("TokenFiles: only contiguous slices can be read")
-        start, stop, _ = key.indices(self.length)
-        if stop <= start:
-            return np.empty(0, dtype=self.dtype)
+    def _read(self, start: int, stop: int) -> np.ndarray:
         first = int(np.searchsorted(self.starts, start, side="right")) - 1
         pieces = []
         for k in range(first, len(self.parts)):
