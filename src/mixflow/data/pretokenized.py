@@ -29,14 +29,13 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from mixflow.data.rows import TokenFile, TokenFiles, TokenRows
 from mixflow.errors import DataError
 
-Format = Literal["megatron", "numpy", "mixflow"]
 #: The formats a domain's ``format`` key takes.
 TOKEN_FORMATS: tuple[str, ...] = ("megatron", "numpy", "mixflow")
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
@@ -268,10 +267,10 @@ def read_pretokenized(source: Any, cutoff_len: int, packing: bool, vocab_size: i
                             source.dtype)
     else:
         domain = read_mixflow(path, cutoff_len, packing)
-    tokens = domain.rows.tokens
-    chunk = 1 << 24
-    top = max((int(tokens[i:i + chunk].max()) for i in range(0, len(tokens), chunk)), default=-1)
-    low = min((int(tokens[i:i + chunk].min()) for i in range(0, len(tokens), chunk)), default=0)
+    tokens, chunk, top, low = domain.rows.tokens, 1 << 24, -1, 0
+    for i in range(0, len(tokens), chunk):  # one pass over the tokens, both bounds at once
+        part = tokens[i:i + chunk]
+        top, low = max(top, int(part.max())), min(low, int(part.min()))
     if top >= vocab_size or low < 0:
         raise DataError(f"domain {source.name!r}: {domain.source} holds token id {top if top >= vocab_size else low}, "
                         f"outside the tokenizer's vocabulary [0, {vocab_size}) (another tokenizer's ids?)")
