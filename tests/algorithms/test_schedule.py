@@ -149,3 +149,17 @@ def test_bad_stages_are_named_all_at_once():
                                                                             {"at": 2, "proportions": P1}]})
     with pytest.raises(ConfigError, match=r"stages\[1\].at: 0.01 fraction is step 0"):
         _engine({"unit": "fraction", "stages": [{"at": 0, "proportions": P0}, {"at": 0.01, "proportions": P1}]})
+
+
+def test_the_summary_is_rewritten_when_it_changes_not_at_every_planned_step(tmp_path, monkeypatch):
+    from mixflow.engine import records
+
+    written = []
+    original = records.write_json_atomic
+    monkeypatch.setattr(records, "write_json_atomic", lambda path, data: (written.append(data["stage"]), original(path, data)))
+    params = {"interpolation": "linear", "stages": [{"at": 0, "proportions": P0}, {"at": 6, "proportions": P1},
+                                                     {"at": 9, "proportions": P2}]}
+    _train(_engine(params, update_step=1000, log_dir=tmp_path), 1, 12, {})
+    log = (tmp_path / "schedule_weights.jsonl").read_text().splitlines()
+    assert len(log) == 9  # p moved at every step of the two moving stages: a weights-log line each
+    assert written == [0, 1, 2]  # the summary only when its stage changed

@@ -395,5 +395,5 @@ class StepEngine:
         """Move the weights-log lines of updates after the restored step to the superseded log (the
         resumed run writes them again) and rewrite the summary for the restored state."""
         self.weights_log.supersede(self.last_step)
-        self.weights_log.write_summary(self.last_step)  # describe the restored state, not a superseded later one
+        self.weights_log.write_summary(self.last_step, force=True)  # the restored state, not a superseded later one
 

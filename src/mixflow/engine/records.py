@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ class WeightsLog:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.algorithm, self.weighter, self.sample_stats = algorithm, weighter, sample_stats
         self.domain_names = list(algorithm.domain_names)
+        self._summary: str | None = None  # the last one written, as text (a summary may hold arrays)
 
     @property
     def path(self) -> Path | None:
@@ -64,11 +66,17 @@ class WeightsLog:
         if self.path is not None and distributed.is_main_process():
             append_jsonl(self.path, record)
 
-    def write_summary(self, step: int) -> None:
-        """``<log_dir>/<algorithm>_summary.json`` from ``algorithm.summary()`` (main process, atomic)."""
+    def write_summary(self, step: int, force: bool = False) -> None:
+        """``<log_dir>/<algorithm>_summary.json`` from ``algorithm.summary()`` (main process, atomic),
+        when it differs from the one last written (a schedule moving p at every step would otherwise
+        rewrite and fsync the same stages every step) or when ``force``d (after a resume)."""
         summary = self.algorithm.summary()
-        if summary is not None and self.log_dir is not None and distributed.is_main_process():
+        if summary is None or self.log_dir is None or not distributed.is_main_process():
+            return
+        text = json.dumps(summary, sort_keys=True, default=str)
+        if force or text != self._summary:
             write_json_atomic(self.log_dir / f"{self.algorithm.name}_summary.json", {"step": step, **summary})
+            self._summary = text
 
     def supersede(self, step: int) -> None:
         """Lines of changes decided after ``step`` move to the superseded log (a resumed run writes them again)."""
