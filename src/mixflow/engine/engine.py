@@ -318,10 +318,6 @@ class StepEngine:
         self.route.commit(step, weights.sampling is not None)
         return True
 
-    def log_record(self, step: int) -> dict[str, Any]:
-        """The weights-log line for the weights now (:class:`~mixflow.engine.records.WeightsLog`)."""
-        return self.weights_log.record(step)
-
     def metrics(self, reset: bool = True) -> dict[str, float]:
         """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
         out = step_metrics(self.domain_names, self._metric_stats, self.algorithm)
