@@ -46,7 +46,11 @@ def _history_series(run_dir: Path, prefix: str, suffix: str = "") -> dict[str, l
 def weight_range(records: list[dict[str, Any]]) -> tuple[float, float]:
     """A fixed y range for weights: [0, 1] for distributions (a 0.4994–0.5006 axis would make a
     constant look dramatic), [0, 1.1·max] for loss weights above 1."""
-    top = max(max(_num(v) for v in r["domain_weights"]) for r in records)
+    return weight_limits(max(max(_num(v) for v in r["domain_weights"]) for r in records))
+
+
+def weight_limits(top: float) -> tuple[float, float]:
+    """:func:`weight_range` for the largest weight drawn."""
     return 0.0, 1.0 if top <= 1 else 1.1 * top
 
 
@@ -147,7 +151,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             xs, ys = _group_series(series, [names[i] for i in idx])
             if xs:
                 ax.plot(xs, ys, label=label, **_style(g))
-    axes[0].set_ylim(*weight_range([{"domain_weights": [line.get_ydata().max() for line in axes[0].lines]}]))
+    axes[0].set_ylim(*weight_limits(max(float(line.get_ydata().max()) for line in axes[0].lines)))  # group sums too
     axes[0].set_ylabel("domain weight")
     axes[0].set_title(f"{algorithm} on {run_dir.name}: weights and per-domain statistics")
     if "scores" in panels:
