@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mixflow import MixtureSampler, StepEngine, UpdateSchedule, build_algorithm
+from mixflow import MicroBatch, MixtureSampler, StepEngine, UpdateSchedule, build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import tokenize_in_memory
 from mixflow.data.sources import sources_from_dataset_info
@@ -86,16 +86,14 @@ def main(argv: list[str] | None = None) -> StepEngine:
 
     batches = iter(loader)
     while step < args.steps:
-        batch = next(batches)
-        domain_ids = batch.pop("domain_ids")
-        sample_ids = batch.pop("sample_ids")  # used by per-example weighters (IMP); popped before the forward
-        labels = batch.pop("labels")
-        engine.before_forward(batch, labels)  # providers that run another model (DoReMi) do it here
-        logits = model(**batch).logits  # the one forward; no labels, mixflow computes the loss
+        # mixflow's keys (domain_ids, sample_ids for per-example weighters, labels) leave the batch:
+        # what is left, micro.inputs, is the model's input. batch_index (0-based) lets importance
+        # weights read the p this batch was planned with from the sampler.
+        micro = MicroBatch.take(next(batches), batch_index=step, model=model)
+        engine.before_forward(micro)  # providers that run another model (DoReMi) do it here
+        logits = model(**micro.inputs).logits  # the one forward; no labels, mixflow computes the loss
         # 2. The weighted loss step: per-sample losses from these logits, times c_j.
-        # batch_index: importance weights read the p this batch was planned with from the sampler
-        loss = engine.training_loss(logits, labels, domain_ids, batch_index=step, model=model, inputs=batch,
-                                    sample_ids=sample_ids)
+        loss = engine.training_loss(logits, micro)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -5,7 +5,8 @@ The public API (``from mixflow import ...``):
 - :class:`MixtureSampler`: deterministic, resumable, rank-aware sampling of a domain mixture;
   :class:`MixtureDataset` and :class:`DomainCollator`: rows of several domains and their batches.
 - :class:`StepEngine` with its :class:`UpdateSchedule`: ties a sampler, a domain algorithm and a
-  sample weighter to the training step (weighted loss, statistics, updates, logs, checkpoints).
+  sample weighter to the training step (weighted loss, statistics, updates, logs, checkpoints);
+  :class:`MicroBatch`: what a training loop tells it about each micro-batch.
 - :func:`build_algorithm` / :func:`build_weighter`, :func:`available_algorithms` /
   :func:`available_weighters`, and the base classes for new algorithms.
 - :class:`MixflowTrainer` (the Hugging Face Trainer integration) and :func:`load_config`; both are
@@ -28,6 +29,7 @@ from mixflow.algorithms import (
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 
 _LAZY = {
@@ -51,6 +53,7 @@ __all__ = [
     "DomainCollator",
     "DomainStats",
     "MixflowCallback",
+    "MicroBatch",
     "MixflowTrainer",
     "MixtureDataset",
     "MixtureSampler",

@@ -17,6 +17,7 @@ from mixflow.algorithms.registry import build_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.errors import ConfigError
 from mixflow.testing import run_distributed
@@ -70,7 +71,7 @@ def _steps(engine, start, stop):
     for step in range(start, stop):
         ids = torch.as_tensor(engine.sampler.domain_ids(next(it)))
         logits, labels = _logits(ids, step)
-        engine.training_loss(logits, labels, ids, batch_index=step - 1)
+        engine.training_loss(logits, MicroBatch(ids, labels, batch_index=step - 1))
         engine.end_step(step)
         out.append(engine.algorithm.sampling_weights.tolist())
     return out

@@ -22,6 +22,7 @@ from mixflow.config import ConfigError, load_config
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import StatisticProvider
 from mixflow.providers.reference_loss import ReferenceLoss
@@ -246,7 +247,7 @@ def _drive(engine, proxy, train, steps, optimizer=None):
         domain_ids, labels = batch.pop("domain_ids"), batch.pop("labels")
         batch.pop("sample_ids", None)
         logits = proxy(**batch).logits
-        loss = engine.training_loss(logits, labels, domain_ids, batch_index=step - 1, model=proxy, inputs=batch)
+        loss = engine.training_loss(logits, MicroBatch(domain_ids, labels, batch_index=step - 1, model=proxy, inputs=batch))
         if optimizer is not None:
             loss.backward()
             optimizer.step()
@@ -334,7 +335,7 @@ def test_proxy_loss_is_the_alpha_weighted_domain_loss(alpha):
     assert torch.bincount(ids, minlength=3).tolist() == [2, 2, 2]  # uniform sampling, B = 6
 
     model = tiny_llama(seed=0)
-    loss = engine.training_loss(model(**batch).logits, labels, ids, batch_index=0)
+    loss = engine.training_loss(model(**batch).logits, MicroBatch(ids, labels, batch_index=0))
     loss.backward()
     g_mix = _grads(model)
     model.zero_grad()
@@ -369,7 +370,7 @@ def _group_dro_step(rows_per_micro_batch):
     losses = []
     for part in torch.split(torch.arange(6), rows_per_micro_batch):
         logits = model(**{k: v[part] for k, v in batch.items()}).logits
-        losses.append(engine.training_loss(logits, labels[part], ids[part], batch_index=0))
+        losses.append(engine.training_loss(logits, MicroBatch(ids[part], labels[part], batch_index=0)))
     with torch.no_grad():
         tok = F.cross_entropy(model(**batch).logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
     domain_loss = np.array([tok[ids == d].mean().item() for d in range(3)])

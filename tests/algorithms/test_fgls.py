@@ -20,6 +20,7 @@ from mixflow.config import ConfigError, load_config
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import ProviderContext, UpdateContext, build_providers
 from mixflow.providers.heldout_loss import HeldoutLoss
@@ -215,7 +216,7 @@ def train_steps(engine, train, model, base_head, first, last, nan_at=None, nan_l
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if step == nan_logits_at:
             logits = logits * float("nan")
-        loss = engine.training_loss(logits, batch["labels"], batch["domain_ids"], batch_index=step - 1, model=model)
+        loss = engine.training_loss(logits, MicroBatch(batch["domain_ids"], batch["labels"], batch_index=step - 1, model=model))
         loss.backward()
         model.zero_grad()
         set_model_to_step(model, base_head, step)

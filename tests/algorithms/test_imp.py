@@ -11,6 +11,7 @@ from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.recipes.build import load_weighter_inputs
 from mixflow.recipes.weights_cache import WeightsCache, read_weights_cache, write_weights_cache
 
@@ -61,9 +62,9 @@ def test_equal_checkers_make_imp_exactly_cross_entropy(tmp_path):
         return StepEngine(MixtureSampler([40], algo.sampling_weights, n), algo, weighter=weighter, shift_labels=False)
 
     domain = torch.zeros(n, dtype=torch.long)
-    loss_imp = engine(imp).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
+    loss_imp = engine(imp).training_loss(logits, MicroBatch(domain, labels, batch_index=0, sample_ids=ids))
     (g_imp,) = torch.autograd.grad(loss_imp, logits)
-    loss_plain = engine(None).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
+    loss_plain = engine(None).training_loss(logits, MicroBatch(domain, labels, batch_index=0, sample_ids=ids))
     (g_plain,) = torch.autograd.grad(loss_plain, logits)
     assert torch.equal(loss_imp, loss_plain) and torch.equal(g_imp, g_plain)
     ce = F.cross_entropy(logits, labels)
@@ -74,7 +75,7 @@ def test_equal_checkers_make_imp_exactly_cross_entropy(tmp_path):
     imp2 = _build("imp", _cache(tmp_path / "c2.npz", probs.numpy(), q.numpy()))
     w = imp2.weights(torch.zeros(n), domain, 0, ids)
     assert torch.allclose(w[1:], torch.full((n - 1,), 2.0, dtype=torch.float64))
-    loss2 = engine(imp2).training_loss(logits, labels, domain, batch_index=0, sample_ids=ids)
+    loss2 = engine(imp2).training_loss(logits, MicroBatch(domain, labels, batch_index=0, sample_ids=ids))
     per = F.cross_entropy(logits, labels, reduction="none").double()
     assert torch.allclose(loss2.double(), (w * per).sum() / n, atol=1e-6)
 

@@ -17,6 +17,7 @@ from mixflow.algorithms.weights import Weights
 from mixflow.config import ConfigError, load_config
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import sample_losses
 from mixflow.testing import run_distributed
@@ -246,12 +247,12 @@ def test_composes_with_a_domain_algorithm_coefficient_is_the_product(algo_cls):
     ids = torch.tensor([0, 1, 2, 0, 1, 2])
     logits, labels = _logits(ids.tolist())
     losses = sample_losses(logits, labels)
-    domain_part = alone.coefficients(ids, losses, batch_index=0)
+    domain_part = alone.coefficients(losses, MicroBatch(ids, batch_index=0))
     s = _weighter(strategy="linupper", r=0.5).weights(losses.mean.detach().double(), ids, 0)
-    combined = engine.coefficients(ids, losses, batch_index=0)
+    combined = engine.coefficients(losses, MicroBatch(ids, batch_index=0))
     assert domain_part is not None and not torch.allclose(s, torch.ones_like(s))
     assert torch.allclose(combined, domain_part * s, rtol=1e-12)
-    loss = engine.training_loss(logits, labels, ids, batch_index=0)
+    loss = engine.training_loss(logits, MicroBatch(ids, labels, batch_index=0))
     expected = (combined * losses.token_loss_sum.double()).sum() / losses.token_count.sum()
     assert torch.isclose(loss.double(), expected)
 
@@ -267,7 +268,7 @@ def test_the_weighters_statistics_reach_the_metrics_and_a_log_named_after_it(tmp
         logits, labels = _logits(ids.tolist(), seed=step)
         losses = sample_losses(logits, labels)
         seen.append((_weighter(strategy="linupper", r=0.5).weights(losses.mean.detach().double(), ids, step - 1), ids))
-        engine.training_loss(logits, labels, ids, batch_index=step - 1)
+        engine.training_loss(logits, MicroBatch(ids, labels, batch_index=step - 1))
         engine.end_step(step)
     metrics = engine.metrics()
     s = torch.cat([w for w, _ in seen])
@@ -372,8 +373,8 @@ def _rank_weights(rank, world, out):
         sl = slice(rank * n, (rank + 1) * n)
         ids = torch.as_tensor(sampler.domain_ids(rows))
         losses = sample_losses(logits[sl], labels[sl])
-        local.append(engine.coefficients(ids, losses, batch_index=step - 1))
-        engine.training_loss(logits[sl], labels[sl], ids, batch_index=step - 1)
+        local.append(engine.coefficients(losses, MicroBatch(ids, batch_index=step - 1)))
+        engine.training_loss(logits[sl], MicroBatch(ids, labels[sl], batch_index=step - 1))
         engine.end_step(step)
     torch.save({"global": [w for _, w in weighter.seen[::2]], "local": local}, os.path.join(out, f"w{rank}.pt"))
 
@@ -408,7 +409,7 @@ def test_resume_restores_weighter_state_and_trajectory(tmp_path):
         for step in range(first, last + 1):
             rows = next(it)
             logits, labels = _global_batch(step)
-            m.training_loss(logits, labels, torch.as_tensor(m.sampler.domain_ids(rows)), batch_index=step - 1)
+            m.training_loss(logits, MicroBatch(torch.as_tensor(m.sampler.domain_ids(rows)), labels, batch_index=step - 1))
             m.end_step(step)
             out.append(m.weighter.seen[-1][1])
         return out

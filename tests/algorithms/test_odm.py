@@ -16,6 +16,7 @@ from mixflow.algorithms.registry import build_algorithm
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.testing import run_distributed
 
@@ -197,7 +198,7 @@ def _steps(engine, start, stop, scales=(3.0, 1.0, 1.0), nan_at=None):
         logits, labels = _logits_for(ids, scales)
         if step == nan_at:
             logits[0, 0, 0] = float("nan")
-        engine.training_loss(logits, labels, torch.as_tensor(ids), batch_index=step - 1)
+        engine.training_loss(logits, MicroBatch(torch.as_tensor(ids), labels, batch_index=step - 1))
         engine.end_step(step)
         out.append(engine.algorithm.sampling_weights.tolist())
     return out

@@ -19,6 +19,7 @@ from mixflow.algorithms.weights import floor_weights
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.testing import run_distributed
 from tests.helpers import tiny_domains, tiny_llama
@@ -265,7 +266,7 @@ def _train_steps(engine, model, data, steps, slices=1, lr=0.1, start=1):
             ids, labels = batch.pop("domain_ids"), batch.pop("labels")
             batch.pop("sample_ids", None)
             logits = model(**batch).logits
-            loss = engine.training_loss(logits, labels, ids, batch_index=step - 1, model=model, inputs=batch)
+            loss = engine.training_loss(logits, MicroBatch(ids, labels, batch_index=step - 1, model=model, inputs=batch))
             (loss / slices).backward()
         if torch.distributed.is_initialized():
             for p in model.parameters():  # what DDP would do

@@ -13,6 +13,7 @@ import torch
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.errors import ConfigError
 from mixflow.testing import run_distributed
@@ -41,7 +42,7 @@ def _train(engine, first, last, trace, rank=0, world=1):
         ids = torch.as_tensor(engine.sampler.domain_ids(np.array_split(rows, world)[rank]))
         logits = torch.zeros(len(ids), 4, 5)
         logits[:, :, 0] = ids[:, None].float() * (1.0 + 0.1 * step)  # losses that differ by domain and step
-        engine.training_loss(logits, torch.ones(len(ids), 4, dtype=torch.long), ids, batch_index=step - 1)
+        engine.training_loss(logits, MicroBatch(ids, torch.ones(len(ids), 4, dtype=torch.long), batch_index=step - 1))
         engine.end_step(step)
     return trace
 

@@ -16,6 +16,7 @@ from mixflow.algorithms.weights import Weights
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import supersede_log_lines
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import sample_losses
 from mixflow.providers.base import StatisticProvider
@@ -46,7 +47,7 @@ def _feed(engine, domain_ids, step, scale=1.0):
     while engine.sampler.planned_batches <= step:
         next(engine.sampler.iter_batches())
     logits, labels = _logits_for(domain_ids, scale)
-    return engine.training_loss(logits, labels, torch.as_tensor(domain_ids), batch_index=step)
+    return engine.training_loss(logits, MicroBatch(torch.as_tensor(domain_ids), labels, batch_index=step))
 
 
 def test_importance_coefficients_use_the_plan_the_batch_was_drawn_with():
@@ -63,7 +64,7 @@ def test_importance_coefficients_use_the_plan_the_batch_was_drawn_with():
     logits, labels = _logits_for(ids)
     next(engine.sampler.iter_batches())  # batch 0 planned with p = (0.5, 0.25, 0.25)
     engine.sampler.set_weights([0.2, 0.4, 0.4])  # the sampler has moved on; batch 0's plan has not
-    with_plan = engine.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
+    with_plan = engine.training_loss(logits, MicroBatch(torch.tensor(ids), labels, batch_index=0))
     engine._step_stats = type(engine._step_stats).zeros(3)
     # q = π (uniform) over batch 0's p: coefficients 2/3, 4/3, 4/3 by domain
     c = torch.tensor([2 / 3, 2 / 3, 2 / 3, 4 / 3, 4 / 3, 4 / 3], dtype=torch.float64)
@@ -107,7 +108,7 @@ def test_non_finite_statistics_skip_the_update_with_a_warning(caplog):
     logits, labels = _logits_for([0, 1, 2, 0, 1, 2])
     logits[0, 0, 0] = float("nan")
     next(engine.sampler.iter_batches())
-    engine.training_loss(logits, labels, torch.tensor([0, 1, 2, 0, 1, 2]), batch_index=0)
+    engine.training_loss(logits, MicroBatch(torch.tensor([0, 1, 2, 0, 1, 2]), labels, batch_index=0))
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         assert engine.end_step(1) is False
     assert "non-finite" in caplog.text
@@ -199,7 +200,7 @@ def test_importance_mode_uses_the_weights_the_batch_was_drawn_with():
     engine.sampler.set_weights([0.1, 0.1, 0.8])  # read-ahead: a later batch will use other weights
     ids = torch.as_tensor(engine.sampler.domain_ids(batch0))
     logits, labels = _logits_for(ids.tolist())
-    loss = engine.training_loss(logits, labels, ids, batch_index=0)
+    loss = engine.training_loss(logits, MicroBatch(ids, labels, batch_index=0))
     q = np.array([1, 2, 3]) / 6
     c = (q / np.array([0.5, 0.25, 0.25]))[ids.numpy()]
     from mixflow.loss.per_sample import sample_losses
@@ -222,7 +223,7 @@ def test_sample_weights_multiply_the_coefficients():
     engine = _engine(weighter=_Halves(["a", "b", "c"], _P()))
     ids = [0, 1, 2, 0, 1, 2]
     logits, labels = _logits_for(ids, scale=2.0)
-    loss = engine.training_loss(logits, labels, torch.tensor(ids), batch_index=0)
+    loss = engine.training_loss(logits, MicroBatch(torch.tensor(ids), labels, batch_index=0))
     from mixflow.loss.per_sample import sample_losses
 
     sl = sample_losses(logits, labels)
@@ -319,7 +320,7 @@ def _early_ranks(rank, world, out):
         rows = next(it)
         mine = np.array_split(rows, world)[rank]
         logits, labels = _logits_for(engine.sampler.domain_ids(mine).tolist(), scale=float(step))
-        engine.training_loss(logits, labels, torch.as_tensor(engine.sampler.domain_ids(mine)), batch_index=step - 1)
+        engine.training_loss(logits, MicroBatch(torch.as_tensor(engine.sampler.domain_ids(mine)), labels, batch_index=step - 1))
         within.append(algo.num_updates)  # updated before the loss: counted already
         engine.end_step(step)
     torch.save({"within": within, "weights": algo.sampling_weights}, os.path.join(out, f"e{rank}-{world}.pt"))

@@ -19,6 +19,7 @@ from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.packing import TokenizedDomain
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.loss.per_sample import SampleLosses, sample_losses
 from mixflow.testing import run_distributed
 from mixflow.utils import distributed
@@ -68,8 +69,7 @@ def _monte_carlo(engine, steps, rng, pass_n=False):
         losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
                               torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
         n = int(counts.sum()) if pass_n else None
-        values.append(engine.training_loss_from_samples(losses, torch.as_tensor(ids), num_items_in_batch=n,
-                                           batch_index=step - 1).item())
+        values.append(engine.training_loss_from_samples(losses, MicroBatch(torch.as_tensor(ids), num_items_in_batch=n, batch_index=step - 1)).item())
         present.append(bool((ids == 1).any()))
         engine.end_step(step)
     return np.array(values), np.array(present)
@@ -134,14 +134,14 @@ def test_gradient_accumulation_sums_to_the_domain_objective():
     rows = next(engine.sampler.iter_batches())
     logits, labels, ids = _batch(dataset, rows, 0)
     n = int((labels[:, 1:] != -100).sum())  # the Trainer's num_items_in_batch: the whole step
-    total = sum(engine.training_loss(logits[part], labels[part], ids[part], num_items_in_batch=n, batch_index=0)
+    total = sum(engine.training_loss(logits[part], MicroBatch(ids[part], labels[part], num_items_in_batch=n, batch_index=0))
                 for part in (slice(0, 4), slice(4, 8)))
     assert total.item() == pytest.approx(_objective(logits, labels, ids).item(), rel=1e-6)
     # without the rows' lengths a multi-micro-batch step is a one-line error, not a silent fallback
     bare = _engine(dataset.domain_sizes, "domain", batch=8)
     next(bare.sampler.iter_batches())
     with pytest.raises(ValueError, match="objective_normalization: domain needs the rows' target tokens"):
-        bare.training_loss(logits[:4], labels[:4], ids[:4], num_items_in_batch=n, batch_index=0)
+        bare.training_loss(logits[:4], MicroBatch(ids[:4], labels[:4], num_items_in_batch=n, batch_index=0))
 
 
 def _ranks(rank, world, out):
@@ -154,7 +154,7 @@ def _ranks(rank, world, out):
     mine = slice(rank * 4, rank * 4 + 4) if world > 1 else slice(0, 8)
     assert np.array_equal(rows[mine], local)
     n = int((labels[:, 1:] != -100).sum())  # average_tokens_across_devices: N counts all ranks' tokens
-    loss = engine.training_loss(logits[mine], labels[mine], ids[mine], num_items_in_batch=n, batch_index=0)
+    loss = engine.training_loss(logits[mine], MicroBatch(ids[mine], labels[mine], num_items_in_batch=n, batch_index=0))
     # DDP averages over ranks and the Trainer multiplies by the world size: the objective is the sum
     total = distributed.all_reduce_sum(loss.detach().reshape(1).double())
     with open(os.path.join(out, f"r{rank}-{world}.json"), "w") as f:
@@ -179,8 +179,8 @@ def test_equal_lengths_and_exact_counts_agree_with_the_token_normalisation():
     ids = torch.as_tensor(domain.sampler.domain_ids(rows))
     assert torch.bincount(ids).tolist() == [2, 2]
     logits, labels = torch.randn(4, 6, 9), torch.randint(0, 9, (4, 6))
-    assert domain.training_loss(logits, labels, ids, batch_index=0).item() == pytest.approx(
-        token.training_loss(logits, labels, ids, batch_index=0).item(), rel=1e-9)
+    assert domain.training_loss(logits, MicroBatch(ids, labels, batch_index=0)).item() == pytest.approx(
+        token.training_loss(logits, MicroBatch(ids, labels, batch_index=0)).item(), rel=1e-9)
 
 
 def test_unknown_normalization_is_an_error():

@@ -20,6 +20,7 @@ from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import ProviderContext
 from mixflow.providers.reference_loss import ReferenceLoss
@@ -78,7 +79,7 @@ def _train(rank: int, world: int, out: str, mode: str, case: str, steps: int = 4
         ids, labels = batch.pop("domain_ids"), batch.pop("labels")
         batch.pop("sample_ids", None)
         logits = model(**batch).logits
-        loss = engine.training_loss(logits, labels, ids, batch_index=step, model=model, inputs=batch)
+        loss = engine.training_loss(logits, MicroBatch(ids, labels, batch_index=step, model=model, inputs=batch))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -27,6 +27,7 @@ from mixflow.bench.heldout import HeldoutLosses
 from mixflow.bench.stats import interval_text
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import build_providers
@@ -102,7 +103,7 @@ def train(task: Task, method: str, hidden: int, steps: int, lr: float, seed: int
         ids = torch.as_tensor(sampler.domain_ids(rows.numpy()))
         ce = F.cross_entropy(model(task.x_train[rows]), task.y_train[rows], reduction="none")
         losses = SampleLosses(ce, torch.ones_like(ids), ce[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
-        loss = engine.training_loss_from_samples(losses, ids, batch_index=step, model=model)
+        loss = engine.training_loss_from_samples(losses, MicroBatch(ids, batch_index=step, model=model))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -21,6 +21,7 @@ from mixflow.bench.heldout import HeldoutLosses
 from mixflow.bench.stats import against_value, interval_text
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.objective import weighted_loss
 from mixflow.loss.per_sample import SampleLosses
@@ -92,7 +93,7 @@ def sgd(p: Problem, method: str, steps: int, batch: int, seed: int, lr: float = 
         ids = torch.as_tensor(sampler.domain_ids(rows.numpy()))
         residual = (x_all[rows] @ theta - y_all[rows]) ** 2
         losses = SampleLosses(residual, torch.ones_like(ids), residual[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
-        c = engine.coefficients(ids, losses, batch_index=step)  # FGLS: q_d / p_d from the engine
+        c = engine.coefficients(losses, MicroBatch(ids, batch_index=step))  # FGLS: q_d / p_d from the engine
         if fixed is not None:
             c = torch.as_tensor(fixed)[ids]
         loss = weighted_loss(losses, c, None)

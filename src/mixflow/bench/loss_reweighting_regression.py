@@ -21,6 +21,7 @@ from mixflow.bench.plots import line_plot
 from mixflow.bench.stats import interval_text
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
 
@@ -57,7 +58,7 @@ def train(seed: int, strategy: str, steps: int, n: int, lr: float = LR) -> np.nd
         ids = torch.as_tensor(sampler.domain_ids(rows.numpy()))
         residual = (x[rows] @ theta - y[rows]) ** 2
         losses = SampleLosses(residual, torch.ones_like(ids), residual[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
-        loss = engine.training_loss_from_samples(losses, ids, batch_index=step)
+        loss = engine.training_loss_from_samples(losses, MicroBatch(ids, batch_index=step))
         (grad,) = torch.autograd.grad(loss, theta)
         with torch.no_grad():
             theta -= lr * grad

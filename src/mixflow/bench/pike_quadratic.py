@@ -20,6 +20,7 @@ from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmar
 from mixflow.bench.stats import interval_text
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
 
@@ -90,7 +91,7 @@ def _sgd(sigmas: tuple[float, float], steps: int, seed: int, sampler: MixtureSam
         if engine is None:
             loss = losses.token_loss_sum.mean()
         else:
-            loss = engine.training_loss_from_samples(losses, tasks, batch_index=step - 1, model=model)
+            loss = engine.training_loss_from_samples(losses, MicroBatch(tasks, batch_index=step - 1, model=model))
         model.zero_grad()
         loss.backward()
         grad = model.theta.grad

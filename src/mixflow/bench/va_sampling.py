@@ -25,6 +25,7 @@ from mixflow.bench.plots import line_plot
 from mixflow.bench.stats import against_value, interval_text
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import build_providers
@@ -83,7 +84,7 @@ def sgd(model: Regression, engine: StepEngine, steps: int, lr: float, train: boo
     for step in range(steps):
         rows = torch.as_tensor(next(batches))
         ids = torch.as_tensor(engine.sampler.domain_ids(rows.numpy()))
-        loss = engine.training_loss_from_samples(model.losses(rows), ids, batch_index=step, model=model)
+        loss = engine.training_loss_from_samples(model.losses(rows), MicroBatch(ids, batch_index=step, model=model))
         model.zero_grad()
         loss.backward()
         if train:

@@ -25,6 +25,7 @@ from mixflow.algorithms.statistics import DomainStats
 from mixflow.data.sampler import MixtureSampler
 from mixflow.engine.checkpoint import STATE_VERSION, check_compatible, read_state, write_state
 from mixflow.engine.epochs import DomainEpochs
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.normalization import DomainTokens, Normalization, RowTargetTokens
 from mixflow.engine.records import WeightsLog, step_metrics
 from mixflow.engine.sample_weights import SampleWeightStats, global_sample_weights
@@ -107,53 +108,31 @@ class StepEngine:
         for provider in self.providers:
             provider.attach(model)
 
-    def before_forward(self, inputs: Mapping[str, Any], labels: torch.Tensor | None) -> None:
+    def before_forward(self, batch: MicroBatch) -> None:
         """Offer a training micro-batch to the providers before its forward (optional; DoReMi's
         reference forward costs less there, with no training graph holding memory)."""
         for provider in self.providers if self.updates_remaining and torch.is_grad_enabled() else ():
-            provider.before_forward(inputs, labels, self.shift_labels)
+            provider.before_forward(batch.inputs, batch.labels, self.shift_labels)
 
-    def training_loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        domain_ids: torch.Tensor,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        batch_index: int | None = None,
-        model: Any = None,
-        inputs: Mapping[str, Any] | None = None,
-        sample_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Weighted loss of one micro-batch; records its per-domain statistics for the step.
+    def training_loss(self, logits: torch.Tensor, batch: MicroBatch) -> torch.Tensor:
+        """Weighted loss of one micro-batch from its logits; records its per-domain statistics for the
+        step. ``batch.labels`` is required here (the per-sample losses come from logits and labels)."""
+        if batch.labels is None:
+            raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
+        losses = sample_losses(logits, batch.labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
+        return self.training_loss_from_samples(losses, batch)
 
-        ``batch_index``: the global batch (0-based: optimizer step − 1) of the micro-batch; importance
-        weights read the plan that batch was drawn with from the sampler (its one record of p, kept
-        for every batch not yet consumed). ``sample_ids`` (global row indices) reach the sample
-        weighter, for per-example weights."""
-        losses = sample_losses(logits, labels, shift=self.shift_labels, chunk_rows=self.chunk_rows)
-        return self.training_loss_from_samples(losses, domain_ids, labels, num_items_in_batch, batch_index, model, inputs, sample_ids)
-
-    def training_loss_from_samples(
-        self,
-        losses: SampleLosses,
-        domain_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        batch_index: int | None = None,
-        model: Any = None,
-        inputs: Mapping[str, Any] | None = None,
-        sample_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def training_loss_from_samples(self, losses: SampleLosses, batch: MicroBatch) -> torch.Tensor:
         """:meth:`training_loss` for per-sample losses computed elsewhere (a regression's squared
         residuals, a custom loss): records the statistics and returns Σ_j c_j ℓ_j / N."""
-        domain_ids = domain_ids.to(losses.token_loss_sum.device).long()
-        batch = self.last_step if batch_index is None else batch_index  # 0-based: this is optimizer step batch + 1
-        self._record(losses, domain_ids, labels, model, inputs, batch)
-        if self._whole_step_update_due(domain_ids.numel(), batch + 1):
-            self._update_within_step(batch + 1)
-        s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        vectors = self._vectors(losses, domain_ids, batch_index, num_items_in_batch)
-        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, vectors, s, num_items_in_batch)
+        domain_ids = batch.domain_ids.to(losses.token_loss_sum.device).long()
+        index = self.last_step if batch.batch_index is None else batch.batch_index  # optimizer step index + 1
+        self._record(losses, domain_ids, batch, index)
+        if self._whole_step_update_due(domain_ids.numel(), index + 1):
+            self._update_within_step(index + 1)
+        s = self._sample_weights(losses, domain_ids, batch)
+        vectors = self._vectors(losses, domain_ids, batch)
+        loss, _ = step_loss(losses, domain_ids, self.algorithm.mode, vectors, s, batch.num_items_in_batch)
         return loss
 
     @property
@@ -173,58 +152,42 @@ class StepEngine:
         own = self.algorithm.update_due(step)
         return own if own is not None else self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
 
-    def coefficients(self, domain_ids: torch.Tensor, losses: SampleLosses, batch_index: int | None = None,
-                     sample_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+    def coefficients(self, losses: SampleLosses, batch: MicroBatch) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
-        s = self._sample_weights(losses, domain_ids, batch_index, sample_ids)
-        return coefficients(domain_ids, self.algorithm.mode, self._vectors(losses, domain_ids, batch_index, None), s)
+        domain_ids = batch.domain_ids.to(losses.token_loss_sum.device).long()
+        s = self._sample_weights(losses, domain_ids, batch)
+        return coefficients(domain_ids, self.algorithm.mode, self._vectors(losses, domain_ids, replace(batch, num_items_in_batch=None)), s)
 
-    def _vectors(self, losses: SampleLosses, domain_ids: torch.Tensor, batch_index: int | None,
-                 num_items_in_batch: torch.Tensor | int | None) -> DomainVectors:
+    def _vectors(self, losses: SampleLosses, domain_ids: torch.Tensor, batch: MicroBatch) -> DomainVectors:
         """(p, w, π) as float64 tensors on the losses' device. In importance mode p is what the
         weights q_d / p_d divide by: each domain's share of the step's target tokens under
-        ``objective_normalization: domain`` (:mod:`mixflow.engine.normalization`), the plan batch
-        ``batch_index`` was drawn with under ``token`` (the sampler's current p for a batch built by
-        hand, without an index)."""
+        ``objective_normalization: domain`` (:mod:`mixflow.engine.normalization`), the plan the batch
+        was drawn with under ``token`` (the sampler's current p for a batch built by hand, without an
+        index)."""
         p = self.sampler.weights
         if self.algorithm.mode == "importance":
             if self._domain_tokens.normalization == "domain":
-                p = self._domain_tokens.shares(domain_ids, losses.token_count, num_items_in_batch, batch_index)
-            elif batch_index is not None:
-                p = self.sampler.planned_weights(batch_index)
+                p = self._domain_tokens.shares(domain_ids, losses.token_count, batch.num_items_in_batch, batch.batch_index)
+            elif batch.batch_index is not None:
+                p = self.sampler.planned_weights(batch.batch_index)
         device = losses.token_loss_sum.device
         return DomainVectors(*(torch.as_tensor(v, dtype=torch.float64, device=device)
                                for v in (p, self.algorithm.loss_weights, self.algorithm.prior)))
 
-    def _sample_weights(
-        self,
-        sample_losses: SampleLosses,
-        domain_ids: torch.Tensor,
-        batch_index: int | None,
-        sample_ids: torch.Tensor | None,
-    ) -> torch.Tensor | None:
+    def _sample_weights(self, losses: SampleLosses, domain_ids: torch.Tensor, batch: MicroBatch) -> torch.Tensor | None:
         """s for this rank's samples (None without a weighter)."""
         if self.weighter is None:
             return None
-        step = self.last_step if batch_index is None else batch_index
-        return global_sample_weights(self.weighter, sample_losses, domain_ids, step, sample_ids, self._weight_stats)
+        step = self.last_step if batch.batch_index is None else batch.batch_index
+        return global_sample_weights(self.weighter, losses, domain_ids, step, batch.sample_ids, self._weight_stats)
 
-    def _record(
-        self,
-        losses: SampleLosses,
-        domain_ids: torch.Tensor,
-        labels: torch.Tensor | None,
-        model: Any,
-        inputs: Mapping[str, Any] | None,
-        batch_index: int,
-    ) -> None:
+    def _record(self, losses: SampleLosses, domain_ids: torch.Tensor, batch: MicroBatch, batch_index: int) -> None:
         stats = DomainStats.from_samples(domain_ids, losses.token_loss_sum, losses.token_count, self.num_domains)
         # Extra statistics only feed updates; once update_times is used up none will come, so the
         # providers' extra forwards and backwards would be wasted.
         if self.providers and self.updates_remaining:
-            ctx = BatchContext(
-                model, inputs or {}, labels, losses, domain_ids, self.num_domains, batch_index, self.update_pending
-            )
+            ctx = BatchContext(batch.model, batch.inputs, batch.labels, losses, domain_ids, self.num_domains,
+                               batch_index, self.update_pending)
             for provider in self.providers:
                 for key, value in provider.batch_statistics(ctx).items():
                     stats.extras[key] = value.detach().to(torch.float64)

@@ -20,8 +20,9 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from mixflow.data.keys import DOMAIN_KEY, MIXFLOW_KEYS, SAMPLE_KEY
+from mixflow.data.keys import MIXFLOW_KEYS
 from mixflow.engine.engine import StepEngine
+from mixflow.engine.micro_batch import MicroBatch
 from mixflow.errors import ConfigError, ResumeError
 from mixflow.integrations.checkpoints import (
     checkpoint_step,
@@ -216,34 +217,21 @@ class MixflowTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
-        domain_ids = inputs.pop(DOMAIN_KEY, None)
-        sample_ids = inputs.pop(SAMPLE_KEY, None)
-        labels = inputs.pop("labels", None)
-        if labels is None:
+        if "labels" not in inputs:
             raise ValueError("batch: expected 'labels' (mixflow computes the loss from the logits and the labels)")
-        if model.training and domain_ids is not None:
-            self.engine.before_forward(inputs, labels)
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        if not model.training:
-            loss = self.engine.eval_loss(logits, labels)
+        if not model.training:  # evaluation: a plain token-mean loss, never weighted
+            labels = inputs.pop("labels")
+            outputs = model(**{k: v for k, v in inputs.items() if k not in MIXFLOW_KEYS})
+            loss = self.engine.eval_loss(_logits(outputs), labels)
             return (loss, outputs) if return_outputs else loss
-        if domain_ids is None:
-            raise ValueError(f"batch: expected '{DOMAIN_KEY}' in every training batch (use MixtureDataset)")
         # Mirror the model's own loss normalisation so that uniform mixing is the plain Trainer:
         # normalised by `num_items_in_batch` when the Trainer passes it, else a micro-batch mean.
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None
-        loss = self.engine.training_loss(
-            logits,
-            labels,
-            domain_ids,
-            num_items_in_batch,
-            batch_index=self.state.global_step,
-            model=model,
-            inputs=inputs,
-            sample_ids=sample_ids,
-        )
+        batch = MicroBatch.take(inputs, self.state.global_step, model, num_items_in_batch)
+        self.engine.before_forward(batch)
+        outputs = model(**batch.inputs)
+        loss = self.engine.training_loss(_logits(outputs), batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts all ranks' tokens while DDP averages gradients over ranks.
             loss = loss * self.accelerator.num_processes
@@ -349,3 +337,8 @@ def check_model_shapes(model: torch.nn.Module, checkpoint: str | os.PathLike) ->
 
 #: Training logs in a row at the uniform loss with a zero gradient before a collapse is reported.
 COLLAPSE_LOGS = 5
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    """The logits of a model's outputs (a ModelOutput / dict, or a tuple with the logits first)."""
+    return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
