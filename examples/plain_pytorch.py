@@ -48,17 +48,31 @@ def main(argv: list[str] | None = None) -> StepEngine:
 
     tokenizer = ByteTokenizer()
     sources = sources_from_dataset_info(args.data_dir, args.domains.split(","))
-    domains = [tokenize_in_memory(s, tokenizer, args.cutoff_len, max_documents=args.max_documents, progress=False) for s in sources]
+    domains = [
+        tokenize_in_memory(s, tokenizer, args.cutoff_len, max_documents=args.max_documents, progress=False)
+        for s in sources
+    ]
     train = MixtureDataset(domains)
 
     # 1. The algorithm decides the weights; the sampler draws this rank's slice of each global batch.
     algorithm = build_algorithm("static", train.domain_names, {}, init_weights=[0.4, 0.3, 0.2, 0.1])
-    sampler = MixtureSampler(train.domain_sizes, algorithm.sampling_weights, args.batch_size, seed=0, rank=rank, world_size=world)
+    sampler = MixtureSampler(
+        train.domain_sizes, algorithm.sampling_weights, args.batch_size, seed=0, rank=rank, world_size=world
+    )
     engine = StepEngine(sampler, algorithm, schedule=UpdateSchedule(update_step=10), log_dir=args.out)
-    loader = DataLoader(train, batch_size=sampler.local_batch_size, sampler=sampler, collate_fn=DomainCollator(tokenizer.pad_token_id))
+    loader = DataLoader(
+        train, batch_size=sampler.local_batch_size, sampler=sampler, collate_fn=DomainCollator(tokenizer.pad_token_id)
+    )
 
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=args.cutoff_len)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=args.cutoff_len,
+    )
     model = LlamaForCausalLM(config)
     if args.fsdp:
         if world == 1:
@@ -79,8 +93,9 @@ def main(argv: list[str] | None = None) -> StepEngine:
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if args.resume:
         state = torch.load(checkpoint / "train.pt")
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                       options=full)
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=full
+        )
         engine.load(checkpoint)  # sampler position, algorithm state, statistics since the last update
         step = engine.last_step
 
@@ -102,7 +117,10 @@ def main(argv: list[str] | None = None) -> StepEngine:
         engine.end_step(step, model=model)
         if rank == 0 and step % 10 == 0:
             metrics = engine.metrics()
-            print(f"step {step} loss {loss.item():.3f} " + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if "loss" in k))
+            print(
+                f"step {step} loss {loss.item():.3f} "
+                + " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if "loss" in k)
+            )
 
     model_state, optimizer_state = get_state_dict(model, optimizer, options=full)  # every rank takes part
     if rank == 0:

@@ -45,7 +45,10 @@ def tiny_domains(sizes=(40, 24, 16), length=12, packed=True, seed=0) -> list[Tok
         if packed:
             rows = rng.integers(lo, min(hi, VOCAB), size=(n, length)).astype(np.int32)
         else:
-            rows = [rng.integers(lo, min(hi, VOCAB), size=int(rng.integers(3, length + 1))).astype(np.int32) for _ in range(n)]
+            rows = [
+                rng.integers(lo, min(hi, VOCAB), size=int(rng.integers(3, length + 1))).astype(np.int32)
+                for _ in range(n)
+            ]
         val = rng.integers(lo, min(hi, VOCAB), size=(4, length)).astype(np.int32)
         out.append(TokenizedDomain(name=f"d{d}", train=rows, val=val if packed else list(val)))
     return out

@@ -103,7 +103,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if nxt not in graph:
                 continue
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -151,14 +151,17 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 def test_the_checks_catch_a_layer_violation_and_a_cycle(tmp_path):
     root = tmp_path / "mixflow"
-    _write(root, {
-        "__init__.py": "",
-        "algorithms/__init__.py": "",
-        "algorithms/a.py": "from mixflow.engine.e import x\n",  # layer 1 reaching up to layer 6
-        "engine/__init__.py": "",
-        "engine/e.py": "def f():\n    from mixflow.engine.g import y\n",  # a cycle hidden in a function
-        "engine/g.py": "from mixflow.engine import e\n",
-    })
+    _write(
+        root,
+        {
+            "__init__.py": "",
+            "algorithms/__init__.py": "",
+            "algorithms/a.py": "from mixflow.engine.e import x\n",  # layer 1 reaching up to layer 6
+            "engine/__init__.py": "",
+            "engine/e.py": "def f():\n    from mixflow.engine.g import y\n",  # a cycle hidden in a function
+            "engine/g.py": "from mixflow.engine import e\n",
+        },
+    )
     graph = import_graph(root)
     assert layer_violations(graph) == ["mixflow.algorithms.a (layer 1) imports mixflow.engine.e (layer 6)"]
     assert find_cycle(graph) == ["mixflow.engine.e", "mixflow.engine.g", "mixflow.engine.e"]
@@ -197,10 +200,13 @@ TRAIN_IT = "import sys; from mixflow.cli.main import main; sys.exit(main(['train
 
 def _mixflow_list(pythonpath: list[Path]) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)}
-    code = "import sys, mixflow; assert mixflow.__file__.startswith(sys.argv[1]), mixflow.__file__; " \
-           "from mixflow.cli.main import main; main(['list'])"
-    out = subprocess.run([sys.executable, "-c", code, str(pythonpath[0])], env=env, capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        "import sys, mixflow; assert mixflow.__file__.startswith(sys.argv[1]), mixflow.__file__; "
+        "from mixflow.cli.main import main; main(['list'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(pythonpath[0])], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -214,18 +220,48 @@ def test_a_new_algorithm_is_one_file(tmp_path):
     assert "rate (a number, default 0.5): how far to move towards uniform" in listing
     # and it trains: two steps, one update after each, through the same command a user runs
     data = tmp_path / "data"
-    _write(data, {"a.jsonl": '{"text": "aaaa bbbb"}\n' * 40, "b.jsonl": '{"text": "cccc dddd"}\n' * 40,
-                  "dataset_info.json": '{"a": {"file_name": "a.jsonl"}, "b": {"file_name": "b.jsonl"}}'})
-    config = {"dataset": "a,b", "dataset_dir": str(data), "tokenizer": "byte", "cutoff_len": 16,
-              "train_type": "dynamic_mix", "component": {"name": "halfway"}, "update_step": 1,
-              "init_mixture_proportions": [0.9, 0.1], "per_device_train_batch_size": 4, "max_steps": 2,
-              "model_config": {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 16},
-              "output_dir": str(tmp_path / "run"), "use_cpu": True, "report_to": "none", "save_strategy": "no"}
+    _write(
+        data,
+        {
+            "a.jsonl": '{"text": "aaaa bbbb"}\n' * 40,
+            "b.jsonl": '{"text": "cccc dddd"}\n' * 40,
+            "dataset_info.json": '{"a": {"file_name": "a.jsonl"}, "b": {"file_name": "b.jsonl"}}',
+        },
+    )
+    config = {
+        "dataset": "a,b",
+        "dataset_dir": str(data),
+        "tokenizer": "byte",
+        "cutoff_len": 16,
+        "train_type": "dynamic_mix",
+        "component": {"name": "halfway"},
+        "update_step": 1,
+        "init_mixture_proportions": [0.9, 0.1],
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        "output_dir": str(tmp_path / "run"),
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "no",
+    }
     (tmp_path / "halfway.yaml").write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
     env = {**os.environ, "PYTHONPATH": str(copy)}
-    out = subprocess.run([sys.executable, "-c", TRAIN_IT, str(tmp_path / "halfway.yaml")], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", TRAIN_IT, str(tmp_path / "halfway.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     logged = [json.loads(line) for line in (tmp_path / "run" / "halfway_weights.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2]
@@ -234,11 +270,14 @@ def test_a_new_algorithm_is_one_file(tmp_path):
 
 def test_a_plugin_package_adds_an_algorithm_through_an_entry_point(tmp_path):
     plugin = tmp_path / "site"
-    _write(plugin, {
-        "myplugin/__init__.py": NEW_ALGORITHM.format(name="plugin_half"),
-        "myplugin-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n",
-        "myplugin-0.1.dist-info/entry_points.txt": "[mixflow.algorithms]\nhalf = myplugin\n",
-    })
+    _write(
+        plugin,
+        {
+            "myplugin/__init__.py": NEW_ALGORITHM.format(name="plugin_half"),
+            "myplugin-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n",
+            "myplugin-0.1.dist-info/entry_points.txt": "[mixflow.algorithms]\nhalf = myplugin\n",
+        },
+    )
     listing = _mixflow_list([PACKAGE.parent, plugin])
     assert "  plugin_half: moves p halfway" in listing
 
@@ -254,7 +293,7 @@ def test_functions_stay_short(limit_lines):
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                own = "\n".join(lines[node.lineno - 1:node.end_lineno])
+                own = "\n".join(lines[node.lineno - 1 : node.end_lineno])
                 if length > limit_lines and "# long function:" not in own:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
     assert long == []
@@ -285,8 +324,11 @@ DOTTED = re.compile(r"(?<![\w.])(mixflow(?:\.\w+)+)")
 def _documents(root: Path) -> list[Path]:
     found = [root / "README.md"] if (root / "README.md").is_file() else []
     for folder in DOC_FOLDERS:
-        found += [p for p in sorted((root / folder).rglob("*")) if p.suffix in (".md", ".py") and p.is_file()
-                  and "egg-info" not in str(p)]
+        found += [
+            p
+            for p in sorted((root / folder).rglob("*"))
+            if p.suffix in (".md", ".py") and p.is_file() and "egg-info" not in str(p)
+        ]
     return found
 
 
@@ -303,14 +345,28 @@ def missing_names(root: Path, package: Path) -> list[str]:
                 parts = name.split("/")
                 if any(p.isupper() or p.startswith(("my_", "my-", "NAME")) for p in parts) or name in OUTPUT_FILES:
                     continue
-                if len(parts) > 1 and parts[0] not in (*DOC_FOLDERS, "tests", "mixflow", "algorithms", "data",
-                                                       "providers", "engine", "recipes", "bench", "search", "cli"):
+                if len(parts) > 1 and parts[0] not in (
+                    *DOC_FOLDERS,
+                    "tests",
+                    "mixflow",
+                    "algorithms",
+                    "data",
+                    "providers",
+                    "engine",
+                    "recipes",
+                    "bench",
+                    "search",
+                    "cli",
+                ):
                     continue  # another project's file (e.g. Megatron-LM's), named for comparison
                 here = (root / name, doc.parent / name, package / name, package.parent / name)
                 if not (any(p.exists() for p in here) or (len(parts) == 1 and name in basenames)):
                     problems.append(f"{doc.relative_to(root)}:{number}: {name}")
-            problems += [f"{doc.relative_to(root)}:{number}: {name}" for name in DOTTED.findall(line)
-                         if not name.startswith(NOT_MODULES) and not _resolves(name.rstrip("."))]
+            problems += [
+                f"{doc.relative_to(root)}:{number}: {name}"
+                for name in DOTTED.findall(line)
+                if not name.startswith(NOT_MODULES) and not _resolves(name.rstrip("."))
+            ]
     return problems
 
 
@@ -340,7 +396,10 @@ def test_the_name_check_catches_a_stale_file_and_module(tmp_path):
     (tmp_path / "docs" / "page.md").write_text(
         "See `src/mixflow/gradstats.py`, `mixflow.engine.nothing_here`, `docs/page.md`, `DIR/report.md`,\n"
         "`megatron/data/utils.py` and `mixflow.engine.engine.StepEngine`.\n"
-        "The rule is in ALGORITHMS.md.\n")
-    assert missing_names(tmp_path, PACKAGE) == ["docs/page.md:1: src/mixflow/gradstats.py",
-                                                "docs/page.md:1: mixflow.engine.nothing_here",
-                                                "docs/page.md:3: ALGORITHMS.md"]
+        "The rule is in ALGORITHMS.md.\n"
+    )
+    assert missing_names(tmp_path, PACKAGE) == [
+        "docs/page.md:1: src/mixflow/gradstats.py",
+        "docs/page.md:1: mixflow.engine.nothing_here",
+        "docs/page.md:3: ALGORITHMS.md",
+    ]

@@ -22,10 +22,17 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.errors import ConfigError
 from mixflow.testing import run_distributed
 
-SMALL = {"fit_every": 20, "start_step": 20, "ignore_steps": 0, "block": 2, "smooth_window": 5, "min_points": 5,
-         "eps_min": 1.0}
+SMALL = {
+    "fit_every": 20,
+    "start_step": 20,
+    "ignore_steps": 0,
+    "block": 2,
+    "smooth_window": 5,
+    "min_points": 5,
+    "eps_min": 1.0,
+}
 #: each domain's loss at step t: domain 0 still falls fast, domain 1 slowly, domain 2 not at all
-CURVES = (lambda t: 1.7 + 3.0 * t ** -0.5, lambda t: 2.2 + 0.4 * t ** -0.1, lambda t: 2.6 + 0.0 * t)
+CURVES = (lambda t: 1.7 + 3.0 * t**-0.5, lambda t: 2.2 + 0.4 * t**-0.1, lambda t: 2.6 + 0.0 * t)
 
 
 @pytest.mark.parametrize(("eps", "beta", "alpha"), [(2.0, 40.0, 0.3), (1.7, 8.0, 0.15), (3.1, 200.0, 0.55)])
@@ -40,7 +47,7 @@ def test_the_fit_recovers_a_known_power_law_from_noisy_losses(eps, beta, alpha):
 
 def test_the_fit_holds_its_bounds():
     n = np.linspace(100, 10_000, 50)
-    law = fit_power_law(n, 1.2 + 5 * n ** -0.3, eps_min=1.65)  # a loss below the released ε floor
+    law = fit_power_law(n, 1.2 + 5 * n**-0.3, eps_min=1.65)  # a loss below the released ε floor
     assert law.eps == pytest.approx(1.65) and 0 <= law.alpha <= 0.8 and law.beta >= 0
 
 

@@ -23,9 +23,11 @@ LAW = np.array([[0.3, 0.2, 0.0], [0.1, 0.5, 0.1], [0.2, 0.2, 0.2]]) * 0.01
 
 def _heldout(loss):
     stats = DomainStats.zeros(len(loss))
-    stats.extras = {HELDOUT_LOSS_SUM: torch.as_tensor(loss * 4, dtype=torch.float64),
-                    HELDOUT_LOSS_SQ_SUM: torch.as_tensor(loss**2 * 4, dtype=torch.float64),
-                    HELDOUT_COUNT: torch.full((len(loss),), 4.0, dtype=torch.float64)}
+    stats.extras = {
+        HELDOUT_LOSS_SUM: torch.as_tensor(loss * 4, dtype=torch.float64),
+        HELDOUT_LOSS_SQ_SUM: torch.as_tensor(loss**2 * 4, dtype=torch.float64),
+        HELDOUT_COUNT: torch.full((len(loss),), 4.0, dtype=torch.float64),
+    }
     return stats
 
 
@@ -97,8 +99,13 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
     train, resumed = heldout_engine("aioli", params, log_dir=tmp_path / "cut")
     resumed.load(tmp_path / "ckpt")
     _run(resumed, train, 14, 24)
-    logs = [[json.loads(x) for x in (tmp_path / d / "aioli_weights.jsonl").read_text().splitlines()] for d in ("whole", "cut")]
-    assert [(r["step"], r["sampling_weights"]) for r in logs[0]] == [(r["step"], r["sampling_weights"]) for r in logs[1]]
+    logs = [
+        [json.loads(x) for x in (tmp_path / d / "aioli_weights.jsonl").read_text().splitlines()]
+        for d in ("whole", "cut")
+    ]
+    assert [(r["step"], r["sampling_weights"]) for r in logs[0]] == [
+        (r["step"], r["sampling_weights"]) for r in logs[1]
+    ]
     assert not np.allclose(whole.algorithm.round_p, np.ones(3) / 3)
 
 

@@ -176,8 +176,13 @@ def _config(tmp_path, params, **extra):
         "domains": [{"name": n, "path": str(tmp_path / f"{n}.jsonl")} for n in NAMES],
         "train_type": "dynamic_mix",
         "component": {"name": "doremi", "params": params},
-        "model_config": {"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1,
-                         "num_attention_heads": 2, "intermediate_size": 32},
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        },
         "output_dir": str(tmp_path / "run"),
         **extra,
     }
@@ -190,8 +195,11 @@ def test_reference_path_missing_vs_null_vs_nonexistent(tmp_path, caplog):
     assert str(err.value) == (
         "doremi.params.reference_model_path: required (a local model directory, or null to run without a reference)"
     )
-    with pytest.raises(ConfigError, match=r"^doremi\.params\.reference_model_path: expected a local model directory, "
-                                          r"not found: .*nope"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^doremi\.params\.reference_model_path: expected a local model directory, "
+        r"not found: .*nope",
+    ):
         load_config(raw=_config(tmp_path, {"reference_model_path": str(tmp_path / "nope")}))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="has no config.json"):
@@ -219,8 +227,10 @@ def test_cli_reports_a_missing_reference_path_in_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump(_config(tmp_path, {})))
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("mixflow: error: doremi.params.reference_model_path: required "
-                   "(a local model directory, or null to run without a reference)")
+    assert err == (
+        "mixflow: error: doremi.params.reference_model_path: required "
+        "(a local model directory, or null to run without a reference)"
+    )
     assert not (tmp_path / "run").exists()  # nothing was prepared or trained
 
 
@@ -247,7 +257,9 @@ def _drive(engine, proxy, train, steps, optimizer=None):
         domain_ids, labels = batch.pop("domain_ids"), batch.pop("labels")
         batch.pop("sample_ids", None)
         logits = proxy(**batch).logits
-        loss = engine.training_loss(logits, MicroBatch(domain_ids, labels, batch_index=step - 1, model=proxy, inputs=batch))
+        loss = engine.training_loss(
+            logits, MicroBatch(domain_ids, labels, batch_index=step - 1, model=proxy, inputs=batch)
+        )
         if optimizer is not None:
             loss.backward()
             optimizer.step()
@@ -413,7 +425,8 @@ class _Canned(StatisticProvider):
 
     def batch_statistics(self, ctx):
         tokens = torch.zeros(ctx.num_domains, dtype=torch.float64).index_add_(
-            0, ctx.domain_ids, ctx.losses.token_count.double())
+            0, ctx.domain_ids, ctx.losses.token_count.double()
+        )
         value = float("nan") if ctx.batch_index in self.nan_steps else 1.0
         return {EXCESS_KEY: tokens * torch.as_tensor(self.excess) * value, TOKENS_KEY: tokens}
 
@@ -422,8 +435,13 @@ def test_non_finite_statistics_skip_the_doremi_update(tmp_path, caplog):
     train = MixtureDataset(tiny_domains())
     algo = _doremi(names=train.domain_names)
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 6, seed=0)
-    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=tmp_path,
-                  providers=[_Canned([0.1, 0.5, 0.2], nan_steps={0})])
+    engine = StepEngine(
+        sampler,
+        algo,
+        schedule=UpdateSchedule(update_step=1),
+        log_dir=tmp_path,
+        providers=[_Canned([0.1, 0.5, 0.2], nan_steps={0})],
+    )
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         _drive(engine, tiny_llama(), train, steps=1)
     assert "non-finite" in caplog.text
@@ -440,8 +458,10 @@ def _rank_run(rank, world, out, reference):
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=4, rank=rank, world_size=world)
     engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1), log_dir=os.path.join(out, f"log{world}"))
     _drive(engine, tiny_llama(seed=0), train, steps=4)
-    torch.save({"alpha": algo.loss_weights, "lam": algo.scores, "avg": algo.average_weights},
-               os.path.join(out, f"w{world}_r{rank}.pt"))
+    torch.save(
+        {"alpha": algo.loss_weights, "lam": algo.scores, "avg": algo.average_weights},
+        os.path.join(out, f"w{world}_r{rank}.pt"),
+    )
 
 
 @pytest.mark.distributed
@@ -464,13 +484,26 @@ def _trainer_run(out, reference, max_steps, resume=None):
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
     train = MixtureDataset(tiny_domains())
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=6, learning_rate=0.05, optim="sgd",
-                             lr_scheduler_type="constant", max_steps=max_steps, logging_steps=1,
-                             save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0,
-                             dataloader_num_workers=0, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=6,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_steps=max_steps,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=3,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     engine = _doremi_engine(train, reference, batch=6, update_step=2, log_dir=out, reweight_eta=2.0)
-    trainer = MixflowTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), engine=engine)
+    trainer = MixflowTrainer(
+        model=tiny_llama(seed=5), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
+    )
     trainer.train(resume_from_checkpoint=resume)
     return engine
 

@@ -30,8 +30,9 @@ def _stats(losses_per_domain):
 
 
 def test_one_update_is_the_exponentiated_rule_normalised_to_sum_pi_w_1():
-    algo = build_algorithm("erma", ["a", "b", "c"], {"gamma1": 0.3, "gamma2": 0.2, "max_log_decrease": None},
-                           prior=[0.5, 0.3, 0.2])
+    algo = build_algorithm(
+        "erma", ["a", "b", "c"], {"gamma1": 0.3, "gamma2": 0.2, "max_log_decrease": None}, prior=[0.5, 0.3, 0.2]
+    )
     losses = [[1.0, 2.0, 3.0], [0.5, 0.5, 0.6], [4.0, 1.0, 2.5]]
     algo.apply_update(_stats(losses), 1)
     pi = np.array([0.5, 0.3, 0.2])
@@ -88,9 +89,13 @@ def test_normalized_exponent_variant_is_constrained_mirror_descent():
     algo = build_algorithm("erma", ["a", "b"], {"gamma1": 0.5, "gamma2": 0.5, "exponent_weights": "normalized"})
     stats = DomainStats.zeros(2)
     n = 1000.0
-    stats.extras.update({"heldout_loss_sum": torch.tensor(n * L, dtype=torch.float64),
-                         "heldout_loss_sq_sum": torch.tensor(n * L**2 + (n - 1) * V, dtype=torch.float64),
-                         "heldout_count": torch.tensor([n, n], dtype=torch.float64)})
+    stats.extras.update(
+        {
+            "heldout_loss_sum": torch.tensor(n * L, dtype=torch.float64),
+            "heldout_loss_sq_sum": torch.tensor(n * L**2 + (n - 1) * V, dtype=torch.float64),
+            "heldout_count": torch.tensor([n, n], dtype=torch.float64),
+        }
+    )
     for t in range(1, 301):
         algo.apply_update(stats, t)
     w = algo.loss_weights
@@ -164,8 +169,10 @@ def _two_rank_erma(rank, world, out):
     train, engine = heldout_engine("erma", {"gamma1": 2.0, "gamma2": 2.0}, rank=rank, world=world, update_step=1)
     model, head = _model()
     train_steps(engine, train, model, head, 1, 4)
-    torch.save({"w": engine.algorithm.loss_weights, "state": engine.algorithm.state_dict()},
-               os.path.join(out, f"r{rank}_of_{world}.pt"))
+    torch.save(
+        {"w": engine.algorithm.loss_weights, "state": engine.algorithm.state_dict()},
+        os.path.join(out, f"r{rank}_of_{world}.pt"),
+    )
 
 
 @pytest.mark.distributed
@@ -192,7 +199,9 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
     assert np.array_equal(resumed.algorithm.log_u, cut.algorithm.log_u)
     train_steps(resumed, train, model, head, 6, 8)
 
-    logs = [[json.loads(x) for x in (tmp_path / d / "erma_weights.jsonl").read_text().splitlines()] for d in ("full", "cut")]
+    logs = [
+        [json.loads(x) for x in (tmp_path / d / "erma_weights.jsonl").read_text().splitlines()] for d in ("full", "cut")
+    ]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4, 6, 8]
     for a, b in zip(*logs):
         assert np.allclose(a["loss_weights"], b["loss_weights"], rtol=1e-12)

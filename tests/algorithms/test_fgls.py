@@ -34,8 +34,12 @@ def _regression(seed, mode, d=10, n=200, m=100, sigma2=(1.0, 10.0), steps=200, l
     step from the held-out squared residuals (σ̂_i² = their mean). Returns (‖θ − θ*‖², w)."""
     rng = np.random.default_rng(seed)
     theta_star = rng.normal(size=d)
-    train = [(x, x @ theta_star + rng.normal(scale=np.sqrt(s), size=n)) for s in sigma2 for x in [rng.normal(size=(n, d))]]
-    held = [(x, x @ theta_star + rng.normal(scale=np.sqrt(s), size=m)) for s in sigma2 for x in [rng.normal(size=(m, d))]]
+    train = [
+        (x, x @ theta_star + rng.normal(scale=np.sqrt(s), size=n)) for s in sigma2 for x in [rng.normal(size=(n, d))]
+    ]
+    held = [
+        (x, x @ theta_star + rng.normal(scale=np.sqrt(s), size=m)) for s in sigma2 for x in [rng.normal(size=(m, d))]
+    ]
     algo = build_algorithm("fgls", ["low_noise", "high_noise"], {})
     theta = np.zeros(d)
     for t in range(steps):
@@ -116,7 +120,11 @@ def test_heldout_provider_matches_a_direct_evaluation_and_restores_train_mode():
         for d, name in enumerate(train.domain_names):
             rows = torch.stack([ctx.heldout[name][i]["input_ids"] for i in range(len(ctx.heldout[name]))])
             logits = model(input_ids=rows).logits[:, :-1]
-            per = torch.nn.functional.cross_entropy(logits.transpose(1, 2), rows[:, 1:], reduction="none").mean(1).double()
+            per = (
+                torch.nn.functional.cross_entropy(logits.transpose(1, 2), rows[:, 1:], reduction="none")
+                .mean(1)
+                .double()
+            )
             assert count[d] == len(rows)
             assert np.isclose(mean[d], per.mean().item(), rtol=1e-5)
             assert np.isclose(var[d], per.var(unbiased=True).item(), rtol=1e-4)
@@ -171,8 +179,13 @@ def _inline_config(tmp_path, component, val_size):
         path = tmp_path / f"{name}.txt"
         path.write_text("some text\nmore text\n")
         files.append({"name": name, "path": str(path)})
-    return {"domains": files, "val_size": val_size, "component": component, "output_dir": str(tmp_path / "out"),
-            "model_config": {"model_type": "llama"}}
+    return {
+        "domains": files,
+        "val_size": val_size,
+        "component": component,
+        "output_dir": str(tmp_path / "out"),
+        "model_config": {"model_type": "llama"},
+    }
 
 
 def test_config_without_a_heldout_split_is_a_one_line_error(tmp_path):
@@ -190,8 +203,9 @@ def heldout_engine(algorithm, params, rank=0, world=1, update_step=2, log_dir=No
     train, ctx = heldout_context()
     algo = build_algorithm(algorithm, train.domain_names, params, init_weights=np.ones(3) / 3)
     sampler = MixtureSampler(train.domain_sizes, algo.sampling_weights, batch, seed=1, rank=rank, world_size=world)
-    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir,
-                  provider_context=ctx)
+    engine = StepEngine(
+        sampler, algo, schedule=UpdateSchedule(update_step=update_step), log_dir=log_dir, provider_context=ctx
+    )
     return train, engine
 
 
@@ -216,7 +230,9 @@ def train_steps(engine, train, model, base_head, first, last, nan_at=None, nan_l
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if step == nan_logits_at:
             logits = logits * float("nan")
-        loss = engine.training_loss(logits, MicroBatch(batch["domain_ids"], batch["labels"], batch_index=step - 1, model=model))
+        loss = engine.training_loss(
+            logits, MicroBatch(batch["domain_ids"], batch["labels"], batch_index=step - 1, model=model)
+        )
         loss.backward()
         model.zero_grad()
         set_model_to_step(model, base_head, step)
@@ -236,8 +252,10 @@ def _two_rank_fgls(rank, world, out):
     train, engine = heldout_engine("fgls", {"beta": 0.5}, rank=rank, world=world, update_step=1)
     model, head = _model()
     train_steps(engine, train, model, head, 1, 4)
-    torch.save({"w": engine.algorithm.loss_weights, "p": engine.algorithm.sampling_weights},
-               os.path.join(out, f"r{rank}_of_{world}.pt"))
+    torch.save(
+        {"w": engine.algorithm.loss_weights, "p": engine.algorithm.sampling_weights},
+        os.path.join(out, f"r{rank}_of_{world}.pt"),
+    )
 
 
 @pytest.mark.distributed
@@ -263,7 +281,9 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
     resumed.load(tmp_path / "ckpt")
     train_steps(resumed, train, model, head, 4, 6)
 
-    logs = [[json.loads(x) for x in (tmp_path / d / "fgls_weights.jsonl").read_text().splitlines()] for d in ("full", "cut")]
+    logs = [
+        [json.loads(x) for x in (tmp_path / d / "fgls_weights.jsonl").read_text().splitlines()] for d in ("full", "cut")
+    ]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4, 6]
     for a, b in zip(*logs):
         assert np.allclose(a["loss_weights"], b["loss_weights"], rtol=1e-12)
@@ -283,8 +303,15 @@ def test_non_finite_heldout_losses_skip_the_update_with_a_warning(caplog):
 
 
 # ---- end to end --------------------------------------------------------------------------------
-TINY_MODEL = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -299,11 +326,24 @@ def demo_data(tmp_path_factory):
 def cli_config(tmp_path, demo_data, component, **extra):
     """A `mixflow train` YAML on the demo corpus with a tiny model (shared with test_erma/test_va)."""
     cfg = {
-        "dataset": "code,prose,arithmetic,random", "dataset_dir": str(demo_data), "cutoff_len": 32, "val_size": 4,
-        "train_type": "dynamic_mix", "component": component, "update_step": 2, "model_config": TINY_MODEL,
-        "output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-        "max_steps": 4, "logging_steps": 2, "save_steps": 2, "learning_rate": 1e-3, "use_cpu": True,
-        "disable_tqdm": True, **extra,
+        "dataset": "code,prose,arithmetic,random",
+        "dataset_dir": str(demo_data),
+        "cutoff_len": 32,
+        "val_size": 4,
+        "train_type": "dynamic_mix",
+        "component": component,
+        "update_step": 2,
+        "model_config": TINY_MODEL,
+        "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 4,
+        "logging_steps": 2,
+        "save_steps": 2,
+        "learning_rate": 1e-3,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        **extra,
     }
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -313,7 +353,9 @@ def cli_config(tmp_path, demo_data, component, **extra):
 def test_mixflow_train_runs_fgls_on_the_demo_corpus(tmp_path, demo_data):
     from mixflow.cli.main import main
 
-    assert main(["train", str(cli_config(tmp_path, demo_data, {"name": "fgls", "params": {"beta": 0.5}})), "--quiet"]) == 0
+    assert (
+        main(["train", str(cli_config(tmp_path, demo_data, {"name": "fgls", "params": {"beta": 0.5}})), "--quiet"]) == 0
+    )
     records = [json.loads(x) for x in (tmp_path / "run" / "fgls_weights.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     w = np.array(records[-1]["loss_weights"])

@@ -19,8 +19,12 @@ def _random_stats(rng, k=3, d=5):
     stats = DomainStats.zeros(k)
     groups = torch.as_tensor(rng.integers(2, 5, k), dtype=torch.float64)
     g = torch.as_tensor(rng.normal(size=(k, d)))
-    stats.extras.update(grad_sum=g * groups[:, None], grad_sq_sum=(g.square().sum(1) + 0.5) * groups + 1.0,
-                        grad_groups=groups, grad_samples=groups * 4)
+    stats.extras.update(
+        grad_sum=g * groups[:, None],
+        grad_sq_sum=(g.square().sum(1) + 0.5) * groups + 1.0,
+        grad_groups=groups,
+        grad_samples=groups * 4,
+    )
     return stats
 
 
@@ -46,7 +50,9 @@ def _window(model, provider, sigmas, gen, per_task=8):
     tasks = torch.arange(2).repeat_interleave(per_task)
     noise = torch.randn(len(tasks), 2, generator=gen, dtype=torch.float64) * torch.as_tensor(sigmas)[tasks][:, None]
     per_sample = 0.5 * model.theta[tasks] ** 2 + noise @ model.theta
-    losses = SampleLosses(per_sample, torch.ones_like(tasks), per_sample[:, None], torch.ones(len(tasks), 1, dtype=torch.bool))
+    losses = SampleLosses(
+        per_sample, torch.ones_like(tasks), per_sample[:, None], torch.ones(len(tasks), 1, dtype=torch.bool)
+    )
     ctx = BatchContext(model, {}, None, losses, tasks, 2, 0, True)
     stats = DomainStats.zeros(2)
     stats.extras.update(provider.batch_statistics(ctx))

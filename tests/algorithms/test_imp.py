@@ -20,9 +20,15 @@ def _cache(path, quality, diversity, labels=None):
     n = len(quality)
     write_weights_cache(
         path,
-        WeightsCache(quality=np.asarray(quality, dtype=np.float64), diversity=np.asarray(diversity, dtype=np.float64),
-                     labels=np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels),
-                     domain_names=["all"], domain_sizes=[n], data_fingerprint="d", checker_fingerprint="c"),
+        WeightsCache(
+            quality=np.asarray(quality, dtype=np.float64),
+            diversity=np.asarray(diversity, dtype=np.float64),
+            labels=np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels),
+            domain_names=["all"],
+            domain_sizes=[n],
+            data_fingerprint="d",
+            checker_fingerprint="c",
+        ),
     )
     return str(path)
 
@@ -52,7 +58,9 @@ def test_equal_checkers_make_imp_exactly_cross_entropy(tmp_path):
     path = _cache(tmp_path / "c.npz", probs.numpy(), probs.numpy())
     imp = _build("imp", path)
     ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 39])
-    assert torch.equal(imp.weights(torch.zeros(n), torch.zeros(n, dtype=torch.long), 0, ids), torch.ones(n, dtype=torch.float64))
+    assert torch.equal(
+        imp.weights(torch.zeros(n), torch.zeros(n, dtype=torch.long), 0, ids), torch.ones(n, dtype=torch.float64)
+    )
 
     logits = torch.randn(n, c, generator=g, requires_grad=True)
     labels = torch.randint(0, c, (n,), generator=g)
@@ -142,12 +150,18 @@ def _config(tmp_path, component, task="classification"):
 def test_config_errors_are_one_line_and_name_the_key(tmp_path, name):
     cases = [
         ({"name": name}, f"{name}.params.weights_cache: required"),
-        ({"name": name, "params": {"weights_cache": str(tmp_path / "missing.npz")}},
-         f"{name}.params.weights_cache: file not found"),
-        ({"name": name, "params": {"weights_cache": _cache(tmp_path / "c.npz", [0.5], [0.5]), "min_prob": 0}},
-         f"{name}.params.min_prob: expected a number in"),
-        ({"name": name, "params": {"weights_cache": str(tmp_path / "c.npz"), "max_weight": -1}},
-         f"{name}.params.max_weight"),
+        (
+            {"name": name, "params": {"weights_cache": str(tmp_path / "missing.npz")}},
+            f"{name}.params.weights_cache: file not found",
+        ),
+        (
+            {"name": name, "params": {"weights_cache": _cache(tmp_path / "c.npz", [0.5], [0.5]), "min_prob": 0}},
+            f"{name}.params.min_prob: expected a number in",
+        ),
+        (
+            {"name": name, "params": {"weights_cache": str(tmp_path / "c.npz"), "max_weight": -1}},
+            f"{name}.params.max_weight",
+        ),
     ]
     for component, message in cases:
         with pytest.raises(ConfigError, match=message) as err:
@@ -220,8 +234,11 @@ def test_imp_and_dimp_beat_cross_entropy_when_one_region_is_mislabelled(tmp_path
         x_test, y_test, _ = _gaussian_mixture(2000, rng)
         quality_checker, _ = _fit(x_real, y_real, seed=seed)
         diversity_checker, _ = _fit(x_syn, y_syn, seed=seed)
-        path = _cache(tmp_path / f"gmm{seed}.npz", _label_prob(quality_checker, x_syn, y_syn),
-                      _label_prob(diversity_checker, x_syn, y_syn))
+        path = _cache(
+            tmp_path / f"gmm{seed}.npz",
+            _label_prob(quality_checker, x_syn, y_syn),
+            _label_prob(diversity_checker, x_syn, y_syn),
+        )
         ce, _ = _fit(x_syn, y_syn, seed=seed)
         imp, w_imp = _fit(x_syn, y_syn, _build("imp", path), seed=seed)
         dimp, w_dimp = _fit(x_syn, y_syn, _build("dimp", path), seed=seed)

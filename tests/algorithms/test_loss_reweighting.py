@@ -82,8 +82,11 @@ def test_large_temperature_gives_uniform_weights(strategy):
     assert torch.allclose(w.weights(_losses(), None, 0), torch.ones(64, dtype=torch.float64), atol=1e-8)
     # and a small temperature does not (the test above is not vacuous)
     if strategy != "uniform":
-        assert not torch.allclose(_weighter(strategy=strategy, r=0.5).weights(_losses(), None, 0),
-                                  torch.ones(64, dtype=torch.float64), atol=1e-2)
+        assert not torch.allclose(
+            _weighter(strategy=strategy, r=0.5).weights(_losses(), None, 0),
+            torch.ones(64, dtype=torch.float64),
+            atol=1e-2,
+        )
 
 
 def test_linupper_is_non_decreasing_in_loss_and_flat_above_the_mid_range():
@@ -108,8 +111,11 @@ def test_quadratic_and_extremes_shapes():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_equal_losses_give_uniform_weights_without_nan(strategy):
     w = _weighter(strategy=strategy)
-    for losses in (torch.full((8,), 2.5, dtype=torch.float64), torch.tensor([0.7], dtype=torch.float64),
-                   torch.zeros(5, dtype=torch.float64)):
+    for losses in (
+        torch.full((8,), 2.5, dtype=torch.float64),
+        torch.tensor([0.7], dtype=torch.float64),
+        torch.zeros(5, dtype=torch.float64),
+    ):
         out = w.weights(losses, None, 0)
         assert torch.equal(out, torch.ones_like(losses))
         assert torch.isclose(w.probabilities(losses, 0).sum(), torch.tensor(1.0, dtype=torch.float64))
@@ -259,8 +265,13 @@ def test_composes_with_a_domain_algorithm_coefficient_is_the_product(algo_cls):
 
 def test_the_weighters_statistics_reach_the_metrics_and_a_log_named_after_it(tmp_path):
     algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=[0.5, 0.25, 0.25])
-    engine = StepEngine(MixtureSampler([20, 20, 20], algo.sampling_weights, 6), algo, log_dir=tmp_path,
-                        weighter=_weighter(strategy="linupper", r=0.5), schedule=UpdateSchedule(update_step=2))
+    engine = StepEngine(
+        MixtureSampler([20, 20, 20], algo.sampling_weights, 6),
+        algo,
+        log_dir=tmp_path,
+        weighter=_weighter(strategy="linupper", r=0.5),
+        schedule=UpdateSchedule(update_step=2),
+    )
     batches = engine.sampler.iter_batches()
     seen = []
     for step in range(1, 5):
@@ -303,16 +314,36 @@ def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation
 
     def run(weighter_params, out):
         train = MixtureDataset(tiny_domains(packed=False))
-        args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                 learning_rate=0.05, optim="sgd", lr_scheduler_type="constant", max_steps=3,
-                                 logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0,
-                                 dataloader_num_workers=0, disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=str(out),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            learning_rate=0.05,
+            optim="sgd",
+            lr_scheduler_type="constant",
+            max_steps=3,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
         algo = build_algorithm("static", train.domain_names, {}, init_weights=np.ones(3) / 3)
         weighter = build_weighter("loss", train.domain_names, weighter_params) if weighter_params else None
-        engine = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo, weighter=weighter)
+        engine = StepEngine(
+            MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo, weighter=weighter
+        )
         rec = Grads()
-        trainer = MixflowTrainer(model=tiny_llama(seed=1), args=args, train_dataset=train,
-                                 data_collator=DomainCollator(0), engine=engine, callbacks=[rec])
+        trainer = MixflowTrainer(
+            model=tiny_llama(seed=1),
+            args=args,
+            train_dataset=train,
+            data_collator=DomainCollator(0),
+            engine=engine,
+            callbacks=[rec],
+        )
         trainer.train()
         return rec.grads, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
@@ -328,7 +359,9 @@ def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation
     with torch.no_grad():
         logits = tiny_llama(seed=1)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     losses = sample_losses(logits, batch["labels"]).mean.double()
-    assert not torch.allclose(_weighter(strategy="linupper").weights(losses, None, 0), torch.ones(8, dtype=torch.float64))
+    assert not torch.allclose(
+        _weighter(strategy="linupper").weights(losses, None, 0), torch.ones(8, dtype=torch.float64)
+    )
 
 
 class _Recorder(SampleWeighter):
@@ -395,13 +428,22 @@ def test_two_ranks_compute_identical_global_batch_weights_equal_to_one_process(t
 
 
 def test_resume_restores_weighter_state_and_trajectory(tmp_path):
-    params = {"strategy": "linupper", "r": 0.5, "burn_in_steps": 2, "r_schedule": "cosine", "r_start": 5.0,
-              "r_schedule_steps": 4}
+    params = {
+        "strategy": "linupper",
+        "r": 0.5,
+        "burn_in_steps": 2,
+        "r_schedule": "cosine",
+        "r_start": 5.0,
+        "r_schedule_steps": 4,
+    }
 
     def engine():
         algo = build_algorithm("static", ["a", "b", "c"], {}, init_weights=np.ones(3) / 3)
-        return StepEngine(MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo,
-                     weighter=_Recorder(build_weighter("loss", ["a", "b", "c"], params)))
+        return StepEngine(
+            MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1),
+            algo,
+            weighter=_Recorder(build_weighter("loss", ["a", "b", "c"], params)),
+        )
 
     def steps(m, first, last):
         it = m.sampler.iter_batches()
@@ -409,7 +451,9 @@ def test_resume_restores_weighter_state_and_trajectory(tmp_path):
         for step in range(first, last + 1):
             rows = next(it)
             logits, labels = _global_batch(step)
-            m.training_loss(logits, MicroBatch(torch.as_tensor(m.sampler.domain_ids(rows)), labels, batch_index=step - 1))
+            m.training_loss(
+                logits, MicroBatch(torch.as_tensor(m.sampler.domain_ids(rows)), labels, batch_index=step - 1)
+            )
             m.end_step(step)
             out.append(m.weighter.seen[-1][1])
         return out

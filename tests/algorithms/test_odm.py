@@ -34,8 +34,9 @@ def loss_stats(losses, tokens=10.0):
 
 
 def _odm(k=K, init=None, **params):
-    return build_algorithm("odm", [f"d{i}" for i in range(k)], params,
-                           init_weights=init if init is not None else np.ones(k) / k)
+    return build_algorithm(
+        "odm", [f"d{i}" for i in range(k)], params, init_weights=init if init is not None else np.ones(k) / k
+    )
 
 
 def _run(algo, losses_at, steps):

@@ -24,15 +24,18 @@ class _Ranged(AlgorithmParams):
     """a cap, or none"""
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("rate", 1.0, "x.rate: expected a number in [0, 1), got 1.0"),
-    ("rate", -0.1, "x.rate: expected a number in [0, 1), got -0.1"),
-    ("rate", math.nan, "x.rate: expected a number in [0, 1), got nan"),
-    ("size", 0.0, "x.size: expected a finite number > 0, got 0.0"),
-    ("size", math.inf, "x.size: expected a finite number > 0, got inf"),
-    ("groups", 1, "x.groups: expected an integer >= 2 (a variance needs two), got 1"),
-    ("cap", 0.0, "x.cap: expected a number > 0 or null, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("rate", 1.0, "x.rate: expected a number in [0, 1), got 1.0"),
+        ("rate", -0.1, "x.rate: expected a number in [0, 1), got -0.1"),
+        ("rate", math.nan, "x.rate: expected a number in [0, 1), got nan"),
+        ("size", 0.0, "x.size: expected a finite number > 0, got 0.0"),
+        ("size", math.inf, "x.size: expected a finite number > 0, got inf"),
+        ("groups", 1, "x.groups: expected an integer >= 2 (a variance needs two), got 1"),
+        ("cap", 0.0, "x.cap: expected a number > 0 or null, got 0.0"),
+    ],
+)
 def test_a_value_outside_its_declared_range_is_one_line_naming_the_key(key, value, message):
     with pytest.raises(ConfigError) as err:
         build_params(_Ranged, {key: value}, "x")
@@ -49,5 +52,9 @@ def test_mixflow_list_shows_each_range():
         Params = _Ranged
 
     shown = {name: what for name, what, _, _ in describe_params(Algo)}
-    assert shown == {"rate": "a number in [0, 1)", "size": "a finite number > 0",
-                     "groups": "an integer >= 2 (a variance needs two)", "cap": "a number > 0 or null"}
+    assert shown == {
+        "rate": "a number in [0, 1)",
+        "size": "a finite number > 0",
+        "groups": "an integer >= 2 (a variance needs two)",
+        "cap": "a number > 0 or null",
+    }

@@ -43,8 +43,12 @@ def grad_stats(norm_sq, sigma2, samples=8, losses=None):
         mean, half = math.sqrt(a + v / samples), math.sqrt(v / samples)
         g_sum[i, 0] = 2 * mean
         sq[i] = 2 * (mean**2 + half**2)
-    stats.extras.update(grad_sum=g_sum, grad_sq_sum=sq, grad_groups=groups,
-                        grad_samples=torch.full((k,), float(samples), dtype=torch.float64))
+    stats.extras.update(
+        grad_sum=g_sum,
+        grad_sq_sum=sq,
+        grad_groups=groups,
+        grad_samples=torch.full((k,), float(samples), dtype=torch.float64),
+    )
     loss = np.ones(k) if losses is None else np.asarray(losses, dtype=np.float64)
     stats.token_count += 10.0
     stats.token_loss_sum += torch.as_tensor(loss * 10.0)
@@ -54,8 +58,9 @@ def grad_stats(norm_sq, sigma2, samples=8, losses=None):
 def _pike(k=2, name="pike", batch=16, init=None, **params):
     # Closed-form statistics per window test the one-window rule; smoothing has its own tests.
     params.setdefault("grad_smoothing", 0.0)
-    algo = build_algorithm(name, [f"t{i}" for i in range(k)], params,
-                           init_weights=init if init is not None else np.ones(k) / k)
+    algo = build_algorithm(
+        name, [f"t{i}" for i in range(k)], params, init_weights=init if init is not None else np.ones(k) / k
+    )
     algo.bind(batch)
     return algo
 
@@ -266,7 +271,9 @@ def _train_steps(engine, model, data, steps, slices=1, lr=0.1, start=1):
             ids, labels = batch.pop("domain_ids"), batch.pop("labels")
             batch.pop("sample_ids", None)
             logits = model(**batch).logits
-            loss = engine.training_loss(logits, MicroBatch(ids, labels, batch_index=step - 1, model=model, inputs=batch))
+            loss = engine.training_loss(
+                logits, MicroBatch(ids, labels, batch_index=step - 1, model=model, inputs=batch)
+            )
             (loss / slices).backward()
         if torch.distributed.is_initialized():
             for p in model.parameters():  # what DDP would do
@@ -368,16 +375,38 @@ def test_grad_stats_work_inside_the_hf_trainer(tmp_path):
 
     def run(name, out, steps):
         train = MixtureDataset(tiny_domains())
-        args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                 learning_rate=0.05, optim="sgd", max_steps=steps, logging_steps=1, save_strategy="no",
-                                 report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0)
+        args = TrainingArguments(
+            output_dir=str(out),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            learning_rate=0.05,
+            optim="sgd",
+            max_steps=steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
         params = {"min_samples": 1} if name == "pike" else {}
         algo = build_algorithm(name, train.domain_names, params, init_weights=np.ones(3) / 3)
-        engine = StepEngine(MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3), algo,
-                      schedule=UpdateSchedule(update_step=1), log_dir=out)
+        engine = StepEngine(
+            MixtureSampler(train.domain_sizes, algo.sampling_weights, 8, seed=3),
+            algo,
+            schedule=UpdateSchedule(update_step=1),
+            log_dir=out,
+        )
         grads = Grads()
-        MixflowTrainer(model=tiny_llama(seed=1), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                       engine=engine, callbacks=[grads]).train()
+        MixflowTrainer(
+            model=tiny_llama(seed=1),
+            args=args,
+            train_dataset=train,
+            data_collator=DomainCollator(0),
+            engine=engine,
+            callbacks=[grads],
+        ).train()
         return engine, grads.first
 
     engine, grads = run("pike", tmp_path / "pike", steps=3)

@@ -54,7 +54,9 @@ def test_the_ramp_example_draws_each_step_with_its_planned_p():
     text = README.read_text(encoding="utf-8")
     follow = re.search(r"## Add your own.*?```python\n(.*?)```", text, re.S).group(1)
     ramp = re.search(r"### When new weights take effect.*?```python\n(.*?)```", text, re.S).group(1)
-    out = subprocess.run([sys.executable, "-c", follow + ramp + RAMP_CHECK], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", follow + ramp + RAMP_CHECK], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 

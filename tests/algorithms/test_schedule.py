@@ -25,8 +25,15 @@ P0, P1, P2 = [0.85, 0.12, 0.03], [0.75, 0.15, 0.10], [0.63, 0.24, 0.13]  # SmolL
 def _engine(params, horizon=1, batch=20, max_steps=12, update_step=1, log_dir=None, tokens_per_step=None):
     algo = build_algorithm("schedule", NAMES, params, init_weights=np.ones(3) / 3)
     sampler = MixtureSampler([500, 400, 300], algo.sampling_weights, batch, seed=3)
-    return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), plan_horizon=horizon,
-                      max_steps=max_steps, tokens_per_step=tokens_per_step, log_dir=log_dir)
+    return StepEngine(
+        sampler,
+        algo,
+        schedule=UpdateSchedule(update_step=update_step),
+        plan_horizon=horizon,
+        max_steps=max_steps,
+        tokens_per_step=tokens_per_step,
+        log_dir=log_dir,
+    )
 
 
 def _train(engine, first, last, trace, rank=0, world=1):
@@ -59,14 +66,18 @@ def _expected(step, starts, props, linear=False):
 @pytest.mark.parametrize("horizon", [1, 3])
 @pytest.mark.parametrize("interpolation", ["step", "linear"])
 def test_p_at_every_step_is_the_schedules(interpolation, horizon):
-    params = {"interpolation": interpolation, "stages": [{"at": 0, "proportions": P0}, {"at": 4, "proportions": P1},
-                                                          {"at": 9, "proportions": P2}]}
+    params = {
+        "interpolation": interpolation,
+        "stages": [{"at": 0, "proportions": P0}, {"at": 4, "proportions": P1}, {"at": 9, "proportions": P2}],
+    }
     trace = _train(_engine(params, horizon=horizon), 1, 12, {})
     for step, (p, _) in trace.items():
         assert np.allclose(p, _expected(step, [0, 4, 9], [P0, P1, P2], interpolation == "linear"), atol=1e-12), step
 
 
-@pytest.mark.parametrize(("unit", "ats"), [("fraction", [0, 0.25, 0.75]), ("tokens", [0, 3 * 20 * 64, 9 * 20 * 64 - 5])])
+@pytest.mark.parametrize(
+    ("unit", "ats"), [("fraction", [0, 0.25, 0.75]), ("tokens", [0, 3 * 20 * 64, 9 * 20 * 64 - 5])]
+)
 def test_fractions_and_tokens_become_steps(unit, ats):
     params = {"unit": unit, "stages": [{"at": a, "proportions": p} for a, p in zip(ats, (P0, P1, P2))]}
     engine = _engine(params, tokens_per_step=20 * 64)
@@ -75,8 +86,13 @@ def test_fractions_and_tokens_become_steps(unit, ats):
     assert all(np.allclose(p, _expected(s, [0, 3, 9], [P0, P1, P2])) for s, (p, _) in trace.items())
 
 
-HANDOVER = {"stages": [{"at": 0, "proportions": P0}, {"at": 4, "algorithm": {"name": "odm"}},
-                       {"at": 8, "proportions": "learned"}]}
+HANDOVER = {
+    "stages": [
+        {"at": 0, "proportions": P0},
+        {"at": 4, "algorithm": {"name": "odm"}},
+        {"at": 8, "proportions": "learned"},
+    ]
+}
 
 
 def test_a_stage_hands_over_to_an_algorithm_and_the_next_keeps_what_it_learned(tmp_path):
@@ -88,8 +104,9 @@ def test_a_stage_hands_over_to_an_algorithm_and_the_next_keeps_what_it_learned(t
     learned = p[8]  # the last p ODM set inside its stage (its update at step 6 lands on step 8)
     assert all(np.allclose(p[s], learned) for s in range(9, 13))  # frozen from step 9
     log = [json.loads(x) for x in (tmp_path / "schedule_weights.jsonl").read_text().splitlines()]
-    assert [(r["from_step"], r["stage"]) for r in log] == [(s + 2, 0 if s < 3 else 1 if s < 7 else 2)
-                                                           for s in range(1, 13)]  # an update a step
+    assert [(r["from_step"], r["stage"]) for r in log] == [
+        (s + 2, 0 if s < 3 else 1 if s < 7 else 2) for s in range(1, 13)
+    ]  # an update a step
     summary = json.loads((tmp_path / "schedule_summary.json").read_text())
     assert [s["from_step"] for s in summary["stages"]] == [1, 5, 9]
     assert np.allclose(summary["stages"][2]["proportions"], learned)
@@ -130,9 +147,14 @@ def test_the_weights_log_has_a_line_when_p_changes_not_every_step(tmp_path):
 
 
 def test_bad_stages_are_named_all_at_once():
-    stages = [{"at": 1, "proportions": [1, 2]}, {"at": 1, "algorithm": {"name": "doremi"}},
-              {"at": 5, "proportions": "learned", "algorithm": {"name": "odm"}}, {"at": -2, "proportions": [1, 1, 1]},
-              {"at": 7, "algorithm": {"name": "odm", "params": {"alpha": 3}}}, {"at": 8, "proportion": [1, 1, 1]}]
+    stages = [
+        {"at": 1, "proportions": [1, 2]},
+        {"at": 1, "algorithm": {"name": "doremi"}},
+        {"at": 5, "proportions": "learned", "algorithm": {"name": "odm"}},
+        {"at": -2, "proportions": [1, 1, 1]},
+        {"at": 7, "algorithm": {"name": "odm", "params": {"alpha": 3}}},
+        {"at": 8, "proportion": [1, 1, 1]},
+    ]
     with pytest.raises(ConfigError) as err:
         build_algorithm("schedule", NAMES, {"stages": stages})
     lines = str(err.value).splitlines()
@@ -146,8 +168,11 @@ def test_bad_stages_are_named_all_at_once():
     with pytest.raises(ConfigError, match=r"stages\[0\].proportions: 'learned' keeps the p of the stage before"):
         build_algorithm("schedule", NAMES, {"stages": [{"at": 0, "proportions": "learned"}]})
     with pytest.raises(ConfigError, match=r"stages\[1\].at: expected a fraction of max_steps in \[0, 1\)"):
-        build_algorithm("schedule", NAMES, {"unit": "fraction", "stages": [{"at": 0, "proportions": P0},
-                                                                            {"at": 2, "proportions": P1}]})
+        build_algorithm(
+            "schedule",
+            NAMES,
+            {"unit": "fraction", "stages": [{"at": 0, "proportions": P0}, {"at": 2, "proportions": P1}]},
+        )
     with pytest.raises(ConfigError, match=r"stages\[1\].at: 0.01 fraction is step 0"):
         _engine({"unit": "fraction", "stages": [{"at": 0, "proportions": P0}, {"at": 0.01, "proportions": P1}]})
 
@@ -157,9 +182,13 @@ def test_the_summary_is_rewritten_when_it_changes_not_at_every_planned_step(tmp_
 
     written = []
     original = records.write_json_atomic
-    monkeypatch.setattr(records, "write_json_atomic", lambda path, data: (written.append(data["stage"]), original(path, data)))
-    params = {"interpolation": "linear", "stages": [{"at": 0, "proportions": P0}, {"at": 6, "proportions": P1},
-                                                     {"at": 9, "proportions": P2}]}
+    monkeypatch.setattr(
+        records, "write_json_atomic", lambda path, data: (written.append(data["stage"]), original(path, data))
+    )
+    params = {
+        "interpolation": "linear",
+        "stages": [{"at": 0, "proportions": P0}, {"at": 6, "proportions": P1}, {"at": 9, "proportions": P2}],
+    }
     _train(_engine(params, update_step=1000, log_dir=tmp_path), 1, 12, {})
     log = (tmp_path / "schedule_weights.jsonl").read_text().splitlines()
     assert len(log) == 9  # p moved at every step of the two moving stages: a weights-log line each

@@ -86,7 +86,9 @@ class _Regression:
             rows = next(it)
             ids = torch.as_tensor(self.ids[rows])
             mode = "importance" if importance else "objective"
-            c = domain_coefficients(ids, mode, DomainVectors(torch.as_tensor(p), torch.ones(2, dtype=torch.float64), prior))
+            c = domain_coefficients(
+                ids, mode, DomainVectors(torch.as_tensor(p), torch.ones(2, dtype=torch.float64), prior)
+            )
             c = np.ones(len(rows)) if c is None else c.numpy()
             out.append((c[:, None] * grads[rows]).sum(0) / batch)
         return np.array(out)
@@ -150,10 +152,14 @@ def _grad_sums(pairs):
     k = len(pairs)
     g = [np.array(x, dtype=float) if x is not None else np.zeros(0) for x in pairs]
     stats = DomainStats.zeros(k)
-    stats.extras.update({"grad_sum": torch.tensor([[x.sum()] for x in g], dtype=torch.float64),
-                         "grad_sq_sum": torch.tensor([np.square(x).sum() for x in g], dtype=torch.float64),
-                         "grad_groups": torch.tensor([float(x.size) for x in g], dtype=torch.float64),
-                         "grad_samples": torch.tensor([float(x.size) for x in g], dtype=torch.float64)})
+    stats.extras.update(
+        {
+            "grad_sum": torch.tensor([[x.sum()] for x in g], dtype=torch.float64),
+            "grad_sq_sum": torch.tensor([np.square(x).sum() for x in g], dtype=torch.float64),
+            "grad_groups": torch.tensor([float(x.size) for x in g], dtype=torch.float64),
+            "grad_samples": torch.tensor([float(x.size) for x in g], dtype=torch.float64),
+        }
+    )
     return stats
 
 
@@ -198,14 +204,20 @@ def test_composition_with_erma_and_fgls_gives_both_weight_kinds():
 
 
 def test_config_checks(tmp_path):
-    with pytest.raises(ConfigError, match=r"^val_size: VA \(loss_weights_from: erma\) needs a held-out split per domain; set val_size > 0$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^val_size: VA \(loss_weights_from: erma\) needs a held-out split per domain; set val_size > 0$",
+    ):
         load_config(raw=_inline_config(tmp_path, {"name": "va", "params": {"loss_weights_from": {"name": "erma"}}}, 0))
     assert load_config(raw=_inline_config(tmp_path, {"name": "va"}, 0)).mixing.component.name == "va"
     with pytest.raises(ConfigError, match=r"^va.params.loss_weights_from.name: expected a loss-weight algorithm"):
         load_config(raw=_inline_config(tmp_path, {"name": "va", "params": {"loss_weights_from": {"name": "va"}}}, 1))
     with pytest.raises(ConfigError, match=r"^va.params.loss_weights_from.params.beta: expected a number in \(0, 1\]"):
-        load_config(raw=_inline_config(
-            tmp_path, {"name": "va", "params": {"loss_weights_from": {"name": "fgls", "params": {"beta": 3}}}}, 1))
+        load_config(
+            raw=_inline_config(
+                tmp_path, {"name": "va", "params": {"loss_weights_from": {"name": "fgls", "params": {"beta": 3}}}}, 1
+            )
+        )
     with pytest.raises(ConfigError, match=r"^va.params.beta: expected a number in \[0, 1\), got 1.0$"):
         load_config(raw=_inline_config(tmp_path, {"name": "va", "params": {"beta": 1}}, 1))
 
@@ -219,8 +231,10 @@ def _two_rank_va(rank, world, out):
     model, head = _model()
     train_steps(engine, train, model, head, 1, 4)
     a = engine.algorithm
-    torch.save({"p": a.sampling_weights, "w": a.loss_weights, "bound": a.batch_size},
-               os.path.join(out, f"r{rank}_of_{world}.pt"))
+    torch.save(
+        {"p": a.sampling_weights, "w": a.loss_weights, "bound": a.batch_size},
+        os.path.join(out, f"r{rank}_of_{world}.pt"),
+    )
 
 
 @pytest.mark.distributed
@@ -248,7 +262,9 @@ def test_resume_reproduces_the_weight_trajectory(tmp_path):
     resumed.load(tmp_path / "ckpt")
     train_steps(resumed, train, model, head, 6, 8)
 
-    logs = [[json.loads(x) for x in (tmp_path / d / "va_weights.jsonl").read_text().splitlines()] for d in ("full", "cut")]
+    logs = [
+        [json.loads(x) for x in (tmp_path / d / "va_weights.jsonl").read_text().splitlines()] for d in ("full", "cut")
+    ]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4, 6, 8]
     for a, b in zip(*logs):
         assert np.allclose(a["sampling_weights"], b["sampling_weights"], rtol=1e-12)

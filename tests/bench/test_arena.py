@@ -31,8 +31,11 @@ def test_the_yaml_holds_exactly_the_keys_the_method_was_measured_with():
     static = {"method": "static", "mixture": {"a": 0.3, "b": 0.7}, "why": "nothing beats it"}
     keys = yaml.safe_load(recommendation_yaml(["a", "b"], static, {}))
     assert keys["train_type"] == "static" and keys["init_mixture_proportions"] == [0.3, 0.7]
-    doremi = recommendation_yaml(["a", "b"], {"method": "doremi", "mixture": {}, "why": "w"},
-                                 {"reference": {}, "proxy": {"update_step": 5}, "doremi": {}})
+    doremi = recommendation_yaml(
+        ["a", "b"],
+        {"method": "doremi", "mixture": {}, "why": "w"},
+        {"reference": {}, "proxy": {"update_step": 5}, "doremi": {}},
+    )
     assert "mixflow doremi THIS_FILE" in doremi and yaml.safe_load(doremi)["proxy"] == {"update_step": 5}
 
 
@@ -41,8 +44,11 @@ def test_every_domain_keeps_a_validation_and_a_test_document_and_the_split_is_fi
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(n)))
     sources = [DomainSource(n, str(tmp_path / f"{n}.jsonl")) for n in ("big", "tiny")]
     split = split_domains(sources, tmp_path / "split")
-    texts = {(d, part): [json.loads(x)["text"] for x in (folder / f"{d}.jsonl").read_text().splitlines()]
-             for d in ("big", "tiny") for part, folder in split._asdict().items()}
+    texts = {
+        (d, part): [json.loads(x)["text"] for x in (folder / f"{d}.jsonl").read_text().splitlines()]
+        for d in ("big", "tiny")
+        for part, folder in split._asdict().items()
+    }
     assert texts["big", "test"] == ["big 19", "big 39"] and texts["big", "val"] == ["big 9", "big 29"]
     assert texts["big", "train"] == [f"big {i}" for i in range(45) if i % 20 not in (9, 19)]  # in order, all kept
     assert (texts["tiny", "train"], texts["tiny", "val"], texts["tiny", "test"]) == (["tiny 0"], ["tiny 1"], ["tiny 2"])
@@ -58,7 +64,8 @@ def test_a_domain_too_small_to_split_is_named(tmp_path):
         split_domains([DomainSource(n, str(tmp_path / f"{n}.jsonl")) for n in ("ok", "two", "one")], tmp_path / "s")
     assert str(err.value).splitlines() == [
         "domain 'two': 2 document(s); the arena splits documents into train, validation and test, so it needs at least 3",
-        "domain 'one': 1 document(s); the arena splits documents into train, validation and test, so it needs at least 3"]
+        "domain 'one': 1 document(s); the arena splits documents into train, validation and test, so it needs at least 3",
+    ]
 
 
 def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
@@ -68,13 +75,40 @@ def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
     for name in ("a", "b", "c", "e"):
-        (data / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i} " * 40}) + "\n" for i in range(30)))
+        (data / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{name} {i} " * 40}) + "\n" for i in range(30))
+        )
     (data / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"{n}.jsonl"} for n in "abce"}))
-    base = {"tokenizer": "byte", "cutoff_len": 32, "val_size": 0.1, "per_device_train_batch_size": 8, "max_steps": 20,
-            "model_config": {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
-                             "intermediate_size": 64, "max_position_embeddings": 32}, "use_cpu": True}
-    arena = Arena(train_dir=data, test_dir=data, val_dir=data, domains=list("abce"), clean=list("abce"), tokens=dict.fromkeys("abce", 1),
-                  base=base, work=tmp_path / "w", seeds=2, jobs=1, swarm=2, methods=["odm", "pike", "va"])
+    base = {
+        "tokenizer": "byte",
+        "cutoff_len": 32,
+        "val_size": 0.1,
+        "per_device_train_batch_size": 8,
+        "max_steps": 20,
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "intermediate_size": 64,
+            "max_position_embeddings": 32,
+        },
+        "use_cpu": True,
+    }
+    arena = Arena(
+        train_dir=data,
+        test_dir=data,
+        val_dir=data,
+        domains=list("abce"),
+        clean=list("abce"),
+        tokens=dict.fromkeys("abce", 1),
+        base=base,
+        work=tmp_path / "w",
+        seeds=2,
+        jobs=1,
+        swarm=2,
+        methods=["odm", "pike", "va"],
+    )
     with pytest.raises(ValueError) as err:
         check_specs([method_spec(arena, m, 0) for m in arena.methods])
     lines = str(err.value).splitlines()
@@ -92,16 +126,34 @@ def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm
     data.mkdir()
     for name in "abc":
         (data / f"{name}.jsonl").write_text(json.dumps({"text": name}) + "\n")
-    arena = Arena(train_dir=data, test_dir=data, val_dir=data, domains=list("abc"), clean=list("abc"), tokens={"a": 600, "b": 300, "c": 100},
-                  base={"max_steps": 10, "per_device_train_batch_size": 4, "cutoff_len": 8}, work=tmp_path / "w",
-                  seeds=2, jobs=1, swarm=4, methods=[])
+    arena = Arena(
+        train_dir=data,
+        test_dir=data,
+        val_dir=data,
+        domains=list("abc"),
+        clean=list("abc"),
+        tokens={"a": 600, "b": 300, "c": 100},
+        base={"max_steps": 10, "per_device_train_batch_size": 4, "cutoff_len": 8},
+        work=tmp_path / "w",
+        seeds=2,
+        jobs=1,
+        swarm=4,
+        methods=[],
+    )
     ran = []
 
     def fake_runs(specs, jobs, log, devices=0):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5); the
         ran.extend(s.extra["name"] for s in specs)  # natural mixture (0.6, 0.3, 0.1) is lucky on its first seed
-        return [{"extra": s.extra, "steps": 10, "seconds": 1.0,
-                 VAL_TARGET: float(np.abs(np.array(s.extra["mixture"]) - [0.2, 0.3, 0.5]).sum())
-                 - (1.0 if s.extra["name"] == "natural" else 0.0)} for s in specs]
+        return [
+            {
+                "extra": s.extra,
+                "steps": 10,
+                "seconds": 1.0,
+                VAL_TARGET: float(np.abs(np.array(s.extra["mixture"]) - [0.2, 0.3, 0.5]).sum())
+                - (1.0 if s.extra["name"] == "natural" else 0.0),
+            }
+            for s in specs
+        ]
 
     monkeypatch.setattr(arena_module, "run_specs", fake_runs)
     found = search_best_static(arena)

@@ -13,8 +13,21 @@ from mixflow.bench.base import available_benchmarks
 from mixflow.bench.runner import run_benchmarks, select, write_report
 from mixflow.cli.main import main
 
-KEYS = {"name", "claim", "source", "setting", "seeds", "quick", "rows", "comparisons", "holds", "verdict", "elapsed_s",
-        "commit", "machine"}
+KEYS = {
+    "name",
+    "claim",
+    "source",
+    "setting",
+    "seeds",
+    "quick",
+    "rows",
+    "comparisons",
+    "holds",
+    "verdict",
+    "elapsed_s",
+    "commit",
+    "machine",
+}
 COMPARISON_KEYS = {"method", "baseline", "metric", "diff_mean", "ci95", "n_seeds", "verdict"}
 
 
@@ -68,8 +81,13 @@ def test_unknown_names_and_missing_extras_are_one_line_errors(capsys, monkeypatc
     from mixflow.bench import base
 
     bench = next(iter(available_benchmarks().values()))
-    monkeypatch.setitem(base._BENCHMARKS, bench.name, base.Benchmark(bench.name, bench.claim, bench.source,
-                                                                     bench.run, ("no_such_module_xyz",)))
+    monkeypatch.setitem(
+        base._BENCHMARKS,
+        bench.name,
+        base.Benchmark(bench.name, bench.claim, bench.source, bench.run, ("no_such_module_xyz",)),
+    )
     assert importlib.util.find_spec("no_such_module_xyz") is None
-    with pytest.raises(ValueError, match=r"^bench: no_such_module_xyz not installed; run: pip install 'mixflow\[bench\]'$"):
+    with pytest.raises(
+        ValueError, match=r"^bench: no_such_module_xyz not installed; run: pip install 'mixflow\[bench\]'$"
+    ):
         select([bench.name])

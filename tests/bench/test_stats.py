@@ -113,8 +113,9 @@ def test_a_censored_seed_reads_more_than_the_limit_and_keeps_the_mean_undefined(
 def test_a_bootstrap_comparison_reports_its_own_interval_and_sample_size():
     values = [0.1, 0.3, 0.2, 0.4, 0.25, 0.35]
     mean = lambda idx: sum(values[i] for i in idx) / len(idx)  # noqa: E731
-    c = bootstrap_comparison("a", "b", "rho", mean, len(values), "higher", "runs", claim_range=(0.1, None),
-                             resamples=500, seed=3)
+    c = bootstrap_comparison(
+        "a", "b", "rho", mean, len(values), "higher", "runs", claim_range=(0.1, None), resamples=500, seed=3
+    )
     estimate, lo, hi = c.interval
     assert estimate == pytest.approx(sum(values) / 6) and lo < estimate < hi
     assert (lo, hi) == bootstrap_interval(list(range(6)), mean, resamples=500, seed=3)[1:]

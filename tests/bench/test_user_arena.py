@@ -18,11 +18,26 @@ def demo_data(tmp_path_factory):
 
 
 def _config(tmp_path, demo_data):
-    cfg = {"dataset": "code,prose,arithmetic", "dataset_dir": str(demo_data), "tokenizer": "byte", "cutoff_len": 32,
-           "max_samples": 40,
-           "model_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32},
-           "per_device_train_batch_size": 8, "learning_rate": 1e-3, "use_cpu": True, "output_dir": str(tmp_path / "x")}
+    cfg = {
+        "dataset": "code,prose,arithmetic",
+        "dataset_dir": str(demo_data),
+        "tokenizer": "byte",
+        "cutoff_len": 32,
+        "max_samples": 40,
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32,
+        },
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "use_cpu": True,
+        "output_dir": str(tmp_path / "x"),
+    }
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -31,8 +46,24 @@ def _config(tmp_path, demo_data):
 @pytest.mark.slow
 def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path, demo_data, capsys, caplog):
     config, out = _config(tmp_path, demo_data), tmp_path / "arena"
-    command = ["arena", str(config), "--methods", "odm", "--seeds", "2", "--steps", "4", "--swarm", "3",
-               "--clean", "code,prose", "--out", str(out), "--max-documents", "20"]
+    command = [
+        "arena",
+        str(config),
+        "--methods",
+        "odm",
+        "--seeds",
+        "2",
+        "--steps",
+        "4",
+        "--swarm",
+        "3",
+        "--clean",
+        "code,prose",
+        "--out",
+        str(out),
+        "--max-documents",
+        "20",
+    ]
     assert main(command) == 0
     payload = json.loads((out / "arena.json").read_text())
     methods = {row["method"] for row in payload["rows"]}
@@ -58,8 +89,23 @@ def test_arena_on_the_users_domains_recommends_a_mixture_ready_to_train(tmp_path
 
 def test_arena_reports_every_mistake_before_training(tmp_path, demo_data, capsys):
     config = _config(tmp_path, demo_data)
-    assert main(["arena", str(config), "--methods", "odm,magic", "--clean", "code,poetry", "--seeds", "1",
-                 "--out", str(tmp_path / "arena")]) == 2
+    assert (
+        main(
+            [
+                "arena",
+                str(config),
+                "--methods",
+                "odm,magic",
+                "--clean",
+                "code,poetry",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path / "arena"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "methods: unknown ['magic']" in err[0] and "'poetry' is not a domain" in err[1]
     assert "seeds: expected an integer ≥ 2" in err[2]

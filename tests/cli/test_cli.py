@@ -97,9 +97,18 @@ def test_resume_through_the_cli_continues_the_log(tmp_path, demo_data):
     assert moved == [4, 6]
 
 
-SCHEDULE = {"name": "schedule", "params": {"interpolation": "linear", "stages": [
-    {"at": 0, "proportions": [0.4, 0.3, 0.2, 0.1]}, {"at": 2, "proportions": [0.1, 0.2, 0.3, 0.4]},
-    {"at": 4, "algorithm": {"name": "odm"}}, {"at": 6, "proportions": "learned"}]}}
+SCHEDULE = {
+    "name": "schedule",
+    "params": {
+        "interpolation": "linear",
+        "stages": [
+            {"at": 0, "proportions": [0.4, 0.3, 0.2, 0.1]},
+            {"at": 2, "proportions": [0.1, 0.2, 0.3, 0.4]},
+            {"at": 4, "algorithm": {"name": "odm"}},
+            {"at": 6, "proportions": "learned"},
+        ],
+    },
+}
 
 
 def test_a_schedule_resumed_across_its_boundaries_trains_as_the_uninterrupted_run(tmp_path, demo_data, caplog):
@@ -116,7 +125,9 @@ def test_a_schedule_resumed_across_its_boundaries_trains_as_the_uninterrupted_ru
     assert "stage 2 (steps 5–6): odm, from the p in force" in summary
     cut = _config(tmp_path / "b", demo_data, train_type="dynamic_mix", component=SCHEDULE, update_step=1, max_steps=9)
     assert main(["train", str(cut), "max_steps=9", "save_steps=3", "--quiet"]) == 0
-    assert main(["train", str(cut), f"resume_from_checkpoint={tmp_path / 'b' / 'run' / 'checkpoint-3'}", "--quiet"]) == 0
+    assert (
+        main(["train", str(cut), f"resume_from_checkpoint={tmp_path / 'b' / 'run' / 'checkpoint-3'}", "--quiet"]) == 0
+    )
     a, b = weights(tmp_path / "a" / "run"), weights(tmp_path / "b" / "run")
     assert a == b and [r[:3] for r in a][:3] == [(0, 2, 0), (1, 3, 1), (1, 3, 1)]  # planned lines included
     results = [json.loads((tmp_path / d / "run" / "mixflow_results.json").read_text()) for d in "ab"]
@@ -139,8 +150,9 @@ def test_a_domain_at_max_epochs_leaves_the_mixture_said_once_and_in_the_results(
 
 
 def test_unimax_spreads_the_run_as_evenly_as_the_caps_allow(tmp_path, demo_data, caplog):
-    cfg = _config(tmp_path, demo_data, mixture_sample_rule="unimax", unimax_max_epochs=0.001,
-                  init_mixture_proportions=None)
+    cfg = _config(
+        tmp_path, demo_data, mixture_sample_rule="unimax", unimax_max_epochs=0.001, init_mixture_proportions=None
+    )
     with caplog.at_level("INFO", logger="mixflow"):
         assert main(["train", str(cfg), "--quiet"]) == 0
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run summary:"))
@@ -222,8 +234,17 @@ def test_main_leaves_the_caller_s_logger_levels_as_they_were(capsys):
 
 
 def test_the_weight_trajectory_does_not_depend_on_the_dataloader_workers(tmp_path, demo_data, capsys):
-    cfg = _config(tmp_path, demo_data, component={"name": "odm"}, train_type="dynamic_mix", update_step=1,
-                  mixture_plan_horizon=5, max_steps=8, save_strategy="no", tokenized_dir=str(tmp_path / "tok"))
+    cfg = _config(
+        tmp_path,
+        demo_data,
+        component={"name": "odm"},
+        train_type="dynamic_mix",
+        update_step=1,
+        mixture_plan_horizon=5,
+        max_steps=8,
+        save_strategy="no",
+        tokenized_dir=str(tmp_path / "tok"),
+    )
     raw = yaml.safe_load(cfg.read_text())
     raw.pop("component_name", None)
     cfg.write_text(yaml.safe_dump(raw))
@@ -231,12 +252,25 @@ def test_the_weight_trajectory_does_not_depend_on_the_dataloader_workers(tmp_pat
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
         assert main(["train", str(cfg), f"output_dir={out}", f"dataloader_num_workers={workers}", "--quiet"]) == 0
-        logs[workers] = [json.loads(x)["sampling_weights"] for x in (out / "odm_weights.jsonl").read_text().splitlines()]
+        logs[workers] = [
+            json.loads(x)["sampling_weights"] for x in (out / "odm_weights.jsonl").read_text().splitlines()
+        ]
     assert len(logs[0]) == 8 and logs[0] == logs[2]  # the weights apply at batch s + 5 either way
     assert logs[0][-1] != logs[0][0]  # they did move
     # a horizon shorter than the workers' read-ahead is refused before anything runs
-    assert main(["train", str(cfg), f"output_dir={tmp_path / 'short'}", "dataloader_num_workers=2",
-                 "mixture_plan_horizon=2", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(cfg),
+                f"output_dir={tmp_path / 'short'}",
+                "dataloader_num_workers=2",
+                "mixture_plan_horizon=2",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "mixture_plan_horizon: 2 is shorter than the DataLoader's read-ahead of 5 batches" in capsys.readouterr().err
 
 
@@ -245,15 +279,23 @@ def test_packed_documents_can_attend_to_themselves_only(tmp_path, demo_data):
     assert main(["train", str(cfg), "--quiet"]) == 0
     plain = _config(tmp_path, demo_data, save_strategy="no", output_dir=str(tmp_path / "plain"))
     assert main(["train", str(plain), "--quiet"]) == 0
-    losses = [json.loads((out / "mixflow_results.json").read_text())["val_loss"] for out in (tmp_path / "run",
-                                                                                            tmp_path / "plain")]
+    losses = [
+        json.loads((out / "mixflow_results.json").read_text())["val_loss"]
+        for out in (tmp_path / "run", tmp_path / "plain")
+    ]
     assert losses[0] != losses[1]  # the same batches, another attention: another model
     assert json.loads((tmp_path / "run" / "config.json").read_text())["use_cache"] is False
 
 
 def test_a_held_out_split_too_small_for_a_variance_is_an_error(tmp_path, demo_data, capsys):
-    cfg = _config(tmp_path, demo_data, component={"name": "erma"}, train_type="dynamic_mix", val_size=1,
-                  tokenized_dir=str(tmp_path / "tok"))
+    cfg = _config(
+        tmp_path,
+        demo_data,
+        component={"name": "erma"},
+        train_type="dynamic_mix",
+        val_size=1,
+        tokenized_dir=str(tmp_path / "tok"),
+    )
     raw = yaml.safe_load(cfg.read_text())
     raw.pop("component_name", None)
     cfg.write_text(yaml.safe_dump(raw))
@@ -298,7 +340,11 @@ def test_a_checkpoint_with_a_half_written_trainer_state_is_skipped(tmp_path, dem
     (run / "checkpoint-5" / "trainer_state.json").write_text("")  # a kill inside the Trainer's write
     with caplog.at_level("WARNING", logger="mixflow"):
         assert main(["train", str(cfg), "resume_from_checkpoint=true", "--quiet"]) == 0
-    assert "skipping" in caplog.text and "checkpoint-5" in caplog.text and "trainer_state.json does not parse" in caplog.text
+    assert (
+        "skipping" in caplog.text
+        and "checkpoint-5" in caplog.text
+        and "trainer_state.json does not parse" in caplog.text
+    )
     assert json.loads((run / "mixflow_results.json").read_text())["steps"] == 6
 
 
@@ -332,8 +378,18 @@ def test_plot_of_a_directory_without_logs_is_a_one_line_error(tmp_path, capsys):
 
 def test_plain_pytorch_example_trains_and_resumes(tmp_path, demo_data):
     module = _plain_example()
-    common = ["--data-dir", str(demo_data), "--batch-size", "8", "--cutoff-len", "32", "--max-documents", "20",
-              "--out", str(tmp_path / "plain")]
+    common = [
+        "--data-dir",
+        str(demo_data),
+        "--batch-size",
+        "8",
+        "--cutoff-len",
+        "32",
+        "--max-documents",
+        "20",
+        "--out",
+        str(tmp_path / "plain"),
+    ]
     engine = module.main(common + ["--steps", "10"])
     assert engine.last_step == 10
     resumed = module.main(common + ["--steps", "20", "--resume"])
@@ -346,7 +402,9 @@ def _plain_example():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("plain_example", Path(__file__).parents[2] / "examples" / "plain_pytorch.py")
+    spec = importlib.util.spec_from_file_location(
+        "plain_example", Path(__file__).parents[2] / "examples" / "plain_pytorch.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -473,12 +531,26 @@ def test_the_default_cache_lives_under_dataset_dir(tmp_path, demo_data, capsys):
 
 def test_an_instruction_domain_trains_beside_a_text_domain(tmp_path, demo_data, capsys):
     sft = tmp_path / "alpaca.json"
-    sft.write_text(json.dumps([{"instruction": f"add {i} and {i}", "input": "", "output": str(2 * i)}
-                               for i in range(40)]), encoding="utf-8")
-    cfg = _config(tmp_path, demo_data, dataset=None, dataset_dir=None, domains=[
-        {"name": "code", "path": str(demo_data / "code.jsonl")},
-        {"name": "sft", "path": str(sft), "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
-    ], init_mixture_proportions=[0.5, 0.5], tokenized_dir=str(tmp_path / "tok"))
+    sft.write_text(
+        json.dumps([{"instruction": f"add {i} and {i}", "input": "", "output": str(2 * i)} for i in range(40)]),
+        encoding="utf-8",
+    )
+    cfg = _config(
+        tmp_path,
+        demo_data,
+        dataset=None,
+        dataset_dir=None,
+        domains=[
+            {"name": "code", "path": str(demo_data / "code.jsonl")},
+            {
+                "name": "sft",
+                "path": str(sft),
+                "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            },
+        ],
+        init_mixture_proportions=[0.5, 0.5],
+        tokenized_dir=str(tmp_path / "tok"),
+    )
     raw = yaml.safe_load(cfg.read_text())
     raw = {k: v for k, v in raw.items() if v is not None}
     cfg.write_text(yaml.safe_dump(raw))
@@ -516,11 +588,14 @@ def test_an_instruction_domain_trains_beside_a_text_domain(tmp_path, demo_data, 
 
 
 def test_a_cutoff_len_longer_than_a_domain_names_the_key_and_every_domain(tmp_path, demo_data, capsys):
-    cfg = _config(tmp_path, demo_data, cutoff_len=1_000_000,
-                  model_config={**TINY_MODEL, "max_position_embeddings": 1_000_000})
+    cfg = _config(
+        tmp_path, demo_data, cutoff_len=1_000_000, model_config={**TINY_MODEL, "max_position_embeddings": 1_000_000}
+    )
     assert main(["train", str(cfg), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all("cutoff_len: domain" in line and "no row of cutoff_len 1000000" in line for line in err)
+    assert len(err) == 4 and all(
+        "cutoff_len: domain" in line and "no row of cutoff_len 1000000" in line for line in err
+    )
 
 
 def test_a_user_error_is_one_line_and_a_defect_keeps_its_traceback(monkeypatch, capsys):
@@ -547,12 +622,21 @@ def test_the_examples_of_the_newer_components_load_and_train_a_few_steps(tmp_pat
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / f"{name}.yaml"
-    overrides = [f"dataset_dir={demo_data}", f"output_dir={tmp_path / 'run'}", "cutoff_len=32", "save_steps=1000",
-                 f"model_config={json.dumps(TINY_MODEL)}", "per_device_train_batch_size=8", "val_size=4"]
+    overrides = [
+        f"dataset_dir={demo_data}",
+        f"output_dir={tmp_path / 'run'}",
+        "cutoff_len=32",
+        "save_steps=1000",
+        f"model_config={json.dumps(TINY_MODEL)}",
+        "per_device_train_batch_size=8",
+        "val_size=4",
+    ]
     if name == "aioli":  # 4 rounds of 8 steps, LearnParams 4 × 1 step
         overrides.append("component.params={round_steps: 8, sweeps: 1, sweep_steps: 1}")
     if name == "ado":
-        overrides.append("component.params={fit_every: 4, start_step: 4, ignore_steps: 0, block: 1, smooth_window: 5, eps_min: 0.5}")
+        overrides.append(
+            "component.params={fit_every: 4, start_step: 4, ignore_steps: 0, block: 1, smooth_window: 5, eps_min: 0.5}"
+        )
     assert main(["train", str(example), *overrides, "max_steps=12", "--quiet"]) == 0
     results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
     assert results["steps"] == 12 and set(results["epochs"]) == {"code", "prose", "arithmetic", "random"}
@@ -565,13 +649,21 @@ def test_evaluation_sets_of_their_own_are_reported_beside_the_held_out_rows(tmp_
 
     data = tmp_path / "data"
     shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("tokenized"))
-    (data / "wiki_eval.jsonl").write_text("".join(json.dumps({"text": f"an evaluation document {i} " * 8}) + "\n"
-                                                  for i in range(12)))
+    (data / "wiki_eval.jsonl").write_text(
+        "".join(json.dumps({"text": f"an evaluation document {i} " * 8}) + "\n" for i in range(12))
+    )
     info = json.loads((data / "dataset_info.json").read_text())
     info["wiki_eval"] = {"file_name": "wiki_eval.jsonl"}
     (data / "dataset_info.json").write_text(json.dumps(info))
-    cfg = _config(tmp_path, data, dataset="code,prose", init_mixture_proportions=[0.5, 0.5], eval_dataset="wiki_eval",
-                  max_steps=2, save_steps=100)
+    cfg = _config(
+        tmp_path,
+        data,
+        dataset="code,prose",
+        init_mixture_proportions=[0.5, 0.5],
+        eval_dataset="wiki_eval",
+        max_steps=2,
+        save_steps=100,
+    )
     assert main(["train", str(cfg), "--quiet"]) == 0
     results = json.loads((tmp_path / "run" / "mixflow_results.json").read_text())
     assert set(results["val_loss"]) == {"code", "prose", "wiki_eval"}  # the held-out rows and the set of its own

@@ -9,9 +9,18 @@ from mixflow.cli.plot import _pyplot, mark_stages
 
 def test_a_schedules_stages_are_marked_where_each_begins(tmp_path):
     summary = tmp_path / "schedule_summary.json"
-    summary.write_text(json.dumps({"stage": 2, "stages": [
-        {"from_step": 1, "proportions": [0.5, 0.5], "learned": False}, {"from_step": 31, "algorithm": "odm"},
-        {"from_step": 46, "proportions": [0.4, 0.6], "learned": True}]}))
+    summary.write_text(
+        json.dumps(
+            {
+                "stage": 2,
+                "stages": [
+                    {"from_step": 1, "proportions": [0.5, 0.5], "learned": False},
+                    {"from_step": 31, "algorithm": "odm"},
+                    {"from_step": 46, "proportions": [0.4, 0.6], "learned": True},
+                ],
+            }
+        )
+    )
     plt = _pyplot()
     fig, axes = plt.subplots(2, 1)
     mark_stages(axes, summary)
@@ -32,8 +41,16 @@ def test_with_hundreds_of_domains_the_plot_names_the_heaviest_and_groups_the_res
         w = [0.5 / 250] * 256
         for heavy in range(6):  # six domains hold half the mass, one of them only at step 2
             w[heavy * 40] = 0.5 / 6 if heavy or step == 2 else 0.0
-        records.append({"step": step, "domain_names": names, "domain_weights": w, "perdomain_scores": [1.0] * 256,
-                        "sampling_weights": w, "loss_weights": [1.0] * 256})
+        records.append(
+            {
+                "step": step,
+                "domain_names": names,
+                "domain_weights": w,
+                "perdomain_scores": [1.0] * 256,
+                "sampling_weights": w,
+                "loss_weights": [1.0] * 256,
+            }
+        )
     groups = domain_groups(names, records)
     assert len(groups) == NAMED_DOMAINS and [label for label, _ in groups][-1] == "the other 245 domains"
     named = {label for label, idx in groups if len(idx) == 1}

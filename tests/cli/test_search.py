@@ -22,15 +22,51 @@ def _swarm(tmp_path, n=40):
 def test_fit_then_propose_under_a_repetition_cap(tmp_path, capsys):
     mix, loss = _swarm(tmp_path)
     out = tmp_path / "fit"
-    assert main(["search", "fit", str(mix), "--metrics", str(loss), "--target", "metric/web", "--out", str(out),
-                 "--predict", str(mix), "--predict-metrics", str(loss)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "fit",
+                str(mix),
+                "--metrics",
+                str(loss),
+                "--target",
+                "metric/web",
+                "--out",
+                str(out),
+                "--predict",
+                str(mix),
+                "--predict-metrics",
+                str(loss),
+            ]
+        )
+        == 0
+    )
     fit = json.loads((out / "fit.json").read_text())
     assert fit["model"] == "loglinear" and fit["runs"] == 40 and fit["cv"]["spearman"] > 0.95
     assert fit["prediction"]["spearman"] > 0.99
     assert (out / "predictions.csv").read_text().splitlines()[0] == "run,predicted"
     # the law is lowest with everything on web; the cap allows web at most 0.5
-    assert main(["search", "propose", str(out), "--tokens-per-run", "1000", "--max-epochs", "1",
-                 "--domain-tokens", "web=500,code=1e6,books=1e6", "--candidates", "20000", "--bootstrap", "10"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "propose",
+                str(out),
+                "--tokens-per-run",
+                "1000",
+                "--max-epochs",
+                "1",
+                "--domain-tokens",
+                "web=500,code=1e6,books=1e6",
+                "--candidates",
+                "20000",
+                "--bootstrap",
+                "10",
+            ]
+        )
+        == 0
+    )
     proposal = yaml.safe_load((out / "proposal.yaml").read_text())
     weights = dict(zip(proposal["dataset"].split(","), proposal["init_mixture_proportions"]))
     assert weights["web"] <= 0.5 + 1e-6 and weights["books"] > weights["code"]
@@ -41,8 +77,22 @@ def test_fit_then_propose_under_a_repetition_cap(tmp_path, capsys):
 
 def test_bad_input_is_one_line_per_problem_and_no_output(tmp_path, capsys):
     mix, loss = _swarm(tmp_path)
-    assert main(["search", "fit", str(mix), "--metrics", str(loss), "--target", "metric/nope",
-                 "--out", str(tmp_path / "fit")]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "fit",
+                str(mix),
+                "--metrics",
+                str(loss),
+                "--target",
+                "metric/nope",
+                "--out",
+                str(tmp_path / "fit"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'metric/nope'" in err[0] and "matches no metric column" in err[0]
     assert not (tmp_path / "fit").exists()

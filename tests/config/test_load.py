@@ -55,7 +55,9 @@ def test_run_level_proportions_win_over_the_components_file_with_a_notice(tmp_pa
     comp = tmp_path / "components.yaml"
     comp.write_text(yaml.safe_dump({"mixers": {"static": {"name": "static", "params": {"proportions": [0.5, 0.5]}}}}))
     with caplog.at_level("WARNING", logger="mixflow"):
-        run = load_config(write(tmp_path, {**base, "components_cfg_file": str(comp), "init_mixture_proportions": [0.3, 0.7]}))
+        run = load_config(
+            write(tmp_path, {**base, "components_cfg_file": str(comp), "init_mixture_proportions": [0.3, 0.7]})
+        )
     assert run.algorithm.params.proportions is None  # the static algorithm starts from init_mixture_proportions
     assert run.mixing.init_mixture_proportions == [0.3, 0.7]
     assert "init_mixture_proportions [0.3, 0.7] overrides static.params.proportions [0.5, 0.5]" in caplog.text
@@ -63,16 +65,29 @@ def test_run_level_proportions_win_over_the_components_file_with_a_notice(tmp_pa
 
 def test_llama_factory_keys_are_mapped_accepted_or_refused(tmp_path, base, caplog):
     with caplog.at_level("WARNING", logger="mixflow"):
-        run = load_config(write(tmp_path, {**base, "warmup_ratio": 0.1, "stage": "pt", "template": "default",
-                                           "finetuning_type": "full", "plot_loss": True}))
+        run = load_config(
+            write(
+                tmp_path,
+                {
+                    **base,
+                    "warmup_ratio": 0.1,
+                    "stage": "pt",
+                    "template": "default",
+                    "finetuning_type": "full",
+                    "plot_loss": True,
+                },
+            )
+        )
     assert run.training["warmup_steps"] == 0.1  # TrainingArguments reads a float below 1 as a ratio
     assert "finetuning_type, plot_loss, template accepted without effect here" in caplog.text
     assert run.data.stage == "pt"  # ours: checked against the domains
-    for extra, message in (({"finetuning_type": "lora"}, r"^finetuning_type: 'lora' is not supported"),
-                           ({"stage": "sft"}, r"^stage: sft trains on instruction data, but domain 'wiki' is plain text"),
-                           ({"stage": "rm"}, r"^stage: "),
-                           ({"warmup_ratio": 0.1, "warmup_steps": 5}, r"^warmup_ratio: give warmup_ratio or warmup_steps"),
-                           ({"warmup_ratio": 2}, r"^warmup_ratio: expected a number in \[0, 1\)")):
+    for extra, message in (
+        ({"finetuning_type": "lora"}, r"^finetuning_type: 'lora' is not supported"),
+        ({"stage": "sft"}, r"^stage: sft trains on instruction data, but domain 'wiki' is plain text"),
+        ({"stage": "rm"}, r"^stage: "),
+        ({"warmup_ratio": 0.1, "warmup_steps": 5}, r"^warmup_ratio: give warmup_ratio or warmup_steps"),
+        ({"warmup_ratio": 2}, r"^warmup_ratio: expected a number in \[0, 1\)"),
+    ):
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, {**base, **extra}))
     # a LoRA config of LLaMA-Factory: every refused key in one attempt, no "did you mean" of another meaning
@@ -87,8 +102,17 @@ def test_llama_factory_keys_are_mapped_accepted_or_refused(tmp_path, base, caplo
 
 def test_tokenization_cache_keys_are_ours_now(tmp_path, base, caplog):
     with caplog.at_level("WARNING", logger="mixflow"):
-        run = load_config(write(tmp_path, {**base, "overwrite_cache": True, "preprocessing_num_workers": 4,
-                                           "tokenized_dir": str(tmp_path / "tok")}))
+        run = load_config(
+            write(
+                tmp_path,
+                {
+                    **base,
+                    "overwrite_cache": True,
+                    "preprocessing_num_workers": 4,
+                    "tokenized_dir": str(tmp_path / "tok"),
+                },
+            )
+        )
     assert run.data.overwrite_cache is True and run.data.preprocessing_num_workers == 4
     assert run.data.tokenized_dir == str(tmp_path / "tok")
     assert "accepted without effect" not in caplog.text
@@ -102,7 +126,9 @@ def test_values_are_yaml_1_2_scalars_in_files_and_overrides(tmp_path, base):
     path.write_text(yaml.safe_dump(base) + "learning_rate: 1e-4\nsave_strategy: no\n")
     run = load_config(path)
     assert run.training["learning_rate"] == 1e-4 and run.training["save_strategy"] == "no"
-    run = load_config(write(tmp_path, base), parse_overrides(["save_strategy=no", "learning_rate=2e-4", "run_name=1:30"]))
+    run = load_config(
+        write(tmp_path, base), parse_overrides(["save_strategy=no", "learning_rate=2e-4", "run_name=1:30"])
+    )
     assert run.training["save_strategy"] == "no" and run.training["learning_rate"] == 2e-4
     assert run.training["run_name"] == "1:30"
     assert parse_overrides(["a=true", "b=off", "c=10", "d=.5"]) == {"a": True, "b": "off", "c": 10, "d": 0.5}
@@ -120,7 +146,10 @@ def test_components_file_and_inline_component(tmp_path, base):
 BAD = [
     ({"learning_rat": 0.1}, r"learning_rat: unknown key \(did you mean 'learning_rate'\?\)"),
     ({"cutoff_len": "long"}, r"cutoff_len: expected an integer"),
-    ({"init_mixture_proportions": [0.2, 0.3, 0.5]}, r"init_mixture_proportions: expected 2 values \(one per domain\), got 3"),
+    (
+        {"init_mixture_proportions": [0.2, 0.3, 0.5]},
+        r"init_mixture_proportions: expected 2 values \(one per domain\), got 3",
+    ),
     ({"init_mixture_proportions": [1.2, -0.2]}, r"init_mixture_proportions: expected non-negative weights"),
     ({"train_type": "dynamic"}, r"train_type: expected one of"),
     ({"output_dir": None}, r"output_dir: required"),
@@ -128,28 +157,51 @@ BAD = [
     ({"dataset": "wiki,cod"}, r"dataset: .*cod.*did you mean 'code'"),
     ({"update_step": 0}, r"update_step: expected an integer >= 1"),
     ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size: expected an integer >= 1"),
-    ({"component_name": "doremix", "components_cfg_file": "COMP"}, r"component_name: 'doremix' is not in the 'mixers' section"),
-    ({"component": {"name": "static", "params": {"proportion": [1, 1]}}}, r"static.params.proportion: unknown parameter.*did you mean 'proportions'"),
+    (
+        {"component_name": "doremix", "components_cfg_file": "COMP"},
+        r"component_name: 'doremix' is not in the 'mixers' section",
+    ),
+    (
+        {"component": {"name": "static", "params": {"proportion": [1, 1]}}},
+        r"static.params.proportion: unknown parameter.*did you mean 'proportions'",
+    ),
     ({"components_cfg_file": "/nonexistent/components.yaml"}, r"components_cfg_file: file not found"),
     ({"static_mix": "yes"}, r"static_mix: expected true or false"),
     ({"mixture_sample_rule": "stratified"}, r"init_mixture_proportions: only used with mixture_sample_rule 'mixture'"),
-    ({"model_config": {"model_type": "lama"}}, r"model_config.model_type: unknown model type 'lama' \(did you mean 'llama'\?\)"),
+    (
+        {"model_config": {"model_type": "lama"}},
+        r"model_config.model_type: unknown model type 'lama' \(did you mean 'llama'\?\)",
+    ),
     ({"learning_rate": -1.0}, r"learning_rate: expected a number >= 0"),
     ({"val_size": 1.5}, r"val_size: expected a fraction"),
-    ({"train_type": "static", "component_name": "doremii"}, r"component_name: 'doremii' is ignored with train_type static"),
+    (
+        {"train_type": "static", "component_name": "doremii"},
+        r"component_name: 'doremii' is ignored with train_type static",
+    ),
     ({"max_epochs": [1.0]}, r"max_epochs: expected 2 values \(one per domain: wiki, code\), got 1"),
     ({"max_epochs": {"wik": 2}}, r"max_epochs.wik: not a domain of this run \(wiki, code\)"),
     ({"max_epochs": 0}, r"max_epochs: expected a finite number > 0, got 0"),
     ({"unimax_max_epochs": 0}, r"unimax_max_epochs: expected a number > 0, got 0"),
-    ({"component": {"name": "schedule", "params": {"stages": [{"at": 0, "proportions": [1, 1]},
-                                                              {"at": 5, "algorithm": {"name": "fgls"}}]}}},
-     r"stages\[1\].algorithm.name: expected an algorithm whose sampling is the objective"),
+    (
+        {
+            "component": {
+                "name": "schedule",
+                "params": {"stages": [{"at": 0, "proportions": [1, 1]}, {"at": 5, "algorithm": {"name": "fgls"}}]},
+            }
+        },
+        r"stages\[1\].algorithm.name: expected an algorithm whose sampling is the objective",
+    ),
 ]
 
 
 def test_a_schedule_of_fixed_stages_needs_no_update_before_max_steps(tmp_path, base):
     stages = [{"at": 0, "proportions": [1, 1]}, {"at": 5, "proportions": [1, 3]}]
-    cfg = {**base, "component": {"name": "schedule", "params": {"stages": stages}}, "update_step": 1000, "max_steps": 10}
+    cfg = {
+        **base,
+        "component": {"name": "schedule", "params": {"stages": stages}},
+        "update_step": 1000,
+        "max_steps": 10,
+    }
     cfg.pop("init_mixture_proportions")
     assert load_config(write(tmp_path, cfg)).algorithm.name == "schedule"
     stages[1] = {"at": 5, "algorithm": {"name": "odm"}}  # an algorithm stage updates: its first update must come
@@ -204,8 +256,14 @@ def test_cli_prints_one_line_and_exits_2_before_loading_anything(tmp_path, base,
 
 
 def test_every_config_error_is_reported_at_once(tmp_path, base, capsys):
-    cfg = {**base, "stage_two": 1, "learnin_rate": 1e-3, "warmup_stepz": 3, "update_step": "often",
-           "model_config": {"model_type": "lama"}}
+    cfg = {
+        **base,
+        "stage_two": 1,
+        "learnin_rate": 1e-3,
+        "warmup_stepz": 3,
+        "update_step": "often",
+        "model_config": {"model_type": "lama"},
+    }
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, cfg))
     messages = err.value.messages
@@ -236,8 +294,18 @@ def test_train_from_scratch_starts_from_the_directory_config_with_fresh_weights(
     saved = tiny_llama(seed=5, vocab=259)  # the byte tokenizer's ids fit
     saved.save_pretrained(tmp_path / "pretrained")
     cfg = {k: v for k, v in base.items() if k != "model_config"}
-    run = load_config(write(tmp_path, {**cfg, "model_name_or_path": str(tmp_path / "pretrained"), "train_from_scratch": True,
-                                       "tokenizer": "byte", "cutoff_len": 32}))
+    run = load_config(
+        write(
+            tmp_path,
+            {
+                **cfg,
+                "model_name_or_path": str(tmp_path / "pretrained"),
+                "train_from_scratch": True,
+                "tokenizer": "byte",
+                "cutoff_len": 32,
+            },
+        )
+    )
     fresh = build_model(run, tokenizer=None)
     assert fresh.config.hidden_size == saved.config.hidden_size and fresh.config.num_hidden_layers == 2
     weight = "model.layers.0.mlp.up_proj.weight"
@@ -263,20 +331,43 @@ def test_inline_domains_read_columns_like_dataset_info_entries(tmp_path, base, d
 
     inline = {k: v for k, v in base.items() if k not in ("dataset", "dataset_dir")}
     wiki = str(data_dir / "wiki.jsonl")
-    run = load_config(write(tmp_path, {**inline, "domains": [
-        {"name": "a", "path": wiki, "columns": {"prompt": "body"}},
-        {"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}}]}))
+    run = load_config(
+        write(
+            tmp_path,
+            {
+                **inline,
+                "domains": [
+                    {"name": "a", "path": wiki, "columns": {"prompt": "body"}},
+                    {"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}},
+                ],
+            },
+        )
+    )
     a, b = domain_sources(run)
     assert (a.text_field, a.formatting) == ("body", None)  # columns.prompt, as in dataset_info.json
     assert b.formatting is not None and b.formatting.kind == "alpaca"
-    for domain, message in (({"columns": {"prompt": "q", "answer": "r"}}, r"^domains\[0\]: columns\.answer: a text entry"),
-                            ({"columns": {"prompt": "q", "response": "r"}, "text_field": "t"},
-                             r"^domains\[0\]: text_field: an instruction entry")):
+    for domain, message in (
+        ({"columns": {"prompt": "q", "answer": "r"}}, r"^domains\[0\]: columns\.answer: a text entry"),
+        (
+            {"columns": {"prompt": "q", "response": "r"}, "text_field": "t"},
+            r"^domains\[0\]: text_field: an instruction entry",
+        ),
+    ):
         with pytest.raises(ConfigError, match=message):
             load_config(write(tmp_path, {**inline, "domains": [{"name": "a", "path": wiki, **domain}]}))
-    with pytest.raises(ConfigError, match=r"^task: classification reads a text and a label per example, but domain 'b'"):
-        load_config(write(tmp_path, {**inline, "task": "classification", "domains": [
-            {"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}}]}))
+    with pytest.raises(
+        ConfigError, match=r"^task: classification reads a text and a label per example, but domain 'b'"
+    ):
+        load_config(
+            write(
+                tmp_path,
+                {
+                    **inline,
+                    "task": "classification",
+                    "domains": [{"name": "b", "path": wiki, "columns": {"prompt": "q", "response": "r"}}],
+                },
+            )
+        )
 
 
 def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, base):
@@ -288,7 +379,7 @@ def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, 
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 1000, "n_positions": 128}))
     rng = random.Random(0)  # enough distinct words for 1200 tokens
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(4000)]
-    tokenizer = train_bpe([" ".join(words[i:i + 200]) for i in range(0, 4000, 20)], tmp_path / "tok", 1200)
+    tokenizer = train_bpe([" ".join(words[i : i + 200]) for i in range(0, 4000, 20)], tmp_path / "tok", 1200)
     cfg = {k: v for k, v in base.items() if k != "model_config"}
     cfg.update(model_name_or_path=str(model), cutoff_len=256)
     with pytest.raises(ConfigErrors) as err:  # no tokenizer in the model directory, and too long rows
@@ -299,8 +390,11 @@ def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, 
     cfg.update(tokenizer=str(tokenizer), cutoff_len=128)
     with pytest.raises(ConfigError, match="its vocabulary has 1200 tokens, more than the model's vocab_size 1000"):
         load_config(write(tmp_path, cfg))
-    rope = {**base, "model_config": {"model_type": "llama", "hidden_size": 16, "max_position_embeddings": 256},
-            "cutoff_len": 512}
+    rope = {
+        **base,
+        "model_config": {"model_type": "llama", "hidden_size": 16, "max_position_embeddings": 256},
+        "cutoff_len": 512,
+    }
     with pytest.raises(ConfigError, match="cutoff_len: 512 is longer than the model's max_position_embeddings 256"):
         load_config(write(tmp_path, rope))
     shapes = {**base, "model_config": {"model_type": "llama", "hidden_size": -32, "num_hidden_layers": 1}}
@@ -316,25 +410,51 @@ def test_a_model_that_cannot_take_the_data_is_refused_from_its_config(tmp_path, 
 def test_every_error_of_every_layer_at_once_and_nothing_silently_accepted(tmp_path, base):
     from mixflow.config.errors import ConfigErrors
 
-    bad = {**base, "learning_rat": 1e-3, "per_device_train_batch_size": "big", "max_steps": -5, "save_steps": 0,
-           "init_mixture_proportions": [0.5, 0.3, 0.2]}
+    bad = {
+        **base,
+        "learning_rat": 1e-3,
+        "per_device_train_batch_size": "big",
+        "max_steps": -5,
+        "save_steps": 0,
+        "init_mixture_proportions": [0.5, 0.3, 0.2],
+    }
     with pytest.raises(ConfigErrors) as err:
         load_config(write(tmp_path, bad))
     text = "\n".join(err.value.messages)
     # an unknown key no longer hides the type errors and the cross-field checks
-    for expected in ("learning_rat: unknown key", "per_device_train_batch_size: expected", "max_steps: expected a positive",
-                     "save_steps: expected a number of steps > 0"):
+    for expected in (
+        "learning_rat: unknown key",
+        "per_device_train_batch_size: expected",
+        "max_steps: expected a positive",
+        "save_steps: expected a number of steps > 0",
+    ):
         assert expected in text, expected
     assert "invalid literal" not in text
     # each layer's checks report all their problems, not the first
-    layered = {**base, "cutoff_len": 0, "val_size": -1, "max_samples": 0,
-               "mixture_sample_rule": "temperature", "mixture_temperature": -1, "update_step": 0,
-               "model_config": {"model_type": "lama"}, "tokenizer": str(tmp_path / "no-tokenizer")}
+    layered = {
+        **base,
+        "cutoff_len": 0,
+        "val_size": -1,
+        "max_samples": 0,
+        "mixture_sample_rule": "temperature",
+        "mixture_temperature": -1,
+        "update_step": 0,
+        "model_config": {"model_type": "lama"},
+        "tokenizer": str(tmp_path / "no-tokenizer"),
+    }
     with pytest.raises(ConfigErrors) as err:
         load_config(write(tmp_path, layered))
     keys = [m.split(":")[0] for m in err.value.messages]
-    for key in ("cutoff_len", "val_size", "max_samples", "mixture_temperature", "init_mixture_proportions",
-                "update_step", "model_config.model_type", "tokenizer"):
+    for key in (
+        "cutoff_len",
+        "val_size",
+        "max_samples",
+        "mixture_temperature",
+        "init_mixture_proportions",
+        "update_step",
+        "model_config.model_type",
+        "tokenizer",
+    ):
         assert key in keys, key
     # an adaptive algorithm that would never update
     odm = {**base, "component_name": None, "component": {"name": "odm"}, "max_steps": 10, "warmup_step": 20}
@@ -345,8 +465,11 @@ def test_every_error_of_every_layer_at_once_and_nothing_silently_accepted(tmp_pa
         load_config(write(tmp_path, {**odm, "warmup_step": 0, "update_step": 1, "update_times": 0}))
     # a weight that is not a number, at load (not after the data is read)
     nan = tmp_path / "nan.yaml"
-    nan.write_text(yaml.safe_dump({**base, "train_type": "static", "mixture_sample_rule": "mixture"}).replace(
-        "init_mixture_proportions:\n- 0.5\n- 0.5", "init_mixture_proportions: [.nan, 0.5]"))
+    nan.write_text(
+        yaml.safe_dump({**base, "train_type": "static", "mixture_sample_rule": "mixture"}).replace(
+            "init_mixture_proportions:\n- 0.5\n- 0.5", "init_mixture_proportions: [.nan, 0.5]"
+        )
+    )
     with pytest.raises(ConfigError, match=r"init_mixture_proportions: expected finite weights"):
         load_config(nan)
     # a key given twice in the file

@@ -108,10 +108,12 @@ def test_dataset_rows_labels_ids_and_the_language_model_split(tmp_path):
 
 
 def test_collator_pads_inputs_and_stacks_labels():
-    batch = ClassificationCollator(pad_token_id=9)([
-        {"input_ids": torch.tensor([1, 2, 3]), "labels": 1, "domain_ids": 0, "sample_ids": 4},
-        {"input_ids": torch.tensor([5]), "labels": 0, "domain_ids": 1, "sample_ids": 7},
-    ])
+    batch = ClassificationCollator(pad_token_id=9)(
+        [
+            {"input_ids": torch.tensor([1, 2, 3]), "labels": 1, "domain_ids": 0, "sample_ids": 4},
+            {"input_ids": torch.tensor([5]), "labels": 0, "domain_ids": 1, "sample_ids": 7},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[1, 2, 3], [5, 9, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
@@ -123,9 +125,20 @@ def test_classifier_from_config_and_accuracy_metric():
 
     from mixflow.recipes.classification import build_classifier
 
-    run = SimpleNamespace(model=SimpleNamespace(model_name_or_path=None, model_config={
-        "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}))
+    run = SimpleNamespace(
+        model=SimpleNamespace(
+            model_name_or_path=None,
+            model_config={
+                "model_type": "llama",
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 32,
+            },
+        )
+    )
     model = build_classifier(run, ByteTokenizer(), LabelVocabulary(3, ["a", "b", "c"]))
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert model.config.num_labels == 3 and model.config.pad_token_id == ByteTokenizer.pad_token_id
@@ -168,8 +181,12 @@ def test_classification_config_keys_are_checked_at_load(tmp_path):
 
     data = _jsonl(tmp_path / "a.jsonl", [{"text": "x", "label": 0}])
     test = _jsonl(tmp_path / "test.jsonl", [{"text": "y", "label": 1}])
-    base = {"domains": [{"name": "a", "path": data}], "model_config": {"model_type": "llama"},
-            "output_dir": str(tmp_path / "out"), "train_type": "static"}
+    base = {
+        "domains": [{"name": "a", "path": data}],
+        "model_config": {"model_type": "llama"},
+        "output_dir": str(tmp_path / "out"),
+        "train_type": "static",
+    }
     run = load_config(raw={**base, "task": "classification", "eval_data": test, "real_data": [test], "num_labels": 3})
     assert run.data.eval_data == [test] and run.data.real_data == [test] and run.model.num_labels == 3
     cases = [
@@ -187,8 +204,22 @@ def test_classification_config_keys_are_checked_at_load(tmp_path):
 def test_classification_demo_command(tmp_path, capsys):
     from mixflow.cli.main import main
 
-    assert main(["data", "classification-demo", str(tmp_path), "--per-topic", "20", "--real-size", "8",
-                 "--test-per-topic", "3"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "classification-demo",
+                str(tmp_path),
+                "--per-topic",
+                "20",
+                "--real-size",
+                "8",
+                "--test-per-topic",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "real (real_data)" in out and "wrong 'positive' label" in out
     assert len((tmp_path / "real.jsonl").read_text().splitlines()) == 8

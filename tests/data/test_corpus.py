@@ -11,17 +11,19 @@ from mixflow.data.corpus import DOMAINS, CorpusDomain, build_corpus, hexdump, ro
 
 
 def test_roff_text_keeps_the_words_and_drops_the_markup():
-    source = "\n".join([
-        '.\\" a comment',
-        ".TH FAILLOG 8",
-        ".de XX",
-        "macro body, not text",
-        "..",
-        ".SH BESCHREIBUNG",
-        "faillog \\- Examiner d\\*(Aq\\('echecs \\(`a z\\('ero, gr\\(:o\\(ss, \\fBgras\\fR \\(Fotexte\\(Fc \\[u00E9]",
-        ".IP \\(bu 2",
-        ".B \\-\\-all",
-    ])
+    source = "\n".join(
+        [
+            '.\\" a comment',
+            ".TH FAILLOG 8",
+            ".de XX",
+            "macro body, not text",
+            "..",
+            ".SH BESCHREIBUNG",
+            "faillog \\- Examiner d\\*(Aq\\('echecs \\(`a z\\('ero, gr\\(:o\\(ss, \\fBgras\\fR \\(Fotexte\\(Fc \\[u00E9]",
+            ".IP \\(bu 2",
+            ".B \\-\\-all",
+        ]
+    )
     assert roff_text(source) == "BESCHREIBUNG\nfaillog - Examiner d'échecs à zéro, größ, gras «texte» é\n•\n--all"
 
 
@@ -42,8 +44,9 @@ def _domains(root):
         files[name] = folder
     return (
         CorpusDomain("alpha", "alpha files", lambda: sorted(files["alpha"].iterdir()), lambda p: p.read_text(), 12_000),
-        CorpusDomain("beta", "beta files", lambda: sorted(files["beta"].iterdir()), lambda p: p.read_text(), 3_000,
-                     clean=False),
+        CorpusDomain(
+            "beta", "beta files", lambda: sorted(files["beta"].iterdir()), lambda p: p.read_text(), 3_000, clean=False
+        ),
     )
 
 

@@ -9,13 +9,9 @@ from mixflow.data.packing import TokenizedDomain
 
 
 def _domains():
-    a = TokenizedDomain(
-        "a", train=np.arange(6, dtype=np.int32).reshape(3, 2), val=np.zeros((1, 2), np.int32)
-    )
+    a = TokenizedDomain("a", train=np.arange(6, dtype=np.int32).reshape(3, 2), val=np.zeros((1, 2), np.int32))
     empty = TokenizedDomain("empty", train=np.empty((0, 2), np.int32), val=np.empty((0, 2), np.int32))
-    b = TokenizedDomain(
-        "b", train=np.full((2, 2), 7, np.int32), val=np.array([[8, 9], [10, 11]], np.int32)
-    )
+    b = TokenizedDomain("b", train=np.full((2, 2), 7, np.int32), val=np.array([[8, 9], [10, 11]], np.int32))
     return [a, empty, b]
 
 
@@ -132,10 +128,11 @@ def test_document_attention_lets_each_packed_document_see_itself_only():
     assert "attention_mask" not in per_doc
     with torch.no_grad():
         # no KV cache (training needs none): with one, transformers skips the packed-sequence mask
-        packed = model(input_ids=per_doc["input_ids"], position_ids=per_doc["position_ids"],
-                       use_cache=False).logits[0, len(first):]
+        packed = model(input_ids=per_doc["input_ids"], position_ids=per_doc["position_ids"], use_cache=False).logits[
+            0, len(first) :
+        ]
         alone = model(input_ids=torch.tensor([second])).logits[0]
         causal = DomainCollator(0)([row])
-        seen = model(input_ids=causal["input_ids"], attention_mask=causal["attention_mask"]).logits[0, len(first):]
+        seen = model(input_ids=causal["input_ids"], attention_mask=causal["attention_mask"]).logits[0, len(first) :]
     assert torch.allclose(packed, alone, atol=1e-5)  # the second document never saw the first
     assert not torch.allclose(seen, alone, atol=1e-3)  # with plain causal packing it did

@@ -60,8 +60,9 @@ def test_errors_name_the_pattern_the_shard_and_the_line(tmp_path):
 
 def test_dataset_info_file_name_may_be_a_folder_and_config_errors_come_first(tmp_path):
     _jsonl(tmp_path / "data" / "web" / "part-0.jsonl", ["x " * 50])
-    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"web": {"file_name": "web"},
-                                                                      "gone": {"file_name": "gone/*.jsonl"}}))
+    (tmp_path / "data" / "dataset_info.json").write_text(
+        json.dumps({"web": {"file_name": "web"}, "gone": {"file_name": "gone/*.jsonl"}})
+    )
     (source,) = sources_from_dataset_info(tmp_path / "data", ["web"])
     assert [p.name for p in resolve_files(source)] == ["part-0.jsonl"]
     base = {"model_config": {"model_type": "llama"}, "output_dir": str(tmp_path / "out")}

@@ -24,14 +24,24 @@ def test_a_megatron_dataset_reads_as_its_documents(tmp_path, dtype):
     prefix = write_megatron(tmp_path / "web_text_document", _with_eos(DOCS), dtype)
     one_per_doc = read_megatron(prefix, cutoff_len=8, packing=False)
     assert [one_per_doc.rows[i].tolist() for i in range(4)] == [
-        [1, 2, 3, 4, 5, 0], [10, 11, 12, 0], list(range(20, 28)), [30, 31, 0]]  # the third cut at 8
+        [1, 2, 3, 4, 5, 0],
+        [10, 11, 12, 0],
+        list(range(20, 28)),
+        [30, 31, 0],
+    ]  # the third cut at 8
     assert one_per_doc.documents == 4 and one_per_doc.num_tokens == 6 + 4 + 8 + 3
     packed = read_megatron(str(prefix) + ".bin", cutoff_len=4, packing=True)  # the .bin path works too
     stream = np.concatenate(_with_eos(DOCS))
     assert len(packed.rows) == stream.size // 4
-    assert np.concatenate([packed.rows[i] for i in range(len(packed.rows))]).tolist() == stream[: 4 * len(packed.rows)].tolist()
+    assert (
+        np.concatenate([packed.rows[i] for i in range(len(packed.rows))]).tolist()
+        == stream[: 4 * len(packed.rows)].tolist()
+    )
     split = one_per_doc.rows.take(np.array([3, 1]))
-    assert [split[0].tolist(), split[1].tolist()] == [[30, 31, 0], [10, 11, 12, 0]] and split.lengths().tolist() == [3, 4]
+    assert [split[0].tolist(), split[1].tolist()] == [[30, 31, 0], [10, 11, 12, 0]] and split.lengths().tolist() == [
+        3,
+        4,
+    ]
 
 
 def test_damaged_megatron_files_are_named(tmp_path):
@@ -42,14 +52,18 @@ def test_damaged_megatron_files_are_named(tmp_path):
         read_megatron(prefix, 8, False)
     write_megatron(prefix, _with_eos(DOCS))
     data = idx.read_bytes()
-    for damaged, message in [(b"NOTANIDX!" + data[9:], "not a Megatron index"),
-                             (data[:9] + (2).to_bytes(8, "little") + data[17:], "index version 2, expected 1"),
-                             (data[:17] + bytes([9]) + data[18:], "dtype code 9"),
-                             (data[:-8], "a truncated index")]:
+    for damaged, message in [
+        (b"NOTANIDX!" + data[9:], "not a Megatron index"),
+        (data[:9] + (2).to_bytes(8, "little") + data[17:], "index version 2, expected 1"),
+        (data[:17] + bytes([9]) + data[18:], "dtype code 9"),
+        (data[:-8], "a truncated index"),
+    ]:
         idx.write_bytes(damaged)
         with pytest.raises(DataError, match=message):
             read_megatron(prefix, 8, False)
-    with pytest.raises(FileNotFoundError, match=r"missing.idx: not found \(a Megatron dataset is PREFIX.bin and PREFIX.idx\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"missing.idx: not found \(a Megatron dataset is PREFIX.bin and PREFIX.idx\)"
+    ):
         read_megatron(tmp_path / "missing", 8, False)
     write_megatron(tmp_path / "empty", [])
     with pytest.raises(DataError, match="no document"):
@@ -61,8 +75,10 @@ def test_numpy_token_arrays_split_at_eos(tmp_path):
     stream = np.concatenate(_with_eos(DOCS)).astype(np.uint16)
     np.save(tmp_path / "tokens.npy", stream)
     stream.tofile(tmp_path / "tokens.bin")
-    for domain in (read_numpy(tmp_path / "tokens.npy", 16, False, EOS),
-                   read_numpy(tmp_path / "tokens.bin", 16, False, EOS, dtype="uint16")):
+    for domain in (
+        read_numpy(tmp_path / "tokens.npy", 16, False, EOS),
+        read_numpy(tmp_path / "tokens.bin", 16, False, EOS, dtype="uint16"),
+    ):
         assert [domain.rows[i].tolist() for i in range(4)] == [d.tolist() for d in _with_eos(DOCS)]
     assert len(read_numpy(tmp_path / "tokens.npy", 5, True, None).rows) == stream.size // 5
     with pytest.raises(DataError, match=r"tokens.npy: holds uint16, but the domain declares dtype int32"):
@@ -99,20 +115,46 @@ def _pretokenized_data(root, top=250):
     write_megatron(root / "web_text_document", docs)
     np.save(root / "code.npy", np.concatenate(docs[:20]).astype(np.uint16))
     np.concatenate(docs[20:]).astype(np.int32).tofile(root / "books.bin")
-    (root / "dataset_info.json").write_text(json.dumps({
-        "web": {"file_name": "web_text_document"}, "code": {"file_name": "code.npy"},
-        "books": {"file_name": "books.bin", "format": "numpy", "dtype": "int32"}}))
+    (root / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "web": {"file_name": "web_text_document"},
+                "code": {"file_name": "code.npy"},
+                "books": {"file_name": "books.bin", "format": "numpy", "dtype": "int32"},
+            }
+        )
+    )
 
 
 def _train_config(tmp_path, **extra):
     import yaml
 
-    cfg = {"dataset": "web,code,books", "dataset_dir": str(tmp_path / "data"), "tokenizer": "byte", "cutoff_len": 16,
-           "packing": False, "val_size": 2, "train_type": "static", "mixture_sample_rule": "uniform",
-           "model_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32},
-           "output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 6, "max_steps": 3, "save_strategy": "no",
-           "use_cpu": True, "disable_tqdm": True, **extra}
+    cfg = {
+        "dataset": "web,code,books",
+        "dataset_dir": str(tmp_path / "data"),
+        "tokenizer": "byte",
+        "cutoff_len": 16,
+        "packing": False,
+        "val_size": 2,
+        "train_type": "static",
+        "mixture_sample_rule": "uniform",
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32,
+        },
+        "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 6,
+        "max_steps": 3,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        **extra,
+    }
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -156,12 +198,20 @@ def test_a_pretokenized_entrys_mistakes_are_named_all_at_once(tmp_path):
     write_megatron(tmp_path / "web", _with_eos(DOCS))
     assert domain_source("web", str(tmp_path / "web"), "domains[0]").token_format == "megatron"  # from the path
     with pytest.raises(DataError) as err:
-        domain_source("web", str(tmp_path / "web"), "domains[0]", text_field="body", token_format="numpy",
-                      dtype="float32", eos_id=-1)
+        domain_source(
+            "web",
+            str(tmp_path / "web"),
+            "domains[0]",
+            text_field="body",
+            token_format="numpy",
+            dtype="float32",
+            eos_id=-1,
+        )
     assert str(err.value).splitlines() == [
         "domains[0]: text_field: a pre-tokenized domain (numpy) has no text to read",
         "domains[0]: dtype: expected an integer dtype such as uint16 or int32, got 'float32'",
-        "domains[0]: eos_id: expected a token id (an integer >= 0), got -1"]
+        "domains[0]: eos_id: expected a token id (an integer >= 0), got -1",
+    ]
     with pytest.raises(DataError, match=r"format: expected one of \['megatron', 'numpy', 'mixflow'\], got 'arrow'"):
         domain_source("web", str(tmp_path / "web"), "domains[0]", token_format="arrow")
     with pytest.raises(DataError, match=r"dtype: only for a pre-tokenized domain"):
@@ -175,8 +225,11 @@ def test_several_prefixes_are_one_domain_whether_a_folder_a_glob_or_a_list(tmp_p
     write_megatron(shards / "web_00_text_document", _with_eos(DOCS[:2]))
     write_megatron(shards / "web_01_text_document", _with_eos(DOCS[2:]), "int32")  # dtypes may differ
     stream = np.concatenate(_with_eos(DOCS)).tolist()
-    ways = [str(shards), str(shards / "web_*_text_document"),
-            [str(shards / "web_00_text_document"), str(shards / "web_01_text_document")]]
+    ways = [
+        str(shards),
+        str(shards / "web_*_text_document"),
+        [str(shards / "web_00_text_document"), str(shards / "web_01_text_document")],
+    ]
     for path in ways:
         assert detect_token_format(path) == "megatron"
         per_doc = read_megatron(path, cutoff_len=16, packing=False)

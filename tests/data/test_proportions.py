@@ -117,4 +117,6 @@ def test_the_unimax_rule_needs_the_budget_and_spreads_it() -> None:
     with pytest.raises(ValueError, match="unimax needs the run's budget"):
         resolve_proportions("unimax", [10, 1000, 1000])
     # 300 rows, at most 2 epochs: the 10-row domain takes its 20, the others share the rest equally
-    assert np.allclose(resolve_proportions("unimax", [10, 1000, 1000], budget=300, max_epochs=2.0), [20 / 300, 140 / 300, 140 / 300])
+    assert np.allclose(
+        resolve_proportions("unimax", [10, 1000, 1000], budget=300, max_epochs=2.0), [20 / 300, 140 / 300, 140 / 300]
+    )

@@ -304,8 +304,11 @@ def test_state_dict_index_checks_and_snapshot_window() -> None:
 def test_load_state_dict_checks_the_configuration() -> None:
     state = MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=11).state_dict()
     for field, sampler, says in [
-        ("domain_sizes", MixtureSampler([500, 3000, 40, 10001], WEIGHTS, batch_size=64, seed=11),
-         "the checkpoint's domains have"),
+        (
+            "domain_sizes",
+            MixtureSampler([500, 3000, 40, 10001], WEIGHTS, batch_size=64, seed=11),
+            "the checkpoint's domains have",
+        ),
         ("batch_size", MixtureSampler(SIZES, WEIGHTS, batch_size=32, seed=11), "expected"),
         ("seed", MixtureSampler(SIZES, WEIGHTS, batch_size=64, seed=12), "expected"),
     ]:
@@ -410,8 +413,8 @@ def test_a_domain_at_its_max_epochs_leaves_the_mixture_and_the_others_renormalis
     per_domain = counts.cumsum(axis=0)
     assert per_domain[-1, 2] == 60 and (counts.sum(axis=1) == 64).all()  # exactly its cap; full batches
     left = int(np.argmax(per_domain[:, 2] == 60))
-    assert (counts[left + 1:, 2] == 0).all()
-    later = counts[left + 1:].sum(axis=0)  # the rest keep their ratios 0.3 : 0.4 : 0.2
+    assert (counts[left + 1 :, 2] == 0).all()
+    later = counts[left + 1 :].sum(axis=0)  # the rest keep their ratios 0.3 : 0.4 : 0.2
     assert np.allclose(later[[0, 1, 3]] / later.sum(), np.array([0.3, 0.4, 0.2]) / 0.9, atol=0.01)
     assert np.allclose(s.planned_weights(39), [1 / 3, 4 / 9, 0, 2 / 9])  # what the batch was drawn with
     assert s.drawn_before(40)[2] == 60 and s.row_caps is not None and s.row_caps[2] == 60

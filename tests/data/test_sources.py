@@ -73,9 +73,7 @@ def test_saved_hf_dataset_dict_uses_train(tmp_path):
 def test_saved_hf_dataset_dict_without_train(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": ["e"]})}).save_to_disk(
-        str(tmp_path / "dd")
-    )
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": ["e"]})}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(ValueError, match="'train' split"):
         read_documents(DomainSource("a", str(tmp_path / "dd")))
 

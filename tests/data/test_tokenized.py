@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from mixflow.data import tokenized as tk
+from mixflow.data.cache_build import _tmp_suffix
 from mixflow.data.packing import split_indices, tokenize_in_memory
 from mixflow.data.rows import TokenFile, TokenRows
 from mixflow.data.sources import DomainSource
@@ -124,10 +125,10 @@ def test_a_build_that_dies_leaves_no_entry_and_the_next_run_builds_it(tmp_path):
     dead = multiprocessing.get_context("spawn").Process(target=os.getpid)
     dead.start()
     dead.join()  # a pid that no process holds now
-    stale = target.parent / f"{target.name}{tk._tmp_suffix(dead.pid)}"
+    stale = target.parent / f"{target.name}{_tmp_suffix(dead.pid)}"
     (stale / "tokens.bin").parent.mkdir()
     (stale / "tokens.bin").write_bytes(b"\0" * 1000)
-    live = target.parent / f"other-0123456789abcdef{tk._tmp_suffix(os.getppid())}"  # a running build is never touched
+    live = target.parent / f"other-0123456789abcdef{_tmp_suffix(os.getppid())}"  # a running build is never touched
     live.mkdir()
     elsewhere = target.parent / f"other-0123456789abcdef.tmp-another-host-{dead.pid}"  # another machine's build
     elsewhere.mkdir()
@@ -164,7 +165,10 @@ def test_a_vocabulary_over_65536_is_stored_as_uint32(tmp_path):
     source = _source(tmp_path, ["x", "y"])
     entry = tk.cache_domain(source, _WideTokenizer(), tmp_path / "cache", cutoff_len=4, progress=False)
     assert entry.rows.tokens.dtype == np.uint32
-    assert _rows(entry.rows) == [[69_999, 65_536, 3, ByteTokenizer.eos_token_id], [69_999, 65_536, 3, ByteTokenizer.eos_token_id]]
+    assert _rows(entry.rows) == [
+        [69_999, 65_536, 3, ByteTokenizer.eos_token_id],
+        [69_999, 65_536, 3, ByteTokenizer.eos_token_id],
+    ]
 
 
 class _SlowTokenizer(ByteTokenizer):

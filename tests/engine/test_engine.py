@@ -95,8 +95,15 @@ def test_updates_change_sampler_weights_and_log_whole_lines(tmp_path):
     records = [json.loads(x) for x in lines]
     assert [r["step"] for r in records] == [2, 4]
     for r in records:
-        assert set(r) >= {"step", "timestamp", "domain_names", "domain_weights", "perdomain_scores",
-                          "sampling_weights", "loss_weights"}
+        assert set(r) >= {
+            "step",
+            "timestamp",
+            "domain_names",
+            "domain_weights",
+            "perdomain_scores",
+            "sampling_weights",
+            "loss_weights",
+        }
         assert np.isclose(sum(r["domain_weights"]), 1.0)
     # domain c has the highest loss here (largest wrong logit), so the follow-loss rule upweights it
     assert records[-1]["sampling_weights"][2] > records[-1]["sampling_weights"][0]
@@ -134,7 +141,9 @@ class _Broken(DomainAlgorithm):
 
 def test_invalid_weights_from_an_algorithm_are_rejected(caplog):
     algo = _Broken(["a", "b", "c"], _P(), init_weights=[0.2, 0.3, 0.5])
-    engine = StepEngine(MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1))
+    engine = StepEngine(
+        MixtureSampler([10, 10, 10], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=1)
+    )
     _feed(engine, [0, 1, 2, 0, 1, 2], 0)
     with caplog.at_level(logging.WARNING, logger="mixflow"):
         assert engine.end_step(1) is False
@@ -172,7 +181,9 @@ def test_weights_changed_between_updates_take_the_updates_road(tmp_path, caplog)
             _feed(engine, [0, 1, 2] * 3 + [0], step - 1)
             engine.end_step(step)
     # p decided after step 3 is drawn from step 3 + lead (1 + horizon), w counts from the next step
-    assert all(np.allclose(p[s], [0.2, 0.3, 0.5]) for s in range(1, 6)) and all(np.allclose(p[s], [0.6, 0.3, 0.1]) for s in (6, 7, 8))
+    assert all(np.allclose(p[s], [0.2, 0.3, 0.5]) for s in range(1, 6)) and all(
+        np.allclose(p[s], [0.6, 0.3, 0.1]) for s in (6, 7, 8)
+    )
     assert w[3] == [1.0, 1.0, 1.0] and w[4] == [1.0, 0.5, 2.0]
     assert "test_observing.observe: sampling weights [-1.0, 1.0, 1.0] are not finite" in caplog.text
     assert np.allclose(algo.sampling_weights, [0.6, 0.3, 0.1])  # the unusable ones were never applied
@@ -251,8 +262,12 @@ class _SeesExtras(DomainAlgorithm):
 
 def test_provider_statistics_reach_the_algorithm_summed_over_the_window():
     algo = _SeesExtras(["a", "b", "c"], _P(), init_weights=np.ones(3) / 3)
-    engine = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo, schedule=UpdateSchedule(update_step=2),
-                  providers=[_CountTokens()])
+    engine = StepEngine(
+        MixtureSampler([9, 9, 9], algo.sampling_weights, 6),
+        algo,
+        schedule=UpdateSchedule(update_step=2),
+        providers=[_CountTokens()],
+    )
     for step in (1, 2):
         _feed(engine, [0, 0, 1, 2, 2, 2], step - 1)
         engine.end_step(step)
@@ -313,14 +328,17 @@ class _Early(FollowLoss):
 def _early_ranks(rank, world, out):
     # the Trainer's layout: one global sampler (world size 1); each rank trains on its half of every batch
     algo = _Early(["a", "b", "c"], FollowLoss.Params(), init_weights=np.ones(K) / K)
-    engine = StepEngine(MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo,
-                        schedule=UpdateSchedule(update_step=1))
+    engine = StepEngine(
+        MixtureSampler([30, 30, 30], algo.sampling_weights, 8, seed=1), algo, schedule=UpdateSchedule(update_step=1)
+    )
     it, within = engine.sampler.iter_batches(), []
     for step in range(1, 4):
         rows = next(it)
         mine = np.array_split(rows, world)[rank]
         logits, labels = _logits_for(engine.sampler.domain_ids(mine).tolist(), scale=float(step))
-        engine.training_loss(logits, MicroBatch(torch.as_tensor(engine.sampler.domain_ids(mine)), labels, batch_index=step - 1))
+        engine.training_loss(
+            logits, MicroBatch(torch.as_tensor(engine.sampler.domain_ids(mine)), labels, batch_index=step - 1)
+        )
         within.append(algo.num_updates)  # updated before the loss: counted already
         engine.end_step(step)
     torch.save({"within": within, "weights": algo.sampling_weights}, os.path.join(out, f"e{rank}-{world}.pt"))
@@ -357,8 +375,12 @@ def test_providers_stop_once_no_update_remains():
             calls.append(ctx.batch_index)
             return super().batch_statistics(ctx)
 
-    engine = StepEngine(MixtureSampler([9, 9, 9], algo.sampling_weights, 6), algo,
-                  schedule=UpdateSchedule(update_step=2, update_times=1), providers=[_Counting()])
+    engine = StepEngine(
+        MixtureSampler([9, 9, 9], algo.sampling_weights, 6),
+        algo,
+        schedule=UpdateSchedule(update_step=2, update_times=1),
+        providers=[_Counting()],
+    )
     for step in (1, 2, 3, 4):
         _feed(engine, [0, 0, 1, 2, 2, 2], step - 1)
         engine.end_step(step)

@@ -50,8 +50,9 @@ class FixedImportance(DomainAlgorithm):
 def _engine(sizes, normalization, batch=5, rank=0, world=1, row_target_tokens=None):
     algo = FixedImportance([f"d{i}" for i in range(len(sizes))], _FixedParams(), init_weights=np.ones(len(sizes)))
     sampler = MixtureSampler(sizes, algo.sampling_weights, batch, seed=3, rank=rank, world_size=world)
-    return StepEngine(sampler, algo, providers=[], objective_normalization=normalization,
-                      row_target_tokens=row_target_tokens)
+    return StepEngine(
+        sampler, algo, providers=[], objective_normalization=normalization, row_target_tokens=row_target_tokens
+    )
 
 
 TARGETS, MEANS = np.array([2, 8]), np.array([1.0, 3.0])
@@ -66,10 +67,18 @@ def _monte_carlo(engine, steps, rng, pass_n=False):
         ids = engine.sampler.domain_ids(next(it))
         counts = TARGETS[ids]
         tok = [rng.exponential(MEANS[d], size=n) for d, n in zip(ids, counts)]
-        losses = SampleLosses(torch.tensor([t.sum() for t in tok]), torch.as_tensor(counts),
-                              torch.zeros(len(ids), 1), torch.ones(len(ids), 1, dtype=torch.bool))
+        losses = SampleLosses(
+            torch.tensor([t.sum() for t in tok]),
+            torch.as_tensor(counts),
+            torch.zeros(len(ids), 1),
+            torch.ones(len(ids), 1, dtype=torch.bool),
+        )
         n = int(counts.sum()) if pass_n else None
-        values.append(engine.training_loss_from_samples(losses, MicroBatch(torch.as_tensor(ids), num_items_in_batch=n, batch_index=step - 1)).item())
+        values.append(
+            engine.training_loss_from_samples(
+                losses, MicroBatch(torch.as_tensor(ids), num_items_in_batch=n, batch_index=step - 1)
+            ).item()
+        )
         present.append(bool((ids == 1).any()))
         engine.end_step(step)
     return np.array(values), np.array(present)
@@ -134,8 +143,10 @@ def test_gradient_accumulation_sums_to_the_domain_objective():
     rows = next(engine.sampler.iter_batches())
     logits, labels, ids = _batch(dataset, rows, 0)
     n = int((labels[:, 1:] != -100).sum())  # the Trainer's num_items_in_batch: the whole step
-    total = sum(engine.training_loss(logits[part], MicroBatch(ids[part], labels[part], num_items_in_batch=n, batch_index=0))
-                for part in (slice(0, 4), slice(4, 8)))
+    total = sum(
+        engine.training_loss(logits[part], MicroBatch(ids[part], labels[part], num_items_in_batch=n, batch_index=0))
+        for part in (slice(0, 4), slice(4, 8))
+    )
     assert total.item() == pytest.approx(_objective(logits, labels, ids).item(), rel=1e-6)
     # without the rows' lengths a multi-micro-batch step is a one-line error, not a silent fallback
     bare = _engine(dataset.domain_sizes, "domain", batch=8)
@@ -146,8 +157,9 @@ def test_gradient_accumulation_sums_to_the_domain_objective():
 
 def _ranks(rank, world, out):
     dataset = _dataset()
-    engine = _engine(dataset.domain_sizes, "domain", batch=8, rank=rank, world=world,
-                     row_target_tokens=dataset.target_tokens)
+    engine = _engine(
+        dataset.domain_sizes, "domain", batch=8, rank=rank, world=world, row_target_tokens=dataset.target_tokens
+    )
     local = next(engine.sampler.iter_batches())
     rows = engine.sampler.planned_rows(0)
     logits, labels, ids = _batch(dataset, rows, 0)  # every rank builds the global batch, keeps its slice
@@ -180,7 +192,8 @@ def test_equal_lengths_and_exact_counts_agree_with_the_token_normalisation():
     assert torch.bincount(ids).tolist() == [2, 2]
     logits, labels = torch.randn(4, 6, 9), torch.randint(0, 9, (4, 6))
     assert domain.training_loss(logits, MicroBatch(ids, labels, batch_index=0)).item() == pytest.approx(
-        token.training_loss(logits, MicroBatch(ids, labels, batch_index=0)).item(), rel=1e-9)
+        token.training_loss(logits, MicroBatch(ids, labels, batch_index=0)).item(), rel=1e-9
+    )
 
 
 def test_unknown_normalization_is_an_error():

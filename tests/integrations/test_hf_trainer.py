@@ -88,8 +88,9 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
 
     rec_mix, rec_plain = _GradRecorder(), _GradRecorder()
     model_mix = tiny_llama(seed=1)
-    t_mix = MixflowTrainer(model=model_mix, args=args, train_dataset=train, data_collator=collator, engine=engine,
-                           callbacks=[rec_mix])
+    t_mix = MixflowTrainer(
+        model=model_mix, args=args, train_dataset=train, data_collator=collator, engine=engine, callbacks=[rec_mix]
+    )
     t_mix.train()
     model_plain = tiny_llama(seed=1)
 
@@ -98,8 +99,14 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
         del batch["domain_ids"]
         return batch
 
-    t_plain = _PlainTrainer(model=model_plain, args=_args(tmp_path / "plain", remove_unused_columns=False),
-                            train_dataset=train, data_collator=plain_collator, indices=indices, callbacks=[rec_plain])
+    t_plain = _PlainTrainer(
+        model=model_plain,
+        args=_args(tmp_path / "plain", remove_unused_columns=False),
+        train_dataset=train,
+        data_collator=plain_collator,
+        indices=indices,
+        callbacks=[rec_plain],
+    )
     t_plain.train()
 
     assert len(rec_mix.grads) == len(rec_plain.grads) == args.max_steps
@@ -116,8 +123,9 @@ def test_per_domain_metrics_reach_the_log_history(tmp_path):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=2)
     engine = _engine(train, args, log_dir=tmp_path, update_step=1)
-    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), engine=engine)
+    trainer = MixflowTrainer(
+        model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     for name in train.domain_names:
@@ -130,8 +138,9 @@ def test_per_domain_metrics_reach_the_log_history(tmp_path):
 def test_domain_ids_survive_remove_unused_columns(tmp_path):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=1, remove_unused_columns=True)
-    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train,
-                             data_collator=DomainCollator(0), engine=_engine(train, args))
+    trainer = MixflowTrainer(
+        model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=_engine(train, args)
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert "domain_ids" in batch and batch["domain_ids"].shape == (4,)
 
@@ -141,7 +150,9 @@ def test_wrong_sampler_batch_size_is_an_error(tmp_path):
     args = _args(tmp_path)
     engine = _engine(train, _args(tmp_path, gradient_accumulation_steps=1))
     with pytest.raises(ValueError, match="sampler batch_size: expected"):
-        MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine)
+        MixflowTrainer(
+            model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
+        )
 
 
 class _BatchRecorder(TrainerCallback):
@@ -161,11 +172,18 @@ class _RecordingTrainer(MixflowTrainer):
 
 def _train_run(out, max_steps, resume=None, save_steps=3, world_size=1):
     train = MixtureDataset(tiny_domains())
-    args = _args(out, max_steps=max_steps, save_strategy="steps", save_steps=save_steps,
-                 gradient_accumulation_steps=1, per_device_train_batch_size=4 // world_size)
+    args = _args(
+        out,
+        max_steps=max_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        gradient_accumulation_steps=1,
+        per_device_train_batch_size=4 // world_size,
+    )
     engine = _engine(train, args, algorithm="test_follow_loss", log_dir=out, update_step=2)
-    trainer = _RecordingTrainer(model=tiny_llama(seed=5), args=args, train_dataset=train,
-                                data_collator=DomainCollator(0), engine=engine)
+    trainer = _RecordingTrainer(
+        model=tiny_llama(seed=5), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer, engine
 
@@ -200,11 +218,18 @@ def _two_rank_run(rank, world_size, out):
 
     full, engine = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2)
     rows = [r for _, batch in full.seen for r in batch]
-    torch.save({"rows": rows, "weights": engine.algorithm.sampling_weights.tolist(),
-                "steps": [s for s, _ in full.seen]}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {"rows": rows, "weights": engine.algorithm.sampling_weights.tolist(), "steps": [s for s, _ in full.seen]},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     torch.distributed.barrier()
-    resumed, resumed_engine = _train_run(os.path.join(out, "full"), max_steps=4, world_size=world_size, save_steps=2,
-                                 resume=os.path.join(out, "full", "checkpoint-2"))
+    resumed, resumed_engine = _train_run(
+        os.path.join(out, "full"),
+        max_steps=4,
+        world_size=world_size,
+        save_steps=2,
+        resume=os.path.join(out, "full", "checkpoint-2"),
+    )
     assert resumed.seen == [b for b in full.seen if b[0] >= 2]
     assert np.allclose(resumed_engine.algorithm.sampling_weights, engine.algorithm.sampling_weights)
 
@@ -239,8 +264,14 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
         return output * float("nan") if calls["n"] > 4 else output
 
     model.lm_head.register_forward_hook(poison)
-    trainer = MixflowTrainer(model=model, args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_engine(train, args), max_nonfinite_steps=3)
+    trainer = MixflowTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DomainCollator(0),
+        engine=_engine(train, args),
+        max_nonfinite_steps=3,
+    )
     trainer.train()
     assert trainer.state.global_step == 5  # steps 3, 4, 5 were non-finite: stop after the third
     assert trainer.callback.last_finite_step == 2
@@ -265,8 +296,14 @@ def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpo
         return grad * float("nan") if calls["n"] in (5, 6) else grad
 
     model.lm_head.weight.register_hook(poison)
-    trainer = MixflowTrainer(model=model, args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_engine(train, args), max_nonfinite_steps=3)
+    trainer = MixflowTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DomainCollator(0),
+        engine=_engine(train, args),
+        max_nonfinite_steps=3,
+    )
     with caplog.at_level("WARNING", logger="mixflow"):
         trainer.train()
     assert "step 3: the model holds non-finite weights after its update" in caplog.text
@@ -282,8 +319,9 @@ def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpo
 def test_without_a_terminal_progress_is_log_lines_not_bars(tmp_path, caplog, capsys):
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=4, disable_tqdm=False)  # pytest's stderr is not a terminal
-    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_engine(train, args))
+    trainer = MixflowTrainer(
+        model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=_engine(train, args)
+    )
     with caplog.at_level("INFO", logger="mixflow.progress"):
         trainer.train()
     assert "train: 4/4 steps (100%)" in caplog.text
@@ -295,8 +333,9 @@ def test_a_collapsed_model_is_reported_once(tmp_path, caplog):
 
     train = MixtureDataset(tiny_domains())
     args = _args(tmp_path, max_steps=4)
-    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_engine(train, args))
+    trainer = MixflowTrainer(
+        model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=_engine(train, args)
+    )
     uniform = math.log(trainer.model.config.vocab_size)
     with caplog.at_level("WARNING", logger="mixflow"):
         trainer.log({"loss": uniform, "grad_norm": 0.0})  # then a log that learns again: the count restarts
@@ -359,22 +398,33 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tm
             if engine.last_step == 3:  # during the save of step 3's checkpoint
                 raise _Killed(point)
             return original(*a, **k)
+
         return wrapper
 
     engine = _engine(train, args, log_dir=tmp_path)
-    targets = {"engine state": (StepEngine, "save"), "optimizer": (Trainer, "_save_optimizer_and_scheduler"),
-               "trainer state": (TrainerState, "save_to_json"), "rotation": (hf_trainer_module, "rotate_checkpoints")}
+    targets = {
+        "engine state": (StepEngine, "save"),
+        "optimizer": (Trainer, "_save_optimizer_and_scheduler"),
+        "trainer state": (TrainerState, "save_to_json"),
+        "rotation": (hf_trainer_module, "rotate_checkpoints"),
+    }
     owner, name = targets[point]
     with monkeypatch.context() as m:
         m.setattr(owner, name, kill_at_step_3(getattr(owner, name)))
-        trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                                 engine=engine)
+        trainer = MixflowTrainer(
+            model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
+        )
         with pytest.raises(_Killed):
             trainer.train()
     expected = "checkpoint-3" if point == "rotation" else "checkpoint-2"  # rotation runs only after a whole save
     assert newest_complete_checkpoint(str(tmp_path)).endswith(expected)
-    resumed = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0),
-                             engine=_engine(train, args, log_dir=tmp_path))
+    resumed = MixflowTrainer(
+        model=tiny_llama(),
+        args=args,
+        train_dataset=train,
+        data_collator=DomainCollator(0),
+        engine=_engine(train, args, log_dir=tmp_path),
+    )
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4 and resumed.engine.last_step == 4
 
@@ -393,8 +443,14 @@ def test_per_domain_evaluation_bars_are_labelled_with_their_domain(tmp_path, mon
     val = MixtureDataset(domains, split="val")
     evals = {name: val.single_domain(d) for d, name in enumerate(val.domain_names)}
     args = _args(tmp_path, max_steps=1, disable_tqdm=False, per_device_eval_batch_size=2)
-    trainer = MixflowTrainer(model=tiny_llama(), args=args, train_dataset=train, eval_dataset=evals,
-                             data_collator=DomainCollator(0), engine=_engine(train, args))
+    trainer = MixflowTrainer(
+        model=tiny_llama(),
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        data_collator=DomainCollator(0),
+        engine=_engine(train, args),
+    )
     bars = [c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)]
     assert len(bars) == 1 and isinstance(bars[0], DomainProgressCallback)
     seen, callback = [], bars[0]

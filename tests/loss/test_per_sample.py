@@ -17,7 +17,9 @@ def _batch(b=3, t=7, v=11, seed=0):
 
 def _reference_loss(logits, labels):
     # What a Hugging Face causal LM computes: shift, flatten, mean over non-ignored tokens.
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def test_per_sample_losses_match_token_level_cross_entropy():

@@ -15,7 +15,9 @@ def _context(model, ids, seed=0):
     x = torch.randint(1, 40, (len(ids), 6), generator=g)
     logits = model(input_ids=x).logits
     losses = sample_losses(logits, x)
-    return BatchContext(model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, batch_index=seed, update_pending=True), losses
+    return BatchContext(
+        model, {"input_ids": x}, x, losses, torch.tensor(ids), 2, batch_index=seed, update_pending=True
+    ), losses
 
 
 def _per_sample_grads(model, losses, params):
@@ -47,8 +49,9 @@ def test_one_sample_per_group_matches_exact_per_sample_moments():
 def _micro_batch(model, x, ids, rows, step):
     part = x[rows]
     losses = sample_losses(model(input_ids=part).logits, part)
-    return BatchContext(model, {"input_ids": part}, part, losses, torch.tensor(ids)[rows], 2, batch_index=step,
-                        update_pending=True)
+    return BatchContext(
+        model, {"input_ids": part}, part, losses, torch.tensor(ids)[rows], 2, batch_index=step, update_pending=True
+    )
 
 
 @pytest.mark.parametrize("closed_form", [True, False])
@@ -125,9 +128,19 @@ def _tied_llama(seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                                        pad_token_id=0, tie_word_embeddings=True))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=48,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            tie_word_embeddings=True,
+        )
+    )
 
 
 @pytest.mark.parametrize("sketch_dim", [0, 256])
@@ -158,7 +171,10 @@ def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog, sket
 
 def test_row_sketch_commutes_with_the_head_gradient_and_keeps_norms_on_average():
     gen = torch.Generator().manual_seed(0)
-    r, h = torch.randn(20, 50, generator=gen, dtype=torch.float64), torch.randn(20, 8, generator=gen, dtype=torch.float64)
+    r, h = (
+        torch.randn(20, 50, generator=gen, dtype=torch.float64),
+        torch.randn(20, 8, generator=gen, dtype=torch.float64),
+    )
     sketch = RowSketch(50, 8, dim=80)
     assert sketch.out_dim == 80 and not sketch.exact
     assert torch.allclose(sketch((r.T @ h).reshape(-1)), (sketch.residuals(r).T @ h).reshape(-1))

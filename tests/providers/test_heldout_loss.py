@@ -28,8 +28,12 @@ from tests.helpers import VOCAB, tiny_llama
 
 def _heldout(sizes=(10, 6)):
     rng = np.random.default_rng(0)
-    domains = [TokenizedDomain(f"d{d}", train=np.zeros((1, 8), np.int32),
-                               val=rng.integers(1, VOCAB, size=(n, 8)).astype(np.int32)) for d, n in enumerate(sizes)]
+    domains = [
+        TokenizedDomain(
+            f"d{d}", train=np.zeros((1, 8), np.int32), val=rng.integers(1, VOCAB, size=(n, 8)).astype(np.int32)
+        )
+        for d, n in enumerate(sizes)
+    ]
     val = MixtureDataset(domains, split="val")
     return [val.single_domain(d) for d in range(len(sizes))]
 
@@ -70,16 +74,23 @@ def test_one_mixed_forward_gives_the_per_domain_sums_of_the_window(world):
 
 
 def test_rows_per_update_below_two_per_domain_is_a_config_error():
-    with pytest.raises(ValueError, match=r"^fgls\.heldout_rows_per_update: expected 'batch', 'all' or an integer >= 2·K = 8"):
+    with pytest.raises(
+        ValueError, match=r"^fgls\.heldout_rows_per_update: expected 'batch', 'all' or an integer >= 2·K = 8"
+    ):
         build_params(HeldoutParams, {"heldout_rows_per_update": 7}, "fgls", ValidationContext(4))
-    with pytest.raises(ValueError, match=r"^fgls\.heldout_rows_per_update: expected one of \['batch', 'all'\]|an integer"):
+    with pytest.raises(
+        ValueError, match=r"^fgls\.heldout_rows_per_update: expected one of \['batch', 'all'\]|an integer"
+    ):
         build_params(HeldoutParams, {"heldout_rows_per_update": "every"}, "fgls", ValidationContext(4))
 
 
 def test_the_default_window_is_one_training_batch_of_rows():
     assert heldout_rows("batch", 4, 64) == 64 and heldout_rows("batch", 4, 4) == 8  # at least 2 per domain
     assert heldout_rows("all", 4, 64) is None and heldout_rows(100, 4, 64) == 100
-    engine_context = ProviderContext(["d0", "d1"], heldout=dict(zip(["d0", "d1"], _heldout())), collator=DomainCollator(0))
-    provider = build_providers([ProviderSpec("heldout_loss", HeldoutParams(), "FGLS")],
-                               replace(engine_context, batch_size=6))[0]
+    engine_context = ProviderContext(
+        ["d0", "d1"], heldout=dict(zip(["d0", "d1"], _heldout())), collator=DomainCollator(0)
+    )
+    provider = build_providers(
+        [ProviderSpec("heldout_loss", HeldoutParams(), "FGLS")], replace(engine_context, batch_size=6)
+    )[0]
     assert provider.rows_per_update == 6 and provider.window(0, 0) == [0, 1, 2]

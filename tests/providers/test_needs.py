@@ -56,11 +56,27 @@ def config(tmp_path):
     for name in ("a", "b"):
         (data / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} text {i}"}) + "\n" for i in range(20)))
     (data / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"{n}.jsonl"} for n in "ab"}))
-    return {"dataset": "a,b", "dataset_dir": str(data), "tokenizer": "byte", "cutoff_len": 16,
-            "train_type": "dynamic_mix", "component": {"name": "test_needy"}, "max_steps": 1, "update_step": 1,
-            "model_config": {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                             "num_attention_heads": 2, "num_key_value_heads": 2},
-            "output_dir": str(tmp_path / "run"), "use_cpu": True, "report_to": "none"}
+    return {
+        "dataset": "a,b",
+        "dataset_dir": str(data),
+        "tokenizer": "byte",
+        "cutoff_len": 16,
+        "train_type": "dynamic_mix",
+        "component": {"name": "test_needy"},
+        "max_steps": 1,
+        "update_step": 1,
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+        },
+        "output_dir": str(tmp_path / "run"),
+        "use_cpu": True,
+        "report_to": "none",
+    }
 
 
 def test_the_config_asks_the_provider_for_a_held_out_split(config):

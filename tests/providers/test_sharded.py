@@ -53,8 +53,16 @@ def _wrap(model, mode: str):
     return fully_shard(model)
 
 
-def _train(rank: int, world: int, out: str, mode: str, case: str, steps: int = 4,
-           params: dict | None = None, attach: bool = True) -> None:
+def _train(
+    rank: int,
+    world: int,
+    out: str,
+    mode: str,
+    case: str,
+    steps: int = 4,
+    params: dict | None = None,
+    attach: bool = True,
+) -> None:
     name, defaults = CASES[case]
     params = {**defaults, **(params or {})}
     domains = tiny_domains()
@@ -65,8 +73,9 @@ def _train(rank: int, world: int, out: str, mode: str, case: str, steps: int = 4
     algorithm = build_algorithm(name, train.domain_names, params, init_weights=np.ones(3) / 3)
     sampler = MixtureSampler(train.domain_sizes, algorithm.sampling_weights, 8, seed=1, rank=rank, world_size=world)
     providers = [ReferenceLoss(None, model=tiny_llama(seed=9))] if name == "doremi" else None
-    engine = StepEngine(sampler, algorithm, schedule=UpdateSchedule(update_step=1), providers=providers,
-                        provider_context=context)
+    engine = StepEngine(
+        sampler, algorithm, schedule=UpdateSchedule(update_step=1), providers=providers, provider_context=context
+    )
     model = _wrap(tiny_llama(seed=3), mode)
     if attach:
         engine.attach_model(model)  # grad_stats keeps the head's inputs from the first forward on

@@ -17,8 +17,15 @@ from mixflow.recipes.classification import prepare_classification_data
 from mixflow.recipes.weights_cache import read_weights_cache, verify_weights_cache
 
 TOPICS = "products,movies,restaurants,travel"
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 
 
 def _config(data, out, **extra):
@@ -99,8 +106,11 @@ def test_cache_is_invalidated_when_the_data_or_a_checker_changes(checked, tmp_pa
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     rows[0]["label"] = 1 - rows[0]["label"]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    imp_cfg = {**cfg, "train_type": "dynamic_weight",
-               "component": {"name": "imp", "params": {"weights_cache": str(out / "imp_cache.npz")}}}
+    imp_cfg = {
+        **cfg,
+        "train_type": "dynamic_weight",
+        "component": {"name": "imp", "params": {"weights_cache": str(out / "imp_cache.npz")}},
+    }
     with pytest.raises(ValueError, match="imp.params.weights_cache: .* was computed for other training data"):
         verify_weights_cache(load_config(raw=imp_cfg))
     with caplog.at_level(logging.WARNING, logger="mixflow"):

@@ -32,7 +32,7 @@ TINY = [
 ]
 
 # The weights-analysis snippet of the DoReMi pipeline's user documentation, verbatim.
-SEED_SNIPPET = '''
+SEED_SNIPPET = """
 import json
 
 # 读取权重日志
@@ -67,7 +67,7 @@ plt.legend()
 plt.grid(True)
 plt.savefig('doremi_weights_evolution.png')
 plt.show()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,20 @@ def test_seed_step_by_step_configs_run_one_after_another(workspace, monkeypatch)
 
     # Step 3: the target on the learned weights, given as an override.
     weights = json.dumps(summary["weights"])
-    assert main(["train", "examples/doremi_step3_static.yaml", *TINY, "max_steps=4", "update_step=2",
-                 f"init_mixture_proportions={weights}", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "examples/doremi_step3_static.yaml",
+                *TINY,
+                "max_steps=4",
+                "update_step=2",
+                f"init_mixture_proportions={weights}",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     step3 = workspace / "build" / "doremi_steps" / "step3"
     for r in _jsonl(step3 / "static_weights.jsonl"):
         assert np.allclose(r["sampling_weights"], summary["weights"])
@@ -130,8 +142,23 @@ def test_seed_step_by_step_configs_run_one_after_another(workspace, monkeypatch)
 
 def test_mixflow_doremi_runs_the_three_steps_from_one_config(workspace, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
-    assert main(["doremi", "examples/doremi.yaml", *TINY, "output_dir=pipe", "max_steps=4", "update_step=2",
-                 "proxy.warmup_step=2", "proxy.update_step=1", "doremi.output_weights=last", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "doremi",
+                "examples/doremi.yaml",
+                *TINY,
+                "output_dir=pipe",
+                "max_steps=4",
+                "update_step=2",
+                "proxy.warmup_step=2",
+                "proxy.update_step=1",
+                "doremi.output_weights=last",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "DoReMi: 3 update(s); the target trained on the last weights" in out
     for name in DOMAINS:
@@ -156,9 +183,24 @@ def test_mixflow_doremi_runs_the_three_steps_from_one_config(workspace, monkeypa
 
     kept = {step: (root / step / "mixflow_results.json").stat().st_mtime_ns for step in ("reference", "proxy")}
     shutil.rmtree(root / "target")  # as if killed during the target step
-    assert main(["doremi", "examples/doremi.yaml", *TINY, "output_dir=pipe", "max_steps=4", "update_step=2",
-                 "proxy.warmup_step=2", "proxy.update_step=1", "doremi.output_weights=last",
-                 "resume_from_checkpoint=true", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "doremi",
+                "examples/doremi.yaml",
+                *TINY,
+                "output_dir=pipe",
+                "max_steps=4",
+                "update_step=2",
+                "proxy.warmup_step=2",
+                "proxy.update_step=1",
+                "doremi.output_weights=last",
+                "resume_from_checkpoint=true",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert {step: (root / step / "mixflow_results.json").stat().st_mtime_ns for step in kept} == kept
     assert json.loads((root / "target" / "mixflow_results.json").read_text())["steps"] == 4
     assert json.loads((root / "doremi_pipeline.json").read_text())["target_weights"] == summary["last"]
@@ -176,7 +218,10 @@ def test_mixflow_doremi_runs_the_three_steps_from_one_config(workspace, monkeypa
         (["proxy.component_name=static"], "proxy.component_name: set by the doremi pipeline"),
         (["doremi.reference_model_path=x"], "doremi.reference_model_path: set by the pipeline"),
         (["doremi.reweight_eps=3"], "proxy: doremi.params.reweight_eps: expected a number in [0, 1], got 3.0"),
-        (["proxy.max_steps=1", "proxy.warmup_step=2"], "proxy: warmup_step/update_step: doremi's first update would be at step 2, after max_steps 1"),
+        (
+            ["proxy.max_steps=1", "proxy.warmup_step=2"],
+            "proxy: warmup_step/update_step: doremi's first update would be at step 2, after max_steps 1",
+        ),
         (["reference.init_mixture_proportions=[1, 1]"], "reference: init_mixture_proportions: expected 4 values"),
     ],
 )

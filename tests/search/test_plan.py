@@ -41,7 +41,9 @@ def test_plan_writes_one_valid_config_per_run_and_refuses_to_overwrite(tmp_path,
     assert [r["run"] for r in rows] == ["0000", "0001", "0002", "0003", "0004", "0005"]
     first = yaml.safe_load((out / "runs" / "0003.yaml").read_text())
     assert first["train_type"] == "static" and "component" not in first and first["max_steps"] == 6
-    assert first["init_mixture_proportions"] == pytest.approx([float(rows[3][d]) for d in ("code", "prose", "arithmetic", "random")], abs=1e-5)
+    assert first["init_mixture_proportions"] == pytest.approx(
+        [float(rows[3][d]) for d in ("code", "prose", "arithmetic", "random")], abs=1e-5
+    )
     assert first["output_dir"].endswith("swarm/runs/0003")
     load_config(out / "runs" / "0003.yaml", check_outputs=False)
     assert main(["search", "plan", str(cfg_path), "--runs", "6", "--out", str(out)]) == 2
@@ -84,8 +86,25 @@ def test_relative_paths_of_the_config_still_resolve_from_the_proxy_configs_and_o
         planned = yaml.safe_load((elsewhere / "swarm" / "runs" / "0001.yaml").read_text())
         assert planned["dataset_dir"] == str((tmp_path / "data").resolve())
         load_config(elsewhere / "swarm" / "runs" / "0001.yaml", check_outputs=False)
-        assert main(["search", "plan", str(cfg_path), "--runs", "3", "--prior", "uniform", "--seed", "1",
-                     "--out", "swarm", "--overwrite"]) == 0
+        assert (
+            main(
+                [
+                    "search",
+                    "plan",
+                    str(cfg_path),
+                    "--runs",
+                    "3",
+                    "--prior",
+                    "uniform",
+                    "--seed",
+                    "1",
+                    "--out",
+                    "swarm",
+                    "--overwrite",
+                ]
+            )
+            == 0
+        )
         assert (elsewhere / "swarm" / "previous-1" / "plan.csv").is_file()
         assert (elsewhere / "swarm" / "previous-1" / "runs" / "0001.yaml").is_file()
     finally:
@@ -101,8 +120,10 @@ def test_collect_leaves_out_a_stopped_run_and_reads_the_final_evaluation(tmp_pat
     (out / "runs").mkdir(parents=True)
     (out / "plan.json").write_text(json.dumps({"domains": ["a", "b"]}))
     (out / "plan.csv").write_text("run,a,b\n0000,0.5,0.5\n0001,0.2,0.8\n0002,0.9,0.1\n")
-    for name, result in (("0000", {"steps": 4, "val_loss": {"a": 2.5, "b": 3.5}}),
-                         ("0001", {"stopped": "diverged at step 3", "steps": 3})):
+    for name, result in (
+        ("0000", {"steps": 4, "val_loss": {"a": 2.5, "b": 3.5}}),
+        ("0001", {"stopped": "diverged at step 3", "steps": 3}),
+    ):
         run_dir = out / "runs" / name
         run_dir.mkdir()
         (run_dir / "mixflow_results.json").write_text(json.dumps(result))

@@ -63,7 +63,10 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # what an environment without it gives
-    with pytest.raises(ConfigError, match=r"^--model lightgbm: needs the lightgbm package; install it with pip install 'mixflow\[search\]'$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--model lightgbm: needs the lightgbm package; install it with pip install 'mixflow\[search\]'$",
+    ):
         build_model("lightgbm")
 
 

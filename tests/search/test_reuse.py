@@ -35,13 +35,33 @@ def test_an_earlier_proposal_that_is_not_one_is_a_one_line_error(tmp_path):
 def test_plan_collect_fit_propose_with_reuse_trains_every_domain_on_the_frozen_ratios(tmp_path, demo_data):  # noqa: F811
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    (earlier / "proposal.json").write_text(json.dumps({"mixture": {"code": 0.4, "prose": 0.4, "random": 0.2, "web": 0.5}}))
+    (earlier / "proposal.json").write_text(
+        json.dumps({"mixture": {"code": 0.4, "prose": 0.4, "random": 0.2, "web": 0.5}})
+    )
     cfg_path = _config(tmp_path, demo_data)
     out = tmp_path / "swarm"
-    assert main(["search", "plan", str(cfg_path), "--runs", "10", "--prior", "uniform", "--reuse", str(earlier),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "plan",
+                str(cfg_path),
+                "--runs",
+                "10",
+                "--prior",
+                "uniform",
+                "--reuse",
+                str(earlier),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["columns"] == [VIRTUAL, "arithmetic"] and plan["reuse"]["removed"] == ["web"] and plan["runs_saved"] == 10
+    assert (
+        plan["columns"] == [VIRTUAL, "arithmetic"] and plan["reuse"]["removed"] == ["web"] and plan["runs_saved"] == 10
+    )
     rows = list(csv.DictReader(open(out / "plan.csv")))
     cfg = yaml.safe_load((out / "runs" / "0003.yaml").read_text())
     code, prose, arithmetic, random = cfg["init_mixture_proportions"]  # the config's order
@@ -51,12 +71,29 @@ def test_plan_collect_fit_propose_with_reuse_trains_every_domain_on_the_frozen_r
         run_dir = out / "runs" / f"{i:04d}"
         run_dir.mkdir(parents=True)
         loss = 3.0 - float(row["arithmetic"])
-        (run_dir / "mixflow_results.json").write_text(json.dumps({"val_loss": dict.fromkeys(
-            ["code", "prose", "arithmetic", "random"], loss)}))
+        (run_dir / "mixflow_results.json").write_text(
+            json.dumps({"val_loss": dict.fromkeys(["code", "prose", "arithmetic", "random"], loss)})
+        )
     assert main(["search", "collect", str(out)]) == 0
     assert list(csv.DictReader(open(out / "runs.csv")))[0].keys() >= {VIRTUAL, "arithmetic", "metric/code"}
-    assert main(["search", "fit", str(out / "runs.csv"), "--target", "mean(metric/*)", "--model", "linear",
-                 "--folds", "2", "--out", str(out / "fit")]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "fit",
+                str(out / "runs.csv"),
+                "--target",
+                "mean(metric/*)",
+                "--model",
+                "linear",
+                "--folds",
+                "2",
+                "--out",
+                str(out / "fit"),
+            ]
+        )
+        == 0
+    )
     assert main(["search", "propose", str(out / "fit"), "--candidates", "5000", "--bootstrap", "5"]) == 0
     proposal = yaml.safe_load((out / "fit" / "proposal.yaml").read_text())
     assert proposal["dataset"] == "code,prose,arithmetic,random"
@@ -68,8 +105,23 @@ def test_plan_collect_fit_propose_with_reuse_trains_every_domain_on_the_frozen_r
 def test_reuse_with_no_added_domain_needs_no_run(tmp_path, demo_data, capsys):  # noqa: F811
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    (earlier / "proposal.json").write_text(json.dumps({"mixture": {"code": 0.4, "prose": 0.4, "random": 0.1,
-                                                                   "arithmetic": 0.1, "web": 0.5}}))
-    assert main(["search", "plan", str(_config(tmp_path, demo_data)), "--runs", "4", "--reuse", str(earlier),
-                 "--out", str(tmp_path / "s")]) == 2
+    (earlier / "proposal.json").write_text(
+        json.dumps({"mixture": {"code": 0.4, "prose": 0.4, "random": 0.1, "arithmetic": 0.1, "web": 0.5}})
+    )
+    assert (
+        main(
+            [
+                "search",
+                "plan",
+                str(_config(tmp_path, demo_data)),
+                "--runs",
+                "4",
+                "--reuse",
+                str(earlier),
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     assert "no domain was added (removed: web), so no run is needed" in capsys.readouterr().err

@@ -25,7 +25,9 @@ def test_regmix_layout_joins_on_index_renormalises_rows_and_reads_crlf(tmp_path)
 
 
 def test_olmix_layout_joins_on_run_and_ignores_its_name_and_index_columns(tmp_path):
-    ratios = _write(tmp_path / "ratios.csv", "run,name,index,web,code\nr1,x,0,0.7,0.3\nr2,y,1,0.2,0.8\nr3,z,2,0.5,0.5\n")
+    ratios = _write(
+        tmp_path / "ratios.csv", "run,name,index,web,code\nr1,x,0,0.7,0.3\nr2,y,1,0.2,0.8\nr3,z,2,0.5,0.5\n"
+    )
     metrics = _write(tmp_path / "metrics.csv", "run,name,index,bpb\nr2,y,1,1.2\nr1,x,0,1.1\n")
     table = load_table(ratios, metrics)
     assert table.key == "run" and table.domains == ["web", "code"]

@@ -12,13 +12,17 @@ COLUMNS = ["metric/web", "metric/code", "metric/books", "train_loss"]
 def test_the_three_forms():
     assert parse_target("metric/web", COLUMNS).weights == (("metric/web", 1.0),)
     mean = parse_target("mean(metric/*)", COLUMNS)
-    assert mean.columns == ["metric/web", "metric/code", "metric/books"] and np.isclose(sum(w for _, w in mean.weights), 1)
+    assert mean.columns == ["metric/web", "metric/code", "metric/books"] and np.isclose(
+        sum(w for _, w in mean.weights), 1
+    )
     summed = parse_target("0.7*metric/web + 0.3 * metric/code", COLUMNS)
     assert dict(summed.weights) == {"metric/web": 0.7, "metric/code": 0.3}
 
 
 def test_unknown_columns_and_bad_terms_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"'metric/nope' in 'mean\(metric/nope\)' matches no metric column \(columns: metric/web"):
+    with pytest.raises(
+        ConfigError, match=r"'metric/nope' in 'mean\(metric/nope\)' matches no metric column \(columns: metric/web"
+    ):
         parse_target("mean(metric/nope)", COLUMNS)
     with pytest.raises(ConfigError, match="expected WEIGHT\\*COLUMN or COLUMN"):
         parse_target("x*metric/web", COLUMNS)

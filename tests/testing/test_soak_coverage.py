@@ -20,9 +20,12 @@ def unmarked_tests(source: str) -> list[str]:
     """Test functions of one module that reach ``run_distributed`` (directly or through the module's
     own functions) without the ``distributed`` mark."""
     tree = ast.parse(source)
-    module_marked = any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
-                                                          for t in n.targets) and "distributed" in ast.unparse(n.value)
-                        for n in tree.body)
+    module_marked = any(
+        isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)
+        and "distributed" in ast.unparse(n.value)
+        for n in tree.body
+    )
     functions = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
     def reaches(name: str, seen: set[str]) -> bool:
@@ -35,13 +38,20 @@ def unmarked_tests(source: str) -> list[str]:
         fixtures = {a.arg for a in node.args.args}  # a test (or fixture) that asks for a fixture of the module runs it
         return any(reaches(callee, seen) for callee in _called_names(node) | fixtures)
 
-    return [name for name, node in functions.items()
-            if name.startswith("test_") and reaches(name, set()) and not _is_marked(node, module_marked)]
+    return [
+        name
+        for name, node in functions.items()
+        if name.startswith("test_") and reaches(name, set()) and not _is_marked(node, module_marked)
+    ]
 
 
 def test_every_test_that_runs_ranks_is_marked_distributed():
-    unmarked = [f"{path.relative_to(TESTS)}::{name}" for path in sorted(TESTS.rglob("test_*.py"))
-                if path.name != "test_soak_coverage.py" for name in unmarked_tests(path.read_text())]
+    unmarked = [
+        f"{path.relative_to(TESTS)}::{name}"
+        for path in sorted(TESTS.rglob("test_*.py"))
+        if path.name != "test_soak_coverage.py"
+        for name in unmarked_tests(path.read_text())
+    ]
     assert unmarked == []
 
 

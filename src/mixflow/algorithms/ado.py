@@ -76,8 +76,10 @@ class ADOParams(AlgorithmParams):
         if self.smooth_window % 2 == 0:
             raise ConfigError(f"{where}.smooth_window: expected an odd number of blocks, got {self.smooth_window}")
         if context is not None and context.num_domains * self.min_probability >= 1:
-            raise ConfigError(f"{where}.min_probability: expected below 1/K = {1 / context.num_domains:.4g} with "
-                              f"{context.num_domains} domains, got {self.min_probability}")
+            raise ConfigError(
+                f"{where}.min_probability: expected below 1/K = {1 / context.num_domains:.4g} with "
+                f"{context.num_domains} domains, got {self.min_probability}"
+            )
 
 
 @register_algorithm
@@ -85,7 +87,9 @@ class ADO(DomainAlgorithm[ADOParams]):
     """Per-domain scaling laws fitted online; sample where the loss still falls fastest, credit-weighted."""
 
     name = "ado"
-    description = "ADO (Jiang et al. 2025): per-domain scaling laws of the training loss fitted online; p from their slopes."
+    description = (
+        "ADO (Jiang et al. 2025): per-domain scaling laws of the training loss fitted online; p from their slopes."
+    )
     Params = ADOParams
     mode = "objective"
     scores_label = "fitted slope −dL̂/dn (relative)"
@@ -159,5 +163,8 @@ class ADO(DomainAlgorithm[ADOParams]):
 
     def summary(self) -> dict[str, Any] | None:
         """The fitted laws, per domain."""
-        return {"laws": {name: None if law is None else law._asdict()
-                         for name, law in zip(self.domain_names, self.fitted())}}
+        return {
+            "laws": {
+                name: None if law is None else law._asdict() for name, law in zip(self.domain_names, self.fitted())
+            }
+        }

@@ -74,11 +74,15 @@ class AioliParams(HeldoutParams):
         super().validate(where, context)
         k = context.num_domains if context is not None else 2
         if self.sweeps * k * self.sweep_steps >= self.round_steps:
-            raise ConfigError(f"{where}.round_steps: LearnParams takes sweeps × K × sweep_steps = "
-                              f"{self.sweeps * k * self.sweep_steps} steps; expected more steps a round, got {self.round_steps}")
+            raise ConfigError(
+                f"{where}.round_steps: LearnParams takes sweeps × K × sweep_steps = "
+                f"{self.sweeps * k * self.sweep_steps} steps; expected more steps a round, got {self.round_steps}"
+            )
         if k > 1 and self.one_hot <= 1.0 / k:
-            raise ConfigError(f"{where}.one_hot: expected above 1/K = {1 / k:.4g} (the mixtures must be independent), "
-                              f"got {self.one_hot}")
+            raise ConfigError(
+                f"{where}.one_hot: expected above 1/K = {1 / k:.4g} (the mixtures must be independent), "
+                f"got {self.one_hot}"
+            )
 
 
 @register_algorithm
@@ -104,8 +108,13 @@ class Aioli(DomainAlgorithm[AioliParams]):
 
     def on_bind(self) -> Weights | None:
         if self.max_steps is not None and self.max_steps < self._start + self._learn_steps:
-            logger.warning("aioli: the run's %d steps end before the first LearnParams (%d steps after step %d) "
-                           "finishes; p stays the initial mixture", self.max_steps, self._learn_steps, self._start)
+            logger.warning(
+                "aioli: the run's %d steps end before the first LearnParams (%d steps after step %d) "
+                "finishes; p stays the initial mixture",
+                self.max_steps,
+                self._learn_steps,
+                self._start,
+            )
         return None
 
     # ---- the calendar -----------------------------------------------------------------------
@@ -193,5 +202,7 @@ class Aioli(DomainAlgorithm[AioliParams]):
 
     def summary(self) -> dict[str, Any] | None:
         """The law's current estimate Ā and the round's p."""
-        return {"gain": None if not np.isfinite(self.gain).all() else self.gain.tolist(),
-                "p": dict(zip(self.domain_names, self.round_p.tolist()))}
+        return {
+            "gain": None if not np.isfinite(self.gain).all() else self.gain.tolist(),
+            "p": dict(zip(self.domain_names, self.round_p.tolist())),
+        }

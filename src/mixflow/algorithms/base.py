@@ -157,8 +157,9 @@ class DomainAlgorithm(ABC, Generic[P]):
     #: ``mixture_plan_horizon``: the batches read ahead are already drawn).
     lead: int = 1
 
-    def bind(self, batch_size: int, max_steps: int | None = None, tokens_per_step: int | None = None,
-             lead: int = 1) -> None:
+    def bind(
+        self, batch_size: int, max_steps: int | None = None, tokens_per_step: int | None = None, lead: int = 1
+    ) -> None:
         """Called once by the step engine with the sampler's global batch size B (and what it knows
         of the run's length): stored as attributes, then :meth:`on_bind`'s weights applied."""
         self.batch_size = int(batch_size)

@@ -40,6 +40,7 @@ from mixflow.algorithms.weights import Weights
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class DoReMiParams(ReferenceLossParams):
     reweight_eta: float = bounded(1.0, ge=0, finite=True)
@@ -48,7 +49,6 @@ class DoReMiParams(ReferenceLossParams):
     """c: smoothing towards uniform; every α_i >= c/K (seed example: 0.01)."""
     output_weights: Literal["average", "last"] = "average"
     """Weights for step 3: 'average' = mean of α over updates (the paper's ᾱ), 'last' = the final α."""
-
 
 
 @register_algorithm

@@ -65,7 +65,9 @@ class ERMA(DomainAlgorithm[ERMAParams]):
     """Exponentiated update of loss weights from held-out loss (up) and loss variance (down)."""
 
     name = "erma"
-    description = "ERMA (Salmani et al. 2025): loss weights from held-out loss and per-sample loss variance; needs val_size."
+    description = (
+        "ERMA (Salmani et al. 2025): loss weights from held-out loss and per-sample loss variance; needs val_size."
+    )
     Params = ERMAParams
     mode = "importance"
     scores_label = "held-out loss"

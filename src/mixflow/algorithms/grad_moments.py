@@ -42,7 +42,9 @@ def smooth_gradient_sums(state: dict[str, Any] | None, stats: DomainStats, beta:
         return {k: new[k].copy() for k in FIELDS}
     old = {k: np.asarray(state[k], dtype=np.float64) for k in FIELDS}
     if old["grad_sum"].shape != new["grad_sum"].shape:
-        raise ValueError(f"grad_stats: gradient sketch shape changed from {old['grad_sum'].shape} to {new['grad_sum'].shape}")
+        raise ValueError(
+            f"grad_stats: gradient sketch shape changed from {old['grad_sum'].shape} to {new['grad_sum'].shape}"
+        )
     decay = {"groups_sq": beta * beta}
     return {k: decay.get(k, beta) * old[k] + new[k] for k in FIELDS}
 

@@ -122,7 +122,9 @@ class DimpWeighter(CheckerWeighter):
     """DIMP-Loss: weights P̂′(y|x) / P_θt(y|x) with P_θt = exp(−ℓ) from the current forward."""
 
     name = "dimp"
-    description = "DIMP-Loss (Kuo et al. 2025): weights P'(y|x)/P_theta_t(y|x), the denominator from the training forward."
+    description = (
+        "DIMP-Loss (Kuo et al. 2025): weights P'(y|x)/P_theta_t(y|x), the denominator from the training forward."
+    )
     Params = ImpParams
 
     def weights(

@@ -147,7 +147,9 @@ class OnlineDataMixing(DomainAlgorithm[ODMParams]):
         t = max(int(step), 1)  # the training iteration, warmup included
         self._last_t = t
         if self.rule == "smoothed_mean":
-            return Weights(sampling=smoothed_mean_distribution(self.rewards, self._initial, t), scores=self.rewards.copy())
+            return Weights(
+                sampling=smoothed_mean_distribution(self.rewards, self._initial, t), scores=self.rewards.copy()
+            )
         return Weights(sampling=exp3_distribution(self.rewards, t), scores=self.rewards.copy())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -80,16 +80,24 @@ class Bounds:
         return not (
             value != value  # NaN
             or (self.finite and abs(value) == float("inf"))
-            or (self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
-            or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.gt is not None and not value > self.gt)
+            or (self.le is not None and not value <= self.le)
+            or (self.lt is not None and not value < self.lt)
         )
 
     def describe(self, kind: str, optional: bool) -> str:
         """E.g. "a number in [0, 1)", "a finite number > 0", "an integer >= 2 (why) or null"."""
-        low = (f"[{self.ge:g}", f">= {self.ge:g}") if self.ge is not None else (
-            (f"({self.gt:g}", f"> {self.gt:g}") if self.gt is not None else None)
-        high = (f"{self.le:g}]", f"<= {self.le:g}") if self.le is not None else (
-            (f"{self.lt:g})", f"< {self.lt:g}") if self.lt is not None else None)
+        low = (
+            (f"[{self.ge:g}", f">= {self.ge:g}")
+            if self.ge is not None
+            else ((f"({self.gt:g}", f"> {self.gt:g}") if self.gt is not None else None)
+        )
+        high = (
+            (f"{self.le:g}]", f"<= {self.le:g}")
+            if self.le is not None
+            else ((f"{self.lt:g})", f"< {self.lt:g}") if self.lt is not None else None)
+        )
         what = f"a finite {kind.split(' ', 1)[1]}" if self.finite else kind
         if low and high:
             text = f"{what} in {low[0]}, {high[0]}"
@@ -98,8 +106,16 @@ class Bounds:
         return text + (f" ({self.why})" if self.why else "") + (" or null" if optional else "")
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None, finite: bool = False, why: str = "") -> Any:
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    finite: bool = False,
+    why: str = "",
+) -> Any:
     """A numeric parameter's field with its range (``ge``/``gt`` below, ``le``/``lt`` above): a value
     outside it is the config error ``<where>.<name>: expected a number in [0, 1), got 2``."""
     return dataclasses.field(default=default, metadata={"bounds": Bounds(ge, gt, le, lt, finite, why)})
@@ -157,9 +173,10 @@ def declared_paths(params: AlgorithmParams) -> list[tuple[str, PathKind, str, st
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """" (did you mean 'x'?)" for the closest choice, or an empty string."""
+    """ " (did you mean 'x'?)" for the closest choice, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def build_params(
     cls: type[AlgorithmParams],
@@ -182,7 +199,9 @@ def build_params(
         params = {**cls.presets[preset], **params}
     for key in params:
         if key not in fields:
-            raise ConfigError(f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}")
+            raise ConfigError(
+                f"{where}.{key}: unknown parameter; expected one of {sorted(fields)}{suggest(key, fields)}"
+            )
     for name, f in fields.items():
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         if no_default and name not in params:
@@ -196,6 +215,7 @@ def build_params(
     check_bounds(typed, where)
     typed.validate(where, context)
     return typed
+
 
 def check_type(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a (simple) type hint, converting int → float where a float is expected.
@@ -222,7 +242,9 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ConfigError(f"{where}: expected one of {list(args)}{suggest(str(value), [str(a) for a in args])}, got {value!r}")
+        raise ConfigError(
+            f"{where}: expected one of {list(args)}{suggest(str(value), [str(a) for a in args])}, got {value!r}"
+        )
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -251,6 +273,7 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 
+
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -263,6 +286,7 @@ def _describe(hint: Any) -> str:
     if hint is type(None):
         return "null"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
 
 def describe_params(cls: Any) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for each parameter of an algorithm or weighter class."""

@@ -104,8 +104,9 @@ class BalancedPiKEParams(PiKEParams):
     (ours; equal losses give PiKE exactly)"""
 
 
-
-def pike_terms(norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams) -> tuple[np.ndarray, np.ndarray]:
+def pike_terms(
+    norm_sq: np.ndarray, sigma2: np.ndarray, batch_size: int, params: PiKEParams
+) -> tuple[np.ndarray, np.ndarray]:
     """(ζ1‖∇L_k‖², (ζ2/2B)σ_k²): the gain and the noise term of the exponent."""
     return params.zeta1 * norm_sq, params.zeta2 * sigma2 / (2.0 * batch_size)
 

@@ -32,8 +32,15 @@ def huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
-def fit_power_law(n: np.ndarray, loss: np.ndarray, eps_min: float, alpha_max: float = 0.8,
-                  beta_max: float = float(np.exp(6.5)), delta: float = 1e-3, iterations: int = 8) -> PowerLaw:
+def fit_power_law(
+    n: np.ndarray,
+    loss: np.ndarray,
+    eps_min: float,
+    alpha_max: float = 0.8,
+    beta_max: float = float(np.exp(6.5)),
+    delta: float = 1e-3,
+    iterations: int = 8,
+) -> PowerLaw:
     """The law minimising Σ Huber_δ(log loss − log L̂(n)) with ε ≥ ``eps_min``, 0 ≤ β ≤ ``beta_max``,
     0 ≤ α ≤ ``alpha_max`` (the released ADO bounds). ``n`` > 0 and ``loss`` > 0, same length ≥ 2."""
     n, y = np.asarray(n, dtype=np.float64), np.asarray(loss, dtype=np.float64)
@@ -50,8 +57,9 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray, eps_min: float, alpha_max: fl
     return PowerLaw(float(eps[best]), float(beta[best]), float(alphas[best, 0]))
 
 
-def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray, eps_min: float, beta_max: float
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _weighted_line(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, eps_min: float, beta_max: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``x``: (ε, β) of y ≈ ε + β·x by weighted least squares, then held in the bounds
     (an intercept below ε_min is set to it and β refitted; β clipped to [0, β_max] and ε refitted)."""
     sw, swx, swy = w.sum(1), (w * x).sum(1), (w * y).sum(1)
@@ -85,8 +93,8 @@ def savgol_smooth(y: np.ndarray, window: int, order: int = 3) -> np.ndarray:
     # the centre value of the fitted polynomial is a fixed linear combination of the window's points
     coeffs = np.linalg.pinv(np.vander(offsets, order + 1, increasing=True))[0]
     out = np.empty(m)
-    out[half:m - half] = np.convolve(y, coeffs[::-1], mode="valid")
+    out[half : m - half] = np.convolve(y, coeffs[::-1], mode="valid")
     for lo, positions in ((0, np.arange(half)), (m - window, np.arange(m - half, m))):
-        fit = np.polyfit(np.arange(window), y[lo:lo + window], order)
+        fit = np.polyfit(np.arange(window), y[lo : lo + window], order)
         out[positions] = np.polyval(fit, positions - lo)
     return out

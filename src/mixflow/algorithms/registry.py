@@ -98,7 +98,8 @@ def lookup(name: str, kind: str, key: str) -> type[DomainAlgorithm[Any]] | type[
 def lookup(name: str, kind: str, key: str) -> type[DomainAlgorithm[Any]] | type[SampleWeighter[Any]]:
     """The registered class ``name`` of ``kind`` ("algorithm" or "weighter"); errors name ``key``."""
     table: Mapping[str, type[DomainAlgorithm[Any]] | type[SampleWeighter[Any]]] = (
-        available_algorithms() if kind == "algorithm" else available_weighters())
+        available_algorithms() if kind == "algorithm" else available_weighters()
+    )
     if name not in table:
         raise ConfigError(f"{key}: unknown {kind} {name!r}; expected one of {sorted(table)}{suggest(name, table)}")
     return table[name]

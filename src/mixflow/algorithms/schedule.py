@@ -65,13 +65,20 @@ class ScheduleParams(AlgorithmParams):
         ats = []
         for i, stage in enumerate(self.stages):
             errors += _stage_errors(f"{where}.stages[{i}]", stage, i, self.unit, context)
-            if isinstance(stage, dict) and isinstance(stage.get("at"), (int, float)) and not isinstance(stage["at"], bool):
+            if (
+                isinstance(stage, dict)
+                and isinstance(stage.get("at"), (int, float))
+                and not isinstance(stage["at"], bool)
+            ):
                 ats.append(stage["at"])
         if ats and len(ats) == len(self.stages):
             if ats[0] != 0:
                 errors.append(f"{where}.stages[0].at: expected 0 (the first stage starts the run), got {ats[0]}")
-            errors += [f"{where}.stages[{i}].at: expected more than the stage before's {ats[i - 1]}, got {ats[i]}"
-                       for i in range(1, len(ats)) if ats[i] <= ats[i - 1]]
+            errors += [
+                f"{where}.stages[{i}].at: expected more than the stage before's {ats[i - 1]}, got {ats[i]}"
+                for i in range(1, len(ats))
+                if ats[i] <= ats[i - 1]
+            ]
         if errors:
             raise ConfigError("\n".join(errors))
 
@@ -81,7 +88,9 @@ class ScheduleParams(AlgorithmParams):
         if spec is None:
             return None
         cls = available_algorithms()[spec["name"]]
-        return cls, build_params(cls.Params, spec.get("params") or {}, f"schedule.params.stages[{index}].algorithm.params")
+        return cls, build_params(
+            cls.Params, spec.get("params") or {}, f"schedule.params.stages[{index}].algorithm.params"
+        )
 
 
 def _stage_errors(key: str, stage: Any, index: int, unit: str, context: ValidationContext | None) -> list[str]:
@@ -124,7 +133,9 @@ def _algorithm_errors(key: str, spec: Any, context: ValidationContext | None) ->
     # the stage's sampling is the objective: an importance-mode algorithm's p is not (its loss is reweighted)
     usable = sorted(n for n, c in table.items() if n != "schedule" and c.mode == "objective")
     if spec.get("name") not in usable:
-        return [f"{key}.name: expected an algorithm whose sampling is the objective, one of {usable}, got {spec.get('name')!r}"]
+        return [
+            f"{key}.name: expected an algorithm whose sampling is the objective, one of {usable}, got {spec.get('name')!r}"
+        ]
     params = spec.get("params") or {}
     if not isinstance(params, dict):
         return [f"{key}.params: expected a mapping, got {params!r}"]
@@ -140,8 +151,10 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
     """p by stage: fixed, interpolated, frozen from what was learned, or an online algorithm's."""
 
     name = "schedule"
-    description = ("Staged mixtures by step, fraction of the run or tokens (step or linear), stages that hand over to "
-                   "an online algorithm or keep what it learned.")
+    description = (
+        "Staged mixtures by step, fraction of the run or tokens (step or linear), stages that hand over to "
+        "an online algorithm or keep what it learned."
+    )
     Params = ScheduleParams
     mode = "objective"
     scores_label = "training loss (window mean), or the stage algorithm's scores"
@@ -154,8 +167,11 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
         for i in range(len(params.stages)):  # type: ignore[attr-defined]
             found = params.stage_algorithm(i)  # type: ignore[attr-defined]
             if found is not None:
-                specs += [ProviderSpec(s.name, s.params, f"SCHEDULE (stage {i}: {found[0].name})")
-                          for s in found[0].provider_specs(found[1]) if s.name not in {x.name for x in specs}]
+                specs += [
+                    ProviderSpec(s.name, s.params, f"SCHEDULE (stage {i}: {found[0].name})")
+                    for s in found[0].provider_specs(found[1])
+                    if s.name not in {x.name for x in specs}
+                ]
         return specs
 
     @classmethod
@@ -189,12 +205,16 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
             steps = round(at * self.max_steps)
         elif unit == "tokens":
             if not self.tokens_per_step:
-                raise ConfigError(f"{key}: unit tokens needs the tokens of a step (B × cutoff_len), which this run does not know")
+                raise ConfigError(
+                    f"{key}: unit tokens needs the tokens of a step (B × cutoff_len), which this run does not know"
+                )
             steps = math.ceil(at / self.tokens_per_step)
         else:
             steps = int(at)
         if self.starts and steps <= self.starts[-1]:
-            raise ConfigError(f"{key}: {at} {unit} is step {steps}, not after the stage before's step {self.starts[-1]}")
+            raise ConfigError(
+                f"{key}: {at} {unit} is step {steps}, not after the stage before's step {self.starts[-1]}"
+            )
         return steps
 
     # ---- the schedule ---------------------------------------------------------------------
@@ -232,8 +252,13 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
         """Build stage ``index``'s algorithm from ``init`` (the p in force); its starting p."""
         found = self.params.stage_algorithm(index)
         assert found is not None
-        inner = build_algorithm(found[0].name, self.domain_names, found[1], init_weights=init,
-                                where=f"schedule.params.stages[{index}].algorithm")
+        inner = build_algorithm(
+            found[0].name,
+            self.domain_names,
+            found[1],
+            init_weights=init,
+            where=f"schedule.params.stages[{index}].algorithm",
+        )
         if self.batch_size is not None:
             inner.bind(self.batch_size, self.max_steps, self.tokens_per_step, self.lead)
         self.inner, self.inner_stage, self.inner_init = inner, index, np.asarray(init).tolist()
@@ -271,7 +296,11 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
             else:
                 what = ", ".join(f"{n} {w:.4f}" for n, w in zip(self.domain_names, self._proportions(i)))
                 nxt = self.params.stages[i + 1] if i + 1 < len(self.params.stages) else None
-                if self.params.interpolation == "linear" and nxt is not None and nxt.get("proportions", LEARNED) != LEARNED:
+                if (
+                    self.params.interpolation == "linear"
+                    and nxt is not None
+                    and nxt.get("proportions", LEARNED) != LEARNED
+                ):
                     what += f", moving linearly to stage {i + 1}'s"
             lines.append(f"stage {i} ({steps.replace('inf', 'end')}): {what}")
         return lines
@@ -287,8 +316,9 @@ class Schedule(DomainAlgorithm[ScheduleParams]):
             if "algorithm" in stage:
                 entry["algorithm"] = stage["algorithm"]["name"]
             else:  # a learned stage's proportions once it began
-                entry.update(proportions=self.learned.get(str(i), stage["proportions"]),
-                             learned=stage["proportions"] == LEARNED)
+                entry.update(
+                    proportions=self.learned.get(str(i), stage["proportions"]), learned=stage["proportions"] == LEARNED
+                )
             stages.append(entry)
         return {"stage": self.stage, "stages": stages}
 

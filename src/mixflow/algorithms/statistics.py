@@ -156,7 +156,9 @@ def excess_loss(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:
     """(λ_i = clipped excess-loss sum / token count, mask of domains with tokens) from the
     ``reference_loss`` sums (λ is 0 where a domain has no tokens)."""
     if REF_EXCESS_SUM not in stats.extras or REF_TOKEN_COUNT not in stats.extras:
-        raise ValueError("doremi: no reference-loss statistics in this window (is the reference_loss provider configured?)")
+        raise ValueError(
+            "doremi: no reference-loss statistics in this window (is the reference_loss provider configured?)"
+        )
     excess = stats.extras[REF_EXCESS_SUM].cpu().double().numpy()
     tokens = stats.extras[REF_TOKEN_COUNT].cpu().double().numpy()
     present = tokens > 0
@@ -238,7 +240,6 @@ class GradStatsParams(AlgorithmParams):
     """grad_stats: count-sketch dimension of the gradients (0: exact)"""
 
 
-
 #: What the ``grad_stats`` provider returns (sums that add exactly over micro-batches and ranks):
 #: Σ of the per-sample gradients of each group of the *global* batch, count-sketched [K, G, d] ...
 GRAD_GROUP_SUM = "grad_group_sum"
@@ -275,8 +276,12 @@ def gradient_sums(stats: DomainStats) -> dict[str, torch.Tensor]:
     total = stats.extras[GRAD_GROUP_SUM].cpu().double()  # [K, G, d]
     count = stats.extras[GRAD_GROUP_SAMPLES].cpu().double()  # [K, G]
     means = total / count.clamp_min(1)[..., None]  # an empty group's sum is 0: its "mean" adds nothing
-    return {GRAD_SUM: means.sum(dim=1), GRAD_SQ_SUM: means.square().sum(dim=(1, 2)),
-            GRAD_GROUPS: (count > 0).double().sum(dim=1), GRAD_SAMPLES: count.sum(dim=1)}
+    return {
+        GRAD_SUM: means.sum(dim=1),
+        GRAD_SQ_SUM: means.square().sum(dim=(1, 2)),
+        GRAD_GROUPS: (count > 0).double().sum(dim=1),
+        GRAD_SAMPLES: count.sum(dim=1),
+    }
 
 
 def gradient_moments(stats: DomainStats) -> tuple[np.ndarray, np.ndarray]:

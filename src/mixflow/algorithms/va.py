@@ -109,7 +109,11 @@ class VarianceAwareSampling(DomainAlgorithm[VAParams]):
         if inner is not None:
             inner_cls, inner_params = inner
             self.inner = build_algorithm(
-                inner_cls.name, self.domain_names, inner_params, init_weights=self.sampling_weights, prior=self.prior,
+                inner_cls.name,
+                self.domain_names,
+                inner_params,
+                init_weights=self.sampling_weights,
+                prior=self.prior,
                 where="va.params.loss_weights_from",
             )
         #: EMA of the per-sample gradient variance v_i² (NaN until a domain's first estimate)

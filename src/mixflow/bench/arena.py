@@ -16,7 +16,7 @@ domains, paired by seed — the engine behind ``mixflow bench run lm-arena`` and
 4. Each method against ``best static`` (target loss, paired 95% intervals), the fraction of the
    natural → best-static gap it closes (Fieller's interval over the seeds' paired differences), the steps it needs to reach
    the best baseline's final validation loss (censored "> T" when never reached), and a
-   recommendation.
+   recommendation (:mod:`mixflow.bench.arena_compare`, which runs every method and scores the runs).
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.bench.arena_recommend import recommend, recommendation_yaml
-from mixflow.bench.arena_runs import SWARM, RunSpec, check_specs, reused, run_specs
-from mixflow.bench.arena_scores import TARGET, bound_text, calibration, gap_closed, mean_curve, steps_to
-from mixflow.bench.base import BenchResult, Row
+from mixflow.bench.arena_recommend import recommendation_yaml
+from mixflow.bench.arena_runs import SWARM, RunSpec, run_specs
 from mixflow.data.proportions import unimax_proportions
 from mixflow.search.propose import Constraints, simulate
 from mixflow.search.regression import build_model
@@ -50,7 +48,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "erma": {"component": {"name": "erma"}, "update_step": 10},
     "va": {"component": {"name": "va"}, "update_step": 10},
     "erma + va": {"component": {"name": "va", "params": {"loss_weights_from": {"name": "erma"}}}, "update_step": 10},
-    "loss reweighting": {"train_type": "dynamic_weight", "mixture_sample_rule": "uniform", "component": {"name": "loss"}},
+    "loss reweighting": {
+        "train_type": "dynamic_weight",
+        "mixture_sample_rule": "uniform",
+        "component": {"name": "loss"},
+    },
     "doremi": {},  # its own three-step pipeline
     "ado": {},  # its released schedule scaled to the run (method_keys)
     "aioli": {"component": {"name": "aioli"}},  # its released rounds: 4 of 200 steps in 800
@@ -120,16 +122,35 @@ class Arena:
         """A static run. A scoring seed seeds the model *and* the data (the sampler's stream, the
         held-out split): a seed is a replicate of everything that is random, shared by every method
         at that seed, so the comparisons stay paired."""
-        return {**self.base, "dataset": ",".join(self.domains), "dataset_dir": str(self.train_dir),
-                "train_type": "static", "mixture_sample_rule": "mixture", "init_mixture_proportions": mixture,
-                "output_dir": str(out), "seed": seed, "data_seed": seed if data_seed is None else data_seed}
+        return {
+            **self.base,
+            "dataset": ",".join(self.domains),
+            "dataset_dir": str(self.train_dir),
+            "train_type": "static",
+            "mixture_sample_rule": "mixture",
+            "init_mixture_proportions": mixture,
+            "output_dir": str(out),
+            "seed": seed,
+            "data_seed": seed if data_seed is None else data_seed,
+        }
 
-    def spec(self, method: str, seed: int, config: dict[str, Any], kind: str = "train",
-             extra: dict[str, Any] | None = None) -> RunSpec:
+    def spec(
+        self, method: str, seed: int, config: dict[str, Any], kind: str = "train", extra: dict[str, Any] | None = None
+    ) -> RunSpec:
         if not self._digest:
             self._digest = _data_digest(self)
-        return RunSpec(method, seed, config, str(self.test_dir), str(self.val_dir), tuple(self.domains),
-                       tuple(self.clean), kind, extra or {}, self._digest)
+        return RunSpec(
+            method,
+            seed,
+            config,
+            str(self.test_dir),
+            str(self.val_dir),
+            tuple(self.domains),
+            tuple(self.clean),
+            kind,
+            extra or {},
+            self._digest,
+        )
 
 
 DOREMI_KEYS = {"reference": {"mixture_sample_rule": "uniform"}, "doremi": {}}
@@ -141,25 +162,36 @@ def method_keys(arena: Arena, method: str) -> dict[str, Any]:
         return {**DOREMI_KEYS, "proxy": {"warmup_step": max(2, arena.steps // 20), "update_step": 5}}
     if method == "ado":  # released: fits every 1000 of 60 000 steps, from 1000, the first 1000 ignored
         every = max(1, arena.steps // 60)
-        return {"component": {"name": "ado", "params": {"fit_every": every, "start_step": every, "ignore_steps": every}},
-                "mixture_sample_rule": "stratified", "update_step": 1}
+        return {
+            "component": {"name": "ado", "params": {"fit_every": every, "start_step": every, "ignore_steps": every}},
+            "mixture_sample_rule": "stratified",
+            "update_step": 1,
+        }
     return dict(METHODS[method])
 
 
 def arena_recommendation_yaml(arena: Arena, rec: dict[str, Any]) -> str:
     """:func:`recommendation_yaml` with the keys the recommended method was measured with."""
-    return recommendation_yaml(arena.domains, rec, method_keys(arena, rec["method"]) if rec["method"] != "static" else {})
+    return recommendation_yaml(
+        arena.domains, rec, method_keys(arena, rec["method"]) if rec["method"] != "static" else {}
+    )
 
 
 def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
     """The run of one (non-baseline) method at one seed, with its documented defaults."""
     out = arena.work / f"seed{seed}" / slug(method)
-    shared = {**arena.base, "dataset": ",".join(arena.domains), "dataset_dir": str(arena.train_dir), "seed": seed,
-              "data_seed": seed}
+    shared = {
+        **arena.base,
+        "dataset": ",".join(arena.domains),
+        "dataset_dir": str(arena.train_dir),
+        "seed": seed,
+        "data_seed": seed,
+    }
     if method == "doremi":
         return arena.spec(method, seed, {**shared, "output_dir": str(out), **method_keys(arena, method)}, kind="doremi")
-    return arena.spec(method, seed, {**shared, "train_type": "dynamic_mix", **method_keys(arena, method),
-                                     "output_dir": str(out)})
+    return arena.spec(
+        method, seed, {**shared, "train_type": "dynamic_mix", **method_keys(arena, method), "output_dir": str(out)}
+    )
 
 
 def slug(name: str) -> str:
@@ -177,22 +209,14 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     wins (a regression fitted on a dozen runs can propose a poor mixture, measured once 0.35 nats
     worse than temperature sampling, and then it is not chosen).
     """
-    key = hashlib.sha256(json.dumps({"base": arena.base, "domains": arena.domains, "clean": arena.clean,
-                                     "tokens": arena.tokens, "swarm": arena.swarm, "data": _data_digest(arena),
-                                     "members": "baselines + dirichlet + loglinear proposal",
-                                     "replicated": list(arena.replicate)},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = _swarm_key(arena)
     cache = arena.work / f"swarm-{key}.json"
     if cache.is_file():
         arena.log("arena: best static mixture from the cached swarm %s", cache)
         return json.loads(cache.read_text(encoding="utf-8"))
-    rng = np.random.default_rng(12345)
     k = len(arena.domains)
-    # half spread over the whole simplex, half around the natural mixture (where most of the mass is)
     natural = np.array(arena.mixture("natural"))
-    named = {b: np.array(arena.mixture(b)) for b in BASELINES}
-    named.update({f"member {i}": rng.dirichlet(np.ones(k)) if i % 2 == 0 else rng.dirichlet(natural * k * 2 + 0.2)
-                  for i in range(arena.swarm)})
+    named = _first_members(arena, natural)
     arena.log("arena: searching the best static mixture with a swarm of %d proxy runs", len(named) + 1)
     results = _swarm_runs(arena, named)
     x = np.array([r["extra"]["mixture"] for r in results])
@@ -205,24 +229,83 @@ def search_best_static(arena: Arena) -> dict[str, Any]:
     results += _swarm_runs(arena, {"loglinear proposal": proposal}, first=len(named))
     names = [*named, "loglinear proposal"]
     best, means, again = _replicate_best(arena, names, results)
-    members = [{"name": n, "mixture": r["extra"]["mixture"], VAL_TARGET: float(r[VAL_TARGET]),
-                **({"replicated mean": means[i]} if i in means else {})}
-               for i, (n, r) in enumerate(zip(names, results))]
-    members += [{"name": r["extra"]["name"], "mixture": r["extra"]["mixture"], VAL_TARGET: float(r[VAL_TARGET])}
-                for r in again]
-    found = {"key": key, "members": members,
-             "mixture": results[best]["extra"]["mixture"], "chosen": names[best], "runs": len(results) + len(again),
-             "steps": int(sum(r["steps"] for r in results + again)),
-             "seconds": float(sum(r["seconds"] for r in results + again))}
-    arena.log("arena: best static mixture: %s (validation target %.4f over %d seeds)", names[best], means[best],
-              arena.replicate[1])
+    found = {
+        "key": key,
+        "members": _member_records(names, results, means, again),
+        "mixture": results[best]["extra"]["mixture"],
+        "chosen": names[best],
+        "runs": len(results) + len(again),
+        "steps": int(sum(r["steps"] for r in results + again)),
+        "seconds": float(sum(r["seconds"] for r in results + again)),
+    }
+    arena.log(
+        "arena: best static mixture: %s (validation target %.4f over %d seeds)",
+        names[best],
+        means[best],
+        arena.replicate[1],
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, found)
     return found
 
 
-def _replicate_best(arena: Arena, names: list[str], results: list[dict[str, Any]]
-                    ) -> tuple[int, dict[int, float], list[dict[str, Any]]]:
+def _swarm_key(arena: Arena) -> str:
+    """The swarm cache's key: a digest of everything that decides the swarm's runs and its choice."""
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "base": arena.base,
+                "domains": arena.domains,
+                "clean": arena.clean,
+                "tokens": arena.tokens,
+                "swarm": arena.swarm,
+                "data": _data_digest(arena),
+                "members": "baselines + dirichlet + loglinear proposal",
+                "replicated": list(arena.replicate),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
+
+
+def _first_members(arena: Arena, natural: np.ndarray) -> dict[str, np.ndarray]:
+    """The swarm's members before the proposal: the simple mixtures and ``arena.swarm`` Dirichlet draws."""
+    rng = np.random.default_rng(12345)
+    k = len(arena.domains)
+    # half spread over the whole simplex, half around the natural mixture (where most of the mass is)
+    named = {b: np.array(arena.mixture(b)) for b in BASELINES}
+    named.update(
+        {
+            f"member {i}": rng.dirichlet(np.ones(k)) if i % 2 == 0 else rng.dirichlet(natural * k * 2 + 0.2)
+            for i in range(arena.swarm)
+        }
+    )
+    return named
+
+
+def _member_records(
+    names: list[str], results: list[dict[str, Any]], means: dict[int, float], again: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every swarm run's name, mixture and validation target (the replicated ones' mean too)."""
+    members = [
+        {
+            "name": n,
+            "mixture": r["extra"]["mixture"],
+            VAL_TARGET: float(r[VAL_TARGET]),
+            **({"replicated mean": means[i]} if i in means else {}),
+        }
+        for i, (n, r) in enumerate(zip(names, results))
+    ]
+    members += [
+        {"name": r["extra"]["name"], "mixture": r["extra"]["mixture"], VAL_TARGET: float(r[VAL_TARGET])} for r in again
+    ]
+    return members
+
+
+def _replicate_best(
+    arena: Arena, names: list[str], results: list[dict[str, Any]]
+) -> tuple[int, dict[int, float], list[dict[str, Any]]]:
     """(the chosen member, the mean validation target of each replicated one, the extra runs).
 
     One seed per member is a noisy choice: a run's seed sd is about the gap between good mixtures,
@@ -231,21 +314,32 @@ def _replicate_best(arena: Arena, names: list[str], results: list[dict[str, Any]
     values = [r[VAL_TARGET] for r in results]
     n_top, seeds = arena.replicate
     top = [int(i) for i in np.argsort(values)[:n_top]]
-    again = _swarm_runs(arena, {f"{names[i]} (seed {j})": np.array(results[i]["extra"]["mixture"])
-                                for i in top for j in range(1, seeds)}, first=len(names))
+    again = _swarm_runs(
+        arena,
+        {f"{names[i]} (seed {j})": np.array(results[i]["extra"]["mixture"]) for i in top for j in range(1, seeds)},
+        first=len(names),
+    )
     per = seeds - 1
-    means = {i: float(np.mean([values[i], *(r[VAL_TARGET] for r in again[t * per:(t + 1) * per])]))
-             for t, i in enumerate(top)}
+    means = {
+        i: float(np.mean([values[i], *(r[VAL_TARGET] for r in again[t * per : (t + 1) * per])]))
+        for t, i in enumerate(top)
+    }
     return min(means, key=means.__getitem__), means, again
 
 
 def _swarm_runs(arena: Arena, mixtures: dict[str, np.ndarray], first: int = 0) -> list[dict[str, Any]]:
     # the swarm's seeds are apart from the scoring seeds; each member's seeds the model and the data
-    specs = [arena.spec(SWARM, 10_000 + first + i,
-                        arena.static_config(arena.work / "swarm" / f"member{first + i}", 10_000 + first + i,
-                                            (m / m.sum()).tolist()),
-                        extra={"mixture": (m / m.sum()).tolist(), "name": name})
-             for i, (name, m) in enumerate(mixtures.items())]
+    specs = [
+        arena.spec(
+            SWARM,
+            10_000 + first + i,
+            arena.static_config(
+                arena.work / "swarm" / f"member{first + i}", 10_000 + first + i, (m / m.sum()).tolist()
+            ),
+            extra={"mixture": (m / m.sum()).tolist(), "name": name},
+        )
+        for i, (name, m) in enumerate(mixtures.items())
+    ]
     return run_specs(specs, arena.jobs, arena.log, arena.devices)
 
 
@@ -256,100 +350,3 @@ def _data_digest(arena: Arena) -> str:
             path = folder / f"{d}.jsonl"
             digest.update(path.read_bytes() if path.is_file() else d.encode())
     return digest.hexdigest()
-
-
-def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """Every baseline, the best static mixture and every method on every seed: the result, what it
-    concludes (recommendation, gap closed, calibration) and every run's record (for plots)."""
-    check_specs([arena.spec("uniform", 0, arena.static_config(arena.work / "check", 0, arena.mixture("uniform")))]
-                + [method_spec(arena, m, 0) for m in arena.methods])
-    best = search_best_static(arena)
-    specs = []
-    for seed in range(arena.seeds):
-        for name in BASELINES:
-            specs.append(arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / name, seed,
-                                                                    arena.mixture(name))))
-        specs.append(arena.spec("best static", seed, arena.static_config(arena.work / f"seed{seed}" / "best_static",
-                                                                         seed, best["mixture"])))
-        specs += [method_spec(arena, m, seed) for m in arena.methods]
-        if "doremi" in arena.methods:  # the same total compute as DoReMi's reference + proxy + target
-            config = arena.static_config(arena.work / f"seed{seed}" / "best_static_x3", seed, best["mixture"])
-            config.update(max_steps=3 * arena.steps, eval_steps=max(1, arena.steps // 2),
-                          warmup_steps=3 * int(arena.base.get("warmup_steps", 0)))
-            specs.append(arena.spec(EQUAL_COMPUTE, seed, config))
-    arena.log("arena: %d runs (%d seeds × %d methods and baselines), %s", len(specs), arena.seeds,
-              len(specs) // arena.seeds, f"one on each of {arena.devices} devices" if arena.devices
-              else f"{arena.jobs} at a time")
-    earlier = reused(specs)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for r in run_specs(specs, arena.jobs, arena.log, arena.devices):
-        runs.setdefault(r["method"], []).append(r)
-    for results in runs.values():
-        results.sort(key=lambda r: r["seed"])
-    result, summary = score(arena, runs, best)
-    if earlier:  # provenance: those runs ran at an earlier commit with the same config and data
-        result.notes.append(f"{earlier} of the {len(specs)} runs were reused from their saved results (the same run "
-                            "config and data digest), not run again by this invocation")
-    return result, summary, runs
-
-
-def score(arena: Arena, runs: dict[str, list[dict[str, Any]]], best: dict[str, Any]
-          ) -> tuple[BenchResult, dict[str, Any]]:
-    """Rows, comparisons, calibration and the recommendation from every run's results."""
-    rows = []
-    for method, results in runs.items():
-        rows.append(Row(method, TARGET, [r[TARGET] for r in results]))
-        rows.append(Row(method, "worst clean domain loss", [max(r["test_loss"][d] for d in arena.clean) for r in results]))
-        for d in arena.domains:
-            rows.append(Row(method, f"{d} test loss", [r["test_loss"][d] for r in results]))
-        rows.append(Row(method, "seconds", [r["seconds"] for r in results]))
-        rows.append(Row(method, "training steps (all stages)", [float(r["steps"] + r.get("extra_steps", 0)) for r in results]))
-    result = BenchResult(setting={}, rows=rows, holds=None, verdict="")
-    by_baseline = {b: float(np.mean([r[TARGET] for r in runs[b]])) for b in (*BASELINES, "best static")}
-    best_baseline = min(by_baseline, key=by_baseline.__getitem__)
-    reach = float(np.mean([mean_curve(r["curve"], arena.clean)[-1] for r in runs[best_baseline]]))
-    steps_rows: dict[str, list[float | None]] = {}
-    for method, results in runs.items():
-        steps_rows[method] = [steps_to(r["curve"], arena.clean, reach) for r in results]
-    for method, values in steps_rows.items():
-        result.rows.append(Row(method, f"steps to {best_baseline}'s final validation loss", values,
-                               censored_at=float(arena.steps)))
-    for method in runs:
-        if method not in ("best static", EQUAL_COMPUTE):
-            result.compare(method, "best static", TARGET, "lower")
-    if EQUAL_COMPUTE in runs and "doremi" in runs:
-        result.compare("doremi", EQUAL_COMPUTE, TARGET, "lower")
-    for method in runs:
-        if method not in ("natural", "best static", EQUAL_COMPUTE):
-            result.compare(method, "natural", TARGET, "lower")
-    gap = gap_closed(runs)
-    cal = calibration(runs)
-    rec = recommend(arena.domains, best["mixture"], result.comparisons, arena.methods)
-    better = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "better"]
-    worse = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "worse"]
-    same = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "no different"]
-    result.setting = {"steps": arena.steps, "seeds": arena.seeds, "domains": arena.domains, "clean domains": arena.clean,
-                      "train tokens": arena.tokens, "best static mixture": dict(zip(arena.domains, best["mixture"])),
-                      "swarm runs": best["runs"], "swarm steps": best["steps"], "swarm seconds": round(best["seconds"]),
-                      "best static chosen": best["chosen"],
-                      "baselines' mixtures": {b: dict(zip(arena.domains, np.round(arena.mixture(b), 4).tolist()))
-                                              for b in BASELINES},
-                      "calibration": cal, "best baseline": best_baseline}
-    result.verdict = (
-        f"against the best static mixture (target loss {by_baseline['best static']:.4f}, natural "
-        f"{by_baseline['natural']:.4f}, uniform {by_baseline['uniform']:.4f}): better {', '.join(better) or 'none'}; "
-        f"no different {', '.join(same) or 'none'}; worse {', '.join(worse) or 'none'}. Calibration: seed sd / gap "
-        f"{cal['sd / gap']:.2f} (target ≤ 0.25), |natural − uniform| = {cal['|natural − uniform| / sd']:.1f} seed sd "
-        f"(target > 4). Recommendation: {rec['method']} — {rec['why']}."
-    )
-    result.notes += [f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{bound_text(lo)}, {bound_text(hi)}] "
-                     "(Fieller's 95% interval over the seeds' paired differences)"
-                     for m, (v, lo, hi) in gap.items() if m not in ("natural", "best static")]
-    result.notes.append(f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test documents "
-                        "are never trained, tuned or chosen on; validation curves (steps to reach) use the training files' "
-                        "validation split")
-    result.notes.append(f"best static: the swarm member {best['chosen']!r}, lowest mean target on the validation "
-                        f"documents over {arena.replicate[1]} seeds among the {arena.replicate[0]} best of one seed "
-                        f"({best['runs']} swarm runs, {best['steps']} steps); DoReMi's steps count its reference and "
-                        "proxy")
-    return result, {"recommendation": rec, "gap": gap, "calibration": cal, "best_baseline": best_baseline}

@@ -43,8 +43,10 @@ def split_domains(sources: list[Any], out: Path, every: int = 20, max_documents:
             for handle in handles.values():
                 handle.close()
         if min(counts.values()) == 0:
-            problems.append(f"domain {source.name!r}: {sum(counts.values())} document(s); the arena splits documents "
-                            "into train, validation and test, so it needs at least 3")
+            problems.append(
+                f"domain {source.name!r}: {sum(counts.values())} document(s); the arena splits documents "
+                "into train, validation and test, so it needs at least 3"
+            )
         for folder in dirs.values():
             (folder / f".{source.name}.jsonl.tmp").replace(folder / f"{source.name}.jsonl")
     if problems:
@@ -84,7 +86,12 @@ def train_tokens(arena_base: dict[str, Any], train_dir: Path, domains: list[str]
     from mixflow.config.load import load_config
     from mixflow.recipes.build import cache_domains
 
-    raw = {**arena_base, "dataset": ",".join(domains), "dataset_dir": str(train_dir), "train_type": "static",
-           "output_dir": str(train_dir.parent / "tokens-probe")}
+    raw = {
+        **arena_base,
+        "dataset": ",".join(domains),
+        "dataset_dir": str(train_dir),
+        "train_type": "static",
+        "output_dir": str(train_dir.parent / "tokens-probe"),
+    }
     entries = cache_domains(load_config(raw=raw, check_outputs=False), progress=False)
     return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in entries}

@@ -27,7 +27,9 @@ def curves_plot(path: Path, runs: dict[str, list[dict[str, Any]]], clean: list[s
         curves = [r["curve"] for r in results if r["curve"]["steps"]]
         if not curves or any(c["steps"] != curves[0]["steps"] for c in curves):
             continue
-        values = np.array([[np.mean([c["losses"][d][i] for d in clean]) for i in range(len(c["steps"]))] for c in curves])
+        values = np.array(
+            [[np.mean([c["losses"][d][i] for d in clean]) for i in range(len(c["steps"]))] for c in curves]
+        )
         mean, sd = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
         style = "--" if method in ("uniform", "natural", "temperature", "unimax", "best static") else "-"
         (line,) = ax.plot(curves[0]["steps"], mean, style, label=method, linewidth=1.4)
@@ -67,9 +69,9 @@ def weights_plot(path: Path, runs: dict[str, list[dict[str, Any]]], domains: lis
         if loss and not np.allclose(loss, 1.0):
             twin = ax.twinx()
             for d in range(len(domains)):
-                twin.plot(steps[-len(loss):], [w[d] for w in loss], ":", linewidth=1.0)
+                twin.plot(steps[-len(loss) :], [w[d] for w in loss], ":", linewidth=1.0)
             twin.set_ylabel("loss weight w (dotted)", fontsize="x-small")
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize="xx-small", ncol=2)
     fig.supxlabel("step")

@@ -128,15 +128,23 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None], dev
                 try:
                     finished = future.result()
                 except Exception as err:
-                    raise MixflowError(f"arena: the {spec.method} run (seed {spec.seed}) failed: "
-                                     f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__} "
-                                     f"(its log: {spec.config['output_dir']}.log; finished runs are kept and reused)"
-                                     ) from err
+                    raise MixflowError(
+                        f"arena: the {spec.method} run (seed {spec.seed}) failed: "
+                        f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__} "
+                        f"(its log: {spec.config['output_dir']}.log; finished runs are kept and reused)"
+                    ) from err
                 results[i] = finished
                 write_json_atomic(spec.result_path, {"digest": spec.digest(), "result": finished})
                 scored = "validation target loss" if spec.method == SWARM else "target loss"
-                log("arena: %d/%d runs done (%s, seed %d: %s %.4f)", done, len(todo), spec.method, spec.seed, scored,
-                    finished[scored])
+                log(
+                    "arena: %d/%d runs done (%s, seed %d: %s %.4f)",
+                    done,
+                    len(todo),
+                    spec.method,
+                    spec.seed,
+                    scored,
+                    finished[scored],
+                )
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -171,8 +179,9 @@ def check_specs(specs: list[RunSpec]) -> None:
         except (ConfigError, ValueError, FileNotFoundError) as err:
             problems.append(f"{spec.method}: {err}")
     if problems:
-        raise ConfigError("\n".join(["arena: these runs cannot start (choose --methods, or change the config):",
-                                     *problems]))
+        raise ConfigError(
+            "\n".join(["arena: these runs cannot start (choose --methods, or change the config):", *problems])
+        )
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -196,9 +205,14 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         # a swarm member is read on the validation documents (they choose the best static mixture),
         # every other run on the test documents (they score): scoring a split nobody reads was an
         # eighth of a run's time
-        split, key, target = (("val_dir", "validation_loss", "validation target loss") if spec["method"] == SWARM
-                              else ("test_dir", "test_loss", "target loss"))
-        [out[key]] = split_losses(model_dir, tokenizer, [spec[split]], spec["domains"], int(spec["config"]["cutoff_len"]))
+        split, key, target = (
+            ("val_dir", "validation_loss", "validation target loss")
+            if spec["method"] == SWARM
+            else ("test_dir", "test_loss", "target loss")
+        )
+        [out[key]] = split_losses(
+            model_dir, tokenizer, [spec[split]], spec["domains"], int(spec["config"]["cutoff_len"])
+        )
     out[target] = float(np.mean([out[key][d] for d in spec["clean"]]))
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
     return out
@@ -210,8 +224,13 @@ def _train(config: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(config["output_dir"])
     metrics = run_training(load_config(raw=config), progress=False)
-    return {"model_dir": str(out), "curve": validation_curve(out), "weights": logged_weights(out),
-            "final_sampling_weights": metrics.get("final_sampling_weights", {}), "steps": metrics["steps"]}
+    return {
+        "model_dir": str(out),
+        "curve": validation_curve(out),
+        "weights": logged_weights(out),
+        "final_sampling_weights": metrics.get("final_sampling_weights", {}),
+        "steps": metrics["steps"],
+    }
 
 
 def _doremi(spec: dict[str, Any]) -> dict[str, Any]:
@@ -226,11 +245,16 @@ def _doremi(spec: dict[str, Any]) -> dict[str, Any]:
     result = run_pipeline(path, progress=False)
     dirs = {step: Path(d) for step, d in result["output_dirs"].items()}
     steps = {step: _trained_steps(d) for step, d in dirs.items()}
-    return {"model_dir": str(dirs["target"]), "curve": validation_curve(dirs["target"]),
-            "weights": logged_weights(dirs["proxy"]), "target_weights": list(result["target_weights"]),
-            "final_sampling_weights": dict(zip(spec["domains"], result["target_weights"])), "steps": steps["target"],
-            # DoReMi's reference and proxy are compute the static baselines never spend
-            "extra_steps": steps["reference"] + steps["proxy"]}
+    return {
+        "model_dir": str(dirs["target"]),
+        "curve": validation_curve(dirs["target"]),
+        "weights": logged_weights(dirs["proxy"]),
+        "target_weights": list(result["target_weights"]),
+        "final_sampling_weights": dict(zip(spec["domains"], result["target_weights"])),
+        "steps": steps["target"],
+        # DoReMi's reference and proxy are compute the static baselines never spend
+        "extra_steps": steps["reference"] + steps["proxy"],
+    }
 
 
 def _trained_steps(out: Path) -> int:
@@ -246,7 +270,7 @@ def validation_curve(out: Path) -> dict[str, Any]:
     for entry in state["log_history"]:  # the Trainer logs each evaluated domain as its own key
         for key, value in entry.items():
             if key.startswith("eval_") and key.endswith("_loss") and key != "eval_loss":
-                by_step.setdefault(int(entry["step"]), {})[key[len("eval_"):-len("_loss")]] = float(value)
+                by_step.setdefault(int(entry["step"]), {})[key[len("eval_") : -len("_loss")]] = float(value)
     names = sorted({d for losses in by_step.values() for d in losses})
     steps = sorted(s for s, losses in by_step.items() if len(losses) == len(names))
     return {"steps": steps, "losses": {d: [by_step[s][d] for s in steps] for d in names}}
@@ -266,8 +290,14 @@ def logged_weights(out: Path) -> list[dict[str, Any]]:
     return records
 
 
-def split_losses(model_dir: str, tokenizer_path: str, split_dirs: Sequence[str], domains: Sequence[str],
-                 cutoff_len: int, batch: int = 32) -> list[dict[str, float]]:
+def split_losses(
+    model_dir: str,
+    tokenizer_path: str,
+    split_dirs: Sequence[str],
+    domains: Sequence[str],
+    cutoff_len: int,
+    batch: int = 32,
+) -> list[dict[str, float]]:
     """Per split directory (test, validation), the mean next-token loss of the saved model on each
     domain's documents, each ended by EOS, concatenated and cut into rows of ``cutoff_len`` (the last
     row shorter): every token counts. The model and tokenizer load once for all splits."""
@@ -278,8 +308,13 @@ def split_losses(model_dir: str, tokenizer_path: str, split_dirs: Sequence[str],
 
     tokenizer = load_tokenizer(tokenizer_path)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    return [{source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch)
-             for source in sources_from_dataset_info(folder, list(domains))} for folder in split_dirs]
+    return [
+        {
+            source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch)
+            for source in sources_from_dataset_info(folder, list(domains))
+        }
+        for folder in split_dirs
+    ]
 
 
 def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int) -> float:
@@ -287,11 +322,17 @@ def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batc
 
     from mixflow.data.tokenizer import encode_batch
 
-    stream = np.concatenate([np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
-                             for ids in encode_batch(tokenizer, list(documents))])
+    stream = np.concatenate(
+        [
+            np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
+            for ids in encode_batch(tokenizer, list(documents))
+        ]
+    )
     full = len(stream) // cutoff_len * cutoff_len
-    pieces = [stream[i:min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
-              for i in range(0, full, batch * cutoff_len)]
+    pieces = [
+        stream[i : min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
+        for i in range(0, full, batch * cutoff_len)
+    ]
     if len(stream) - full > 1:
         pieces.append(stream[full:][None, :])
     total, count = 0.0, 0
@@ -299,7 +340,10 @@ def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batc
         for rows in pieces:
             ids = torch.as_tensor(rows)
             logits = model(input_ids=ids).logits[:, :-1].float()
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                             ids[:, 1:].reshape(-1), reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+                )
+            )
             count += ids[:, 1:].numel()
     return total / max(count, 1)

@@ -32,8 +32,9 @@ def gap_closed(runs: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[float, 
     mixture; < 0: worse than natural; bounds ±∞ when the gap itself is inside the seed noise)."""
     nat = [r[TARGET] for r in runs["natural"]]
     gap = [n - r[TARGET] for n, r in zip(nat, runs["best static"])]
-    return {method: ratio_interval([n - r[TARGET] for n, r in zip(nat, results)], gap)
-            for method, results in runs.items()}
+    return {
+        method: ratio_interval([n - r[TARGET] for n, r in zip(nat, results)], gap) for method, results in runs.items()
+    }
 
 
 def bound_text(x: float) -> str:
@@ -50,9 +51,10 @@ def calibration(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     gap = float(nat.mean() - best.mean())
     # what the paired intervals see: the spread of the seeds' differences, not of the runs themselves
     paired = float(np.std(nat - best, ddof=1)) if len(best) > 1 else math.nan
-    return {"seed sd of best static": sd, "natural − best static": gap,
-            "sd / gap": sd / gap if gap > 0 else math.inf,
-            "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf,
-            "paired sd of natural − best static": paired}
-
-
+    return {
+        "seed sd of best static": sd,
+        "natural − best static": gap,
+        "sd / gap": sd / gap if gap > 0 else math.inf,
+        "|natural − uniform| / sd": abs(float(nat.mean() - uni.mean())) / sd if sd > 0 else math.inf,
+        "paired sd of natural − best static": paired,
+    }

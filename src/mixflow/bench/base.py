@@ -78,8 +78,13 @@ class Row:
             sd = statistics.stdev(known) if len(known) > 1 else 0.0
         else:
             mean = sd = math.nan
-        out: dict[str, Any] = {"method": self.method, "metric": self.metric, "mean": mean, "sd": sd,
-                               "values": [self._shown(v) for v in self.values]}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "metric": self.metric,
+            "mean": mean,
+            "sd": sd,
+            "values": [self._shown(v) for v in self.values],
+        }
         if self.censored_at is not None:
             ordered = sorted(math.inf if v is None else v for v in self.values)
             median = ordered[(len(ordered) - 1) // 2] if ordered else math.nan  # the lower median: a censored
@@ -125,7 +130,9 @@ class BenchResult:
 
     def compare(self, method: str, baseline: str, metric: str, better: str, **kwargs: Any) -> Comparison:
         """Add and return the paired comparison of two rows of the same metric (see :func:`stats.compare`)."""
-        c = compare(method, self.values(method, metric), baseline, self.values(baseline, metric), metric, better, **kwargs)
+        c = compare(
+            method, self.values(method, metric), baseline, self.values(baseline, metric), metric, better, **kwargs
+        )
         self.comparisons.append(c)
         return c
 
@@ -189,15 +196,22 @@ def commit(exclude: Path | None = None) -> str:
     ``exclude``, e.g. the results directory being written), or ``unknown``."""
     here = Path(__file__).parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=here).stdout.strip()
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10,
-                             cwd=here).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=here
+        ).stdout.strip()
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10, cwd=here
+        ).stdout.strip()
         # an exclude outside the work tree is no pathspec git accepts (it would fail and read as clean)
         inside = exclude is not None and bool(top) and Path(exclude).resolve().is_relative_to(Path(top).resolve())
         pathspec = ["--", ".", f":(exclude){Path(exclude).resolve()}"] if inside and exclude is not None else []
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *pathspec],
-                               capture_output=True, text=True, timeout=10, cwd=top or here).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", *pathspec],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=top or here,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"

@@ -49,7 +49,9 @@ def write_corpus(path: Path, megabytes: float, seed: int) -> int:
         while written < target:
             ids = rng.choice(WORDS, size=(200, 400), p=p)  # 200 documents of up to 400 words
             cut = rng.integers(20, 400, size=200)
-            lines = "".join(json.dumps({"text": " ".join(vocab[i] for i in row[:c])}) + "\n" for row, c in zip(ids, cut))
+            lines = "".join(
+                json.dumps({"text": " ".join(vocab[i] for i in row[:c])}) + "\n" for row, c in zip(ids, cut)
+            )
             f.write(lines)
             written += len(lines)
             docs += 200
@@ -69,8 +71,13 @@ def _datasets_map(corpus: Path, tokenizer: Any, cache: Path) -> tuple[float, int
     datasets.disable_progress_bars()
     start = time.perf_counter()
     ds = datasets.load_dataset("json", data_files=str(corpus), split="train", cache_dir=str(cache))
-    out = ds.map(lambda b: tokenizer(b["text"], add_special_tokens=False), batched=True, batch_size=1000,
-                 remove_columns=["text"], load_from_cache_file=False)
+    out = ds.map(
+        lambda b: tokenizer(b["text"], add_special_tokens=False),
+        batched=True,
+        batch_size=1000,
+        remove_columns=["text"],
+        load_from_cache_file=False,
+    )
     tokens = sum(len(x) for x in out["input_ids"])
     return time.perf_counter() - start, tokens
 
@@ -80,8 +87,16 @@ def _ours(corpus: Path, tokenizer: Any, cache: Path, workers: int) -> tuple[floa
     from mixflow.data.tokenized import cache_domain
 
     start = time.perf_counter()
-    entry = cache_domain(DomainSource("bench", str(corpus)), tokenizer, cache, cutoff_len=1024, packing=False,
-                             workers=workers, overwrite=True, progress=False)
+    entry = cache_domain(
+        DomainSource("bench", str(corpus)),
+        tokenizer,
+        cache,
+        cutoff_len=1024,
+        packing=False,
+        workers=workers,
+        overwrite=True,
+        progress=False,
+    )
     return time.perf_counter() - start, int(entry.meta["num_tokens"])
 
 
@@ -90,13 +105,32 @@ def _train_config(root: Path, corpus: list[Path], name: str, steps: int) -> Path
 
     cfg = {
         "domains": [{"name": f"d{i}", "path": str(p)} for i, p in enumerate(corpus)],
-        "tokenized_dir": str(root / "tokenized"), "cutoff_len": 256, "val_size": 0.0, "train_type": "static",
+        "tokenized_dir": str(root / "tokenized"),
+        "cutoff_len": 256,
+        "val_size": 0.0,
+        "train_type": "static",
         "mixture_sample_rule": "uniform",
-        "model_config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256},
-        "output_dir": str(root / f"run-{name}"), "overwrite_output_dir": True, "per_device_train_batch_size": 8,
-        "max_steps": steps, "logging_steps": steps, "save_strategy": "no", "eval_strategy": "no", "report_to": "none",
-        "learning_rate": 1e-3, "use_cpu": True, "disable_tqdm": True, "dataloader_num_workers": 0,
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+        },
+        "output_dir": str(root / f"run-{name}"),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 8,
+        "max_steps": steps,
+        "logging_steps": steps,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "learning_rate": 1e-3,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
@@ -166,8 +200,9 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     return {"throughput_mb": 40, "small_mb": 100, "large_mb": 1000, "steps": 20, "vocab": 32_000}
 
 
-def _throughput(ctx: BenchContext, s: dict[str, Any], root: Path, cols: dict[tuple[str, str], list[float]]
-                ) -> tuple[float, list[int]]:
+def _throughput(
+    ctx: BenchContext, s: dict[str, Any], root: Path, cols: dict[tuple[str, str], list[float]]
+) -> tuple[float, list[int]]:
     """MB/s of datasets.map and of a fresh cache entry with 1, 2, … workers; (corpus MB, worker counts)."""
     from transformers import AutoTokenizer
 
@@ -187,7 +222,9 @@ def _throughput(ctx: BenchContext, s: dict[str, Any], root: Path, cols: dict[tup
             seconds, tokens = _ours(text, ours, root / "tokenized-throughput", w)
             if tokens != base_tokens:
                 raise RuntimeError(f"data-path: {tokens} tokens with {w} worker(s), datasets.map gave {base_tokens}")
-            cols.setdefault((f"mixflow cache ({w} worker{'s' if w > 1 else ''})", "MB/s"), []).append(megabytes / seconds)
+            cols.setdefault((f"mixflow cache ({w} worker{'s' if w > 1 else ''})", "MB/s"), []).append(
+                megabytes / seconds
+            )
     return megabytes, worker_counts
 
 
@@ -202,8 +239,10 @@ def _row_reads(ctx: BenchContext, root: Path, cols: dict[tuple[str, str], list[f
     if not prefix.with_name(prefix.name + ".idx").is_file():
         ctx.log("data-path: writing the corpus's tokens as a Megatron dataset")
         write_megatron(prefix, [cache.rows[i] for i in range(len(cache.rows))], cache.rows.tokens.dtype)
-    sources = {"read from a Megatron prefix": read_megatron(prefix, 1024, True),
-               "read from the mixflow cache": read_mixflow(entry, 1024, True)}
+    sources = {
+        "read from a Megatron prefix": read_megatron(prefix, 1024, True),
+        "read from the mixflow cache": read_mixflow(entry, 1024, True),
+    }
     for seed in range(ctx.seeds):
         picks = np.random.default_rng(seed).integers(0, len(sources["read from the mixflow cache"].rows), size=reads)
         for name, domain in sources.items():
@@ -214,8 +253,9 @@ def _row_reads(ctx: BenchContext, root: Path, cols: dict[tuple[str, str], list[f
             cols.setdefault((f"1024-token rows {name}", "rows/s"), []).append(reads / (time.perf_counter() - start))
 
 
-def _memory_and_setup(ctx: BenchContext, s: dict[str, Any], root: Path, label: str, mb: float,
-                      cols: dict[tuple[str, str], list[float]]) -> None:
+def _memory_and_setup(
+    ctx: BenchContext, s: dict[str, Any], root: Path, label: str, mb: float, cols: dict[tuple[str, str], list[float]]
+) -> None:
     """Training's peak RSS and the first and second data setup on a corpus of ``mb`` MB (two domains)."""
     files = [root / label / f"part-{i}.jsonl" for i in range(2)]
     for i, f in enumerate(files):
@@ -238,7 +278,7 @@ def _memory_and_setup(ctx: BenchContext, s: dict[str, Any], root: Path, label: s
 @register_benchmark(
     "data-path",
     claim="tokenizing into the cache is at least as fast as datasets.map in one process and scales with workers; "
-          "training on a 10× larger corpus peaks at ≤ 1.3× the RSS; a second run's data setup is ≥ 20× faster",
+    "training on a 10× larger corpus peaks at ≤ 1.3× the RSS; a second run's data setup is ≥ 20× faster",
     source="issue 9 (tokenize once, memory-mapped shards)",
     seeds=3,
 )
@@ -254,21 +294,64 @@ def run(ctx: BenchContext) -> BenchResult:
             ctx.log("data-path: memory and setup, repetition %d of %d", seed + 1, ctx.seeds)
             _memory_and_setup(ctx, s, root, label, mb, cols)
 
-    result = BenchResult(setting={**s, "workers": worker_counts, "throughput_corpus_mb": round(megabytes, 1)},
-                         rows=[Row(m, metric, v) for (m, metric), v in cols.items()], holds=None, verdict="")
+    result = BenchResult(
+        setting={**s, "workers": worker_counts, "throughput_corpus_mb": round(megabytes, 1)},
+        rows=[Row(m, metric, v) for (m, metric), v in cols.items()],
+        holds=None,
+        verdict="",
+    )
+    _judge(result, cols, worker_counts)
+    result.notes += [
+        "throughput counts the source file's bytes per second, reading and tokenizing included (and writing, for "
+        "the cache); one process means one Python process: the fast tokenizer's own threads run in both",
+        f"the machine has {os.cpu_count()} cores: workers beyond that cannot scale",
+    ]
+    return result
+
+
+def _judge(result: BenchResult, cols: dict[tuple[str, str], list[float]], worker_counts: list[int]) -> None:
+    """Compares the cache's MB/s with datasets.map's and across workers, the two corpora's training RSS,
+    the first and second data setup and the row-read rates; sets the verdict."""
     small, large = (next(m for (m, metric) in cols if m.startswith(lab)) for lab in ("small", "large"))
-    speed = result.compare("mixflow cache (1 worker)", "datasets.map (1 process)", "MB/s", "higher", scale="ratio",
-                           claim_range=(1.0, None))
-    scaling = result.compare(f"mixflow cache ({worker_counts[-1]} workers)", "mixflow cache (1 worker)", "MB/s", "higher",
-                             scale="ratio", claim_range=(1.0, None))
-    rss = compare(large, result.values(large, "train peak RSS (MiB)"), small, result.values(small, "train peak RSS (MiB)"),
-                  "train peak RSS (MiB)", "lower", scale="ratio", claim_range=(None, 1.3))
-    setup = compare("first data setup", result.values(large, "first data setup (s)"), "second data setup",
-                    result.values(large, "second data setup (s)"), f"{large}: data setup (s)", "higher", scale="ratio",
-                    claim_range=(20.0, None))
+    speed = result.compare(
+        "mixflow cache (1 worker)", "datasets.map (1 process)", "MB/s", "higher", scale="ratio", claim_range=(1.0, None)
+    )
+    scaling = result.compare(
+        f"mixflow cache ({worker_counts[-1]} workers)",
+        "mixflow cache (1 worker)",
+        "MB/s",
+        "higher",
+        scale="ratio",
+        claim_range=(1.0, None),
+    )
+    rss = compare(
+        large,
+        result.values(large, "train peak RSS (MiB)"),
+        small,
+        result.values(small, "train peak RSS (MiB)"),
+        "train peak RSS (MiB)",
+        "lower",
+        scale="ratio",
+        claim_range=(None, 1.3),
+    )
+    setup = compare(
+        "first data setup",
+        result.values(large, "first data setup (s)"),
+        "second data setup",
+        result.values(large, "second data setup (s)"),
+        f"{large}: data setup (s)",
+        "higher",
+        scale="ratio",
+        claim_range=(20.0, None),
+    )
     result.comparisons += [rss, setup]
-    megatron = result.compare("1024-token rows read from a Megatron prefix", "1024-token rows read from the mixflow cache",
-                              "rows/s", "higher", scale="ratio")  # measured, not claimed (issue 23)
+    megatron = result.compare(
+        "1024-token rows read from a Megatron prefix",
+        "1024-token rows read from the mixflow cache",
+        "rows/s",
+        "higher",
+        scale="ratio",
+    )  # measured, not claimed (issue 23)
     result.judge()
     result.verdict = (
         f"cache build {interval_text(speed)} datasets.map's MB/s (claim > 1×), {worker_counts[-1]} workers "
@@ -276,9 +359,3 @@ def run(ctx: BenchContext) -> BenchResult:
         f"(claim < 1.3×); the first data setup takes {interval_text(setup)} the second's time (claim > 20×). "
         f"Random 1024-token rows read in place from a Megatron prefix: {interval_text(megatron)} the rate from the cache."
     )
-    result.notes += [
-        "throughput counts the source file's bytes per second, reading and tokenizing included (and writing, for "
-        "the cache); one process means one Python process: the fast tokenizer's own threads run in both",
-        f"the machine has {os.cpu_count()} cores: workers beyond that cannot scale",
-    ]
-    return result

@@ -32,8 +32,12 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import build_providers
 
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {"Uniform": ("static", {}), "ERMA": ("erma", {}), "VA": ("va", {}),
-           "ERMA + VA": ("va", {"loss_weights_from": {"name": "erma"}})}
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Uniform": ("static", {}),
+    "ERMA": ("erma", {}),
+    "VA": ("va", {}),
+    "ERMA + VA": ("va", {"loss_weights_from": {"name": "erma"}}),
+}
 BATCH, UPDATE_STEP = 64, 10
 
 
@@ -84,8 +88,11 @@ def train(task: Task, method: str, hidden: int, steps: int, lr: float, seed: int
     """Clean test accuracy after ``steps`` steps of Adam with ``method``'s weights."""
     torch.manual_seed(seed)
     dim = task.x_train.shape[1]
-    layers = [torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, task.classes)] if hidden else \
-        [torch.nn.Linear(dim, task.classes)]
+    layers = (
+        [torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, task.classes)]
+        if hidden
+        else [torch.nn.Linear(dim, task.classes)]
+    )
     model = torch.nn.Sequential(*layers)
     name, params = METHODS[method]
     if name == "va":  # grad_stats measures the output layer
@@ -94,7 +101,11 @@ def train(task: Task, method: str, hidden: int, steps: int, lr: float, seed: int
     sampler = MixtureSampler(task.sizes, algo.sampling_weights, BATCH, seed=seed)
     specs = algo.provider_specs(algo.params)
     providers = build_providers([s for s in specs if s.name != "heldout_loss"])
-    providers += [HeldoutLosses(lambda: [F.cross_entropy(model(x), y, reduction="none").numpy() for _, _, x, y in task.domains])] if any(s.name == "heldout_loss" for s in specs) else []
+    providers += (
+        [HeldoutLosses(lambda: [F.cross_entropy(model(x), y, reduction="none").numpy() for _, _, x, y in task.domains])]
+        if any(s.name == "heldout_loss" for s in specs)
+        else []
+    )
     engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=UPDATE_STEP), providers=providers)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     batches = sampler.iter_batches()
@@ -130,21 +141,38 @@ def run(ctx: BenchContext) -> BenchResult:
     cols: dict[tuple[str, str], list[float]] = {}
     for seed in range(ctx.seeds):
         ctx.log("erma-classification: seed %d/%d", seed + 1, ctx.seeds)
-        for label, task, hidden, steps, lr in (("logistic", logistic_task(seed), 0, s["logistic_steps"], 0.05),
-                                               ("digits MLP", digits_task(seed), 64, s["digits_steps"], 3e-3)):
+        for label, task, hidden, steps, lr in (
+            ("logistic", logistic_task(seed), 0, s["logistic_steps"], 0.05),
+            ("digits MLP", digits_task(seed), 64, s["digits_steps"], 3e-3),
+        ):
             for method in METHODS:
-                cols.setdefault((method, f"{label}: clean test accuracy"), []).append(train(task, method, hidden, steps, lr, seed))
+                cols.setdefault((method, f"{label}: clean test accuracy"), []).append(
+                    train(task, method, hidden, steps, lr, seed)
+                )
     rows = [Row(m, metric, v) for (m, metric), v in cols.items()]
-    result = BenchResult(setting={**s, "batch": BATCH, "update_step": UPDATE_STEP, "label noise": "40% (logistic), 50% (digits)",
-                                  "optimizer": "Adam", "params": "defaults"}, rows=rows, holds=None, verdict="")
+    result = BenchResult(
+        setting={
+            **s,
+            "batch": BATCH,
+            "update_step": UPDATE_STEP,
+            "label noise": "40% (logistic), 50% (digits)",
+            "optimizer": "Adam",
+            "params": "defaults",
+        },
+        rows=rows,
+        holds=None,
+        verdict="",
+    )
     parts = []
     for label in ("logistic", "digits MLP"):
         metric = f"{label}: clean test accuracy"
         erma = result.compare("ERMA", "Uniform", metric, "higher", claim_range=(0.0, None))
         both = result.compare("ERMA + VA", "Uniform", metric, "higher")
         result.compare("VA", "Uniform", metric, "higher")
-        parts.append(f"{label}: ERMA − uniform {interval_text(erma)} ({erma.verdict}), ERMA + VA − uniform "
-                     f"{interval_text(both)} ({both.verdict})")
+        parts.append(
+            f"{label}: ERMA − uniform {interval_text(erma)} ({erma.verdict}), ERMA + VA − uniform "
+            f"{interval_text(both)} ({both.verdict})"
+        )
     result.judge()
     result.verdict = "; ".join(parts) + " (claim: ERMA's whole interval above 0 on both tasks)."
     return result

@@ -92,7 +92,9 @@ def sgd(p: Problem, method: str, steps: int, batch: int, seed: int, lr: float = 
         rows = torch.as_tensor(next(batches))
         ids = torch.as_tensor(sampler.domain_ids(rows.numpy()))
         residual = (x_all[rows] @ theta - y_all[rows]) ** 2
-        losses = SampleLosses(residual, torch.ones_like(ids), residual[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
+        losses = SampleLosses(
+            residual, torch.ones_like(ids), residual[:, None], torch.ones(len(ids), 1, dtype=torch.bool)
+        )
         c = engine.coefficients(losses, MicroBatch(ids, batch_index=step))  # FGLS: q_d / p_d from the engine
         if fixed is not None:
             c = torch.as_tensor(fixed)[ids]
@@ -115,13 +117,9 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     return {"d": 10, "n": 200, "m": 100, "draws": 10, "gd_steps": 200, "sgd_steps": 3000, "batch": 32}
 
 
-@register_benchmark(
-    "fgls-regression",
-    claim="One-shot FGLS ends within 1.2× of the GLS oracle's estimation error and learns w₁/w₂ ≈ 10 (σ² = 1, 10)",
-    source="Salmani et al. 2025, arXiv 2511.06913, One-shot FGLS",
-)
-def run(ctx: BenchContext) -> BenchResult:
-    s = _sizes(ctx)
+def _measure(ctx: BenchContext, s: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
+    """Per seed, the full-batch and mini-batch errors of uniform OLS, the GLS oracle and One-shot FGLS
+    (each the mean over ``draws`` data sets), and FGLS's learned w₁/w₂."""
     cols: dict[tuple[str, str], list[float]] = {}
 
     def add(method: str, metric: str, value: float) -> None:
@@ -131,34 +129,64 @@ def run(ctx: BenchContext) -> BenchResult:
         ctx.log("fgls-regression: seed %d/%d", seed + 1, ctx.seeds)
         problems = [Problem(1000 * seed + r, s["d"], s["n"], s["m"]) for r in range(s["draws"])]
         oracle_w = 1 / np.array(SIGMA2)
-        add("uniform OLS", "full-batch error (d/n)",
-            float(np.mean([p.error(weighted_least_squares(p, np.ones(2))) for p in problems])))
-        add("GLS oracle", "full-batch error (d/n)",
-            float(np.mean([p.error(weighted_least_squares(p, oracle_w)) for p in problems])))
+        add(
+            "uniform OLS",
+            "full-batch error (d/n)",
+            float(np.mean([p.error(weighted_least_squares(p, np.ones(2))) for p in problems])),
+        )
+        add(
+            "GLS oracle",
+            "full-batch error (d/n)",
+            float(np.mean([p.error(weighted_least_squares(p, oracle_w)) for p in problems])),
+        )
         runs = [fgls_full_batch(p, s["gd_steps"]) for p in problems]
-        add("One-shot FGLS", "full-batch error (d/n)",
-            float(np.mean([p.error(t) for p, (t, _) in zip(problems, runs)])))
+        add(
+            "One-shot FGLS", "full-batch error (d/n)", float(np.mean([p.error(t) for p, (t, _) in zip(problems, runs)]))
+        )
         add("One-shot FGLS", "full-batch w1/w2", float(np.mean([w[0] / w[1] for _, w in runs])))
         for method, label in (("uniform", "uniform OLS"), ("oracle", "GLS oracle"), ("fgls", "One-shot FGLS")):
             out = [sgd(p, method, s["sgd_steps"], s["batch"], seed) for p in problems[:2]]
             add(label, "mini-batch error (d/n)", float(np.mean([e for e, _ in out])))
             if method == "fgls":
                 add(label, "mini-batch w1/w2", float(np.mean([w[0] / w[1] for _, w in out])))
+    return cols
+
+
+@register_benchmark(
+    "fgls-regression",
+    claim="One-shot FGLS ends within 1.2× of the GLS oracle's estimation error and learns w₁/w₂ ≈ 10 (σ² = 1, 10)",
+    source="Salmani et al. 2025, arXiv 2511.06913, One-shot FGLS",
+)
+def run(ctx: BenchContext) -> BenchResult:
+    s = _sizes(ctx)
+    cols = _measure(ctx, s)
     rows = [Row(m, metric, v) for (m, metric), v in cols.items()]
-    result = BenchResult(setting={**s, "sigma2": list(SIGMA2), "fgls params": "defaults"}, rows=rows, holds=None, verdict="")
-    full = result.compare("One-shot FGLS", "GLS oracle", "full-batch error (d/n)", "lower", scale="ratio",
-                          claim_range=(None, 1.2))
-    mini = result.compare("One-shot FGLS", "GLS oracle", "mini-batch error (d/n)", "lower", scale="ratio",
-                          claim_range=(None, 1.2))
+    result = BenchResult(
+        setting={**s, "sigma2": list(SIGMA2), "fgls params": "defaults"}, rows=rows, holds=None, verdict=""
+    )
+    full = result.compare(
+        "One-shot FGLS", "GLS oracle", "full-batch error (d/n)", "lower", scale="ratio", claim_range=(None, 1.2)
+    )
+    mini = result.compare(
+        "One-shot FGLS", "GLS oracle", "mini-batch error (d/n)", "lower", scale="ratio", claim_range=(None, 1.2)
+    )
     result.compare("uniform OLS", "GLS oracle", "full-batch error (d/n)", "lower", scale="ratio")
     result.compare("One-shot FGLS", "uniform OLS", "full-batch error (d/n)", "lower", scale="ratio")
-    ratio = against_value("One-shot FGLS", result.values("One-shot FGLS", "full-batch w1/w2"), 10.0,
-                          "full-batch w1/w2", "higher", claim_range=(-2.0, 2.0))
+    ratio = against_value(
+        "One-shot FGLS",
+        result.values("One-shot FGLS", "full-batch w1/w2"),
+        10.0,
+        "full-batch w1/w2",
+        "higher",
+        claim_range=(-2.0, 2.0),
+    )
     result.comparisons.append(ratio)
     result.judge()
     result.verdict = (
         f"FGLS/oracle error {interval_text(full)} full-batch, {interval_text(mini)} mini-batch (claim: the whole interval ≤ 1.2×); "
         f"learned w₁/w₂ = 10 {ratio.interval[0]:+.2f} [{ratio.interval[1]:+.2f}, {ratio.interval[2]:+.2f}] (claim: within ±2 of 10)."
     )
-    result.notes.append("each seed's value is the mean over `draws` independent data sets (one draw's error is a skewed, noisy quantity)")
+    result.notes.append(
+        "each seed's value is the mean over `draws` independent data sets (one draw's error is a skewed, noisy quantity)"
+    )
     return result

@@ -3,40 +3,65 @@
 The corpus is ``mixflow data corpus`` (seven domains from text this machine ships, sizes 40× apart,
 a 2048-token BPE); a small Llama with an untied head (PiKE and VA measure its gradients); the same
 target steps for every method, each trained exactly as ``mixflow train`` trains it with its
-documented defaults, several runs at once, one torch thread each (:mod:`mixflow.bench.arena`).
+documented defaults, several runs at once, one torch thread each (:mod:`mixflow.bench.arena`,
+:mod:`mixflow.bench.arena_compare`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mixflow.bench.arena import BASELINES, METHODS, TARGET, Arena, run_arena
+from mixflow.bench.arena import BASELINES, METHODS, Arena
+from mixflow.bench.arena_compare import run_arena
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
 from mixflow.bench.arena_runs import accelerators, usable_cores
+from mixflow.bench.arena_scores import TARGET
 from mixflow.bench.base import BenchContext, BenchResult, register_benchmark
 from mixflow.data.corpus import DOMAINS, build_corpus
 from mixflow.data.sources import sources_from_dataset_info
 
 
-def base_config(tokenizer: str, steps: int, tokenized: str, val_rows: int = 64, batch: int = 16,
-                use_cpu: bool = True) -> dict[str, Any]:
+def base_config(
+    tokenizer: str, steps: int, tokenized: str, val_rows: int = 64, batch: int = 16, use_cpu: bool = True
+) -> dict[str, Any]:
     """The shared ``mixflow train`` keys of every arena run on the corpus. ``val_rows`` per domain are
     held out for the periodic evaluations and the methods that read held-out losses (a count, not a
     fraction: 5% of the largest domain was 60% of an evaluation's cost and tells no more).
     ``use_cpu``: False where the runs go one per accelerator."""
     return {
-        "tokenizer": tokenizer, "tokenized_dir": tokenized, "cutoff_len": 64, "val_size": val_rows,
-        "model_config": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
-                         "tie_word_embeddings": False},
+        "tokenizer": tokenizer,
+        "tokenized_dir": tokenized,
+        "cutoff_len": 64,
+        "val_size": val_rows,
+        "model_config": {
+            "model_type": "llama",
+            "hidden_size": 128,
+            "intermediate_size": 344,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": False,
+        },
         # PiKE and VA keep 2 rows of each of the 7 domains (their min_samples): at B = 16 they move 2
         # rows of 16 (12.5%), at B = 32 18 rows; B = 16 was chosen for the updates it buys (below)
-        "per_device_train_batch_size": batch, "learning_rate": 3.0e-3, "lr_scheduler_type": "cosine",
-        "warmup_steps": max(1, steps // 20), "max_steps": steps, "logging_steps": max(1, steps // 10),
-        "eval_strategy": "steps", "eval_steps": max(1, steps // 6), "per_device_eval_batch_size": 64,
-        "save_strategy": "no", "report_to": "none", "data_seed": 0, "dataloader_num_workers": 0,
-        "use_cpu": use_cpu, "disable_tqdm": True, "overwrite_output_dir": True,  # the benchmark's own scratch runs
+        "per_device_train_batch_size": batch,
+        "learning_rate": 3.0e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": max(1, steps // 20),
+        "max_steps": steps,
+        "logging_steps": max(1, steps // 10),
+        "eval_strategy": "steps",
+        "eval_steps": max(1, steps // 6),
+        "per_device_eval_batch_size": 64,
+        "save_strategy": "no",
+        "report_to": "none",
+        "data_seed": 0,
+        "dataloader_num_workers": 0,
+        "use_cpu": use_cpu,
+        "disable_tqdm": True,
+        "overwrite_output_dir": True,  # the benchmark's own scratch runs
     }
 
 
@@ -47,19 +72,49 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     # arena's pipeline at a tenth of the corpus, 30 steps of the full batch, and the swarm's 2 best
     # members measured on 2 seeds (not 3 on 3): about 3 minutes on 2 cores.
     if ctx.tiny:
-        return {"scale": 0.04, "steps": 4, "batch": 32, "swarm": 4, "methods": ["odm", "doremi"], "jobs": 2,
-                "max_documents": 30, "vocab": 512, "val_rows": 2, "replicate": (2, 2)}
+        return {
+            "scale": 0.04,
+            "steps": 4,
+            "batch": 32,
+            "swarm": 4,
+            "methods": ["odm", "doremi"],
+            "jobs": 2,
+            "max_documents": 30,
+            "vocab": 512,
+            "val_rows": 2,
+            "replicate": (2, 2),
+        }
     if ctx.quick:
-        return {"scale": 0.1, "steps": 30, "batch": 16, "swarm": 4, "methods": list(METHODS), "jobs": usable_cores(),
-                "max_documents": None, "vocab": 2048, "val_rows": 8, "replicate": (2, 2)}
+        return {
+            "scale": 0.1,
+            "steps": 30,
+            "batch": 16,
+            "swarm": 4,
+            "methods": list(METHODS),
+            "jobs": usable_cores(),
+            "max_documents": None,
+            "vocab": 2048,
+            "val_rows": 8,
+            "replicate": (2, 2),
+        }
     # Calibrated on 4 seeds of uniform, natural and temperature, the same 819k training tokens each:
     # 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd 0.072 (0.9 sd apart; fixing the
     # data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
     # every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
     # 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
     # 1e-2 was worse; a run costs about 85 s on one thread.
-    return {"scale": 1.0, "steps": 800, "batch": 16, "swarm": 12, "methods": list(METHODS), "jobs": usable_cores(),
-            "max_documents": None, "vocab": 2048, "val_rows": 64, "replicate": (3, 3)}
+    return {
+        "scale": 1.0,
+        "steps": 800,
+        "batch": 16,
+        "swarm": 12,
+        "methods": list(METHODS),
+        "jobs": usable_cores(),
+        "max_documents": None,
+        "vocab": 2048,
+        "val_rows": 64,
+        "replicate": (3, 3),
+    }
 
 
 def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[Arena, dict[str, Any]]:
@@ -74,17 +129,40 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     sources = sources_from_dataset_info(root / "corpus", domains)
     split = split_domains(sources, root / "split", max_documents=s["max_documents"])
     devices = 0 if ctx.tiny else accelerators()  # the test suite's size stays on the CPU
-    base = base_config(str(root / "corpus" / "tokenizer"), s["steps"], str(root / "tokenized"), s["val_rows"],
-                       s["batch"], use_cpu=devices == 0)
-    arena = Arena(train_dir=split.train, test_dir=split.test, val_dir=split.val, domains=domains,
-                  clean=[d.name for d in DOMAINS if d.clean], tokens=train_tokens(base, split.train, domains), base=base,
-                  work=root / "runs", seeds=ctx.seeds, jobs=s["jobs"], swarm=s["swarm"],
-                  methods=s["methods"] if methods is None else methods, log=ctx.log, replicate=s["replicate"],
-                  devices=devices)
-    setting = {"corpus sha256": manifest["corpus_sha256"], "corpus scale": s["scale"],
-               "model": f"Llama 2×128, untied head, BPE {s['vocab']}", "batch": base["per_device_train_batch_size"],
-               "cutoff_len": base["cutoff_len"], "parallel runs": devices or s["jobs"],
-               "device": f"{devices} CUDA devices, one run each" if devices else "CPU, one torch thread per run"}
+    base = base_config(
+        str(root / "corpus" / "tokenizer"),
+        s["steps"],
+        str(root / "tokenized"),
+        s["val_rows"],
+        s["batch"],
+        use_cpu=devices == 0,
+    )
+    arena = Arena(
+        train_dir=split.train,
+        test_dir=split.test,
+        val_dir=split.val,
+        domains=domains,
+        clean=[d.name for d in DOMAINS if d.clean],
+        tokens=train_tokens(base, split.train, domains),
+        base=base,
+        work=root / "runs",
+        seeds=ctx.seeds,
+        jobs=s["jobs"],
+        swarm=s["swarm"],
+        methods=s["methods"] if methods is None else methods,
+        log=ctx.log,
+        replicate=s["replicate"],
+        devices=devices,
+    )
+    setting = {
+        "corpus sha256": manifest["corpus_sha256"],
+        "corpus scale": s["scale"],
+        "model": f"Llama 2×128, untied head, BPE {s['vocab']}",
+        "batch": base["per_device_train_batch_size"],
+        "cutoff_len": base["cutoff_len"],
+        "parallel runs": devices or s["jobs"],
+        "device": f"{devices} CUDA devices, one run each" if devices else "CPU, one torch thread per run",
+    }
     return arena, setting
 
 
@@ -103,8 +181,14 @@ def run(ctx: BenchContext) -> BenchResult:
     result.compare("natural", "best static", TARGET, "lower", claim_range=(0.0, None))
     result.judge()
     result.setting.update({**setting, "baselines": list(BASELINES)})
-    plots = [p for p in (curves_plot(ctx.out_dir / "lm-arena-curves.png", runs, arena.clean),
-                         weights_plot(ctx.out_dir / "lm-arena-weights.png", runs, arena.domains)) if p is not None]
+    plots = [
+        p
+        for p in (
+            curves_plot(ctx.out_dir / "lm-arena-curves.png", runs, arena.clean),
+            weights_plot(ctx.out_dir / "lm-arena-weights.png", runs, arena.domains),
+        )
+        if p is not None
+    ]
     result.plots = [p.name for p in plots]
     result.notes.append(f"recommendation: {summary['recommendation']}")
     return result

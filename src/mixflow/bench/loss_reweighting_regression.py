@@ -57,7 +57,9 @@ def train(seed: int, strategy: str, steps: int, n: int, lr: float = LR) -> np.nd
         rows = torch.as_tensor(next(batches))
         ids = torch.as_tensor(sampler.domain_ids(rows.numpy()))
         residual = (x[rows] @ theta - y[rows]) ** 2
-        losses = SampleLosses(residual, torch.ones_like(ids), residual[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
+        losses = SampleLosses(
+            residual, torch.ones_like(ids), residual[:, None], torch.ones(len(ids), 1, dtype=torch.bool)
+        )
         loss = engine.training_loss_from_samples(losses, MicroBatch(ids, batch_index=step))
         (grad,) = torch.autograd.grad(loss, theta)
         with torch.no_grad():
@@ -82,9 +84,24 @@ def log_area(errors: np.ndarray) -> float:
 
 def tune(strategy: str, seeds: int, steps: int, n: int) -> float:
     """The grid learning rate with the lowest mean log area on the selection seeds."""
-    scores = {lr: np.mean([log_area(train(SELECTION_SEED + seed, strategy, steps, n, lr)) for seed in range(seeds)])
-              for lr in LR_GRID}
+    scores = {
+        lr: np.mean([log_area(train(SELECTION_SEED + seed, strategy, steps, n, lr)) for seed in range(seeds)])
+        for lr in LR_GRID
+    }
     return min(scores, key=scores.__getitem__)
+
+
+def _curves(ctx: BenchContext, s: dict[str, Any], tuned: dict[str, float]) -> dict[str, list[np.ndarray]]:
+    """Every strategy's test-error curve on every seed, at its tuned learning rate and at ``LR``."""
+    curves: dict[str, list[np.ndarray]] = {}
+    for seed in range(ctx.seeds):
+        ctx.log("loss-reweighting-regression: seed %d/%d", seed + 1, ctx.seeds)
+        for strategy in STRATEGIES:
+            curves.setdefault(f"{strategy} (tuned lr)", []).append(
+                train(seed, strategy, s["steps"], s["n"], tuned[strategy])
+            )
+            curves.setdefault(f"{strategy} (lr {LR})", []).append(train(seed, strategy, s["steps"], s["n"], LR))
+    return curves
 
 
 @register_benchmark(
@@ -100,36 +117,62 @@ def run(ctx: BenchContext) -> BenchResult:
     for strategy in STRATEGIES:
         ctx.log("loss-reweighting-regression: tuning %s's learning rate over %s", strategy, list(LR_GRID))
         tuned[strategy] = tune(strategy, ctx.seeds, s["steps"], s["n"])
-    curves: dict[str, list[np.ndarray]] = {}
-    for seed in range(ctx.seeds):
-        ctx.log("loss-reweighting-regression: seed %d/%d", seed + 1, ctx.seeds)
-        for strategy in STRATEGIES:
-            curves.setdefault(f"{strategy} (tuned lr)", []).append(train(seed, strategy, s["steps"], s["n"], tuned[strategy]))
-            curves.setdefault(f"{strategy} (lr {LR})", []).append(train(seed, strategy, s["steps"], s["n"], LR))
+    curves = _curves(ctx, s, tuned)
     checkpoints = {"T/4": s["steps"] // 4, "T": s["steps"]}
     rows = [Row(method, "log10 test-error area", [log_area(c) for c in runs]) for method, runs in curves.items()]
-    rows += [Row(method, f"test error at {label} (step {step})", [float(c[step - 1]) for c in runs])
-             for method, runs in curves.items() for label, step in checkpoints.items()]
-    plot = line_plot(ctx.out_dir / "loss-reweighting-regression.png", {k: np.mean(v, axis=0) for k, v in curves.items()},
-                     xlabel="step", ylabel="test error ‖θ − θ*‖² (mean over seeds)",
-                     title="loss-based reweighting, redundant data", logy=True)
-    result = BenchResult(setting={**s, "d": D, "label noise sd": NOISE, "batch": BATCH, "lr grid": list(LR_GRID),
-                                  "tuned lr": tuned, "redundant rows": f"copies of {COPIES_OF} noiseless points",
-                                  "weighter": "loss, defaults"},
-                         rows=rows, holds=None, verdict="", plots=[plot.name])
+    rows += [
+        Row(method, f"test error at {label} (step {step})", [float(c[step - 1]) for c in runs])
+        for method, runs in curves.items()
+        for label, step in checkpoints.items()
+    ]
+    plot = line_plot(
+        ctx.out_dir / "loss-reweighting-regression.png",
+        {k: np.mean(v, axis=0) for k, v in curves.items()},
+        xlabel="step",
+        ylabel="test error ‖θ − θ*‖² (mean over seeds)",
+        title="loss-based reweighting, redundant data",
+        logy=True,
+    )
+    result = BenchResult(
+        setting={
+            **s,
+            "d": D,
+            "label noise sd": NOISE,
+            "batch": BATCH,
+            "lr grid": list(LR_GRID),
+            "tuned lr": tuned,
+            "redundant rows": f"copies of {COPIES_OF} noiseless points",
+            "weighter": "loss, defaults",
+        },
+        rows=rows,
+        holds=None,
+        verdict="",
+        plots=[plot.name],
+    )
+    _judge(result, s, tuned)
+    result.notes.append("tuning runs use separate seeds; the area is the mean of log10 ‖θ − θ*‖² over all steps")
+    return result
+
+
+def _judge(result: BenchResult, s: dict[str, Any], tuned: dict[str, float]) -> None:
+    """Compares linupper and the other strategies with uniform, tuned and at the same learning rate;
+    sets the verdict."""
     area, final = "log10 test-error area", f"test error at T (step {s['steps']})"
     claim = result.compare("linupper (tuned lr)", "uniform (tuned lr)", area, "lower", claim_range=(None, 0.0))
     end = result.compare("linupper (tuned lr)", "uniform (tuned lr)", final, "lower", scale="ratio")
     for strategy in STRATEGIES[2:]:
         result.compare(f"{strategy} (tuned lr)", "uniform (tuned lr)", area, "lower")
     same = result.compare(f"linupper (lr {LR})", f"uniform (lr {LR})", area, "lower")
-    result.compare(f"linupper (lr {LR})", f"uniform (lr {LR})", f"test error at T/4 (step {s['steps'] // 4})", "lower",
-                   scale="ratio")
+    result.compare(
+        f"linupper (lr {LR})",
+        f"uniform (lr {LR})",
+        f"test error at T/4 (step {s['steps'] // 4})",
+        "lower",
+        scale="ratio",
+    )
     result.judge()
     result.verdict = (
         f"tuned learning rates {tuned}; linupper − uniform log10 error area {interval_text(claim)} ({claim.verdict}; "
         f"claim: the whole interval below 0), final error {interval_text(end)} ({end.verdict}); at the same lr {LR}: "
         f"area {interval_text(same)} ({same.verdict})."
     )
-    result.notes.append("tuning runs use separate seeds; the area is the mean of log10 ‖θ − θ*‖² over all steps")
-    return result

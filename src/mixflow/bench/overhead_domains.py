@@ -3,7 +3,7 @@ domains (static, ODM, ADO, a linearly moving schedule, each writing its weights 
 piece of the per-step bookkeeping costs per domain (the statistics, their packing for the
 all-reduce, a sampler's batch, an update, a weights-log line), ADO's fit and the weights plot.
 
-The step ratios are measured as for K = 4 (:func:`mixflow.bench.overhead.step_ratios`: a plain
+The step ratios are measured as for K = 4 (:func:`mixflow.bench.overhead_steps.step_ratios`: a plain
 Trainer and a MixflowTrainer in turn on the same batches, CPU time, one thread); the pieces by
 repeating each on synthetic inputs (median of several timings).
 """
@@ -31,8 +31,13 @@ TARGET = 1.05
 def components(k: int) -> dict[str, tuple[str, dict[str, Any], int]]:
     """(component, params, update_step) of each algorithm timed at ``k`` domains."""
     rng = np.random.default_rng(0)
-    moving = {"interpolation": "linear", "stages": [{"at": 0, "proportions": [1.0] * k},
-                                                     {"at": 10**6, "proportions": rng.uniform(0.5, 1.5, k).tolist()}]}
+    moving = {
+        "interpolation": "linear",
+        "stages": [
+            {"at": 0, "proportions": [1.0] * k},
+            {"at": 10**6, "proportions": rng.uniform(0.5, 1.5, k).tolist()},
+        ],
+    }
     return {
         "static": ("static", {}, 5),  # its updates only log per-domain losses
         "odm": ("odm", {}, 1),
@@ -42,20 +47,34 @@ def components(k: int) -> dict[str, tuple[str, dict[str, Any], int]]:
     }
 
 
-def domain_step_ratios(k: int, vocab: int, pairs: int, step_ratios: Callable[..., dict[str, list[float]]]
-                       ) -> dict[str, dict[str, list[float]]]:
+def domain_step_ratios(
+    k: int, vocab: int, pairs: int, step_ratios: Callable[..., dict[str, list[float]]]
+) -> dict[str, dict[str, list[float]]]:
     """Per algorithm, its step-time ratios at ``k`` domains (weights log written, as in a run), timed by
-    ``step_ratios`` (:func:`mixflow.bench.overhead.step_ratios`, which calls this module)."""
+    ``step_ratios`` (:func:`mixflow.bench.overhead_steps.step_ratios`, passed in by :mod:`mixflow.bench.overhead`)."""
     # at least two windows of update_step steps: a ratio is taken over a window (its update included)
-    return {name: step_ratios(name, update_step, vocab, max(pairs, 2 * update_step), k=k, spec=(component, params), log=True)
-            for name, (component, params, update_step) in components(k).items()}
+    return {
+        name: step_ratios(
+            name, update_step, vocab, max(pairs, 2 * update_step), k=k, spec=(component, params), log=True
+        )
+        for name, (component, params, update_step) in components(k).items()
+    }
 
 
 def comparisons(k: int, vocab: int, ratios: dict[str, dict[str, list[float]]], judged: bool) -> list[Comparison]:
     """The ratios against the plain Trainer as comparisons; at the largest K they carry the target."""
-    return [Comparison(f"{name} @ K={k}", "plain", f"vocab {vocab}: step time", tuple(math.log(v) for v in r["vs plain"]),
-                       "lower", "ratio", claim_range=(None, TARGET) if judged else None)
-            for name, r in ratios.items()]
+    return [
+        Comparison(
+            f"{name} @ K={k}",
+            "plain",
+            f"vocab {vocab}: step time",
+            tuple(math.log(v) for v in r["vs plain"]),
+            "lower",
+            "ratio",
+            claim_range=(None, TARGET) if judged else None,
+        )
+        for name, r in ratios.items()
+    ]
 
 
 def _timed(fn: Callable[[], Any], repeats: int = 7, inner: int = 20) -> float:
@@ -100,8 +119,11 @@ def ado_fit_seconds(k: int, points: int = 100) -> float:
     """Seconds of one ADO fit of ``k`` laws on ``points`` smoothed history points."""
     from mixflow.algorithms.ado import ADO, ADOParams
 
-    algo = ADO([f"d{i}" for i in range(k)], ADOParams(min_probability=0.1 / k, block=1, ignore_steps=0, eps_min=1.0),
-               init_weights=np.ones(k) / k)
+    algo = ADO(
+        [f"d{i}" for i in range(k)],
+        ADOParams(min_probability=0.1 / k, block=1, ignore_steps=0, eps_min=1.0),
+        init_weights=np.ones(k) / k,
+    )
     algo.bind(12)
     steps = np.arange(1, points + 1)
     scale = np.random.default_rng(0).uniform(0.5, 2.0, k)
@@ -122,18 +144,32 @@ def plot_seconds(k: int, lines: int = 1000) -> float:
         with open(run / "odm_weights.jsonl", "w", encoding="utf-8") as f:
             for step in range(1, lines + 1):
                 w = rng.dirichlet(np.ones(k)).tolist()
-                f.write(json.dumps({"step": step, "domain_names": names, "domain_weights": w, "sampling_weights": w,
-                                    "perdomain_scores": w, "loss_weights": [1.0] * k}) + "\n")
-        code = ("import time; from mixflow.cli.plot import plot_run; start = time.perf_counter(); "
-                f"plot_run({str(run)!r}); print(time.perf_counter() - start)")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "domain_names": names,
+                            "domain_weights": w,
+                            "sampling_weights": w,
+                            "perdomain_scores": w,
+                            "loss_weights": [1.0] * k,
+                        }
+                    )
+                    + "\n"
+                )
+        code = (
+            "import time; from mixflow.cli.plot import plot_run; start = time.perf_counter(); "
+            f"plot_run({str(run)!r}); print(time.perf_counter() - start)"
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise RuntimeError(f"overhead: mixflow plot failed: {out.stderr.strip().splitlines()[-1:]}")
         return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(ctx: Any, counts: list[int], vocab: int, pairs: int, step_ratios: Callable[..., dict[str, list[float]]]
-            ) -> tuple[dict[tuple[str, str], list[float]], list[Comparison], list[str]]:
+def measure(
+    ctx: Any, counts: list[int], vocab: int, pairs: int, step_ratios: Callable[..., dict[str, list[float]]]
+) -> tuple[dict[tuple[str, str], list[float]], list[Comparison], list[str]]:
     """Rows (method, metric) → values, comparisons and notes of the many-domain part."""
     cols: dict[tuple[str, str], list[float]] = {}
     found: list[Comparison] = []
@@ -151,10 +187,16 @@ def measure(ctx: Any, counts: list[int], vocab: int, pairs: int, step_ratios: Ca
     fit = ado_fit_seconds(top)
     cols[(f"ADO fit @ K={top}", "seconds (100 history points)")] = [fit]
     cols[(f"mixflow plot @ K={top}", "seconds (1000 weights-log lines)")] = [plot_seconds(top)]
-    notes = [f"ADO's fit of {top} laws takes {fit:.2f} s; at the released fit_every 1000 that is "
-             f"{fit / 1000 * 1e3:.2f} ms a step"]
+    notes = [
+        f"ADO's fit of {top} laws takes {fit:.2f} s; at the released fit_every 1000 that is "
+        f"{fit / 1000 * 1e3:.2f} ms a step"
+    ]
     low = min(pieces)
     if top != low:
-        notes.append(f"cost per domain (µs per domain, between K={low} and K={top}): " + "; ".join(
-            f"{piece} {(pieces[top][piece] - pieces[low][piece]) / (top - low):.3f}" for piece in pieces[top]))
+        notes.append(
+            f"cost per domain (µs per domain, between K={low} and K={top}): "
+            + "; ".join(
+                f"{piece} {(pieces[top][piece] - pieces[low][piece]) / (top - low):.3f}" for piece in pieces[top]
+            )
+        )
     return cols, found, notes

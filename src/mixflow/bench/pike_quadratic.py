@@ -54,8 +54,15 @@ def run_static(sigmas: tuple[float, float], w: float, steps: int, seed: int, bat
     return _sgd(sigmas, steps, seed, sampler, engine=None)
 
 
-def run_pike(sigmas: tuple[float, float], name: str, params: dict[str, Any], steps: int, seed: int,
-             exact: bool = False, batch: int = BATCH) -> tuple[float, float]:
+def run_pike(
+    sigmas: tuple[float, float],
+    name: str,
+    params: dict[str, Any],
+    steps: int,
+    seed: int,
+    exact: bool = False,
+    batch: int = BATCH,
+) -> tuple[float, float]:
     """SGD whose mixture PiKE updates after every step from grad_stats (or, ``exact``, from θ)."""
     algo = build_algorithm(name, ["task1", "task2"], {"grad_params": ["theta"], **params}, batch_size=batch)
     sampler = MixtureSampler([10**6, 10**6], algo.sampling_weights, batch, seed=seed)
@@ -78,8 +85,14 @@ def _exact_stats(theta: np.ndarray, sigmas: np.ndarray) -> DomainStats:
     return stats
 
 
-def _sgd(sigmas: tuple[float, float], steps: int, seed: int, sampler: MixtureSampler, engine: StepEngine | None,
-         exact: bool = False) -> tuple[float, float]:
+def _sgd(
+    sigmas: tuple[float, float],
+    steps: int,
+    seed: int,
+    sampler: MixtureSampler,
+    engine: StepEngine | None,
+    exact: bool = False,
+) -> tuple[float, float]:
     sig = torch.as_tensor(sigmas, dtype=torch.float64)
     model = Quadratic()
     gen = torch.Generator().manual_seed(seed)  # the same noise stream for every method at a seed
@@ -117,6 +130,23 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     return {"steps": 200, "replicates": 2 if ctx.quick else 6}
 
 
+def _choose_static(ctx: BenchContext, s: dict[str, Any], sigmas: tuple[float, float], batch: int) -> float:
+    """The static w with the lowest mean final loss on the selection seeds."""
+    # the best static mixture is chosen on seeds that never score it (selection on the scoring
+    # seeds would favour the baseline by its own noise)
+    selection = {
+        w: np.mean(
+            [
+                run_static(sigmas, w, s["steps"], SELECTION_SEED + 1000 * seed + r, batch)[0]
+                for seed in range(ctx.seeds)
+                for r in range(s["replicates"])
+            ]
+        )
+        for w in STATIC
+    }
+    return float(min(selection, key=selection.__getitem__))
+
+
 @register_benchmark(
     "pike-quadratic",
     claim="PiKE with exact gradient statistics ends below the best static mixture (chosen on separate seeds) and "
@@ -141,11 +171,7 @@ def run(ctx: BenchContext) -> BenchResult:
     for sigmas, batch, names in cases(variants, ctx.tiny):
         case = case_name(sigmas, batch)
         ctx.log("pike-quadratic: %s", case)
-        # the best static mixture is chosen on seeds that never score it (selection on the scoring
-        # seeds would favour the baseline by its own noise)
-        selection = {w: np.mean([run_static(sigmas, w, s["steps"], SELECTION_SEED + 1000 * seed + r, batch)[0]
-                                 for seed in range(ctx.seeds) for r in range(s["replicates"])]) for w in STATIC}
-        chosen[case] = float(min(selection, key=selection.__getitem__))
+        chosen[case] = _choose_static(ctx, s, sigmas, batch)
         for seed in range(ctx.seeds):
             reps = [1000 * seed + r for r in range(s["replicates"])]
             for w in STATIC:
@@ -160,10 +186,21 @@ def run(ctx: BenchContext) -> BenchResult:
                 cols.setdefault((label, f"{case} final loss"), []).append(float(out[0]))
                 cols.setdefault((label, f"{case} worst-task loss"), []).append(float(out[1]))
     rows = [Row(m, metric, v) for (m, metric), v in cols.items()]
-    result = BenchResult(setting={**s, "sigmas": [list(x) for x in SIGMAS], "lr": LR, "batch": BATCH,
-                                  "update_step": 1, "tail": TAIL, "best static w (selection seeds)": chosen,
-                                  "large-batch case": f"σ = (1.0, 4.0) at B = {LARGE_BATCH} (not in --tiny)"},
-                         rows=rows, holds=None, verdict="")
+    result = BenchResult(
+        setting={
+            **s,
+            "sigmas": [list(x) for x in SIGMAS],
+            "lr": LR,
+            "batch": BATCH,
+            "update_step": 1,
+            "tail": TAIL,
+            "best static w (selection seeds)": chosen,
+            "large-batch case": f"σ = (1.0, 4.0) at B = {LARGE_BATCH} (not in --tiny)",
+        },
+        rows=rows,
+        holds=None,
+        verdict="",
+    )
     return _judge(result)
 
 
@@ -189,18 +226,31 @@ def _judge(result: BenchResult) -> BenchResult:
     parts = []
     for case in dict.fromkeys(r.metric[: -len(" final loss")] for r in result.rows if r.metric.endswith(" final loss")):
         final, worst = f"{case} final loss", f"{case} worst-task loss"
-        exact = result.compare("PiKE (exact statistics)", "best static", final, "lower", scale="ratio",
-                               claim_range=(None, 1.0))
-        balanced = result.compare("Balanced-PiKE (exact statistics)", "PiKE (exact statistics)", worst, "lower",
-                                  scale="ratio", claim_range=(None, 1.0))
+        exact = result.compare(
+            "PiKE (exact statistics)", "best static", final, "lower", scale="ratio", claim_range=(None, 1.0)
+        )
+        balanced = result.compare(
+            "Balanced-PiKE (exact statistics)",
+            "PiKE (exact statistics)",
+            worst,
+            "lower",
+            scale="ratio",
+            claim_range=(None, 1.0),
+        )
         own = result.compare("PiKE (defaults)", "best static", final, "lower", scale="ratio")
         if result.has("Balanced-PiKE (defaults)", worst):
             result.compare("Balanced-PiKE (defaults)", "PiKE (defaults)", worst, "lower", scale="ratio")
         result.compare("PiKE (grad_groups 4)", "best static", final, "lower", scale="ratio")
-        parts.append(f"{case}: exact-statistics PiKE {interval_text(exact)} the best static mixture, Balanced-PiKE's "
-                     f"worst task {interval_text(balanced)} PiKE's; PiKE on its own estimates {interval_text(own)} ({own.verdict})")
+        parts.append(
+            f"{case}: exact-statistics PiKE {interval_text(exact)} the best static mixture, Balanced-PiKE's "
+            f"worst task {interval_text(balanced)} PiKE's; PiKE on its own estimates {interval_text(own)} ({own.verdict})"
+        )
     result.judge()
     result.verdict = "; ".join(parts) + " (claims: the whole interval below 1.00×)."
-    result.notes.append("each seed's value is the mean over `replicates` independent runs; losses are averaged over the last 50 steps")
-    result.notes.append("best static: the w with the lowest mean final loss on separate selection seeds, re-run on the scoring seeds")
+    result.notes.append(
+        "each seed's value is the mean over `replicates` independent runs; losses are averaged over the last 50 steps"
+    )
+    result.notes.append(
+        "best static: the w with the lowest mean final loss on separate selection seeds, re-run on the scoring seeds"
+    )
     return result

@@ -33,7 +33,10 @@ def select(names: Sequence[str]) -> list[Benchmark]:
 
 
 def run_benchmarks(
-    names: Sequence[str], quick: bool = False, seeds: int | None = None, out: str | Path = "build/bench",
+    names: Sequence[str],
+    quick: bool = False,
+    seeds: int | None = None,
+    out: str | Path = "build/bench",
     tiny: bool = False,
 ) -> list[Path]:
     """Run each benchmark and write its files; returns the JSON paths."""
@@ -49,21 +52,54 @@ def run_benchmarks(
         claimed = [c for c in result.comparisons if c.claim_range is not None]
         if result.holds and any(not c.passes for c in claimed):  # a benchmark's own defect, never a result
             raise RuntimeError(f"bench {bench.name}: holds is true but a claimed interval leaves its range")
-        path = write_result(out_dir, bench.name, bench.claim, bench.source, result, n, ctx.quick, elapsed, code,
-                            command(bench.name, ctx, seeds))
+        path = write_result(
+            out_dir,
+            bench.name,
+            bench.claim,
+            bench.source,
+            result,
+            n,
+            ctx.quick,
+            elapsed,
+            code,
+            command(bench.name, ctx, seeds),
+        )
         ctx.log("bench %s: %s (%.0f s)", bench.name, _holds_word(result.holds), elapsed)
         written.append(path)
     return written
 
 
-def write_result(out_dir: Path, name: str, claim: str, source: str, result: BenchResult, seeds: int, quick: bool,
-                 elapsed: float, code: str, cmd: str, extra: dict[str, Any] | None = None) -> Path:
+def write_result(
+    out_dir: Path,
+    name: str,
+    claim: str,
+    source: str,
+    result: BenchResult,
+    seeds: int,
+    quick: bool,
+    elapsed: float,
+    code: str,
+    cmd: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``NAME.json`` (the schema of :mod:`mixflow.bench.base`, plus ``extra``) and ``NAME.md``."""
     payload = {
-        "name": name, "claim": claim, "source": source, "setting": result.setting, "seeds": seeds, "quick": quick,
-        "rows": [row.as_dict() for row in result.rows], "comparisons": [c.as_dict() for c in result.comparisons],
-        "holds": result.holds, "verdict": result.verdict, "elapsed_s": round(elapsed, 2), "commit": code,
-        "machine": machine(), "plots": result.plots, "notes": result.notes, **(extra or {}),
+        "name": name,
+        "claim": claim,
+        "source": source,
+        "setting": result.setting,
+        "seeds": seeds,
+        "quick": quick,
+        "rows": [row.as_dict() for row in result.rows],
+        "comparisons": [c.as_dict() for c in result.comparisons],
+        "holds": result.holds,
+        "verdict": result.verdict,
+        "elapsed_s": round(elapsed, 2),
+        "commit": code,
+        "machine": machine(),
+        "plots": result.plots,
+        "notes": result.notes,
+        **(extra or {}),
     }
     path = out_dir / f"{name}.json"
     write_json_atomic(path, payload)
@@ -113,20 +149,32 @@ def table_markdown(payload: dict[str, Any], cmd: str) -> str:
         mean = _fmt(row["mean"]) if "median" not in row else f"{_fmt(row['mean'])} (median {_fmt(row['median'])})"
         lines.append(f"| {row['method']} | {row['metric']} | {mean} | {_fmt(row['sd'])} | {values} |")
     if payload.get("comparisons"):
-        lines += ["", "Paired by seed, 95% intervals (a ratio's interval is of the geometric mean):", "",
-                  "| method | baseline | metric | difference | 95% interval | seeds (or bootstrap) | verdict | claim |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired by seed, 95% intervals (a ratio's interval is of the geometric mean):",
+            "",
+            "| method | baseline | metric | difference | 95% interval | seeds (or bootstrap) | verdict | claim |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for c in payload["comparisons"]:
             unit = "×" if c.get("scale") == "ratio" else ""
             lo, hi = c["ci95"]
             claim = "–"
             if "claim_range" in c:
                 low, high = c["claim_range"]
-                bounds = " and ".join(x for x in (f"> {_fmt(low)}{unit}" if low is not None else "",
-                                                   f"< {_fmt(high)}{unit}" if high is not None else "") if x)
+                bounds = " and ".join(
+                    x
+                    for x in (
+                        f"> {_fmt(low)}{unit}" if low is not None else "",
+                        f"< {_fmt(high)}{unit}" if high is not None else "",
+                    )
+                    if x
+                )
                 claim = f"{bounds}: {'holds' if c['passes'] else 'does not hold'}"
-            lines.append(f"| {c['method']} | {c['baseline']} | {c['metric']} | {_fmt(c['diff_mean'])}{unit} | "
-                         f"[{_fmt(lo)}, {_fmt(hi)}]{unit} | {c.get('interval', c['n_seeds'])} | {c['verdict']} | {claim} |")
+            lines.append(
+                f"| {c['method']} | {c['baseline']} | {c['metric']} | {_fmt(c['diff_mean'])}{unit} | "
+                f"[{_fmt(lo)}, {_fmt(hi)}]{unit} | {c.get('interval', c['n_seeds'])} | {c['verdict']} | {claim} |"
+            )
     lines += ["", "Setting: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in payload["setting"].items())]
     lines += [f"- {note}" for note in payload.get("notes", [])]
     lines += [f"![{p}]({p})" for p in payload.get("plots", [])]
@@ -151,12 +199,15 @@ def write_report(directory: str | Path) -> Path:
             results.append(payload)
     if not results:
         raise FileNotFoundError(f"bench report: no benchmark results (*.json) in {directory}")
-    lines = ["# mixflow benchmark report", "", "| benchmark | claim | result | verdict | files |", "|---|---|---|---|---|"]
+    lines = [
+        "# mixflow benchmark report",
+        "",
+        "| benchmark | claim | result | verdict | files |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         files = [f"[table]({r['name']}.md)"] + [f"[{p}]({p})" for p in r.get("plots", [])]
-        lines.append(
-            f"| {r['name']} | {r['claim']} | {_holds_word(r['holds'])} | {r['verdict']} | {' '.join(files)} |"
-        )
+        lines.append(f"| {r['name']} | {r['claim']} | {_holds_word(r['holds'])} | {r['verdict']} | {' '.join(files)} |")
     commits = sorted({r.get("commit", "unknown") for r in results})
     machines = sorted({r.get("machine", "unknown") for r in results})
     sizes = sorted({"quick" if r.get("quick") else "full" for r in results})

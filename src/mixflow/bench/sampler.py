@@ -32,8 +32,13 @@ from mixflow.bench.stats import compare, interval_text
 
 PROPORTIONS = [0.541, 0.287, 0.042, 0.037, 0.034, 0.031, 0.028]
 BATCH = 1024
-METHODS = ("MixtureSampler (batches)", "MixtureSampler (Trainer path)", "numpy index table",
-           "WeightedRandomSampler", "Python list table")
+METHODS = (
+    "MixtureSampler (batches)",
+    "MixtureSampler (Trainer path)",
+    "numpy index table",
+    "WeightedRandomSampler",
+    "Python list table",
+)
 #: Bytes per row a table method needs (measured), to skip what this machine cannot hold.
 BYTES_PER_ROW = {"numpy index table": 16, "WeightedRandomSampler": 24, "Python list table": 110}
 
@@ -77,8 +82,12 @@ def _draw(method: str, samples: int, rows: int, seed: int) -> float:
         weights = torch.repeat_interleave(torch.as_tensor(p / rows), rows)
         # torch annotates weights as Sequence[float], but converts them with torch.as_tensor and takes a
         # tensor as is; a list here would add its own time and memory to what this method is measured by
-        draws = WeightedRandomSampler(weights, samples, replacement=True,  # type: ignore[arg-type]
-                                      generator=torch.Generator().manual_seed(seed))
+        draws = WeightedRandomSampler(
+            weights,  # type: ignore[arg-type]
+            samples,
+            replacement=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
         for _ in draws:  # the Sampler protocol, as a DataLoader reads it
             pass
     else:
@@ -143,16 +152,8 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     return {"samples": 10**7, "rows": 10**7, "large_rows": 10**9}
 
 
-@register_benchmark(
-    "sampler",
-    claim="MixtureSampler draws at least as fast as a vectorised numpy index table with memory that does not grow with the data "
-    "(the whole interval of the speed ratio ≥ 1×, of the memory ratio at 100× the rows < 2×), and one index at a time "
-    "(the Trainer's DataLoader) keeps at least half its batch speed (whole interval ≥ 0.5×)",
-    source="docs/design.md (the sampler); issue 7",
-    seeds=5,
-)
-def run(ctx: BenchContext) -> BenchResult:
-    s = _sizes(ctx)
+def _measure_all(ctx: BenchContext, s: dict[str, Any]) -> tuple[dict[tuple[str, str], list[float]], dict[str, str]]:
+    """Every method's samples/s and peak RSS per seed and table size; (columns, the failures' errors)."""
     cols: dict[tuple[str, str], list[float]] = {}
     failures: dict[str, str] = {}
     sizes = {"": s["rows"], " (10⁹ rows/domain)": s["large_rows"]}
@@ -174,19 +175,70 @@ def run(ctx: BenchContext) -> BenchResult:
                     continue
                 cols.setdefault((method + suffix, "samples/s"), []).append(m["samples_per_s"])
                 cols.setdefault((method + suffix, "peak RSS (MiB)"), []).append(m["rss_mib"])
-    result = BenchResult(setting={**s, "domains": len(PROPORTIONS), "proportions": PROPORTIONS, "batch": BATCH},
-                         rows=[Row(m, metric, v) for (m, metric), v in cols.items()], holds=None, verdict="")
-    speed = result.compare("MixtureSampler (batches)", "numpy index table", "samples/s", "higher", scale="ratio",
-                           claim_range=(1.0, None))
+    return cols, failures
+
+
+@register_benchmark(
+    "sampler",
+    claim="MixtureSampler draws at least as fast as a vectorised numpy index table with memory that does not grow with the data "
+    "(the whole interval of the speed ratio ≥ 1×, of the memory ratio at 100× the rows < 2×), and one index at a time "
+    "(the Trainer's DataLoader) keeps at least half its batch speed (whole interval ≥ 0.5×)",
+    source="docs/design.md (the sampler); issue 7",
+    seeds=5,
+)
+def run(ctx: BenchContext) -> BenchResult:
+    s = _sizes(ctx)
+    cols, failures = _measure_all(ctx, s)
+    result = BenchResult(
+        setting={**s, "domains": len(PROPORTIONS), "proportions": PROPORTIONS, "batch": BATCH},
+        rows=[Row(m, metric, v) for (m, metric), v in cols.items()],
+        holds=None,
+        verdict="",
+    )
+    _judge(result, s)
+    result.notes.append("throughput includes setup (building a table, or nothing for MixtureSampler)")
+    if not (ctx.quick or ctx.tiny):
+        result.notes.append("the Python list table runs for the first seed only at full size (minutes and GiB per run)")
+    if result.has("Python list table", "samples/s"):  # a materialised Python index table: one seed at full size
+        ratio = result.mean("MixtureSampler (Trainer path)", "samples/s") / result.mean(
+            "Python list table", "samples/s"
+        )
+        result.notes.append(
+            f"the Trainer path draws {ratio:.1f}× as fast as the Python list table (means; the table "
+            "has too few seeds at full size for an interval)"
+        )
+    result.notes += [f"{what}: failed: {why}" for what, why in failures.items()]
+    return result
+
+
+def _judge(result: BenchResult, s: dict[str, Any]) -> None:
+    """Compares MixtureSampler's speed with the numpy table's, its peak RSS at the large row count with
+    the one at the small, and the Trainer path with the batch path; sets the verdict."""
+    speed = result.compare(
+        "MixtureSampler (batches)", "numpy index table", "samples/s", "higher", scale="ratio", claim_range=(1.0, None)
+    )
     large = "MixtureSampler (batches) (10⁹ rows/domain)"
-    memory = compare(large, result.values(large, "peak RSS (MiB)"), "MixtureSampler (batches)",
-                     result.values("MixtureSampler (batches)", "peak RSS (MiB)"), "peak RSS (MiB)", "lower",
-                     scale="ratio", claim_range=(None, 2.0))
+    memory = compare(
+        large,
+        result.values(large, "peak RSS (MiB)"),
+        "MixtureSampler (batches)",
+        result.values("MixtureSampler (batches)", "peak RSS (MiB)"),
+        "peak RSS (MiB)",
+        "lower",
+        scale="ratio",
+        claim_range=(None, 2.0),
+    )
     result.comparisons.append(memory)
     result.compare("MixtureSampler (Trainer path)", "numpy index table", "samples/s", "higher", scale="ratio")
     # the per-index cost a DataLoader adds (each index once carried its plan: 0.34× at 20ccf16)
-    per_index = result.compare("MixtureSampler (Trainer path)", "MixtureSampler (batches)", "samples/s", "higher",
-                               scale="ratio", claim_range=(0.5, None))
+    per_index = result.compare(
+        "MixtureSampler (Trainer path)",
+        "MixtureSampler (batches)",
+        "samples/s",
+        "higher",
+        scale="ratio",
+        claim_range=(0.5, None),
+    )
     result.judge()
     result.verdict = (
         f"MixtureSampler {result.mean('MixtureSampler (batches)', 'samples/s') / 1e6:.2f}M samples/s, "
@@ -196,12 +248,3 @@ def run(ctx: BenchContext) -> BenchResult:
         f"rows/domain {interval_text(memory)} the one at {s['rows']:.0e} (claim < 2×; numpy table "
         f"{result.mean('numpy index table', 'peak RSS (MiB)'):.0f} MiB)."
     )
-    result.notes.append("throughput includes setup (building a table, or nothing for MixtureSampler)")
-    if not (ctx.quick or ctx.tiny):
-        result.notes.append("the Python list table runs for the first seed only at full size (minutes and GiB per run)")
-    if result.has("Python list table", "samples/s"):  # a materialised Python index table: one seed at full size
-        ratio = result.mean("MixtureSampler (Trainer path)", "samples/s") / result.mean("Python list table", "samples/s")
-        result.notes.append(f"the Trainer path draws {ratio:.1f}× as fast as the Python list table (means; the table "
-                            "has too few seeds at full size for an interval)")
-    result.notes += [f"{what}: failed: {why}" for what, why in failures.items()]
-    return result

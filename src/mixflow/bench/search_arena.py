@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.bench.arena import TARGET, VAL_TARGET, Arena, search_best_static, slug
+from mixflow.bench.arena import VAL_TARGET, Arena, search_best_static, slug
 from mixflow.bench.arena_runs import run_specs
+from mixflow.bench.arena_scores import TARGET
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
 from mixflow.bench.lm_arena import corpus_arena
-from mixflow.bench.stats import compare, interval_text
+from mixflow.bench.stats import Comparison, compare, interval_text
 from mixflow.search.fit import cross_validate
 from mixflow.search.propose import Constraints, simulate
 from mixflow.search.regression import build_model
@@ -34,8 +35,10 @@ AGAINST = ("natural", "uniform", "best static")
 
 def swarm_table(best: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(mixtures, validation target losses): one row per swarm run, replicates included."""
-    return (np.array([m["mixture"] for m in best["members"]], dtype=np.float64),
-            np.array([m[VAL_TARGET] for m in best["members"]], dtype=np.float64))
+    return (
+        np.array([m["mixture"] for m in best["members"]], dtype=np.float64),
+        np.array([m[VAL_TARGET] for m in best["members"]], dtype=np.float64),
+    )
 
 
 def propose_mixture(arena: Arena, x: np.ndarray, y: np.ndarray) -> list[float]:
@@ -48,12 +51,45 @@ def propose_mixture(arena: Arena, x: np.ndarray, y: np.ndarray) -> list[float]:
 
 def _runs(arena: Arena, mixtures: dict[str, list[float]]) -> dict[str, list[dict[str, Any]]]:
     # the same run folders as lm-arena's (arena.slug), so its finished baselines are reused
-    specs = [arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / slug(name), seed, mixture))
-             for seed in range(arena.seeds) for name, mixture in mixtures.items()]
+    specs = [
+        arena.spec(name, seed, arena.static_config(arena.work / f"seed{seed}" / slug(name), seed, mixture))
+        for seed in range(arena.seeds)
+        for name, mixture in mixtures.items()
+    ]
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in run_specs(specs, arena.jobs, arena.log, arena.devices):
         runs.setdefault(r["method"], []).append(r)
     return {name: sorted(results, key=lambda r: r["seed"]) for name, results in runs.items()}
+
+
+def _run_rows(arena: Arena, best: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[Row]:
+    """Each mixture's target, worst clean domain loss and training steps (the swarm's counted for the
+    two mixtures chosen from it)."""
+    rows = []
+    for name, results in runs.items():
+        rows.append(Row(name, TARGET, [r[TARGET] for r in results]))
+        rows.append(
+            Row(name, "worst clean domain loss", [max(r["test_loss"][d] for d in arena.clean) for r in results])
+        )
+        searched = best["steps"] if name in ("best static", PROPOSAL) else 0
+        rows.append(Row(name, "training steps (search included)", [float(r["steps"] + searched) for r in results]))
+    return rows
+
+
+def _against(runs: dict[str, list[dict[str, Any]]]) -> list[Comparison]:
+    """The proposal against each of ``AGAINST`` on the target loss (the claim: below natural)."""
+    return [
+        compare(
+            PROPOSAL,
+            [r[TARGET] for r in runs[PROPOSAL]],
+            name,
+            [r[TARGET] for r in runs[name]],
+            TARGET,
+            "lower",
+            claim_range=(None, 0.0) if name == "natural" else None,
+        )
+        for name in AGAINST
+    ]
 
 
 @register_benchmark(
@@ -70,31 +106,43 @@ def run(ctx: BenchContext) -> BenchResult:
     best = search_best_static(arena)
     x, y = swarm_table(best)
     models = ["linear", DEFAULT_MODEL, "lightgbm"] + ([] if ctx.tiny else ["gp"])
-    rows = [Row(model, f"5-fold cross-validated Spearman ρ ({len(y)} swarm runs)", [cross_validate(model, x, y)["spearman"]])
-            for model in models]
+    rows = [
+        Row(
+            model, f"5-fold cross-validated Spearman ρ ({len(y)} swarm runs)", [cross_validate(model, x, y)["spearman"]]
+        )
+        for model in models
+    ]
     proposal = propose_mixture(arena, x, y)
     ctx.log("search-arena: proposed %s", ", ".join(f"{d} {w:.3f}" for d, w in zip(arena.domains, proposal)))
     mixtures = {name: arena.mixture(name) for name in AGAINST if name != "best static"}
     runs = _runs(arena, {**mixtures, "best static": best["mixture"], PROPOSAL: proposal})
-    for name, results in runs.items():
-        rows.append(Row(name, TARGET, [r[TARGET] for r in results]))
-        rows.append(Row(name, "worst clean domain loss", [max(r["test_loss"][d] for d in arena.clean) for r in results]))
-        searched = best["steps"] if name in ("best static", PROPOSAL) else 0
-        rows.append(Row(name, "training steps (search included)", [float(r["steps"] + searched) for r in results]))
-    result = BenchResult(setting={**setting, "steps": arena.steps, "seeds": arena.seeds, "domains": arena.domains,
-                                  "clean domains": arena.clean, "swarm runs": best["runs"], "swarm steps": best["steps"],
-                                  "swarm seconds": round(best["seconds"]), "default model": DEFAULT_MODEL,
-                                  "proposal": dict(zip(arena.domains, proposal)),
-                                  "best static": dict(zip(arena.domains, best["mixture"]))},
-                         rows=rows, holds=None, verdict="")
-    for name in AGAINST:
-        result.comparisons.append(compare(PROPOSAL, [r[TARGET] for r in runs[PROPOSAL]], name,
-                                          [r[TARGET] for r in runs[name]], TARGET, "lower",
-                                          claim_range=(None, 0.0) if name == "natural" else None))
+    rows += _run_rows(arena, best, runs)
+    result = BenchResult(
+        setting={
+            **setting,
+            "steps": arena.steps,
+            "seeds": arena.seeds,
+            "domains": arena.domains,
+            "clean domains": arena.clean,
+            "swarm runs": best["runs"],
+            "swarm steps": best["steps"],
+            "swarm seconds": round(best["seconds"]),
+            "default model": DEFAULT_MODEL,
+            "proposal": dict(zip(arena.domains, proposal)),
+            "best static": dict(zip(arena.domains, best["mixture"])),
+        },
+        rows=rows,
+        holds=None,
+        verdict="",
+    )
+    result.comparisons += _against(runs)
     result.judge()
-    rho = {row.method: row.values[0] for row in rows[:len(models)]}
-    result.verdict = "; ".join(f"{PROPOSAL} − {c.baseline}: {interval_text(c)} ({c.verdict})" for c in result.comparisons) + (
-        f". Cross-validated ρ on {len(y)} swarm runs: " + ", ".join(f"{m} {v:.2f}" for m, v in rho.items()))
-    result.notes.append(f"the search's compute: {best['runs']} swarm runs, {best['steps']} steps, counted in the steps of "
-                        "both mixtures chosen from it (best static: its lowest measured member; the proposal: the fit)")
+    rho = {row.method: row.values[0] for row in rows[: len(models)]}
+    result.verdict = "; ".join(
+        f"{PROPOSAL} − {c.baseline}: {interval_text(c)} ({c.verdict})" for c in result.comparisons
+    ) + (f". Cross-validated ρ on {len(y)} swarm runs: " + ", ".join(f"{m} {v:.2f}" for m, v in rho.items()))
+    result.notes.append(
+        f"the search's compute: {best['runs']} swarm runs, {best['steps']} steps, counted in the steps of "
+        "both mixtures chosen from it (best static: its lowest measured member; the proposal: the fit)"
+    )
     return result

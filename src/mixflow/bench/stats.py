@@ -89,8 +89,9 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float,
     return mean, mean - half, mean + half
 
 
-def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], level: float = LEVEL
-                   ) -> tuple[float, float, float]:
+def ratio_interval(
+    numerators: Sequence[float], denominators: Sequence[float], level: float = LEVEL
+) -> tuple[float, float, float]:
     """(mean(a) / mean(b), lower, upper) for paired per-seed values a, b: Fieller's interval (Fieller
     1954), exact for normal errors at any number of seeds, where a bootstrap over 3–5 seeds has only a
     handful of distinct resamples and is too narrow. The set {θ : (ā − θ b̄)² ≤ t² Var(ā − θ b̄)} is an
@@ -117,8 +118,11 @@ def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], l
 
 
 def bootstrap_interval(
-    values: Sequence[_T], statistic: Callable[[Sequence[_T]], float], level: float = LEVEL,
-    resamples: int = 10000, seed: int = 0,
+    values: Sequence[_T],
+    statistic: Callable[[Sequence[_T]], float],
+    level: float = LEVEL,
+    resamples: int = 10000,
+    seed: int = 0,
 ) -> tuple[float, float, float]:
     """(statistic, lower, upper): a percentile bootstrap interval, for statistics that are not a mean
     (a median, a censored quantity). Deterministic for a given ``seed``."""
@@ -181,7 +185,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """"better", "worse" or "no different" (the interval reaches the margin or is undefined)."""
+        """ "better", "worse" or "no different" (the interval reaches the margin or is undefined)."""
         _, lo, hi = self.interval
         if math.isnan(lo):
             return "no different"
@@ -209,10 +213,17 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         mean, lo, hi = self.interval
         out: dict[str, Any] = {
-            "method": self.method, "baseline": self.baseline, "metric": self.metric, "scale": self.scale,
-            "diff_mean": mean, "ci95": [lo, hi], "verdict": self.verdict,
+            "method": self.method,
+            "baseline": self.baseline,
+            "metric": self.metric,
+            "scale": self.scale,
+            "diff_mean": mean,
+            "ci95": [lo, hi],
+            "verdict": self.verdict,
             "n_seeds": self.bootstrap_n if self.bootstrap is not None else len(self.values),
-            "better_when": self.better, "min_effect": self.min_effect, "values": list(self.values),
+            "better_when": self.better,
+            "min_effect": self.min_effect,
+            "values": list(self.values),
         }
         if self.claim_range is not None:
             out["claim_range"] = list(self.claim_range)
@@ -225,8 +236,10 @@ class Comparison:
         """One phrase: "PiKE vs best static, final loss: −0.012 [−0.020, −0.004], better"."""
         mean, lo, hi = self.interval
         unit = "×" if self.scale == "ratio" else ""
-        return (f"{self.method} vs {self.baseline}, {self.metric}: {_num(mean)}{unit} "
-                f"[{_num(lo)}, {_num(hi)}]{unit}, {self.verdict}")
+        return (
+            f"{self.method} vs {self.baseline}, {self.metric}: {_num(mean)}{unit} "
+            f"[{_num(lo)}, {_num(hi)}]{unit}, {self.verdict}"
+        )
 
 
 def _num(x: float) -> str:
@@ -234,8 +247,14 @@ def _num(x: float) -> str:
 
 
 def compare(
-    method: str, method_values: Sequence[float], baseline: str, baseline_values: Sequence[float], metric: str,
-    better: str, scale: str = "difference", min_effect: float = 0.0,
+    method: str,
+    method_values: Sequence[float],
+    baseline: str,
+    baseline_values: Sequence[float],
+    metric: str,
+    better: str,
+    scale: str = "difference",
+    min_effect: float = 0.0,
     claim_range: tuple[float | None, float | None] | None = None,
 ) -> Comparison:
     """A :class:`Comparison` from two lists of per-seed values in seed order."""
@@ -250,27 +269,57 @@ def compare(
 
 
 def against_value(
-    method: str, values: Sequence[float], value: float, metric: str, better: str,
-    claim_range: tuple[float | None, float | None] | None = None, min_effect: float = 0.0,
+    method: str,
+    values: Sequence[float],
+    value: float,
+    metric: str,
+    better: str,
+    claim_range: tuple[float | None, float | None] | None = None,
+    min_effect: float = 0.0,
 ) -> Comparison:
     """One method's values against a fixed value (a claimed ratio, a bound), as a difference."""
-    return compare(method, values, f"{value:g}", [value] * len(values), metric, better,
-                   min_effect=min_effect, claim_range=claim_range)
+    return compare(
+        method,
+        values,
+        f"{value:g}",
+        [value] * len(values),
+        metric,
+        better,
+        min_effect=min_effect,
+        claim_range=claim_range,
+    )
 
 
 def bootstrap_comparison(
-    method: str, baseline: str, metric: str, statistic: Callable[[Sequence[int]], float], units: int, better: str,
-    what: str, claim_range: tuple[float | None, float | None] | None = None, resamples: int = 2000, seed: int = 0,
+    method: str,
+    baseline: str,
+    metric: str,
+    statistic: Callable[[Sequence[int]], float],
+    units: int,
+    better: str,
+    what: str,
+    claim_range: tuple[float | None, float | None] | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> Comparison:
     """``statistic`` (a function of the indices of ``units`` measured units, e.g. runs: a difference of
     rank correlations on the same runs) with its percentile bootstrap interval over those units."""
     estimate, lo, hi = bootstrap_interval(list(range(units)), statistic, resamples=resamples, seed=seed)
-    return Comparison(method, baseline, metric, (estimate,), better, claim_range=claim_range,
-                      bootstrap=(estimate, lo, hi), bootstrap_units=what, bootstrap_n=units)
+    return Comparison(
+        method,
+        baseline,
+        metric,
+        (estimate,),
+        better,
+        claim_range=claim_range,
+        bootstrap=(estimate, lo, hi),
+        bootstrap_units=what,
+        bootstrap_n=units,
+    )
 
 
 def interval_text(c: Comparison) -> str:
-    """"1.04× [1.01, 1.07]": a comparison's mean and interval, for verdict sentences."""
+    """ "1.04× [1.01, 1.07]": a comparison's mean and interval, for verdict sentences."""
     mean, lo, hi = c.interval
     unit = "×" if c.scale == "ratio" else ""
     return f"{_num(mean)}{unit} [{_num(lo)}, {_num(hi)}]"

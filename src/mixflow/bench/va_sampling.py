@@ -31,8 +31,12 @@ from mixflow.loss.per_sample import SampleLosses
 from mixflow.providers.base import build_providers
 
 D, BATCH = 10, 64
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {"Uniform": ("static", {}), "FGLS": ("fgls", {}), "VA": ("va", {}),
-           "FGLS + VA": ("va", {"loss_weights_from": {"name": "fgls"}})}
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Uniform": ("static", {}),
+    "FGLS": ("fgls", {}),
+    "VA": ("va", {}),
+    "FGLS + VA": ("va", {"loss_weights_from": {"name": "fgls"}}),
+}
 
 
 class Regression(torch.nn.Module):
@@ -74,7 +78,9 @@ def make_engine(model: Regression, method: str, seed: int, update_step: int = 10
     algo = build_algorithm(name, ["d1", "d2"], params, init_weights=[0.5, 0.5], batch_size=BATCH)
     sampler = MixtureSampler([model.n, model.n], algo.sampling_weights, BATCH, seed=seed)
     specs = [s for s in algo.provider_specs(algo.params) if s.name != "heldout_loss"]
-    providers = build_providers(specs) + ([HeldoutLosses(lambda: heldout_residuals(model))] if len(specs) < len(algo.provider_specs(algo.params)) else [])
+    providers = build_providers(specs) + (
+        [HeldoutLosses(lambda: heldout_residuals(model))] if len(specs) < len(algo.provider_specs(algo.params)) else []
+    )
     return StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=update_step), providers=providers)
 
 
@@ -112,7 +118,7 @@ def fixed_theta(seed: int, updates: int, batches: int) -> dict[str, float]:
     # the variance where VA learned p; the bias away from θ*, where the full gradient is not ~0
     for where, theta in (("near", model.weight.detach()), ("far", model.theta_star + 0.3)):
         grads = model.x * (model.x @ theta - model.y)[:, None]
-        full = 0.5 * grads[: model.n].mean(0) + 0.5 * grads[model.n:].mean(0)
+        full = 0.5 * grads[: model.n].mean(0) + 0.5 * grads[model.n :].mean(0)
         for label, probs in (("VA", p), ("proportional", np.array([0.5, 0.5]))):
             sampler = MixtureSampler([model.n, model.n], probs, BATCH, seed=seed + 1)
             it, draws = sampler.iter_batches(), []
@@ -155,14 +161,31 @@ def run(ctx: BenchContext) -> BenchResult:
                 errors = sgd(model, make_engine(model, method, seed), s["steps"], lr=0.2 / max(case) ** 2)
                 cols.setdefault((method, f"{label} final test error"), []).append(float(np.mean(errors[-20:])))
                 curves.setdefault(f"{method}, {label}", []).append(errors)
-    plot = line_plot(ctx.out_dir / "va-sampling.png", {k: np.mean(v, axis=0) for k, v in curves.items()},
-                     xlabel="SGD step", ylabel="test error ‖θ − θ*‖²", title="VA and FGLS on two covariance cases", logy=True)
-    result = BenchResult(setting={**s, "d": D, "batch": BATCH, "label noise (part 2)": [1.0, 10.0],
-                                  "update_step": "1 (part 1), 10 (part 2)", "params": "defaults"},
-                         rows=[Row(m, metric, v) for (m, metric), v in cols.items()], holds=None, verdict="",
-                         plots=[plot.name])
-    ratio = against_value("VA", result.values("VA", "learned b2/b1"), 10.0, "learned b2/b1", "higher",
-                          claim_range=(-2.0, 2.5))
+    plot = line_plot(
+        ctx.out_dir / "va-sampling.png",
+        {k: np.mean(v, axis=0) for k, v in curves.items()},
+        xlabel="SGD step",
+        ylabel="test error ‖θ − θ*‖²",
+        title="VA and FGLS on two covariance cases",
+        logy=True,
+    )
+    result = BenchResult(
+        setting={
+            **s,
+            "d": D,
+            "batch": BATCH,
+            "label noise (part 2)": [1.0, 10.0],
+            "update_step": "1 (part 1), 10 (part 2)",
+            "params": "defaults",
+        },
+        rows=[Row(m, metric, v) for (m, metric), v in cols.items()],
+        holds=None,
+        verdict="",
+        plots=[plot.name],
+    )
+    ratio = against_value(
+        "VA", result.values("VA", "learned b2/b1"), 10.0, "learned b2/b1", "higher", claim_range=(-2.0, 2.5)
+    )
     result.comparisons.append(ratio)
     mse = result.compare("VA", "proportional", "gradient MSE", "lower", scale="ratio", claim_range=(None, 1.0))
     bias = against_value("VA", result.values("VA", "bias / ‖∇‖"), 0.0, "bias / ‖∇‖", "lower", claim_range=(None, 0.05))
@@ -173,8 +196,10 @@ def run(ctx: BenchContext) -> BenchResult:
             if method != "Uniform":
                 result.compare(method, "Uniform", f"{case_label} final test error", "lower", scale="ratio")
     result.judge()
-    result.verdict = (f"learned b₂/b₁ = 10 {ratio.interval[0]:+.2f} [{ratio.interval[1]:+.2f}, {ratio.interval[2]:+.2f}] "
-                      f"(claim: within [8, 12.5]); batch-gradient MSE {interval_text(mse)} proportional sampling's "
-                      f"(claim: < 1×); mean-gradient bias {interval_text(bias)} of ‖∇‖ (claim: < 0.05).")
+    result.verdict = (
+        f"learned b₂/b₁ = 10 {ratio.interval[0]:+.2f} [{ratio.interval[1]:+.2f}, {ratio.interval[2]:+.2f}] "
+        f"(claim: within [8, 12.5]); batch-gradient MSE {interval_text(mse)} proportional sampling's "
+        f"(claim: < 1×); mean-gradient bias {interval_text(bias)} of ‖∇‖ (claim: < 0.05)."
+    )
     result.notes.append("part 2 (convergence curves) is reported, not judged: see the rows and the plot")
     return result

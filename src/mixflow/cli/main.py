@@ -41,7 +41,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_data_demo(args: argparse.Namespace) -> int:
     from mixflow.data.demo import build_demo_corpus
 
-    paths = build_demo_corpus(args.out_dir, max_bytes_per_domain=args.max_bytes, seed=args.seed, progress=not args.quiet)
+    paths = build_demo_corpus(
+        args.out_dir, max_bytes_per_domain=args.max_bytes, seed=args.seed, progress=not args.quiet
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -50,11 +52,18 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
 def _cmd_data_corpus(args: argparse.Namespace) -> int:
     from mixflow.data.corpus import build_corpus
 
-    manifest = build_corpus(args.out_dir, scale=args.scale, seed=args.seed,
-                            vocab_size=None if args.vocab_size == 0 else args.vocab_size, progress=not args.quiet)
+    manifest = build_corpus(
+        args.out_dir,
+        scale=args.scale,
+        seed=args.seed,
+        vocab_size=None if args.vocab_size == 0 else args.vocab_size,
+        progress=not args.quiet,
+    )
     for name, d in manifest["domains"].items():
-        print(f"{name:<10} {d['text_bytes']:>10} bytes  {d['documents']:>6} documents  {len(d['files']):>5} files  "
-              f"{'clean' if d['clean'] else 'noisy'}")
+        print(
+            f"{name:<10} {d['text_bytes']:>10} bytes  {d['documents']:>6} documents  {len(d['files']):>5} files  "
+            f"{'clean' if d['clean'] else 'noisy'}"
+        )
     print(f"corpus sha256 {manifest['corpus_sha256']}; manifest {args.out_dir}/manifest.json")
     return 0
 
@@ -82,16 +91,23 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> int:
     for e in entries:
         m = e.meta
         state = "reused" if e.reused else "built"
-        print(f"{m['key']['domain']:<{width}}  {m['num_documents']:>10}  {m['num_tokens']:>12}  {m['num_rows']:>9}  "
-              f"{state:<8}  {e.directory}")
+        print(
+            f"{m['key']['domain']:<{width}}  {m['num_documents']:>10}  {m['num_tokens']:>12}  {m['num_rows']:>9}  "
+            f"{state:<8}  {e.directory}"
+        )
     return 0
 
 
 def _cmd_data_classification_demo(args: argparse.Namespace) -> int:
     from mixflow.data.classification_demo import build_classification_demo
 
-    paths = build_classification_demo(args.out_dir, synthetic_per_topic=args.per_topic, real_size=args.real_size,
-                                      test_per_topic=args.test_per_topic, seed=args.seed)
+    paths = build_classification_demo(
+        args.out_dir,
+        synthetic_per_topic=args.per_topic,
+        real_size=args.real_size,
+        test_per_topic=args.test_per_topic,
+        seed=args.seed,
+    )
     print(f"synthetic (training domains): {', '.join(str(p) for p in paths['synthetic'].values())}")
     print(f"  {paths['flipped']} restaurant reviews carry a wrong 'positive' label")
     print(f"real (real_data): {paths['real']}")
@@ -124,8 +140,10 @@ def _cmd_doremi(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from mixflow.algorithms import available_algorithms, available_weighters, describe_params
 
-    for title, table in (("algorithms (train_type dynamic_mix, mixers:)", available_algorithms()),
-                         ("weighters (train_type dynamic_weight, weighters:)", available_weighters())):
+    for title, table in (
+        ("algorithms (train_type dynamic_mix, mixers:)", available_algorithms()),
+        ("weighters (train_type dynamic_weight, weighters:)", available_weighters()),
+    ):
         print(title)
         if not table:
             print("  (none registered)")
@@ -185,28 +203,47 @@ def _cmd_arena(args: argparse.Namespace) -> int:
     from mixflow.bench.user_arena import run_user_arena
     from mixflow.config.parse import parse_overrides
 
-    split = (lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None)  # noqa: E731
-    rec = run_user_arena(args.config, parse_overrides(args.overrides), methods=split(args.methods), seeds=args.seeds,
-                         steps=args.steps, quick=args.quick, out=args.out, jobs=args.jobs, swarm=args.swarm,
-                         clean=split(args.clean), max_documents=args.max_documents)
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    rec = run_user_arena(
+        args.config,
+        parse_overrides(args.overrides),
+        methods=split(args.methods),
+        seeds=args.seeds,
+        steps=args.steps,
+        quick=args.quick,
+        out=args.out,
+        jobs=args.jobs,
+        swarm=args.swarm,
+        clean=split(args.clean),
+        max_documents=args.max_documents,
+    )
     print(f"recommendation: {rec['method']} on {rec['mixture']}: {rec['why']}")
     print(f"wrote {args.out}/arena.json, {args.out}/arena.md and {args.out}/recommendation.yaml")
     return 0
 
 
 def _arena_parser(sub: Any) -> None:
-    p = sub.add_parser("arena", help="every method against the simple mixtures and the best static one, on your "
-                                     "domains; recommends the mixture (and method) to train on")
+    p = sub.add_parser(
+        "arena",
+        help="every method against the simple mixtures and the best static one, on your "
+        "domains; recommends the mixture (and method) to train on",
+    )
     p.add_argument("config", help="a mixflow train config: its domains, tokenizer and (proxy-sized) model")
     p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest)")
     p.add_argument("--methods", default=None, help="comma-separated (default: every method)")
     p.add_argument("--seeds", type=int, default=3, help="scoring seeds (default 3)")
     p.add_argument("--steps", type=int, default=None, help="target steps of every run (default: max_steps, else 300)")
     p.add_argument("--quick", action="store_true", help="60 steps and a swarm of 8 unless given")
-    p.add_argument("--swarm", type=int, default=None, help="proxy runs that search the best static mixture (default 24)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="CPU runs at once, one torch thread each (default: one per usable CPU "
-                        "core); with CUDA devices (and no use_cpu), one run on each device")
+    p.add_argument(
+        "--swarm", type=int, default=None, help="proxy runs that search the best static mixture (default 24)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="CPU runs at once, one torch thread each (default: one per usable CPU "
+        "core); with CUDA devices (and no use_cpu), one run on each device",
+    )
     p.add_argument("--clean", default=None, help="comma-separated domains of the target (default: all)")
     p.add_argument("--max-documents", type=int, default=None, help="read at most this many documents per domain")
     p.add_argument("--out", default="build/arena", help="output folder (default build/arena)")
@@ -224,9 +261,13 @@ def _data_parser(sub: Any) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_data_demo)
-    d = data_sub.add_parser("corpus", help="build the arena corpus from text this machine ships (7 domains, BPE tokenizer)")
+    d = data_sub.add_parser(
+        "corpus", help="build the arena corpus from text this machine ships (7 domains, BPE tokenizer)"
+    )
     d.add_argument("out_dir")
-    d.add_argument("--scale", type=float, default=1.0, help="multiplies every domain's byte budget (default 1: 16.2 MB)")
+    d.add_argument(
+        "--scale", type=float, default=1.0, help="multiplies every domain's byte budget (default 1: 16.2 MB)"
+    )
     d.add_argument("--seed", type=int, default=0, help="the order files are taken in (default 0)")
     d.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096; 0: no tokenizer)")
     d.add_argument("--quiet", action="store_true")
@@ -283,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doremi", help="DoReMi's three steps (reference, proxy, target) from one YAML config")
     p.add_argument("config", help="YAML file: shared keys plus reference:/proxy:/target:/doremi: sections")
-    p.add_argument("overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest, e.g. proxy.update_step=1)")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value, value parsed as YAML (dotted keys nest, e.g. proxy.update_step=1)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=_cmd_doremi)
     _add_bench(sub)

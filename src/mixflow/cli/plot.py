@@ -7,18 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mixflow.engine.records import find_weights_log
 from mixflow.errors import DataError
 from mixflow.utils.jsonlog import read_jsonl
-
-
-def find_weights_log(run_dir: Path) -> Path:
-    """The run's ``<algorithm>_weights.jsonl`` (exactly one is expected)."""
-    logs = sorted(p for p in run_dir.glob("*_weights.jsonl") if not p.name.endswith(".superseded.jsonl"))
-    if not logs:
-        raise FileNotFoundError(f"run_dir: no *_weights.jsonl in {run_dir} (is it a mixflow output_dir?)")
-    if len(logs) > 1:
-        raise DataError(f"run_dir: several weights logs in {run_dir}: {[p.name for p in logs]}; keep one per run")
-    return logs[0]
 
 
 def _history_series(run_dir: Path, prefix: str, suffix: str = "") -> dict[str, list[tuple[int, float]]]:
@@ -145,8 +136,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         w = [sum(_num(r["domain_weights"][i]) for i in idx) for r in records]
         axes[0].plot(drawn, w, label=f"{label}{' (sum)' if len(idx) > 1 else ''} ({w[-1]:.3g})", **held, **_style(g))
         if "scores" in panels:
-            axes[1].plot(steps, [_mean(_num(r["perdomain_scores"][i]) for i in idx) for r in records], label=label,
-                         **_style(g))
+            axes[1].plot(
+                steps, [_mean(_num(r["perdomain_scores"][i]) for i in idx) for r in records], label=label, **_style(g)
+            )
         for ax, series in series_axes:
             xs, ys = _group_series(series, [names[i] for i in idx])
             if xs:
@@ -156,7 +148,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[0].set_title(f"{algorithm} on {run_dir.name}: weights and per-domain statistics")
     if "scores" in panels:
         axes[1].set_ylabel(scores_label(algorithm), fontsize="small")
-    for ax, title in zip(axes[len(axes) - len(series_axes):], titles[len(titles) - len(series_axes):]):
+    for ax, title in zip(axes[len(axes) - len(series_axes) :], titles[len(titles) - len(series_axes) :]):
         ax.set_ylabel(title + (" (mix/loss)" if title == "training loss" else ""))
     axes[-1].set_xlabel("training step")
     for ax in axes:
@@ -181,8 +173,13 @@ def mark_stages(axes: Any, summary: Path) -> None:
         for ax in axes:
             if stage["from_step"] > 1:
                 ax.axvline(stage["from_step"], color="0.4", linestyle="--", linewidth=0.8)
-        axes[0].annotate(f" stage {i}: {what}", (stage["from_step"], 0.98), xycoords=("data", "axes fraction"),
-                         fontsize="x-small", va="top")
+        axes[0].annotate(
+            f" stage {i}: {what}",
+            (stage["from_step"], 0.98),
+            xycoords=("data", "axes fraction"),
+            fontsize="x-small",
+            va="top",
+        )
 
 
 def plot_doremi(root: Path, out: str | Path | None = None) -> Path:
@@ -212,13 +209,19 @@ def plot_doremi(root: Path, out: str | Path | None = None) -> Path:
         ax.set_title(f"{step} ({dirs[step].name})", fontsize="small")
     target = pipeline["target_weights"]
     for i, name in enumerate(names):
-        (line,) = axes[1].plot([r["step"] for r in proxy], [r["domain_weights"][i] for r in proxy],
-                               label=f"{name} (ᾱ {target[i]:.3g})", **_style(i))
+        (line,) = axes[1].plot(
+            [r["step"] for r in proxy],
+            [r["domain_weights"][i] for r in proxy],
+            label=f"{name} (ᾱ {target[i]:.3g})",
+            **_style(i),
+        )
         axes[1].axhline(target[i], color=line.get_color(), linewidth=0.8, alpha=0.6)
     axes[1].set_ylim(*weight_range(proxy))
     axes[1].set_ylabel("proxy weights α")
-    axes[1].set_title(f"proxy: α over its updates; thin lines: the {pipeline['output_weights']} weights the target "
-                      "trains on", fontsize="small")
+    axes[1].set_title(
+        f"proxy: α over its updates; thin lines: the {pipeline['output_weights']} weights the target trains on",
+        fontsize="small",
+    )
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)

@@ -96,9 +96,11 @@ def _mixing_key_errors(run: RunConfig) -> list[str]:
 
         ahead = read_ahead(workers, run.training.get("dataloader_prefetch_factor"))
         if m.mixture_plan_horizon < ahead:
-            errors.append(f"mixture_plan_horizon: {m.mixture_plan_horizon} is shorter than the DataLoader's read-ahead "
-                          f"of {ahead} batches (1 + dataloader_num_workers × prefetch); set it to {ahead} or more: "
-                          "new weights then apply at the same batch for any number of workers")
+            errors.append(
+                f"mixture_plan_horizon: {m.mixture_plan_horizon} is shorter than the DataLoader's read-ahead "
+                f"of {ahead} batches (1 + dataloader_num_workers × prefetch); set it to {ahead} or more: "
+                "new weights then apply at the same batch for any number of workers"
+            )
     return errors
 
 
@@ -110,13 +112,19 @@ def _max_epochs_errors(value: Any, names: list[str]) -> list[str]:
         errors = [f"max_epochs.{k}: not a domain of this run ({', '.join(names)})" for k in value if k not in names]
         items = list(value.items())
     elif isinstance(value, list):
-        errors = [] if len(value) == len(names) else [
-            f"max_epochs: expected {len(names)} values (one per domain: {', '.join(names)}), got {len(value)}"]
+        errors = (
+            []
+            if len(value) == len(names)
+            else [f"max_epochs: expected {len(names)} values (one per domain: {', '.join(names)}), got {len(value)}"]
+        )
         items = [(str(i), v) for i, v in enumerate(value) if v is not None]
     else:
         items, errors = [("", value)], []
-    return errors + [f"max_epochs{'.' + k if k else ''}: expected a finite number > 0, got {v!r}"
-                     for k, v in items if not (isinstance(v, (int, float)) and 0 < v < float("inf"))]
+    return errors + [
+        f"max_epochs{'.' + k if k else ''}: expected a finite number > 0, got {v!r}"
+        for k, v in items
+        if not (isinstance(v, (int, float)) and 0 < v < float("inf"))
+    ]
 
 
 def per_domain_epochs(value: Any, names: list[str]) -> float | list[float | None] | None:
@@ -138,11 +146,15 @@ def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -
         # an adaptive algorithm that never updates trains a static mixture while the user believes otherwise
         first = schedule.first_update()
         if first is None:
-            errors.append(f"update_times: 0 means {algorithm.name} never updates; use train_type: static for a "
-                          "fixed mixture, or update_times: -1")
+            errors.append(
+                f"update_times: 0 means {algorithm.name} never updates; use train_type: static for a "
+                "fixed mixture, or update_times: -1"
+            )
         elif first > steps:
-            errors.append(f"warmup_step/update_step: {algorithm.name}'s first update would be at step {first}, after "
-                          f"max_steps {steps}: the run would train on its initial weights only")
+            errors.append(
+                f"warmup_step/update_step: {algorithm.name}'s first update would be at step {first}, after "
+                f"max_steps {steps}: the run would train on its initial weights only"
+            )
     for spec in lookup(algorithm.name, "algorithm", "component_name").provider_specs(algorithm.params):
         if provider_needs(spec.name).heldout_rows and not run.data.val_size:
             errors.append(f"val_size: {spec.owner} needs a held-out split per domain; set val_size > 0")
@@ -154,7 +166,11 @@ def _algorithm_errors(run: RunConfig, schedule: UpdateSchedule | None, k: int) -
             # The seed's step 3 sets the learned weights at run level over a shared components file.
             logger.warning(
                 "init_mixture_proportions %s overrides %s.params.%s %s of %s",
-                m.init_mixture_proportions, algorithm.name, key, proportions, algorithm.section,
+                m.init_mixture_proportions,
+                algorithm.name,
+                key,
+                proportions,
+                algorithm.section,
             )
             run.algorithm = dataclasses.replace(algorithm, params=dataclasses.replace(algorithm.params, **{key: None}))
     if m.static_mix and algorithm.name != "static":
@@ -210,7 +226,9 @@ def check_task(run: RunConfig, base_dir: Path) -> None:
             raise ConfigError(f"num_labels: expected an integer >= 2, got {run.model.num_labels}")
     weighter = run.weighter
     if weighter is not None and (needs := lookup(weighter.name, "weighter", "component_name").required_task) not in (
-            None, d.task):
+        None,
+        d.task,
+    ):
         raise ConfigError(f"task: the {weighter.name} weighter needs task: {needs}, got {d.task}")
 
 
@@ -259,11 +277,15 @@ def _sharding_errors(t: dict[str, typing.Any]) -> list[str]:
 
     errors = []
     if t.get("deepspeed"):
-        errors.append("deepspeed: not supported by mixflow yet (ZeRO-3 partitions the parameters its statistics "
-                      "read, and no configuration of it is tested); use fsdp on GPUs, or DDP")
+        errors.append(
+            "deepspeed: not supported by mixflow yet (ZeRO-3 partitions the parameters its statistics "
+            "read, and no configuration of it is tested); use fsdp on GPUs, or DDP"
+        )
     if t.get("fsdp") and not torch.cuda.is_available():
-        errors.append("fsdp: the Trainer's FSDP needs CUDA devices (on CPU accelerate would train plain DDP); "
-                      "for sharded training on CPU call fully_shard in your own loop (README: Sharded training)")
+        errors.append(
+            "fsdp: the Trainer's FSDP needs CUDA devices (on CPU accelerate would train plain DDP); "
+            "for sharded training on CPU call fully_shard in your own loop (README: Sharded training)"
+        )
     return errors
 
 
@@ -271,7 +293,9 @@ def check_output_dir(run: RunConfig) -> None:
     """A new run never appends to an old run's logs: an ``output_dir`` holding one is an error unless
     the run resumes it or ``overwrite_output_dir: true`` moves it aside (at the start of training)."""
     if run.safety.max_nonfinite_steps < 0:
-        raise ConfigError(f"max_nonfinite_steps: expected an integer >= 0 (0: never stop), got {run.safety.max_nonfinite_steps}")
+        raise ConfigError(
+            f"max_nonfinite_steps: expected an integer >= 0 (0: never stop), got {run.safety.max_nonfinite_steps}"
+        )
     out = Path(run.training["output_dir"])
     resume = run.training.get("resume_from_checkpoint")
     if resume is True or resume in ("true", "auto"):
@@ -288,8 +312,11 @@ def check_output_dir(run: RunConfig) -> None:
                 ) from None
             run.training["resume_from_checkpoint"] = None  # auto, nothing to resume: a fresh run
             if previous_run_files(out):  # a first attempt killed before its first checkpoint
-                logger.warning("resume_from_checkpoint: auto: %s holds no complete checkpoint; starting fresh, its "
-                               "files move to a previous-<n> folder", out)
+                logger.warning(
+                    "resume_from_checkpoint: auto: %s holds no complete checkpoint; starting fresh, its "
+                    "files move to a previous-<n> folder",
+                    out,
+                )
                 run.safety.overwrite_output_dir = True
     elif isinstance(resume, str) and resume:
         if not Path(resume).is_dir():
@@ -310,5 +337,11 @@ def previous_run_files(out: Path) -> list[Path]:
     """The files of a run in ``out``: its logs, results, trainer state and checkpoints."""
     if not out.is_dir():
         return []
-    patterns = ("*_weights.jsonl", "*_summary.json", "mixflow_results.json", "trainer_state.json", "checkpoint-*")
+    patterns = (
+        "*_weights.jsonl",
+        "*_summary.json",
+        "mixflow_results.json",
+        "trainer_state.json",
+        "checkpoint-*",
+    )
     return sorted({p for pattern in patterns for p in out.glob(pattern)})

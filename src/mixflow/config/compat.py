@@ -45,8 +45,10 @@ def translate(data: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], li
             dropped.append(key)
             out.pop(key)
         elif key.startswith(ADAPTER_PREFIXES):
-            errors.append(f"{key}: an adapter (LoRA) key of LLaMA-Factory; mixflow trains every weight "
-                          "(finetuning_type: full) and does not train adapters yet: remove it")
+            errors.append(
+                f"{key}: an adapter (LoRA) key of LLaMA-Factory; mixflow trains every weight "
+                "(finetuning_type: full) and does not train adapters yet: remove it"
+            )
             out.pop(key)
         elif key in IGNORED:
             dropped.append(key)

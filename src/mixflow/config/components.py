@@ -32,7 +32,9 @@ def global_batch_size(training: dict[str, Any], world_size: int | None = None) -
 
 def static_component() -> ResolvedComponent:
     """The plain static mixture (its proportions come from the run's mixture keys)."""
-    return ResolvedComponent("static", build_params(lookup("static", "algorithm", "component_name").Params, {}, "static.params"), "static")
+    return ResolvedComponent(
+        "static", build_params(lookup("static", "algorithm", "component_name").Params, {}, "static.params"), "static"
+    )
 
 
 def resolve_components(run: RunConfig, base_dir: Path) -> tuple[ResolvedComponent, ResolvedComponent | None]:
@@ -70,9 +72,13 @@ def _choose(run: RunConfig, base_dir: Path) -> tuple[tuple[ComponentConfig, str]
         chosen = (m.component, "component")
     elif m.components_cfg_file is None:
         if m.train_type == "dynamic_weight":
-            raise ConfigError("components_cfg_file: train_type dynamic_weight needs a weighter ('component' or a components file)")
+            raise ConfigError(
+                "components_cfg_file: train_type dynamic_weight needs a weighter ('component' or a components file)"
+            )
         if m.component_name != "static":
-            raise ConfigError(f"components_cfg_file: component_name {m.component_name!r} needs a components file or an inline 'component'")
+            raise ConfigError(
+                f"components_cfg_file: component_name {m.component_name!r} needs a components file or an inline 'component'"
+            )
         chosen = static
     else:
         chosen = _from_file(resolve_path(m.components_cfg_file, base_dir), m.component_name, _section(m.train_type))

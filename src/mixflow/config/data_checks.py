@@ -16,7 +16,9 @@ def check_data(run: RunConfig, base_dir: Path) -> None:
     """The data keys; every problem of every domain at once (the structure first: which domains)."""
     d = run.data
     if (d.domains is None) == (d.dataset is None):
-        raise ConfigError("dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)")
+        raise ConfigError(
+            "dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)"
+        )
     names = domain_names(run)
     if not names:
         raise ConfigError("dataset: expected at least one domain")
@@ -48,10 +50,15 @@ def _eval_dataset_errors(d: DataConfig) -> list[str]:
     if d.task == "classification":
         return ["eval_dataset: a language model's evaluation sets; a classifier's are eval_data"]
     if d.domains is not None:
-        return ["eval_dataset: names in <dataset_dir>/dataset_info.json, which inline domains do not use; "
-                "give the domains with dataset and dataset_dir"]
-    errors = [f"eval_dataset: {n!r} is a training domain (its file trains the model); name a separate entry, e.g. "
-              f"{n}_eval" for n in d.eval_dataset if n in (d.dataset or [])]
+        return [
+            "eval_dataset: names in <dataset_dir>/dataset_info.json, which inline domains do not use; "
+            "give the domains with dataset and dataset_dir"
+        ]
+    errors = [
+        f"eval_dataset: {n!r} is a training domain (its file trains the model); name a separate entry, e.g. {n}_eval"
+        for n in d.eval_dataset
+        if n in (d.dataset or [])
+    ]
     try:
         sources = sources_from_dataset_info(d.dataset_dir, [n for n in d.eval_dataset if n not in (d.dataset or [])])
     except (ValueError, FileNotFoundError) as err:
@@ -77,8 +84,18 @@ def _inline_domain_errors(d: DataConfig, base_dir: Path) -> list[str]:
             errors.append(f"domains[{i}].path: {err}")
             continue
         try:
-            source = domain_source(dom.name, dom.path, f"domains[{i}]", dom.text_field, dom.formatting,
-                                   dom.columns, dom.tags, dom.format, dom.dtype, dom.eos_id)
+            source = domain_source(
+                dom.name,
+                dom.path,
+                f"domains[{i}]",
+                dom.text_field,
+                dom.formatting,
+                dom.columns,
+                dom.tags,
+                dom.format,
+                dom.dtype,
+                dom.eos_id,
+            )
             _check_kind(d, dom.name, source.formatting is not None)
         except ValueError as err:  # ConfigError included
             errors.append(str(err))
@@ -110,11 +127,17 @@ def _check_kind(d: DataConfig, name: str, instruction: bool) -> None:
     """A domain's kind (plain text or instruction data) against ``stage`` and ``task``."""
     stage = d.stage
     if instruction and d.task == "classification":
-        raise ConfigError(f"task: classification reads a text and a label per example, but domain {name!r} is "
-                          "instruction data (alpaca / sharegpt)")
+        raise ConfigError(
+            f"task: classification reads a text and a label per example, but domain {name!r} is "
+            "instruction data (alpaca / sharegpt)"
+        )
     if stage == "sft" and not instruction:
-        raise ConfigError(f"stage: sft trains on instruction data, but domain {name!r} is plain text (give it a "
-                          "formatting and columns, or remove stage)")
+        raise ConfigError(
+            f"stage: sft trains on instruction data, but domain {name!r} is plain text (give it a "
+            "formatting and columns, or remove stage)"
+        )
     if stage == "pt" and instruction:
-        raise ConfigError(f"stage: pt trains on plain text, but domain {name!r} is instruction data (use stage: sft, "
-                          "or remove stage to mix both)")
+        raise ConfigError(
+            f"stage: pt trains on plain text, but domain {name!r} is instruction data (use stage: sft, "
+            "or remove stage to mix both)"
+        )

@@ -38,7 +38,9 @@ def training_argument_names() -> set[str]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, raw: Mapping[str, Any] | None = None,
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    raw: Mapping[str, Any] | None = None,
     check_outputs: bool = True,
 ) -> RunConfig:
     """Read a YAML file (or ``raw``), apply overrides, validate everything that can be checked

@@ -16,13 +16,17 @@ def check_model(run: RunConfig) -> None:
     """The model keys, every problem at once."""
     m = run.model
     if (m.model_name_or_path is None) == (m.model_config is None):
-        raise ConfigError("model_name_or_path: expected exactly one of 'model_name_or_path' (a local directory) or 'model_config'")
+        raise ConfigError(
+            "model_name_or_path: expected exactly one of 'model_name_or_path' (a local directory) or 'model_config'"
+        )
     errors = []
     if m.model_name_or_path is not None and not Path(m.model_name_or_path).is_dir():
         errors.append(f"model_name_or_path: expected a local model directory, not found: {m.model_name_or_path}")
     if m.train_from_scratch and m.model_name_or_path is None:
-        errors.append("train_from_scratch: expected model_name_or_path (the config to start from); "
-                      "with model_config the model is from scratch already")
+        errors.append(
+            "train_from_scratch: expected model_name_or_path (the config to start from); "
+            "with model_config the model is from scratch already"
+        )
     if m.model_config is not None and "model_type" not in m.model_config:
         errors.append("model_config.model_type: required (e.g. llama)")
     elif m.model_config is not None:
@@ -30,7 +34,9 @@ def check_model(run: RunConfig) -> None:
 
         if m.model_config["model_type"] not in CONFIG_MAPPING:
             mt = str(m.model_config["model_type"])
-            errors.append(f"model_config.model_type: unknown model type {mt!r}{suggest(mt, list(CONFIG_MAPPING.keys()))}")
+            errors.append(
+                f"model_config.model_type: unknown model type {mt!r}{suggest(mt, list(CONFIG_MAPPING.keys()))}"
+            )
     tok = run.data.tokenizer
     if tok not in (None, "byte") and not Path(tok).is_dir():
         errors.append(f"tokenizer: expected 'byte' or a local tokenizer directory, not found: {tok}")
@@ -57,8 +63,10 @@ def check_model_fits_data(run: RunConfig) -> None:
         path = Path(m.model_name_or_path)
         own_tokenizer = any((path / f).is_file() for f in TOKENIZER_FILES)
         if d.tokenizer is None and not own_tokenizer:
-            errors.append(f"tokenizer: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); set tokenizer: "
-                          "to a tokenizer directory, or 'byte' for the byte-level one")
+            errors.append(
+                f"tokenizer: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); set tokenizer: "
+                "to a tokenizer directory, or 'byte' for the byte-level one"
+            )
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -69,7 +77,9 @@ def check_model_fits_data(run: RunConfig) -> None:
         for key in POSITION_KEYS:
             limit = config.get(key)
             if isinstance(limit, int) and d.cutoff_len > limit:
-                errors.append(f"cutoff_len: {d.cutoff_len} is longer than the model's {key} {limit}; expected at most {limit}")
+                errors.append(
+                    f"cutoff_len: {d.cutoff_len} is longer than the model's {key} {limit}; expected at most {limit}"
+                )
                 break
         vocab = config.get("vocab_size")
         tokenizer = d.tokenizer if d.tokenizer is not None else (m.model_name_or_path if own_tokenizer else None)
@@ -82,21 +92,38 @@ def check_model_fits_data(run: RunConfig) -> None:
                 errors.append(f"tokenizer: {err}")
             else:
                 if size > vocab:
-                    errors.append(f"tokenizer: its vocabulary has {size} tokens, more than the model's vocab_size {vocab} "
-                                  f"(ids ≥ {vocab} have no embedding); use the model's tokenizer or a larger model")
+                    errors.append(
+                        f"tokenizer: its vocabulary has {size} tokens, more than the model's vocab_size {vocab} "
+                        f"(ids ≥ {vocab} have no embedding); use the model's tokenizer or a larger model"
+                    )
     if errors:
         raise ConfigErrors(errors)
 
 
 #: model_config keys that are sizes: positive integers.
-SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "vocab_size", "max_position_embeddings", "n_embd", "n_layer", "n_head", "n_positions", "head_dim")
+SIZE_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "head_dim",
+)
 
 
 def _shape_errors(cfg: dict[str, typing.Any]) -> list[str]:
     """Sizes a from-scratch model cannot be built with (else a traceback from deep in transformers)."""
-    errors = [f"model_config.{k}: expected a positive integer, got {cfg[k]!r}" for k in SIZE_KEYS
-              if k in cfg and (isinstance(cfg[k], bool) or not isinstance(cfg[k], int) or cfg[k] < 1)]
+    errors = [
+        f"model_config.{k}: expected a positive integer, got {cfg[k]!r}"
+        for k in SIZE_KEYS
+        if k in cfg and (isinstance(cfg[k], bool) or not isinstance(cfg[k], int) or cfg[k] < 1)
+    ]
     if errors:
         return errors
     hidden, heads = cfg.get("hidden_size", cfg.get("n_embd")), cfg.get("num_attention_heads", cfg.get("n_head"))

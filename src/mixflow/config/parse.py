@@ -32,8 +32,11 @@ class ConfigLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"{key}: given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"{key}: given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -153,7 +156,11 @@ def build_nested(cls: type, value: Any, where: str) -> Any:
     for key in value:
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown key; expected one of {sorted(fields)}{suggest(key, fields)}")
-    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in value]  # type: ignore[misc]
+    missing = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in value
+    ]  # type: ignore[misc]
     if missing:
         raise ConfigError(f"{where}.{missing[0]}: required key is missing")
     try:

@@ -23,8 +23,12 @@ def train_bpe(texts: Iterable[str], out: str | Path, vocab_size: int) -> Path:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     # every byte is in the alphabet, so no text is ever out of vocabulary
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     core.train_from_iterator(texts, trainer=trainer)
     out = Path(out)
     PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS).save_pretrained(out)

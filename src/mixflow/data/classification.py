@@ -49,7 +49,9 @@ class LabelVocabulary:
         if labels and all(isinstance(y, str) for y in labels):
             names = sorted(set(labels))
             if num_labels is not None and num_labels != len(names):
-                raise ConfigError(f"num_labels: expected {len(names)} (the distinct string labels {names}), got {num_labels}")
+                raise ConfigError(
+                    f"num_labels: expected {len(names)} (the distinct string labels {names}), got {num_labels}"
+                )
             return cls(len(names), names)
         if not all(isinstance(y, (int, np.integer)) and not isinstance(y, bool) for y in labels):
             bad = next(y for y in labels if not (isinstance(y, (int, np.integer)) and not isinstance(y, bool)))
@@ -70,7 +72,9 @@ class LabelVocabulary:
         out = np.asarray([int(y) if not isinstance(y, str) else -1 for y in labels], dtype=np.int64)
         bad = out[(out < 0) | (out >= self.num_labels)]
         if bad.size:
-            raise DataError(f"{where}: label {int(bad[0])} is outside 0..{self.num_labels - 1} (num_labels {self.num_labels})")
+            raise DataError(
+                f"{where}: label {int(bad[0])} is outside 0..{self.num_labels - 1} (num_labels {self.num_labels})"
+            )
         return out
 
 
@@ -167,16 +171,25 @@ class ClassificationCollator(DomainCollator):
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("features: expected at least one feature to collate")
-        input_ids, attention_mask = pad_right([torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features],
-                                              self.pad_token_id)
-        labels = torch.as_tensor([int(f["labels"]) if "labels" in f else IGNORE_INDEX for f in features], dtype=torch.long)
+        input_ids, attention_mask = pad_right(
+            [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features], self.pad_token_id
+        )
+        labels = torch.as_tensor(
+            [int(f["labels"]) if "labels" in f else IGNORE_INDEX for f in features], dtype=torch.long
+        )
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {**batch, **mixflow_columns(features, require_domain=False)}
 
 
 def labelled_dataset(
-    name: str, path: str, text_field: str, label_field: str, tokenizer: Any, cutoff_len: int,
-    vocabulary: LabelVocabulary, domain_id: int = 0,
+    name: str,
+    path: str,
+    text_field: str,
+    label_field: str,
+    tokenizer: Any,
+    cutoff_len: int,
+    vocabulary: LabelVocabulary,
+    domain_id: int = 0,
 ) -> ClassificationDataset:
     """One labelled file as a single-domain dataset (a real set, a test set)."""
     texts, raw = read_labelled(DomainSource(name=name, path=path, text_field=text_field, label_field=label_field))

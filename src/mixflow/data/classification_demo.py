@@ -70,7 +70,11 @@ def build_classification_demo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write the demo's files under ``out_dir``; returns their paths and the flipped count."""
-    for key, value in (("synthetic_per_topic", synthetic_per_topic), ("real_size", real_size), ("test_per_topic", test_per_topic)):
+    for key, value in (
+        ("synthetic_per_topic", synthetic_per_topic),
+        ("real_size", real_size),
+        ("test_per_topic", test_per_topic),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
     out = Path(out_dir)

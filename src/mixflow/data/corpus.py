@@ -30,15 +30,14 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import sysconfig
-import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixflow.data.roff import roff_text
 from mixflow.errors import ConfigError
 from mixflow.utils.jsonlog import write_json_atomic
 from mixflow.utils.progress import progress as progress_bar
@@ -94,8 +93,13 @@ def _man_files(*dirs: str) -> Callable[[], list[Path]]:
     # Google Cloud's CLI installs ~17,000 generated pages of one template, which would make "English" a
     # second redundant domain: they are left out.
     def find() -> list[Path]:
-        return [p for d in dirs for p in _walk(Path("/usr/share/man") / d,
-                                               lambda q: q.name.endswith(".gz") and not q.name.startswith("gcloud"))]
+        return [
+            p
+            for d in dirs
+            for p in _walk(
+                Path("/usr/share/man") / d, lambda q: q.name.endswith(".gz") and not q.name.startswith("gcloud")
+            )
+        ]
 
     return find
 
@@ -110,55 +114,6 @@ def _compiled_modules() -> list[Path]:
     return _walk(root, lambda p: p.suffix == ".so") if root.is_dir() else []
 
 
-# roff, the manual pages' markup: macros whose arguments are text, and the escapes of common characters
-_TEXT_MACROS = {"SH", "SS", "B", "I", "BR", "BI", "IB", "RB", "IR", "RI", "SM", "SB", "IP", "TP", "Nm", "Nd", "Sh",
-                "Ss", "Ar", "Fl", "Op", "It", "Dq", "Pa", "Xr", "Em", "Sy", "Li", "Cm", "Ql", "UR", "MT", "OP", "SY"}
-_ESCAPES = {"(em": "—", "(en": "–", "(aq": "'", "(lq": "“", "(rq": "”", "(dq": '"', "(bu": "•", "(co": "©",
-            "(mi": "−", "(ga": "`", "(ti": "~", "(ha": "^", "(Fo": "«", "(Fc": "»", "(oq": "‘", "(cq": "’"}
-_ESCAPES.update({"(ss": "ß", "(Bq": "„", "(bq": "‚", "*(Aq": "'", "*(lq": "“", "*(rq": "”"})
-#: roff's accent prefixes and the combining marks they put on the next letter (\('e is é)
-_ACCENTS = {"'": "\u0301", "`": "\u0300", "^": "\u0302", ":": "\u0308", "~": "\u0303", ",": "\u0327", "o": "\u030a"}
-_ESCAPE = re.compile(r"\\(\(..|\[[^\]]*\]|[fn]\(..|[fn]\[[^\]]*\]|[fn].|s[+-]?\d|\*\(..|\*\[[^\]]*\]|\*.|\$\d|[-e&c ~|^0%:'`\"])")
-
-
-def _unescape(match: re.Match[str]) -> str:
-    esc = match.group(1)
-    if esc.startswith("[") and len(esc) > 2:
-        esc = f"({esc[1:-1]}"
-    if re.fullmatch(r"\(u[0-9A-Fa-f]{4,5}", esc):  # \[u00E9]: a code point
-        return chr(int(esc[2:], 16))
-    if esc in _ESCAPES:
-        return _ESCAPES[esc]
-    if len(esc) == 3 and esc[0] == "(" and esc[1] in _ACCENTS and esc[2].isalpha():
-        return unicodedata.normalize("NFC", esc[2] + _ACCENTS[esc[1]])
-    return {"-": "-", "e": "\\", " ": " ", "~": " ", "0": " ", "'": "'", "`": "`"}.get(esc, "")
-
-
-def roff_text(source: str) -> str:
-    """The readable text of a manual page's roff source: comments and layout macros dropped, the
-    arguments of text macros kept, font and character escapes resolved."""
-    lines: list[str] = []
-    defining = False
-    for raw in source.splitlines():
-        line = raw.split('\\"', 1)[0] if '\\"' in raw else raw
-        if defining:  # the body of a macro definition (.de NAME ... ..) is not text
-            defining = line.strip() != ".."
-            continue
-        if line.startswith((".", "'")):
-            parts = line[1:].strip().split(None, 1)
-            if parts and parts[0] in ("de", "de1", "am", "ig"):
-                defining = True
-            if not parts or parts[0] not in _TEXT_MACROS or len(parts) < 2:
-                continue
-            line = parts[1].replace('"', "")
-            if parts[0] in ("IP", "TP"):  # a trailing number is the indentation, not text
-                line = re.sub(r"\s+\d+(\.\d+)?[mnvi]?$", "", line)
-        line = _ESCAPE.sub(_unescape, line).rstrip()
-        if line or (lines and lines[-1]):
-            lines.append(line)
-    return "\n".join(lines).strip()
-
-
 def _man_text(path: Path) -> str:
     try:
         source = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
@@ -171,8 +126,8 @@ def hexdump(data: bytes, offset: int = 0) -> str:
     """xxd's layout: an offset, 8 groups of 2 bytes in hex, and the printable bytes, 16 to a line."""
     lines = []
     for start in range(0, len(data), 16):
-        row = data[start:start + 16]
-        groups = " ".join(row[i:i + 2].hex() for i in range(0, len(row), 2))
+        row = data[start : start + 16]
+        groups = " ".join(row[i : i + 2].hex() for i in range(0, len(row), 2))
         printable = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
         lines.append(f"{offset + start:08x}: {groups:<39}  {printable}")
     return "\n".join(lines)
@@ -182,17 +137,28 @@ def _hex_text(path: Path) -> str:
     # 4 KiB from the middle of the file: the machine code, not the ELF header every file shares
     data = path.read_bytes()
     start = (len(data) // 2) & ~15
-    return hexdump(data[start:start + 4096], start)
+    return hexdump(data[start : start + 4096], start)
 
 
 DOMAINS: tuple[CorpusDomain, ...] = (
     CorpusDomain("python", "Python standard-library sources", _python_files, _read, 8_000_000),
     CorpusDomain("c", "C headers under /usr/include", _header_files, _read, 4_000_000),
-    CorpusDomain("english", "English manual pages (sections 1, 5, 7, 8)", _man_files("man1", "man5", "man7", "man8"),
-                 _man_text, 2_000_000),
+    CorpusDomain(
+        "english",
+        "English manual pages (sections 1, 5, 7, 8)",
+        _man_files("man1", "man5", "man7", "man8"),
+        _man_text,
+        2_000_000,
+    ),
     CorpusDomain("licenses", "package copyright files (highly redundant)", _licence_files, _read, 1_000_000),
-    CorpusDomain("hexdump", "hex dumps of compiled Python modules (partly learnable noise)", _compiled_modules,
-                 _hex_text, 500_000, clean=False),
+    CorpusDomain(
+        "hexdump",
+        "hex dumps of compiled Python modules (partly learnable noise)",
+        _compiled_modules,
+        _hex_text,
+        500_000,
+        clean=False,
+    ),
     CorpusDomain("german", "German manual pages", _man_files("de"), _man_text, 500_000),
     CorpusDomain("french", "French manual pages", _man_files("fr"), _man_text, 200_000),
 )
@@ -218,8 +184,11 @@ def _documents(text: str) -> Iterator[str]:
 
 def check_sources(domains: tuple[CorpusDomain, ...] = DOMAINS) -> list[str]:
     """One line per domain whose source has no file on this machine (every missing one at once)."""
-    return [f"corpus: domain {d.name!r}: no source files on this machine ({d.description})"
-            for d in domains if not d.files()]
+    return [
+        f"corpus: domain {d.name!r}: no source files on this machine ({d.description})"
+        for d in domains
+        if not d.files()
+    ]
 
 
 TOKENIZER_SAMPLE_BYTES = 200_000
@@ -228,7 +197,11 @@ small languages get tokens of their own."""
 
 
 def build_corpus(
-    out_dir: str | Path, scale: float = 1.0, seed: int = 0, vocab_size: int | None = 4096, progress: bool = True,
+    out_dir: str | Path,
+    scale: float = 1.0,
+    seed: int = 0,
+    vocab_size: int | None = 4096,
+    progress: bool = True,
     domains: tuple[CorpusDomain, ...] = DOMAINS,
 ) -> dict[str, Any]:
     """Write each domain as ``<name>.jsonl`` (``{"text": ...}`` lines), ``dataset_info.json``, a BPE
@@ -248,7 +221,9 @@ def build_corpus(
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"seed": seed, "scale": scale, "chunk_bytes": CHUNK_BYTES, "domains": {}}
     total = sum(int(d.budget * scale) for d in domains)
-    with progress_bar(total=total, enabled=progress, desc="arena corpus", unit="B", unit_scale=True, leave=False) as bar:
+    with progress_bar(
+        total=total, enabled=progress, desc="arena corpus", unit="B", unit_scale=True, leave=False
+    ) as bar:
         for d in domains:
             manifest["domains"][d.name] = _write_domain(d, out, int(d.budget * scale), seed, bar)
     digest = hashlib.sha256()
@@ -277,8 +252,12 @@ def _tokenizer(out: Path, domains: tuple[CorpusDomain, ...], vocab_size: int) ->
                 sample.append(text)
                 size += len(text.encode("utf-8"))
     path = train_bpe(sample, out / "tokenizer", vocab_size)
-    return {"dir": "tokenizer", "vocab_size": vocab_size, "sample_bytes_per_domain": TOKENIZER_SAMPLE_BYTES,
-            "sha256": hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()}
+    return {
+        "dir": "tokenizer",
+        "vocab_size": vocab_size,
+        "sample_bytes_per_domain": TOKENIZER_SAMPLE_BYTES,
+        "sha256": hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest(),
+    }
 
 
 def _write_domain(d: CorpusDomain, out: Path, budget: int, seed: int, bar: Any) -> dict[str, Any]:
@@ -309,5 +288,12 @@ def _write_domain(d: CorpusDomain, out: Path, budget: int, seed: int, bar: Any) 
     os.replace(tmp, out / f"{d.name}.jsonl")
     if written < budget:
         bar.update(budget - written)
-    return {"description": d.description, "clean": d.clean, "budget_bytes": budget, "text_bytes": written,
-            "documents": documents, "files": used, "skipped": skipped}
+    return {
+        "description": d.description,
+        "clean": d.clean,
+        "budget_bytes": budget,
+        "text_bytes": written,
+        "documents": documents,
+        "files": used,
+        "skipped": skipped,
+    }

@@ -151,8 +151,11 @@ class DomainCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
         if self.document_eos is not None:
             # right padding comes after every real token, so causal attention never reaches it
-            batch = {"input_ids": input_ids, "position_ids": document_positions(input_ids, self.document_eos),
-                     "labels": label_ids}
+            batch = {
+                "input_ids": input_ids,
+                "position_ids": document_positions(input_ids, self.document_eos),
+                "labels": label_ids,
+            }
         return {**batch, **mixflow_columns(features, require_domain=True)}
 
 

@@ -64,8 +64,12 @@ def build_demo_corpus(
     }
     paths: dict[str, Path] = {}
     with progress_bar(
-        total=max_bytes_per_domain * len(DEMO_DOMAINS), enabled=progress, desc="demo corpus", unit="B",
-        unit_scale=True, leave=False,
+        total=max_bytes_per_domain * len(DEMO_DOMAINS),
+        enabled=progress,
+        desc="demo corpus",
+        unit="B",
+        unit_scale=True,
+        leave=False,
     ) as bar:
         for name in DEMO_DOMAINS:
             path = out / f"{name}.jsonl"

@@ -33,11 +33,25 @@ COLUMNS: dict[str, dict[str, str | None]] = {
     "sharegpt": {"messages": "conversations", "system": None},
 }
 #: sharegpt tags and LLaMA-Factory's defaults.
-TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-        "system_tag": "system", "observation_tag": "observation", "function_tag": "function_call"}
+TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "system_tag": "system",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+}
 #: Columns LLaMA-Factory knows that mixflow does not train on (never silently dropped).
-UNSUPPORTED_COLUMNS = {"tools": "tool descriptions", "images": "images", "videos": "videos", "audios": "audio",
-                       "chosen": "preference pairs", "rejected": "preference pairs", "kto_tag": "KTO labels"}
+UNSUPPORTED_COLUMNS = {
+    "tools": "tool descriptions",
+    "images": "images",
+    "videos": "videos",
+    "audios": "audio",
+    "chosen": "preference pairs",
+    "rejected": "preference pairs",
+    "kto_tag": "KTO labels",
+}
 #: A column mapping with any of these keys (besides prompt) is instruction data, not plain text.
 INSTRUCTION_KEYS = ("query", "response", "system", "history")
 
@@ -63,8 +77,9 @@ class Formatting:
         return required, optional
 
 
-def formatting_of(kind: str | None, columns: Mapping[str, Any] | None, tags: Mapping[str, Any] | None,
-                  where: str) -> Formatting | None:
+def formatting_of(
+    kind: str | None, columns: Mapping[str, Any] | None, tags: Mapping[str, Any] | None, where: str
+) -> Formatting | None:
     """The instruction formatting an entry asks for, or None for plain text. ``where`` names the
     entry in errors. A column, tag or formatting mixflow does not support is an error."""
     columns = dict(columns or {})
@@ -78,8 +93,9 @@ def formatting_of(kind: str | None, columns: Mapping[str, Any] | None, tags: Map
         raise DataError(f"{where}: formatting: {kind!r} is not supported; expected one of {', '.join(COLUMNS)}")
     for key, value in columns.items():
         if key in UNSUPPORTED_COLUMNS:
-            raise DataError(f"{where}: columns.{key}: {UNSUPPORTED_COLUMNS[key]} are not supported by mixflow; "
-                             "remove the column")
+            raise DataError(
+                f"{where}: columns.{key}: {UNSUPPORTED_COLUMNS[key]} are not supported by mixflow; remove the column"
+            )
         if key not in COLUMNS[kind]:
             raise DataError(f"{where}: columns.{key}: not a {kind} column; expected some of {', '.join(COLUMNS[kind])}")
         if not isinstance(value, str):
@@ -111,7 +127,11 @@ def conversation(fmt: Formatting, record: Mapping[str, Any], where: str) -> list
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
                 raise DataError(f"{where}: field {c['history']!r} item {i}: expected [user, assistant] strings")
             turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-        prompt, query, response = record[c["prompt"]], record.get(c["query"]) if "query" in c else None, record[c["response"]]
+        prompt, query, response = (
+            record[c["prompt"]],
+            record.get(c["query"]) if "query" in c else None,
+            record[c["response"]],
+        )
         for name, value in ((c["prompt"], prompt), (c["response"], response)):
             if not isinstance(value, str):
                 raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
@@ -147,7 +167,9 @@ def _sharegpt_turns(fmt: Formatting, messages: Any, has_system: bool, where: str
             continue
         expected = "user" if len([x for x in out if x["role"] != "system"]) % 2 == 0 else "assistant"
         if role != expected:
-            raise DataError(f"{where}: turn {i}: expected a {expected} turn (user and assistant alternate), got {tag!r}")
+            raise DataError(
+                f"{where}: turn {i}: expected a {expected} turn (user and assistant alternate), got {tag!r}"
+            )
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last turn must be the assistant's")
@@ -172,8 +194,10 @@ def render(tokenizer: Any, turns: list[dict[str, str]], where: str) -> tuple[np.
         if turn["role"] == "system":
             add(f"System: {turn['content']}\n", False)
         elif turn["role"] == "user":
-            add(("\n" if i and turns[i - 1]["role"] == "assistant" else "") + f"User: {turn['content']}\nAssistant: ",
-                False)
+            add(
+                ("\n" if i and turns[i - 1]["role"] == "assistant" else "") + f"User: {turn['content']}\nAssistant: ",
+                False,
+            )
         else:
             add(turn["content"], True)
             ids.append(int(tokenizer.eos_token_id))
@@ -192,8 +216,10 @@ def _render_template(hf: Any, turns: list[dict[str, str]], where: str) -> tuple[
         before = hf.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
         upto = hf.apply_chat_template(turns[: i + 1], tokenize=False)
         if not (upto.startswith(before) and full.startswith(upto)):
-            raise DataError(f"{where}: the tokenizer's chat template does not render a conversation as the "
-                             "continuation of its prefix, so its response tokens cannot be located")
+            raise DataError(
+                f"{where}: the tokenizer's chat template does not render a conversation as the "
+                "continuation of its prefix, so its response tokens cannot be located"
+            )
         spans.append((len(before), len(upto)))
     enc = hf(full, add_special_tokens=False, return_offsets_mapping=True)
     starts = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64)

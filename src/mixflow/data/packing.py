@@ -20,7 +20,6 @@ from mixflow.utils.progress import progress as progress_bar
 BATCH_DOCUMENTS = 1000
 
 
-
 @dataclass
 class TokenizedDomain:
     """One domain's token rows, split into train and held-out validation rows."""
@@ -67,8 +66,10 @@ def tokenize_in_memory(
     """
     check_cutoff_len(cutoff_len)
     if source.formatting is not None:
-        raise ConfigError(f"domain {source.name!r}: instruction data ({source.formatting.kind}) is tokenized through "
-                         "the cache (mixflow.data.tokenized.cache_domain), which keeps its target mask")
+        raise ConfigError(
+            f"domain {source.name!r}: instruction data ({source.formatting.kind}) is tokenized through "
+            "the cache (mixflow.data.tokenized.cache_domain), which keeps its target mask"
+        )
     if max_documents is not None and not (_is_int(max_documents) and max_documents >= 1):
         raise ConfigError(f"max_documents: expected a positive integer or None, got {max_documents!r}")
     if not ((_is_int(val_size) and val_size >= 0) or _is_fraction(val_size)):
@@ -108,9 +109,7 @@ def _pack(encoded: Iterable[Sequence[int]], eos_token_id: int, cutoff_len: int) 
     blocks: list[np.ndarray] = []
     carry = np.empty(0, dtype=np.int32)
     for ids in encoded:
-        stream = np.concatenate(
-            [carry, np.asarray(ids, dtype=np.int32), np.asarray([eos_token_id], dtype=np.int32)]
-        )
+        stream = np.concatenate([carry, np.asarray(ids, dtype=np.int32), np.asarray([eos_token_id], dtype=np.int32)])
         full = len(stream) // cutoff_len * cutoff_len
         if full:
             blocks.append(stream[:full].reshape(-1, cutoff_len))
@@ -149,6 +148,3 @@ def split_indices(name: str, total: int, val_size: float | int, seed: int) -> tu
     # Sorting each side keeps rows in file order, which makes debugging easier
     # without affecting the sampler, which draws its own permutation.
     return np.sort(order[num_val:]), np.sort(order[:num_val])
-
-
-

@@ -40,8 +40,16 @@ from mixflow.errors import DataError
 TOKEN_FORMATS: tuple[str, ...] = ("megatron", "numpy", "mixflow")
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 #: Megatron's dtype codes.
-MEGATRON_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
-                   8: np.uint16}
+MEGATRON_DTYPES = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.float32,
+    8: np.uint16,
+}
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,10 @@ def megatron_index(idx: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndar
         raise DataError(f"{idx}: dtype code {code}, expected one of {sorted(MEGATRON_DTYPES)}")
     need = header + sequences * (4 + 8) + documents * 8
     if len(data) < need:
-        raise DataError(f"{idx}: {len(data)} bytes, expected {need} for {sequences} sequences and {documents} "
-                        "document indices (a truncated index)")
+        raise DataError(
+            f"{idx}: {len(data)} bytes, expected {need} for {sequences} sequences and {documents} "
+            "document indices (a truncated index)"
+        )
     lengths = np.frombuffer(data, dtype="<i4", count=sequences, offset=header).astype(np.int64)
     pointers = np.frombuffer(data, dtype="<i8", count=sequences, offset=header + 4 * sequences)
     docs = np.frombuffer(data, dtype="<i8", count=documents, offset=header + 12 * sequences)
@@ -118,10 +128,14 @@ def read_megatron(prefix: str | Path | list[str], cutoff_len: int, packing: bool
     size = binary.stat().st_size
     end = int(pointers[-1] + lengths[-1] * dtype.itemsize)
     if end > size:
-        raise DataError(f"{binary}: {size} bytes, but the index points to byte {end} (a truncated .bin, or an index "
-                        "of another file)")
+        raise DataError(
+            f"{binary}: {size} bytes, but the index points to byte {end} (a truncated .bin, or an index "
+            "of another file)"
+        )
     if np.any(pointers % dtype.itemsize) or np.any(np.diff(pointers) != lengths[:-1] * dtype.itemsize):
-        raise DataError(f"{idx}: its sequences are not contiguous in {binary.name}; expected the layout Megatron writes")
+        raise DataError(
+            f"{idx}: its sequences are not contiguous in {binary.name}; expected the layout Megatron writes"
+        )
     starts = pointers // dtype.itemsize
     # a document is its sequences, which are contiguous: its tokens run from its first sequence's start
     offsets = np.append(starts[docs[:-1]], starts[-1] + lengths[-1]).astype(np.int64)
@@ -135,13 +149,16 @@ def _joined(parts: list[PretokenizedDomain], cutoff_len: int, packing: bool, sou
     files = [part.rows.tokens for part in parts]
     assert all(isinstance(f, TokenFile) for f in files) and all(part.offsets is not None for part in parts)
     stream = TokenFiles(files)  # type: ignore[arg-type]
-    offsets = np.concatenate([part.offsets[:-1] + stream.starts[k] for k, part in enumerate(parts)]  # type: ignore[index]
-                             + [stream.starts[-1:]]).astype(np.int64)
+    offsets = np.concatenate(
+        [part.offsets[:-1] + stream.starts[k] for k, part in enumerate(parts)]  # type: ignore[index]
+        + [stream.starts[-1:]]
+    ).astype(np.int64)
     return _domain(stream, offsets, cutoff_len, packing, source)
 
 
-def read_numpy(path: str | Path, cutoff_len: int, packing: bool, eos_id: int | None, dtype: str | None = None
-               ) -> PretokenizedDomain:
+def read_numpy(
+    path: str | Path, cutoff_len: int, packing: bool, eos_id: int | None, dtype: str | None = None
+) -> PretokenizedDomain:
     """The rows of a ``.npy`` token array, or of a raw token file of ``dtype``, split after ``eos_id``."""
     path = Path(path)
     if not path.is_file():
@@ -171,7 +188,9 @@ def read_numpy(path: str | Path, cutoff_len: int, packing: bool, eos_id: int | N
         kind = np.dtype(dtype)
         size = path.stat().st_size
         if size % kind.itemsize:
-            raise DataError(f"{path}: {size} bytes is not a whole number of {kind} tokens (the wrong dtype, or truncated)")
+            raise DataError(
+                f"{path}: {size} bytes is not a whole number of {kind} tokens (the wrong dtype, or truncated)"
+            )
         tokens = TokenFile(path, kind, size // kind.itemsize)
     if len(tokens) == 0:
         raise DataError(f"{path}: no tokens")
@@ -184,7 +203,7 @@ def read_numpy(path: str | Path, cutoff_len: int, packing: bool, eos_id: int | N
 
 def _eos_offsets(tokens: TokenFile, eos_id: int, chunk: int = 1 << 24) -> np.ndarray:
     """Document starts (and the end) of a stream split after every ``eos_id``, read in chunks."""
-    ends = [np.flatnonzero(tokens[i:i + chunk] == eos_id) + i + 1 for i in range(0, len(tokens), chunk)]
+    ends = [np.flatnonzero(tokens[i : i + chunk] == eos_id) + i + 1 for i in range(0, len(tokens), chunk)]
     cuts = np.concatenate([np.zeros(1, dtype=np.int64), *ends]).astype(np.int64)
     if cuts[-1] != len(tokens):
         cuts = np.append(cuts, len(tokens))  # the last document has no EOS
@@ -210,8 +229,9 @@ def read_mixflow(entry: str | Path, cutoff_len: int, packing: bool) -> Pretokeni
     return _domain(tokens, offsets, cutoff_len, packing, str(entry))
 
 
-def _domain(tokens: TokenFile | TokenFiles, offsets: np.ndarray | None, cutoff_len: int, packing: bool, source: str
-            ) -> PretokenizedDomain:
+def _domain(
+    tokens: TokenFile | TokenFiles, offsets: np.ndarray | None, cutoff_len: int, packing: bool, source: str
+) -> PretokenizedDomain:
     if packing:
         rows = TokenRows(tokens, block=cutoff_len)
         if len(rows) == 0:
@@ -235,8 +255,9 @@ def _document_rows(tokens: TokenFile | TokenFiles, starts: np.ndarray, ends: np.
     return TokenRows(tokens, spans=(starts.astype(np.int64), ends.astype(np.int64)))
 
 
-def write_megatron(prefix: str | Path, documents: list[np.ndarray] | list[list[int]], dtype: np.dtype | str = "uint16"
-                   ) -> Path:
+def write_megatron(
+    prefix: str | Path, documents: list[np.ndarray] | list[list[int]], dtype: np.dtype | str = "uint16"
+) -> Path:
     """Write ``documents`` (token ids) as a Megatron indexed dataset ``PREFIX.bin`` + ``PREFIX.idx``
     (one sequence per document, the layout :func:`megatron_index` reads); returns the prefix."""
     prefix = Path(prefix)
@@ -248,13 +269,16 @@ def write_megatron(prefix: str | Path, documents: list[np.ndarray] | list[list[i
     docs = np.arange(len(arrays) + 1, dtype="<i8")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     prefix.with_name(prefix.name + ".bin").write_bytes(b"".join(a.tobytes() for a in arrays))
-    header = MEGATRON_MAGIC + struct.pack("<Q", 1) + struct.pack("<B", code) + struct.pack("<QQ", len(arrays), docs.size)
+    header = (
+        MEGATRON_MAGIC + struct.pack("<Q", 1) + struct.pack("<B", code) + struct.pack("<QQ", len(arrays), docs.size)
+    )
     prefix.with_name(prefix.name + ".idx").write_bytes(header + lengths.tobytes() + pointers.tobytes() + docs.tobytes())
     return prefix
 
 
-def read_pretokenized(source: Any, cutoff_len: int, packing: bool, vocab_size: int,
-                      eos_id: int | None) -> PretokenizedDomain:
+def read_pretokenized(
+    source: Any, cutoff_len: int, packing: bool, vocab_size: int, eos_id: int | None
+) -> PretokenizedDomain:
     """A pre-tokenized source's rows (a :class:`~mixflow.data.sources.DomainSource` with a
     ``token_format``), after checking every id is below
     ``vocab_size`` (one chunked pass over the tokens; an id the model cannot embed is one error line
@@ -263,17 +287,20 @@ def read_pretokenized(source: Any, cutoff_len: int, packing: bool, vocab_size: i
     if source.token_format == "megatron":
         domain = read_megatron(source.path, cutoff_len, packing)
     elif source.token_format == "numpy":
-        domain = read_numpy(path, cutoff_len, packing, source.eos_id if source.eos_id is not None else eos_id,
-                            source.dtype)
+        domain = read_numpy(
+            path, cutoff_len, packing, source.eos_id if source.eos_id is not None else eos_id, source.dtype
+        )
     else:
         domain = read_mixflow(path, cutoff_len, packing)
     tokens, chunk, top, low = domain.rows.tokens, 1 << 24, -1, 0
     for i in range(0, len(tokens), chunk):  # one pass over the tokens, both bounds at once
-        part = tokens[i:i + chunk]
+        part = tokens[i : i + chunk]
         top, low = max(top, int(part.max())), min(low, int(part.min()))
     if top >= vocab_size or low < 0:
-        raise DataError(f"domain {source.name!r}: {domain.source} holds token id {top if top >= vocab_size else low}, "
-                        f"outside the tokenizer's vocabulary [0, {vocab_size}) (another tokenizer's ids?)")
+        raise DataError(
+            f"domain {source.name!r}: {domain.source} holds token id {top if top >= vocab_size else low}, "
+            f"outside the tokenizer's vocabulary [0, {vocab_size}) (another tokenizer's ids?)"
+        )
     return domain
 
 
@@ -296,11 +323,15 @@ def detect_token_format(path: str | list[str]) -> str | None:
     return None
 
 
-def source_errors(path: str | list[str], where: str, token_format: Any, dtype: Any, eos_id: Any,
-                  text_keys: dict[str, Any]) -> list[str]:
+def source_errors(
+    path: str | list[str], where: str, token_format: Any, dtype: Any, eos_id: Any, text_keys: dict[str, Any]
+) -> list[str]:
     """Every problem of a pre-tokenized domain's entry: text keys, a bad format, path, dtype or eos_id."""
-    errors = [f"{where}: {key}: a pre-tokenized domain ({token_format}) has no text to read"
-              for key, value in text_keys.items() if value is not None]
+    errors = [
+        f"{where}: {key}: a pre-tokenized domain ({token_format}) has no text to read"
+        for key, value in text_keys.items()
+        if value is not None
+    ]
     if token_format not in TOKEN_FORMATS:
         errors.append(f"{where}: format: expected one of {list(TOKEN_FORMATS)}, got {token_format!r}")
     if token_format != "megatron" and (isinstance(path, list) or glob.has_magic(path)):

@@ -139,8 +139,12 @@ def unimax_proportions(domain_sizes: Sequence[int], budget: float, max_epochs: f
     """
     sizes = validate_domain_sizes(domain_sizes).astype(np.float64)
     for name, value in (("budget", budget), ("max_epochs", max_epochs)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0 \
-                or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not value > 0
+            or not math.isfinite(value)
+        ):
             raise ConfigError(f"{name}: expected a finite number > 0, got {value!r}")
     alloc = np.zeros_like(sizes)
     left = float(budget)

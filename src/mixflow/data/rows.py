@@ -95,8 +95,10 @@ class TokenFiles(_TokenStream):
             lo, hi = int(self.starts[k]), int(self.starts[k + 1])
             if lo >= stop:
                 break
-            pieces.append(self.parts[k][max(start, lo) - lo:min(stop, hi) - lo])
-        return pieces[0].astype(self.dtype, copy=False) if len(pieces) == 1 else np.concatenate(pieces).astype(self.dtype)
+            pieces.append(self.parts[k][max(start, lo) - lo : min(stop, hi) - lo])
+        return (
+            pieces[0].astype(self.dtype, copy=False) if len(pieces) == 1 else np.concatenate(pieces).astype(self.dtype)
+        )
 
 
 class TokenRows:
@@ -104,9 +106,17 @@ class TokenRows:
     ``offsets[i + 1]``, or any spans ``[spans[0][i], spans[1][i])`` (documents cut at a length);
     ``index`` picks (and orders) a subset of them (a split)."""
 
-    def __init__(self, tokens: np.ndarray | TokenFile | TokenFiles, *, block: int | None = None, offsets: np.ndarray | None = None,
-                 index: np.ndarray | None = None, mask: np.ndarray | TokenFile | None = None,
-                 row_targets: np.ndarray | None = None, spans: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray | TokenFile | TokenFiles,
+        *,
+        block: int | None = None,
+        offsets: np.ndarray | None = None,
+        index: np.ndarray | None = None,
+        mask: np.ndarray | TokenFile | None = None,
+        row_targets: np.ndarray | None = None,
+        spans: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         if sum(x is not None for x in (block, offsets, spans)) != 1:
             raise ValueError("TokenRows: expected exactly one of block (packed), offsets (per-document rows) or spans")
         self._ends: np.ndarray | None = None
@@ -117,8 +127,13 @@ class TokenRows:
         self.tokens = tokens
         self.block = block
         self.offsets = offsets
-        total = (len(tokens) // block if block is not None else
-                 len(self._ends) if self._ends is not None else len(offsets) - 1)  # type: ignore[arg-type]
+        if block is not None:
+            total = len(tokens) // block
+        elif self._ends is not None:
+            total = len(self._ends)
+        else:
+            assert offsets is not None, "exactly one of block, offsets, spans (checked above)"
+            total = len(offsets) - 1
         self.index = index
         self._len = total if index is None else len(index)
         if (mask is None) != (row_targets is None) or (mask is not None and block is not None):
@@ -183,9 +198,16 @@ class TokenRows:
         """The rows at ``index`` (positions in these rows), sharing the token array."""
         idx = np.asarray(index, dtype=np.int64)
         base = idx if self.index is None else self.index[idx]
-        spans = None if self._ends is None else (self.offsets, self._ends)
-        return TokenRows(self.tokens, block=self.block, offsets=None if spans else self.offsets, index=base,
-                         mask=self.mask, row_targets=self.row_targets, spans=spans)  # type: ignore[arg-type]
+        spans = None if self._ends is None or self.offsets is None else (self.offsets, self._ends)
+        return TokenRows(
+            self.tokens,
+            block=self.block,
+            offsets=None if spans else self.offsets,
+            index=base,
+            mask=self.mask,
+            row_targets=self.row_targets,
+            spans=spans,
+        )
 
 
 def as_token_rows(rows: np.ndarray | list[np.ndarray] | TokenRows) -> TokenRows:

@@ -377,8 +377,10 @@ class MixtureSampler(Sampler[int]):
         new = validate_weights(weights, self.num_domains)
         at = self._planned if from_batch is None else _check_int(from_batch, "from_batch", 0)
         if at < self._planned:
-            raise ValueError(f"from_batch: batch {at} is already planned (batches up to {self._planned - 1} are); "
-                             "new weights apply from a batch not yet planned")
+            raise ValueError(
+                f"from_batch: batch {at} is already planned (batches up to {self._planned - 1} are); "
+                "new weights apply from a batch not yet planned"
+            )
         if np.array_equal(new, self.weights):
             return
         self._weight_changes = [c for c in self._weight_changes if c[0] < at]
@@ -649,13 +651,17 @@ class MixtureSampler(Sampler[int]):
                 "saved (resume with the same data settings, or start a new run)"
             )
         if state["batch_size"] != self._batch_size:
-            raise ResumeError(f"state.batch_size: expected {self._batch_size} (this sampler), got {state['batch_size']}")
+            raise ResumeError(
+                f"state.batch_size: expected {self._batch_size} (this sampler), got {state['batch_size']}"
+            )
         if state["seed"] != self._seed:
             raise ResumeError(f"state.seed: expected {self._seed} (this sampler), got {state['seed']}")
         caps = None if self._max_rows is None else self._max_rows.tolist()
         if state.get("row_caps") != caps:
-            raise ResumeError(f"state.row_caps: the checkpoint's max_epochs caps ({state.get('row_caps')} rows) differ "
-                              f"from this run's ({caps}); resume with the same max_epochs")
+            raise ResumeError(
+                f"state.row_caps: the checkpoint's max_epochs caps ({state.get('row_caps')} rows) differ "
+                f"from this run's ({caps}); resume with the same max_epochs"
+            )
 
         self._restore(state)
 

@@ -10,22 +10,28 @@ from __future__ import annotations
 import difflib
 import glob
 import gzip
-import io
-import json
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixflow.data.file_readers import (
+    COMPRESSIONS,
+    file_format,
+    is_saved_dataset,
+    json_records,
+    parquet_columns,
+    rows_of,
+    saved_dataset_columns,
+    text_lines,
+)
 from mixflow.data.instructions import Formatting, formatting_of
 from mixflow.data.pretokenized import detect_token_format, source_errors
 from mixflow.errors import DataError
 from mixflow.utils.jsonlog import read_json
 
 SUPPORTED_FORMATS = (".jsonl", ".json", ".txt", ".parquet", "a datasets.save_to_disk directory")
-#: Compressed variants of .jsonl, .json and .txt files.
-COMPRESSIONS = (".gz", ".zst")
 _READABLE = (".jsonl", ".json", ".txt", ".parquet")
 
 
@@ -63,7 +69,7 @@ def read_documents(source: DomainSource) -> list[str]:
 
 def iter_documents(source: DomainSource, limit: int | None = None) -> Iterator[str]:
     """The documents of ``source`` one at a time (at most ``limit``), in file order."""
-    for text, in iter_records(source, (source.text_field,), text_fields=(source.text_field,), limit=limit):
+    for (text,) in iter_records(source, (source.text_field,), text_fields=(source.text_field,), limit=limit):
         yield text
 
 
@@ -90,7 +96,10 @@ def iter_records(
 
 
 def iter_located_records(
-    source: DomainSource, fields: Sequence[str], optional: Sequence[str] = (), text_fields: Sequence[str] = (),
+    source: DomainSource,
+    fields: Sequence[str],
+    optional: Sequence[str] = (),
+    text_fields: Sequence[str] = (),
     limit: int | None = None,
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """(where, values of ``fields`` then of ``optional``) for each record; ``where`` is the file and
@@ -138,9 +147,8 @@ def resolve_files(source: DomainSource) -> list[Path]:
     return out
 
 
-
 def _expand(source: DomainSource, path: Path) -> list[Path]:
-    if not path.is_dir() or _is_saved_dataset(path):
+    if not path.is_dir() or is_saved_dataset(path):
         return [path]
     files = sorted(f for f in path.rglob("*") if f.is_file() and file_format(f)[0] in _READABLE)
     if not files:
@@ -151,55 +159,31 @@ def _expand(source: DomainSource, path: Path) -> list[Path]:
     return files
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return ((path / "dataset_info.json").is_file() and (path / "state.json").is_file()) or (
-        path / "dataset_dict.json"
-    ).is_file()
-
-
-def file_format(path: Path) -> tuple[str, str]:
-    """(format suffix, compression suffix or "") of a file, e.g. ``("jsonl", ".gz")`` for ``a.jsonl.gz``."""
-    suffixes = [x.lower() for x in path.suffixes]
-    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSIONS else ""
-    rest = suffixes[:-1] if compression else suffixes
-    return (rest[-1] if rest else ""), compression
-
-
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    """The file's bytes, decompressed on the fly for ``.gz`` and ``.zst``."""
-    compression = file_format(path)[1]
-    if compression == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if compression == ".zst":
-        try:
-            import zstandard
-        except ImportError:
-            raise DataError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def _file_records(
     source: DomainSource, path: Path, fields: Sequence[str], optional: Sequence[str], text_fields: Sequence[str]
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
     suffix = "" if path.is_dir() else file_format(path)[0]
     if path.is_dir() or suffix == ".parquet":
-        names, batches = _saved_dataset(source, path) if path.is_dir() else _parquet(path)
+        names, batches = saved_dataset_columns(source.name, path) if path.is_dir() else parquet_columns(path)
         for key in fields:
             if key not in names:
                 raise DataError(f"{path}: missing column {key!r}; available: {', '.join(names)}")
         wanted = (*fields, *optional)
         present = [k for k in wanted if k in names]
         order = [present.index(k) if k in names else None for k in wanted]  # None: an absent optional column
-        rows = (tuple(r[i] if i is not None else None for i in order) for r in _rows_of(batches(present), present))
+        rows = (tuple(r[i] if i is not None else None for i in order) for r in rows_of(batches(present), present))
         located = ((f"{path} row {i}", row) for i, row in enumerate(rows))
     elif suffix in (".jsonl", ".json"):
-        located = ((where, _fields_of(record, fields, where) + tuple(record.get(k) for k in optional))
-                   for where, record in _json_records(path))
+        located = (
+            (where, _fields_of(record, fields, where) + tuple(record.get(k) for k in optional))
+            for where, record in json_records(path)
+        )
     elif suffix == ".txt" and list(fields) == [source.text_field] and not optional:
-        located = ((f"{path}:{n}", (line,)) for n, line in _text_lines(path))
+        located = ((f"{path}:{n}", (line,)) for n, line in text_lines(path))
     else:
-        formats = SUPPORTED_FORMATS if list(fields) == [source.text_field] else SUPPORTED_FORMATS[:2] + SUPPORTED_FORMATS[3:]
+        formats = (
+            SUPPORTED_FORMATS if list(fields) == [source.text_field] else SUPPORTED_FORMATS[:2] + SUPPORTED_FORMATS[3:]
+        )
         raise DataError(
             f"domain {source.name!r}: path {path} has unsupported format {suffix or '(none)'!r}; "
             f"expected one of {', '.join(formats)} (.jsonl, .json and .txt optionally {' or '.join(COMPRESSIONS)})"
@@ -216,99 +200,14 @@ def _file_records(
 
 def _fields_of(record: Any, fields: Sequence[str], where: str) -> tuple[Any, ...]:
     if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object with {', '.join(repr(f) for f in fields)}, "
-                         f"got a JSON {type(record).__name__}")
+        raise DataError(
+            f"{where}: expected a JSON object with {', '.join(repr(f) for f in fields)}, "
+            f"got a JSON {type(record).__name__}"
+        )
     for key in fields:
         if key not in record:
             raise DataError(f"{where}: missing field {key!r}")
     return tuple(record[key] for key in fields)
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of the non-blank lines; bytes that are not UTF-8 are an error naming the line."""
-    with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
-            if line.strip():
-                yield number, line.rstrip("\r\n")
-
-
-def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, record) for JSON lines, or for the items of one JSON array (LLaMA-Factory's .json)."""
-    if file_format(path)[0] == ".json" and _starts_with_bracket(path):
-        records = _read_json_array(path)
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON array of objects")
-        yield from ((f"{path} item {i}", r) for i, r in enumerate(records))
-        return
-    for number, line in _text_lines(path):
-        try:
-            yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: expected one JSON object per line ({exc.msg})") from None
-
-
-def _read_json_array(path: Path) -> Any:
-    if not file_format(path)[1]:
-        return read_json(path, "a JSON array of objects")
-    with _open_binary(path) as handle:
-        data = handle.read()
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: expected a JSON array of objects ({err})") from None
-
-
-def _starts_with_bracket(path: Path) -> bool:
-    for _, line in _text_lines(path):
-        return line.lstrip().startswith("[")
-    return False
-
-
-#: Rows read at a time from a parquet file or a saved dataset.
-_BATCH_ROWS = 1024
-
-Batches = Callable[[list[str]], Iterator[dict[str, list[Any]]]]
-"""Given the columns to read, column batches (name → values) in row order."""
-
-
-def _rows_of(batches: Iterator[dict[str, list[Any]]], fields: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-    for batch in batches:
-        yield from zip(*(batch[f] for f in fields))
-
-
-def _parquet(path: Path) -> tuple[list[str], Batches]:
-    import pyarrow.parquet as pq
-
-    def batches(columns: list[str]) -> Iterator[dict[str, list[Any]]]:
-        # Only the requested columns, a batch of rows at a time: a shard never has to fit in memory.
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
-            yield {c: batch.column(c).to_pylist() for c in columns}
-
-    return pq.read_schema(path).names, batches
-
-
-def _saved_dataset(source: DomainSource, path: Path) -> tuple[list[str], Batches]:
-    import datasets
-
-    if not _is_saved_dataset(path):
-        raise DataError(
-            f"domain {source.name!r}: directory {path} is not a datasets.save_to_disk directory "
-            "(no state.json/dataset_info.json or dataset_dict.json)"
-        )
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise DataError(f"{path}: expected a 'train' split, found {', '.join(loaded.keys()) or 'none'}")
-        loaded = loaded["train"]
-
-    def batches(columns: list[str]) -> Iterator[dict[str, list[Any]]]:
-        yield from loaded.select_columns(columns).iter(batch_size=_BATCH_ROWS)
-
-    return list(loaded.column_names), batches
 
 
 def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list[DomainSource]:
@@ -330,9 +229,7 @@ def sources_from_dataset_info(dataset_dir: str | Path, names: list[str]) -> list
         if name not in info:
             close = difflib.get_close_matches(name, list(info), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DataError(
-                f"dataset {name!r} not in {info_path}; available: {', '.join(sorted(info))}{hint}"
-            )
+            raise DataError(f"dataset {name!r} not in {info_path}; available: {', '.join(sorted(info))}{hint}")
         sources.append(_source_from_entry(name, info[name], info_path))
     return sources
 
@@ -353,28 +250,54 @@ def _source_from_entry(name: str, entry: Any, info_path: Path) -> DomainSource:
             raise DataError(f"{where}: {key}: not supported by mixflow; expected some of {', '.join(ENTRY_KEYS)}")
     if entry.get("ranking"):
         raise DataError(f"{where}: ranking: preference (ranking) data is not supported by mixflow")
-    return domain_source(name, str(info_path.parent / entry["file_name"]), where, text_field=entry.get("text_field"),
-                         formatting=entry.get("formatting"), columns=entry.get("columns"), tags=entry.get("tags"),
-                         token_format=entry.get("format"), dtype=entry.get("dtype"), eos_id=entry.get("eos_id"))
+    return domain_source(
+        name,
+        str(info_path.parent / entry["file_name"]),
+        where,
+        text_field=entry.get("text_field"),
+        formatting=entry.get("formatting"),
+        columns=entry.get("columns"),
+        tags=entry.get("tags"),
+        token_format=entry.get("format"),
+        dtype=entry.get("dtype"),
+        eos_id=entry.get("eos_id"),
+    )
 
 
-def domain_source(name: str, path: str | list[str], where: str, text_field: Any = None, formatting: Any = None,
-                  columns: Any = None, tags: Any = None, token_format: Any = None, dtype: Any = None,
-                  eos_id: Any = None) -> DomainSource:
+def domain_source(
+    name: str,
+    path: str | list[str],
+    where: str,
+    text_field: Any = None,
+    formatting: Any = None,
+    columns: Any = None,
+    tags: Any = None,
+    token_format: Any = None,
+    dtype: Any = None,
+    eos_id: Any = None,
+) -> DomainSource:
     """A domain from LLaMA-Factory's keys (a ``dataset_info.json`` entry or an inline domain):
     instruction data when ``formatting`` or an instruction column says so, else plain text read
     from ``text_field`` or ``columns.prompt`` (default ``text``); already tokenized when ``format``
     (or the path: a Megatron prefix, a ``.npy`` file, a cache entry) says so. ``where`` names it in errors."""
     token_format = token_format if token_format is not None else detect_token_format(path)
     if token_format is not None:
-        problems = source_errors(path, where, token_format, dtype, eos_id, {
-            "text_field": text_field, "formatting": formatting, "columns": columns, "tags": tags})
+        problems = source_errors(
+            path,
+            where,
+            token_format,
+            dtype,
+            eos_id,
+            {"text_field": text_field, "formatting": formatting, "columns": columns, "tags": tags},
+        )
         if problems:
             raise DataError("\n".join(problems))
         return DomainSource(name=name, path=path, token_format=token_format, dtype=dtype, eos_id=eos_id)
     if dtype is not None or eos_id is not None:
-        raise DataError(f"{where}: {'dtype' if dtype is not None else 'eos_id'}: only for a pre-tokenized domain "
-                        "(format: numpy); this one is text")
+        raise DataError(
+            f"{where}: {'dtype' if dtype is not None else 'eos_id'}: only for a pre-tokenized domain "
+            "(format: numpy); this one is text"
+        )
     if columns is not None and not isinstance(columns, dict):
         raise DataError(f"{where}: columns: expected an object mapping column roles to fields")
     fmt = formatting_of(formatting, columns, tags, where)

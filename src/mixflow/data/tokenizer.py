@@ -104,8 +104,7 @@ class HFTokenizerAdapter:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """:meth:`encode` of each text in one call (a fast tokenizer encodes the batch in Rust)."""
-        out = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                             return_token_type_ids=False)
+        out = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
         return list(out["input_ids"])
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -124,8 +123,11 @@ def tokenizer_fingerprint(tokenizer: TextTokenizer) -> dict[str, Any]:
     for a Hugging Face tokenizer, a hash of its full definition (vocabulary, merges, normaliser)."""
     import hashlib
 
-    out: dict[str, Any] = {"type": type(tokenizer).__name__, "vocab_size": int(tokenizer.vocab_size),
-                           "eos_token_id": int(tokenizer.eos_token_id)}
+    out: dict[str, Any] = {
+        "type": type(tokenizer).__name__,
+        "vocab_size": int(tokenizer.vocab_size),
+        "eos_token_id": int(tokenizer.eos_token_id),
+    }
     inner = getattr(tokenizer, "tokenizer", None)
     if inner is not None:
         backend = getattr(inner, "backend_tokenizer", None)

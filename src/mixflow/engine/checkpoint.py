@@ -30,7 +30,9 @@ def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """The engine state saved in ``checkpoint_dir``; an error naming the directory when it has none."""
     path = Path(checkpoint_dir) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint: {checkpoint_dir} has no {STATE_FILE} (not a mixflow checkpoint)")
+        raise FileNotFoundError(
+            f"resume_from_checkpoint: {checkpoint_dir} has no {STATE_FILE} (not a mixflow checkpoint)"
+        )
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -38,7 +40,9 @@ def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
 def check_compatible(state: Mapping[str, Any], domain_names: list[str], algorithm_name: str) -> None:
     """Raise one line when a saved engine state cannot be restored into this run."""
     if state.get("version") != STATE_VERSION:
-        raise ResumeError(f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+        raise ResumeError(
+            f"mixflow state: version {state.get('version')!r} is not supported (expected {STATE_VERSION})"
+        )
     for key, mine in (("domain_names", domain_names), ("algorithm_name", algorithm_name)):
         if state[key] != mine:
             raise ResumeError(f"mixflow state: {key} is {state[key]!r} in the checkpoint but {mine!r} in this run")
@@ -62,5 +66,7 @@ def supersede_log_lines(path: Path, step: int) -> int:
             append_jsonl(tmp, record)
     tmp.touch()
     tmp.replace(path)
-    logger.warning("%s: moved %d line(s) after step %d to %s", path, len(later), step, path.with_suffix(".superseded.jsonl"))
+    logger.warning(
+        "%s: moved %d line(s) after step %d to %s", path, len(later), step, path.with_suffix(".superseded.jsonl")
+    )
     return len(later)

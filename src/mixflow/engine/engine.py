@@ -68,7 +68,10 @@ class StepEngine:
         self.algorithm = algorithm
         self.weighter, self.plan_horizon = weighter, plan_horizon  # horizon: weights of step s apply at batch s + it
         # the sample weights since the last metrics call, and since the last weights-log line
-        self._weight_stats = (SampleWeightStats(len(algorithm.domain_names)), SampleWeightStats(len(algorithm.domain_names)))
+        self._weight_stats = (
+            SampleWeightStats(len(algorithm.domain_names)),
+            SampleWeightStats(len(algorithm.domain_names)),
+        )
         self.schedule = schedule or UpdateSchedule()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.weights_log = WeightsLog(log_dir, algorithm, weighter, self._weight_stats[1])
@@ -77,7 +80,9 @@ class StepEngine:
         specs = algorithm.provider_specs(algorithm.params)
         context = replace(provider_context, batch_size=sampler.batch_size) if provider_context is not None else None
         self.providers = list(providers) if providers is not None else build_providers(specs, context)
-        self._update_time_stats = any(type(p).update_statistics is not StatisticProvider.update_statistics for p in self.providers)
+        self._update_time_stats = any(
+            type(p).update_statistics is not StatisticProvider.update_statistics for p in self.providers
+        )
         self.shift_labels = shift_labels
         self.chunk_rows = chunk_rows
         # Importance mode: each domain's token sum over its own tokens (domain) or over all (token).
@@ -150,13 +155,20 @@ class StepEngine:
         """Whether step ``step`` ends with an update: the algorithm's own calendar where it keeps one
         (``update_due``), else the run's schedule (warmup_step, update_step, update_times)."""
         own = self.algorithm.update_due(step)
-        return own if own is not None else self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
+        return (
+            own if own is not None else self.schedule.is_update(step, self.algorithm.num_updates + self.skipped_updates)
+        )
 
     def coefficients(self, losses: SampleLosses, batch: MicroBatch) -> torch.Tensor | None:
         """c_j = (domain part) · s_j for this rank's samples; None when all are 1."""
         domain_ids = batch.domain_ids.to(losses.token_loss_sum.device).long()
         s = self._sample_weights(losses, domain_ids, batch)
-        return coefficients(domain_ids, self.algorithm.mode, self._vectors(losses, domain_ids, replace(batch, num_items_in_batch=None)), s)
+        return coefficients(
+            domain_ids,
+            self.algorithm.mode,
+            self._vectors(losses, domain_ids, replace(batch, num_items_in_batch=None)),
+            s,
+        )
 
     def _vectors(self, losses: SampleLosses, domain_ids: torch.Tensor, batch: MicroBatch) -> DomainVectors:
         """(p, w, π) as float64 tensors on the losses' device. In importance mode p is what the
@@ -167,12 +179,18 @@ class StepEngine:
         p = self.sampler.weights
         if self.algorithm.mode == "importance":
             if self._domain_tokens.normalization == "domain":
-                p = self._domain_tokens.shares(domain_ids, losses.token_count, batch.num_items_in_batch, batch.batch_index)
+                p = self._domain_tokens.shares(
+                    domain_ids, losses.token_count, batch.num_items_in_batch, batch.batch_index
+                )
             elif batch.batch_index is not None:
                 p = self.sampler.planned_weights(batch.batch_index)
         device = losses.token_loss_sum.device
-        return DomainVectors(*(torch.as_tensor(v, dtype=torch.float64, device=device)
-                               for v in (p, self.algorithm.loss_weights, self.algorithm.prior)))
+        return DomainVectors(
+            *(
+                torch.as_tensor(v, dtype=torch.float64, device=device)
+                for v in (p, self.algorithm.loss_weights, self.algorithm.prior)
+            )
+        )
 
     def _sample_weights(self, losses: SampleLosses, domain_ids: torch.Tensor, batch: MicroBatch) -> torch.Tensor | None:
         """s for this rank's samples (None without a weighter)."""
@@ -186,8 +204,16 @@ class StepEngine:
         # Extra statistics only feed updates; once update_times is used up none will come, so the
         # providers' extra forwards and backwards would be wasted.
         if self.providers and self.updates_remaining:
-            ctx = BatchContext(batch.model, batch.inputs, batch.labels, losses, domain_ids, self.num_domains,
-                               batch_index, self.update_pending)
+            ctx = BatchContext(
+                batch.model,
+                batch.inputs,
+                batch.labels,
+                losses,
+                domain_ids,
+                self.num_domains,
+                batch_index,
+                self.update_pending,
+            )
             for provider in self.providers:
                 for key, value in provider.batch_statistics(ctx).items():
                     stats.extras[key] = value.detach().to(torch.float64)
@@ -197,7 +223,8 @@ class StepEngine:
         """Whether step ``step`` (1-based) updates before its loss: the algorithm asks for it, the update
         is due, and this micro-batch is all of the rank's rows of the step (no gradient accumulation)."""
         return (
-            self.algorithm.update_before_loss and not self._update_time_stats  # those run at end_step
+            self.algorithm.update_before_loss
+            and not self._update_time_stats  # those run at end_step
             and self._updated_in_step is None
             # a rank's rows per step: the sampler shards the batch itself, or (the Trainer) accelerate does
             and rows == self.sampler.batch_size // max(self.sampler.world_size, distributed.world_size())
@@ -355,4 +382,3 @@ class StepEngine:
         resumed run writes them again) and rewrite the summary for the restored state."""
         self.weights_log.supersede(self.last_step)
         self.weights_log.write_summary(self.last_step, force=True)  # the restored state, not a superseded later one
-

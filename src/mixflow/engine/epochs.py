@@ -37,9 +37,14 @@ class DomainEpochs:
             name = self.domain_names[d]
             if name not in self.left:
                 self.left[name] = step
-                logger.warning("domain %r reached max_epochs (%.3g epochs, %d rows) at step %d: it leaves the "
-                               "mixture and the other domains share its part of p", name, caps[d] / self.sizes[d],
-                               int(caps[d]), step)
+                logger.warning(
+                    "domain %r reached max_epochs (%.3g epochs, %d rows) at step %d: it leaves the "
+                    "mixture and the other domains share its part of p",
+                    name,
+                    caps[d] / self.sizes[d],
+                    int(caps[d]),
+                    step,
+                )
 
     def metrics(self, step: int) -> dict[str, float]:
         """``mix/epochs/<domain>`` after ``step`` steps."""

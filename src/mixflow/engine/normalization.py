@@ -53,7 +53,10 @@ class DomainTokens:
     """Per-domain target tokens of a step, in the population its loss normaliser counts."""
 
     def __init__(
-        self, sampler: BatchPlans, normalization: Normalization = "domain", row_target_tokens: RowTargetTokens | None = None
+        self,
+        sampler: BatchPlans,
+        normalization: Normalization = "domain",
+        row_target_tokens: RowTargetTokens | None = None,
     ) -> None:
         if normalization not in ("domain", "token"):
             raise ConfigError(f"objective_normalization: expected 'domain' or 'token', got {normalization!r}")

@@ -15,12 +15,14 @@ from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.statistics import DomainStats
 from mixflow.engine.checkpoint import supersede_log_lines
 from mixflow.engine.sample_weights import SampleWeightStats
+from mixflow.errors import DataError
 from mixflow.utils import distributed
 from mixflow.utils.jsonlog import append_jsonl, write_json_atomic
 
 
-def weights_log_record(step: int, domain_names: Sequence[str], algorithm: DomainAlgorithm,
-                       from_step: int | None = None) -> dict[str, Any]:
+def weights_log_record(
+    step: int, domain_names: Sequence[str], algorithm: DomainAlgorithm, from_step: int | None = None
+) -> dict[str, Any]:
     """The weights-log line of weights decided at the end of step ``step``: the seed's DoReMi format
     plus sampling and loss weights, and with ``from_step`` (the first step drawn with these sampling
     weights) that step and the algorithm's own fields for it (e.g. a schedule's stage)."""
@@ -42,8 +44,13 @@ class WeightsLog:
     """The run's weights log (``<log_dir>/<algorithm>[+<weighter>]_weights.jsonl``, one line per
     change of the weights) and the algorithm's summary file; only the main process writes."""
 
-    def __init__(self, log_dir: str | Path | None, algorithm: DomainAlgorithm, weighter: SampleWeighter | None,
-                 sample_stats: SampleWeightStats) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path | None,
+        algorithm: DomainAlgorithm,
+        weighter: SampleWeighter | None,
+        sample_stats: SampleWeightStats,
+    ) -> None:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.algorithm, self.weighter, self.sample_stats = algorithm, weighter, sample_stats
         self.domain_names = list(algorithm.domain_names)
@@ -98,3 +105,13 @@ def step_metrics(domain_names: Sequence[str], stats: DomainStats, algorithm: Dom
         for name, value in zip(domain_names, w.tolist()):
             out[f"mix/loss_weight/{name}"] = float(value)
     return out
+
+
+def find_weights_log(run_dir: Path) -> Path:
+    """The run's ``<algorithm>_weights.jsonl`` (exactly one is expected)."""
+    logs = sorted(p for p in run_dir.glob("*_weights.jsonl") if not p.name.endswith(".superseded.jsonl"))
+    if not logs:
+        raise FileNotFoundError(f"run_dir: no *_weights.jsonl in {run_dir} (is it a mixflow output_dir?)")
+    if len(logs) > 1:
+        raise DataError(f"run_dir: several weights logs in {run_dir}: {[p.name for p in logs]}; keep one per run")
+    return logs[0]

@@ -73,9 +73,15 @@ class SampleWeightStats:
         """{"mean", "max", "top_decile_share", "per_domain": {name: mean}} (None where nothing was seen)."""
         if not self.count:
             return {"mean": None, "max": None, "top_decile_share": None, "per_domain": {}}
-        per_domain = {name: float(t / c) for name, t, c in zip(domain_names, self.domain_total, self.domain_count) if c > 0}
-        return {"mean": self.total / self.count, "max": self.largest, "top_decile_share": self.top_share / self.batches,
-                "per_domain": per_domain}
+        per_domain = {
+            name: float(t / c) for name, t, c in zip(domain_names, self.domain_total, self.domain_count) if c > 0
+        }
+        return {
+            "mean": self.total / self.count,
+            "max": self.largest,
+            "top_decile_share": self.top_share / self.batches,
+            "per_domain": per_domain,
+        }
 
     def metrics(self, domain_names: list[str]) -> dict[str, float]:
         """``mix/sample_weight/{mean,max,top_decile_share}`` and ``mix/sample_weight/<domain>``."""

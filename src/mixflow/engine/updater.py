@@ -48,8 +48,14 @@ class WeightsRoute:
     the batches read ahead are drawn already); a p planned for step t is drawn with from exactly t.
     """
 
-    def __init__(self, algorithm: DomainAlgorithm, sampler: MixtureSampler, log: WeightsLog,
-                 plan_horizon: int | None, max_steps: int | None) -> None:
+    def __init__(
+        self,
+        algorithm: DomainAlgorithm,
+        sampler: MixtureSampler,
+        log: WeightsLog,
+        plan_horizon: int | None,
+        max_steps: int | None,
+    ) -> None:
         self.algorithm, self.sampler, self.log = algorithm, sampler, log
         self.plan_horizon, self.max_steps = plan_horizon, max_steps
         self.lead = 1 + (plan_horizon or 0)
@@ -63,8 +69,9 @@ class WeightsRoute:
         sampler (``sampling``), a weights-log line saying from which step p is drawn (``from_step``
         for a planned p, else ``step + lead``) and the summary."""
         if sampling:
-            self.sampler.set_weights(self.algorithm.sampling_weights,
-                                     None if self.plan_horizon is None else step + self.plan_horizon)
+            self.sampler.set_weights(
+                self.algorithm.sampling_weights, None if self.plan_horizon is None else step + self.plan_horizon
+            )
         record = self.log.record(step, from_step if from_step is not None else step + self.lead)
         if self._unlogged is not None:
             self._unlogged.append(record)

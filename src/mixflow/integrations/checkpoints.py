@@ -26,7 +26,9 @@ COMPLETE_MARKERS = ("mixflow_state.json", "trainer_state.json")
 DELETING = ".deleting-"
 
 
-def rotate_complete_checkpoints(output_dir: str, limit: int | None, protected: AbstractSet[str] = frozenset()) -> list[str]:
+def rotate_complete_checkpoints(
+    output_dir: str, limit: int | None, protected: AbstractSet[str] = frozenset()
+) -> list[str]:
     """Keep the ``limit`` newest *complete* checkpoints (and ``protected`` ones); incomplete ones (an
     interrupted save or deletion) go first and never count towards the limit. Returns what was removed."""
     if not limit or limit <= 0:
@@ -80,8 +82,12 @@ def checkpoints_by_step(output_dir: str) -> list[tuple[int, str]]:
     """Every ``checkpoint-<step>`` folder of ``output_dir``, oldest first (by step, never by mtime)."""
     found = []
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        step = name[len(PREFIX_CHECKPOINT_DIR) + 1:]
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+        step = name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        if (
+            name.startswith(PREFIX_CHECKPOINT_DIR + "-")
+            and step.isdigit()
+            and os.path.isdir(os.path.join(output_dir, name))
+        ):
             found.append((int(step), os.path.join(output_dir, name)))
     return sorted(found)
 

@@ -40,8 +40,14 @@ class DomainProgressCallback(ProgressCallback):
     """The Trainer's progress bars, with each per-domain evaluation bar labelled with its domain
     (the evaluation set of one domain is a one-domain :class:`MixtureDataset`)."""
 
-    def on_prediction_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                           eval_dataloader: Any = None, **kwargs: Any) -> None:
+    def on_prediction_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        eval_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
         first = self.prediction_bar is None
         super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
         names = getattr(getattr(eval_dataloader, "dataset", None), "domain_names", None)
@@ -108,8 +114,11 @@ class MixflowCallback(TrainerCallback):
             # a finite loss, then a non-finite gradient: the step's update broke the weights; this
             # checkpoint would be the newest (and with save_total_limit the only) one
             self.engine.nonfinite_steps += 1
-            logger.warning("step %d: the model holds non-finite weights after its update (a non-finite gradient); "
-                           "this checkpoint is not saved", state.global_step)
+            logger.warning(
+                "step %d: the model holds non-finite weights after its update (a non-finite gradient); "
+                "this checkpoint is not saved",
+                state.global_step,
+            )
         bad = self.engine.nonfinite_steps
         if not bad:
             self.last_finite_step = state.global_step
@@ -126,7 +135,6 @@ class MixflowCallback(TrainerCallback):
             logger.error("%s", self.stopped)
             control.should_training_stop = True
         return control
-
 
 
 def read_ahead(workers: int | None, prefetch_factor: int | None) -> int:
@@ -179,7 +187,9 @@ class MixflowTrainer(Trainer):
                 "value gives the same weight trajectory for any number of workers)"
             )
         if a.max_steps is None or a.max_steps <= 0:
-            raise ConfigError("max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)")
+            raise ConfigError(
+                "max_steps: expected a positive number of optimizer steps (a mixture stream has no epochs)"
+            )
         if not a.ignore_data_skip:
             # The sampler restores its own position from the checkpoint; letting the Trainer also
             # replay the skipped batches would skip them twice.
@@ -244,11 +254,15 @@ class MixflowTrainer(Trainer):
         and before rotation removes older checkpoints, so a kill at any point of a save leaves a
         complete checkpoint to resume from."""
         super().save_model(output_dir, _internal_call=_internal_call)
-        is_checkpoint = output_dir is not None and os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
+        is_checkpoint = output_dir is not None and os.path.basename(os.path.normpath(output_dir)).startswith(
+            PREFIX_CHECKPOINT_DIR
+        )
         if _internal_call and is_checkpoint and output_dir is not None and self.is_world_process_zero():
             # on_step_end ran first: the engine's state is at the boundary of batch `global_step`
             if self.engine.last_step != self.state.global_step:
-                raise RuntimeError(f"checkpoint at step {self.state.global_step}: the engine ended step {self.engine.last_step}")
+                raise RuntimeError(
+                    f"checkpoint at step {self.state.global_step}: the engine ended step {self.engine.last_step}"
+                )
             self.engine.save(output_dir)
 
     # ---- logs and resume ----------------------------------------------------------------
@@ -274,9 +288,14 @@ class MixflowTrainer(Trainer):
         self._flat_logs = self._flat_logs + 1 if flat else 0
         if self._flat_logs == COLLAPSE_LOGS and self.collapsed_at is None:
             self.collapsed_at = self.state.global_step
-            logger.warning("step %d: the model has collapsed to the uniform distribution (loss %.4f ≈ ln V = %.4f, "
-                           "gradient norm 0 over %d logs); it learns nothing from here (learning rate too high?)",
-                           self.state.global_step, loss, math.log(vocab), COLLAPSE_LOGS)
+            logger.warning(
+                "step %d: the model has collapsed to the uniform distribution (loss %.4f ≈ ln V = %.4f, "
+                "gradient norm 0 over %d logs); it learns nothing from here (learning rate too high?)",
+                self.state.global_step,
+                loss,
+                math.log(vocab),
+                COLLAPSE_LOGS,
+            )
 
     #: The optimizer step the last ``train`` call resumed from (0: a fresh run).
     resumed_from_step: int = 0
@@ -297,8 +316,13 @@ class MixflowTrainer(Trainer):
                 # The Trainer would enter its loop and take one more step before it checks max_steps:
                 # a finished run resumes to "already complete" and changes nothing.
                 self.already_complete = step
-                logger.warning("resume_from_checkpoint: %s is at step %d of max_steps %d: the run is already "
-                               "complete; nothing is trained or written", resume_from_checkpoint, step, self.args.max_steps)
+                logger.warning(
+                    "resume_from_checkpoint: %s is at step %d of max_steps %d: the run is already "
+                    "complete; nothing is trained or written",
+                    resume_from_checkpoint,
+                    step,
+                    self.args.max_steps,
+                )
                 return TrainOutput(step, float("nan"), {})
             self.callback.resuming = True
             self.resumed_from_step = self.engine.last_step

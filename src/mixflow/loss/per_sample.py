@@ -119,8 +119,9 @@ def sample_losses(
     mask = labels != IGNORE_INDEX
     if shift:  # the last position has no target: keep the [B, T−1] layout readers expect
         tok, mask = tok[:, :-1], mask[:, :-1]
-    return SampleLosses(token_loss_sum=tok.sum(dim=1), token_count=mask.sum(dim=1), token_losses=tok, token_mask=mask,
-                        logits=logits)
+    return SampleLosses(
+        token_loss_sum=tok.sum(dim=1), token_count=mask.sum(dim=1), token_losses=tok, token_mask=mask, logits=logits
+    )
 
 
 def classification_losses(logits: torch.Tensor, labels: torch.Tensor) -> SampleLosses:
@@ -131,7 +132,9 @@ def classification_losses(logits: torch.Tensor, labels: torch.Tensor) -> SampleL
     """
     labels = labels.to(logits.device).reshape(-1)
     if labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels: expected one label per row of logits ({logits.shape[0]}), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels: expected one label per row of logits ({logits.shape[0]}), got shape {tuple(labels.shape)}"
+        )
     mask = labels != IGNORE_INDEX
     loss = _chunk_cross_entropy(logits, labels) * mask
     return SampleLosses(

@@ -62,7 +62,9 @@ def select_parameters(model: Any, patterns: list[str] | None) -> list[torch.nn.P
         if head is None:
             raise ConfigError("grad_params: the model has no output head; give parameter name patterns")
         return [p for p in head.parameters() if p.requires_grad]
-    chosen = [p for n, p in inner.named_parameters() if p.requires_grad and any(fnmatch.fnmatch(n, pat) for pat in patterns)]
+    chosen = [
+        p for n, p in inner.named_parameters() if p.requires_grad and any(fnmatch.fnmatch(n, pat) for pat in patterns)
+    ]
     if not chosen:
         names = [n for n, _ in inner.named_parameters()][:8]
         raise ConfigError(f"grad_params: no trainable parameter matches {patterns}; names look like {names}")
@@ -175,14 +177,20 @@ class GradientStatistics(StatisticProvider):
         if self._params is None:
             self._params = select_parameters(model, self.patterns)
             inner = _unwrap(model)
-            head = inner.get_output_embeddings() if self.patterns is None and hasattr(inner, "get_output_embeddings") else None
+            head = (
+                inner.get_output_embeddings()
+                if self.patterns is None and hasattr(inner, "get_output_embeddings")
+                else None
+            )
             closed = isinstance(head, torch.nn.Linear) and head.bias is None
             # After the forward a sharded parameter is a DTensor outside the autograd graph (FSDP2
             # differentiates its gathered copy), so only statistics from activations can be computed.
             if any(is_sharded_tensor(p) for p in self._params) and not closed:
-                raise ConfigError("grad_params: these parameters are sharded (FSDP), where mixflow computes gradient "
-                                 "statistics only for an untied, bias-free output head, from its activations; "
-                                 "remove grad_params")
+                raise ConfigError(
+                    "grad_params: these parameters are sharded (FSDP), where mixflow computes gradient "
+                    "statistics only for an untied, bias-free output head, from its activations; "
+                    "remove grad_params"
+                )
             if closed and isinstance(head, torch.nn.Linear):
                 self._closed_form = None  # decided on the first batch
                 head.register_forward_pre_hook(self._keep_head_input)
@@ -226,13 +234,23 @@ class GradientStatistics(StatisticProvider):
     def _autograd_gradient(self, ctx: BatchContext, part: torch.Tensor) -> torch.Tensor:
         assert self._params is not None
         grads = torch.autograd.grad(ctx.losses.mean[part].sum(), self._params, retain_graph=True, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)])
+        return torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, self._params)]
+        )
 
-    def _head_gradients(self, ctx: BatchContext, groups: list[tuple[int, int, torch.Tensor]]) -> list[torch.Tensor] | None:
+    def _head_gradients(
+        self, ctx: BatchContext, groups: list[tuple[int, int, torch.Tensor]]
+    ) -> list[torch.Tensor] | None:
         """The head's gradient of every group part's summed loss in closed form, already sketched, or None
         where the closed form does not apply."""
         hidden, logits, labels = self._head_input, ctx.losses.logits, ctx.labels
-        if hidden is None or logits is None or labels is None or labels.dim() != 2 or hidden.shape[:2] != logits.shape[:2]:
+        if (
+            hidden is None
+            or logits is None
+            or labels is None
+            or labels.dim() != 2
+            or hidden.shape[:2] != logits.shape[:2]
+        ):
             return None
         rows, first = local_rows(_unwrap(ctx.model).get_output_embeddings().weight.detach())
         probe = hidden[0, -1].float() @ rows.float().T
@@ -276,12 +294,16 @@ class GradientStatistics(StatisticProvider):
             self._closed_form = self._agrees(ctx, parts[0][2], vectors[0])
         if vectors is None and parts and any(is_sharded_tensor(p) for p in self._params):
             if self._head_input is not None:
-                raise ConfigError("grad_stats: the sharded (FSDP) output head's logits are not its input times its "
-                                 "weight (scaled or capped logits), so its gradients cannot be computed from activations")
+                raise ConfigError(
+                    "grad_stats: the sharded (FSDP) output head's logits are not its input times its "
+                    "weight (scaled or capped logits), so its gradients cannot be computed from activations"
+                )
             if not self._warned_unattached:  # the hook came too late for this batch: skip it, never fake it
-                logger.warning("grad_stats: no gradient statistics from the first micro-batch: the output head is "
-                               "sharded and its inputs are kept from the next forward on (call "
-                               "StepEngine.attach_model(model) before training to include it)")
+                logger.warning(
+                    "grad_stats: no gradient statistics from the first micro-batch: the output head is "
+                    "sharded and its inputs are kept from the next forward on (call "
+                    "StepEngine.attach_model(model) before training to include it)"
+                )
                 self._warned_unattached = True
             parts, vectors = [], []  # zero groups: the algorithm sees no estimate, not a zero gradient
         if vectors is None or not self._closed_form:
@@ -301,19 +323,25 @@ class GradientStatistics(StatisticProvider):
             embeddings = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
             tied = embeddings is not None and getattr(embeddings, "weight", None) is self._params[0]
             if tied:
-                raise ConfigError("grad_stats: the output head is tied to the input embeddings and sharded (FSDP); "
-                                 "its gradient statistics need an untied head (tie_word_embeddings: false)")
+                raise ConfigError(
+                    "grad_stats: the output head is tied to the input embeddings and sharded (FSDP); "
+                    "its gradient statistics need an untied head (tie_word_embeddings: false)"
+                )
             return True
         exact = self._sketch(self._autograd_gradient(ctx, part)).to(closed.dtype)
         ok = bool(torch.linalg.vector_norm(closed - exact) <= 1e-3 * torch.linalg.vector_norm(exact) + 1e-12)
         if not ok:
-            logger.info("grad_stats: the output head's closed-form gradient differs from autograd's (a tied or "
-                        "scaled head); using one partial backward per group")
+            logger.info(
+                "grad_stats: the output head's closed-form gradient differs from autograd's (a tied or "
+                "scaled head); using one partial backward per group"
+            )
         return ok
 
 
 @register_provider("grad_stats")
 def _build(params: Any, context: ProviderContext | None) -> GradientStatistics:
     if not isinstance(params, GradStatsParams):
-        raise TypeError(f"grad_stats: the algorithm's params must derive from GradStatsParams, got {type(params).__name__}")
+        raise TypeError(
+            f"grad_stats: the algorithm's params must derive from GradStatsParams, got {type(params).__name__}"
+        )
     return GradientStatistics(patterns=params.grad_params, groups=params.grad_groups, sketch_dim=params.grad_sketch_dim)

@@ -107,7 +107,9 @@ class HeldoutLoss(StatisticProvider):
             model.train(was_training)
         return {HELDOUT_LOSS_SUM: loss_sum, HELDOUT_LOSS_SQ_SUM: sq_sum, HELDOUT_COUNT: count}
 
-    def _sample_losses(self, model: Any, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_losses(
+        self, model: Any, batch: dict[str, Any], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample losses (float64, CPU) of the samples that carry a loss, which samples those are)."""
         inputs = {k: v for k, v in batch.items() if k not in MIXFLOW_KEYS and k != "labels"}
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -130,6 +132,13 @@ def _build(params: Any, context: ProviderContext | None) -> HeldoutLoss:
     missing = [n for n in context.domain_names if n not in context.heldout or len(context.heldout[n]) == 0]
     if missing:
         raise ConfigError(f"val_size: domain(s) {missing} have no held-out rows; raise val_size")
-    rows = heldout_rows(getattr(params, "heldout_rows_per_update", "all"), len(context.domain_names), context.batch_size)
-    return HeldoutLoss([context.heldout[n] for n in context.domain_names], context.collator, context.eval_batch_size,
-                       context.task, rows_per_update=rows)
+    rows = heldout_rows(
+        getattr(params, "heldout_rows_per_update", "all"), len(context.domain_names), context.batch_size
+    )
+    return HeldoutLoss(
+        [context.heldout[n] for n in context.domain_names],
+        context.collator,
+        context.eval_batch_size,
+        context.task,
+        rows_per_update=rows,
+    )

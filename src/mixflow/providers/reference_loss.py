@@ -44,6 +44,7 @@ from mixflow.providers.base import BatchContext, ProviderContext, ProviderNeeds,
 
 logger = logging.getLogger(__name__)
 
+
 class ReferenceLoss(StatisticProvider):
     """Per-domain clipped excess loss of the model being trained over a frozen reference model."""
 
@@ -104,13 +105,19 @@ class ReferenceLoss(StatisticProvider):
             return {}
         proxy = ctx.losses
         if ctx.labels is None or ctx.labels.dim() != 2:
-            raise ConfigError("reference_loss: expected a causal LM batch (labels [B, T]); DoReMi's reference is a language model")
+            raise ConfigError(
+                "reference_loss: expected a causal LM batch (labels [B, T]); DoReMi's reference is a language model"
+            )
         device = proxy.token_losses.device
         labels = ctx.labels.to(device)
         # The training forward's token losses tell whether labels were shifted (causal LM: one
         # position fewer than the labels), so the reference is scored on exactly the same targets.
         shift = proxy.token_losses.shape[1] != labels.shape[1]
-        if before is not None and before[0] is ctx.inputs.get("input_ids") and before[1].token_losses.shape == proxy.token_losses.shape:
+        if (
+            before is not None
+            and before[0] is ctx.inputs.get("input_ids")
+            and before[1].token_losses.shape == proxy.token_losses.shape
+        ):
             ref = before[1]
         else:
             ref = self._reference_losses(ctx.inputs, labels, shift)
@@ -148,13 +155,17 @@ def check_reference_vocabulary(params: Any, tokenizer: Any) -> None:
     vocab = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
     size = len(tokenizer) if hasattr(tokenizer, "__len__") else int(getattr(tokenizer, "vocab_size", 0))
     if isinstance(vocab, int) and vocab < size:
-        raise ConfigError(f"reference_model_path: {path} has a vocabulary of {vocab} tokens but the tokenizer has "
-                          f"{size}; the reference must use the proxy's tokenizer")
+        raise ConfigError(
+            f"reference_model_path: {path} has a vocabulary of {vocab} tokens but the tokenizer has "
+            f"{size}; the reference must use the proxy's tokenizer"
+        )
 
 
 def _params(params: Any) -> ReferenceLossParams:
     if not isinstance(params, ReferenceLossParams):
-        raise TypeError(f"reference_loss: expected params deriving from ReferenceLossParams, got {type(params).__name__}")
+        raise TypeError(
+            f"reference_loss: expected params deriving from ReferenceLossParams, got {type(params).__name__}"
+        )
     return params
 
 

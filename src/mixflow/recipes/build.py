@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.algorithms.base import SampleWeighter
+from mixflow.algorithms.base import DomainAlgorithm, SampleWeighter
 from mixflow.algorithms.registry import build_algorithm, build_weighter
 from mixflow.config.checks import per_domain_epochs
 from mixflow.config.components import global_batch_size
@@ -52,15 +52,22 @@ class PreparedData:
     """What the Trainer evaluates: the held-out rows and ``eval_dataset``'s sets."""
 
 
-def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool | None = None,
-                     verify: bool = False, sources: list[DomainSource] | None = None) -> list[CacheEntry]:
+def cache_domains(
+    run: RunConfig,
+    progress: bool = True,
+    overwrite_cache: bool | None = None,
+    verify: bool = False,
+    sources: list[DomainSource] | None = None,
+) -> list[CacheEntry]:
     """Every domain's tokenization cache entry (or ``sources``', e.g. the evaluation sets), built
     where it is missing or stale (see :mod:`mixflow.data.tokenized`). ``overwrite_cache`` (default:
     the config's) rebuilds matching entries; ``verify`` also checks each file's content hash against
     the entry's."""
     if run.data.task == "classification":
-        raise ConfigError("task: classification examples are tokenized in memory by each run; "
-                         "the tokenization cache is for causal_lm domains")
+        raise ConfigError(
+            "task: classification examples are tokenized in memory by each run; "
+            "the tokenization cache is for causal_lm domains"
+        )
     tokenizer = choose_tokenizer(run)
     cache = tokenized_dir(run)
     overwrite = run.data.overwrite_cache if overwrite_cache is None else overwrite_cache
@@ -71,13 +78,24 @@ def cache_domains(run: RunConfig, progress: bool = True, overwrite_cache: bool |
             entries.append(pretokenized_entry(run, source, tokenizer, packing))
             continue
         entry = cache_domain(
-            source, tokenizer, cache, run.data.cutoff_len, packing=packing,
-            max_documents=run.data.max_samples, workers=run.data.preprocessing_num_workers or 1,
-            overwrite=overwrite, verify=verify, progress=progress,
+            source,
+            tokenizer,
+            cache,
+            run.data.cutoff_len,
+            packing=packing,
+            max_documents=run.data.max_samples,
+            workers=run.data.preprocessing_num_workers or 1,
+            overwrite=overwrite,
+            verify=verify,
+            progress=progress,
         )
         if entry.reused:
-            logger.info("tokenized %s: reusing %s (%d rows; the sources are unchanged)", source.name,
-                        entry.directory, len(entry.rows))
+            logger.info(
+                "tokenized %s: reusing %s (%d rows; the sources are unchanged)",
+                source.name,
+                entry.directory,
+                len(entry.rows),
+            )
         entries.append(entry)
     return entries
 
@@ -86,12 +104,21 @@ def pretokenized_entry(run: RunConfig, source: DomainSource, tokenizer: Any, pac
     """A pre-tokenized domain as a cache entry (its rows read in place); the tokenizer it was made
     with must be declared (its vocabulary bounds the ids, its EOS ends a numpy stream's documents)."""
     if run.data.tokenizer is None and isinstance(tokenizer, ByteTokenizer):
-        raise ConfigError(f"tokenizer: domain {source.name!r} is already tokenized ({source.token_format}); set "
-                          "tokenizer: to the tokenizer it was tokenized with (or use a model directory that has it)")
-    domain = read_pretokenized(source, run.data.cutoff_len, packing, int(tokenizer.vocab_size),
-                               getattr(tokenizer, "eos_token_id", None))
-    logger.info("%s: %s read in place (%s): %d rows, %d tokens", source.name, domain.source, source.token_format,
-                len(domain.rows), domain.num_tokens)
+        raise ConfigError(
+            f"tokenizer: domain {source.name!r} is already tokenized ({source.token_format}); set "
+            "tokenizer: to the tokenizer it was tokenized with (or use a model directory that has it)"
+        )
+    domain = read_pretokenized(
+        source, run.data.cutoff_len, packing, int(tokenizer.vocab_size), getattr(tokenizer, "eos_token_id", None)
+    )
+    logger.info(
+        "%s: %s read in place (%s): %d rows, %d tokens",
+        source.name,
+        domain.source,
+        source.token_format,
+        len(domain.rows),
+        domain.num_tokens,
+    )
     meta = {"num_tokens": domain.num_tokens, "num_documents": domain.documents, "format": source.token_format}
     return CacheEntry(Path(domain.source), domain.rows, meta, reused=True)
 
@@ -103,9 +130,12 @@ def prepare_data(run: RunConfig, progress: bool = True, overwrite_cache: bool | 
     val_size: float | int = run.data.val_size if run.data.val_size < 1 else int(run.data.val_size)
     domains = []
     pairs = list(zip(domain_sources(run), cache_domains(run, progress, overwrite_cache)))
-    empty = [f"cutoff_len: domain {s.name!r} has {e.meta['num_tokens']} tokens, which make no row of cutoff_len "
-             f"{run.data.cutoff_len} (packed rows are whole blocks); expected a smaller cutoff_len or more data"
-             for s, e in pairs if len(e.rows) == 0]
+    empty = [
+        f"cutoff_len: domain {s.name!r} has {e.meta['num_tokens']} tokens, which make no row of cutoff_len "
+        f"{run.data.cutoff_len} (packed rows are whole blocks); expected a smaller cutoff_len or more data"
+        for s, e in pairs
+        if len(e.rows) == 0
+    ]
     if empty:
         raise DataError("\n".join(empty))
     for source, entry in pairs:
@@ -128,7 +158,9 @@ def evaluation_sets(run: RunConfig, progress: bool = True) -> dict[str, MixtureD
     for source, entry in zip(sources, cache_domains(run, progress, sources=sources)):
         if len(entry.rows) == 0:
             raise DataError(f"eval_dataset: {source.name!r} makes no row of cutoff_len {run.data.cutoff_len}")
-        out[source.name] = MixtureDataset([TokenizedDomain(source.name, entry.rows, entry.rows.take(np.zeros(0, dtype=np.int64)))])
+        out[source.name] = MixtureDataset(
+            [TokenizedDomain(source.name, entry.rows, entry.rows.take(np.zeros(0, dtype=np.int64)))]
+        )
     return out
 
 
@@ -147,26 +179,22 @@ def build_engine(
     length (a schedule's fractions and tokens)."""
     m = run.mixing
     assert run.algorithm is not None, "a RunConfig comes from load_config, which resolves the algorithm"
-    init = resolve_proportions(
-        m.mixture_sample_rule, train.domain_sizes, m.init_mixture_proportions, temperature=m.mixture_temperature,
-        budget=None if max_steps is None else float(max_steps * batch_size), max_epochs=m.unimax_max_epochs,
-    )
+    init = _initial_proportions(run, train, batch_size, max_steps)
     names = list(train.domain_names)
-    algorithm = build_algorithm(run.algorithm.name, names, run.algorithm.params, init_weights=init, prior=m.domain_prior)
-    need = max([provider_needs(s.name).heldout_rows for s in algorithm.provider_specs(algorithm.params)], default=0)
-    if need:
-        # e.g. a variance needs two rows: with fewer the algorithm would keep its initial weights unseen
-        short = [f"{n} ({len(heldout[n]) if heldout and n in heldout else 0})" for n in names
-                 if not heldout or n not in heldout or len(heldout[n]) < need]
-        if short:
-            raise ConfigError(f"val_size: {algorithm.name} needs at least {need} held-out rows per domain; these "
-                             f"domains have fewer: {', '.join(short)}; raise val_size")
+    algorithm = build_algorithm(
+        run.algorithm.name, names, run.algorithm.params, init_weights=init, prior=m.domain_prior
+    )
+    _check_heldout_rows(algorithm, names, heldout)
     weighter = None
     if run.weighter is not None:
         weighter = build_weighter(run.weighter.name, names, run.weighter.params)
         load_weighter_inputs(weighter)
     sampler = MixtureSampler(
-        train.domain_sizes, algorithm.sampling_weights, batch_size, seed=seed, on_exhausted=m.on_exhausted,
+        train.domain_sizes,
+        algorithm.sampling_weights,
+        batch_size,
+        seed=seed,
+        on_exhausted=m.on_exhausted,
         max_epochs=per_domain_epochs(m.max_epochs, names),
     )
     schedule = UpdateSchedule(m.warmup_step, m.update_step, m.update_times)
@@ -177,11 +205,53 @@ def build_engine(
         eval_batch_size=int(run.training.get("per_device_eval_batch_size", 8)),
         task=run.data.task,
     )
-    return StepEngine(sampler, algorithm, weighter, schedule, log_dir=run.training["output_dir"], provider_context=context,
-                      shift_labels=run.data.task != "classification",  # a classifier's labels are not shifted
-                      objective_normalization=m.objective_normalization, row_target_tokens=train.target_tokens,
-                      plan_horizon=m.mixture_plan_horizon, max_steps=max_steps,
-                      tokens_per_step=batch_size * run.data.cutoff_len)
+    return StepEngine(
+        sampler,
+        algorithm,
+        weighter,
+        schedule,
+        log_dir=run.training["output_dir"],
+        provider_context=context,
+        shift_labels=run.data.task != "classification",  # a classifier's labels are not shifted
+        objective_normalization=m.objective_normalization,
+        row_target_tokens=train.target_tokens,
+        plan_horizon=m.mixture_plan_horizon,
+        max_steps=max_steps,
+        tokens_per_step=batch_size * run.data.cutoff_len,
+    )
+
+
+def _initial_proportions(run: RunConfig, train: MixtureDataset, batch_size: int, max_steps: int | None) -> Any:
+    """p₀ by the configured rule (init_mixture_proportions, natural, temperature, unimax's budget)."""
+    m = run.mixing
+    return resolve_proportions(
+        m.mixture_sample_rule,
+        train.domain_sizes,
+        m.init_mixture_proportions,
+        temperature=m.mixture_temperature,
+        budget=None if max_steps is None else float(max_steps * batch_size),
+        max_epochs=m.unimax_max_epochs,
+    )
+
+
+def _check_heldout_rows(
+    algorithm: DomainAlgorithm, names: list[str], heldout: dict[str, MixtureDataset] | None
+) -> None:
+    """One error naming every domain with fewer held-out rows than the algorithm's providers need."""
+    need = max([provider_needs(s.name).heldout_rows for s in algorithm.provider_specs(algorithm.params)], default=0)
+    if not need:
+        return
+    # e.g. a variance needs two rows: with fewer the algorithm would keep its initial weights unseen
+    short = [
+        f"{n} ({len(heldout[n]) if heldout and n in heldout else 0})"
+        for n in names
+        if not heldout or n not in heldout or len(heldout[n]) < need
+    ]
+    if short:
+        raise ConfigError(
+            f"val_size: {algorithm.name} needs at least {need} held-out rows per domain; these "
+            f"domains have fewer: {', '.join(short)}; raise val_size"
+        )
 
 
 def build_model(run: RunConfig, tokenizer: Any) -> Any:
@@ -216,7 +286,9 @@ def training_arguments(run: RunConfig) -> Any:
 def derive_max_steps(args: Any, run: RunConfig, num_train_rows: int) -> None:
     """``max_steps`` from ``num_train_epochs`` when unset (a mixture stream has no epochs of its own)."""
     if args.max_steps is None or args.max_steps <= 0:
-        steps = math.ceil(args.num_train_epochs * num_train_rows / global_batch_size(run.training, world_size=args.world_size))
+        steps = math.ceil(
+            args.num_train_epochs * num_train_rows / global_batch_size(run.training, world_size=args.world_size)
+        )
         args.max_steps = max(1, steps)
         logger.info("max_steps not set: %d steps = num_train_epochs × train rows / global batch", args.max_steps)
 

@@ -98,11 +98,25 @@ def _checker_run(run: RunConfig, kind: str, out_dir: Path, vocabulary: Any) -> R
 
 
 #: TrainingArguments that cannot change a checker's weights (where outputs go, logs, progress bars).
-_COSMETIC_TRAINING_KEYS = frozenset({
-    "output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to", "run_name", "logging_dir",
-    "logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy",
-    "save_total_limit", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
-})
+_COSMETIC_TRAINING_KEYS = frozenset(
+    {
+        "output_dir",
+        "resume_from_checkpoint",
+        "disable_tqdm",
+        "report_to",
+        "run_name",
+        "logging_dir",
+        "logging_steps",
+        "logging_strategy",
+        "logging_first_step",
+        "save_steps",
+        "save_strategy",
+        "save_total_limit",
+        "eval_strategy",
+        "eval_steps",
+        "per_device_eval_batch_size",
+    }
+)
 
 
 def _training_fingerprint(sub: RunConfig) -> str:
@@ -126,7 +140,9 @@ def _up_to_date(out_dir: Path, fingerprint: str) -> bool:
         return False
     try:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
-        return recorded.get("training_fingerprint") == fingerprint and recorded.get("weights") == weights_digest(out_dir)
+        return recorded.get("training_fingerprint") == fingerprint and recorded.get("weights") == weights_digest(
+            out_dir
+        )
     except (ValueError, FileNotFoundError, OSError):
         return False
 
@@ -159,7 +175,9 @@ def run_checkers(run: RunConfig, progress: bool = True, force: bool = False) -> 
     if run.data.task != "classification":
         raise ConfigError("task: `mixflow checkers` needs task: classification")
     if not as_path_list(run.data.real_data):
-        raise ConfigError("real_data: required by `mixflow checkers` (the small real set the quality checker trains on)")
+        raise ConfigError(
+            "real_data: required by `mixflow checkers` (the small real set the quality checker trains on)"
+        )
     out = Path(run.training["output_dir"])
     dirs = {"quality": out / "quality", "diversity": out / "diversity"}
     cache_path = out / CACHE_FILE
@@ -194,8 +212,11 @@ def _shared_vocabulary(run: RunConfig) -> LabelVocabulary:
     number the classes like the training run does, and see every class)."""
     sources = domain_sources(run)
     train_labels = [
-        y for s in sources
-        for y in read_labelled(DomainSource(s.name, s.path, s.text_field, run.data.label_field), run.data.max_samples)[1]
+        y
+        for s in sources
+        for y in read_labelled(DomainSource(s.name, s.path, s.text_field, run.data.label_field), run.data.max_samples)[
+            1
+        ]
     ]
     vocabulary = LabelVocabulary.infer(train_labels, run.model.num_labels)
     real: list[Any] = []
@@ -228,7 +249,9 @@ def _cache_status(cache_path: Path, data_fp: str, checker_fp: str, force: bool) 
     return "up to date"
 
 
-def _compute_cache(run: RunConfig, dirs: dict[str, Path], data_fp: str, checker_fp: str, progress: bool) -> WeightsCache:
+def _compute_cache(
+    run: RunConfig, dirs: dict[str, Path], data_fp: str, checker_fp: str, progress: bool
+) -> WeightsCache:
     """Both checkers' probability of every training row's label, in ``sample_ids`` order."""
     data = prepare_classification_data(run, progress=progress)
     pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id

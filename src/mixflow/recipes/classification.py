@@ -55,7 +55,9 @@ def prepare_classification_data(run: RunConfig, progress: bool = True) -> Classi
     raw = [read_labelled(s, d.max_samples) for s in sources]
     vocabulary = LabelVocabulary.infer([y for _, labels in raw for y in labels], run.model.num_labels)
     domains = [
-        tokenize_labelled(s.name, texts, vocabulary.encode(labels, f"domain {s.name!r}"), tokenizer, d.cutoff_len, val_size, seed)
+        tokenize_labelled(
+            s.name, texts, vocabulary.encode(labels, f"domain {s.name!r}"), tokenizer, d.cutoff_len, val_size, seed
+        )
         for s, (texts, labels) in zip(sources, raw)
     ]
     train = ClassificationDataset(domains, split="train")
@@ -78,12 +80,16 @@ def build_classifier(run: RunConfig, tokenizer: Any, vocabulary: LabelVocabulary
 
     labels = {}
     if vocabulary.names is not None:
-        labels = {"id2label": dict(enumerate(vocabulary.names)), "label2id": {n: i for i, n in enumerate(vocabulary.names)}}
+        labels = {
+            "id2label": dict(enumerate(vocabulary.names)),
+            "label2id": {n: i for i, n in enumerate(vocabulary.names)},
+        }
     if run.model.model_name_or_path is not None and run.model.train_from_scratch:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(run.model.model_name_or_path, local_files_only=True,
-                                            num_labels=vocabulary.num_labels, **labels)
+        config = AutoConfig.from_pretrained(
+            run.model.model_name_or_path, local_files_only=True, num_labels=vocabulary.num_labels, **labels
+        )
         model = AutoModelForSequenceClassification.from_config(config)
     elif run.model.model_name_or_path is not None:
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -92,7 +92,9 @@ def parse_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None)
     if not isinstance(doremi, dict):
         raise ConfigError(f"doremi: expected a mapping of the doremi algorithm's params, got {doremi!r}")
     if "reference_model_path" in doremi:
-        raise ConfigError("doremi.reference_model_path: set by the pipeline (the reference step's output_dir); remove it")
+        raise ConfigError(
+            "doremi.reference_model_path: set by the pipeline (the reference step's output_dir); remove it"
+        )
     for where, values in (("", data), *((f"{s}.", sections[s]) for s in STEPS)):
         for key in OWNED_KEYS:
             if key in values:
@@ -137,7 +139,9 @@ def step_config(
         params = {**cfg.doremi, "reference_model_path": reference_path}
         raw.update(train_type="dynamic_mix", component={"name": "doremi", "params": params})
     else:
-        raw.update(train_type="static", static_mix=True, mixture_sample_rule="mixture", init_mixture_proportions=weights)
+        raw.update(
+            train_type="static", static_mix=True, mixture_sample_rule="mixture", init_mixture_proportions=weights
+        )
     try:
         run = validate(copy.deepcopy(raw), cfg.base_dir, f"{cfg.source} ({step})", check_outputs=check_outputs)
     except ConfigError as err:
@@ -197,14 +201,20 @@ def run_pipeline(
     distributed.barrier()  # every rank runs the pipeline; the main process writes the summary
 
     runs["proxy"] = step_config(cfg, "proxy", reference_path=cfg.output_dirs["reference"])
-    logger.info("doremi: step 2/3, proxy model (reference %s) -> %s", cfg.output_dirs["reference"], cfg.output_dirs["proxy"])
+    logger.info(
+        "doremi: step 2/3, proxy model (reference %s) -> %s", cfg.output_dirs["reference"], cfg.output_dirs["proxy"]
+    )
     proxy_metrics = _train(runs["proxy"], progress, cfg.resuming)
     distributed.barrier()  # every rank runs the pipeline; the main process writes the summary
     summary = read_summary(cfg.output_dirs["proxy"])
     weights = [float(w) for w in summary["weights"]]
 
     runs["target"] = step_config(cfg, "target", weights=weights)
-    logger.info("doremi: step 3/3, target model with the learned weights (%s) -> %s", summary["output_weights"], cfg.output_dirs["target"])
+    logger.info(
+        "doremi: step 3/3, target model with the learned weights (%s) -> %s",
+        summary["output_weights"],
+        cfg.output_dirs["target"],
+    )
     target_metrics = _train(runs["target"], progress, cfg.resuming)
 
     result = {

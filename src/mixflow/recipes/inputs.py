@@ -34,9 +34,21 @@ def split_seed(run: RunConfig) -> int:
 def domain_sources(run: RunConfig) -> list[DomainSource]:
     """The configured domains as :class:`DomainSource` objects, in order."""
     if run.data.domains is not None:
-        return [domain_source(d.name, d.path, f"domains[{i}]", d.text_field, d.formatting, d.columns, d.tags,
-                              d.format, d.dtype, d.eos_id)
-                for i, d in enumerate(run.data.domains)]
+        return [
+            domain_source(
+                d.name,
+                d.path,
+                f"domains[{i}]",
+                d.text_field,
+                d.formatting,
+                d.columns,
+                d.tags,
+                d.format,
+                d.dtype,
+                d.eos_id,
+            )
+            for i, d in enumerate(run.data.domains)
+        ]
     return sources_from_dataset_info(run.data.dataset_dir, domain_names(run))
 
 
@@ -56,6 +68,8 @@ def choose_tokenizer(run: RunConfig) -> Any:
     if run.data.tokenizer is not None:
         return load_tokenizer(run.data.tokenizer)
     path = run.model.model_name_or_path
-    if path is not None and any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "mixflow_tokenizer.json")):
+    if path is not None and any(
+        (Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "mixflow_tokenizer.json")
+    ):
         return load_tokenizer(path)
     return ByteTokenizer()

@@ -62,9 +62,11 @@ def preview(run: RunConfig, domains: list[str] | None = None, rows: int = 3) -> 
         if domains and name not in domains:
             continue
         masked = entry.rows.mask is not None
-        out.append(f"== {name}: {len(entry.rows)} rows of {run.data.cutoff_len} tokens"
-                   + (f"; targets in {TARGET_OPEN}…{TARGET_CLOSE}" if masked else "; every token is a target")
-                   + f"; {EOS_MARK} ends a document")
+        out.append(
+            f"== {name}: {len(entry.rows)} rows of {run.data.cutoff_len} tokens"
+            + (f"; targets in {TARGET_OPEN}…{TARGET_CLOSE}" if masked else "; every token is a target")
+            + f"; {EOS_MARK} ends a document"
+        )
         for i in range(min(rows, len(entry.rows))):
             ids = entry.rows[i]
             labels = entry.rows.labels(i, IGNORE_INDEX, ids) if masked else None

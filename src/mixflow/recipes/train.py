@@ -16,6 +16,7 @@ from mixflow.config.schema import RunConfig
 from mixflow.data.classification import ClassificationCollator
 from mixflow.data.dataset import DomainCollator
 from mixflow.data.tokenizer import ByteTokenizer
+from mixflow.engine.engine import StepEngine
 from mixflow.errors import ConfigError, MixflowError
 from mixflow.providers.base import provider_needs
 from mixflow.recipes.build import build_engine, build_model, derive_max_steps, prepare_data, training_arguments
@@ -31,6 +32,26 @@ from mixflow.utils import distributed
 from mixflow.utils.jsonlog import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
+
+
+def _final_metrics(
+    trainer: Any, engine: StepEngine, training_loss: float, eval_sets: dict[str, Any], classification: bool
+) -> dict[str, Any]:
+    """The run's results: steps, the whole run's training loss, evaluation, final p, epochs, health."""
+    metrics: dict[str, Any] = {"steps": trainer.state.global_step}
+    metrics.update(
+        whole_run_train_loss(
+            trainer.state.log_history, trainer.resumed_from_step, training_loss, trainer.state.global_step
+        )
+    )
+    if eval_sets:
+        metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
+    metrics.update(
+        final_sampling_weights=dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist())),
+        **engine.epochs.results(trainer.state.global_step),
+    )
+    metrics.update(health_report(trainer))
+    return metrics
 
 
 def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
@@ -60,15 +81,23 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     # A from-scratch model's initial weights must not depend on the process: seed before building it,
     # as the Trainer does only later (the same seed the Trainer uses).
     set_seed(args.seed)
-    model = build_classifier(run, data.tokenizer, data.vocabulary) if classification else build_model(run, data.tokenizer)
+    model = (
+        build_classifier(run, data.tokenizer, data.vocabulary) if classification else build_model(run, data.tokenizer)
+    )
     eval_sets = data.evaluation  # the held-out rows and eval_dataset's sets (data.val: the algorithms')
     extra: dict[str, Any] = {}
     if classification:
         args.prediction_loss_only = False  # accuracy needs the logits
         extra["compute_metrics"] = accuracy_metrics
     trainer = MixflowTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=eval_sets or None,
-        data_collator=collator, engine=engine, max_nonfinite_steps=run.safety.max_nonfinite_steps, **extra,
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=eval_sets or None,
+        data_collator=collator,
+        engine=engine,
+        max_nonfinite_steps=run.safety.max_nonfinite_steps,
+        **extra,
     )
     result = trainer.train(resume_from_checkpoint=run.training.get("resume_from_checkpoint"))
     if trainer.already_complete is not None:  # nothing trained: the finished run's own results, untouched
@@ -80,14 +109,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     trainer.save_state()  # trainer_state.json with the whole log history, for `mixflow plot`
     if trainer.is_world_process_zero() and hasattr(data.tokenizer, "save_pretrained"):
         data.tokenizer.save_pretrained(args.output_dir)
-    metrics: dict[str, Any] = {"steps": trainer.state.global_step}
-    metrics.update(whole_run_train_loss(trainer.state.log_history, trainer.resumed_from_step, result.training_loss,
-                                        trainer.state.global_step))
-    if eval_sets:
-        metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
-    metrics.update(final_sampling_weights=dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist())),
-                   **engine.epochs.results(trainer.state.global_step))
-    metrics.update(health_report(trainer))
+    metrics = _final_metrics(trainer, engine, result.training_loss, eval_sets, classification)
     if trainer.is_world_process_zero():
         write_json_atomic(Path(args.output_dir) / "mixflow_results.json", metrics)
     return metrics
@@ -122,8 +144,10 @@ def health_report(trainer: Any) -> dict[str, Any]:
     callback = trainer.callback
     if callback.nonfinite_total:
         out.update(nonfinite_steps=callback.nonfinite_total, first_nonfinite_step=callback.first_nonfinite_step)
-        out["train_loss_note"] = (f"{callback.nonfinite_total} step(s) had a non-finite loss, the first at step "
-                                  f"{callback.first_nonfinite_step}; train_loss averages the finite ones only")
+        out["train_loss_note"] = (
+            f"{callback.nonfinite_total} step(s) had a non-finite loss, the first at step "
+            f"{callback.first_nonfinite_step}; train_loss averages the finite ones only"
+        )
         logger.warning("%s", out["train_loss_note"])
     if trainer.collapsed_at is not None:
         out["collapsed_at_step"] = trainer.collapsed_at
@@ -136,15 +160,18 @@ def _stop_if_broken(trainer: Any, output_dir: str) -> None:
     from mixflow.integrations.hf_trainer import weights_are_finite
 
     if not trainer.callback.stopped and not weights_are_finite(trainer.model):
-        trainer.callback.stopped = (f"training ended with non-finite weights (a non-finite gradient at step "
-                                    f"{trainer.state.global_step} or before); the final model is not saved")
+        trainer.callback.stopped = (
+            f"training ended with non-finite weights (a non-finite gradient at step "
+            f"{trainer.state.global_step} or before); the final model is not saved"
+        )
     if trainer.callback.stopped:
         _write_stopped(trainer, output_dir)
         raise MixflowError(trainer.callback.stopped + f"; its checkpoints are in {output_dir}")
 
 
-def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, resumed_loss: float, final_step: int
-                         ) -> dict[str, Any]:
+def whole_run_train_loss(
+    log_history: list[dict[str, Any]], resumed_from: int, resumed_loss: float, final_step: int
+) -> dict[str, Any]:
     """``train_loss`` of the whole run. The Trainer's own value after a resume averages the resumed
     part only; the steps before it come from the logged losses the checkpoint kept (each the mean
     over the steps since the previous log), so the whole run's mean is exact when the resume step
@@ -161,8 +188,10 @@ def whole_run_train_loss(log_history: list[dict[str, Any]], resumed_from: int, r
             total += last * (step - covered)
             covered = step
     if covered < resumed_from:
-        out["train_loss_note"] = (f"steps {covered + 1}–{resumed_from} were not logged before the checkpoint; "
-                                  "they count at the last logged loss")
+        out["train_loss_note"] = (
+            f"steps {covered + 1}–{resumed_from} were not logged before the checkpoint; "
+            "they count at the last logged loss"
+        )
         total += last * (resumed_from - covered)
     out["train_loss"] = (total + resumed_loss * (final_step - resumed_from)) / max(final_step, 1)
     return out
@@ -178,8 +207,9 @@ def tokenizer_line(run: RunConfig, tokenizer: Any) -> str:
     line = f"  tokenizer: {name} ({tokenizer.vocab_size} tokens)"
     if any(source.formatting is not None for source in domain_sources(run)):
         template = getattr(getattr(tokenizer, "tokenizer", None), "chat_template", None)
-        line += "; instruction data rendered with " + ("the tokenizer's chat template" if template else
-                                                        "the plain template (System:/User:/Assistant:)")
+        line += "; instruction data rendered with " + (
+            "the tokenizer's chat template" if template else "the plain template (System:/User:/Assistant:)"
+        )
     return line
 
 
@@ -193,16 +223,22 @@ def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any, toke
     if tokenizer is not None:
         lines.append(tokenizer_line(run, tokenizer))
     world, accum = args.world_size, args.gradient_accumulation_steps
-    lines.append(f"  world size {world}, per-device batch {args.per_device_train_batch_size}, gradient accumulation "
-                 f"{accum}: global batch {engine.sampler.batch_size}; {args.max_steps} steps")
+    lines.append(
+        f"  world size {world}, per-device batch {args.per_device_train_batch_size}, gradient accumulation "
+        f"{accum}: global batch {engine.sampler.batch_size}; {args.max_steps} steps"
+    )
     algo, schedule = engine.algorithm, engine.schedule
     params = ", ".join(f"{k}={v}" for k, v in vars(algo.params).items() if v is not None)
     described = algo.describe()
-    lines.append(f"  algorithm {algo.name} ({algo.mode} mode)" + (":" if described else f": {params}" if params else ""))
+    lines.append(
+        f"  algorithm {algo.name} ({algo.mode} mode)" + (":" if described else f": {params}" if params else "")
+    )
     lines += [f"    {line}" for line in described or ()]
     first_p = engine.sampler.scheduled_weights(engine.last_step)  # the batch the first step trains on
-    lines.append(f"  sampling weights at step {engine.last_step + 1}: "
-                 + ", ".join(f"{n} {w:.4f}" for n, w in zip(engine.domain_names, first_p)))
+    lines.append(
+        f"  sampling weights at step {engine.last_step + 1}: "
+        + ", ".join(f"{n} {w:.4f}" for n, w in zip(engine.domain_names, first_p))
+    )
     lines.append(epochs_line(engine, first_p, args.max_steps))
     if engine.weighter is not None:
         wparams = ", ".join(f"{k}={v}" for k, v in vars(engine.weighter.params).items())
@@ -210,13 +246,19 @@ def run_summary(run: RunConfig, domains: list[Any], args: Any, engine: Any, toke
     first = schedule.first_update()
     updates = first is not None and first <= args.max_steps
     plans = type(algo).planned_sampling is not DomainAlgorithm.planned_sampling  # e.g. a schedule's stages
-    still = "" if updates else f"; none before max_steps {args.max_steps}" + ("" if plans else ": the weights stay as above")
+    still = (
+        ""
+        if updates
+        else f"; none before max_steps {args.max_steps}" + ("" if plans else ": the weights stay as above")
+    )
     if type(algo).update_due is not DomainAlgorithm.update_due:
         updates, still = True, ""
         lines.append(f"  updates: on {algo.name}'s own calendar (warmup_step and update_step do not apply)")
     else:
-        lines.append(f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
-                     f"update_times {schedule.update_times}{still}")
+        lines.append(
+            f"  updates: warmup_step {schedule.warmup_step}, update_step {schedule.update_step}, "
+            f"update_times {schedule.update_times}{still}"
+        )
     writes = [str(engine.log_path)] if (updates or plans) and engine.log_path is not None else []
     if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
         writes.append(f"checkpoints (every {args.save_steps} steps and at the end)")
@@ -230,10 +272,12 @@ def epochs_line(engine: Any, p: Any, max_steps: int) -> str:
     rows = engine.sampler.batch_size * max_steps
     sizes, caps = engine.sampler.domain_sizes, engine.sampler.row_caps
     line = f"  epochs over {max_steps} steps at this p: " + ", ".join(
-        f"{n} {w * rows / size:.3g}" for n, w, size in zip(engine.domain_names, p, sizes))
+        f"{n} {w * rows / size:.3g}" for n, w, size in zip(engine.domain_names, p, sizes)
+    )
     if caps is not None:
-        line += "; max_epochs: " + ", ".join(f"{n} {cap / size:.3g}" for n, cap, size in zip(engine.domain_names, caps, sizes)
-                                             if cap < 2**60)
+        line += "; max_epochs: " + ", ".join(
+            f"{n} {cap / size:.3g}" for n, cap, size in zip(engine.domain_names, caps, sizes) if cap < 2**60
+        )
     return line
 
 
@@ -244,7 +288,9 @@ def move_previous_run(out: Path) -> Path | None:
         return None
     target = None
     if distributed.is_main_process():
-        n = 1 + max([int(p.name.split("-")[1]) for p in out.glob("previous-*") if p.name.split("-")[1].isdigit()] or [0])
+        n = 1 + max(
+            [int(p.name.split("-")[1]) for p in out.glob("previous-*") if p.name.split("-")[1].isdigit()] or [0]
+        )
         target = out / f"previous-{n}"
         target.mkdir()
         for entry in sorted(out.iterdir()):
@@ -259,10 +305,14 @@ def _write_stopped(trainer: Any, output_dir: str) -> None:
     """``mixflow_results.json`` of a run that stopped early: why, where, and no final model."""
     if trainer.is_world_process_zero():
         trainer.save_state()
-        write_json_atomic(Path(output_dir) / "mixflow_results.json", {
-            "stopped": trainer.callback.stopped, "steps": trainer.state.global_step,
-            "last_finite_step": trainer.callback.last_finite_step,
-        })
+        write_json_atomic(
+            Path(output_dir) / "mixflow_results.json",
+            {
+                "stopped": trainer.callback.stopped,
+                "steps": trainer.state.global_step,
+                "last_finite_step": trainer.callback.last_finite_step,
+            },
+        )
 
 
 def _prepare(run: RunConfig, progress: bool, overwrite_cache: bool) -> tuple[Any, Any]:
@@ -281,7 +331,9 @@ def _prepare(run: RunConfig, progress: bool, overwrite_cache: bool) -> tuple[Any
 
 def _evaluation(evaluation: dict[str, float], eval_sets: dict[str, Any], classification: bool) -> dict[str, Any]:
     """``val_loss`` (and ``val_accuracy``) per evaluated set from the Trainer's evaluation."""
-    out = {"val_loss": {name: evaluation[f"eval_{name}_loss"] for name in eval_sets if f"eval_{name}_loss" in evaluation}}
+    out = {
+        "val_loss": {name: evaluation[f"eval_{name}_loss"] for name in eval_sets if f"eval_{name}_loss" in evaluation}
+    }
     if classification:
         out["val_accuracy"] = {
             name: evaluation[f"eval_{name}_accuracy"] for name in eval_sets if f"eval_{name}_accuracy" in evaluation

@@ -71,7 +71,9 @@ def read_weights_cache(path: str | Path) -> WeightsCache:
     try:
         with np.load(path, allow_pickle=False) as f:
             if int(f["version"]) != CACHE_VERSION:
-                raise DataError(f"weights_cache: {path} has version {int(f['version'])}, expected {CACHE_VERSION}; rerun `mixflow checkers`")
+                raise DataError(
+                    f"weights_cache: {path} has version {int(f['version'])}, expected {CACHE_VERSION}; rerun `mixflow checkers`"
+                )
             return WeightsCache(
                 quality=f["quality"].astype(np.float64),
                 diversity=f["diversity"].astype(np.float64),
@@ -84,7 +86,9 @@ def read_weights_cache(path: str | Path) -> WeightsCache:
     except (KeyError, OSError, ValueError) as err:
         if isinstance(err, ValueError) and str(err).startswith("weights_cache:"):
             raise
-        raise DataError(f"weights_cache: {path} is not a cache written by `mixflow checkers` ({type(err).__name__})") from None
+        raise DataError(
+            f"weights_cache: {path} is not a cache written by `mixflow checkers` ({type(err).__name__})"
+        ) from None
 
 
 # ---- fingerprints --------------------------------------------------------------------------
@@ -157,5 +161,3 @@ def verify_weights_cache(run: RunConfig) -> None:
             f"{weighter.name}.params.weights_cache: {path} was computed for other training data (files, fields, "
             f"val_size, seed or max_samples differ); rerun `mixflow checkers` with this run's data keys"
         )
-
-

@@ -19,5 +19,16 @@ from mixflow.search.proposal import propose, write_proposal
 from mixflow.search.run import run_swarm
 from mixflow.search.tables import SwarmTable, load_table
 
-__all__ = ["SwarmTable", "collect", "fit_table", "load_fit", "load_table", "plan_swarm", "predict_table", "propose",
-           "run_swarm", "write_fit", "write_proposal"]
+__all__ = [
+    "SwarmTable",
+    "collect",
+    "fit_table",
+    "load_fit",
+    "load_table",
+    "plan_swarm",
+    "predict_table",
+    "propose",
+    "run_swarm",
+    "write_fit",
+    "write_proposal",
+]

@@ -68,11 +68,21 @@ def collect(folder: str | Path) -> Path:
         val = found.get("val_loss") or {}  # the evaluation after the last step (mixflow train writes it)
         if not val:
             raise ConfigError(f"{out}/mixflow_results.json: no validation loss; the proxies need val_size > 0")
-        rows.append([entry["run"], *(entry[c] for c in columns), *(f"{val[d]:.6g}" if d in val else "" for d in domains)])
-    for names, why in ((missing, "have not finished"), (broken, "stopped early (diverged; see their mixflow_results.json)")):
+        rows.append(
+            [entry["run"], *(entry[c] for c in columns), *(f"{val[d]:.6g}" if d in val else "" for d in domains)]
+        )
+    for names, why in (
+        (missing, "have not finished"),
+        (broken, "stopped early (diverged; see their mixflow_results.json)"),
+    ):
         if names:
-            logger.warning("search collect: %d runs %s and are left out (%s%s)", len(names), why,
-                           ", ".join(names[:8]), ", ..." if len(names) > 8 else "")
+            logger.warning(
+                "search collect: %d runs %s and are left out (%s%s)",
+                len(names),
+                why,
+                ", ".join(names[:8]),
+                ", ..." if len(names) > 8 else "",
+            )
     if not rows:
         raise ConfigError(f"{root}: no finished run to collect; run them first (mixflow search run {root})")
     tmp = root / "runs.csv.tmp"

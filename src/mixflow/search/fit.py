@@ -49,8 +49,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    return {"spearman": spearman(truth, predicted), "pearson": pearson(truth, predicted),
-            "mae": float(np.mean(np.abs(truth - predicted)))}
+    return {
+        "spearman": spearman(truth, predicted),
+        "pearson": pearson(truth, predicted),
+        "mae": float(np.mean(np.abs(truth - predicted))),
+    }
 
 
 def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, float]:
@@ -58,8 +61,10 @@ def cross_validate(model: str, x: np.ndarray, y: np.ndarray, folds: int = 5, see
     if folds < 2:
         raise ConfigError(f"--folds: expected an integer >= 2, got {folds}")
     if len(y) < 2 * folds:
-        raise ConfigError(f"search fit: {len(y)} runs are too few for {folds}-fold cross-validation "
-                          f"(at least {2 * folds}); add runs or lower --folds")
+        raise ConfigError(
+            f"search fit: {len(y)} runs are too few for {folds}-fold cross-validation "
+            f"(at least {2 * folds}); add runs or lower --folds"
+        )
     order = np.random.default_rng(seed).permutation(len(y))
     predicted = np.empty(len(y))
     for part in np.array_split(order, folds):
@@ -90,7 +95,9 @@ class Fit:
         return {k: v for k, v in asdict(self).items() if k not in ("regression", "data")}
 
 
-def training_data(table: str | Path, metrics: str | Path | None, expr: str) -> tuple[SwarmTable, Target, np.ndarray, np.ndarray]:
+def training_data(
+    table: str | Path, metrics: str | Path | None, expr: str
+) -> tuple[SwarmTable, Target, np.ndarray, np.ndarray]:
     """The table, the parsed target, and (x, y) over the runs that have the target."""
     loaded = load_table(table, metrics, metric_columns=_named_columns(expr))
     target = parse_target(expr, list(loaded.metrics))
@@ -106,21 +113,40 @@ def _named_columns(expr: str) -> list[str]:
     return [term.strip().rpartition("*")[2].strip() for term in text.split("+")] + [text]
 
 
-def fit_table(table: str | Path, expr: str, metrics: str | Path | None = None, model: str = "loglinear",
-              folds: int = 5, seed: int = 0, cv: dict[str, float] | None = None) -> Fit:
+def fit_table(
+    table: str | Path,
+    expr: str,
+    metrics: str | Path | None = None,
+    model: str = "loglinear",
+    folds: int = 5,
+    seed: int = 0,
+    cv: dict[str, float] | None = None,
+) -> Fit:
     """Fit ``model`` on every run of the table and cross-validate it (``cv``: the scores of an earlier
     cross-validation of the same fit, which is then not run again)."""
     loaded, target, x, y = training_data(table, metrics, expr)
     scores_cv = cv if cv is not None else cross_validate(model, x, y, folds, seed)
     regression = build_model(model, seed).fit(x, y)
     # absolute paths: ``propose`` refits from fit.json, from wherever it is run
-    return Fit(str(Path(table).resolve()), None if metrics is None else str(Path(metrics).resolve()), target.expr,
-               model, seed, loaded.domains, len(y), scores_cv, folds, {"target columns": describe(target)}, regression,
-               (x, y))
+    return Fit(
+        str(Path(table).resolve()),
+        None if metrics is None else str(Path(metrics).resolve()),
+        target.expr,
+        model,
+        seed,
+        loaded.domains,
+        len(y),
+        scores_cv,
+        folds,
+        {"target columns": describe(target)},
+        regression,
+        (x, y),
+    )
 
 
-def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None = None
-                  ) -> tuple[str, list[str], np.ndarray, dict[str, float]]:
+def predict_table(
+    fit: Fit, other: str | Path, other_metrics: str | Path | None = None
+) -> tuple[str, list[str], np.ndarray, dict[str, float]]:
     """Predictions for another table's runs (its key column, [key], predicted, and its scores where it
     has the target's columns). Its domains must be the fitted ones (any column order)."""
     assert fit.regression is not None
@@ -128,8 +154,10 @@ def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None 
     missing = [d for d in fit.domains if d not in loaded.domains]
     extra = [d for d in loaded.domains if d not in fit.domains]
     if missing or extra:
-        raise ConfigError(f"{loaded.source}: its domain columns differ from the fitted table's "
-                          f"(missing {missing or 'none'}, extra {extra or 'none'})")
+        raise ConfigError(
+            f"{loaded.source}: its domain columns differ from the fitted table's "
+            f"(missing {missing or 'none'}, extra {extra or 'none'})"
+        )
     x = loaded.mixtures[:, [loaded.domains.index(d) for d in fit.domains]]
     predicted = fit.regression.predict(x)
     found: dict[str, float] = {}
@@ -138,8 +166,10 @@ def predict_table(fit: Fit, other: str | Path, other_metrics: str | Path | None 
     except ConfigError:
         return loaded.key, loaded.keys, predicted, found  # a table of mixtures to score, without losses
     if describe(target) != fit.prediction.get("target columns", describe(target)):
-        raise ConfigError(f"{loaded.source}: the target {fit.target!r} matches other columns here ({describe(target)}) "
-                          f"than in the fitted table ({fit.prediction['target columns']})")
+        raise ConfigError(
+            f"{loaded.source}: the target {fit.target!r} matches other columns here ({describe(target)}) "
+            f"than in the fitted table ({fit.prediction['target columns']})"
+        )
     y, ok = target_values(target, loaded.metrics, loaded.source)
     found = {**scores(y[ok], predicted[ok]), "runs": int(ok.sum())}
     return loaded.key, loaded.keys, predicted, found
@@ -169,7 +199,14 @@ def load_fit(folder: str | Path) -> Fit:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: not a search fit ({err}); run mixflow search fit first") from None
-    fit = fit_table(record["table"], record["target"], record.get("metrics"), record["model"], record["folds"],
-                    record["seed"], cv=record["cv"])
+    fit = fit_table(
+        record["table"],
+        record["target"],
+        record.get("metrics"),
+        record["model"],
+        record["folds"],
+        record["seed"],
+        cv=record["cv"],
+    )
     fit.prediction = record.get("prediction", {})
     return fit

@@ -30,13 +30,16 @@ from mixflow.utils.jsonlog import write_json_atomic
 logger = logging.getLogger(__name__)
 
 #: The user's mixing keys a proxy run replaces (it trains one fixed mixture).
-MIXING_KEYS = tuple(f.name for f in dataclasses.fields(MixingConfig) if f.name not in ("on_exhausted", "objective_normalization"))
+MIXING_KEYS = tuple(
+    f.name for f in dataclasses.fields(MixingConfig) if f.name not in ("on_exhausted", "objective_normalization")
+)
 #: RegMix's range of Dirichlet strengths (multiples of K·prior).
 STRENGTHS = (0.1, 5.0)
 
 
-def draw_mixtures(prior: np.ndarray, runs: int, concentration: float = 1.0, seed: int = 0,
-                  min_distance: float = 0.1) -> tuple[np.ndarray, float]:
+def draw_mixtures(
+    prior: np.ndarray, runs: int, concentration: float = 1.0, seed: int = 0, min_distance: float = 0.1
+) -> tuple[np.ndarray, float]:
     """``runs`` mixtures [runs, K] (the prior and uniform first) and the minimum distance used: it is
     halved, with a log line, when the draws cannot keep it (more runs than the simplex has room for)."""
     k = len(prior)
@@ -76,8 +79,9 @@ def parse_prior(spec: str, domains: list[str], tokens: dict[str, int] | None) ->
             else:
                 p = np.array([float(x) for x in parts])
         except ValueError:
-            raise ConfigError(f"--prior: expected natural, uniform, DOMAIN=WEIGHT,... or {len(domains)} numbers, "
-                              f"got {spec!r}") from None
+            raise ConfigError(
+                f"--prior: expected natural, uniform, DOMAIN=WEIGHT,... or {len(domains)} numbers, got {spec!r}"
+            ) from None
         if len(p) != len(domains):
             raise ConfigError(f"--prior: expected {len(domains)} weights (one per domain), got {len(p)}")
     if np.any(p < 0) or p.sum() <= 0:
@@ -121,8 +125,45 @@ def _domain_tokens(run: Any) -> dict[str, int]:
     return {e.meta["key"]["domain"]: int(e.meta["num_tokens"]) for e in cache_domains(run, progress=False)}
 
 
-def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "natural", concentration: float = 1.0,
-               seed: int = 0, min_distance: float = 0.1, overwrite: bool = False, reuse: str | Path | None = None) -> Path:
+def _reused_mixtures(
+    plan: dict[str, Any], earlier: Any, p: np.ndarray, reuse: str | Path | None, min_distance: float
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """(drawn table, minimum distance used, full mixtures) when an earlier proposal is reused: the
+    kept domains vary as one (their earlier ratios fixed), the added ones on their own; records the
+    reuse in ``plan``."""
+    domains, runs = plan["domains"], plan["runs"]
+    reused = plan_reuse(earlier, domains)
+    if not reused.added:
+        raise ConfigError(
+            f"--reuse: no domain was added (removed: {', '.join(reused.removed) or 'none'}), so no run "
+            "is needed: train on the earlier mixture renormalised over the kept domains: "
+            + ", ".join(f"{d}={w:.6g}" for d, w in reused.ratios.items())
+        )
+    table, used = draw_mixtures(reused.reduce(p), runs, plan["concentration"], plan["seed"], min_distance)
+    plan.update(columns=reused.columns, reuse=reused.as_dict(), runs_saved=runs_saved(runs, reused))
+    logger.info(
+        "search plan: reusing %s: %d kept domains as one, %d added, %d removed; a full plan at the same "
+        "runs per dimension would need %d more runs",
+        reuse,
+        len(reused.ratios),
+        len(reused.added),
+        len(reused.removed),
+        plan["runs_saved"],
+    )
+    return table, used, reused.expand(table)
+
+
+def plan_swarm(
+    config: str | Path,
+    runs: int,
+    out: str | Path,
+    prior: str = "natural",
+    concentration: float = 1.0,
+    seed: int = 0,
+    min_distance: float = 0.1,
+    overwrite: bool = False,
+    reuse: str | Path | None = None,
+) -> Path:
     """Write ``out/runs/NNNN.yaml`` (the user's config with the run's mixture and output folder) and
     ``out/plan.csv``; every generated config is validated before anything is written. ``overwrite``
     moves an earlier plan and its runs into ``out/previous-<n>/``. ``reuse`` (an earlier proposal's
@@ -137,20 +178,18 @@ def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "nat
     run = load_config(config, check_outputs=False)  # every config error before any tokenization
     domains = [source.name for source in domain_sources(run)]
     p = parse_prior(prior, domains, _domain_tokens(run) if prior == "natural" else None)
-    plan: dict[str, Any] = {"config": str(Path(config).resolve()), "runs": runs, "domains": domains, "columns": domains,
-                            "prior": p.tolist(), "prior_spec": prior, "concentration": concentration, "seed": seed}
+    plan: dict[str, Any] = {
+        "config": str(Path(config).resolve()),
+        "runs": runs,
+        "domains": domains,
+        "columns": domains,
+        "prior": p.tolist(),
+        "prior_spec": prior,
+        "concentration": concentration,
+        "seed": seed,
+    }
     if earlier is not None:
-        reused = plan_reuse(earlier, domains)
-        if not reused.added:
-            raise ConfigError(f"--reuse: no domain was added (removed: {', '.join(reused.removed) or 'none'}), so no run "
-                              "is needed: train on the earlier mixture renormalised over the kept domains: "
-                              + ", ".join(f"{d}={w:.6g}" for d, w in reused.ratios.items()))
-        table, used = draw_mixtures(reused.reduce(p), runs, concentration, seed, min_distance)
-        mixtures = reused.expand(table)
-        plan.update(columns=reused.columns, reuse=reused.as_dict(), runs_saved=runs_saved(runs, reused))
-        logger.info("search plan: reusing %s: %d kept domains as one, %d added, %d removed; a full plan at the same "
-                    "runs per dimension would need %d more runs", reuse, len(reused.ratios), len(reused.added),
-                    len(reused.removed), plan["runs_saved"])
+        table, used, mixtures = _reused_mixtures(plan, earlier, p, reuse, min_distance)
     else:
         table, used = draw_mixtures(p, runs, concentration, seed, min_distance)
         mixtures = table
@@ -159,8 +198,9 @@ def plan_swarm(config: str | Path, runs: int, out: str | Path, prior: str = "nat
         _archive(folder)
     _write_plan(folder, configs, plan["columns"], table)
     write_json_atomic(folder / "plan.json", {**plan, "min_distance": used})
-    logger.info("search plan: %d proxy configs in %s (prior %s, minimum L1 distance %.3g)", runs, folder / "runs",
-                prior, used)
+    logger.info(
+        "search plan: %d proxy configs in %s (prior %s, minimum L1 distance %.3g)", runs, folder / "runs", prior, used
+    )
     return folder / "plan.csv"
 
 
@@ -171,9 +211,14 @@ def _configs(raw: dict[str, Any], folder: Path, mixtures: np.ndarray) -> dict[st
     for i, w in enumerate(mixtures):
         name = f"{i:04d}"
         # a proxy killed by its scheduler resumes from its last complete checkpoint when launched again
-        cfg = {"resume_from_checkpoint": "auto", **base, "train_type": "static", "mixture_sample_rule": "mixture",
-               "init_mixture_proportions": [round(float(x), 6) for x in w],
-               "output_dir": str((folder / "runs" / name).resolve())}
+        cfg = {
+            "resume_from_checkpoint": "auto",
+            **base,
+            "train_type": "static",
+            "mixture_sample_rule": "mixture",
+            "init_mixture_proportions": [round(float(x), 6) for x in w],
+            "output_dir": str((folder / "runs" / name).resolve()),
+        }
         try:
             load_config(raw=cfg, check_outputs=False)
         except ConfigErrors as err:

@@ -46,8 +46,10 @@ class Constraints:
         free = [d for d in range(k) if d not in self.fixed]
         room = sum(min(self.caps.get(d, 1.0), 1.0) for d in free)
         if free and room < 1 - fixed - 1e-9:
-            errors.append(f"caps: the free domains may hold at most {room:.4g} together, but {1 - fixed:.4g} is "
-                          "left after the fixed weights; raise --max-epochs or fix fewer domains")
+            errors.append(
+                f"caps: the free domains may hold at most {room:.4g} together, but {1 - fixed:.4g} is "
+                "left after the fixed weights; raise --max-epochs or fix fewer domains"
+            )
         if not free and abs(fixed - 1) > 1e-9:
             errors.append(f"--fix: every domain is fixed but the weights sum to {fixed:.4g}, expected 1")
         for d, w in self.fixed.items():
@@ -62,8 +64,10 @@ class Constraints:
         elif self.prior is not None and (self.kl is not None or self.l1 is not None) and not errors:
             start = self._center()
             if self._distance(start[None, :])[0] > (self.kl if self.kl is not None else self.l1) + 1e-12:  # type: ignore[operator]
-                errors.append("--kl/--l1: the prior, once its fixed weights and caps are applied, is already "
-                              "outside the trust region; widen it")
+                errors.append(
+                    "--kl/--l1: the prior, once its fixed weights and caps are applied, is already "
+                    "outside the trust region; widen it"
+                )
         if errors:
             raise ConfigErrors(errors)
 
@@ -138,8 +142,9 @@ def _water_fill(w: np.ndarray, caps: dict[int, float], fixed: set[int]) -> np.nd
     return out
 
 
-def repetition_caps(tokens: dict[str, float], domains: list[str], tokens_per_run: float, max_epochs: float
-                    ) -> dict[int, float]:
+def repetition_caps(
+    tokens: dict[str, float], domains: list[str], tokens_per_run: float, max_epochs: float
+) -> dict[int, float]:
     """Per domain, the largest weight that reads its tokens at most ``max_epochs`` times in a run of
     ``tokens_per_run`` tokens."""
     missing = [d for d in domains if d not in tokens]
@@ -148,8 +153,15 @@ def repetition_caps(tokens: dict[str, float], domains: list[str], tokens_per_run
     return {i: min(1.0, max_epochs * float(tokens[d]) / tokens_per_run) for i, d in enumerate(domains)}
 
 
-def simulate(predict: Callable[[np.ndarray], np.ndarray], k: int, constraints: Constraints, prior: np.ndarray | None,
-             candidates: int = 100_000, top_k: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def simulate(
+    predict: Callable[[np.ndarray], np.ndarray],
+    k: int,
+    constraints: Constraints,
+    prior: np.ndarray | None,
+    candidates: int = 100_000,
+    top_k: int = 128,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(the mean of the ``top_k`` feasible candidates with the lowest prediction, those candidates).
     Half the candidates are drawn around the prior (Dirichlet α = prior·K, RegMix's), half over the
     whole simplex (α = 1), so a good mixture far from the prior is not missed."""
@@ -159,7 +171,9 @@ def simulate(predict: Callable[[np.ndarray], np.ndarray], k: int, constraints: C
     rng = np.random.default_rng(seed)
     center = prior if prior is not None else np.full(k, 1.0 / k)
     half = candidates // 2
-    w = np.vstack([rng.dirichlet(np.maximum(center * k, 1e-3), size=half), rng.dirichlet(np.ones(k), size=candidates - half)])
+    w = np.vstack(
+        [rng.dirichlet(np.maximum(center * k, 1e-3), size=half), rng.dirichlet(np.ones(k), size=candidates - half)]
+    )
     w = constraints.apply(w)
     predicted = predict(w)
     best = w[np.argsort(predicted, kind="stable")[: max(1, min(top_k, len(w)))]]

@@ -36,9 +36,11 @@ _MODELS: dict[str, Callable[[int], MixtureRegression]] = {}
 
 def register_model(name: str) -> Callable[[Callable[[int], Any]], Callable[[int], Any]]:
     """Register a factory ``seed -> model`` under ``name``."""
+
     def decorate(factory: Callable[[int], Any]) -> Callable[[int], Any]:
         _MODELS[name] = factory
         return factory
+
     return decorate
 
 
@@ -148,8 +150,9 @@ def _optional(module: str, model: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"--model {model}: needs the {module} package; install it with pip install 'mixflow[search]'"
-                          ) from None
+        raise ConfigError(
+            f"--model {model}: needs the {module} package; install it with pip install 'mixflow[search]'"
+        ) from None
 
 
 @register_model("lightgbm")
@@ -161,8 +164,7 @@ class LightGBM:
 
     def __init__(self, seed: int = 0) -> None:
         lgb = _optional("lightgbm", "lightgbm")
-        self.model = lgb.LGBMRegressor(n_estimators=1000, learning_rate=0.01, random_state=seed, verbosity=-1,
-                                       n_jobs=1)
+        self.model = lgb.LGBMRegressor(n_estimators=1000, learning_rate=0.01, random_state=seed, verbosity=-1, n_jobs=1)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> LightGBM:
         self.model.fit(x, y)

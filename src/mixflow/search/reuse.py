@@ -61,8 +61,10 @@ def earlier_proposal(path: str | Path) -> dict[str, float]:
         mixture = json.loads(file.read_text(encoding="utf-8"))["mixture"]
         return {str(d): float(w) for d, w in mixture.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f"--reuse: {file}: not a mixflow search proposal ({err}); give the folder of an earlier "
-                          "mixflow search propose") from None
+        raise ConfigError(
+            f"--reuse: {file}: not a mixflow search proposal ({err}); give the folder of an earlier "
+            "mixflow search propose"
+        ) from None
 
 
 def plan_reuse(earlier: dict[str, float], domains: list[str]) -> Reuse:
@@ -70,10 +72,16 @@ def plan_reuse(earlier: dict[str, float], domains: list[str]) -> Reuse:
     kept = [d for d in domains if d in earlier]
     total = sum(earlier[d] for d in kept)
     if not kept or total <= 0:
-        raise ConfigError(f"--reuse: no domain of the earlier mixture ({', '.join(earlier)}) is in this config "
-                          f"({', '.join(domains)}), or they had no weight: nothing to reuse; plan without --reuse")
-    return Reuse(list(domains), {d: earlier[d] / total for d in kept}, [d for d in domains if d not in earlier],
-                 [d for d in earlier if d not in domains])
+        raise ConfigError(
+            f"--reuse: no domain of the earlier mixture ({', '.join(earlier)}) is in this config "
+            f"({', '.join(domains)}), or they had no weight: nothing to reuse; plan without --reuse"
+        )
+    return Reuse(
+        list(domains),
+        {d: earlier[d] / total for d in kept},
+        [d for d in domains if d not in earlier],
+        [d for d in earlier if d not in domains],
+    )
 
 
 def runs_saved(runs: int, reuse: Reuse) -> int:

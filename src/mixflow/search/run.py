@@ -43,10 +43,18 @@ def run_swarm(folder: str | Path, jobs: int = 1, threads: int = 1) -> dict[str, 
     todo = [r["run"] for r in runs if not finished(run_output(root, r["run"]))]
     broken = [r["run"] for r in runs if stopped(run_output(root, r["run"]))]
     if broken:  # retraining would diverge the same way: say so, never hide it
-        logger.warning("search run: %d runs stopped early (diverged) and are not retrained: %s", len(broken),
-                       ", ".join(broken[:8]) + (", ..." if len(broken) > 8 else ""))
-    logger.info("search run: %d of %d runs to train (%d finished), %d at a time", len(todo), len(runs),
-                len(runs) - len(todo), jobs)
+        logger.warning(
+            "search run: %d runs stopped early (diverged) and are not retrained: %s",
+            len(broken),
+            ", ".join(broken[:8]) + (", ..." if len(broken) > 8 else ""),
+        )
+    logger.info(
+        "search run: %d of %d runs to train (%d finished), %d at a time",
+        len(todo),
+        len(runs),
+        len(runs) - len(todo),
+        jobs,
+    )
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(train_one, str(root / "runs" / f"{name}.yaml"), threads): name for name in todo}
         try:
@@ -55,9 +63,11 @@ def run_swarm(folder: str | Path, jobs: int = 1, threads: int = 1) -> dict[str, 
                 try:
                     future.result()
                 except Exception as err:
-                    raise MixflowError(f"search run: run {name} failed ({root / 'runs' / f'{name}.yaml'}): "
-                                     f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
-                                     "; finished runs are kept (the runs already started were let finish), rerun to continue") from err
+                    raise MixflowError(
+                        f"search run: run {name} failed ({root / 'runs' / f'{name}.yaml'}): "
+                        f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
+                        "; finished runs are kept (the runs already started were let finish), rerun to continue"
+                    ) from err
                 logger.info("search run: %d/%d done (run %s)", done, len(todo), name)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -58,8 +58,14 @@ class SwarmTable:
 
     def subset(self, rows: Iterable[int]) -> SwarmTable:
         idx = np.asarray(list(rows), dtype=int)
-        return SwarmTable(self.key, [self.keys[i] for i in idx], list(self.domains), self.mixtures[idx],
-                          {k: v[idx] for k, v in self.metrics.items()}, self.source)
+        return SwarmTable(
+            self.key,
+            [self.keys[i] for i in idx],
+            list(self.domains),
+            self.mixtures[idx],
+            {k: v[idx] for k, v in self.metrics.items()},
+            self.source,
+        )
 
 
 def _is_identifier(column: str) -> bool:
@@ -111,7 +117,9 @@ def _key_column(headers: list[list[str]], paths: list[Path], errors: list[str]) 
             return key
     if len(paths) == 1:
         return ""  # one file without a key: rows are numbered
-    errors.append(f"{', '.join(map(str, paths))}: no key column common to both files (expected one of {', '.join(KEYS)})")
+    errors.append(
+        f"{', '.join(map(str, paths))}: no key column common to both files (expected one of {', '.join(KEYS)})"
+    )
     return ""
 
 
@@ -144,9 +152,14 @@ def load_table(table: str | Path, metrics: str | Path | None = None, metric_colu
         raise ConfigErrors(errors)
     # a run with no value for a metric (not finished, not measured) holds NaN there; whoever needs
     # that metric leaves the run out and says so (:func:`mixflow.search.target.target_values`)
-    return SwarmTable(key or "row", keys, domains, mixtures,
-                      {m: np.array([v.get(k, math.nan) for k in keys]) for m, v in values.items()},
-                      " + ".join(map(str, paths)))
+    return SwarmTable(
+        key or "row",
+        keys,
+        domains,
+        mixtures,
+        {m: np.array([v.get(k, math.nan) for k in keys]) for m, v in values.items()},
+        " + ".join(map(str, paths)),
+    )
 
 
 def _mixtures(path: Path, rows: list[tuple[int, dict[str, str]]], domains: list[str], errors: list[str]) -> np.ndarray:
@@ -157,20 +170,35 @@ def _mixtures(path: Path, rows: list[tuple[int, dict[str, str]]], domains: list[
             errors.append(f"{path}: line {line}: negative mixture weight in {[d for d, x in zip(domains, w) if x < 0]}")
         total = float(np.sum(w))
         if math.isfinite(total) and abs(total - 1.0) > SUM_TOLERANCE:
-            errors.append(f"{path}: line {line}: the mixture weights sum to {total:.4g}, expected 1 (± {SUM_TOLERANCE})")
+            errors.append(
+                f"{path}: line {line}: the mixture weights sum to {total:.4g}, expected 1 (± {SUM_TOLERANCE})"
+            )
         out[i] = w / total if total > 0 else w
     return out
 
 
-def _metrics(paths: list[Path], read: list[tuple[list[str], list[tuple[int, dict[str, str]]]]], key: str,
-             keys: list[str], names: list[str], errors: list[str]) -> dict[str, dict[str, float]]:
+def _metrics(
+    paths: list[Path],
+    read: list[tuple[list[str], list[tuple[int, dict[str, str]]]]],
+    key: str,
+    keys: list[str],
+    names: list[str],
+    errors: list[str],
+) -> dict[str, dict[str, float]]:
     path, (_, rows) = (paths[-1], read[-1])
     values: dict[str, dict[str, float]] = {m: {} for m in names}
     known = set(keys)
     strays = [row[key] for _, row in rows if key and row[key] not in known]
     if strays and len(paths) > 1:
-        logger.warning("%s: %d rows name a %s that %s does not have; they are left out (%s%s)", path, len(strays),
-                       key, paths[0], ", ".join(strays[:5]), ", ..." if len(strays) > 5 else "")
+        logger.warning(
+            "%s: %d rows name a %s that %s does not have; they are left out (%s%s)",
+            path,
+            len(strays),
+            key,
+            paths[0],
+            ", ".join(strays[:5]),
+            ", ..." if len(strays) > 5 else "",
+        )
     for i, (line, row) in enumerate(rows):
         k = row[key] if key else keys[i]
         for m in names:

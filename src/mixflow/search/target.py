@@ -59,8 +59,11 @@ def parse_target(expr: str, columns: list[str]) -> Target:
 
 
 def _match(name: str, columns: list[str], expr: str) -> list[str]:
-    found = [c for c in columns if fnmatch.fnmatchcase(c, name)] if any(ch in name for ch in "*?[") else (
-        [name] if name in columns else [])
+    found = (
+        [c for c in columns if fnmatch.fnmatchcase(c, name)]
+        if any(ch in name for ch in "*?[")
+        else ([name] if name in columns else [])
+    )
     if not found:
         shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
         raise ConfigError(f"--target: {name!r} in {expr!r} matches no metric column (columns: {shown or 'none'})")
@@ -76,8 +79,13 @@ def target_values(target: Target, metrics: dict[str, np.ndarray], source: str = 
         total = total + weight * metrics[column]
     ok = np.isfinite(total)
     if not ok.all():
-        logger.warning("%s: %d of %d runs lack a value of the target %s and are left out", source or "table",
-                       int((~ok).sum()), n, target.expr)
+        logger.warning(
+            "%s: %d of %d runs lack a value of the target %s and are left out",
+            source or "table",
+            int((~ok).sum()),
+            n,
+            target.expr,
+        )
     return total, ok
 
 

@@ -42,12 +42,16 @@ _OK, _FAILED, _PEER = "ok", "failed", "peer failed"
 def _entry(
     rank: int, world_size: int, store: str, timeout: float, fn: Callable[..., Any], args: tuple, reports: Any
 ) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size)
+    )
     code = 0
     try:
         dist.init_process_group(
-            "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+            "gloo",
+            init_method=f"file://{store}",
+            rank=rank,
+            world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout),
         )
         fn(rank, world_size, *args)

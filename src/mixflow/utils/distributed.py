@@ -121,7 +121,9 @@ def launcher_problem(env: Any = None) -> str | None:
     env = os.environ if env is None else env
     sized = env.get("WORLD_SIZE") is not None or any(env.get(v) for v in MPI_SIZE_VARIABLES)
     if not sized and "MASTER_ADDR" in env and str(env.get("ACCELERATE_USE_CPU", "")).lower() == "true":
-        return ("launch: accelerate started one process for a multi-process CPU config (distributed_type MULTI_CPU "
-                "starts several only through mpirun with a hostfile); use torchrun --nproc_per_node N, or an accelerate "
-                "config with distributed_type: MULTI_GPU, which runs torchrun (on CPU too)")
+        return (
+            "launch: accelerate started one process for a multi-process CPU config (distributed_type MULTI_CPU "
+            "starts several only through mpirun with a hostfile); use torchrun --nproc_per_node N, or an accelerate "
+            "config with distributed_type: MULTI_GPU, which runs torchrun (on CPU too)"
+        )
     return None

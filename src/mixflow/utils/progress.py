@@ -24,8 +24,15 @@ LOG_INTERVAL = 10.0
 class LogProgress:
     """The part of tqdm's interface mixflow uses, reporting through ``logging``."""
 
-    def __init__(self, iterable: Iterable[Any] | None = None, total: float | None = None, desc: str = "",
-                 unit: str = "it", interval: float = LOG_INTERVAL, **_: Any) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[Any] | None = None,
+        total: float | None = None,
+        desc: str = "",
+        unit: str = "it",
+        interval: float = LOG_INTERVAL,
+        **_: Any,
+    ) -> None:
         self.iterable = iterable
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)  # type: ignore[arg-type]
         self.desc, self.unit, self.interval = desc, unit, interval
