@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mixflow.cli.export import add_export
 from mixflow.cli.search import add_search
 from mixflow.errors import ConfigError, ConfigErrors, MixflowError
 
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_doremi)
     _add_bench(sub)
     add_search(sub)
+    add_export(sub)
     return parser
 
 

@@ -341,6 +341,7 @@ def previous_run_files(out: Path) -> list[Path]:
         "*_weights.jsonl",
         "*_summary.json",
         "mixflow_results.json",
+        "mixflow_domains.json",
         "trainer_state.json",
         "checkpoint-*",
     )

@@ -27,6 +27,7 @@ from mixflow.recipes.classification import (
     prepare_classification_data,
 )
 from mixflow.recipes.inputs import domain_sources
+from mixflow.recipes.run_record import write_domains
 from mixflow.recipes.weights_cache import verify_weights_cache
 from mixflow.utils import distributed
 from mixflow.utils.jsonlog import read_json, write_json_atomic
@@ -78,6 +79,7 @@ def run_training(run: RunConfig, progress: bool = True) -> dict[str, Any]:
     engine = build_engine(run, data.train, batch, args.seed, data.val, collator, max_steps=args.max_steps)
     if distributed.is_main_process():
         logger.info("%s", run_summary(run, data.domains, args, engine, data.tokenizer))
+        write_domains(args.output_dir, domain_sources(run), data.domains, engine.algorithm.domain_weights.tolist())
     # A from-scratch model's initial weights must not depend on the process: seed before building it,
     # as the Trainer does only later (the same seed the Trainer uses).
     set_seed(args.seed)
