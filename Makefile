@@ -12,7 +12,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 	$(PIP) --upgrade pip setuptools
-	$(PIP) -e '.[dev,bench,search]'
+	$(PIP) -e '.[dev,bench,search,lora]'
 	touch $@
 
 install: $(VENV)/.installed

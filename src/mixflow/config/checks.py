@@ -192,8 +192,11 @@ def check_param_paths(component: ResolvedComponent) -> None:
         if kind == "model_dir":
             if not path.is_dir():
                 raise ConfigError(f"{where}: expected a local model directory, not found: {value}{suffix}")
-            if not (path / "config.json").is_file():
-                raise ConfigError(f"{where}: {value} has no config.json (not a model directory)")
+            # a LoRA adapter's directory holds adapter_config.json, its base model config.json
+            if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+                raise ConfigError(
+                    f"{where}: {value} has no config.json or adapter_config.json (not a model or adapter directory)"
+                )
 
 
 def check_task(run: RunConfig, base_dir: Path) -> None:

@@ -3,7 +3,8 @@
 - A key with a meaning here is mapped to ours (``warmup_ratio`` → ``warmup_steps`` as a fraction,
   which TrainingArguments reads as a ratio of the total steps).
 - A key that only matters to LLaMA-Factory is accepted with one warning naming it.
-- A key whose value would silently change what trains (``finetuning_type: lora``) is an error.
+- A key whose value would silently change what trains (an adapter variant mixflow does not build:
+  DoRA, PiSSA, freeze tuning) is an error.
   (``stage`` is a data key of ours: it is checked against the domains' formatting.)
 """
 
@@ -17,12 +18,13 @@ logger = logging.getLogger(__name__)
 #: Keys that only matter to LLaMA-Factory's own pipeline (templates, its plots, its reporting).
 IGNORED = ("template", "plot_loss", "do_train", "ddp_timeout", "flash_attn", "trust_remote_code", "cache_dir")
 #: key: the values that keep the run's meaning (anything else is refused).
-ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {"finetuning_type": ("full",)}
+ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {}
 
 
-#: Prefixes of LLaMA-Factory's adapter keys (LoRA and its variants): refused as a family, so a config
-#: meets one error per key at once and never a "did you mean" of another meaning.
-ADAPTER_PREFIXES = ("lora_", "pissa_", "use_dora", "use_rslora", "additional_target", "loraplus_", "freeze_")
+#: Prefixes of LLaMA-Factory's keys of adapter variants mixflow does not build (its LoRA keys,
+#: ``lora_rank`` ... ``additional_target``, are ours): refused as a family, so a config meets one
+#: error per key at once and never a "did you mean" of another meaning.
+ADAPTER_PREFIXES = ("lora_", "pissa_", "use_dora", "use_rslora", "loraplus_", "freeze_")
 
 
 def translate(data: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], list[str]]:
@@ -46,8 +48,9 @@ def translate(data: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], li
             out.pop(key)
         elif key.startswith(ADAPTER_PREFIXES):
             errors.append(
-                f"{key}: an adapter (LoRA) key of LLaMA-Factory; mixflow trains every weight "
-                "(finetuning_type: full) and does not train adapters yet: remove it"
+                f"{key}: an adapter variant of LLaMA-Factory that mixflow does not build; it trains every "
+                "weight (finetuning_type: full) or plain LoRA (finetuning_type: lora, lora_rank, lora_alpha, "
+                "lora_dropout, lora_target, additional_target): remove it"
             )
             out.pop(key)
         elif key in IGNORED:

@@ -3,13 +3,14 @@ its vocabulary, its sizes) — read from ``config.json`` or ``model_config``, be
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import typing
 from pathlib import Path
 
 from mixflow.algorithms.params import suggest
 from mixflow.config.errors import ConfigError, ConfigErrors
-from mixflow.config.schema import RunConfig
+from mixflow.config.schema import ModelConfig, RunConfig
 
 
 def check_model(run: RunConfig) -> None:
@@ -37,11 +38,46 @@ def check_model(run: RunConfig) -> None:
             errors.append(
                 f"model_config.model_type: unknown model type {mt!r}{suggest(mt, list(CONFIG_MAPPING.keys()))}"
             )
+    errors += adapter_errors(run)
     tok = run.data.tokenizer
     if tok not in (None, "byte") and not Path(tok).is_dir():
         errors.append(f"tokenizer: expected 'byte' or a local tokenizer directory, not found: {tok}")
     if errors:
         raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
+
+
+#: LoRA's keys and their defaults (meaningful only with finetuning_type: lora).
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target")
+
+
+def adapter_errors(run: RunConfig) -> list[str]:
+    """``finetuning_type`` and the LoRA keys: values in range, LoRA keys only with LoRA, peft present."""
+    m = run.model
+    if m.finetuning_type not in ("full", "lora"):
+        return [f"finetuning_type: expected 'full' or 'lora', got {m.finetuning_type!r}"]
+    if m.finetuning_type == "full":
+        default = ModelConfig()
+        return [
+            f"{key}: a LoRA key, but finetuning_type is full (every weight trains); set finetuning_type: lora or remove it"
+            for key in LORA_KEYS
+            if getattr(m, key) != getattr(default, key)
+        ]
+    errors = []
+    if not isinstance(m.lora_rank, int) or m.lora_rank < 1:
+        errors.append(f"lora_rank: expected an integer >= 1, got {m.lora_rank!r}")
+    if m.lora_alpha is not None and not m.lora_alpha > 0:
+        errors.append(f"lora_alpha: expected a number > 0 (default 2 × lora_rank), got {m.lora_alpha!r}")
+    if not 0 <= m.lora_dropout < 1:
+        errors.append(f"lora_dropout: expected a number in [0, 1), got {m.lora_dropout!r}")
+    if not m.lora_target.strip(" ,"):
+        errors.append("lora_target: expected 'all' or module names, comma-separated (e.g. q_proj,v_proj)")
+    if run.data.task == "classification":
+        errors.append("finetuning_type: lora trains causal language models here; task: classification trains in full")
+    if importlib.util.find_spec("peft") is None:
+        errors.append(
+            "finetuning_type: lora builds its adapters with peft, which is not installed: pip install 'mixflow[lora]'"
+        )
+    return errors
 
 
 #: Files that make a model directory carry its own tokenizer.

@@ -186,6 +186,21 @@ class ModelConfig:
     train_from_scratch: bool = False
     """With model_name_or_path: start from that directory's config with freshly initialised weights
     (LLaMA-Factory's key); its weights are not loaded."""
+    finetuning_type: str = "full"
+    """``full``: every weight trains; ``lora``: LoRA adapters through peft (``pip install
+    'mixflow[lora]'``), the base weights frozen. LLaMA-Factory's key, as the ``lora_*`` keys below."""
+    lora_rank: int = 8
+    """lora: the adapters' rank r."""
+    lora_alpha: int | None = None
+    """lora: the scale α (the update is α/r · BA); default 2 × lora_rank."""
+    lora_dropout: float = 0.0
+    """lora: dropout on the adapters' input, in [0, 1)."""
+    lora_target: str = "all"
+    """lora: the modules that get an adapter, comma-separated (e.g. ``q_proj,v_proj``); ``all``: every
+    linear layer but the output head."""
+    additional_target: str | None = None
+    """lora: modules trained in full beside the adapters and saved with them, comma-separated (e.g.
+    ``lm_head``)."""
 
 
 @dataclass

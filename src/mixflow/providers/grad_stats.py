@@ -61,7 +61,13 @@ def select_parameters(model: Any, patterns: list[str] | None) -> list[torch.nn.P
         head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
         if head is None:
             raise ConfigError("grad_params: the model has no output head; give parameter name patterns")
-        return [p for p in head.parameters() if p.requires_grad]
+        trained = [p for p in head.parameters() if p.requires_grad]
+        if not trained:
+            raise ConfigError(
+                "grad_params: the output head is frozen (finetuning_type: lora trains the adapters only); set "
+                "grad_params to adapter parameters, e.g. ['*lora_B*'], or train the head (additional_target: lm_head)"
+            )
+        return trained
     chosen = [
         p for n, p in inner.named_parameters() if p.requires_grad and any(fnmatch.fnmatch(n, pat) for pat in patterns)
     ]

@@ -15,7 +15,9 @@ average over the domain's tokens" over the update window, however the window was
 micro-batches and ranks.
 
 The reference is loaded lazily with ``AutoModelForCausalLM.from_pretrained(path,
-local_files_only=True)`` onto the device of the first batch, in eval mode with gradients off.
+local_files_only=True)`` onto the device of the first batch, in eval mode with gradients off; a
+directory holding a LoRA adapter (``adapter_config.json``, a reference trained with
+``finetuning_type: lora``) loads its base model with the adapter merged in (peft).
 Cost: one forward of the reference per micro-batch and its logits' memory for that forward. Where
 the caller offers the batch before the training forward (``StepEngine.before_forward``; the Trainer
 integration does), the reference runs then, while no training graph holds memory.
@@ -75,7 +77,14 @@ class ReferenceLoss(StatisticProvider):
             if self.path is None:
                 raise ValueError("reference_loss: no reference_model_path to load (Group DRO reads no reference)")
             logger.info("reference_loss: loading the reference model from %s", self.path)
-            self._model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+            base = adapter_base(self.path)
+            if base is None:
+                self._model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+            else:  # a reference trained with LoRA: its base model with the adapter merged in
+                from peft import PeftModel
+
+                model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+                self._model = PeftModel.from_pretrained(model, self.path, local_files_only=True).merge_and_unload()
             self._freeze(self._model)
         first = next(self._model.parameters(), None)
         if first is not None and first.device != device:
@@ -149,7 +158,7 @@ def check_reference_vocabulary(params: Any, tokenizer: Any) -> None:
     path = _params(params).reference_model_path
     if path is None:
         return
-    config = Path(path) / "config.json"
+    config = Path(adapter_base(path) or path) / "config.json"
     if not config.is_file():
         return  # the front door already checked the directory; the loader names other formats
     vocab = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
@@ -159,6 +168,21 @@ def check_reference_vocabulary(params: Any, tokenizer: Any) -> None:
             f"reference_model_path: {path} has a vocabulary of {vocab} tokens but the tokenizer has "
             f"{size}; the reference must use the proxy's tokenizer"
         )
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model a peft adapter directory was trained on (its ``adapter_config.json``), None
+    for a directory holding a full model."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise ConfigError(
+            f"reference_model_path: {path} holds a LoRA adapter whose base model {base!r} is not a local "
+            "directory; give the adapter's base model as a local directory (nothing is downloaded)"
+        )
+    return str(base)
 
 
 def _params(params: Any) -> ReferenceLossParams:

@@ -32,6 +32,7 @@ from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.errors import ConfigError, DataError
 from mixflow.providers.base import ProviderContext, provider_needs
+from mixflow.recipes.adapters import with_lora
 from mixflow.recipes.inputs import choose_tokenizer, domain_sources, split_seed, tokenized_dir
 from mixflow.recipes.models import scratch_config
 from mixflow.recipes.weights_cache import read_weights_cache
@@ -270,7 +271,7 @@ def build_model(run: RunConfig, tokenizer: Any) -> Any:
         # transformers builds the per-document mask from restarting position ids only without a KV
         # cache (training needs none)
         model.config.use_cache = False
-    return model
+    return with_lora(model, run.model) if run.model.finetuning_type == "lora" else model
 
 
 def training_arguments(run: RunConfig) -> Any:
