@@ -69,7 +69,7 @@ def test_grad_stats_names_a_frozen_head_and_reads_adapter_gradients(tmp_path, de
     assert len(lines) == 3 and lines[-1]["sampling_weights"] != lines[0]["sampling_weights"]
 
 
-def test_the_head_trained_beside_the_adapters_keeps_grad_stats_default(tmp_path, demo_data, base_model):  # noqa: F811
+def test_the_head_trained_beside_the_adapters_keeps_grad_stats_closed_form(tmp_path, demo_data, base_model, caplog):  # noqa: F811
     pike = {
         "train_type": "dynamic_mix",
         "update_step": 2,
@@ -77,8 +77,10 @@ def test_the_head_trained_beside_the_adapters_keeps_grad_stats_default(tmp_path,
         "per_device_train_batch_size": 8,
     }
     cfg = _lora(tmp_path, demo_data, base_model, additional_target="lm_head", **pike)
-    assert main(["train", str(cfg), "--quiet"]) == 0
+    with caplog.at_level("INFO", logger="mixflow"):
+        assert main(["train", str(cfg), "--quiet"]) == 0
     assert any("lm_head" in name for name in _adapter(tmp_path / "run"))
+    assert "grad_stats: the output head's gradients in closed form" in caplog.text  # peft's trained copy
 
 
 @pytest.mark.parametrize("adapter_reference", [False, True])

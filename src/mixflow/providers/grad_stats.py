@@ -54,11 +54,21 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
+def output_head(model: Any) -> Any:
+    """The model's output head, or None. A head that a LoRA run trains beside its adapters
+    (``additional_target: lm_head``) is wrapped by peft around a trained copy: that copy is the head."""
+    inner = _unwrap(model)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    copies = getattr(head, "modules_to_save", None)
+    active = getattr(head, "active_adapter", None)
+    return copies[active] if copies is not None and active in copies else head
+
+
 def select_parameters(model: Any, patterns: list[str] | None) -> list[torch.nn.Parameter]:
     """Trainable parameters whose names match any glob pattern; None: the output head."""
     inner = _unwrap(model)
     if patterns is None:
-        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        head = output_head(model)
         if head is None:
             raise ConfigError("grad_params: the model has no output head; give parameter name patterns")
         trained = [p for p in head.parameters() if p.requires_grad]
@@ -182,12 +192,7 @@ class GradientStatistics(StatisticProvider):
     def _setup(self, model: Any) -> None:
         if self._params is None:
             self._params = select_parameters(model, self.patterns)
-            inner = _unwrap(model)
-            head = (
-                inner.get_output_embeddings()
-                if self.patterns is None and hasattr(inner, "get_output_embeddings")
-                else None
-            )
+            head = output_head(model) if self.patterns is None else None
             closed = isinstance(head, torch.nn.Linear) and head.bias is None
             # After the forward a sharded parameter is a DTensor outside the autograd graph (FSDP2
             # differentiates its gathered copy), so only statistics from activations can be computed.
@@ -340,6 +345,10 @@ class GradientStatistics(StatisticProvider):
             logger.info(
                 "grad_stats: the output head's closed-form gradient differs from autograd's (a tied or "
                 "scaled head); using one partial backward per group"
+            )
+        else:
+            logger.info(
+                "grad_stats: the output head's gradients in closed form (equal to autograd's on the first batch)"
             )
         return ok
 
