@@ -15,6 +15,16 @@ from mixflow.algorithms.weights import Weights
 from mixflow.data.packing import TokenizedDomain
 
 VOCAB = 48
+#: The `model_config` of the tiny Llama that end-to-end tests train through `mixflow train`.
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
 
 
 def tiny_llama(seed: int = 0, vocab: int = VOCAB):

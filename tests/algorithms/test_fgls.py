@@ -25,7 +25,7 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import ProviderContext, UpdateContext, build_providers
 from mixflow.providers.heldout_loss import HeldoutLoss
 from mixflow.testing import run_distributed
-from tests.helpers import tiny_domains, tiny_llama
+from tests.helpers import TINY_MODEL, tiny_domains, tiny_llama
 
 
 # ---- the property of the paper: 2 domains, d = 10, C = I, equal n, σ² = (1, 10) ------------
@@ -303,15 +303,6 @@ def test_non_finite_heldout_losses_skip_the_update_with_a_warning(caplog):
 
 
 # ---- end to end --------------------------------------------------------------------------------
-TINY_MODEL = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32,
-}
 
 
 @pytest.fixture(scope="module")

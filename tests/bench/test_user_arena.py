@@ -8,6 +8,7 @@ import yaml
 
 from mixflow.cli.main import main
 from mixflow.config.load import load_config
+from tests.helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +25,7 @@ def _config(tmp_path, demo_data):
         "tokenizer": "byte",
         "cutoff_len": 32,
         "max_samples": 40,
-        "model_config": {
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32,
-        },
+        "model_config": TINY_MODEL,
         "per_device_train_batch_size": 8,
         "learning_rate": 1e-3,
         "use_cpu": True,

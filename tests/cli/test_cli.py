@@ -8,16 +8,7 @@ import yaml
 
 from mixflow.cli.main import main
 from mixflow.config.errors import ConfigError
-
-TINY_MODEL = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32,
-}
+from tests.helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

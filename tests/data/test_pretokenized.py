@@ -10,6 +10,7 @@ import pytest
 
 from mixflow.data.pretokenized import MEGATRON_MAGIC, read_megatron, read_mixflow, read_numpy, write_megatron
 from mixflow.errors import DataError
+from tests.helpers import TINY_MODEL
 
 EOS = 0
 DOCS = [np.arange(1, 6), np.arange(10, 13), np.arange(20, 29), np.arange(30, 32)]  # 5, 3, 9 and 2 tokens
@@ -138,15 +139,7 @@ def _train_config(tmp_path, **extra):
         "val_size": 2,
         "train_type": "static",
         "mixture_sample_rule": "uniform",
-        "model_config": {
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32,
-        },
+        "model_config": TINY_MODEL,
         "output_dir": str(tmp_path / "run"),
         "per_device_train_batch_size": 6,
         "max_steps": 3,

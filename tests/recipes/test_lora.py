@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mixflow.cli.main import main
-from tests.cli.test_cli import TINY_MODEL, _config, demo_data  # noqa: F401  (fixture)
+from tests.cli.test_cli import _config, demo_data  # noqa: F401  (fixture)
+from tests.helpers import TINY_MODEL
 
 pytest.importorskip("peft")
 
