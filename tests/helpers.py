@@ -27,8 +27,33 @@ TINY_MODEL = {
 }
 
 
-def tiny_llama(seed: int = 0, vocab: int = VOCAB):
-    """A 2-layer Llama-style causal LM small enough to train in milliseconds on CPU."""
+def tiny_training_args(out, **overrides):
+    """TrainingArguments of a tiny CPU run: 4 rows × 2 accumulation steps, plain SGD at a constant
+    0.05, 4 steps, a log line every step, no checkpoints, no reports (``overrides`` replace any)."""
+    from transformers import TrainingArguments
+
+    keys = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    return TrainingArguments(**{**keys, **overrides})
+
+
+def tiny_llama(seed: int = 0, vocab: int = VOCAB, tied: bool = False):
+    """A 2-layer Llama-style causal LM small enough to train in milliseconds on CPU (``tied``: the
+    output head shares the input embeddings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -41,6 +66,7 @@ def tiny_llama(seed: int = 0, vocab: int = VOCAB):
         num_key_value_heads=4,
         max_position_embeddings=64,
         pad_token_id=0,
+        tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(config)
 

@@ -27,7 +27,7 @@ from mixflow.engine.schedule import UpdateSchedule
 from mixflow.providers.base import StatisticProvider
 from mixflow.providers.reference_loss import ReferenceLoss
 from mixflow.testing import run_distributed
-from tests.helpers import tiny_domains, tiny_llama
+from tests.helpers import tiny_domains, tiny_llama, tiny_training_args
 
 NAMES = ["a", "b", "c"]
 
@@ -479,26 +479,17 @@ def test_two_ranks_hold_identical_alpha_equal_to_one_process(tmp_path):
 
 
 def _trainer_run(out, reference, max_steps, resume=None):
-    from transformers import TrainingArguments
 
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
     train = MixtureDataset(tiny_domains())
-    args = TrainingArguments(
-        output_dir=str(out),
+    args = tiny_training_args(
+        out,
         per_device_train_batch_size=6,
-        learning_rate=0.05,
-        optim="sgd",
-        lr_scheduler_type="constant",
+        gradient_accumulation_steps=1,
         max_steps=max_steps,
-        logging_steps=1,
         save_strategy="steps",
         save_steps=3,
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     engine = _doremi_engine(train, reference, batch=6, update_step=2, log_dir=out, reweight_eta=2.0)
     trainer = MixflowTrainer(

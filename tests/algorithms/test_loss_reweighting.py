@@ -299,11 +299,11 @@ def test_the_weighters_statistics_reach_the_metrics_and_a_log_named_after_it(tmp
 
 
 def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation(tmp_path):
-    from transformers import TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
     from mixflow.data.dataset import DomainCollator, MixtureDataset
     from mixflow.integrations.hf_trainer import MixflowTrainer
-    from tests.helpers import tiny_domains, tiny_llama
+    from tests.helpers import tiny_domains, tiny_llama, tiny_training_args
 
     class Grads(TrainerCallback):
         def __init__(self):
@@ -314,22 +314,7 @@ def test_uniform_weights_reproduce_the_plain_loss_exactly_with_grad_accumulation
 
     def run(weighter_params, out):
         train = MixtureDataset(tiny_domains(packed=False))
-        args = TrainingArguments(
-            output_dir=str(out),
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=2,
-            learning_rate=0.05,
-            optim="sgd",
-            lr_scheduler_type="constant",
-            max_steps=3,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            seed=0,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
+        args = tiny_training_args(out, max_steps=3)
         algo = build_algorithm("static", train.domain_names, {}, init_weights=np.ones(3) / 3)
         weighter = build_weighter("loss", train.domain_names, weighter_params) if weighter_params else None
         engine = StepEngine(

@@ -22,7 +22,7 @@ from mixflow.engine.engine import StepEngine
 from mixflow.engine.micro_batch import MicroBatch
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.testing import run_distributed
-from tests.helpers import tiny_domains, tiny_llama
+from tests.helpers import tiny_domains, tiny_llama, tiny_training_args
 
 
 def grad_stats(norm_sq, sigma2, samples=8, losses=None):
@@ -361,7 +361,7 @@ def test_nan_estimate_inside_update_is_not_a_crash():
 
 
 def test_grad_stats_work_inside_the_hf_trainer(tmp_path):
-    from transformers import TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
     from mixflow.integrations.hf_trainer import MixflowTrainer
 
@@ -375,21 +375,7 @@ def test_grad_stats_work_inside_the_hf_trainer(tmp_path):
 
     def run(name, out, steps):
         train = MixtureDataset(tiny_domains())
-        args = TrainingArguments(
-            output_dir=str(out),
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=2,
-            learning_rate=0.05,
-            optim="sgd",
-            max_steps=steps,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            seed=0,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
+        args = tiny_training_args(out, max_steps=steps, lr_scheduler_type="linear")
         params = {"min_samples": 1} if name == "pike" else {}
         algo = build_algorithm(name, train.domain_names, params, init_weights=np.ones(3) / 3)
         engine = StepEngine(

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from mixflow.algorithms.registry import build_algorithm
 from mixflow.data.dataset import DomainCollator, MixtureDataset
@@ -15,28 +15,7 @@ from mixflow.engine.engine import StepEngine
 from mixflow.engine.schedule import UpdateSchedule
 from mixflow.integrations.hf_trainer import MixflowTrainer
 from mixflow.testing import run_distributed
-from tests.helpers import tiny_domains, tiny_llama
-
-
-def _args(out, **kw):
-    base = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        learning_rate=0.05,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
+from tests.helpers import tiny_domains, tiny_llama, tiny_training_args
 
 
 def _engine(train, args, algorithm="static", log_dir=None, update_step=2):
@@ -79,7 +58,7 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
     domains = tiny_domains(packed=False)  # variable lengths: padding and -100 labels are exercised
     train = MixtureDataset(domains)
     collator = DomainCollator(pad_token_id=0)
-    args = _args(tmp_path / "mix")
+    args = tiny_training_args(tmp_path / "mix")
     engine = _engine(train, args)
     # The exact index stream the mixflow run will consume, from an identical sampler.
     twin = MixtureSampler(train.domain_sizes, engine.sampler.weights, engine.sampler.batch_size, seed=3)
@@ -101,7 +80,7 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
 
     t_plain = _PlainTrainer(
         model=model_plain,
-        args=_args(tmp_path / "plain", remove_unused_columns=False),
+        args=tiny_training_args(tmp_path / "plain", remove_unused_columns=False),
         train_dataset=train,
         data_collator=plain_collator,
         indices=indices,
@@ -121,7 +100,7 @@ def test_uniform_static_mixing_equals_plain_trainer_with_grad_accumulation(tmp_p
 
 def test_per_domain_metrics_reach_the_log_history(tmp_path):
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=2)
+    args = tiny_training_args(tmp_path, max_steps=2)
     engine = _engine(train, args, log_dir=tmp_path, update_step=1)
     trainer = MixflowTrainer(
         model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
@@ -137,7 +116,7 @@ def test_per_domain_metrics_reach_the_log_history(tmp_path):
 
 def test_domain_ids_survive_remove_unused_columns(tmp_path):
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=1, remove_unused_columns=True)
+    args = tiny_training_args(tmp_path, max_steps=1, remove_unused_columns=True)
     trainer = MixflowTrainer(
         model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=_engine(train, args)
     )
@@ -147,8 +126,8 @@ def test_domain_ids_survive_remove_unused_columns(tmp_path):
 
 def test_wrong_sampler_batch_size_is_an_error(tmp_path):
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path)
-    engine = _engine(train, _args(tmp_path, gradient_accumulation_steps=1))
+    args = tiny_training_args(tmp_path)
+    engine = _engine(train, tiny_training_args(tmp_path, gradient_accumulation_steps=1))
     with pytest.raises(ValueError, match="sampler batch_size: expected"):
         MixflowTrainer(
             model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=engine
@@ -172,7 +151,7 @@ class _RecordingTrainer(MixflowTrainer):
 
 def _train_run(out, max_steps, resume=None, save_steps=3, world_size=1):
     train = MixtureDataset(tiny_domains())
-    args = _args(
+    args = tiny_training_args(
         out,
         max_steps=max_steps,
         save_strategy="steps",
@@ -255,7 +234,7 @@ def test_two_ranks_hold_identical_weights_and_disjoint_slices(tmp_path):
 
 def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=None)
+    args = tiny_training_args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=None)
     model = tiny_llama()
     calls = {"n": 0}
 
@@ -287,7 +266,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path):
 
 def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpoint(tmp_path, caplog):
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=1)
+    args = tiny_training_args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=1)
     model = tiny_llama()
     calls = {"n": 0}
 
@@ -318,7 +297,7 @@ def test_a_non_finite_gradient_under_a_finite_loss_never_replaces_a_good_checkpo
 
 def test_without_a_terminal_progress_is_log_lines_not_bars(tmp_path, caplog, capsys):
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=4, disable_tqdm=False)  # pytest's stderr is not a terminal
+    args = tiny_training_args(tmp_path, max_steps=4, disable_tqdm=False)  # pytest's stderr is not a terminal
     trainer = MixflowTrainer(
         model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=_engine(train, args)
     )
@@ -332,7 +311,7 @@ def test_a_collapsed_model_is_reported_once(tmp_path, caplog):
     import math
 
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=4)
+    args = tiny_training_args(tmp_path, max_steps=4)
     trainer = MixflowTrainer(
         model=tiny_llama(), args=args, train_dataset=train, data_collator=DomainCollator(0), engine=_engine(train, args)
     )
@@ -391,7 +370,7 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_complete_checkpoint_to_resume(tm
     from mixflow.integrations.hf_trainer import newest_complete_checkpoint
 
     train = MixtureDataset(tiny_domains())
-    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=1, save_total_limit=1)
+    args = tiny_training_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=1, save_total_limit=1)
 
     def kill_at_step_3(original):
         def wrapper(*a, **k):
@@ -442,7 +421,7 @@ def test_per_domain_evaluation_bars_are_labelled_with_their_domain(tmp_path, mon
     train = MixtureDataset(domains)
     val = MixtureDataset(domains, split="val")
     evals = {name: val.single_domain(d) for d, name in enumerate(val.domain_names)}
-    args = _args(tmp_path, max_steps=1, disable_tqdm=False, per_device_eval_batch_size=2)
+    args = tiny_training_args(tmp_path, max_steps=1, disable_tqdm=False, per_device_eval_batch_size=2)
     trainer = MixflowTrainer(
         model=tiny_llama(),
         args=args,

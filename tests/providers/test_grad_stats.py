@@ -124,25 +124,6 @@ def test_parameter_patterns():
         select_parameters(model, ["nothing.*"])
 
 
-def _tied_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=48,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            tie_word_embeddings=True,
-        )
-    )
-
-
 @pytest.mark.parametrize("sketch_dim", [0, 256])
 def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog, sketch_dim):
     import logging
@@ -162,7 +143,7 @@ def test_head_statistics_in_closed_form_equal_the_partial_backwards(caplog, sket
     for key in fast:
         assert torch.allclose(fast[key], reference[key], rtol=1e-4, atol=1e-6), key
     # a tied head's gradient also flows through the input embedding: the closed form is refused, in one line
-    tied, tied_model = GradientStatistics(groups=2, sketch_dim=0), _tied_llama()
+    tied, tied_model = GradientStatistics(groups=2, sketch_dim=0), tiny_llama(tied=True)
     tied.batch_statistics(_context(tied_model, ids, seed=1)[0])
     with caplog.at_level(logging.INFO, logger="mixflow"):
         tied.batch_statistics(_context(tied_model, ids)[0])
