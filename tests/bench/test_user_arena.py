@@ -103,3 +103,17 @@ def test_arena_reports_every_mistake_before_training(tmp_path, demo_data, capsys
     assert len(err) == 3 and "methods: unknown ['magic']" in err[0] and "'poetry' is not a domain" in err[1]
     assert "seeds: expected an integer ≥ 2" in err[2]
     assert not (tmp_path / "arena").exists()
+
+
+def test_default_methods_that_cannot_run_here_are_left_out_and_said(tmp_path, demo_data, caplog):
+    from mixflow.bench import user_arena
+
+    run = load_config(_config(tmp_path, demo_data), check_outputs=False)
+    sources, clean = user_arena._checked(run, None, None, seeds=2, steps=4, jobs=1, swarm=3)
+    arena = user_arena._user_arena(run, sources, clean, tmp_path / "work", 4, 2, 1, 3, None, 20)
+    with caplog.at_level("WARNING", logger="mixflow"):
+        kept = user_arena.runnable_methods(arena)
+    # 4 steps: the methods that first update at step 10 would train on their initial weights only
+    assert "odm" in kept and "pike" not in kept and "fgls" not in kept
+    assert "pike: warmup_step/update_step: pike's first update would be at step 10, after max_steps 4" in caplog.text
+    assert "arena: left out, its defaults cannot run here" in caplog.text

@@ -154,6 +154,18 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None], dev
 def check_specs(specs: list[RunSpec]) -> None:
     """Every method's config validated as ``mixflow train`` (or ``mixflow doremi``) would, before any
     run starts: all the problems at once, each naming its method (e.g. a batch too small for PiKE)."""
+    from mixflow.config.errors import ConfigError
+
+    problems = spec_problems(specs)
+    if problems:
+        raise ConfigError(
+            "\n".join(["arena: these runs cannot start (choose --methods, or change the config):", *problems])
+        )
+
+
+def spec_problems(specs: list[RunSpec]) -> list[str]:
+    """What keeps each spec from starting, as ``mixflow train`` (or ``mixflow doremi``) would say it,
+    each line naming its method; empty when every one can start."""
     import tempfile
 
     import yaml
@@ -178,10 +190,7 @@ def check_specs(specs: list[RunSpec]) -> None:
             problems += [f"{spec.method}: {m}" for m in err.messages]
         except (ConfigError, ValueError, FileNotFoundError) as err:
             problems.append(f"{spec.method}: {err}")
-    if problems:
-        raise ConfigError(
-            "\n".join(["arena: these runs cannot start (choose --methods, or change the config):", *problems])
-        )
+    return problems
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:

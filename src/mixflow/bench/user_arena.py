@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixflow.bench.arena import METHODS, Arena, arena_recommendation_yaml
+from mixflow.bench.arena import METHODS, Arena, arena_recommendation_yaml, method_spec
 from mixflow.bench.arena_compare import run_arena
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
-from mixflow.bench.arena_runs import accelerators, usable_cores
+from mixflow.bench.arena_runs import accelerators, spec_problems, usable_cores
 from mixflow.bench.arena_scores import TARGET
 from mixflow.bench.base import commit
 from mixflow.bench.runner import write_result
@@ -111,6 +111,8 @@ def run_user_arena(
     code = commit()
     start = time.perf_counter()
     arena = _user_arena(run, sources, clean, work, steps, seeds, jobs, swarm, methods, max_documents)
+    if methods is None:  # the default list: leave out, said, what cannot run on these domains and steps
+        arena.methods = runnable_methods(arena)
     result, summary, runs = run_arena(arena)
     result.plots = _plots(out_dir, runs, clean, names)
     rec = summary["recommendation"]
@@ -200,6 +202,21 @@ def _user_arena(
         methods=methods or list(METHODS),
         log=logging.getLogger("mixflow.progress.arena").info,
     )
+
+
+def runnable_methods(arena: Arena) -> list[str]:
+    """The arena's methods whose documented defaults can run on its domains, batch and steps (e.g.
+    Aioli's LearnParams rounds need sweeps × K × sweep_steps steps, which many domains outgrow); each
+    one left out is one warning line with its reason. Asked for by name (``--methods``), a method that
+    cannot run is an error instead."""
+    kept = []
+    for method in arena.methods:
+        problems = spec_problems([method_spec(arena, method, 0)])
+        if problems:
+            logger.warning("arena: left out, its defaults cannot run here: %s (--methods chooses)", "; ".join(problems))
+        else:
+            kept.append(method)
+    return kept
 
 
 def _plots(out_dir: Path, runs: dict[str, list[dict[str, Any]]], clean: list[str], names: list[str]) -> list[str]:
