@@ -101,6 +101,7 @@ def test_a_domain_not_in_the_target_format_needs_its_path(tmp_path, capsys):
     assert main(["export", str(run), "--to", "megatron"]) == 2
     err = capsys.readouterr().err
     assert "--path: domain 'web': the run read it as text data, not a Megatron prefix" in err
+    assert all(f"--path: domain {d!r}" in err for d in NAMES)  # every domain at once, one line each
     assert main(["export", str(run), "--to", "olmo", "--path", "nope=/x", "--path", "bad"]) == 2
     assert "--path: expected DOMAIN=PATH[,PATH...], got 'bad'" in capsys.readouterr().err
     assert main(["export", str(run), "--to", "olmo", "--path", "nope=/x"]) == 2

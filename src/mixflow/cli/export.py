@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from mixflow.errors import ConfigError, ConfigErrors
 from mixflow.recipes.export import run_weights
 from mixflow.recipes.export_formats import FORMATS, render
-from mixflow.recipes.run_record import DOMAINS_FILE, read_domains
+from mixflow.utils.jsonlog import write_text_atomic
 
 
 def _paths(values: list[str]) -> dict[str, list[str]]:
@@ -32,20 +31,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.step is not None and args.average:
         raise ConfigError("--step and --average: expected one of them, not both")
     paths = _paths(args.path)
-    run_dir = Path(args.run_dir)
-    weights = run_weights(run_dir, step=args.step, average=args.average)
-    recorded: dict[str, Any] = {}
-    if args.to != "yaml" and (run_dir / DOMAINS_FILE).is_file():
-        recorded = {d["name"]: d for d in read_domains(run_dir)["domains"]}
-    missing: dict[str, Any] = {"format": "unrecorded", "paths": []}
-    text = render(weights, args.to, {n: recorded.get(n, missing) for n in weights.weights}, paths)
+    weights = run_weights(args.run_dir, step=args.step, average=args.average)
+    text = render(weights, args.to, paths)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
-        print(f"mixflow export: {weights.origin} -> {out}", file=sys.stderr)
+        write_text_atomic(args.out, text)
+        print(f"mixflow export: {weights.origin} -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
         print(f"mixflow export: {weights.origin}", file=sys.stderr)

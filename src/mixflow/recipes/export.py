@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mixflow.engine.records import find_weights_log
 from mixflow.errors import DataError
-from mixflow.recipes.run_record import DOMAINS_FILE, read_domains
+from mixflow.recipes.run_record import read_domains
 from mixflow.utils.jsonlog import read_json, read_jsonl
 
 
@@ -52,6 +53,9 @@ class RunWeights:
     """One line saying which weights these are (final, a step, an average) and of what run."""
     stages: list[Stage] = field(default_factory=list)
     """A schedule's stages (empty for any other run, or when a step or the average was asked for)."""
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each domain's record in ``mixflow_domains.json`` (its paths and format); empty for a run
+    without that file."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class History:
     last: int
     """The run's last step (its results', else its last logged step)."""
     finished: bool
+    domains: dict[str, dict[str, Any]]
+    """The recorded domains by name (``mixflow_domains.json``); empty without that file."""
 
 
 def read_history(run_dir: Path) -> History:
@@ -79,17 +85,14 @@ def read_history(run_dir: Path) -> History:
     names = list(lines[-1]["domain_names"])
     decided = [(int(r["step"]), np.asarray(r["domain_weights"], float)) for r in lines]
     changes = sorted(((int(r.get("from_step", r["step"])), w) for r, (_, w) in zip(lines, decided)), key=lambda c: c[0])
-    initial = (
-        np.asarray(read_domains(run_dir)["initial_weights"], float)
-        if (run_dir / DOMAINS_FILE).is_file()
-        else changes[0][1]
-    )
+    recorded = read_domains(run_dir)
+    initial = np.asarray(recorded["initial_weights"], float) if recorded is not None else changes[0][1]
     results = run_dir / "mixflow_results.json"
     finished = results.is_file()
     last = int(read_json(results, "a mixflow results file")["steps"]) if finished else max(s for s, _ in decided)
-    return History(
-        log.name[: -len("_weights.jsonl")], names, [(0, initial), *decided], [(1, initial), *changes], last, finished
-    )
+    domains = {d["name"]: d for d in recorded["domains"]} if recorded is not None else {}
+    algorithm = log.name[: -len("_weights.jsonl")]
+    return History(algorithm, names, [(0, initial), *decided], [(1, initial), *changes], last, finished, domains)
 
 
 def mean_weights(changes: list[tuple[int, np.ndarray]], first: int, last: int) -> tuple[np.ndarray, bool]:
@@ -97,17 +100,14 @@ def mean_weights(changes: list[tuple[int, np.ndarray]], first: int, last: int) -
 
     ``changes`` starts with the run's initial weights at step 1 (``mixflow_domains.json``); for a run
     without that file, the first logged line's weights stand for the steps before it."""
-    total, moved, previous = np.zeros_like(changes[0][1]), False, changes[0][1]
-    bounds = [c[0] for c in changes] + [last + 1]
-    for i, (from_step, weights) in enumerate(changes):
-        lo, hi = max(first, from_step if i else first), min(last, bounds[i + 1] - 1)
-        if hi < lo:
-            continue
-        moved = moved or (bool(total.any()) and not np.array_equal(previous, weights))
-        total += weights * (hi - lo + 1)
-        previous = weights
-    # weights that held throughout are returned as logged, not as a sum divided back (no rounding)
-    return (total / (last - first + 1) if moved else previous.copy()), moved
+    bounds = [c[0] for c in changes[1:]] + [last + 1]
+    # (weights, the steps of first..last they were in force)
+    held = [(w, min(last, end - 1) - max(first, start) + 1) for (start, w), end in zip(changes, bounds)]
+    held = [(w, n) for w, n in held if n > 0]
+    moved = any(not np.array_equal(w, held[0][0]) for w, _ in held[1:])
+    if not moved:  # returned as logged, not as a sum divided back (no rounding)
+        return held[0][0].copy(), False
+    return np.sum([w * n for w, n in held], axis=0) / (last - first + 1), True
 
 
 def run_weights(run_dir: str | Path, step: int | None = None, average: bool = False) -> RunWeights:
@@ -124,17 +124,19 @@ def run_weights(run_dir: str | Path, step: int | None = None, average: bool = Fa
             if at
             else f"{h.algorithm} initial weights"
         )
-        return RunWeights(h.algorithm, _named(h, decided_by(h.decided, step)), origin)
+        return RunWeights(h.algorithm, _named(h, decided_by(h.decided, step)), origin, domains=h.domains)
     if average:
         summary = folder / f"{h.algorithm}_summary.json"
         own = read_json(summary, "a summary file").get("average") if summary.is_file() else None
         if own is not None:  # DoReMi's ᾱ: the mean of α over its updates (Xie et al. 2023, Algorithm 1)
-            return RunWeights(h.algorithm, _named(h, np.asarray(own, float)), f"{h.algorithm}'s average weights (ᾱ)")
+            weights = _named(h, np.asarray(own, float))
+            return RunWeights(h.algorithm, weights, f"{h.algorithm}'s average weights (ᾱ)", domains=h.domains)
         mean, _ = mean_weights(h.changes, 1, h.last)
-        return RunWeights(h.algorithm, _named(h, mean), f"{h.algorithm} weights averaged over steps 1–{h.last}")
+        origin = f"{h.algorithm} weights averaged over steps 1–{h.last}"
+        return RunWeights(h.algorithm, _named(h, mean), origin, domains=h.domains)
     state = "finished" if h.finished else "not finished (no mixflow_results.json): its last logged step"
     origin = f"{h.algorithm} final weights (step {h.last}; the run is {state})"
-    return RunWeights(h.algorithm, _named(h, decided_by(h.decided, h.last)), origin, _stages(folder, h))
+    return RunWeights(h.algorithm, _named(h, decided_by(h.decided, h.last)), origin, _stages(folder, h), h.domains)
 
 
 def decided_by(decided: list[tuple[int, np.ndarray]], step: int) -> np.ndarray:

@@ -17,7 +17,7 @@ whose data is not in the target format needs its path given (``paths``, ``--path
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import yaml
 
 from mixflow.config.mixture_keys import static_mixture_keys
 from mixflow.data.pretokenized import megatron_index, megatron_prefixes
-from mixflow.errors import ConfigError, DataError
+from mixflow.errors import ConfigError, ConfigErrors, DataError
 from mixflow.recipes.export import RunWeights, Stage
 
 FORMATS = ("megatron", "olmo", "yaml")
@@ -57,37 +57,40 @@ def _prefix_tokens(prefixes: Sequence[Path]) -> np.ndarray | None:
         return None
 
 
-def megatron_blend(
-    weights: Mapping[str, float], domains: Mapping[str, dict[str, Any]], paths: Mapping[str, list[str]]
-) -> str:
+def megatron_sources(name: str, domain: dict[str, Any], given: list[str] | None) -> list[tuple[str, float]]:
+    """(prefix, its share of the domain's weight) for each Megatron prefix the domain is read from:
+    split by the tokens in each ``.idx``, as the run sampled the domain's rows."""
+    if given is not None:
+        prefixes = [Path(p.removesuffix(".bin").removesuffix(".idx")) for p in given]
+    elif domain["format"] == "megatron":
+        prefixes = megatron_prefixes(domain["paths"])
+    else:
+        raise _needs_path(name, domain, "a Megatron prefix", "PREFIX")
+    tokens = np.ones(1) if len(prefixes) == 1 else _prefix_tokens(prefixes)
+    if tokens is None:
+        raise DataError(
+            f"domain {name!r}: cannot read the indexes of {', '.join(map(str, prefixes))} to split its "
+            f"weight by tokens; give one prefix with --path {name}=PREFIX"
+        )
+    return [(str(p), float(t / tokens.sum())) for p, t in zip(prefixes, tokens)]
+
+
+def megatron_blend(weights: Mapping[str, float], sources: Mapping[str, list[tuple[str, float]]]) -> str:
     """``W1 PREFIX1 W2 PREFIX2 ...`` for the domains with weight > 0."""
-    parts = []
-    for name, w in _positive(weights).items():
-        if name in paths:
-            prefixes = [Path(p.removesuffix(".bin").removesuffix(".idx")) for p in paths[name]]
-        elif domains[name]["format"] == "megatron":
-            prefixes = megatron_prefixes(domains[name]["paths"])
-        else:
-            raise _needs_path(name, domains[name], "a Megatron prefix", "PREFIX")
-        shares = np.ones(len(prefixes)) if len(prefixes) == 1 else _prefix_tokens(prefixes)
-        if shares is None:
-            raise DataError(
-                f"domain {name!r}: cannot read the indexes of {', '.join(map(str, prefixes))} to split its "
-                f"weight by tokens; give one prefix with --path {name}=PREFIX"
-            )
-        parts += [f"{w * s / shares.sum():.10g} {p}" for s, p in zip(shares, prefixes)]
-    return " ".join(parts)
+    return " ".join(
+        f"{w * share:.10g} {prefix}" for name, w in _positive(weights).items() for prefix, share in sources[name]
+    )
 
 
-def _olmo_paths(name: str, domain: dict[str, Any], paths: Mapping[str, list[str]]) -> list[str]:
+def olmo_paths(name: str, domain: dict[str, Any], given: list[str] | None) -> list[str]:
     """A domain's raw token files for OLMo-core."""
-    if name in paths:
-        return list(paths[name])
+    if given is not None:
+        return list(given)
     if domain["format"] == "mixflow":  # a cache entry's tokens.bin is a raw token array
         return [str(Path(p) / "tokens.bin") for p in domain["paths"]]
     if domain["format"] == "numpy":
         for p in domain["paths"]:
-            if Path(p).is_file() and Path(p).read_bytes()[:6] == _NPY_MAGIC:
+            if Path(p).is_file() and _starts_like_npy(Path(p)):
                 raise ConfigError(
                     f"--path: {p} is a .npy file with a header; OLMo-core memory-maps raw token files: "
                     f"give raw files with --path {name}=FILE"
@@ -96,15 +99,33 @@ def _olmo_paths(name: str, domain: dict[str, Any], paths: Mapping[str, list[str]
     raise _needs_path(name, domain, "raw token files", "FILE,FILE")
 
 
-def olmo_sources(
-    weights: Mapping[str, float], domains: Mapping[str, dict[str, Any]], paths: Mapping[str, list[str]]
-) -> dict[str, Any]:
+def _starts_like_npy(path: Path) -> bool:
+    with open(path, "rb") as f:  # the first bytes only: a token file may be terabytes
+        return f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+
+
+def olmo_sources(weights: Mapping[str, float], paths: Mapping[str, list[str]]) -> dict[str, Any]:
     """An OLMo-core ``SourceMixtureList`` as a dict (``sources``: name, target ratio, paths)."""
-    sources = [
-        {"source_name": name, "target_ratio": w, "paths": _olmo_paths(name, domains[name], paths)}
-        for name, w in _positive(weights).items()
-    ]
-    return {"sources": sources}
+    return {
+        "sources": [
+            {"source_name": name, "target_ratio": w, "paths": paths[name]} for name, w in _positive(weights).items()
+        ]
+    }
+
+
+def _per_domain(names: Sequence[str], resolve: Callable[[str], Any]) -> dict[str, Any]:
+    """``resolve(name)`` for every domain, every domain's error reported at once."""
+    out, errors = {}, []
+    for name in names:
+        try:
+            out[name] = resolve(name)
+        except (ConfigError, DataError, FileNotFoundError) as err:
+            errors.append(str(err))
+    if len(errors) > 1:
+        raise ConfigErrors(errors)
+    if errors:
+        raise ConfigError(errors[0])
+    return out
 
 
 def schedule_keys(stages: Sequence[Stage]) -> dict[str, Any]:
@@ -129,10 +150,9 @@ def _stage_line(stage: Stage) -> str:
     return f"# stage: steps {stage.first_step}–{stage.last_step} ({stage.what}{moved})"
 
 
-def render(
-    run: RunWeights, fmt: str, domains: Mapping[str, dict[str, Any]], paths: Mapping[str, list[str]] | None = None
-) -> str:
-    """The export text of ``run`` in format ``fmt`` (one of :data:`FORMATS`)."""
+def render(run: RunWeights, fmt: str, paths: Mapping[str, list[str]] | None = None) -> str:
+    """The export text of ``run`` in format ``fmt`` (one of :data:`FORMATS`); ``paths``: a domain's
+    data in the target format, where the run's own (``run.domains``) is not."""
     paths = paths or {}
     unknown = sorted(set(paths) - set(run.weights))
     if unknown:
@@ -140,19 +160,27 @@ def render(
             f"--path: no domain {', '.join(map(repr, unknown))} in this run; its domains: {', '.join(run.weights)}"
         )
     mixtures = [(s.weights, _stage_line(s)) for s in run.stages] or [(run.weights, "")]
+    used = [d for d in run.weights if any(w[d] > 0 for w, _ in mixtures)]  # a domain at 0 needs no path
+
+    def domain(name: str) -> dict[str, Any]:
+        return run.domains.get(name, {"format": "unrecorded", "paths": []})
+
     if fmt == "megatron":
-        lines = [(f"{note}\n" if note else "") + megatron_blend(w, domains, paths) for w, note in mixtures]
+        sources = _per_domain(used, lambda n: megatron_sources(n, domain(n), paths.get(n)))
+        lines = [(f"{note}\n" if note else "") + megatron_blend(w, sources) for w, note in mixtures]
         return "\n".join(lines) + "\n"
     head = f"# mixflow export: {run.origin}\n"
     if fmt == "olmo":
-        docs = [
-            (f"{note}\n" if note else "")
-            + yaml.safe_dump(olmo_sources(w, domains, paths), sort_keys=False, default_flow_style=None, width=10_000)
-            for w, note in mixtures
-        ]
+        files = _per_domain(used, lambda n: olmo_paths(n, domain(n), paths.get(n)))
+        docs = [(f"{note}\n" if note else "") + _yaml(olmo_sources(w, files)) for w, note in mixtures]
         return head + "---\n".join(docs)
     if fmt == "yaml":
         keys = schedule_keys(run.stages) if run.stages else static_mixture_keys(run.weights)
         notes = "".join(f"{note}\n" for _, note in mixtures if note)
-        return head + notes + yaml.safe_dump(keys, sort_keys=False, default_flow_style=None, width=10_000)
+        return head + notes + _yaml(keys)
     raise ConfigError(f"--to: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    # lists of numbers on one line, lines never wrapped (a path or a weight list stays whole)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=10_000)

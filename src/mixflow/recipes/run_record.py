@@ -16,7 +16,6 @@ from typing import Any
 
 from mixflow.data.packing import TokenizedDomain
 from mixflow.data.sources import DomainSource
-from mixflow.errors import DataError
 from mixflow.utils.jsonlog import read_json, write_json_atomic
 
 DOMAINS_FILE = "mixflow_domains.json"
@@ -46,19 +45,14 @@ def write_domains(
     """Write ``<output_dir>/mixflow_domains.json`` (atomically; call on the main process).
     ``initial_weights``: the algorithm's ``domain_weights`` before its first step."""
     path = Path(output_dir) / DOMAINS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     by_name = {d.name: d for d in domains}
     records = [domain_record(s, by_name[s.name]) for s in sources if s.name in by_name]
     write_json_atomic(path, {"domains": records, "initial_weights": [float(w) for w in initial_weights]})
     return path
 
 
-def read_domains(run_dir: str | Path) -> dict[str, Any]:
-    """What a run recorded (``domains``, ``initial_weights``); a run without the file is named as such."""
+def read_domains(run_dir: str | Path) -> dict[str, Any] | None:
+    """What a run recorded (``domains``, ``initial_weights``); None for a run without the file (one
+    trained before mixflow wrote it)."""
     path = Path(run_dir) / DOMAINS_FILE
-    if not path.is_file():
-        raise DataError(
-            f"{path}: not found; expected the domains file every mixflow train run writes "
-            "(a run from an older mixflow: pass each domain's path with --path DOMAIN=PATH)"
-        )
-    return dict(read_json(path, "a mixflow domains file"))
+    return dict(read_json(path, "a mixflow domains file")) if path.is_file() else None

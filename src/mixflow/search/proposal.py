@@ -17,7 +17,7 @@ from mixflow.search.plan import parse_prior
 from mixflow.search.propose import Constraints, repetition_caps, simulate
 from mixflow.search.regression import build_model
 from mixflow.search.reuse import VIRTUAL, Reuse
-from mixflow.utils.jsonlog import write_json_atomic
+from mixflow.utils.jsonlog import write_json_atomic, write_text_atomic
 
 
 def constraints_for(
@@ -139,9 +139,6 @@ def proposal_yaml(proposal: dict[str, Any]) -> str:
 
 def write_proposal(proposal: dict[str, Any], out: str | Path) -> Path:
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "proposal.json", proposal)
-    tmp = folder / "proposal.yaml.tmp"
-    tmp.write_text(proposal_yaml(proposal), encoding="utf-8")
-    tmp.replace(folder / "proposal.yaml")
+    write_text_atomic(folder / "proposal.yaml", proposal_yaml(proposal))
     return folder / "proposal.yaml"

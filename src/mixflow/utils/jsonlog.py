@@ -71,12 +71,18 @@ def read_json(path: str | os.PathLike, expected: str = "valid JSON") -> Any:
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON to a temporary file in the same directory, fsync, then rename over ``path``."""
+    write_text_atomic(path, json.dumps(_clean(payload), indent=1))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file in the same directory, fsync, then rename over ``path``: a
+    reader sees the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(payload), f, indent=1)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
