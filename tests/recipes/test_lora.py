@@ -120,7 +120,10 @@ def test_lora_keys_are_checked_at_load_all_at_once(tmp_path, demo_data, base_mod
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     assert main(["train", str(tmp_path / "bad.yaml"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "lora_rank: expected an integer >= 1" in err and "lora_alpha: expected a number > 0" in err
+    assert (
+        "lora_rank: expected an integer >= 1" in err
+        and "lora_alpha: expected an integer > 0 (null: 2 × lora_rank)" in err
+    )
     assert "lora_dropout: expected a number in [0, 1)" in err
     full = {**cfg, "finetuning_type": "full", "lora_rank": 16, "additional_target": "lm_head"}
     (tmp_path / "full.yaml").write_text(yaml.safe_dump(full))

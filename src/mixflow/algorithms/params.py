@@ -123,12 +123,22 @@ def bounded(
 
 def check_bounds(params: AlgorithmParams, where: str) -> None:
     """Every declared range of ``params`` (one error for the first value outside its range)."""
-    hints = typing.get_type_hints(type(params))
-    for f in dataclasses.fields(params):
+    errors = bounds_errors(params, f"{where}.")
+    if errors:
+        raise ConfigError(errors[0])
+
+
+def bounds_errors(config: Any, prefix: str = "") -> list[str]:
+    """One line for each field of the dataclass ``config`` outside its declared range (:func:`bounded`),
+    named ``<prefix><field>``."""
+    hints = typing.get_type_hints(type(config))
+    errors = []
+    for f in dataclasses.fields(config):
         bounds = f.metadata.get("bounds")
-        value = getattr(params, f.name)
+        value = getattr(config, f.name)
         if bounds is not None and value is not None and not bounds.admits(float(value)):
-            raise ConfigError(f"{where}.{f.name}: expected {_range_text(bounds, hints[f.name])}, got {value}")
+            errors.append(f"{prefix}{f.name}: expected {_range_text(bounds, hints[f.name])}, got {value}")
+    return errors
 
 
 def _range_text(bounds: Bounds, hint: Any) -> str:

@@ -8,7 +8,7 @@ import json
 import typing
 from pathlib import Path
 
-from mixflow.algorithms.params import suggest
+from mixflow.algorithms.params import bounds_errors, suggest
 from mixflow.config.errors import ConfigError, ConfigErrors
 from mixflow.config.schema import ModelConfig, RunConfig
 
@@ -46,7 +46,7 @@ def check_model(run: RunConfig) -> None:
         raise ConfigErrors(errors) if len(errors) > 1 else ConfigError(errors[0])
 
 
-#: LoRA's keys and their defaults (meaningful only with finetuning_type: lora).
+#: LoRA's keys (meaningful only with finetuning_type: lora).
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target")
 
 
@@ -62,13 +62,7 @@ def adapter_errors(run: RunConfig) -> list[str]:
             for key in LORA_KEYS
             if getattr(m, key) != getattr(default, key)
         ]
-    errors = []
-    if not isinstance(m.lora_rank, int) or m.lora_rank < 1:
-        errors.append(f"lora_rank: expected an integer >= 1, got {m.lora_rank!r}")
-    if m.lora_alpha is not None and not m.lora_alpha > 0:
-        errors.append(f"lora_alpha: expected a number > 0 (default 2 × lora_rank), got {m.lora_alpha!r}")
-    if not 0 <= m.lora_dropout < 1:
-        errors.append(f"lora_dropout: expected a number in [0, 1), got {m.lora_dropout!r}")
+    errors = bounds_errors(m)  # lora_rank, lora_alpha, lora_dropout: their declared ranges
     if not m.lora_target.strip(" ,"):
         errors.append("lora_target: expected 'all' or module names, comma-separated (e.g. q_proj,v_proj)")
     if run.data.task == "classification":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mixflow.algorithms.params import AlgorithmParams
+from mixflow.algorithms.params import AlgorithmParams, bounded
 
 
 @dataclass
@@ -189,11 +189,11 @@ class ModelConfig:
     finetuning_type: str = "full"
     """``full``: every weight trains; ``lora``: LoRA adapters through peft (``pip install
     'mixflow[lora]'``), the base weights frozen. LLaMA-Factory's key, as the ``lora_*`` keys below."""
-    lora_rank: int = 8
+    lora_rank: int = bounded(8, ge=1)
     """lora: the adapters' rank r."""
-    lora_alpha: int | None = None
+    lora_alpha: int | None = bounded(None, gt=0, why="null: 2 × lora_rank")
     """lora: the scale α (the update is α/r · BA); default 2 × lora_rank."""
-    lora_dropout: float = 0.0
+    lora_dropout: float = bounded(0.0, ge=0, lt=1)
     """lora: dropout on the adapters' input, in [0, 1)."""
     lora_target: str = "all"
     """lora: the modules that get an adapter, comma-separated (e.g. ``q_proj,v_proj``); ``all``: every
