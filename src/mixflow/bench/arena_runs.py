@@ -50,6 +50,9 @@ class RunSpec:
     """What the caller wants back untouched (a swarm member's mixture)."""
     data_digest: str = ""
     """A hash of the train and test files: a run's saved result is reused only for the same data."""
+    score_rows: int | None = None
+    """Rows per domain that score the run (spread evenly over each domain's test or validation
+    stream); None: every row."""
 
     def digest(self) -> str:
         """What identifies the run: its config, its data and what it is scored on."""
@@ -117,7 +120,9 @@ def run_specs(specs: Sequence[RunSpec], jobs: int, log: Callable[..., None], dev
     folder and reused by a later call with the same spec and data, so an interrupted arena resumes;
     the first failure cancels the runs not started yet and names the run."""
     results: list[dict[str, Any] | None] = [_saved(spec) for spec in specs]
-    todo = [i for i, r in enumerate(results) if r is None]
+    # the longest runs first (a DoReMi pipeline trains three models), so no core idles at the end
+    # while one long run finishes
+    todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -_planned_steps(specs[i]))
     if len(todo) < len(specs):
         log("arena: %d of %d runs reused from their saved results", len(specs) - len(todo), len(specs))
     with worker_pool(jobs, devices) as pool:
@@ -193,6 +198,12 @@ def spec_problems(specs: list[RunSpec]) -> list[str]:
     return problems
 
 
+def _planned_steps(spec: RunSpec) -> int:
+    """The training steps a run plans (a DoReMi pipeline: its three models'), to start long runs first."""
+    steps = int(spec.config.get("max_steps", 0))
+    return 3 * steps if spec.kind == "doremi" else steps
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one spec and score it (the worker; module level so it pickles)."""
     import torch
@@ -220,7 +231,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             else ("test_dir", "test_loss", "target loss")
         )
         [out[key]] = split_losses(
-            model_dir, tokenizer, [spec[split]], spec["domains"], int(spec["config"]["cutoff_len"])
+            model_dir,
+            tokenizer,
+            [spec[split]],
+            spec["domains"],
+            int(spec["config"]["cutoff_len"]),
+            max_rows=spec.get("score_rows"),
         )
     out[target] = float(np.mean([out[key][d] for d in spec["clean"]]))
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
@@ -306,10 +322,13 @@ def split_losses(
     domains: Sequence[str],
     cutoff_len: int,
     batch: int = 32,
+    max_rows: int | None = None,
 ) -> list[dict[str, float]]:
     """Per split directory (test, validation), the mean next-token loss of the saved model on each
     domain's documents, each ended by EOS, concatenated and cut into rows of ``cutoff_len`` (the last
-    row shorter): every token counts. The model and tokenizer load once for all splits."""
+    row shorter): every token counts. With ``max_rows``, a domain with more rows is scored on that
+    many full rows spread evenly over its stream (every document region is represented; the same
+    rows for every run, so comparisons stay paired). The model and tokenizer load once for all splits."""
     from transformers import AutoModelForCausalLM
 
     from mixflow.data.sources import iter_documents, sources_from_dataset_info
@@ -319,34 +338,21 @@ def split_losses(
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     return [
         {
-            source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch)
+            source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch, max_rows)
             for source in sources_from_dataset_info(folder, list(domains))
         }
         for folder in split_dirs
     ]
 
 
-def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int) -> float:
+def _mean_loss(
+    model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int, max_rows: int | None = None
+) -> float:
     import torch
 
-    from mixflow.data.tokenizer import encode_batch
-
-    stream = np.concatenate(
-        [
-            np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
-            for ids in encode_batch(tokenizer, list(documents))
-        ]
-    )
-    full = len(stream) // cutoff_len * cutoff_len
-    pieces = [
-        stream[i : min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
-        for i in range(0, full, batch * cutoff_len)
-    ]
-    if len(stream) - full > 1:
-        pieces.append(stream[full:][None, :])
     total, count = 0.0, 0
     with torch.no_grad():
-        for rows in pieces:
+        for rows in _scored_batches(tokenizer, documents, cutoff_len, batch, max_rows):
             ids = torch.as_tensor(rows)
             logits = model(input_ids=ids).logits[:, :-1].float()
             total += float(
@@ -356,3 +362,25 @@ def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batc
             )
             count += ids[:, 1:].numel()
     return total / max(count, 1)
+
+
+def _scored_batches(
+    tokenizer: Any, documents: Any, cutoff_len: int, batch: int, max_rows: int | None
+) -> list[np.ndarray]:
+    """The documents (each ended by EOS) concatenated, cut into ``cutoff_len`` rows (the last one
+    shorter, alone in its batch) and grouped ``batch`` rows at a time; with ``max_rows`` and more full
+    rows than that, ``max_rows`` full rows at evenly spaced positions instead."""
+    from mixflow.data.tokenizer import encode_batch
+
+    stream = np.concatenate(
+        [
+            np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
+            for ids in encode_batch(tokenizer, list(documents))
+        ]
+    )
+    n = len(stream) // cutoff_len
+    rows, tail = stream[: n * cutoff_len].reshape(n, cutoff_len), stream[n * cutoff_len :]
+    if max_rows is not None and n > max_rows:
+        rows, tail = rows[np.unique(np.linspace(0, n - 1, max_rows).round().astype(np.int64))], tail[:0]
+    batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
+    return batches + [tail[None, :]] if len(tail) > 1 else batches

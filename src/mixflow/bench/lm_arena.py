@@ -1,7 +1,7 @@
 """``lm-arena``: every mixing method against the simple mixtures and the best static one, on real text.
 
 The corpus is ``mixflow data corpus`` (seven domains from text this machine ships, sizes 40× apart,
-a 2048-token BPE); a small Llama with an untied head (PiKE and VA measure its gradients); the same
+a 1024-token BPE); a small Llama with an untied head (PiKE and VA measure its gradients); the same
 target steps for every method, each trained exactly as ``mixflow train`` trains it with its
 documented defaults, several runs at once, one torch thread each (:mod:`mixflow.bench.arena`,
 :mod:`mixflow.bench.arena_compare`).
@@ -21,6 +21,11 @@ from mixflow.bench.base import BenchContext, BenchResult, register_benchmark
 from mixflow.data.corpus import DOMAINS, build_corpus
 from mixflow.data.sources import sources_from_dataset_info
 
+#: Tokens per training row (and per scored row). 48, not 64: a step costs 0.8× as much and, at the
+#: same 800 steps, the arena stays calibrated (pilot of 4 seeds at BPE 1024: natural − uniform
+#: 5.5 seed sd at 48 against 6.5 at 64; the model is limited by its updates, not its tokens).
+CUTOFF = 48
+
 
 def base_config(
     tokenizer: str, steps: int, tokenized: str, val_rows: int = 64, batch: int = 16, use_cpu: bool = True
@@ -32,7 +37,7 @@ def base_config(
     return {
         "tokenizer": tokenizer,
         "tokenized_dir": tokenized,
-        "cutoff_len": 64,
+        "cutoff_len": CUTOFF,
         "val_size": val_rows,
         "model_config": {
             "model_type": "llama",
@@ -41,7 +46,7 @@ def base_config(
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 4,
-            "max_position_embeddings": 64,
+            "max_position_embeddings": CUTOFF,
             "tie_word_embeddings": False,
         },
         # PiKE and VA keep 2 rows of each of the 7 domains (their min_samples): at B = 16 they move 2
@@ -66,11 +71,13 @@ def base_config(
 
 
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
-    # The vocabulary is 2048: at this model's size the head is most of a step's cost (4096 tokens cost
-    # 1.6× the step time, measured on one thread) and the rare tokens are never learned in the steps given.
-    # Runs go as many at once as there are cores (one torch thread each). --quick is the full
-    # arena's pipeline at a tenth of the corpus, 30 steps of the full batch, and the swarm's 2 best
-    # members measured on 2 seeds (not 3 on 3): about 3 minutes on 2 cores.
+    # The vocabulary is 1024: at this model's size the head is a large part of a step (2048 tokens
+    # cost 1.3× the step time, measured on one thread) and the rare tokens are never learned in the
+    # steps given. Runs go as many at once as there are cores (one torch thread each). A run is
+    # scored on 256 rows per domain spread over its test (a swarm member: validation) documents:
+    # scoring the whole split cost a sixth of a run, the larger domains' thousands of rows. --quick is
+    # the full arena's pipeline at a tenth of the corpus, 30 steps of the full batch, and the swarm's 2
+    # best members measured on 2 seeds.
     if ctx.tiny:
         return {
             "scale": 0.04,
@@ -83,6 +90,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
             "vocab": 512,
             "val_rows": 2,
             "replicate": (2, 2),
+            "score_rows": 64,
         }
     if ctx.quick:
         return {
@@ -93,16 +101,19 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
             "methods": list(METHODS),
             "jobs": usable_cores(),
             "max_documents": None,
-            "vocab": 2048,
+            "vocab": 1024,
             "val_rows": 8,
             "replicate": (2, 2),
+            "score_rows": 256,
         }
-    # Calibrated on 4 seeds of uniform, natural and temperature, the same 819k training tokens each:
-    # 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd 0.072 (0.9 sd apart; fixing the
-    # data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
-    # every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
-    # 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
-    # 1e-2 was worse; a run costs about 85 s on one thread.
+    # Calibrated on 4 seeds of uniform, natural and temperature. At BPE 2048 and 64-token rows (the
+    # same 819k training tokens each): 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd
+    # 0.072 (0.9 sd apart); 800 steps of 16 rows: every loss 0.2–0.3 lower (the model is limited by
+    # its updates, not its tokens), natural − uniform 4.4 sd. At BPE 1024: 600 steps of 64-token rows
+    # fail (2.9 sd; temperature's sd half of natural − temperature), 800 steps of 48-token rows hold
+    # (5.5 sd). A learning rate of 1e-2 was worse. A run trains in about 42 s on one thread; the swarm's
+    # 2 best members are replicated on 3 seeds (3 best: 2 more runs, and the 45 minutes the whole
+    # arena may take on 2 cores would not hold).
     return {
         "scale": 1.0,
         "steps": 800,
@@ -111,9 +122,10 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
         "methods": list(METHODS),
         "jobs": usable_cores(),
         "max_documents": None,
-        "vocab": 2048,
+        "vocab": 1024,
         "val_rows": 64,
-        "replicate": (3, 3),
+        "replicate": (2, 3),
+        "score_rows": 256,
     }
 
 
@@ -153,6 +165,7 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
         log=ctx.log,
         replicate=s["replicate"],
         devices=devices,
+        score_rows=s["score_rows"],
     )
     setting = {
         "corpus sha256": manifest["corpus_sha256"],
@@ -160,6 +173,7 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
         "model": f"Llama 2×128, untied head, BPE {s['vocab']}",
         "batch": base["per_device_train_batch_size"],
         "cutoff_len": base["cutoff_len"],
+        "scored rows per domain": s["score_rows"],
         "parallel runs": devices or s["jobs"],
         "device": f"{devices} CUDA devices, one run each" if devices else "CPU, one torch thread per run",
     }
@@ -171,8 +185,7 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
-    # a run trains for about 70 s at full size on one thread; its 99 run-equivalents took 94 minutes
-    # on 2 shared cores (README "Benchmarks"): over the issue's 45-minute budget, said so there
+    # full size: about 115 run-equivalents of ~43 s on one thread each, two at a time on 2 cores
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:

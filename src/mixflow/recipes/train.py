@@ -46,7 +46,8 @@ def _final_metrics(
         )
     )
     if eval_sets:
-        metrics.update(_evaluation(trainer.evaluate(), eval_sets, classification))
+        evaluation = _last_step_evaluation(trainer, eval_sets) or trainer.evaluate()
+        metrics.update(_evaluation(evaluation, eval_sets, classification))
     metrics.update(
         final_sampling_weights=dict(zip(engine.domain_names, engine.algorithm.sampling_weights.tolist())),
         **engine.epochs.results(trainer.state.global_step),
@@ -329,6 +330,20 @@ def _prepare(run: RunConfig, progress: bool, overwrite_cache: bool) -> tuple[Any
     eos = data.tokenizer.eos_token_id if run.data.packed_attention == "document" else None
     collator = ClassificationCollator(pad) if run.data.task == "classification" else DomainCollator(pad, eos)
     return data, collator
+
+
+def _last_step_evaluation(trainer: Any, eval_sets: dict[str, Any]) -> dict[str, float] | None:
+    """The evaluation the Trainer logged at the run's last step, when it evaluated every set there
+    (a step-wise evaluation strategy ends with one): the same model, so evaluating again would only
+    repeat it. None when it did not, or when the Trainer reloads its best checkpoint at the end."""
+    if getattr(trainer.args, "load_best_model_at_end", False):
+        return None
+    step = trainer.state.global_step
+    logged: dict[str, float] = {}
+    for entry in trainer.state.log_history:
+        if entry.get("step") == step:
+            logged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return logged if all(f"eval_{name}_loss" in logged for name in eval_sets) else None
 
 
 def _evaluation(evaluation: dict[str, float], eval_sets: dict[str, Any], classification: bool) -> dict[str, Any]:
