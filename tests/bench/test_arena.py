@@ -167,3 +167,41 @@ def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm
     assert found["mixture"] == members[found["chosen"]]["mixture"]
     ran.clear()
     assert search_best_static(arena) == found and ran == []  # the cached swarm: nothing runs again
+
+
+def test_a_best_static_mixture_that_is_a_baseline_reuses_its_runs_instead_of_training_them_again(tmp_path):
+    from mixflow.bench.arena import BASELINES, Arena
+    from mixflow.bench.arena_compare import _scoring_specs, _with_best_static_as
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for name in "abc":
+        (data / f"{name}.jsonl").write_text(json.dumps({"text": name}) + "\n")
+    arena = Arena(
+        train_dir=data,
+        test_dir=data,
+        val_dir=data,
+        domains=list("abc"),
+        clean=list("abc"),
+        tokens={"a": 600, "b": 300, "c": 100},
+        base={"max_steps": 10, "per_device_train_batch_size": 4, "cutoff_len": 8},
+        work=tmp_path / "w",
+        seeds=2,
+        jobs=1,
+        swarm=4,
+        methods=[],
+    )
+    chosen_baseline = {"chosen": "temperature", "mixture": arena.mixture("temperature")}
+    chosen_member = {"chosen": "member 3", "mixture": [0.2, 0.3, 0.5]}
+    assert [s.method for s in _scoring_specs(arena, chosen_baseline)] == [*BASELINES] * 2
+    assert [s.method for s in _scoring_specs(arena, chosen_member)] == [*BASELINES, "best static"] * 2
+    runs = {
+        b: [{"method": b, "seed": s, "target loss": float(i + s)} for s in range(2)] for i, b in enumerate(BASELINES)
+    }
+    runs["odm"] = [{"method": "odm", "seed": s, "target loss": 9.0} for s in range(2)]
+    out = _with_best_static_as(runs, "temperature")
+    assert list(out) == [*BASELINES, "best static", "odm"]  # placed where its own runs would be
+    assert [r["target loss"] for r in out["best static"]] == [r["target loss"] for r in runs["temperature"]]
+    assert {r["method"] for r in out["best static"]} == {"best static"} and runs["temperature"][0][
+        "method"
+    ] == "temperature"

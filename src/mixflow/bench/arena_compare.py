@@ -38,7 +38,14 @@ def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list
         runs.setdefault(r["method"], []).append(r)
     for results in runs.values():
         results.sort(key=lambda r: r["seed"])
+    if best["chosen"] in BASELINES:  # the same runs: each seed's config is the baseline's
+        runs = _with_best_static_as(runs, best["chosen"])
     result, summary = score(arena, runs, best)
+    if best["chosen"] in BASELINES:
+        result.notes.append(
+            f"best static is the baseline {best['chosen']!r}: its runs at every seed are that baseline's "
+            "(the same mixture and seeds), not trained twice"
+        )
     if earlier:  # provenance: those runs ran at an earlier commit with the same config and data
         result.notes.append(
             f"{earlier} of the {len(specs)} runs were reused from their saved results (the same run "
@@ -47,8 +54,19 @@ def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list
     return result, summary, runs
 
 
+def _with_best_static_as(runs: dict[str, list[dict[str, Any]]], baseline: str) -> dict[str, list[dict[str, Any]]]:
+    """``runs`` with ``baseline``'s runs also as "best static", placed after the last baseline."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method, results in runs.items():
+        out[method] = results
+        if method == BASELINES[-1]:
+            out["best static"] = [{**r, "method": "best static"} for r in runs[baseline]]
+    return out
+
+
 def _scoring_specs(arena: Arena, best: dict[str, Any]) -> list[RunSpec]:
-    """The runs scored on every seed: the baselines, the best static mixture, every method and, with
+    """The runs scored on every seed: the baselines, the best static mixture (unless the swarm chose a
+    baseline: then its runs are that baseline's), every method and, with
     DoReMi, the best static mixture at DoReMi's total steps."""
     specs = []
     for seed in range(arena.seeds):
@@ -58,13 +76,14 @@ def _scoring_specs(arena: Arena, best: dict[str, Any]) -> list[RunSpec]:
                     name, seed, arena.static_config(arena.work / f"seed{seed}" / name, seed, arena.mixture(name))
                 )
             )
-        specs.append(
-            arena.spec(
-                "best static",
-                seed,
-                arena.static_config(arena.work / f"seed{seed}" / "best_static", seed, best["mixture"]),
+        if best["chosen"] not in BASELINES:
+            specs.append(
+                arena.spec(
+                    "best static",
+                    seed,
+                    arena.static_config(arena.work / f"seed{seed}" / "best_static", seed, best["mixture"]),
+                )
             )
-        )
         specs += [method_spec(arena, m, seed) for m in arena.methods]
         if "doremi" in arena.methods:  # the same total compute as DoReMi's reference + proxy + target
             config = arena.static_config(arena.work / f"seed{seed}" / "best_static_x3", seed, best["mixture"])

@@ -21,10 +21,10 @@ from mixflow.bench.base import BenchContext, BenchResult, register_benchmark
 from mixflow.data.corpus import DOMAINS, build_corpus
 from mixflow.data.sources import sources_from_dataset_info
 
-#: Tokens per training row (and per scored row). 48, not 64: a step costs 0.8× as much and, at the
-#: same 800 steps, the arena stays calibrated (pilot of 4 seeds at BPE 1024: natural − uniform
-#: 5.5 seed sd at 48 against 6.5 at 64; the model is limited by its updates, not its tokens).
-CUTOFF = 48
+#: Tokens per training row (and per scored row). Not 48: a step costs 0.8× as much, but the full
+#: arena at 48 lost its calibration (the best static mixture's seed sd 0.051, 0.36 of the natural →
+#: best-static gap; natural − uniform 2.8 of it), and a narrower MLP (256) saved nothing measurable.
+CUTOFF = 64
 
 
 def base_config(
@@ -58,7 +58,7 @@ def base_config(
         "max_steps": steps,
         "logging_steps": max(1, steps // 10),
         "eval_strategy": "steps",
-        "eval_steps": max(1, steps // 6),
+        "eval_steps": max(1, steps // 4),  # the curves' points: 4 (6 cost 4% of a run)
         "per_device_eval_batch_size": 64,
         "save_strategy": "no",
         "report_to": "none",
@@ -110,15 +110,15 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     # same 819k training tokens each): 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd
     # 0.072 (0.9 sd apart); 800 steps of 16 rows: every loss 0.2–0.3 lower (the model is limited by
     # its updates, not its tokens), natural − uniform 4.4 sd. At BPE 1024: 600 steps of 64-token rows
-    # fail (2.9 sd; temperature's sd half of natural − temperature), 800 steps of 48-token rows hold
-    # (5.5 sd). A learning rate of 1e-2 was worse. A run trains in about 42 s on one thread; the swarm's
-    # 2 best members are replicated on 3 seeds (3 best: 2 more runs, and the 45 minutes the whole
-    # arena may take on 2 cores would not hold).
+    # fail (2.9 sd; temperature's sd half of natural − temperature); 800 steps of 64-token rows hold
+    # (temperature's sd 0.036, 0.21 of natural − temperature). A learning rate of 1e-2 was worse. A run
+    # trains in about 50 s on one thread; to fit the 45 minutes the whole arena may take on 2 cores,
+    # the swarm has 8 Dirichlet members (not 12) and its 2 best are replicated on 3 seeds (not 3).
     return {
         "scale": 1.0,
         "steps": 800,
         "batch": 16,
-        "swarm": 12,
+        "swarm": 8,
         "methods": list(METHODS),
         "jobs": usable_cores(),
         "max_documents": None,
@@ -185,7 +185,7 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
-    # full size: about 115 run-equivalents of ~43 s on one thread each, two at a time on 2 cores
+    # full size: about 100 run-equivalents of ~50 s on one thread each, two at a time on 2 cores
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:
