@@ -93,9 +93,6 @@ class Arena:
     """The swarm's best members by one seed, and how many seeds each is then measured on."""
     devices: int = 0
     """CUDA devices, one run on each (the runs' config must not say ``use_cpu``); 0: ``jobs`` CPU runs."""
-    score_rows: int | None = None
-    """Rows per domain that score a run (spread evenly over the domain's test or validation
-    documents); None: every row."""
     _digest: str = ""
 
     @property
@@ -153,7 +150,6 @@ class Arena:
             kind,
             extra or {},
             self._digest,
-            self.score_rows,
         )
 
 

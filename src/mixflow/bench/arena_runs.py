@@ -50,9 +50,6 @@ class RunSpec:
     """What the caller wants back untouched (a swarm member's mixture)."""
     data_digest: str = ""
     """A hash of the train and test files: a run's saved result is reused only for the same data."""
-    score_rows: int | None = None
-    """Rows per domain that score the run (spread evenly over each domain's test or validation
-    stream); None: every row."""
 
     def digest(self) -> str:
         """What identifies the run: its config, its data and what it is scored on."""
@@ -231,12 +228,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             else ("test_dir", "test_loss", "target loss")
         )
         [out[key]] = split_losses(
-            model_dir,
-            tokenizer,
-            [spec[split]],
-            spec["domains"],
-            int(spec["config"]["cutoff_len"]),
-            max_rows=spec.get("score_rows"),
+            model_dir, tokenizer, [spec[split]], spec["domains"], int(spec["config"]["cutoff_len"])
         )
     out[target] = float(np.mean([out[key][d] for d in spec["clean"]]))
     out["method"], out["seed"], out["extra"] = spec["method"], spec["seed"], spec["extra"]
@@ -322,13 +314,10 @@ def split_losses(
     domains: Sequence[str],
     cutoff_len: int,
     batch: int = 32,
-    max_rows: int | None = None,
 ) -> list[dict[str, float]]:
     """Per split directory (test, validation), the mean next-token loss of the saved model on each
     domain's documents, each ended by EOS, concatenated and cut into rows of ``cutoff_len`` (the last
-    row shorter): every token counts. With ``max_rows``, a domain with more rows is scored on that
-    many full rows spread evenly over its stream (every document region is represented; the same
-    rows for every run, so comparisons stay paired). The model and tokenizer load once for all splits."""
+    row shorter): every token counts. The model and tokenizer load once for all splits."""
     from transformers import AutoModelForCausalLM
 
     from mixflow.data.sources import iter_documents, sources_from_dataset_info
@@ -338,21 +327,34 @@ def split_losses(
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     return [
         {
-            source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch, max_rows)
+            source.name: _mean_loss(model, tokenizer, iter_documents(source), cutoff_len, batch)
             for source in sources_from_dataset_info(folder, list(domains))
         }
         for folder in split_dirs
     ]
 
 
-def _mean_loss(
-    model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int, max_rows: int | None = None
-) -> float:
+def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int) -> float:
     import torch
 
+    from mixflow.data.tokenizer import encode_batch
+
+    stream = np.concatenate(
+        [
+            np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
+            for ids in encode_batch(tokenizer, list(documents))
+        ]
+    )
+    full = len(stream) // cutoff_len * cutoff_len
+    pieces = [
+        stream[i : min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
+        for i in range(0, full, batch * cutoff_len)
+    ]
+    if len(stream) - full > 1:
+        pieces.append(stream[full:][None, :])
     total, count = 0.0, 0
     with torch.no_grad():
-        for rows in _scored_batches(tokenizer, documents, cutoff_len, batch, max_rows):
+        for rows in pieces:
             ids = torch.as_tensor(rows)
             logits = model(input_ids=ids).logits[:, :-1].float()
             total += float(
@@ -362,25 +364,3 @@ def _mean_loss(
             )
             count += ids[:, 1:].numel()
     return total / max(count, 1)
-
-
-def _scored_batches(
-    tokenizer: Any, documents: Any, cutoff_len: int, batch: int, max_rows: int | None
-) -> list[np.ndarray]:
-    """The documents (each ended by EOS) concatenated, cut into ``cutoff_len`` rows (the last one
-    shorter, alone in its batch) and grouped ``batch`` rows at a time; with ``max_rows`` and more full
-    rows than that, ``max_rows`` full rows at evenly spaced positions instead."""
-    from mixflow.data.tokenizer import encode_batch
-
-    stream = np.concatenate(
-        [
-            np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
-            for ids in encode_batch(tokenizer, list(documents))
-        ]
-    )
-    n = len(stream) // cutoff_len
-    rows, tail = stream[: n * cutoff_len].reshape(n, cutoff_len), stream[n * cutoff_len :]
-    if max_rows is not None and n > max_rows:
-        rows, tail = rows[np.unique(np.linspace(0, n - 1, max_rows).round().astype(np.int64))], tail[:0]
-    batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
-    return batches + [tail[None, :]] if len(tail) > 1 else batches
