@@ -116,11 +116,9 @@ def test_methods_that_cannot_run_are_named_before_anything_trains(tmp_path):
     assert [line.split(":")[0] for line in lines[1:]] == ["pike", "va"] and "global batch of at least 9" in lines[1]
 
 
-def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm_is_cached(tmp_path, monkeypatch):
-    import numpy as np
-
-    from mixflow.bench import arena as arena_module
-    from mixflow.bench.arena import VAL_TARGET, Arena, search_best_static
+def _three_domain_arena(tmp_path):
+    """An arena over three one-document domains of natural sizes 600, 300 and 100 tokens (nothing trains)."""
+    from mixflow.bench.arena import Arena
 
     data = tmp_path / "d"
     data.mkdir()
@@ -140,6 +138,16 @@ def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm
         swarm=4,
         methods=[],
     )
+    return arena
+
+
+def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm_is_cached(tmp_path, monkeypatch):
+    import numpy as np
+
+    from mixflow.bench import arena as arena_module
+    from mixflow.bench.arena import VAL_TARGET, search_best_static
+
+    arena = _three_domain_arena(tmp_path)
     ran = []
 
     def fake_runs(specs, jobs, log, devices=0):  # the validation loss of a mixture: lowest at (0.2, 0.3, 0.5); the
@@ -170,27 +178,10 @@ def test_the_best_static_mixture_is_the_swarm_member_measured_best_and_the_swarm
 
 
 def test_a_best_static_mixture_that_is_a_baseline_reuses_its_runs_instead_of_training_them_again(tmp_path):
-    from mixflow.bench.arena import BASELINES, Arena
+    from mixflow.bench.arena import BASELINES
     from mixflow.bench.arena_compare import _scoring_specs, _with_best_static_as
 
-    data = tmp_path / "d"
-    data.mkdir()
-    for name in "abc":
-        (data / f"{name}.jsonl").write_text(json.dumps({"text": name}) + "\n")
-    arena = Arena(
-        train_dir=data,
-        test_dir=data,
-        val_dir=data,
-        domains=list("abc"),
-        clean=list("abc"),
-        tokens={"a": 600, "b": 300, "c": 100},
-        base={"max_steps": 10, "per_device_train_batch_size": 4, "cutoff_len": 8},
-        work=tmp_path / "w",
-        seeds=2,
-        jobs=1,
-        swarm=4,
-        methods=[],
-    )
+    arena = _three_domain_arena(tmp_path)
     chosen_baseline = {"chosen": "temperature", "mixture": arena.mixture("temperature")}
     chosen_member = {"chosen": "member 3", "mixture": [0.2, 0.3, 0.5]}
     assert [s.method for s in _scoring_specs(arena, chosen_baseline)] == [*BASELINES] * 2
