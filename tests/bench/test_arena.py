@@ -196,3 +196,26 @@ def test_a_best_static_mixture_that_is_a_baseline_reuses_its_runs_instead_of_tra
     assert {r["method"] for r in out["best static"]} == {"best static"} and runs["temperature"][0][
         "method"
     ] == "temperature"
+
+
+def test_search_arena_trains_a_best_static_baseline_as_that_baseline_so_lm_arenas_runs_serve(tmp_path, monkeypatch):
+    from mixflow.bench import search_arena
+
+    arena = _three_domain_arena(tmp_path)
+    asked = {}
+
+    def fake_runs(arena, mixtures):
+        asked.update(mixtures)
+        return {name: [{"method": name, "seed": s, "target loss": float(s)} for s in range(2)] for name in mixtures}
+
+    monkeypatch.setattr(search_arena, "_runs", fake_runs)
+    proposal = [0.1, 0.1, 0.8]
+    runs = search_arena._mixture_runs(arena, {"chosen": "temperature", "mixture": [0.5, 0.3, 0.2]}, proposal)
+    assert list(asked) == ["natural", "uniform", "temperature", search_arena.PROPOSAL]
+    assert asked["temperature"] == arena.mixture("temperature")  # the baseline's own run config, reused
+    assert list(runs) == ["natural", "uniform", "best static", search_arena.PROPOSAL]
+    assert {r["method"] for r in runs["best static"]} == {"best static"}
+    asked.clear()
+    runs = search_arena._mixture_runs(arena, {"chosen": "member 2", "mixture": [0.5, 0.3, 0.2]}, proposal)
+    assert list(asked) == ["natural", "uniform", "best static", search_arena.PROPOSAL]
+    assert asked["best static"] == [0.5, 0.3, 0.2]

@@ -194,6 +194,20 @@ def method_spec(arena: Arena, method: str, seed: int) -> RunSpec:
     )
 
 
+BEST_STATIC = "best static"
+
+
+def best_static_source(best: dict[str, Any]) -> str:
+    """The runs that stand for the best static mixture: a baseline's own when the swarm chose a
+    baseline (the same mixture and seeds, so the same runs: never trained twice), else "best static"'s."""
+    return best["chosen"] if best["chosen"] in BASELINES else BEST_STATIC
+
+
+def as_best_static(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results`` (the runs of :func:`best_static_source`) labelled as the best static mixture's."""
+    return [{**r, "method": BEST_STATIC} for r in results]
+
+
 def slug(name: str) -> str:
     """A method's run folder name (letters and digits kept, the rest "_")."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")

@@ -9,7 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.bench.arena import BASELINES, EQUAL_COMPUTE, Arena, method_spec, search_best_static
+from mixflow.bench.arena import (
+    BASELINES,
+    BEST_STATIC,
+    EQUAL_COMPUTE,
+    Arena,
+    as_best_static,
+    best_static_source,
+    method_spec,
+    search_best_static,
+)
 from mixflow.bench.arena_recommend import recommend
 from mixflow.bench.arena_runs import RunSpec, check_specs, reused, run_specs
 from mixflow.bench.arena_scores import TARGET, bound_text, calibration, gap_closed, mean_curve, steps_to
@@ -38,14 +47,9 @@ def run_arena(arena: Arena) -> tuple[BenchResult, dict[str, Any], dict[str, list
         runs.setdefault(r["method"], []).append(r)
     for results in runs.values():
         results.sort(key=lambda r: r["seed"])
-    if best["chosen"] in BASELINES:  # the same runs: each seed's config is the baseline's
-        runs = _with_best_static_as(runs, best["chosen"])
+    if best_static_source(best) != BEST_STATIC:
+        runs = _with_best_static_as(runs, best_static_source(best))
     result, summary = score(arena, runs, best)
-    if best["chosen"] in BASELINES:
-        result.notes.append(
-            f"best static is the baseline {best['chosen']!r}: its runs at every seed are that baseline's "
-            "(the same mixture and seeds), not trained twice"
-        )
     if earlier:  # provenance: those runs ran at an earlier commit with the same config and data
         result.notes.append(
             f"{earlier} of the {len(specs)} runs were reused from their saved results (the same run "
@@ -60,7 +64,7 @@ def _with_best_static_as(runs: dict[str, list[dict[str, Any]]], baseline: str) -
     for method, results in runs.items():
         out[method] = results
         if method == BASELINES[-1]:
-            out["best static"] = [{**r, "method": "best static"} for r in runs[baseline]]
+            out[BEST_STATIC] = as_best_static(runs[baseline])
     return out
 
 
@@ -76,10 +80,10 @@ def _scoring_specs(arena: Arena, best: dict[str, Any]) -> list[RunSpec]:
                     name, seed, arena.static_config(arena.work / f"seed{seed}" / name, seed, arena.mixture(name))
                 )
             )
-        if best["chosen"] not in BASELINES:
+        if best_static_source(best) == BEST_STATIC:
             specs.append(
                 arena.spec(
-                    "best static",
+                    BEST_STATIC,
                     seed,
                     arena.static_config(arena.work / f"seed{seed}" / "best_static", seed, best["mixture"]),
                 )
@@ -101,7 +105,7 @@ def score(
 ) -> tuple[BenchResult, dict[str, Any]]:
     """Rows, comparisons, calibration and the recommendation from every run's results."""
     result = BenchResult(setting={}, rows=_rows(arena, runs), holds=None, verdict="")
-    by_baseline = {b: float(np.mean([r[TARGET] for r in runs[b]])) for b in (*BASELINES, "best static")}
+    by_baseline = {b: float(np.mean([r[TARGET] for r in runs[b]])) for b in (*BASELINES, BEST_STATIC)}
     best_baseline = min(by_baseline, key=by_baseline.__getitem__)
     _add_steps_to(result, arena, runs, best_baseline)
     _compare(result, runs)
@@ -148,12 +152,12 @@ def _compare(result: BenchResult, runs: dict[str, list[dict[str, Any]]]) -> None
     """Compares every method with the best static mixture, DoReMi with the best static mixture at its
     total steps, and every method with the natural mixture, on the target loss."""
     for method in runs:
-        if method not in ("best static", EQUAL_COMPUTE):
-            result.compare(method, "best static", TARGET, "lower")
+        if method not in (BEST_STATIC, EQUAL_COMPUTE):
+            result.compare(method, BEST_STATIC, TARGET, "lower")
     if EQUAL_COMPUTE in runs and "doremi" in runs:
         result.compare("doremi", EQUAL_COMPUTE, TARGET, "lower")
     for method in runs:
-        if method not in ("natural", "best static", EQUAL_COMPUTE):
+        if method not in ("natural", BEST_STATIC, EQUAL_COMPUTE):
             result.compare(method, "natural", TARGET, "lower")
 
 
@@ -179,9 +183,9 @@ def _setting(arena: Arena, best: dict[str, Any], cal: dict[str, float], best_bas
 def _verdict(result: BenchResult, by_baseline: dict[str, float], cal: dict[str, float], rec: dict[str, Any]) -> str:
     """One sentence: the methods better, no different and worse than the best static mixture, the
     calibration and the recommendation."""
-    better = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "better"]
-    worse = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "worse"]
-    same = [c.method for c in result.comparisons if c.baseline == "best static" and c.verdict == "no different"]
+    better = [c.method for c in result.comparisons if c.baseline == BEST_STATIC and c.verdict == "better"]
+    worse = [c.method for c in result.comparisons if c.baseline == BEST_STATIC and c.verdict == "worse"]
+    same = [c.method for c in result.comparisons if c.baseline == BEST_STATIC and c.verdict == "no different"]
     return (
         f"against the best static mixture (target loss {by_baseline['best static']:.4f}, natural "
         f"{by_baseline['natural']:.4f}, uniform {by_baseline['uniform']:.4f}): better {', '.join(better) or 'none'}; "
@@ -197,7 +201,7 @@ def _notes(arena: Arena, best: dict[str, Any], gap: dict[str, tuple[float, float
         f"fraction of the natural → best-static gap closed by {m}: {v:.2f} [{bound_text(lo)}, {bound_text(hi)}] "
         "(Fieller's 95% interval over the seeds' paired differences)"
         for m, (v, lo, hi) in gap.items()
-        if m not in ("natural", "best static")
+        if m not in ("natural", BEST_STATIC)
     ]
     notes.append(
         f"target: the mean test loss over the clean domains ({', '.join(arena.clean)}); test documents "
@@ -210,4 +214,9 @@ def _notes(arena: Arena, best: dict[str, Any], gap: dict[str, tuple[float, float
         f"({best['runs']} swarm runs, {best['steps']} steps); DoReMi's steps count its reference and "
         "proxy"
     )
+    if best_static_source(best) != BEST_STATIC:
+        notes.append(
+            f"best static is the baseline {best['chosen']!r}: its runs at every seed are that baseline's "
+            "(the same mixture and seeds), not trained twice"
+        )
     return notes

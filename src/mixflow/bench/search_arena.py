@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from mixflow.bench.arena import VAL_TARGET, Arena, search_best_static, slug
+from mixflow.bench.arena import (
+    BEST_STATIC,
+    VAL_TARGET,
+    Arena,
+    as_best_static,
+    best_static_source,
+    search_best_static,
+    slug,
+)
 from mixflow.bench.arena_runs import run_specs
 from mixflow.bench.arena_scores import TARGET
 from mixflow.bench.base import BenchContext, BenchResult, Row, register_benchmark
@@ -30,7 +38,7 @@ from mixflow.search.regression import build_model
 PROPOSAL = "search proposal"
 DEFAULT_MODEL = "loglinear"
 #: The mixtures the proposal is measured against (all run with the arena's own specs, so their runs are shared).
-AGAINST = ("natural", "uniform", "best static")
+AGAINST = ("natural", "uniform", BEST_STATIC)
 
 
 def swarm_table(best: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +70,20 @@ def _runs(arena: Arena, mixtures: dict[str, list[float]]) -> dict[str, list[dict
     return {name: sorted(results, key=lambda r: r["seed"]) for name, results in runs.items()}
 
 
+def _mixture_runs(arena: Arena, best: dict[str, Any], proposal: list[float]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of natural, uniform, the best static mixture and the proposal on every seed. A best
+    static mixture that is a baseline is trained as that baseline (lm-arena's runs of it are reused)."""
+    source = best_static_source(best)
+    mixtures = {name: arena.mixture(name) for name in AGAINST if name != BEST_STATIC}
+    chosen = best["mixture"] if source == BEST_STATIC else arena.mixture(source)
+    trained = _runs(arena, {**mixtures, source: chosen, PROPOSAL: proposal})
+    return {
+        **{name: trained[name] for name in mixtures},
+        BEST_STATIC: as_best_static(trained[source]),
+        PROPOSAL: trained[PROPOSAL],
+    }
+
+
 def _run_rows(arena: Arena, best: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[Row]:
     """Each mixture's target, worst clean domain loss and training steps (the swarm's counted for the
     two mixtures chosen from it)."""
@@ -71,7 +93,7 @@ def _run_rows(arena: Arena, best: dict[str, Any], runs: dict[str, list[dict[str,
         rows.append(
             Row(name, "worst clean domain loss", [max(r["test_loss"][d] for d in arena.clean) for r in results])
         )
-        searched = best["steps"] if name in ("best static", PROPOSAL) else 0
+        searched = best["steps"] if name in (BEST_STATIC, PROPOSAL) else 0
         rows.append(Row(name, "training steps (search included)", [float(r["steps"] + searched) for r in results]))
     return rows
 
@@ -114,8 +136,7 @@ def run(ctx: BenchContext) -> BenchResult:
     ]
     proposal = propose_mixture(arena, x, y)
     ctx.log("search-arena: proposed %s", ", ".join(f"{d} {w:.3f}" for d, w in zip(arena.domains, proposal)))
-    mixtures = {name: arena.mixture(name) for name in AGAINST if name != "best static"}
-    runs = _runs(arena, {**mixtures, "best static": best["mixture"], PROPOSAL: proposal})
+    runs = _mixture_runs(arena, best, proposal)
     rows += _run_rows(arena, best, runs)
     result = BenchResult(
         setting={
