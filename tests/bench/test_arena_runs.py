@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+
+import pytest
 
 from mixflow.bench.arena_runs import usable_cores, worker_pool
+from tests.helpers import PROBE_PAGES, reused_buffer_faults
 
 
 def _visible_device(barrier) -> tuple[int, str]:
@@ -33,3 +37,11 @@ def test_on_the_cpu_the_workers_see_what_the_parent_sees(monkeypatch):
     with worker_pool(jobs=1) as pool:
         assert pool.submit(_environment, "CUDA_VISIBLE_DEVICES").result(timeout=120) == "unset"
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_a_worker_keeps_freed_memory_so_a_steps_buffers_are_not_faulted_in_again():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt: Linux")
+    with worker_pool(jobs=1) as pool:
+        faults = pool.submit(reused_buffer_faults).result(timeout=120)
+    assert faults <= PROBE_PAGES // 100

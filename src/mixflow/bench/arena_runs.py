@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mixflow.errors import MixflowError
+from mixflow.utils.allocator import keep_freed_memory
 from mixflow.utils.jsonlog import write_json_atomic
 
 #: The method name of a swarm member: scored on the validation documents only.
@@ -77,8 +78,13 @@ def accelerators() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _pin_device(devices: Any) -> None:
-    """Worker initializer: take one device index off the queue and see only that device."""
+def _start_worker(devices: Any) -> None:
+    """Worker initializer: keep freed memory in the process (a step's buffers are not faulted in
+    again every step: :mod:`mixflow.utils.allocator`) and, with a device queue, take one device
+    index off it and see only that device."""
+    keep_freed_memory()
+    if devices is None:
+        return
     index = devices.get()
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
@@ -89,11 +95,13 @@ def worker_pool(jobs: int, devices: int = 0) -> ProcessPoolExecutor:
     device, each seeing only its own (``CUDA_VISIBLE_DEVICES``), so runs never share a device."""
     context = get_context("spawn")
     if devices <= 0:
-        return ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context)
+        return ProcessPoolExecutor(
+            max_workers=max(1, jobs), mp_context=context, initializer=_start_worker, initargs=(None,)
+        )
     queue = context.Queue()
     for index in range(devices):
         queue.put(index)
-    return ProcessPoolExecutor(max_workers=devices, mp_context=context, initializer=_pin_device, initargs=(queue,))
+    return ProcessPoolExecutor(max_workers=devices, mp_context=context, initializer=_start_worker, initargs=(queue,))
 
 
 def reused(specs: Sequence[RunSpec]) -> int:

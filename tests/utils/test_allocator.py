@@ -1,0 +1,34 @@
+"""Freed memory kept in the process: a buffer allocated again is not faulted in again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import PROBE_PAGES
+
+_PROBE = """
+import sys
+from mixflow.utils.allocator import keep_freed_memory
+from tests.helpers import reused_buffer_faults
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+print(applied, reused_buffer_faults())
+"""
+
+
+def _probe(mode: str) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], check=True, capture_output=True, text=True)
+    applied, faults = out.stdout.split()
+    return applied, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux")
+def test_a_buffer_allocated_again_is_not_faulted_in_again():
+    _, untouched = _probe("default")
+    if untouched <= PROBE_PAGES // 100:
+        pytest.skip(f"this system faults few pages of a reused 48 MiB buffer anyway ({untouched})")
+    applied, kept = _probe("keep")
+    assert applied == "True"
+    assert kept <= PROBE_PAGES // 100 < untouched
