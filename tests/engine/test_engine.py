@@ -191,6 +191,25 @@ def test_weights_changed_between_updates_take_the_updates_road(tmp_path, caplog)
     assert [(r["step"], r["from_step"], r["sampling_weights"]) for r in log] == [(3, 6, [0.6, 0.3, 0.1])]
 
 
+def test_the_logged_p_is_the_one_the_next_step_is_drawn_with_not_one_decided_ahead(tmp_path):
+    algo = _Observing(["a", "b", "c"], _P(), init_weights=[0.2, 0.3, 0.5])
+    sampler = MixtureSampler([40, 40, 40], algo.sampling_weights, 10)
+    engine = StepEngine(sampler, algo, schedule=UpdateSchedule(update_step=1000), plan_horizon=2, log_dir=tmp_path)
+    logged = {}
+    for step in range(1, 8):
+        while sampler.planned_batches < step + 2:
+            next(sampler.iter_batches())
+        _feed(engine, [0, 1, 2] * 3 + [0], step - 1)
+        engine.end_step(step)
+        metrics = engine.metrics()
+        logged[step] = [metrics[f"mix/weight/{d}"] for d in "abc"]
+    # p decided after step 3 is drawn from step 6: the line after step 5 is the first to show it
+    # (before, it showed the algorithm's latest p from step 3 on, steps its batches never had)
+    assert all(np.allclose(logged[s], [0.2, 0.3, 0.5]) for s in (1, 2, 3, 4))
+    assert all(np.allclose(logged[s], [0.6, 0.3, 0.1]) for s in (5, 6, 7))
+    assert np.allclose(algo.sampling_weights, [0.6, 0.3, 0.1])
+
+
 class _Importance(DomainAlgorithm):
     name = "test_importance"
     description = "uniform sampling, loss weights [1, 2, 3] (normalised), importance mode"

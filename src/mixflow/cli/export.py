@@ -49,7 +49,11 @@ def add_export(sub: Any) -> None:
     )
     p.add_argument("run_dir", help="a mixflow train output_dir")
     p.add_argument("--to", required=True, choices=FORMATS, help="megatron (--data-path blend), olmo or yaml")
-    p.add_argument("--step", type=int, help="the weights in force at step N (default: the final ones)")
+    p.add_argument(
+        "--step",
+        type=int,
+        help="the weights decided by step N, its weights-log lines up to N (default: the final ones)",
+    )
     p.add_argument("--average", action="store_true", help="DoReMi's average ᾱ, else the mean over the run's steps")
     p.add_argument(
         "--path",

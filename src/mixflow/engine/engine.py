@@ -309,8 +309,11 @@ class StepEngine:
         return True
 
     def metrics(self, reset: bool = True) -> dict[str, float]:
-        """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``."""
-        out = step_metrics(self.domain_names, self._metric_stats, self.algorithm)
+        """``mix/loss/<domain>`` (token-mean training loss since the last call) and ``mix/weight/<domain>``
+        (the p the next step's batch is drawn with: with read-ahead, an update's or a plan's new p
+        shows from the step it is drawn with, not before)."""
+        next_p = self.sampler.scheduled_weights(self.last_step)  # batch index of step last_step + 1
+        out = step_metrics(self.domain_names, self._metric_stats, self.algorithm, next_p)
         out.update(self._weight_stats[0].metrics(self.domain_names))
         out.update(self.epochs.metrics(self.last_step))
         if reset:

@@ -91,14 +91,17 @@ class WeightsLog:
             supersede_log_lines(self.path, step)
 
 
-def step_metrics(domain_names: Sequence[str], stats: DomainStats, algorithm: DomainAlgorithm) -> dict[str, float]:
-    """``mix/loss/<domain>`` (token-mean training loss of ``stats``), ``mix/weight/<domain>`` (p) and,
-    when w is not all ones, ``mix/loss_weight/<domain>``."""
+def step_metrics(
+    domain_names: Sequence[str], stats: DomainStats, algorithm: DomainAlgorithm, sampling: np.ndarray
+) -> dict[str, float]:
+    """``mix/loss/<domain>`` (token-mean training loss of ``stats``), ``mix/weight/<domain>`` (p: the
+    ``sampling`` weights the next step's batch is drawn with, which an algorithm that plans ahead or
+    a read-ahead loader may have moved past already) and, when w is not all ones, ``mix/loss_weight/<domain>``."""
     out: dict[str, float] = {}
     for name, loss in zip(domain_names, stats.mean_token_loss.tolist()):
         if not math.isnan(loss):
             out[f"mix/loss/{name}"] = float(loss)
-    for name, p in zip(domain_names, algorithm.sampling_weights.tolist()):
+    for name, p in zip(domain_names, np.asarray(sampling, dtype=np.float64).tolist()):
         out[f"mix/weight/{name}"] = float(p)
     w = algorithm.loss_weights
     if not np.all(w == 1):
