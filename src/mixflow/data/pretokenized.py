@@ -114,10 +114,22 @@ def read_megatron(prefix: str | Path | list[str], cutoff_len: int, packing: bool
     """The rows of ``PREFIX.bin`` / ``PREFIX.idx`` — or of several prefixes (a folder, a glob, a
     list) read as one stream, document after document (:func:`megatron_prefixes`)."""
     prefixes = megatron_prefixes(prefix)
-    if len(prefixes) > 1:
-        parts = [read_megatron(q, cutoff_len, False) for q in prefixes]
-        return _joined(parts, cutoff_len, packing, ", ".join(map(str, prefixes)))
-    prefix = prefixes[0]
+    parts = [_megatron_part(q) for q in prefixes]
+    if len(parts) == 1:
+        tokens, offsets = parts[0]
+        domain = _domain(tokens, offsets, cutoff_len, packing, str(prefixes[0]))
+        return PretokenizedDomain(domain.rows, domain.num_tokens, domain.documents, domain.source, offsets)
+    # several prefixes: their token files end to end, each one's document offsets shifted by its start
+    stream = TokenFiles([tokens for tokens, _ in parts])
+    offsets = np.concatenate(
+        [part_offsets[:-1] + stream.starts[k] for k, (_, part_offsets) in enumerate(parts)] + [stream.starts[-1:]]
+    ).astype(np.int64)
+    return _domain(stream, offsets, cutoff_len, packing, ", ".join(map(str, prefixes)))
+
+
+def _megatron_part(prefix: Path) -> tuple[TokenFile, np.ndarray]:
+    """One prefix's token file and its documents' token offsets (n + 1), its index checked against
+    its ``.bin``; no rows built (several prefixes are cut into rows once, as one stream)."""
     idx, binary = prefix.with_name(prefix.name + ".idx"), prefix.with_name(prefix.name + ".bin")
     for path in (idx, binary):
         if not path.is_file():
@@ -139,21 +151,7 @@ def read_megatron(prefix: str | Path | list[str], cutoff_len: int, packing: bool
     starts = pointers // dtype.itemsize
     # a document is its sequences, which are contiguous: its tokens run from its first sequence's start
     offsets = np.append(starts[docs[:-1]], starts[-1] + lengths[-1]).astype(np.int64)
-    tokens = TokenFile(binary, dtype, int(starts[-1] + lengths[-1]))
-    domain = _domain(tokens, offsets, cutoff_len, packing, str(prefix))
-    return PretokenizedDomain(domain.rows, domain.num_tokens, domain.documents, domain.source, offsets)
-
-
-def _joined(parts: list[PretokenizedDomain], cutoff_len: int, packing: bool, source: str) -> PretokenizedDomain:
-    """Several prefixes' documents as one stream (their token files end to end)."""
-    files = [part.rows.tokens for part in parts]
-    assert all(isinstance(f, TokenFile) for f in files) and all(part.offsets is not None for part in parts)
-    stream = TokenFiles(files)  # type: ignore[arg-type]
-    offsets = np.concatenate(
-        [part.offsets[:-1] + stream.starts[k] for k, part in enumerate(parts)]  # type: ignore[index]
-        + [stream.starts[-1:]]
-    ).astype(np.int64)
-    return _domain(stream, offsets, cutoff_len, packing, source)
+    return TokenFile(binary, dtype, int(starts[-1] + lengths[-1])), offsets
 
 
 def read_numpy(
