@@ -114,8 +114,11 @@ class FollowLoss(DomainAlgorithm[FollowLossParams]):
         return Weights(sampling=0.9 * p / p.sum() + 0.1 / self.num_domains, scores=loss)
 
 
+#: Bytes of the buffer :func:`reused_buffer_faults` allocates again and again (over 32 MiB, the
+#: largest block a default glibc ever serves from its heap).
+PROBE_BYTES = 48 * 2**20
 #: Pages of 4 KiB that :func:`reused_buffer_faults` touches after its first buffer.
-PROBE_PAGES = 8 * 12 * 2**20 * 4 // 4096
+PROBE_PAGES = 8 * PROBE_BYTES // 4096
 
 
 def reused_buffer_faults() -> int:
@@ -123,8 +126,8 @@ def reused_buffer_faults() -> int:
     one (what a training step does with its logits): near 0 where freed memory stays in the process."""
     import resource
 
-    np.ones(12 * 2**20, dtype=np.float32)  # the first one may fault: the pages are new
+    np.ones(PROBE_BYTES // 4, dtype=np.float32)  # the first one may fault: the pages are new
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(8):
-        np.ones(12 * 2**20, dtype=np.float32)
+        np.ones(PROBE_BYTES // 4, dtype=np.float32)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before

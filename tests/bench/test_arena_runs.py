@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from mixflow.bench.arena_runs import usable_cores, worker_pool
-from tests.helpers import PROBE_PAGES, reused_buffer_faults
+from mixflow.utils.allocator import keep_freed_memory
+from tests.helpers import PROBE_BYTES, PROBE_PAGES, reused_buffer_faults
 
 
 def _visible_device(barrier) -> tuple[int, str]:
@@ -39,9 +40,16 @@ def test_on_the_cpu_the_workers_see_what_the_parent_sees(monkeypatch):
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
+def _faults_then_threshold() -> tuple[int, int]:
+    # the faults first: measured with what the worker's initializer set, not with this call's
+    return reused_buffer_faults(), keep_freed_memory()
+
+
 def test_a_worker_keeps_freed_memory_so_a_steps_buffers_are_not_faulted_in_again():
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's mallopt: Linux")
     with worker_pool(jobs=1) as pool:
-        faults = pool.submit(reused_buffer_faults).result(timeout=120)
+        faults, threshold = pool.submit(_faults_then_threshold).result(timeout=120)
+    if threshold < PROBE_BYTES:
+        pytest.skip(f"this C library's mmap threshold stays below the probe's buffer ({threshold} bytes)")
     assert faults <= PROBE_PAGES // 100

@@ -418,6 +418,8 @@ def test_a_domain_at_its_max_epochs_leaves_the_mixture_and_the_others_renormalis
     assert np.allclose(later[[0, 1, 3]] / later.sum(), np.array([0.3, 0.4, 0.2]) / 0.9, atol=0.01)
     assert np.allclose(s.planned_weights(39), [1 / 3, 4 / 9, 0, 2 / 9])  # what the batch was drawn with
     assert s.drawn_before(40)[2] == 60 and s.row_caps is not None and s.row_caps[2] == 60
+    # the next batch, not planned yet, is scheduled without the capped domain too (as it will be drawn)
+    assert np.allclose(s.scheduled_weights(40), [1 / 3, 4 / 9, 0, 2 / 9])
 
 
 def test_the_stream_ends_when_every_domain_of_the_mixture_is_capped() -> None:

@@ -61,8 +61,6 @@ class PretokenizedDomain:
     documents: int
     source: str
     """The file(s) it was read from, for messages."""
-    offsets: np.ndarray | None = None
-    """Every document's first token and the stream's end, where the reader knows them."""
 
 
 def megatron_index(idx: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
@@ -116,9 +114,7 @@ def read_megatron(prefix: str | Path | list[str], cutoff_len: int, packing: bool
     prefixes = megatron_prefixes(prefix)
     parts = [_megatron_part(q) for q in prefixes]
     if len(parts) == 1:
-        tokens, offsets = parts[0]
-        domain = _domain(tokens, offsets, cutoff_len, packing, str(prefixes[0]))
-        return PretokenizedDomain(domain.rows, domain.num_tokens, domain.documents, domain.source, offsets)
+        return _domain(*parts[0], cutoff_len, packing, str(prefixes[0]))
     # several prefixes: their token files end to end, each one's document offsets shifted by its start
     stream = TokenFiles([tokens for tokens, _ in parts])
     offsets = np.concatenate(

@@ -340,6 +340,8 @@ class MixtureSampler(Sampler[int]):
         for index, changed in self._weight_changes:
             if index <= batch_index:
                 weights = changed
+        if batch_index == self._planned:  # the next to plan: less the domains at their cap, as planned ones
+            return self._effective(weights, self._drawn).copy()
         return weights.copy()
 
     def planned_rows(self, batch_index: int) -> np.ndarray:

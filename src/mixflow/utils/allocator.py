@@ -29,22 +29,33 @@ _M_MMAP_THRESHOLD = -3
 
 #: Blocks up to this size come from the heap, not from fresh mmap'd pages.
 MMAP_THRESHOLD = 256 * 2**20
+#: What older glibc accepts at most for the mmap threshold on 64-bit systems (it refuses more).
+MMAP_THRESHOLD_OLD_MAX = 32 * 2**20
 #: The heap's free top is returned to the system only past this size.
 TRIM_THRESHOLD = 2**30
 
 
-def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (see the module's docstring).
-    True when applied; False where the C library is not glibc (nothing to tune: other allocators
-    keep their own policy)."""
+def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> int:
+    """Raise glibc's mmap and trim thresholds for this process (see the module's docstring). Returns
+    the mmap threshold set, in bytes (capped at 32 MiB where an older glibc refuses more); 0 where the
+    C library is not glibc or refuses the settings: the allocator then keeps its own policy, which
+    changes how fast a run is, never what it computes."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):  # no C library by that name, or no mallopt in it
         logger.debug("keep_freed_memory: no glibc mallopt here; the allocator keeps its own policy")
-        return False
+        return 0
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success; a threshold it refuses leaves the allocator as it was
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    # mallopt returns 1 on success; a value it refuses leaves that setting as it was
+    threshold = next(
+        (t for t in (mmap_threshold, min(mmap_threshold, MMAP_THRESHOLD_OLD_MAX)) if mallopt(_M_MMAP_THRESHOLD, t)), 0
+    )
+    if not threshold or not mallopt(_M_TRIM_THRESHOLD, trim_threshold):
+        logger.debug(
+            "keep_freed_memory: mallopt refused (mmap threshold %d, trim threshold %d)", mmap_threshold, trim_threshold
+        )
+        return 0
+    return threshold
