@@ -13,6 +13,7 @@ from typing import Any
 
 from mixflow.bench.arena import BASELINES, METHODS, Arena
 from mixflow.bench.arena_compare import run_arena
+from mixflow.bench.arena_compute import arena_floor
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
 from mixflow.bench.arena_runs import accelerators, usable_cores
@@ -178,8 +179,9 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
-    # a run trains for about 70 s at full size on one thread; its 99 run-equivalents took 94 minutes
-    # on 2 shared cores (README "Benchmarks"): over the issue's 45-minute budget, said so there
+    # a static run takes 62 s at full size on one thread; the whole arena took 64 minutes from nothing
+    # on the idle 2 cores, its linear layers' matrix products alone 34.5 at this machine's fp32 peak
+    # (README "Results"): over the issue's 45-minute budget, said so there
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:
@@ -188,6 +190,8 @@ def run(ctx: BenchContext) -> BenchResult:
     result.compare("natural", "best static", TARGET, "lower", claim_range=(0.0, None))
     result.judge()
     result.setting.update({**setting, "baselines": list(BASELINES)})
+    if not arena.devices:  # what the runs cost in matrix products, and the floor on this machine
+        result.setting["compute"] = arena_floor(arena, runs, result.setting)
     plots = [
         p
         for p in (

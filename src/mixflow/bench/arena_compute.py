@@ -1,0 +1,119 @@
+"""What an arena's runs cost in matrix products, and the floor that puts on its time on this machine.
+
+Counted: the linear layers' multiply-adds (a Llama's q, k, v, o, gate, up, down and its head) over
+every token trained (a step is three passes' worth: the forward and a backward of twice its cost),
+evaluated and scored, at 2 FLOPs each; timed at the fp32 rate one torch thread reaches on the model's
+largest product (the head's), with every core busy. Not counted: attention scores, norms, the
+loss's softmax, the optimizer, Python, and the methods' own extra passes (DoReMi's reference
+forwards, Aioli's held-out losses, PiKE's and VA's gradient statistics). So it is a floor on the
+arena's time, not an estimate: what no implementation of these runs on this machine can go under.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def linear_macs_per_token(model_config: dict[str, Any], vocab: int) -> int:
+    """Multiply-adds per token of a Llama's linear layers: attention's q, k, v, o and the MLP's gate,
+    up and down in every layer (k and v as wide as the key-value heads), then the head."""
+    h, inner = int(model_config["hidden_size"]), int(model_config["intermediate_size"])
+    heads = int(model_config["num_attention_heads"])
+    kv = int(model_config.get("num_key_value_heads", heads)) * (h // heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inner
+    return int(model_config["num_hidden_layers"]) * per_layer + h * vocab
+
+
+def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 50) -> float:
+    """FLOP/s of one torch thread on ``[rows, hidden] · [hidden, vocab]`` in float32 (the head's
+    product: the largest, so the fastest per FLOP), after a warm-up."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(rows, hidden), torch.randn(hidden, vocab)
+        for _ in range(5):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return 2.0 * rows * hidden * vocab * repeats / elapsed
+
+
+def scored_tokens(tokenizer_path: str, split_dir: Path, domains: Sequence[str]) -> int:
+    """Tokens one scoring pass reads in ``split_dir``: every document of every domain and its EOS."""
+    from mixflow.data.sources import iter_documents, sources_from_dataset_info
+    from mixflow.data.tokenizer import encode_batch, load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    return sum(
+        len(ids) + 1
+        for source in sources_from_dataset_info(split_dir, list(domains))
+        for ids in encode_batch(tokenizer, list(iter_documents(source)))
+    )
+
+
+def compute_floor(
+    macs_per_token: int,
+    tokens: dict[str, int],
+    rate: float,
+    cores: int,
+) -> dict[str, Any]:
+    """The linear layers' TFLOPs of the ``tokens`` trained, evaluated and scored (``{"trained",
+    "evaluated", "scored"}``) and their minutes at ``rate`` FLOP/s on each of ``cores`` busy cores."""
+    flops = {
+        "training": 6.0 * macs_per_token * tokens["trained"],
+        "evaluations": 2.0 * macs_per_token * tokens["evaluated"],
+        "scoring": 2.0 * macs_per_token * tokens["scored"],
+    }
+    return {
+        "linear-layer TFLOP": {k: round(v / 1e12, 1) for k, v in flops.items()},
+        "fp32 matmul GFLOP/s of one thread": round(rate / 1e9, 1),
+        "floor minutes (linear layers only)": round(sum(flops.values()) / (rate * max(1, cores)) / 60, 1),
+    }
+
+
+def evaluations(max_steps: int, eval_steps: int) -> int:
+    """The periodic evaluations of a run: every ``eval_steps`` and one at its last step."""
+    return math.ceil(max_steps / max(1, eval_steps))
+
+
+def arena_floor(arena: Any, runs: dict[str, list[dict[str, Any]]], setting: dict[str, Any]) -> dict[str, Any]:
+    """:func:`compute_floor` of an arena on the CPU: its scoring ``runs`` (a best static mixture that
+    is a baseline counted once: they are that baseline's runs) and its swarm (``setting``'s ``swarm
+    runs`` and ``swarm steps``), each scored once, on ``arena.jobs`` cores."""
+    from mixflow.bench.arena import BASELINES, BEST_STATIC
+
+    base = arena.base
+    shared = setting["best static chosen"] in BASELINES
+    scoring = [r for method, results in runs.items() if not (shared and method == BEST_STATIC) for r in results]
+    row = int(base["cutoff_len"])
+    steps = sum(int(r["steps"]) + int(r.get("extra_steps") or 0) for r in scoring) + int(setting["swarm steps"])
+    evaluated = sum(len(r["curve"]["steps"]) for r in scoring) + int(setting["swarm runs"]) * evaluations(
+        arena.steps, int(base["eval_steps"])
+    )
+    tokenizer, domains = str(base["tokenizer"]), arena.domains
+    tokens = {
+        "trained": steps * int(base["per_device_train_batch_size"]) * row,
+        "evaluated": evaluated * int(base["val_size"]) * len(domains) * row,
+        "scored": len(scoring) * scored_tokens(tokenizer, arena.test_dir, domains)
+        + int(setting["swarm runs"]) * scored_tokens(tokenizer, arena.val_dir, domains),
+    }
+    model = base["model_config"]
+    vocab = int(model.get("vocab_size") or _vocab(tokenizer))  # the model's: the tokenizer's unless set
+    rate = matmul_rate(int(base["per_device_train_batch_size"]) * row, int(model["hidden_size"]), vocab)
+    return compute_floor(linear_macs_per_token(model, vocab), tokens, rate, arena.jobs)
+
+
+def _vocab(tokenizer_path: str) -> int:
+    from mixflow.data.tokenizer import load_tokenizer
+
+    return int(load_tokenizer(tokenizer_path).vocab_size)
