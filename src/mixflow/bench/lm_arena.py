@@ -180,7 +180,7 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
     # a static run takes 62 s at full size on one thread; the whole arena took 64 minutes from nothing
-    # on the idle 2 cores, its linear layers' matrix products alone 34.5 at this machine's fp32 peak
+    # on the idle 2 cores, its linear layers' matrix products alone 33-35 at this machine's fp32 peak
     # (README "Results"): over the issue's 45-minute budget, said so there
     seeds=4,
 )
