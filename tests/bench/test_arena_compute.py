@@ -44,7 +44,7 @@ def test_a_run_evaluates_every_eval_steps_and_at_its_last_step():
 
 def test_the_matmul_rate_is_measured_on_one_thread_and_the_threads_are_restored():
     threads = torch.get_num_threads()
-    assert matmul_rate(64, 32, 128, repeats=3) > 0
+    assert matmul_rate(64, 32, 128, repeats=3, blocks=2) > 0
     assert torch.get_num_threads() == threads
 
 
@@ -61,7 +61,7 @@ def test_a_best_static_mixture_that_is_a_baseline_is_counted_once(tmp_path, monk
             "per_device_train_batch_size": 1024,
             "eval_steps": 5,
             "val_size": 512,
-            "tokenizer": "unused",
+            "tokenizer": "byte",
             "model_config": {**LLAMA, "vocab_size": 2048},
         }
         steps, domains, jobs, test_dir, val_dir = 10, ["a", "b"], 2, tmp_path, tmp_path
@@ -87,3 +87,16 @@ def test_a_best_static_mixture_that_is_a_baseline_is_counted_once(tmp_path, monk
     assert floor["floor minutes (linear layers only)"] == pytest.approx(round(total / 2e11 / 60, 1))
     assert floor["linear-layer TFLOP"]["training"] > 100  # so a run counted twice would show
     json.dumps(floor)  # it goes into the result's JSON as it is
+
+
+def test_a_scoring_pass_reads_every_document_and_its_eos(tmp_path):
+    from mixflow.bench.arena_compute import scored_tokens
+    from mixflow.data.tokenizer import load_tokenizer
+
+    domains = {"a": ["ab", "cde"], "b": ["fghi"]}
+    for name, texts in domains.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    info = {name: {"file_name": f"{name}.jsonl", "columns": {"prompt": "text"}} for name in domains}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    # the byte tokenizer: one token a character, then EOS
+    assert scored_tokens(load_tokenizer("byte"), tmp_path, ["a", "b"]) == (2 + 1) + (3 + 1) + (4 + 1)

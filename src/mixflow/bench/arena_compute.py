@@ -28,9 +28,11 @@ def linear_macs_per_token(model_config: dict[str, Any], vocab: int) -> int:
     return int(model_config["num_hidden_layers"]) * per_layer + h * vocab
 
 
-def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 50) -> float:
+def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 20, blocks: int = 10) -> float:
     """FLOP/s of one torch thread on ``[rows, hidden] · [hidden, vocab]`` in float32 (the head's
-    product: the largest, so the fastest per FLOP), after a warm-up."""
+    product: the largest, so the fastest per FLOP): the best of ``blocks`` timings of ``repeats``
+    products each, after a warm-up. The best, because a floor wants the peak: a shared or virtual
+    machine's core runs slower at moments (this one measured 63–98 GFLOP/s within minutes)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -39,25 +41,26 @@ def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 50) -> float:
         a, b = torch.randn(rows, hidden), torch.randn(hidden, vocab)
         for _ in range(5):
             a @ b
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        elapsed = time.perf_counter() - start
+        best = math.inf
+        for _ in range(blocks):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            best = min(best, time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
-    return 2.0 * rows * hidden * vocab * repeats / elapsed
+    return 2.0 * rows * hidden * vocab * repeats / best
 
 
-def scored_tokens(tokenizer_path: str, split_dir: Path, domains: Sequence[str]) -> int:
-    """Tokens one scoring pass reads in ``split_dir``: every document of every domain and its EOS."""
+def scored_tokens(tokenizer: Any, split_dir: Path, domains: Sequence[str]) -> int:
+    """Tokens one scoring pass reads in ``split_dir``: the stream :func:`~mixflow.bench.arena_runs.split_losses`
+    scores, every document of every domain and its EOS."""
+    from mixflow.bench.arena_runs import document_stream
     from mixflow.data.sources import iter_documents, sources_from_dataset_info
-    from mixflow.data.tokenizer import encode_batch, load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_path)
     return sum(
-        len(ids) + 1
+        len(document_stream(tokenizer, iter_documents(source)))
         for source in sources_from_dataset_info(split_dir, list(domains))
-        for ids in encode_batch(tokenizer, list(iter_documents(source)))
     )
 
 
@@ -100,7 +103,9 @@ def arena_floor(arena: Any, runs: dict[str, list[dict[str, Any]]], setting: dict
     evaluated = sum(len(r["curve"]["steps"]) for r in scoring) + int(setting["swarm runs"]) * evaluations(
         arena.steps, int(base["eval_steps"])
     )
-    tokenizer, domains = str(base["tokenizer"]), arena.domains
+    from mixflow.data.tokenizer import load_tokenizer
+
+    tokenizer, domains = load_tokenizer(str(base["tokenizer"])), arena.domains
     tokens = {
         "trained": steps * int(base["per_device_train_batch_size"]) * row,
         "evaluated": evaluated * int(base["val_size"]) * len(domains) * row,
@@ -108,12 +113,6 @@ def arena_floor(arena: Any, runs: dict[str, list[dict[str, Any]]], setting: dict
         + int(setting["swarm runs"]) * scored_tokens(tokenizer, arena.val_dir, domains),
     }
     model = base["model_config"]
-    vocab = int(model.get("vocab_size") or _vocab(tokenizer))  # the model's: the tokenizer's unless set
+    vocab = int(model.get("vocab_size") or tokenizer.vocab_size)  # the model's: the tokenizer's unless set
     rate = matmul_rate(int(base["per_device_train_batch_size"]) * row, int(model["hidden_size"]), vocab)
     return compute_floor(linear_macs_per_token(model, vocab), tokens, rate, arena.jobs)
-
-
-def _vocab(tokenizer_path: str) -> int:
-    from mixflow.data.tokenizer import load_tokenizer
-
-    return int(load_tokenizer(tokenizer_path).vocab_size)

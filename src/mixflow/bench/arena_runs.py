@@ -342,17 +342,22 @@ def split_losses(
     ]
 
 
-def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int) -> float:
-    import torch
-
+def document_stream(tokenizer: Any, documents: Any) -> np.ndarray:
+    """The token ids a run is scored on: every document, each ended by EOS, end to end."""
     from mixflow.data.tokenizer import encode_batch
 
-    stream = np.concatenate(
+    return np.concatenate(
         [
             np.append(np.asarray(ids, dtype=np.int64), tokenizer.eos_token_id)
             for ids in encode_batch(tokenizer, list(documents))
         ]
     )
+
+
+def _mean_loss(model: Any, tokenizer: Any, documents: Any, cutoff_len: int, batch: int) -> float:
+    import torch
+
+    stream = document_stream(tokenizer, documents)
     full = len(stream) // cutoff_len * cutoff_len
     pieces = [
         stream[i : min(i + batch * cutoff_len, full)].reshape(-1, cutoff_len)
