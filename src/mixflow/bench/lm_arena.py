@@ -67,8 +67,9 @@ def base_config(
 
 
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
-    # The vocabulary is 2048: at this model's size the head is most of a step's cost (4096 tokens cost
-    # 1.6× the step time, measured on one thread) and the rare tokens are never learned in the steps given.
+    # The vocabulary is 2048: at this model's size the head is 40% of the linear layers' multiply-adds
+    # (4096 tokens cost 1.6× the step time, measured on one thread) and the rare tokens are never
+    # learned in the steps given.
     # Runs go as many at once as there are cores (one torch thread each). --quick is the full
     # arena's pipeline at a tenth of the corpus, 30 steps of the full batch, and the swarm's 2 best
     # members measured on 2 seeds (not 3 on 3): about 3 minutes on 2 cores.
@@ -110,7 +111,7 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
     # data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
     # every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
     # 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
-    # 1e-2 was worse; a run costs about 85 s on one thread.
+    # 1e-2 was worse; a static run takes 62 s on one thread (about 85 when the cores were shared).
     return {
         "scale": 1.0,
         "steps": 800,
@@ -180,7 +181,7 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
     # a static run takes 62 s at full size on one thread; the whole arena took 64 minutes from nothing
-    # on the idle 2 cores, its linear layers' matrix products alone 33-35 at this machine's fp32 peak
+    # on the idle 2 cores, its linear layers' matrix products alone 33-39 at this machine's fp32 peak
     # (README "Results"): over the issue's 45-minute budget, said so there
     seeds=4,
 )
