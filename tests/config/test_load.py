@@ -287,6 +287,27 @@ def test_every_config_error_is_reported_at_once(tmp_path, base, capsys):
     assert len(err.value.messages) == 3
 
 
+def test_a_component_name_typo_is_reported_with_the_data_and_training_errors(tmp_path, base):
+    # K and B are unknown while the data or training keys are wrong: the name and the params checks
+    # that need neither still run, so one attempt names every problem
+    cfg = {**base, "dataset": "wiki,nope", "learning_rate": -1.0, "component": {"name": "odmm"}}
+    cfg.pop("component_name")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, cfg))
+    messages = err.value.messages
+    assert any("nope" in m for m in messages)
+    assert any(m.startswith("learning_rate: expected a number >= 0") for m in messages)
+    assert any(m.startswith("component.name: unknown algorithm 'odmm'") and "did you mean 'odm'" in m for m in messages)
+    cfg["component"] = {"name": "odm", "params": {"etaa": 0.1}}
+    with pytest.raises(ConfigError, match=r"odm.params.etaa: unknown parameter"):
+        load_config(write(tmp_path, cfg))
+    comp = write(tmp_path, {"mixers": {"mine": {"name": "odmm"}}}, "components.yaml")
+    cfg = {**base, "learning_rate": -1.0, "components_cfg_file": str(comp), "component_name": "mine"}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, cfg))
+    assert any(m.startswith("mixers.mine.name: unknown algorithm 'odmm'") for m in err.value.messages)
+
+
 def test_train_from_scratch_starts_from_the_directory_config_with_fresh_weights(tmp_path, base):
     import torch
 

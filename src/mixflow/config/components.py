@@ -37,19 +37,24 @@ def static_component() -> ResolvedComponent:
     )
 
 
-def resolve_components(run: RunConfig, base_dir: Path) -> tuple[ResolvedComponent, ResolvedComponent | None]:
-    """(domain algorithm, sample weighter or None), their params typed and validated with (K, B)."""
+def resolve_components(
+    run: RunConfig, base_dir: Path, sized: bool = True
+) -> tuple[ResolvedComponent, ResolvedComponent | None]:
+    """(domain algorithm, sample weighter or None), their params typed and validated with (K, B).
+    ``sized=False`` where the data or training keys failed their checks, so K and B are not known:
+    the names and every params check that needs neither still run (a typo in a component's name is
+    reported with the other errors, not after they are fixed)."""
     algorithm, weighter = _choose(run, base_dir)
-    context = ValidationContext(len(domain_names(run)), global_batch_size(run.training))
+    context = ValidationContext(len(domain_names(run)), global_batch_size(run.training)) if sized else None
     return _typed(algorithm, "algorithm", context), (
         _typed(weighter, "weighter", context) if weighter is not None else None
     )
 
 
-def _typed(spec: tuple[ComponentConfig, str], kind: str, context: ValidationContext) -> ResolvedComponent:
+def _typed(spec: tuple[ComponentConfig, str], kind: str, context: ValidationContext | None) -> ResolvedComponent:
     component, section = spec
-    try:
-        cls = lookup(component.name, kind, "component_name")
+    try:  # errors name the key the user wrote: component.name, or mixers.<entry>.name in a components file
+        cls = lookup(component.name, kind, f"{section}.name")
         params = build_params(cls.Params, component.params, f"{component.name}.params", context)
     except ValueError as err:
         raise ConfigError(str(err)) from None

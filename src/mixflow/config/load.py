@@ -87,8 +87,9 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     errors.run(checks.check_mixing_keys, run)
     if errors.passes(model_checks.check_model, run):
         errors.run(model_checks.check_model_fits_data, run)
-    components = errors.run(resolve_components, run, base_dir) if data_ok and training_ok else None
-    if components is not None:
+    sized = data_ok and training_ok  # K and B are known
+    components = errors.run(resolve_components, run, base_dir, sized)
+    if components is not None and sized:
         run.algorithm, run.weighter = components
         errors.run(checks.check_mixing, run, base_dir)
         errors.run(checks.check_task, run, base_dir)
