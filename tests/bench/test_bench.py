@@ -74,8 +74,11 @@ def test_report_merges_every_result_into_one_row_per_claim(tmp_path):
 
 
 def test_unknown_names_and_missing_extras_are_one_line_errors(capsys, monkeypatch):
-    assert main(["bench", "run", "fgls-regresion", "--tiny"]) == 2
-    assert "unknown benchmark 'fgls-regresion'" in capsys.readouterr().err
+    assert main(["bench", "run", "fgls-regresion", "lm-arenaa", "--tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # every unknown name, each with the closest one
+    assert len(err) == 2
+    assert "unknown benchmark 'fgls-regresion'" in err[0] and "(did you mean 'fgls-regression'?)" in err[0]
+    assert "unknown benchmark 'lm-arenaa'" in err[1] and "(did you mean 'lm-arena'?)" in err[1]
     import importlib.util
 
     from mixflow.bench import base

@@ -88,7 +88,7 @@ def test_arena_reports_every_mistake_before_training(tmp_path, demo_data, capsys
                 "arena",
                 str(config),
                 "--methods",
-                "odm,magic",
+                "odmm,magic",
                 "--clean",
                 "code,poetry",
                 "--seeds",
@@ -100,8 +100,9 @@ def test_arena_reports_every_mistake_before_training(tmp_path, demo_data, capsys
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "methods: unknown ['magic']" in err[0] and "'poetry' is not a domain" in err[1]
-    assert "seeds: expected an integer ≥ 2" in err[2]
+    assert len(err) == 4 and "methods: unknown 'odmm'" in err[0] and "(did you mean 'odm'?)" in err[0]
+    assert "methods: unknown 'magic'" in err[1] and "'poetry' is not a domain" in err[2]
+    assert "seeds: expected an integer ≥ 2" in err[3]
     assert not (tmp_path / "arena").exists()
 
 

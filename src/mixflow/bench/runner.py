@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mixflow.algorithms.params import suggest
 from mixflow.bench.base import BenchContext, Benchmark, BenchResult, available_benchmarks, commit, machine, timed
 from mixflow.errors import ConfigError
 from mixflow.utils.jsonlog import read_json, write_json_atomic
@@ -23,8 +24,13 @@ def select(names: Sequence[str]) -> list[Benchmark]:
         chosen = list(table.values())
     else:
         unknown = [n for n in names if n not in table]
-        if unknown:
-            raise ConfigError(f"bench: unknown benchmark {unknown[0]!r}; expected one of {sorted(table)} or 'all'")
+        if unknown:  # every unknown name at once, each with the closest one
+            raise ConfigError(
+                "\n".join(
+                    f"bench: unknown benchmark {n!r}; expected one of {sorted(table)} or 'all'{suggest(n, table)}"
+                    for n in unknown
+                )
+            )
         chosen = [table[n] for n in names]
     missing = sorted({m for b in chosen for m in b.needs if importlib.util.find_spec(m) is None})
     if missing:

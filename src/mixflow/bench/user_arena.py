@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mixflow.algorithms.params import suggest
 from mixflow.bench.arena import METHODS, Arena, arena_recommendation_yaml, method_spec
 from mixflow.bench.arena_compare import run_arena
 from mixflow.bench.arena_data import split_domains, train_tokens
@@ -140,10 +141,11 @@ def _checked(
 ) -> tuple[list[DomainSource], list[str]]:
     """(the config's domains, the clean ones): raises one ConfigError naming every problem of the
     methods, task, domains, clean domains and ``counts`` (seeds, steps, jobs, swarm)."""
-    errors = []
-    unknown = [m for m in methods or [] if m not in METHODS]
-    if unknown:
-        errors.append(f"methods: unknown {unknown}; expected some of {sorted(METHODS)}")
+    errors = [
+        f"methods: unknown {m!r}; expected some of {sorted(METHODS)}{suggest(m, METHODS)}"
+        for m in methods or []
+        if m not in METHODS
+    ]
     if run.data.task != "causal_lm":
         errors.append(f"task: the arena compares language-model mixtures, got {run.data.task!r}")
     sources = domain_sources(run)
