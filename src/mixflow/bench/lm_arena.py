@@ -66,6 +66,24 @@ def base_config(
     }
 
 
+# How the full size (the last one in _sizes) was chosen.
+# Cheaper sizes tried for the 45 minutes (each a whole arena, 4 seeds, timed on the idle 2 cores):
+# BPE 1024 with 48-token rows, 256 scored rows per domain, the swarm's 2 best replicated: 39 min,
+# but the best static mixture's seed sd was 0.36 of the natural → best-static gap (target ≤ 0.25)
+# and natural − uniform 2.8 of it (target > 4); BPE 1024 with 64-token rows, 4 evaluations a run,
+# 8 Dirichlet members: 46 min, 0.31 and 3.7 sd, and natural no different from the best static
+# (UniMax, chosen by the swarm; the natural mixture's seed sd 0.074 against 0.051 at BPE 2048);
+# 600 steps of 64-token rows failed a 4-seed pilot (2.9 sd); hidden size 96 with a 256-wide MLP
+# (26% less time a run) failed a 5-seed pilot of uniform, natural and temperature: seed sd / gap
+# 0.43, natural − uniform 1.8 sd (a smaller model narrows the mixture effects, widens the noise);
+# 48-token rows at BPE 2048 failed it too (0.32, 2.3 sd; with Adam β2 = 0.95: 0.26, 3.0 sd), its
+# temperature seeds split in two groups 0.1 apart, every domain shifted together.
+# Calibrated on 4 seeds of uniform, natural and temperature, the same 819k training tokens each:
+# 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd 0.072 (0.9 sd apart; fixing the
+# data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
+# every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
+# 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
+# 1e-2 was worse; a static run takes 62 s on one thread (about 85 when the cores were shared).
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
     # The vocabulary is 2048: at this model's size the head is 40% of the linear layers' multiply-adds
     # (4096 tokens cost 1.6× the step time, measured on one thread) and the rare tokens are never
@@ -99,23 +117,6 @@ def _sizes(ctx: BenchContext) -> dict[str, Any]:
             "val_rows": 8,
             "replicate": (2, 2),
         }
-    # Cheaper sizes tried for the 45 minutes (each a whole arena, 4 seeds, timed on the idle 2 cores):
-    # BPE 1024 with 48-token rows, 256 scored rows per domain, the swarm's 2 best replicated: 39 min,
-    # but the best static mixture's seed sd was 0.36 of the natural → best-static gap (target ≤ 0.25)
-    # and natural − uniform 2.8 of it (target > 4); BPE 1024 with 64-token rows, 4 evaluations a run,
-    # 8 Dirichlet members: 46 min, 0.31 and 3.7 sd, and natural no different from the best static
-    # (UniMax, chosen by the swarm; the natural mixture's seed sd 0.074 against 0.051 at BPE 2048);
-    # 600 steps of 64-token rows failed a 4-seed pilot (2.9 sd); hidden size 96 with a 256-wide MLP
-    # (26% less time a run) failed a 5-seed pilot of uniform, natural and temperature: seed sd / gap
-    # 0.43, natural − uniform 1.8 sd (a smaller model narrows the mixture effects, widens the noise);
-    # 48-token rows at BPE 2048 failed it too (0.32, 2.3 sd; with Adam β2 = 0.95: 0.26, 3.0 sd), its
-    # temperature seeds split in two groups 0.1 apart, every domain shifted together.
-    # Calibrated on 4 seeds of uniform, natural and temperature, the same 819k training tokens each:
-    # 400 steps of 32 rows: natural − uniform 0.065, uniform's seed sd 0.072 (0.9 sd apart; fixing the
-    # data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
-    # every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
-    # 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
-    # 1e-2 was worse; a static run takes 62 s on one thread (about 85 when the cores were shared).
     return {
         "scale": 1.0,
         "steps": 800,
