@@ -301,6 +301,11 @@ def test_a_component_name_typo_is_reported_with_the_data_and_training_errors(tmp
     cfg["component"] = {"name": "odm", "params": {"etaa": 0.1}}
     with pytest.raises(ConfigError, match=r"odm.params.etaa: unknown parameter"):
         load_config(write(tmp_path, cfg))
+    # a domain whose file is missing still leaves K known: a check that needs K runs too
+    cfg["component"] = {"name": "static", "params": {"proportions": [1, 2, 3]}}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, cfg))
+    assert any(m.startswith("static.params.proportions: expected 2 values") for m in err.value.messages)
     comp = write(tmp_path, {"mixers": {"mine": {"name": "odmm"}}}, "components.yaml")
     cfg = {**base, "learning_rate": -1.0, "components_cfg_file": str(comp), "component_name": "mine"}
     with pytest.raises(ConfigError) as err:

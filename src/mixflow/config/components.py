@@ -38,14 +38,15 @@ def static_component() -> ResolvedComponent:
 
 
 def resolve_components(
-    run: RunConfig, base_dir: Path, sized: bool = True
+    run: RunConfig, base_dir: Path, k_known: bool = True, b_known: bool = True
 ) -> tuple[ResolvedComponent, ResolvedComponent | None]:
     """(domain algorithm, sample weighter or None), their params typed and validated with (K, B).
-    ``sized=False`` where the data or training keys failed their checks, so K and B are not known:
-    the names and every params check that needs neither still run (a typo in a component's name is
-    reported with the other errors, not after they are fixed)."""
+    ``k_known`` / ``b_known`` False where the list of domains / the training keys failed their
+    checks: the names and every params check that needs neither still run (a typo in a component's
+    name is reported with the other errors, not after they are fixed)."""
     algorithm, weighter = _choose(run, base_dir)
-    context = ValidationContext(len(domain_names(run)), global_batch_size(run.training)) if sized else None
+    batch = global_batch_size(run.training) if b_known else None
+    context = ValidationContext(len(domain_names(run)), batch) if k_known else None
     return _typed(algorithm, "algorithm", context), (
         _typed(weighter, "weighter", context) if weighter is not None else None
     )

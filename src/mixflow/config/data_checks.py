@@ -12,18 +12,26 @@ from mixflow.data.packing import check_cutoff_len
 from mixflow.data.sources import DomainSource, domain_source, resolve_files, sources_from_dataset_info
 
 
-def check_data(run: RunConfig, base_dir: Path) -> None:
-    """The data keys; every problem of every domain at once (the structure first: which domains)."""
+def domain_list_error(run: RunConfig) -> str | None:
+    """What is wrong with the list of domains itself (which domains, not their files), or None: then
+    K is known even where a domain's files are not found."""
     d = run.data
     if (d.domains is None) == (d.dataset is None):
-        raise ConfigError(
-            "dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)"
-        )
+        return "dataset: expected exactly one of 'dataset' (names in dataset_info.json) or 'domains' (inline list)"
     names = domain_names(run)
     if not names:
-        raise ConfigError("dataset: expected at least one domain")
+        return "dataset: expected at least one domain"
     if len(set(names)) != len(names):
-        raise ConfigError(f"dataset: domain names must be unique, got {names}")
+        return f"dataset: domain names must be unique, got {names}"
+    return None
+
+
+def check_data(run: RunConfig, base_dir: Path) -> None:
+    """The data keys; every problem of every domain at once (the structure first: which domains)."""
+    structure = domain_list_error(run)
+    if structure is not None:
+        raise ConfigError(structure)
+    d, names = run.data, domain_names(run)
     errors: list[str] = []
     try:
         check_cutoff_len(d.cutoff_len)

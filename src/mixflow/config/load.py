@@ -87,9 +87,9 @@ def validate(data: dict[str, Any], base_dir: Path, source: str, check_outputs: b
     errors.run(checks.check_mixing_keys, run)
     if errors.passes(model_checks.check_model, run):
         errors.run(model_checks.check_model_fits_data, run)
-    sized = data_ok and training_ok  # K and B are known
-    components = errors.run(resolve_components, run, base_dir, sized)
-    if components is not None and sized:
+    k_known = data_ok or data_checks.domain_list_error(run) is None  # a domain's missing file leaves K known
+    components = errors.run(resolve_components, run, base_dir, k_known, training_ok)
+    if components is not None and data_ok and training_ok:
         run.algorithm, run.weighter = components
         errors.run(checks.check_mixing, run, base_dir)
         errors.run(checks.check_task, run, base_dir)
