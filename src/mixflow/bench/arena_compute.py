@@ -94,6 +94,7 @@ def arena_floor(arena: Any, runs: dict[str, list[dict[str, Any]]], setting: dict
     is a baseline counted once: they are that baseline's runs) and its swarm (``setting``'s ``swarm
     runs`` and ``swarm steps``), each scored once, on ``arena.jobs`` cores."""
     from mixflow.bench.arena import BASELINES, BEST_STATIC
+    from mixflow.data.tokenizer import load_tokenizer
 
     base = arena.base
     shared = setting["best static chosen"] in BASELINES
@@ -103,8 +104,6 @@ def arena_floor(arena: Any, runs: dict[str, list[dict[str, Any]]], setting: dict
     evaluated = sum(len(r["curve"]["steps"]) for r in scoring) + int(setting["swarm runs"]) * evaluations(
         arena.steps, int(base["eval_steps"])
     )
-    from mixflow.data.tokenizer import load_tokenizer
-
     tokenizer, domains = load_tokenizer(str(base["tokenizer"])), arena.domains
     tokens = {
         "trained": steps * int(base["per_device_train_batch_size"]) * row,
