@@ -111,6 +111,24 @@ def test_chunked_cross_entropy_matches_torch_in_value_and_gradient(rows):
     assert ours.dtype == torch.float32  # upcast, as transformers' loss
 
 
+@pytest.mark.parametrize("rows", [3, 64])
+def test_chunked_cross_entropy_of_bfloat16_logits_is_float32_with_a_bfloat16_gradient(rows):
+    from mixflow.loss.per_sample import per_token_losses
+
+    gen = torch.Generator().manual_seed(1)
+    logits = (3 * torch.randn(10, 7, generator=gen)).bfloat16().requires_grad_()
+    labels = torch.randint(0, 7, (10,), generator=gen)
+    labels[4] = -100
+    ours = per_token_losses(logits, labels, chunk_rows=rows)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    exact = logits.detach().float().requires_grad_()
+    ref = F.cross_entropy(exact, labels, ignore_index=-100, reduction="none")
+    (g_ref,) = torch.autograd.grad(ref.sum(), exact)
+    # the loss is computed in float32 from the bfloat16 values; only the gradient is rounded back
+    assert ours.dtype == torch.float32 and torch.allclose(ours, ref, atol=1e-6)
+    assert g_ours.dtype == torch.bfloat16 and torch.allclose(g_ours.float(), g_ref, atol=4e-3) and g_ours[4].eq(0).all()
+
+
 def test_chunk_rows_follow_the_vocabulary_size():
     from mixflow.loss.per_sample import CHUNK_BYTES, chunk_rows_for
 
