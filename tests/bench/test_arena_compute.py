@@ -10,6 +10,7 @@ import torch
 from mixflow.bench.arena_compute import (
     arena_floor,
     compute_floor,
+    cpu_bf16_is_faster,
     evaluations,
     linear_macs_per_token,
     matmul_rate,
@@ -45,7 +46,16 @@ def test_a_run_evaluates_every_eval_steps_and_at_its_last_step():
 def test_the_matmul_rate_is_measured_on_one_thread_and_the_threads_are_restored():
     threads = torch.get_num_threads()
     assert matmul_rate(64, 32, 128, repeats=3, blocks=2) > 0
+    assert matmul_rate(64, 32, 128, repeats=3, blocks=2, bf16=True) > 0
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize(("bf16_rate", "chosen"), [(2.1e11, True), (1.5e11, True), (1.4e11, False), (0.5e11, False)])
+def test_the_cpu_runs_use_bfloat16_only_where_it_multiplies_half_again_as_fast(monkeypatch, bf16_rate, chosen):
+    from mixflow.bench import arena_compute
+
+    monkeypatch.setattr(arena_compute, "matmul_rate", lambda *shape, bf16=False, **timing: bf16_rate if bf16 else 1e11)
+    assert cpu_bf16_is_faster(1024, 128, 2048) is chosen
 
 
 def test_a_best_static_mixture_that_is_a_baseline_is_counted_once(tmp_path, monkeypatch):
@@ -53,7 +63,7 @@ def test_a_best_static_mixture_that_is_a_baseline_is_counted_once(tmp_path, monk
     from mixflow.bench.arena import BASELINES, BEST_STATIC
 
     monkeypatch.setattr(arena_compute, "scored_tokens", lambda tokenizer, split, domains: 10**8)
-    monkeypatch.setattr(arena_compute, "matmul_rate", lambda rows, hidden, vocab: 1e11)
+    monkeypatch.setattr(arena_compute, "matmul_rate", lambda rows, hidden, vocab, bf16=False: 2e11 if bf16 else 1e11)
 
     class _Arena:
         base = {
@@ -85,8 +95,13 @@ def test_a_best_static_mixture_that_is_a_baseline_is_counted_once(tmp_path, monk
     }
     total = (6 * trained + 2 * evaluated + 2 * scored) * macs
     assert floor["floor minutes (linear layers only)"] == pytest.approx(round(total / 2e11 / 60, 1))
+    assert floor["fp32 matmul GFLOP/s of one thread"] == 100.0
     assert floor["linear-layer TFLOP"]["training"] > 100  # so a run counted twice would show
     json.dumps(floor)  # it goes into the result's JSON as it is
+    _Arena.base["bf16"] = True  # runs under bfloat16 autocast: the floor at the bfloat16 rate
+    fast = arena_floor(_Arena(), runs, setting)
+    assert fast["bf16 matmul GFLOP/s of one thread"] == 200.0
+    assert fast["floor minutes (linear layers only)"] == pytest.approx(round(total / 4e11 / 60, 1))
 
 
 def test_a_scoring_pass_reads_every_document_and_its_eos(tmp_path):

@@ -53,3 +53,29 @@ def test_a_worker_keeps_freed_memory_so_a_steps_buffers_are_not_faulted_in_again
     if threshold < PROBE_BYTES:
         pytest.skip(f"this C library's mmap threshold stays below the probe's buffer ({threshold} bytes)")
     assert faults <= PROBE_PAGES // 100
+
+
+def test_scoring_under_bfloat16_autocast_is_within_a_thousandth_of_float32(tmp_path):
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mixflow.bench.arena_runs import split_losses
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    split = tmp_path / "test"
+    split.mkdir()
+    for name in ("a", "b"):
+        texts = [f"{name} document {i} " * 9 for i in range(6)]
+        (split / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    info = {name: {"file_name": f"{name}.jsonl", "columns": {"prompt": "text"}} for name in ("a", "b")}
+    (split / "dataset_info.json").write_text(json.dumps(info))
+    args = (str(tmp_path / "model"), "byte", [str(split)], ["a", "b"], 16)
+    [exact], [fast] = split_losses(*args), split_losses(*args, bf16=True)
+    assert exact.keys() == fast.keys() == {"a", "b"}
+    assert all(exact[d] != fast[d] and abs(exact[d] - fast[d]) < 1e-3 * exact[d] for d in exact)

@@ -2,8 +2,9 @@
 
 Counted: the linear layers' multiply-adds (a Llama's q, k, v, o, gate, up, down and its head) over
 every token trained (a step is three passes' worth: the forward and a backward of twice its cost),
-evaluated and scored, at 2 FLOPs each; timed at the fp32 rate one torch thread reaches on the model's
-largest product (the head's), with every core busy. Not counted: attention scores, norms, the
+evaluated and scored, at 2 FLOPs each; timed at the rate one torch thread reaches on the model's
+largest product (the head's) in the precision the runs multiply in (bfloat16 under autocast, else
+float32), with every core busy. Not counted: attention scores, norms, the
 loss's softmax, the optimizer, Python, and the methods' own extra passes (DoReMi's reference
 forwards, Aioli's held-out losses, PiKE's and VA's gradient statistics). So it is a floor on the
 arena's time, not an estimate: what no implementation of these runs on this machine can go under.
@@ -28,17 +29,19 @@ def linear_macs_per_token(model_config: dict[str, Any], vocab: int) -> int:
     return int(model_config["num_hidden_layers"]) * per_layer + h * vocab
 
 
-def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 20, blocks: int = 10) -> float:
-    """FLOP/s of one torch thread on ``[rows, hidden] · [hidden, vocab]`` in float32 (the head's
-    product: the largest, so the fastest per FLOP): the best of ``blocks`` timings of ``repeats``
-    products each, after a warm-up. The best, because a floor wants the peak: a shared or virtual
-    machine's core runs slower at moments (this one measured 63–98 GFLOP/s within minutes)."""
+def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 20, blocks: int = 10, bf16: bool = False) -> float:
+    """FLOP/s of one torch thread on ``[rows, hidden] · [hidden, vocab]`` in float32, or bfloat16
+    with ``bf16`` (the head's product: the largest, so the fastest per FLOP): the best of ``blocks``
+    timings of ``repeats`` products each, after a warm-up. The best, because a floor wants the peak: a
+    shared or virtual machine's core runs slower at moments (this one measured 63–98 GFLOP/s within
+    minutes)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    dtype = torch.bfloat16 if bf16 else torch.float32
     try:
-        a, b = torch.randn(rows, hidden), torch.randn(hidden, vocab)
+        a, b = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, vocab, dtype=dtype)
         for _ in range(5):
             a @ b
         best = math.inf
@@ -50,6 +53,20 @@ def matmul_rate(rows: int, hidden: int, vocab: int, repeats: int = 20, blocks: i
     finally:
         torch.set_num_threads(threads)
     return 2.0 * rows * hidden * vocab * repeats / best
+
+
+#: How much faster than float32 one thread must multiply in bfloat16 for the CPU runs to use it.
+BF16_SPEEDUP = 1.5
+
+
+def cpu_bf16_is_faster(rows: int, hidden: int, vocab: int, speedup: float = BF16_SPEEDUP) -> bool:
+    """Whether one thread multiplies the head's product at least ``speedup`` × as fast in bfloat16 as
+    in float32. A CPU with bfloat16 instructions (AVX-512 BF16, AMX) doubles the rate (2.1× on the
+    Zen 4 cores the committed arena ran on); one without them emulates bfloat16, slower than float32.
+    The two rates differ by 2× or not at all, so a threshold between them decides the same way on
+    every call, whatever the moment's speed of a shared core."""
+    fp32 = matmul_rate(rows, hidden, vocab, repeats=5, blocks=3)
+    return matmul_rate(rows, hidden, vocab, repeats=5, blocks=3, bf16=True) >= speedup * fp32
 
 
 def scored_tokens(tokenizer: Any, split_dir: Path, domains: Sequence[str]) -> int:
@@ -69,9 +86,11 @@ def compute_floor(
     tokens: dict[str, int],
     rate: float,
     cores: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The linear layers' TFLOPs of the ``tokens`` trained, evaluated and scored (``{"trained",
-    "evaluated", "scored"}``) and their minutes at ``rate`` FLOP/s on each of ``cores`` busy cores."""
+    "evaluated", "scored"}``) and their minutes at ``rate`` FLOP/s on each of ``cores`` busy cores
+    (``rate``: one thread's on the head's product, in ``precision``)."""
     flops = {
         "training": 6.0 * macs_per_token * tokens["trained"],
         "evaluations": 2.0 * macs_per_token * tokens["evaluated"],
@@ -79,7 +98,7 @@ def compute_floor(
     }
     return {
         "linear-layer TFLOP": {k: round(v / 1e12, 1) for k, v in flops.items()},
-        "fp32 matmul GFLOP/s of one thread": round(rate / 1e9, 1),
+        f"{precision} matmul GFLOP/s of one thread": round(rate / 1e9, 1),
         "floor minutes (linear layers only)": round(sum(flops.values()) / (rate * max(1, cores)) / 60, 1),
     }
 
@@ -113,5 +132,6 @@ def arena_floor(arena: Any, runs: dict[str, list[dict[str, Any]]], setting: dict
     }
     model = base["model_config"]
     vocab = int(model.get("vocab_size") or tokenizer.vocab_size)  # the model's: the tokenizer's unless set
-    rate = matmul_rate(int(base["per_device_train_batch_size"]) * row, int(model["hidden_size"]), vocab)
-    return compute_floor(linear_macs_per_token(model, vocab), tokens, rate, arena.jobs)
+    bf16 = bool(base.get("bf16"))
+    rate = matmul_rate(int(base["per_device_train_batch_size"]) * row, int(model["hidden_size"]), vocab, bf16=bf16)
+    return compute_floor(linear_macs_per_token(model, vocab), tokens, rate, arena.jobs, "bf16" if bf16 else "fp32")
