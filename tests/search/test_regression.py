@@ -76,3 +76,23 @@ def test_loglinear_on_losses_a_few_ulps_apart_stays_finite_and_folds_must_be_two
     assert np.all(np.isfinite(build_model("loglinear").fit(x, y).predict(x)))
     with pytest.raises(ConfigError, match="--folds: expected an integer >= 2, got 1"):
         cross_validate("linear", x, y, folds=1)
+
+
+def test_loglinear_damps_more_where_its_refining_system_is_singular(monkeypatch):
+    # The refining system is singular by construction (the weights sum to 1) and only its damping
+    # keeps it solvable; a fold of the arena's 23-run swarm once shrank the damping until numpy
+    # refused it. Here the first refining solves refuse: the fit damps more and still converges.
+    x, y = swarm(60)
+    solve, refused = np.linalg.solve, []
+
+    def refusing(a, b):
+        if a.shape[0] == x.shape[1] + 2 and len(refused) < 3:  # (c, b, t_1..t_K): the refining system
+            refused.append(a)
+            raise np.linalg.LinAlgError("Singular matrix")
+        return solve(a, b)
+
+    monkeypatch.setattr(np.linalg, "solve", refusing)
+    model = build_model("loglinear").fit(x, y)
+    assert len(refused) == 3
+    grid, _ = swarm(200, seed=1)
+    assert np.allclose(model.predict(grid), law(grid), rtol=1e-6, atol=1e-6)

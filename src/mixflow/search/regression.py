@@ -128,7 +128,14 @@ class LogLinear:
             jac = np.hstack([np.ones((len(y), 1)), e[:, None] * a])
             resid = params[0] + e - y
             h = jac.T @ jac
-            step = np.linalg.solve(h + damping * np.diag(np.diag(h) + 1e-12), jac.T @ resid)
+            try:
+                step = np.linalg.solve(h + damping * np.diag(np.diag(h) + 1e-12), jac.T @ resid)
+            except np.linalg.LinAlgError:
+                # h is singular by construction (the weights sum to 1, so b's column is the sum of
+                # the t's) and only the damping keeps the system solvable: after many accepted
+                # steps it is too small to, so damp as after a rejected step
+                damping *= 10
+                continue
             trial = params - step
             value = sse(trial)
             if value < current:  # Levenberg–Marquardt: accept and trust more, or reject and damp
