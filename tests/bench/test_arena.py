@@ -2,6 +2,7 @@
 method was measured with), the up-front check of every method's config, the train/validation/test split."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -55,6 +56,22 @@ def test_every_domain_keeps_a_validation_and_a_test_document_and_the_split_is_fi
     assert json.loads((split.val / "dataset_info.json").read_text())["tiny"]["file_name"] == "tiny.jsonl"
     assert split_domains(sources, tmp_path / "again") == tuple(tmp_path / "again" / p for p in ("train", "val", "test"))
     assert (tmp_path / "again" / "test" / "big.jsonl").read_bytes() == (split.test / "big.jsonl").read_bytes()
+
+
+def test_splitting_again_keeps_unchanged_files_so_their_token_cache_is_reused(tmp_path):
+    for name, n in (("a", 30), ("b", 30)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(n)))
+    sources = [DomainSource(n, str(tmp_path / f"{n}.jsonl")) for n in ("a", "b")]
+    split = split_domains(sources, tmp_path / "split")
+    files = [folder / f"{d}.jsonl" for folder in split for d in ("a", "b")]
+    for path in files:
+        os.utime(path, ns=(1, 1))  # a time no rewrite would give back
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"changed {i}"}) + "\n" for i in range(30)))
+    split_domains(sources, tmp_path / "split")
+    assert all(p.stat().st_mtime_ns == 1 for p in files if p.name == "a.jsonl")
+    assert all(p.stat().st_mtime_ns != 1 for p in files if p.name == "b.jsonl")
+    assert "changed 0" in (split.train / "b.jsonl").read_text()
+    assert not list((tmp_path / "split").rglob("*.tmp"))
 
 
 def test_a_domain_too_small_to_split_is_named(tmp_path):

@@ -3,6 +3,7 @@ per domain (the natural proportions, UniMax's caps)."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,13 +49,23 @@ def split_domains(sources: list[Any], out: Path, every: int = 20, max_documents:
                 "into train, validation and test, so it needs at least 3"
             )
         for folder in dirs.values():
-            (folder / f".{source.name}.jsonl.tmp").replace(folder / f"{source.name}.jsonl")
+            _keep_or_replace(folder / f".{source.name}.jsonl.tmp", folder / f"{source.name}.jsonl")
     if problems:
         raise DataError("\n".join(problems))
     for folder in dirs.values():
         info = {src.name: {"file_name": f"{src.name}.jsonl", "columns": {"prompt": "text"}} for src in sources}
         (folder / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return Split(dirs["train"], dirs["val"], dirs["test"])
+
+
+def _keep_or_replace(new: Path, path: Path) -> None:
+    """Move ``new`` onto ``path`` unless ``path`` already holds the same bytes: an unchanged file keeps
+    its modification time, so the token cache keyed on it is read again, not rebuilt (every benchmark
+    on the corpus splits it again)."""
+    if path.is_file() and filecmp.cmp(new, path, shallow=False):
+        new.unlink()
+    else:
+        new.replace(path)
 
 
 def _split_one(documents: Iterable[str], handles: dict[str, Any], every: int) -> dict[str, int]:
