@@ -36,7 +36,7 @@ demo: install
 	$(BIN)/mixflow plot $(DEMO_DIR)/run
 
 # Every benchmark at full size; results under benchmarks/results/. Long on 2 CPU cores (the arena alone
-# took 94 minutes there; README "Benchmarks" has the measured times).
+# took 44 minutes there; README "Benchmarks" has the measured times).
 bench: install
 	$(BIN)/mixflow bench run all --out benchmarks/results
 

@@ -102,7 +102,7 @@ def base_config(
 # data seed and varying only the model's changed nothing: 0.073 and 0.054); 800 steps of 16 rows:
 # every loss 0.2–0.3 lower (the model is limited by its updates, not its tokens), natural − uniform
 # 0.186 with uniform's sd 0.043 (4.4 sd apart), temperature 0.017 below uniform. A learning rate of
-# 1e-2 was worse; a static run takes 62 s on one thread (about 85 when the cores were shared).
+# 1e-2 was worse. A static run took 62 s in float32 (two at a time), 41-42 under bfloat16 autocast.
 def _sizes(ctx: BenchContext) -> dict[str, Any]:
     # The vocabulary is 2048: at this model's size the head is 40% of the linear layers' multiply-adds
     # (4096 tokens cost 1.6× the step time, measured on one thread) and the rare tokens are never
@@ -206,9 +206,9 @@ def corpus_arena(ctx: BenchContext, methods: list[str] | None = None) -> tuple[A
     claim="on real text of seven domains, the best static mixture (a RegMix swarm) beats the natural one with its whole "
     "interval, and every method is placed better / no different / worse than it, paired by seed",
     source="issue 20 (the arena); Aioli (Chen et al. 2025) on methods against stratified sampling",
-    # a static run takes 62 s at full size on one thread; the whole arena took 64 minutes from nothing
-    # on the idle 2 cores, its linear layers' matrix products alone 33-39 at this machine's fp32 peak
-    # (README "Results"): over the issue's 45-minute budget, said so there
+    # under bfloat16 autocast the whole arena took 44 minutes from nothing on the idle 2 cores (64 in
+    # float32), its linear layers' matrix products 15 of them at this machine's bfloat16 peak
+    # (README "Results")
     seeds=4,
 )
 def run(ctx: BenchContext) -> BenchResult:
