@@ -129,6 +129,14 @@ def test_chunked_cross_entropy_of_bfloat16_logits_is_float32_with_a_bfloat16_gra
     assert g_ours.dtype == torch.bfloat16 and torch.allclose(g_ours.float(), g_ref, atol=4e-3) and g_ours[4].eq(0).all()
 
 
+def test_chunked_cross_entropy_of_no_rows_has_an_empty_gradient():
+    from mixflow.loss.per_sample import per_token_losses
+
+    logits = torch.zeros(0, 7, requires_grad=True)
+    (grad,) = torch.autograd.grad(per_token_losses(logits, torch.zeros(0, dtype=torch.long)).sum(), logits)
+    assert grad.shape == (0, 7)
+
+
 def test_chunk_rows_follow_the_vocabulary_size():
     from mixflow.loss.per_sample import CHUNK_BYTES, chunk_rows_for
 

@@ -76,7 +76,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         logits, target, keep = ctx.saved_tensors
         n, rows = logits.shape[0], ctx.rows
         scale = (grad_out.float() * keep).unsqueeze(1)
-        grad = None if rows >= n else torch.empty_like(logits)
+        grad = None if 0 < n <= rows else torch.empty_like(logits)
         for i in range(0, n, rows):
             # d/dx (lse − x_y) = softmax(x) − onehot(y); the fused softmax recomputes lse faster than
             # exp(x − lse) from a saved one
