@@ -76,18 +76,20 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         logits, target, keep = ctx.saved_tensors
         n, rows = logits.shape[0], ctx.rows
         scale = (grad_out.float() * keep).unsqueeze(1)
-        grad = None if 0 < n <= rows else torch.empty_like(logits)
+        if n <= rows:  # one chunk: its gradient is the whole one
+            return _softmax_minus_onehot(logits, target, scale).to(logits.dtype), None, None
+        grad = torch.empty_like(logits)
         for i in range(0, n, rows):
-            # d/dx (lse − x_y) = softmax(x) − onehot(y); the fused softmax recomputes lse faster than
-            # exp(x − lse) from a saved one
-            p = torch.softmax(logits[i : i + rows].float(), dim=1)
-            p.scatter_add_(1, target[i : i + rows, None], torch.full_like(p[:, :1], -1.0))
-            p.mul_(scale[i : i + rows])
-            if grad is None:  # one chunk: its gradient is the whole one
-                return p.to(logits.dtype), None, None
-            grad[i : i + rows] = p
-        assert grad is not None
+            grad[i : i + rows] = _softmax_minus_onehot(logits[i : i + rows], target[i : i + rows], scale[i : i + rows])
         return grad, None, None
+
+
+def _softmax_minus_onehot(logits: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """d/dx (lse − x_y) = softmax(x) − onehot(y), times each row's ``scale``, in float32. The fused
+    softmax recomputes lse faster than exp(x − lse) from a saved one would."""
+    p = torch.softmax(logits.float(), dim=1)
+    p.scatter_add_(1, target[:, None], torch.full_like(p[:, :1], -1.0))
+    return p.mul_(scale)
 
 
 def per_token_losses(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
