@@ -11,6 +11,7 @@ from mixflow.bench.arena_compute import (
     arena_floor,
     compute_floor,
     cpu_bf16_is_faster,
+    eval_every,
     evaluations,
     linear_macs_per_token,
     matmul_rate,
@@ -41,6 +42,14 @@ def test_the_floor_counts_a_training_token_three_passes_and_divides_by_the_busy_
 
 def test_a_run_evaluates_every_eval_steps_and_at_its_last_step():
     assert evaluations(800, 133) == 7 and evaluations(800, 160) == 5 and evaluations(10, 100) == 1
+
+
+@pytest.mark.parametrize("steps", [800, 803, 30, 7, 6, 4, 1])
+def test_an_arena_run_evaluates_at_most_five_times_and_at_its_last_step_where_five_divide_it(steps):
+    every = eval_every(steps)
+    assert evaluations(steps, every) <= 5
+    assert steps % every == 0 or steps % 5 != 0
+    assert evaluations(800, eval_every(800)) == 5 and eval_every(800) == 160  # the committed arena's
 
 
 def test_the_matmul_rate_is_measured_on_one_thread_and_the_threads_are_restored():

@@ -103,6 +103,16 @@ def compute_floor(
     }
 
 
+#: The periodic evaluations of an arena run (its curve's points), the last at its last step.
+EVALUATIONS = 5
+
+
+def eval_every(max_steps: int, count: int = EVALUATIONS) -> int:
+    """``eval_steps`` for at most ``count`` evaluations of a run, the last at its last step where
+    ``count`` divides the steps (the run's results then reuse it instead of evaluating again)."""
+    return max(1, -(-max_steps // count))
+
+
 def evaluations(max_steps: int, eval_steps: int) -> int:
     """The periodic evaluations of a run: every ``eval_steps`` and one at its last step."""
     return math.ceil(max_steps / max(1, eval_steps))

@@ -13,7 +13,7 @@ from typing import Any
 
 from mixflow.bench.arena import BASELINES, METHODS, Arena
 from mixflow.bench.arena_compare import run_arena
-from mixflow.bench.arena_compute import arena_floor, cpu_bf16_is_faster
+from mixflow.bench.arena_compute import arena_floor, cpu_bf16_is_faster, eval_every
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
 from mixflow.bench.arena_runs import accelerators, cuda_bf16, usable_cores
@@ -47,12 +47,12 @@ def base_config(
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
-        "max_position_embeddings": 64,
+        "max_position_embeddings": ROW,
         "tie_word_embeddings": False,
     }
     if bf16 and use_cpu:
         # PyTorch's CPU flash attention is 5× slower backward in bfloat16 than in float32; the eager
-        # attention's products go at the bfloat16 rate (100 steps 25-38% shorter than in float32, with
+        # attention's products go at the bfloat16 rate (100 steps 23-38% shorter than in float32, with
         # the flash attention 7-13%)
         model["attn_implementation"] = "eager"
     return {
@@ -70,9 +70,8 @@ def base_config(
         "max_steps": steps,
         "logging_steps": max(1, steps // 10),
         "eval_strategy": "steps",
-        # five evaluations, the last at the last step (the run's results reuse it): steps // 6 put
-        # the sixth two steps before the end and added a seventh
-        "eval_steps": max(1, steps // 5),
+        # steps // 6 put the sixth evaluation two steps before the end and added a seventh at it
+        "eval_steps": eval_every(steps),
         "bf16": bf16,
         "per_device_eval_batch_size": 64,
         "save_strategy": "no",

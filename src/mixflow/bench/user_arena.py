@@ -17,6 +17,7 @@ from typing import Any
 from mixflow.algorithms.params import suggest
 from mixflow.bench.arena import METHODS, Arena, arena_recommendation_yaml, method_spec
 from mixflow.bench.arena_compare import run_arena
+from mixflow.bench.arena_compute import eval_every
 from mixflow.bench.arena_data import split_domains, train_tokens
 from mixflow.bench.arena_plots import curves_plot, weights_plot
 from mixflow.bench.arena_runs import accelerators, spec_problems, usable_cores
@@ -73,7 +74,7 @@ def arena_base(run: RunConfig, steps: int, work: Path) -> dict[str, Any]:
             "max_steps": steps,
             "logging_steps": max(1, steps // 10),
             "eval_strategy": "steps",
-            "eval_steps": max(1, steps // 6),
+            "eval_steps": eval_every(steps),
             "save_strategy": "no",
             "report_to": "none",
             "data_seed": 0,
